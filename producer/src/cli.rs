@@ -1,0 +1,531 @@
+//! The `producer` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use shared::batches::{self, BatchStatus};
+use shared::config::{CommonArgs, Settings};
+use shared::customers::{self, Customer};
+use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
+use shared::ledger::{Inbound, Ledger};
+use shared::store::{self, Conn};
+
+use crate::recipients::{self, RawRecipient};
+use crate::validate::{self, BulkRequest};
+
+/// Enqueues bulk texts for Messenger's workers and reports on them.
+#[derive(Parser, Debug)]
+#[command(name = "producer", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Manage customers.
+    #[command(subcommand)]
+    Customer(CustomerCommand),
+    /// Validate a bulk text and enqueue one job per distinct recipient.
+    Bulk(BulkArgs),
+    /// Show a batch's counts per state.
+    Status {
+        batch: String,
+        #[arg(long)]
+        json: bool,
+        /// Show a progress bar until every job is terminal.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 1).
+        #[arg(long, requires = "wait")]
+        timeout: Option<u64>,
+        /// Also list the recipients that failed and why.
+        #[arg(long)]
+        failures: bool,
+    },
+    /// Show a customer's numbers with sent / limit in the current window.
+    Pool {
+        customer: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a batch: queued and parked jobs end as cancelled; in-flight sends finish.
+    Cancel { batch: String },
+    /// Record a message received on one of a customer's numbers (+1 to its limit for one window, up to the cap).
+    /// Twilio's inbound webhook does this automatically; this is for operators and tests.
+    Inbound {
+        #[arg(long)]
+        customer: String,
+        /// The customer's number that received the message.
+        #[arg(long)]
+        number: String,
+        /// The inbound message's sid (repeats are counted once).
+        #[arg(long)]
+        sid: Option<String>,
+    },
+    /// Store this process's quota settings as the fleet's (after changing them on purpose).
+    Settings {
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CustomerCommand {
+    /// Create or update a customer.
+    Add {
+        id: String,
+        /// Twilio subaccount that owns this customer's numbers (default: TWILIO_ACCOUNT_SID).
+        #[arg(long)]
+        account_sid: Option<String>,
+        /// Buy numbers in this area code (default: any US local number).
+        #[arg(long)]
+        area_code: Option<String>,
+        /// Most numbers this customer may own (default: MESSENGER_MAX_NUMBERS).
+        #[arg(long)]
+        max_numbers: Option<u32>,
+    },
+    /// List customers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BulkArgs {
+    #[arg(long)]
+    pub customer: String,
+    /// The message text (up to 1,600 characters).
+    #[arg(long, required_unless_present = "body_file")]
+    pub body: Option<String>,
+    /// Read the message text from a file.
+    #[arg(long, conflicts_with = "body")]
+    pub body_file: Option<PathBuf>,
+    /// A recipient in E.164 form; repeat for several.
+    #[arg(long = "to", required_unless_present = "recipients")]
+    pub to: Vec<String>,
+    /// A file with one number per line, or CSV with a `phone` column.
+    #[arg(long, conflicts_with = "to")]
+    pub recipients: Option<PathBuf>,
+    /// Makes the request safe to resubmit: the same key returns (and completes) the same batch.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    /// Jobs per Redis round trip while enqueuing.
+    #[arg(long, default_value_t = 1_000, hide = true)]
+    pub chunk_size: usize,
+}
+
+/// A failure that decides the exit code: 2 = the request was wrong (nothing changed), 1 = could not do it.
+#[derive(Debug)]
+pub enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+impl<E: std::error::Error + 'static> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Runtime(shared::telemetry::cause_chain(&e))
+    }
+}
+
+pub async fn main(cli: Cli) -> ExitCode {
+    match run(cli).await {
+        Ok(code) => code,
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn connect(settings: &Settings) -> Result<Conn, Failure> {
+    store::connect(&settings.redis)
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let settings = cli
+        .common
+        .settings()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    match cli.command {
+        Command::Customer(CustomerCommand::Add {
+            id,
+            account_sid,
+            area_code,
+            max_numbers,
+        }) => {
+            let id = CustomerId::parse(&id).map_err(|e| Failure::Usage(e.to_string()))?;
+            let account_sid = account_sid
+                .map(|a| AccountSid::parse(&a))
+                .transpose()
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            let area_code = area_code
+                .map(|a| customers::parse_area_code(&a))
+                .transpose()
+                .map_err(Failure::Usage)?;
+            let max_numbers = max_numbers.unwrap_or(settings.default_max_numbers);
+            if max_numbers == 0 {
+                return Err(Failure::Usage("--max-numbers must be at least 1".into()));
+            }
+            let mut conn = connect(&settings).await?;
+            let created = customers::upsert(
+                &mut conn,
+                &Customer {
+                    id: id.clone(),
+                    account_sid,
+                    area_code,
+                    max_numbers,
+                },
+            )
+            .await?;
+            println!(
+                "customer {id} {} (max {max_numbers} numbers)",
+                if created { "created" } else { "updated" }
+            );
+        }
+        Command::Customer(CustomerCommand::List { json }) => {
+            let mut conn = connect(&settings).await?;
+            let mut all = Vec::new();
+            for id in customers::list(&mut conn).await? {
+                if let Some(c) = customers::get(&mut conn, &id).await? {
+                    all.push(c);
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all).unwrap());
+            } else {
+                for c in all {
+                    println!(
+                        "{}\tmax {} numbers\tarea code {}\taccount {}",
+                        c.id,
+                        c.max_numbers,
+                        c.area_code.as_deref().unwrap_or("any"),
+                        c.account_sid
+                            .as_ref()
+                            .map(|a| a.as_str())
+                            .unwrap_or("(main)")
+                    );
+                }
+            }
+        }
+        Command::Bulk(args) => return bulk(&settings, args).await,
+        Command::Status {
+            batch,
+            json,
+            wait,
+            timeout,
+            failures,
+        } => {
+            let id = BatchId::parse(&batch).map_err(|e| Failure::Usage(e.to_string()))?;
+            let mut conn = connect(&settings).await?;
+            let status = if wait {
+                wait_for(&mut conn, &id, timeout.map(Duration::from_secs), json).await?
+            } else {
+                read_status(&mut conn, &id).await?
+            };
+            let failed_list = if failures {
+                Some(batches::failures(&mut conn, &id).await?)
+            } else {
+                None
+            };
+            if json {
+                let mut v = serde_json::to_value(&status).unwrap();
+                v["pending"] = status.pending().into();
+                if let Some(f) = failed_list {
+                    v["failed_recipients"] = serde_json::to_value(f).unwrap();
+                }
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                print_status(&status);
+                if let Some(f) = failed_list {
+                    for (to, why) in f {
+                        println!("  failed {to}: {why}");
+                    }
+                }
+            }
+            if wait && !status.is_complete() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Pool { customer, json } => {
+            let id = CustomerId::parse(&customer).map_err(|e| Failure::Usage(e.to_string()))?;
+            let mut conn = connect(&settings).await?;
+            let report = customers::pool(&mut conn, &id, &settings.quota)
+                .await?
+                .ok_or_else(|| Failure::Usage(format!("unknown customer {id}")))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap());
+            } else {
+                println!(
+                    "customer {}: {} of {} numbers; window {}s, quota {} per number (+1 per reply, cap {})",
+                    report.customer,
+                    report.numbers.len(),
+                    report.max_numbers,
+                    report.window_secs,
+                    report.daily_quota,
+                    report.conversational_cap
+                );
+                println!(
+                    "  {:<16} {:>6} {:>6} {:>6} {:>9}",
+                    "NUMBER", "SENT", "RECV", "LIMIT", "AVAILABLE"
+                );
+                for n in &report.numbers {
+                    println!(
+                        "  {:<16} {:>6} {:>6} {:>6} {:>9}",
+                        n.number, n.sent, n.received, n.limit, n.available
+                    );
+                }
+                println!(
+                    "  available now: {}; purchases in flight: {}",
+                    report.total_available(),
+                    report.pending_purchases
+                );
+            }
+        }
+        Command::Cancel { batch } => {
+            let id = BatchId::parse(&batch).map_err(|e| Failure::Usage(e.to_string()))?;
+            let mut conn = connect(&settings).await?;
+            match batches::cancel(&mut conn, &id, settings.batch_retention).await? {
+                batches::CancelOutcome::Cancelled { cancelled_now } => {
+                    println!(
+                        "batch {id} cancelled ({cancelled_now} parked jobs ended now; queued ones end as workers reach them)"
+                    )
+                }
+                batches::CancelOutcome::AlreadyComplete => {
+                    println!("batch {id} is already complete")
+                }
+                batches::CancelOutcome::NotFound => {
+                    return Err(Failure::Usage(format!("unknown batch {id}")));
+                }
+            }
+        }
+        Command::Inbound {
+            customer,
+            number,
+            sid,
+        } => {
+            let id = CustomerId::parse(&customer).map_err(|e| Failure::Usage(e.to_string()))?;
+            let number = PhoneNumber::from_trusted(&number)
+                .map_err(|e| Failure::Usage(format!("--number: {e}")))?;
+            let sid = sid.unwrap_or_else(|| {
+                format!("SM{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+            });
+            let conn = connect(&settings).await?;
+            let ledger = Ledger::new(conn, settings.quota, settings.batch_retention);
+            match ledger.record_inbound(&id, number.as_str(), &sid).await? {
+                Inbound::Credited { received_in_window }
+                | Inbound::Duplicate { received_in_window } => {
+                    println!(
+                        "{} received {received_in_window} messages in the current window",
+                        number.masked()
+                    )
+                }
+                Inbound::UnknownNumber => {
+                    return Err(Failure::Usage(format!(
+                        "{number} is not one of {id}'s numbers"
+                    )));
+                }
+            }
+        }
+        Command::Settings { apply } => {
+            let mut conn = connect(&settings).await?;
+            match store::ensure_fleet_settings(&mut conn, &settings.quota, apply).await {
+                Ok(()) => println!(
+                    "fleet quota settings: window {}s, quota {}, cap {}",
+                    settings.quota.window.as_secs(),
+                    settings.quota.daily_quota,
+                    settings.quota.conversational_cap
+                ),
+                Err(e) => return Err(Failure::Usage(e.to_string())),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> {
+    let body = match (&args.body, &args.body_file) {
+        (Some(b), _) => b.clone(),
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?,
+        (None, None) => return Err(Failure::Usage("--body or --body-file is required".into())),
+    };
+    let raw = match &args.recipients {
+        Some(path) => recipients::read_file(path).map_err(|e| Failure::Usage(e.to_string()))?,
+        None => args
+            .to
+            .iter()
+            .enumerate()
+            .map(|(i, v)| RawRecipient {
+                origin: format!("--to #{}", i + 1),
+                value: v.clone(),
+            })
+            .collect(),
+    };
+    let request = BulkRequest {
+        customer: args.customer.clone(),
+        body,
+        recipients: raw,
+        idempotency_key: args.idempotency_key.clone(),
+    };
+    let batch = validate::validate(&request).map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut conn = connect(settings).await?;
+    // Checked before any write so an unknown customer changes nothing (batch creation re-checks atomically).
+    if customers::get(&mut conn, &batch.customer).await?.is_none() {
+        return Err(Failure::Usage(
+            batches::SubmitError::UnknownCustomer(batch.customer.clone()).to_string(),
+        ));
+    }
+    let total = batch.recipients.len();
+    let bar = (total >= 10_000 && std::io::stderr().is_terminal() && !args.json).then(|| {
+        let b = ProgressBar::new(total as u64);
+        b.set_style(
+            ProgressStyle::with_template("enqueuing {bar:40} {pos}/{len} ({per_sec})").unwrap(),
+        );
+        b
+    });
+    let mut progress = |done: usize, _total: usize| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    };
+    let receipt = batches::submit(
+        &mut conn,
+        &batch,
+        settings.batch_retention,
+        args.chunk_size,
+        Some(&mut progress),
+    )
+    .await
+    .map_err(|e| match e {
+        batches::SubmitError::Redis(r) => Failure::Runtime(format!("redis: {r}")),
+        other => Failure::Usage(other.to_string()),
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&receipt).unwrap());
+    } else {
+        println!("batch {}", receipt.batch_id);
+        println!(
+            "  accepted {} recipients, {} duplicates removed",
+            receipt.accepted, receipt.duplicates
+        );
+        if receipt.existing {
+            println!(
+                "  (idempotency key already used: this is the existing batch; {} jobs were enqueued now)",
+                receipt.enqueued_now
+            );
+        }
+        println!(
+            "  follow it with: producer status {} --wait",
+            receipt.batch_id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn read_status(conn: &mut Conn, id: &BatchId) -> Result<BatchStatus, Failure> {
+    batches::status(conn, id)
+        .await?
+        .ok_or_else(|| Failure::Usage(format!("unknown batch {id} (never created, or expired)")))
+}
+
+async fn wait_for(
+    conn: &mut Conn,
+    id: &BatchId,
+    timeout: Option<Duration>,
+    quiet: bool,
+) -> Result<BatchStatus, Failure> {
+    let start = std::time::Instant::now();
+    let mut status = read_status(conn, id).await?;
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(status.total);
+        b.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} terminal  {msg}").unwrap());
+        b
+    });
+    while !status.is_complete() {
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            break;
+        }
+        if let Some(b) = &bar {
+            b.set_position(status.terminal());
+            b.set_message(format!(
+                "sent {} · failed {} · opted out {} · deferred {}",
+                status.sent, status.failed, status.opted_out, status.deferred
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        status = read_status(conn, id).await?;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(status)
+}
+
+pub fn print_status(s: &BatchStatus) {
+    println!(
+        "batch {}  (customer {})  state: {}",
+        s.batch_id, s.customer, s.state
+    );
+    println!(
+        "  total {} recipients ({} duplicates removed), {} segments each ({})",
+        s.total, s.duplicates, s.segments, s.encoding
+    );
+    if s.enqueue_incomplete() {
+        println!(
+            "  ENQUEUE INCOMPLETE: {} of {} jobs enqueued. If the producer stopped, resubmit the same request with the \
+             same idempotency key to finish it.",
+            s.enqueued, s.total
+        );
+    }
+    println!("  queued     {:>8}", s.queued);
+    println!(
+        "  deferred   {:>8}   (customer at max numbers; waiting for the window to free a slot)",
+        s.deferred
+    );
+    println!("  sent       {:>8}", s.sent);
+    let reasons: Vec<String> = s
+        .failure_reasons
+        .iter()
+        .map(|(r, n)| format!("{r}: {n}"))
+        .collect();
+    if reasons.is_empty() {
+        println!("  failed     {:>8}", s.failed);
+    } else {
+        println!("  failed     {:>8}   ({})", s.failed, reasons.join(", "));
+    }
+    println!("  opted out  {:>8}", s.opted_out);
+    println!(
+        "  cancelled  {:>8}{}",
+        s.cancelled,
+        if s.cancel_requested {
+            "   (cancel requested)"
+        } else {
+            ""
+        }
+    );
+    if s.dup_sends > 0 {
+        println!(
+            "  DUPLICATE SENDS {:>3}   (a worker was paused past its lease)",
+            s.dup_sends
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! The Messenger producer: validates bulk texts and enqueues one job per recipient.
+//!
+//! # Layout
+//! - [`validate`]: whole-request validation (all-or-nothing), de-duplication of recipients.
+//! - [`recipients`]: reading recipient files (plain lines or CSV with a `phone` column).
+//! - [`cli`]: the `producer` command line (customers, bulk, status, pool, cancel, inbound, settings).
+//!
+//! Enqueuing itself (exactly once, resumable) lives in [`shared::batches`] so tests and the HTTP API use the same
+//! code path.
+
+pub mod cli;
+pub mod recipients;
+pub mod validate;

@@ -1,0 +1,24 @@
+-- batch_create.lua: creates a batch record, or finds the batch an idempotency key already made.
+--
+-- The idempotency key and the record are written in one step, so two producers racing with the same key end up
+-- with one batch. The caller compares the stored fingerprint (a hash of customer, body and recipients) with its
+-- own: same request → resume or report that batch; different request → reject the reused key.
+--
+-- KEYS[1] customer cfg HASH   KEYS[2] idempotency STRING   KEYS[3] batch HASH
+-- ARGV[1] batch id (full)     ARGV[2] key ttl s            ARGV[3..] field, value pairs of the new record
+-- Returns {'created'} | {'exists', batch id} | {'no_customer'}
+
+local cfg, idem, batch = KEYS[1], KEYS[2], KEYS[3]
+if redis.call('EXISTS', cfg) == 0 then
+  return {'no_customer'}
+end
+local existing = redis.call('GET', idem)
+if existing then
+  return {'exists', existing}
+end
+redis.call('SET', idem, ARGV[1], 'EX', tonumber(ARGV[2]))
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', batch, unpack(fields))
+redis.call('HSET', batch, 'created_ms', now_ms(), 'enqueued', 0, 'state', 'enqueuing')
+return {'created'}

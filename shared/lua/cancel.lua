@@ -1,0 +1,38 @@
+-- cancel.lua: cancels a batch. Jobs still in the queue are cancelled when a worker picks them up (reserve.lua
+-- sees the flag and ends them without calling Twilio); jobs parked in the schedule (retries, deferrals) are
+-- cancelled here at once, so a batch deferred for hours completes now. Jobs in flight finish their current attempt.
+--
+-- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] failures HASH  KEYS[4] inflight ZSET  KEYS[5] scheduled ZSET
+-- ARGV[1] batch local id   ARGV[2] batch retention s
+-- Returns {'ok', cancelled_now} | {'missing'} | {'complete'}
+
+local batch, state, failures, inflight, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local local_id, retention = ARGV[1], tonumber(ARGV[2])
+local f = redis.call('HMGET', batch, 'total', 'state')
+if not f[1] then return {'missing'} end
+if f[2] == 'complete' then return {'complete'} end
+redis.call('HSET', batch, 'cancel', '1')
+local now = now_ms()
+local prefix = local_id .. '|'
+local n = 0
+local cursor = '0'
+repeat
+  local r = redis.call('ZSCAN', sched, cursor, 'MATCH', prefix .. '*', 'COUNT', 1000)
+  cursor = r[1]
+  for i = 1, #r[2], 2 do
+    local member = r[2][i]
+    local recipient = string.sub(member, #prefix + 1)
+    local st = redis.call('HGET', state, recipient)
+    -- An ambiguous attempt (r|...) may have been delivered: leave it to be resolved against Twilio first.
+    local ambiguous = st and string.sub(st, 1, 1) == 'r'
+    if not ambiguous then
+      redis.call('ZREM', sched, member)
+      if not is_terminal(st) then
+        finish(batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
+        n = n + 1
+      end
+    end
+  end
+until cursor == '0'
+maybe_complete(batch, state, failures, retention, now)
+return {'ok', n}

@@ -1,0 +1,31 @@
+-- commit.lua: records a sent message. Called the moment Twilio returns a message sid (or when an ambiguous
+-- attempt is found in Twilio's message list), and idempotent, so the worker may retry it after a Redis error.
+--
+-- A commit for a job that is already terminal is not an error: it means the text was sent twice (a worker that
+-- was paused past its lease, then resumed). That cannot be undone, so it is counted in the batch's `dup_sends`
+-- for operators to see, and the window entry stays (the message did go out).
+--
+-- KEYS[1] batch HASH   KEYS[2] batch state HASH   KEYS[3] batch failures HASH   KEYS[4] inflight ZSET
+-- ARGV[1] recipient    ARGV[2] job member         ARGV[3] message sid           ARGV[4] batch retention s
+-- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
+
+local batch, state, failures, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local recipient, member, sid, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now = now_ms()
+
+local b = redis.call('HMGET', batch, 'total', 'state')
+if not b[1] then
+  redis.call('ZREM', inflight, member)
+  return {'orphan'}
+end
+local st = redis.call('HGET', state, recipient)
+if st == 'd|' .. sid then
+  redis.call('ZREM', inflight, member)
+  return {'already'}
+end
+if b[2] == 'complete' or is_terminal(st) then
+  redis.call('HINCRBY', batch, 'dup_sends', 1)
+  redis.call('ZREM', inflight, member)
+  return {'duplicate'}
+end
+return {'ok', finish(batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

@@ -1,0 +1,78 @@
+-- common.lua: helpers prepended to every Messenger script (scripts.rs concatenates them), so the rules for job
+-- states and batch counters are written once. Defines functions only; touches no key of its own.
+--
+-- Job states, stored in the batch's state hash (`{c:ID}:b:<batch>:st`, field = recipient E.164):
+--   (absent)                       never attempted
+--   r|<number>|<resid>|<ms>|<n>    a quota slot is reserved and the send may be under way; found again by a new
+--                                  delivery of the job it is *ambiguous* and must be resolved against Twilio
+--   w|<n>|<reason>                 waiting for a retry; holds no quota slot
+--   D|<n>                          deferred: the customer is at max numbers and every number is full
+--   d|<sid>                        sent (terminal)
+--   f|<reason>                     failed (terminal)
+--   o|                             opted out (terminal)
+--   x|                             cancelled (terminal)
+-- <n> counts transient failures so far.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function split(s)
+  local out, start = {}, 1
+  while true do
+    local i = string.find(s, '|', start, true)
+    if not i then
+      out[#out + 1] = string.sub(s, start)
+      return out
+    end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + 1
+  end
+end
+
+local COUNTER = { d = 'sent', f = 'failed', o = 'opted_out', x = 'cancelled' }
+
+-- A job leaving the deferred state stops counting as deferred.
+local function leave_deferred(batch, prev)
+  if prev and string.sub(prev, 1, 1) == 'D' then
+    redis.call('HINCRBY', batch, 'deferred', -1)
+  end
+end
+
+-- Finalises the batch when every accepted job is terminal: the per-recipient states are dropped and the record
+-- (counts and failure reasons) is kept for `retention_s`. Returns 1 if this call completed the batch.
+local function maybe_complete(batch, state, failures, retention_s, now)
+  local f = redis.call('HMGET', batch, 'total', 'enqueued', 'sent', 'failed', 'opted_out', 'cancelled', 'state')
+  local total = tonumber(f[1]) or 0
+  local done = (tonumber(f[3]) or 0) + (tonumber(f[4]) or 0) + (tonumber(f[5]) or 0) + (tonumber(f[6]) or 0)
+  if total > 0 and tonumber(f[2]) == total and done >= total and f[7] ~= 'complete' then
+    redis.call('HSET', batch, 'state', 'complete', 'completed_ms', now)
+    redis.call('DEL', state)
+    redis.call('EXPIRE', batch, retention_s)
+    redis.call('EXPIRE', failures, retention_s)
+    return 1
+  end
+  return 0
+end
+
+-- Moves a job to a terminal state and updates the batch counters in the same atomic step.
+-- kind: 'd' sent (detail = message sid), 'f' failed (detail = reason), 'o' opted out, 'x' cancelled.
+local function finish(batch, state, failures, inflight, recipient, member, prev, kind, detail, retention_s, now)
+  leave_deferred(batch, prev)
+  redis.call('HSET', state, recipient, kind .. '|' .. detail)
+  redis.call('HINCRBY', batch, COUNTER[kind], 1)
+  if kind == 'f' then
+    redis.call('HINCRBY', batch, 'reason:' .. detail, 1)
+    redis.call('HSET', failures, recipient, detail)
+  end
+  redis.call('ZREM', inflight, member)
+  return maybe_complete(batch, state, failures, retention_s, now)
+end
+
+-- The state of a job, or nil; and whether it is terminal.
+local function is_terminal(st)
+  if not st then return false end
+  local k = string.sub(st, 1, 1)
+  return k == 'd' or k == 'f' or k == 'o' or k == 'x'
+end

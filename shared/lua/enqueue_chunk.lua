@@ -1,0 +1,30 @@
+-- enqueue_chunk.lua: appends one chunk of jobs to the customer's queue, exactly once.
+--
+-- The batch's `enqueued` counter is the cursor: a chunk is pushed only if it starts where the cursor stands, so a
+-- producer that died mid-enqueue (or timed out on a push that actually succeeded) can resubmit the same request
+-- and the chunks already pushed are skipped instead of queued twice.
+--
+-- KEYS[1] batch HASH   KEYS[2] queue LIST
+-- ARGV[1] offset of this chunk   ARGV[2..] job members
+-- Returns the cursor after this call.
+
+local batch, queue = KEYS[1], KEYS[2]
+local offset = tonumber(ARGV[1])
+local f = redis.call('HMGET', batch, 'enqueued', 'total')
+local enqueued, total = tonumber(f[1]), tonumber(f[2])
+if enqueued == nil then
+  return redis.error_reply('batch record missing')
+end
+if enqueued ~= offset then
+  return enqueued
+end
+local jobs = {}
+for i = 2, #ARGV do jobs[#jobs + 1] = ARGV[i] end
+if #jobs > 0 then
+  redis.call('RPUSH', queue, unpack(jobs))
+end
+enqueued = redis.call('HINCRBY', batch, 'enqueued', #jobs)
+if enqueued >= total then
+  redis.call('HSET', batch, 'state', 'queued', 'enqueued_ms', now_ms())
+end
+return enqueued

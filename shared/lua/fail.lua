@@ -1,0 +1,36 @@
+-- fail.lua: ends a job without a (new) text: permanently failed, opted out, or cancelled.
+--
+-- Gives back the quota slot the attempt had reserved (Twilio rejected the message outright, so it never counted
+-- against the number), records the opt-out when Twilio reports 21610, and updates the batch counters atomically.
+-- Only acts if the job is still in the state the caller saw (compare-and-set on the state value), so a late
+-- caller cannot overwrite a newer outcome.
+--
+-- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] batch failures HASH  KEYS[4] inflight ZSET
+-- KEYS[5] optouts SET
+-- ARGV[1] recipient   ARGV[2] job member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
+-- ARGV[5] state value the caller saw ('' = any non-terminal)   ARGV[6] window key prefix
+-- ARGV[7] batch retention s
+-- Returns {'ok', completed 0|1} | {'stale'} | {'orphan'}
+
+local batch, state, failures, inflight, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local recipient, member, kind, reason, expect, wprefix =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local retention = tonumber(ARGV[7])
+local now = now_ms()
+
+if redis.call('EXISTS', batch) == 0 then
+  redis.call('ZREM', inflight, member)
+  return {'orphan'}
+end
+local st = redis.call('HGET', state, recipient)
+if is_terminal(st) or (expect ~= '' and st ~= expect) then
+  return {'stale'}
+end
+if st and string.sub(st, 1, 1) == 'r' then
+  local p = split(st)
+  redis.call('ZREM', wprefix .. p[2], p[3])
+end
+if kind == 'o' then
+  redis.call('SADD', optouts, recipient)
+end
+return {'ok', finish(batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}

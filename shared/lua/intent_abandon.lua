@@ -1,0 +1,13 @@
+-- intent_abandon.lua: drops a purchase intent that is known not to have bought anything (Twilio answered with a
+-- definite error, or the reconciler found no number tagged with it long after the purchase could have finished).
+--
+-- KEYS[1] intents HASH
+-- ARGV[1] intent id   ARGV[2] the intent's value as the caller read it (compare-and-delete), or '*' when the
+--                     caller created the intent and knows it never sent a purchase request for it
+-- Returns 1 if dropped.
+
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and (ARGV[2] == '*' or v == ARGV[2]) then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0

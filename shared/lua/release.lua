@@ -1,0 +1,17 @@
+-- release.lua: hands jobs a worker fetched but never started back to the front of the queue (graceful
+-- shutdown), so they do not wait for their lease to expire. A job whose lease already expired (and may already
+-- be running elsewhere) is left alone.
+--
+-- KEYS[1] queue LIST   KEYS[2] inflight ZSET
+-- ARGV[1..] job members
+-- Returns the number of jobs handed back.
+
+local queue, inflight = KEYS[1], KEYS[2]
+local n = 0
+for i = #ARGV, 1, -1 do
+  if redis.call('ZREM', inflight, ARGV[i]) == 1 then
+    redis.call('LPUSH', queue, ARGV[i])
+    n = n + 1
+  end
+end
+return n

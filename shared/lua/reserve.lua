@@ -1,0 +1,162 @@
+-- reserve.lua: the fast path, and the re-check inside the purchase lock (DESIGN.md, purchase protocol 1 and 3).
+--
+-- Atomically: look at the job's state, honour cancellation and opt-outs, pick a number with capacity (the
+-- recipient's sticky sender first, then the customer's numbers in purchase order starting at the fill cursor),
+-- and reserve one slot in that number's window at Redis time. A separate read-then-write would over-admit under
+-- concurrency; doing it all here is what keeps invariant 2 (no quota overrun).
+--
+-- In 'locked' mode the caller holds the customer's purchase lock: if there is still no capacity, no purchase in
+-- flight and room under max_numbers, the script records a purchase intent in the same step, so the decision to buy
+-- reads exactly the keys a purchase commit writes (invariant 1).
+--
+-- KEYS[1] cfg HASH          KEYS[2] pool ZSET        KEYS[3] optouts SET
+-- KEYS[4] batch HASH        KEYS[5] batch state HASH KEYS[6] batch failures HASH
+-- KEYS[7] inflight ZSET     KEYS[8] intents HASH     KEYS[9] purchase lock STRING
+-- ARGV[1] recipient         ARGV[2] job member       ARGV[3] window ms
+-- ARGV[4] daily quota       ARGV[5] conversational cap
+-- ARGV[6] window key prefix ARGV[7] received key prefix ARGV[8] sticky key prefix
+-- ARGV[9] batch retention s ARGV[10] mode: 'fast' | 'locked'
+-- ARGV[11] lock token       ARGV[12] intent id       ARGV[13] intent FriendlyName   (locked mode)
+-- ARGV[14] the ambiguous marker the caller proved was never delivered, or ''
+-- Returns one of:
+--   {'ok', number, resid, now, attempt}        slot reserved; state is now r|number|resid|now|attempt
+--   {'done', sid} | {'terminal', kind}         nothing to do (job removed from in-flight)
+--   {'opted_out'} | {'cancelled'} | {'orphan'} job finished here (orphan: its batch no longer exists)
+--   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
+--   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state}
+--   {'intent', intent_id, now}                 (locked mode) the caller must buy one number now
+--   {'lost_lock'}                              (locked mode) the lock is no longer ours
+
+local cfg, pool, optouts, batch, state, failures, inflight, intents, lock =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local recipient, member = ARGV[1], ARGV[2]
+local window_ms, quota, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local wprefix, rprefix, sprefix = ARGV[6], ARGV[7], ARGV[8]
+local retention = tonumber(ARGV[9])
+local mode, token, intent_id, intent_name, expect = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+
+local now = now_ms()
+
+local b = redis.call('HMGET', batch, 'total', 'cancel')
+if not b[1] then
+  redis.call('ZREM', inflight, member)
+  return {'orphan'}
+end
+
+local st = redis.call('HGET', state, recipient)
+local attempt = '0'
+if st then
+  local kind = string.sub(st, 1, 1)
+  if kind == 'd' then
+    redis.call('ZREM', inflight, member)
+    return {'done', string.sub(st, 3)}
+  elseif is_terminal(st) then
+    redis.call('ZREM', inflight, member)
+    return {'terminal', kind}
+  end
+  local p = split(st)
+  if kind == 'r' then
+    if st ~= expect then
+      return {'ambiguous', p[2], p[3], p[4], p[5], now}
+    end
+    -- The caller listed Twilio and the earlier attempt never arrived: give its slot back before reserving anew.
+    redis.call('ZREM', wprefix .. p[2], p[3])
+    attempt = p[5]
+    st = 'w|' .. attempt .. '|unsent'
+    redis.call('HSET', state, recipient, st)
+  else
+    attempt = p[2]
+  end
+end
+
+if b[2] == '1' then
+  return {'cancelled', finish(batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)}
+end
+if redis.call('SISMEMBER', optouts, recipient) == 1 then
+  return {'opted_out', finish(batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
+end
+
+-- Capacity of one number right now; drops entries that have aged out of the window on the way.
+local horizon = now - window_ms
+local function available(number)
+  local wk = wprefix .. number
+  redis.call('ZREMRANGEBYSCORE', wk, '-inf', horizon)
+  local sent = redis.call('ZCARD', wk)
+  local rk = rprefix .. number
+  redis.call('ZREMRANGEBYSCORE', rk, '-inf', horizon)
+  local limit = math.min(quota + redis.call('ZCARD', rk), cap)
+  return limit - sent
+end
+
+local epoch = math.floor(now / window_ms)
+local sticky_cur, sticky_prev = sprefix .. epoch, sprefix .. (epoch - 1)
+
+local chosen = nil
+local sticky = redis.call('HGET', sticky_cur, recipient) or redis.call('HGET', sticky_prev, recipient)
+if sticky and redis.call('ZSCORE', pool, sticky) and available(sticky) > 0 then
+  chosen = sticky
+end
+
+if not chosen then
+  local count = redis.call('ZCARD', pool)
+  if count > 0 then
+    -- Numbers fill one after another, so the number at the cursor almost always has room: try it alone first.
+    local cursor = (tonumber(redis.call('HGET', cfg, 'cursor')) or 0) % count
+    local first = redis.call('ZRANGE', pool, cursor, cursor)[1]
+    if first and available(first) > 0 then
+      chosen = first
+    else
+      local numbers = redis.call('ZRANGE', pool, 0, -1)
+      for i = 1, #numbers - 1 do
+        local idx = (cursor + i) % #numbers
+        if available(numbers[idx + 1]) > 0 then
+          chosen = numbers[idx + 1]
+          redis.call('HSET', cfg, 'cursor', idx)
+          break
+        end
+      end
+    end
+  end
+end
+
+if chosen then
+  local resid = redis.call('HINCRBY', cfg, 'resseq', 1)
+  local wk = wprefix .. chosen
+  redis.call('ZADD', wk, now, resid)
+  -- An idle window expires on its own once every entry would have aged out.
+  redis.call('PEXPIRE', wk, window_ms + 60000)
+  redis.call('HSET', sticky_cur, recipient, chosen)
+  redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 60000)
+  leave_deferred(batch, st)
+  redis.call('HSET', state, recipient, 'r|' .. chosen .. '|' .. resid .. '|' .. now .. '|' .. attempt)
+  return {'ok', chosen, tostring(resid), tostring(now), attempt}
+end
+
+-- No capacity anywhere.
+local numbers = redis.call('ZRANGE', pool, 0, -1)
+local max_numbers = tonumber(redis.call('HGET', cfg, 'max_numbers')) or 0
+local earliest = -1
+for i = 1, #numbers do
+  local oldest = redis.call('ZRANGE', wprefix .. numbers[i], 0, 0, 'WITHSCORES')
+  if oldest[2] then
+    local free_at = tonumber(oldest[2]) + window_ms
+    if earliest < 0 or free_at < earliest then earliest = free_at end
+  end
+end
+local pending = redis.call('HVALS', intents)
+local oldest_intent = -1
+for i = 1, #pending do
+  local created = tonumber(split(pending[i])[1]) or 0
+  if oldest_intent < 0 or created < oldest_intent then oldest_intent = created end
+end
+
+if mode == 'locked' then
+  if redis.call('GET', lock) ~= token then
+    return {'lost_lock'}
+  end
+  if #pending == 0 and #numbers < max_numbers then
+    redis.call('HSET', intents, intent_id, now .. '|' .. intent_name)
+    return {'intent', intent_id, now}
+  end
+end
+return {'full', #numbers, #pending, max_numbers, earliest, oldest_intent, now, st or ''}

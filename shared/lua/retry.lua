@@ -1,0 +1,44 @@
+-- retry.lua: puts a job back for a later attempt after a transient failure, a wait, or an ambiguous outcome.
+--
+-- mode 'release': Twilio definitely did not take the message (429, 5xx, connect error): give the reserved slot
+--                 back and record the failure count, state w|<attempt>|<reason>.
+-- mode 'keep':    the outcome is unknown (timeout after the request went out): keep the slot and the r|... marker,
+--                 so the next delivery resolves it against Twilio before any resend.
+-- mode 'defer':   no capacity and no room to buy: state D|<attempt>, counted in the batch's `deferred`.
+-- mode 'wait':    nothing to record (e.g. waiting for another worker's purchase).
+-- Compare-and-set on the state value the caller saw; the job moves from in-flight to the schedule at `due`.
+--
+-- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] inflight ZSET  KEYS[4] scheduled ZSET
+-- ARGV[1] recipient   ARGV[2] job member   ARGV[3] mode   ARGV[4] delay ms (from Redis now), or -1
+-- ARGV[5] absolute due ms (used when delay is -1)   ARGV[6] attempt   ARGV[7] reason
+-- ARGV[8] state value the caller saw ('' = none)    ARGV[9] window key prefix
+-- Returns {'ok', due} | {'stale'}
+
+local batch, state, inflight, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local recipient, member, mode = ARGV[1], ARGV[2], ARGV[3]
+local delay, due_abs, attempt, reason, expect, wprefix =
+  tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local now = now_ms()
+
+local st = redis.call('HGET', state, recipient)
+if is_terminal(st) or (st or '') ~= expect then
+  return {'stale'}
+end
+if mode == 'release' then
+  if st and string.sub(st, 1, 1) == 'r' then
+    local p = split(st)
+    redis.call('ZREM', wprefix .. p[2], p[3])
+  end
+  leave_deferred(batch, st)
+  redis.call('HSET', state, recipient, 'w|' .. attempt .. '|' .. reason)
+elseif mode == 'defer' then
+  if not (st and string.sub(st, 1, 1) == 'D') then
+    redis.call('HINCRBY', batch, 'deferred', 1)
+  end
+  redis.call('HSET', state, recipient, 'D|' .. attempt)
+end
+local due = now + delay
+if delay < 0 then due = math.max(due_abs, now) end
+redis.call('ZREM', inflight, member)
+redis.call('ZADD', sched, due, member)
+return {'ok', due}

@@ -1,0 +1,322 @@
+//! Batch records: creating a batch and enqueuing its jobs exactly once, reading its status, cancelling it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{BatchId, CustomerId, IdempotencyKey, MessageBody, PhoneNumber};
+use crate::keys::{self, CustomerKeys};
+use crate::scripts;
+use crate::store::{Conn, strings};
+
+/// A validated bulk request, recipients already de-duplicated (first occurrence kept).
+#[derive(Clone, Debug)]
+pub struct NewBatch {
+    pub customer: CustomerId,
+    pub body: MessageBody,
+    pub recipients: Vec<PhoneNumber>,
+    /// How many input lines repeated an earlier recipient (reported, not enqueued).
+    pub duplicates: usize,
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+impl NewBatch {
+    /// Identifies the request's content, so a reused idempotency key with a different request is caught.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.customer.as_str());
+        h.update(b"\n");
+        h.update(self.body.as_str());
+        for r in &self.recipients {
+            h.update(b"\n");
+            h.update(r.as_str());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// What the producer reports after a submit.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Receipt {
+    pub batch_id: String,
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// True if the idempotency key named an existing batch (nothing new was created).
+    pub existing: bool,
+    /// Jobs this call pushed (0 when an earlier submit already enqueued everything).
+    pub enqueued_now: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown customer {0}: create it first with `producer customer add {0}`")]
+    UnknownCustomer(CustomerId),
+    #[error(
+        "idempotency key {key:?} was already used for batch {batch} with a different request (body or recipients \
+         differ); use a new key for a new request"
+    )]
+    KeyReused { key: String, batch: String },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Progress callback: (jobs enqueued so far, total).
+pub type Progress<'a> = &'a mut (dyn FnMut(usize, usize) + Send);
+
+/// Creates the batch (or finds the one its idempotency key names) and pushes its jobs in chunks, resuming from the
+/// batch's cursor, so a resubmission after a crash completes the batch without queueing anyone twice.
+pub async fn submit(
+    conn: &mut Conn,
+    req: &NewBatch,
+    retention: Duration,
+    chunk_size: usize,
+    progress: Option<Progress<'_>>,
+) -> Result<Receipt, SubmitError> {
+    let k = CustomerKeys::new(&req.customer);
+    let fresh = BatchId::new(&req.customer);
+    let key = req
+        .idempotency_key
+        .as_ref()
+        .map(|k| k.as_str().to_owned())
+        .unwrap_or_else(|| format!("auto:{}", fresh.local()));
+    let fingerprint = req.fingerprint();
+    let segments = req.body.segments();
+    let total = req.recipients.len();
+
+    let mut inv = scripts::BATCH_CREATE.key(k.cfg());
+    inv.key(k.idempotency(&key))
+        .key(k.batch(&fresh))
+        .arg(fresh.to_string())
+        .arg(retention.as_secs());
+    for (f, v) in [
+        ("customer", req.customer.as_str().to_owned()),
+        ("body", req.body.as_str().to_owned()),
+        ("total", total.to_string()),
+        ("duplicates", req.duplicates.to_string()),
+        ("fingerprint", fingerprint.clone()),
+        ("idempotency_key", key.clone()),
+        ("segments", segments.segments.to_string()),
+        ("encoding", segments.encoding.as_str().to_owned()),
+    ] {
+        inv.arg(f).arg(v);
+    }
+    let reply = strings(inv.invoke_async(conn).await?);
+    let (batch, existing) = match reply.first().map(String::as_str) {
+        Some("created") => (fresh, false),
+        Some("exists") => {
+            let id = BatchId::parse(reply.get(1).map(String::as_str).unwrap_or_default()).map_err(
+                |e| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "bad batch id stored",
+                        e.to_string(),
+                    ))
+                },
+            )?;
+            let stored: Option<String> = conn.hget(k.batch(&id), "fingerprint").await?;
+            if stored.as_deref() != Some(fingerprint.as_str()) {
+                return Err(SubmitError::KeyReused {
+                    key,
+                    batch: id.to_string(),
+                });
+            }
+            (id, true)
+        }
+        _ => return Err(SubmitError::UnknownCustomer(req.customer.clone())),
+    };
+
+    let mut cursor: usize = conn
+        .hget::<_, _, Option<usize>>(k.batch(&batch), "enqueued")
+        .await?
+        .unwrap_or(0);
+    let start = cursor;
+    let mut progress = progress;
+    while cursor < total {
+        let end = (cursor + chunk_size.max(1)).min(total);
+        let mut inv = scripts::ENQUEUE_CHUNK.key(k.batch(&batch));
+        inv.key(k.queue()).arg(cursor);
+        for r in &req.recipients[cursor..end] {
+            inv.arg(keys::job_member(&batch, r.as_str()));
+        }
+        // A push that timed out may have been applied; the cursor check in the script makes the retry safe.
+        let mut tries = 0;
+        let new_cursor: usize = loop {
+            match inv.invoke_async(conn).await {
+                Ok(c) => break c,
+                Err(e)
+                    if tries < 5
+                        && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped()) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 << tries)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        // Wake idle fetchers; the active set is how they find customers with work.
+        let _: () = redis::pipe()
+            .sadd(keys::ACTIVE, req.customer.as_str())
+            .ignore()
+            .publish(keys::WAKE_CHANNEL, req.customer.as_str())
+            .ignore()
+            .query_async(conn)
+            .await?;
+        cursor = new_cursor;
+        if let Some(p) = progress.as_mut() {
+            p(cursor, total);
+        }
+    }
+    Ok(Receipt {
+        batch_id: batch.to_string(),
+        accepted: total,
+        duplicates: req.duplicates,
+        existing,
+        enqueued_now: cursor.saturating_sub(start),
+    })
+}
+
+/// A batch's counts. At every moment `sent + failed + opted_out + cancelled + pending == total`, and
+/// `queued + deferred == pending`: the counters move in the same scripts as the job states.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BatchStatus {
+    pub batch_id: String,
+    pub customer: String,
+    /// `enqueuing` (the producer is still pushing, or died doing so), `queued`, or `complete`.
+    pub state: String,
+    pub total: u64,
+    pub enqueued: u64,
+    pub duplicates: u64,
+    /// Not terminal and not deferred: waiting in the queue, in flight, or waiting for a retry.
+    pub queued: u64,
+    /// Waiting because the customer is at max numbers and every number is full.
+    pub deferred: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub opted_out: u64,
+    pub cancelled: u64,
+    /// Texts sent twice (a worker paused past its lease). Should always be 0.
+    pub dup_sends: u64,
+    pub failure_reasons: BTreeMap<String, u64>,
+    pub cancel_requested: bool,
+    pub segments: u64,
+    pub encoding: String,
+    pub created_ms: i64,
+    pub completed_ms: Option<i64>,
+}
+
+impl BatchStatus {
+    pub fn terminal(&self) -> u64 {
+        self.sent + self.failed + self.opted_out + self.cancelled
+    }
+    pub fn pending(&self) -> u64 {
+        self.total.saturating_sub(self.terminal())
+    }
+    pub fn is_complete(&self) -> bool {
+        self.state == "complete"
+    }
+    /// The enqueue stopped short of the total (the producer died): resubmitting with the same key finishes it.
+    pub fn enqueue_incomplete(&self) -> bool {
+        self.enqueued < self.total
+    }
+}
+
+/// Reads a batch's status in one command (so the counts are a consistent snapshot).
+pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<BatchStatus>> {
+    let k = CustomerKeys::new(id.customer());
+    let m: HashMap<String, String> = conn.hgetall(k.batch(id)).await?;
+    if m.is_empty() {
+        return Ok(None);
+    }
+    let n = |f: &str| {
+        m.get(f)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+            .max(0) as u64
+    };
+    let total = n("total");
+    let terminal = n("sent") + n("failed") + n("opted_out") + n("cancelled");
+    let pending = total.saturating_sub(terminal);
+    let deferred = n("deferred").min(pending);
+    let failure_reasons = m
+        .iter()
+        .filter_map(|(f, v)| {
+            f.strip_prefix("reason:")
+                .map(|r| (r.to_owned(), v.parse().unwrap_or(0)))
+        })
+        .collect();
+    Ok(Some(BatchStatus {
+        batch_id: id.to_string(),
+        customer: id.customer().to_string(),
+        state: m.get("state").cloned().unwrap_or_default(),
+        total,
+        enqueued: n("enqueued"),
+        duplicates: n("duplicates"),
+        queued: pending - deferred,
+        deferred,
+        sent: n("sent"),
+        failed: n("failed"),
+        opted_out: n("opted_out"),
+        cancelled: n("cancelled"),
+        dup_sends: n("dup_sends"),
+        failure_reasons,
+        cancel_requested: m.get("cancel").map(String::as_str) == Some("1"),
+        segments: n("segments"),
+        encoding: m.get("encoding").cloned().unwrap_or_default(),
+        created_ms: n("created_ms") as i64,
+        completed_ms: m.get("completed_ms").and_then(|v| v.parse().ok()),
+    }))
+}
+
+/// Failed recipients of a batch and why (kept with the batch record).
+pub async fn failures(
+    conn: &mut Conn,
+    id: &BatchId,
+) -> redis::RedisResult<BTreeMap<String, String>> {
+    let k = CustomerKeys::new(id.customer());
+    conn.hgetall(k.batch_failures(id)).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum CancelOutcome {
+    Cancelled { cancelled_now: u64 },
+    AlreadyComplete,
+    NotFound,
+}
+
+/// Cancels a batch: parked jobs end now, queued ones when a worker reaches them, in-flight ones finish.
+pub async fn cancel(
+    conn: &mut Conn,
+    id: &BatchId,
+    retention: Duration,
+) -> redis::RedisResult<CancelOutcome> {
+    let k = CustomerKeys::new(id.customer());
+    let reply = strings(
+        scripts::CANCEL
+            .key(k.batch(id))
+            .key(k.batch_state(id))
+            .key(k.batch_failures(id))
+            .key(k.inflight())
+            .key(k.scheduled())
+            .arg(id.local())
+            .arg(retention.as_secs())
+            .invoke_async(conn)
+            .await?,
+    );
+    // Wake fetchers so the queued jobs are drained (and cancelled) promptly.
+    let _: () = redis::cmd("PUBLISH")
+        .arg(keys::WAKE_CHANNEL)
+        .arg(id.customer().as_str())
+        .query_async(conn)
+        .await?;
+    Ok(match reply.first().map(String::as_str) {
+        Some("ok") => CancelOutcome::Cancelled {
+            cancelled_now: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
+        },
+        Some("complete") => CancelOutcome::AlreadyComplete,
+        _ => CancelOutcome::NotFound,
+    })
+}

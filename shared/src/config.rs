@@ -1,0 +1,252 @@
+//! Configuration every binary reads: environment variables, overridable by flags.
+//!
+//! [`CommonArgs`] is flattened into each binary's clap parser, so `--daily-quota 5` and `MESSENGER_DAILY_QUOTA=5`
+//! mean the same thing and `--help` lists every variable. [`CommonArgs::settings`] validates the lot into a typed
+//! [`Settings`]; secrets are wrapped in [`SecretString`] so they never reach a log through `Debug`.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::AccountSid;
+
+/// Options shared by the producer and the worker.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Redis to keep queues, windows, pools and locks in.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// How long to wait for any one Redis reply before treating the connection as broken. redis-rs defaults to
+    /// 500 ms, which turns a busy Redis into errors; a script reply never takes this long on a healthy server.
+    #[arg(long, env = "MESSENGER_REDIS_TIMEOUT_MS", default_value_t = 5_000)]
+    pub redis_timeout_ms: u64,
+
+    /// Base URL of Twilio's REST API (point it at the simulator for tests and demos).
+    #[arg(
+        long,
+        env = "TWILIO_API_BASE",
+        default_value = "https://api.twilio.com"
+    )]
+    pub twilio_api_base: String,
+
+    /// The Twilio account (or parent account) whose credentials sign every request.
+    #[arg(long, env = "TWILIO_ACCOUNT_SID")]
+    pub twilio_account_sid: Option<String>,
+
+    /// Auth token of `TWILIO_ACCOUNT_SID`: used for Basic auth and to verify webhook signatures.
+    #[arg(long, env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+
+    /// Whole-request timeout for Twilio calls. A send that times out is ambiguous and is resolved by listing
+    /// messages before any resend, so this bounds how long a worker waits, not correctness.
+    #[arg(long, env = "MESSENGER_TWILIO_TIMEOUT_MS", default_value_t = 10_000)]
+    pub twilio_timeout_ms: u64,
+
+    /// Rolling window of the quota model, in seconds.
+    #[arg(long, env = "MESSENGER_WINDOW_SECS", default_value_t = 86_400)]
+    pub window_secs: u64,
+
+    /// Messages one number may send per window before it risks being flagged as spam.
+    #[arg(long, env = "MESSENGER_DAILY_QUOTA", default_value_t = 250)]
+    pub daily_quota: u32,
+
+    /// Upper bound of a number's limit however many replies it receives (each reply adds one).
+    #[arg(long, env = "MESSENGER_CONVERSATIONAL_CAP", default_value_t = 1_000)]
+    pub conversational_cap: u32,
+
+    /// Numbers a new customer may own unless `customer add --max-numbers` says otherwise.
+    #[arg(long, env = "MESSENGER_MAX_NUMBERS", default_value_t = 20)]
+    pub max_numbers: u32,
+
+    /// How long finished batch records (counts and failure reasons) and idempotency keys are kept, in seconds.
+    #[arg(long, env = "MESSENGER_BATCH_RETENTION_SECS", default_value_t = 7 * 86_400)]
+    pub batch_retention_secs: u64,
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub twilio: TwilioSettings,
+    pub quota: QuotaSettings,
+    /// Default `max_numbers` for new customers.
+    pub default_max_numbers: u32,
+    pub batch_retention: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub response_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct TwilioSettings {
+    pub api_base: String,
+    /// `None` in processes that never call Twilio (the producer's CLI).
+    pub account_sid: Option<AccountSid>,
+    pub auth_token: Option<SecretString>,
+    pub timeout: Duration,
+}
+
+/// The quota model of DESIGN.md: `limit(N) = min(daily_quota + received(N), conversational_cap)` over `window`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaSettings {
+    pub window: Duration,
+    pub daily_quota: u32,
+    pub conversational_cap: u32,
+}
+
+impl Default for QuotaSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(86_400),
+            daily_quota: 250,
+            conversational_cap: 1_000,
+        }
+    }
+}
+
+/// A setting that cannot work, named by its environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl CommonArgs {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let bad = |s: String| Err(ConfigError(s));
+        if !(self.redis_url.starts_with("redis://")
+            || self.redis_url.starts_with("rediss://")
+            || self.redis_url.starts_with("unix://"))
+        {
+            return bad("REDIS_URL must start with redis://, rediss:// or unix://".into());
+        }
+        if !(self.twilio_api_base.starts_with("http://")
+            || self.twilio_api_base.starts_with("https://"))
+        {
+            return bad(format!(
+                "TWILIO_API_BASE {:?} must be an http(s) URL",
+                self.twilio_api_base
+            ));
+        }
+        let account_sid = match &self.twilio_account_sid {
+            Some(s) if !s.is_empty() => Some(
+                AccountSid::parse(s)
+                    .map_err(|e| ConfigError(format!("TWILIO_ACCOUNT_SID: {e}")))?,
+            ),
+            _ => None,
+        };
+        let quota = QuotaSettings {
+            window: Duration::from_secs(self.window_secs),
+            daily_quota: self.daily_quota,
+            conversational_cap: self.conversational_cap,
+        };
+        quota.validate()?;
+        if self.max_numbers == 0 {
+            return bad("MESSENGER_MAX_NUMBERS must be at least 1".into());
+        }
+        if self.redis_timeout_ms == 0 || self.twilio_timeout_ms == 0 {
+            return bad("timeouts must be positive".into());
+        }
+        Ok(Settings {
+            redis: RedisSettings {
+                url: SecretString::from(self.redis_url.clone()),
+                response_timeout: Duration::from_millis(self.redis_timeout_ms),
+            },
+            twilio: TwilioSettings {
+                api_base: self.twilio_api_base.trim_end_matches('/').to_owned(),
+                account_sid,
+                auth_token: self
+                    .twilio_auth_token
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .map(SecretString::from),
+                timeout: Duration::from_millis(self.twilio_timeout_ms),
+            },
+            quota,
+            default_max_numbers: self.max_numbers,
+            batch_retention: Duration::from_secs(self.batch_retention_secs.max(60)),
+        })
+    }
+}
+
+impl QuotaSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.window.as_millis() < 1_000 {
+            return Err(ConfigError(
+                "MESSENGER_WINDOW_SECS must be at least 1".into(),
+            ));
+        }
+        if self.daily_quota == 0 {
+            return Err(ConfigError(
+                "MESSENGER_DAILY_QUOTA must be at least 1".into(),
+            ));
+        }
+        if self.conversational_cap < self.daily_quota {
+            return Err(ConfigError(format!(
+                "MESSENGER_CONVERSATIONAL_CAP ({}) is below MESSENGER_DAILY_QUOTA ({}); the cap bounds the quota \
+                 plus replies, so it must be at least the quota",
+                self.conversational_cap, self.daily_quota
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window.as_millis() as u64
+    }
+}
+
+impl TwilioSettings {
+    /// The account and token, or a configuration error naming what is missing.
+    pub fn credentials(&self) -> Result<(AccountSid, SecretString), ConfigError> {
+        match (&self.account_sid, &self.auth_token) {
+            (Some(sid), Some(token)) if !token.expose_secret().is_empty() => {
+                Ok((sid.clone(), token.clone()))
+            }
+            (None, _) => Err(ConfigError("TWILIO_ACCOUNT_SID is not set".into())),
+            _ => Err(ConfigError("TWILIO_AUTH_TOKEN is not set".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_seed_article() {
+        let s = Cli::parse_from(["x"]).common.settings().unwrap();
+        assert_eq!(s.quota, QuotaSettings::default());
+    }
+
+    #[test]
+    fn a_cap_below_the_quota_is_rejected_by_name() {
+        let e = Cli::parse_from(["x", "--daily-quota", "300", "--conversational-cap", "200"])
+            .common
+            .settings();
+        assert!(e.unwrap_err().0.contains("MESSENGER_CONVERSATIONAL_CAP"));
+    }
+
+    #[test]
+    fn a_malformed_account_sid_is_rejected() {
+        let e = Cli::parse_from(["x", "--twilio-account-sid", "nope"])
+            .common
+            .settings();
+        assert!(e.unwrap_err().0.contains("TWILIO_ACCOUNT_SID"));
+    }
+}

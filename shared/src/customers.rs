@@ -1,0 +1,184 @@
+//! Customers and their number pools.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::config::QuotaSettings;
+use crate::domain::{AccountSid, CustomerId};
+use crate::keys::{self, CustomerKeys};
+use crate::store::Conn;
+
+/// A customer's purchase settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Customer {
+    pub id: CustomerId,
+    /// Twilio subaccount that owns this customer's numbers; `None` = the main account.
+    pub account_sid: Option<AccountSid>,
+    /// Area code to buy numbers in (3 digits); `None` = any US local number.
+    pub area_code: Option<String>,
+    pub max_numbers: u32,
+}
+
+/// A 3-digit North American area code.
+pub fn parse_area_code(s: &str) -> Result<String, String> {
+    if s.len() == 3
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && !s.starts_with('0')
+        && !s.starts_with('1')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("area code {s:?} is not 3 digits starting with 2-9"))
+    }
+}
+
+/// Creates or updates a customer. Returns true if it was new. Counters (reservation ids, fill cursor) survive an
+/// update.
+pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
+    let k = CustomerKeys::new(&c.id);
+    // The set entry goes first: a set member without a record is skipped by readers; a record missing from the
+    // set would be invisible to the reconciler.
+    let (added, _): (i64, ()) = redis::pipe()
+        .sadd(keys::CUSTOMERS, c.id.as_str())
+        .hset_multiple(
+            k.cfg(),
+            &[
+                (
+                    "account_sid",
+                    c.account_sid
+                        .as_ref()
+                        .map(|a| a.as_str().to_owned())
+                        .unwrap_or_default(),
+                ),
+                ("area_code", c.area_code.clone().unwrap_or_default()),
+                ("max_numbers", c.max_numbers.to_string()),
+            ],
+        )
+        .query_async(conn)
+        .await?;
+    Ok(added == 1)
+}
+
+pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<Customer>> {
+    let k = CustomerKeys::new(id);
+    let m: HashMap<String, String> = conn.hgetall(k.cfg()).await?;
+    if m.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Customer {
+        id: id.clone(),
+        account_sid: m.get("account_sid").and_then(|s| AccountSid::parse(s).ok()),
+        area_code: m.get("area_code").filter(|s| !s.is_empty()).cloned(),
+        max_numbers: m
+            .get("max_numbers")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+    }))
+}
+
+pub async fn list(conn: &mut Conn) -> redis::RedisResult<Vec<CustomerId>> {
+    let ids: Vec<String> = conn.smembers(keys::CUSTOMERS).await?;
+    let mut out: Vec<CustomerId> = ids
+        .iter()
+        .filter_map(|s| CustomerId::parse(s).ok())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// One number of a pool, with its use of the current window.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NumberUsage {
+    pub number: String,
+    pub sid: String,
+    pub sent: u32,
+    pub received: u32,
+    pub limit: u32,
+    pub available: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolReport {
+    pub customer: CustomerId,
+    pub numbers: Vec<NumberUsage>,
+    pub max_numbers: u32,
+    pub pending_purchases: u32,
+    pub window_secs: u64,
+    pub daily_quota: u32,
+    pub conversational_cap: u32,
+}
+
+impl PoolReport {
+    pub fn total_available(&self) -> u32 {
+        self.numbers.iter().map(|n| n.available).sum()
+    }
+}
+
+/// Reads a customer's numbers and their window counts at Redis time, without modifying anything.
+pub async fn pool(
+    conn: &mut Conn,
+    id: &CustomerId,
+    quota: &QuotaSettings,
+) -> redis::RedisResult<Option<PoolReport>> {
+    let Some(customer) = get(conn, id).await? else {
+        return Ok(None);
+    };
+    let k = CustomerKeys::new(id);
+    let (time, numbers, meta, intents): ((i64, i64), Vec<String>, HashMap<String, String>, i64) =
+        redis::pipe()
+            .cmd("TIME")
+            .zrange(k.pool(), 0, -1)
+            .hgetall(k.pool_meta())
+            .hlen(k.intents())
+            .query_async(conn)
+            .await?;
+    let now_ms = time.0 * 1000 + time.1 / 1000;
+    let horizon = format!("({}", now_ms - quota.window_ms() as i64);
+    let mut pipe = redis::pipe();
+    for n in &numbers {
+        pipe.zcount(k.window(n), &horizon, "+inf")
+            .zcount(k.received(n), &horizon, "+inf");
+    }
+    let counts: Vec<u32> = if numbers.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(conn).await?
+    };
+    let usage = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (sent, received) = (counts[2 * i], counts[2 * i + 1]);
+            let limit = (quota.daily_quota + received).min(quota.conversational_cap);
+            NumberUsage {
+                number: n.clone(),
+                sid: meta
+                    .get(n)
+                    .and_then(|m| m.split('|').next())
+                    .unwrap_or_default()
+                    .to_owned(),
+                sent,
+                received,
+                limit,
+                available: limit.saturating_sub(sent),
+            }
+        })
+        .collect();
+    Ok(Some(PoolReport {
+        customer: id.clone(),
+        numbers: usage,
+        max_numbers: customer.max_numbers,
+        pending_purchases: intents as u32,
+        window_secs: quota.window.as_secs(),
+        daily_quota: quota.daily_quota,
+        conversational_cap: quota.conversational_cap,
+    }))
+}
+
+/// Redis's clock, in ms. Everything time-based in Messenger uses it, never a process clock.
+pub async fn redis_now_ms(conn: &mut Conn) -> redis::RedisResult<i64> {
+    let (s, us): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(s * 1000 + us / 1000)
+}

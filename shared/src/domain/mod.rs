@@ -1,0 +1,9 @@
+//! Domain types that parse: a value of one of these types is valid by construction.
+
+mod body;
+mod ids;
+mod phone;
+
+pub use body::{BodyError, Encoding, MAX_BODY_CHARS, MessageBody, Segments, count_segments};
+pub use ids::{AccountSid, BatchId, CustomerId, IdError, IdempotencyKey};
+pub use phone::{Masked, PhoneError, PhoneNumber};

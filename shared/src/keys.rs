@@ -1,0 +1,167 @@
+//! Every Redis key Messenger uses, in one place.
+//!
+//! Global keys start with `msgr:`. Everything that belongs to one customer lives under the hash tag `{c:<id>}`, so
+//! every multi-key script touches a single Redis Cluster slot. Scripts never invent key names: keys that depend on a
+//! value only known inside the script (a number's window, the sticky-sender epoch) are built there from a *prefix*
+//! that this module hands over, so the naming still lives only here.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `msgr:customers` | SET | every customer id |
+//! | `msgr:active` | SET | customers that may have queued, scheduled or in-flight jobs (fetchers poll these) |
+//! | `msgr:settings` | HASH | the fleet's quota settings; processes with different ones refuse to start |
+//! | `msgr:workers` | ZSET | worker name → last heartbeat (Redis ms), for operators |
+//! | `msgr:numbers` | HASH | E.164 number → customer, to route inbound webhooks |
+//! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers; counters `resseq` (reservation ids) and `cursor` |
+//! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
+//! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
+//! | `{c:ID}:w:<number>` | ZSET | sends of one number in the window (member = reservation id, score = Redis ms) |
+//! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
+//! | `{c:ID}:sticky:<epoch>` | HASH | recipient → number that last texted them; one key per window-long epoch |
+//! | `{c:ID}:optout` | SET | recipients who replied STOP |
+//! | `{c:ID}:lock` | STRING | purchase lock token |
+//! | `{c:ID}:intents` | HASH | purchase intent id → `created_ms|friendly_name` |
+//! | `{c:ID}:q` | LIST | ready jobs, `<batch>|<recipient>` |
+//! | `{c:ID}:sched` | ZSET | jobs waiting for a retry, a deferral or an ambiguity grace period (score = due ms) |
+//! | `{c:ID}:inflight` | ZSET | fetched jobs, scored by lease deadline; expired ones are fetched again |
+//! | `{c:ID}:b:<batch>` | HASH | batch record: body, counters, state |
+//! | `{c:ID}:b:<batch>:st` | HASH | recipient → job state (deleted when the batch completes) |
+//! | `{c:ID}:b:<batch>:fail` | HASH | recipient → failure reason |
+//! | `{c:ID}:idem:<key>` | STRING | idempotency key → batch id |
+
+use crate::domain::{BatchId, CustomerId};
+
+pub const CUSTOMERS: &str = "msgr:customers";
+pub const ACTIVE: &str = "msgr:active";
+pub const SETTINGS: &str = "msgr:settings";
+pub const WORKERS: &str = "msgr:workers";
+pub const NUMBERS: &str = "msgr:numbers";
+pub const RECONCILE_LOCK: &str = "msgr:reconcile";
+/// Pub/sub channel: the producer publishes a customer id when it enqueues, so idle fetchers wake at once.
+pub const WAKE_CHANNEL: &str = "msgr:wake";
+
+/// Keys of one customer, all under the hash tag `{c:<id>}`.
+#[derive(Clone, Debug)]
+pub struct CustomerKeys {
+    /// `{c:<id>}:`
+    prefix: String,
+}
+
+impl CustomerKeys {
+    pub fn new(customer: &CustomerId) -> Self {
+        Self {
+            prefix: format!("{{c:{}}}:", customer.as_str()),
+        }
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + suffix.len());
+        k.push_str(&self.prefix);
+        k.push_str(suffix);
+        k
+    }
+
+    pub fn cfg(&self) -> String {
+        self.key("cfg")
+    }
+    pub fn pool(&self) -> String {
+        self.key("pool")
+    }
+    pub fn pool_meta(&self) -> String {
+        self.key("pool:meta")
+    }
+    /// Prefix of per-number send windows: the script appends the E.164 number.
+    pub fn window_prefix(&self) -> String {
+        self.key("w:")
+    }
+    pub fn window(&self, number: &str) -> String {
+        self.key(&format!("w:{number}"))
+    }
+    /// Prefix of per-number received windows.
+    pub fn received_prefix(&self) -> String {
+        self.key("r:")
+    }
+    pub fn received(&self, number: &str) -> String {
+        self.key(&format!("r:{number}"))
+    }
+    /// Prefix of the sticky-sender hashes: the script appends the window epoch.
+    pub fn sticky_prefix(&self) -> String {
+        self.key("sticky:")
+    }
+    pub fn optouts(&self) -> String {
+        self.key("optout")
+    }
+    pub fn lock(&self) -> String {
+        self.key("lock")
+    }
+    pub fn intents(&self) -> String {
+        self.key("intents")
+    }
+    pub fn queue(&self) -> String {
+        self.key("q")
+    }
+    pub fn scheduled(&self) -> String {
+        self.key("sched")
+    }
+    pub fn inflight(&self) -> String {
+        self.key("inflight")
+    }
+    pub fn batch(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}", batch.local()))
+    }
+    pub fn batch_state(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}:st", batch.local()))
+    }
+    pub fn batch_failures(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}:fail", batch.local()))
+    }
+    pub fn idempotency(&self, key: &str) -> String {
+        self.key(&format!("idem:{key}"))
+    }
+}
+
+/// A job as stored in the queue: `<batch local id>|<recipient E.164>`, about 40 bytes.
+///
+/// The body lives once in the batch record; the customer is implied by the queue the member sits in.
+pub fn job_member(batch: &BatchId, recipient: &str) -> String {
+    let mut m = String::with_capacity(batch.local().len() + 1 + recipient.len());
+    m.push_str(batch.local());
+    m.push('|');
+    m.push_str(recipient);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_customer_key_shares_one_hash_tag() {
+        let c = CustomerId::parse("acme").unwrap();
+        let b = BatchId::new(&c);
+        let k = CustomerKeys::new(&c);
+        let all = [
+            k.cfg(),
+            k.pool(),
+            k.pool_meta(),
+            k.window("+14155550100"),
+            k.received("+14155550100"),
+            k.sticky_prefix(),
+            k.optouts(),
+            k.lock(),
+            k.intents(),
+            k.queue(),
+            k.scheduled(),
+            k.inflight(),
+            k.batch(&b),
+            k.batch_state(&b),
+            k.batch_failures(&b),
+            k.idempotency("x"),
+        ];
+        for key in all {
+            assert!(key.starts_with("{c:acme}:"), "{key}");
+        }
+        assert_eq!(k.window("+1"), format!("{}+1", k.window_prefix()));
+    }
+}

@@ -1,0 +1,546 @@
+//! The job ledger: typed calls over the Lua scripts that move a job between states.
+//!
+//! A job is one (batch, recipient). It sits in its customer's queue as `<batch>|<recipient>`, moves to the in-flight
+//! set under a lease when a worker fetches it, and ends in a terminal state recorded in the batch's state hash,
+//! with the batch counters updated in the same script. The quota window is part of the same ledger: a slot is
+//! reserved before the send and given back if Twilio refused the message.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::config::QuotaSettings;
+use crate::domain::{BatchId, CustomerId, PhoneNumber};
+use crate::keys::{self, CustomerKeys};
+use crate::scripts;
+use crate::store::{Conn, num, strings};
+
+/// One job: a recipient of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub customer: CustomerId,
+    pub batch: BatchId,
+    pub recipient: PhoneNumber,
+    /// The queue member, `<batch local id>|<recipient>`.
+    pub member: String,
+}
+
+impl Job {
+    pub fn new(batch: &BatchId, recipient: PhoneNumber) -> Self {
+        let member = keys::job_member(batch, recipient.as_str());
+        Self {
+            customer: batch.customer().clone(),
+            batch: batch.clone(),
+            recipient,
+            member,
+        }
+    }
+
+    /// Decodes a queue member fetched from `customer`'s queue.
+    pub fn from_member(customer: &CustomerId, member: &str) -> Option<Self> {
+        let (local, recipient) = member.split_once('|')?;
+        let batch = BatchId::from_parts(customer, local).ok()?;
+        let recipient = PhoneNumber::from_trusted(recipient).ok()?;
+        Some(Self {
+            customer: customer.clone(),
+            batch,
+            recipient,
+            member: member.to_owned(),
+        })
+    }
+}
+
+/// A reserved quota slot: which number sends, and the window entry that counts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub number: String,
+    pub resid: String,
+    /// Redis time of the reservation, ms.
+    pub at_ms: i64,
+    /// Transient failures before this attempt.
+    pub attempt: u32,
+}
+
+impl Slot {
+    /// The job state this slot wrote (`r|…`), used for compare-and-set by later scripts.
+    pub fn marker(&self) -> String {
+        format!(
+            "r|{}|{}|{}|{}",
+            self.number, self.resid, self.at_ms, self.attempt
+        )
+    }
+}
+
+/// Why there was no slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Full {
+    pub numbers: u32,
+    pub pending_intents: u32,
+    pub max_numbers: u32,
+    /// When the oldest window entry of any number ages out (Redis ms), if the customer has numbers.
+    pub earliest_free_ms: Option<i64>,
+    /// Creation time of the oldest pending purchase intent (Redis ms).
+    pub oldest_intent_ms: Option<i64>,
+    pub now_ms: i64,
+    /// The job's state as the script saw it (`None` if never attempted), for compare-and-set.
+    pub state: Option<String>,
+}
+
+impl Full {
+    /// Whether a purchase could be started (subject to the re-check inside the lock).
+    pub fn can_buy(&self) -> bool {
+        self.pending_intents == 0 && self.numbers < self.max_numbers
+    }
+    pub fn at_max(&self) -> bool {
+        self.numbers >= self.max_numbers
+    }
+    /// Transient failures recorded in the job's state so far.
+    pub fn attempt(&self) -> u32 {
+        attempt_of(self.state.as_deref())
+    }
+}
+
+/// Result of [`Ledger::reserve`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reserve {
+    Reserved(Slot),
+    /// Sent before (e.g. a redelivered job); the sid is the one recorded.
+    AlreadySent(String),
+    /// Already failed, opted out or cancelled.
+    Terminal,
+    /// Ended here: the recipient opted out, the batch was cancelled, or the batch no longer exists.
+    OptedOut,
+    Cancelled,
+    Orphan,
+    /// An earlier attempt reserved `slot` and may have reached Twilio.
+    Ambiguous {
+        slot: Slot,
+        now_ms: i64,
+    },
+    Full(Full),
+    /// Locked mode: a purchase intent was recorded; buy exactly one number.
+    Intent {
+        id: String,
+        now_ms: i64,
+    },
+    /// Locked mode: the lock expired or was taken over.
+    LostLock,
+}
+
+/// How a job that is not finished goes back to the schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requeue {
+    /// Twilio did not take the message: give the slot back, count the failure.
+    Release,
+    /// The outcome is unknown: keep the slot and the marker for resolution.
+    Keep,
+    /// No capacity at max numbers: count as deferred.
+    Defer,
+    /// Nothing to record (waiting on someone else's purchase, or shutting down).
+    Wait,
+}
+
+impl Requeue {
+    fn as_str(self) -> &'static str {
+        match self {
+            Requeue::Release => "release",
+            Requeue::Keep => "keep",
+            Requeue::Defer => "defer",
+            Requeue::Wait => "wait",
+        }
+    }
+}
+
+/// Terminal outcomes other than "sent".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Failed,
+    OptedOut,
+    Cancelled,
+}
+
+impl Ending {
+    fn as_str(self) -> &'static str {
+        match self {
+            Ending::Failed => "f",
+            Ending::OptedOut => "o",
+            Ending::Cancelled => "x",
+        }
+    }
+}
+
+/// Result of [`Ledger::commit_sent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    Recorded {
+        batch_completed: bool,
+    },
+    /// The same sid was already recorded (a retried commit).
+    Already,
+    /// The job had already ended: the text went out twice. Counted in the batch's `dup_sends`.
+    Duplicate,
+    Orphan,
+}
+
+/// Jobs handed out by [`Ledger::fetch`].
+#[derive(Clone, Debug, Default)]
+pub struct Fetched {
+    pub jobs: Vec<String>,
+    pub queue_len: i64,
+    /// Time until the earliest scheduled job or lease deadline.
+    pub next_due_in: Option<Duration>,
+    pub inflight: i64,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    conn: Conn,
+    quota: QuotaSettings,
+    retention_s: u64,
+}
+
+impl Ledger {
+    pub fn new(conn: Conn, quota: QuotaSettings, retention: Duration) -> Self {
+        Self {
+            conn,
+            quota,
+            retention_s: retention.as_secs().max(60),
+        }
+    }
+
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    pub fn quota(&self) -> &QuotaSettings {
+        &self.quota
+    }
+
+    /// The fast path (`Fast`) or the re-check under the purchase lock (`Locked`).
+    pub async fn reserve(
+        &self,
+        job: &Job,
+        mode: ReserveMode<'_>,
+        resolved: Option<&Slot>,
+    ) -> redis::RedisResult<Reserve> {
+        let k = CustomerKeys::new(&job.customer);
+        let (mode_s, token, intent, name) = match mode {
+            ReserveMode::Fast => ("fast", "", "", ""),
+            ReserveMode::Locked {
+                token,
+                intent_id,
+                friendly_name,
+            } => ("locked", token, intent_id, friendly_name),
+        };
+        let v: Value = scripts::RESERVE
+            .key(k.cfg())
+            .key(k.pool())
+            .key(k.optouts())
+            .key(k.batch(&job.batch))
+            .key(k.batch_state(&job.batch))
+            .key(k.batch_failures(&job.batch))
+            .key(k.inflight())
+            .key(k.intents())
+            .key(k.lock())
+            .arg(job.recipient.as_str())
+            .arg(&job.member)
+            .arg(self.quota.window_ms())
+            .arg(self.quota.daily_quota)
+            .arg(self.quota.conversational_cap)
+            .arg(k.window_prefix())
+            .arg(k.received_prefix())
+            .arg(k.sticky_prefix())
+            .arg(self.retention_s)
+            .arg(mode_s)
+            .arg(token)
+            .arg(intent)
+            .arg(name)
+            .arg(resolved.map(Slot::marker).unwrap_or_default())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let p = strings(v);
+        let slot_at = |i: usize| Slot {
+            number: p[i].clone(),
+            resid: p[i + 1].clone(),
+            at_ms: num(&p, i + 2),
+            attempt: num(&p, i + 3) as u32,
+        };
+        Ok(match p.first().map(String::as_str) {
+            Some("ok") => Reserve::Reserved(Slot {
+                number: p[1].clone(),
+                resid: p[2].clone(),
+                at_ms: num(&p, 3),
+                attempt: num(&p, 4) as u32,
+            }),
+            Some("done") => Reserve::AlreadySent(p.get(1).cloned().unwrap_or_default()),
+            Some("terminal") => Reserve::Terminal,
+            Some("opted_out") => Reserve::OptedOut,
+            Some("cancelled") => Reserve::Cancelled,
+            Some("orphan") => Reserve::Orphan,
+            Some("ambiguous") => Reserve::Ambiguous {
+                slot: slot_at(1),
+                now_ms: num(&p, 5),
+            },
+            Some("full") => Reserve::Full(Full {
+                numbers: num(&p, 1) as u32,
+                pending_intents: num(&p, 2) as u32,
+                max_numbers: num(&p, 3) as u32,
+                earliest_free_ms: Some(num(&p, 4)).filter(|v| *v >= 0),
+                oldest_intent_ms: Some(num(&p, 5)).filter(|v| *v >= 0),
+                now_ms: num(&p, 6),
+                state: p.get(7).filter(|s| !s.is_empty()).cloned(),
+            }),
+            Some("intent") => Reserve::Intent {
+                id: p[1].clone(),
+                now_ms: num(&p, 2),
+            },
+            Some("lost_lock") => Reserve::LostLock,
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "unexpected reply from reserve.lua",
+                    format!("{other:?}"),
+                )));
+            }
+        })
+    }
+
+    /// Records a sent message (idempotent; see commit.lua).
+    pub async fn commit_sent(&self, job: &Job, sid: &str) -> redis::RedisResult<Commit> {
+        let k = CustomerKeys::new(&job.customer);
+        let v: Value = scripts::COMMIT
+            .key(k.batch(&job.batch))
+            .key(k.batch_state(&job.batch))
+            .key(k.batch_failures(&job.batch))
+            .key(k.inflight())
+            .arg(job.recipient.as_str())
+            .arg(&job.member)
+            .arg(sid)
+            .arg(self.retention_s)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let p = strings(v);
+        Ok(match p.first().map(String::as_str) {
+            Some("ok") => Commit::Recorded {
+                batch_completed: num(&p, 1) == 1,
+            },
+            Some("already") => Commit::Already,
+            Some("duplicate") => Commit::Duplicate,
+            _ => Commit::Orphan,
+        })
+    }
+
+    /// Ends a job without a (new) text. `seen` is the state the caller acted on (compare-and-set).
+    pub async fn finish(
+        &self,
+        job: &Job,
+        ending: Ending,
+        reason: &str,
+        seen: Option<&str>,
+    ) -> redis::RedisResult<bool> {
+        let k = CustomerKeys::new(&job.customer);
+        let v: Value = scripts::FAIL
+            .key(k.batch(&job.batch))
+            .key(k.batch_state(&job.batch))
+            .key(k.batch_failures(&job.batch))
+            .key(k.inflight())
+            .key(k.optouts())
+            .arg(job.recipient.as_str())
+            .arg(&job.member)
+            .arg(ending.as_str())
+            .arg(reason)
+            .arg(seen.unwrap_or(""))
+            .arg(k.window_prefix())
+            .arg(self.retention_s)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(strings(v).first().map(String::as_str) == Some("ok"))
+    }
+
+    /// Moves a job from in-flight back to the schedule, due after `delay` (Redis time) or at `due_ms`.
+    /// `seen` is the job state the caller acted on (`None` = no state yet). Returns the due time, or `None` if the
+    /// job's state changed under us (someone else owns it now).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn requeue(
+        &self,
+        job: &Job,
+        how: Requeue,
+        when: Due,
+        attempt: u32,
+        reason: &str,
+        seen: Option<&str>,
+    ) -> redis::RedisResult<Option<i64>> {
+        let k = CustomerKeys::new(&job.customer);
+        let (delay, due) = match when {
+            Due::In(d) => (d.as_millis() as i64, 0),
+            Due::At(ms) => (-1, ms),
+        };
+        let v: Value = scripts::RETRY
+            .key(k.batch(&job.batch))
+            .key(k.batch_state(&job.batch))
+            .key(k.inflight())
+            .key(k.scheduled())
+            .arg(job.recipient.as_str())
+            .arg(&job.member)
+            .arg(how.as_str())
+            .arg(delay)
+            .arg(due)
+            .arg(attempt)
+            .arg(reason)
+            .arg(seen.unwrap_or(""))
+            .arg(k.window_prefix())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let p = strings(v);
+        Ok((p.first().map(String::as_str) == Some("ok")).then(|| num(&p, 1)))
+    }
+
+    /// The current state of a job (`None` if never attempted or if the batch completed).
+    pub async fn job_state(&self, job: &Job) -> redis::RedisResult<Option<String>> {
+        let k = CustomerKeys::new(&job.customer);
+        redis::cmd("HGET")
+            .arg(k.batch_state(&job.batch))
+            .arg(job.recipient.as_str())
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Hands up to `n` jobs of `customer` to this worker under a lease of `lease`.
+    pub async fn fetch(
+        &self,
+        customer: &CustomerId,
+        n: usize,
+        lease: Duration,
+    ) -> redis::RedisResult<Fetched> {
+        let k = CustomerKeys::new(customer);
+        let v: Value = scripts::FETCH
+            .key(k.queue())
+            .key(k.scheduled())
+            .key(k.inflight())
+            .arg(n)
+            .arg(lease.as_millis() as u64)
+            .arg(1000)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut p = strings(v);
+        if p.len() < 3 {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "short reply from fetch.lua",
+            )));
+        }
+        let jobs = p.split_off(3);
+        Ok(Fetched {
+            jobs,
+            queue_len: num(&p, 0),
+            next_due_in: Some(num(&p, 1))
+                .filter(|v| *v >= 0)
+                .map(|ms| Duration::from_millis(ms as u64)),
+            inflight: num(&p, 2),
+        })
+    }
+
+    /// Extends leases; returns the members that are no longer in flight (their lease expired).
+    pub async fn renew(
+        &self,
+        customer: &CustomerId,
+        lease: Duration,
+        members: &[String],
+    ) -> redis::RedisResult<Vec<String>> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = CustomerKeys::new(customer);
+        let mut inv = scripts::RENEW.key(k.inflight());
+        inv.arg(lease.as_millis() as u64);
+        for m in members {
+            inv.arg(m);
+        }
+        let v: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(strings(v).into_iter().filter(|s| !s.is_empty()).collect())
+    }
+
+    /// Hands fetched-but-unstarted jobs back to the front of the queue.
+    pub async fn release(
+        &self,
+        customer: &CustomerId,
+        members: &[String],
+    ) -> redis::RedisResult<u64> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let k = CustomerKeys::new(customer);
+        let mut inv = scripts::RELEASE.key(k.queue());
+        inv.key(k.inflight());
+        for m in members {
+            inv.arg(m);
+        }
+        inv.invoke_async(&mut self.conn.clone()).await
+    }
+
+    /// Credits a message received on `number` (+1 to its limit for one window, up to the cap).
+    pub async fn record_inbound(
+        &self,
+        customer: &CustomerId,
+        number: &str,
+        message_sid: &str,
+    ) -> redis::RedisResult<Inbound> {
+        let k = CustomerKeys::new(customer);
+        let v: Value = scripts::RECORD_INBOUND
+            .key(k.received(number))
+            .key(k.pool())
+            .arg(message_sid)
+            .arg(self.quota.window_ms())
+            .arg(number)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let p = strings(v);
+        Ok(match p.first().map(String::as_str) {
+            Some("ok") => Inbound::Credited {
+                received_in_window: num(&p, 1) as u32,
+            },
+            Some("duplicate") => Inbound::Duplicate {
+                received_in_window: num(&p, 1) as u32,
+            },
+            _ => Inbound::UnknownNumber,
+        })
+    }
+}
+
+/// The failure count stored in a job state (`w|n|…`, `D|n`, `r|…|n`).
+pub fn attempt_of(state: Option<&str>) -> u32 {
+    let Some(s) = state else { return 0 };
+    let parts: Vec<&str> = s.split('|').collect();
+    let field = match parts.first() {
+        Some(&"w") | Some(&"D") => parts.get(1),
+        Some(&"r") => parts.get(4),
+        _ => None,
+    };
+    field.and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// When a requeued job becomes due.
+#[derive(Clone, Copy, Debug)]
+pub enum Due {
+    /// After this long, measured on Redis's clock.
+    In(Duration),
+    /// At this Redis time (ms).
+    At(i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReserveMode<'a> {
+    Fast,
+    Locked {
+        token: &'a str,
+        intent_id: &'a str,
+        friendly_name: &'a str,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Credited { received_in_window: u32 },
+    Duplicate { received_in_window: u32 },
+    UnknownNumber,
+}

@@ -1,0 +1,27 @@
+//! Messenger's shared library: everything the producer, the worker and the tests agree on.
+//!
+//! # Layout
+//! - [`domain`]: types that parse — [`domain::PhoneNumber`] (E.164), [`domain::CustomerId`], [`domain::BatchId`],
+//!   [`domain::MessageBody`] with SMS segment counting.
+//! - [`config`]: environment variables and flags, validated into [`config::Settings`].
+//! - [`keys`]: every Redis key, with a per-customer hash tag.
+//! - [`scripts`]: the Lua scripts (documented files in `shared/lua/`).
+//! - [`store`]: Redis connections with explicit timeouts, fleet settings check, reply decoding.
+//! - [`ledger`]: job states and quota windows — reserve, commit, fail, requeue, fetch, lease renewal.
+//! - [`customers`]: customer records and number pools.
+//! - [`batches`]: creating and enqueuing batches exactly once, status, cancel.
+//! - [`purchase`]: the purchase lock, intents, buying and resolving numbers.
+//! - [`twilio`]: the REST client and the wire types the simulator shares.
+//! - [`telemetry`]: logging setup and error formatting.
+
+pub mod batches;
+pub mod config;
+pub mod customers;
+pub mod domain;
+pub mod keys;
+pub mod ledger;
+pub mod purchase;
+pub mod scripts;
+pub mod store;
+pub mod telemetry;
+pub mod twilio;

@@ -1,0 +1,405 @@
+//! The purchase lock and the steps of the purchase protocol (DESIGN.md).
+//!
+//! Why not just the seed's fix (re-check inside the lock)? Because a lock can expire during a slow purchase, and a
+//! worker can die after Twilio bought a number but before it was recorded: both double-buy. Here the decision to
+//! buy is recorded as a *purchase intent* by the same script that re-checks capacity (`reserve.lua` in locked
+//! mode), and the intent counts as capacity on the way: nobody buys while an intent is pending. The intent's id is
+//! in the number's `FriendlyName`, so an unknown outcome is resolved by asking Twilio, never by buying again.
+//!
+//! The orchestration (when to take the lock, how to wait) lives in the worker; this module has the pieces.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use redis::AsyncCommands;
+
+use crate::customers::Customer;
+use crate::domain::{AccountSid, CustomerId, PhoneNumber};
+use crate::keys::{self, CustomerKeys};
+use crate::scripts;
+use crate::store::Conn;
+use crate::twilio::{BuyNumber, Disposition, TwilioClient, TwilioError, codes};
+
+/// `msgr:<customer>:<intent>`: at most 5 + 32 + 1 + 16 = 54 characters, under Twilio's 64.
+pub fn friendly_name(customer: &CustomerId, intent_id: &str) -> String {
+    format!("msgr:{}:{}", customer.as_str(), intent_id)
+}
+
+/// Parses a FriendlyName written by [`friendly_name`].
+pub fn parse_friendly_name(name: &str) -> Option<(CustomerId, String)> {
+    let rest = name.strip_prefix("msgr:")?;
+    let (customer, intent) = rest.split_once(':')?;
+    Some((CustomerId::parse(customer).ok()?, intent.to_owned()))
+}
+
+pub fn new_intent_id() -> String {
+    let bytes: [u8; 8] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 16] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// A held purchase lock (`SET NX PX`), renewed in the background while held, released by compare-and-delete.
+pub struct PurchaseLock {
+    conn: Conn,
+    key: String,
+    token: String,
+    ttl: Duration,
+    /// Local instant before the last successful acquire/renew was sent: the lock is ours until at least
+    /// `renewed_at + ttl` on our monotonic clock (Redis started counting later than we did).
+    renewed_at: Arc<std::sync::Mutex<Instant>>,
+    lost: Arc<AtomicBool>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PurchaseLock {
+    /// Tries once. `renew` keeps the lock alive while held; tests turn it off to let the lock expire mid-purchase.
+    pub async fn try_acquire(
+        conn: &Conn,
+        customer: &CustomerId,
+        ttl: Duration,
+        renew: bool,
+    ) -> redis::RedisResult<Option<Self>> {
+        let key = CustomerKeys::new(customer).lock();
+        let token = new_token();
+        let sent_at = Instant::now();
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async(&mut conn.clone())
+            .await?;
+        if ok.is_none() {
+            return Ok(None);
+        }
+        let renewed_at = Arc::new(std::sync::Mutex::new(sent_at));
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = renew.then(|| {
+            let (mut conn, key, token, renewed_at, lost) = (
+                conn.clone(),
+                key.clone(),
+                token.clone(),
+                renewed_at.clone(),
+                lost.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let sent = Instant::now();
+                    let r: redis::RedisResult<i64> = scripts::LOCK_RENEW
+                        .key(&key)
+                        .arg(&token)
+                        .arg(ttl.as_millis() as u64)
+                        .invoke_async(&mut conn)
+                        .await;
+                    match r {
+                        Ok(1) => *renewed_at.lock().unwrap() = sent,
+                        Ok(_) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        // A failed renewal is not a lost lock yet: the deadline check covers it.
+                        Err(e) => {
+                            tracing::warn!(error.message = %e, "purchase lock renewal failed")
+                        }
+                    }
+                }
+            })
+        });
+        Ok(Some(Self {
+            conn: conn.clone(),
+            key,
+            token,
+            ttl,
+            renewed_at,
+            lost,
+            renewer,
+        }))
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// How long the lock is still certainly ours, by our own clock. Zero once it may have expired.
+    pub fn remaining(&self) -> Duration {
+        if self.lost.load(Ordering::SeqCst) {
+            return Duration::ZERO;
+        }
+        let since = self.renewed_at.lock().unwrap().elapsed();
+        self.ttl.saturating_sub(since)
+    }
+
+    /// Releases the lock if it is still ours.
+    pub async fn release(mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+        let r: redis::RedisResult<i64> = scripts::LOCK_RELEASE
+            .key(&self.key)
+            .arg(&self.token)
+            .invoke_async(&mut self.conn)
+            .await;
+        if let Err(e) = r {
+            // It expires on its own within the TTL.
+            tracing::warn!(error.message = %e, "could not release purchase lock");
+        }
+    }
+}
+
+impl Drop for PurchaseLock {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewer.take() {
+            r.abort();
+        }
+    }
+}
+
+/// The account that owns a customer's numbers.
+pub fn account_for<'a>(customer: &'a Customer, twilio: &'a TwilioClient) -> &'a AccountSid {
+    customer
+        .account_sid
+        .as_ref()
+        .unwrap_or_else(|| twilio.account())
+}
+
+/// A number Twilio sold us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bought {
+    pub number: String,
+    pub sid: String,
+}
+
+/// How a purchase attempt ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BuyOutcome {
+    Bought(Bought),
+    /// Twilio definitely did not sell a number (the intent can be dropped); retry later.
+    NotBought {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Unknown: the intent must stay until resolved against Twilio's list.
+    Unknown {
+        reason: String,
+    },
+}
+
+/// Buys one number for `customer`, tagged with the intent. Uses `AreaCode` directly when the customer has one;
+/// otherwise searches local SMS-capable numbers and buys the first that is still available.
+pub async fn buy(
+    twilio: &TwilioClient,
+    customer: &Customer,
+    intent_id: &str,
+    sms_url: Option<&str>,
+) -> BuyOutcome {
+    let account = account_for(customer, twilio);
+    let name = friendly_name(&customer.id, intent_id);
+    let classify = |e: TwilioError| match e.create_disposition() {
+        Disposition::Ambiguous => BuyOutcome::Unknown {
+            reason: e.short_reason(),
+        },
+        Disposition::Transient { retry_after } => BuyOutcome::NotBought {
+            reason: e.short_reason(),
+            retry_after,
+        },
+        Disposition::Permanent => BuyOutcome::NotBought {
+            reason: e.short_reason(),
+            retry_after: None,
+        },
+    };
+    let done = |n: crate::twilio::types::IncomingPhoneNumber| match (n.phone_number, n.sid) {
+        (Some(number), Some(sid)) => BuyOutcome::Bought(Bought { number, sid }),
+        // A 201 without the fields we need: the number exists but we cannot record it; let reconcile adopt it.
+        _ => BuyOutcome::Unknown {
+            reason: "purchase response without phone_number/sid".into(),
+        },
+    };
+    if let Some(area) = customer.area_code.as_deref() {
+        let req = BuyNumber {
+            area_code: Some(area),
+            friendly_name: &name,
+            sms_url,
+            ..Default::default()
+        };
+        return twilio
+            .buy_number(account, &req)
+            .await
+            .map_or_else(classify, done);
+    }
+    let candidates = match twilio.search_local(account, "US", None, 20).await {
+        Ok(c) => c,
+        Err(e) => {
+            let retry_after = match e.disposition() {
+                Disposition::Transient { retry_after } => retry_after,
+                _ => None,
+            };
+            return BuyOutcome::NotBought {
+                reason: format!("search: {}", e.short_reason()),
+                retry_after,
+            };
+        }
+    };
+    for c in candidates.iter().filter_map(|c| c.phone_number.as_deref()) {
+        let req = BuyNumber {
+            phone_number: Some(c),
+            friendly_name: &name,
+            sms_url,
+            ..Default::default()
+        };
+        match twilio.buy_number(account, &req).await {
+            Ok(n) => return done(n),
+            // Someone else took it between search and purchase: try the next candidate.
+            Err(e) if e.code() == Some(codes::NUMBER_NOT_AVAILABLE) => continue,
+            Err(e) => return classify(e),
+        }
+    }
+    BuyOutcome::NotBought {
+        reason: "no available numbers".into(),
+        retry_after: None,
+    }
+}
+
+/// Adds a bought or adopted number to the pool and clears its intent (atomic, idempotent). Also indexes the number
+/// for inbound webhooks.
+pub async fn commit_number(
+    conn: &mut Conn,
+    customer: &CustomerId,
+    number: &Bought,
+    intent_id: &str,
+) -> redis::RedisResult<bool> {
+    let k = CustomerKeys::new(customer);
+    let added: i64 = scripts::PURCHASE_COMMIT
+        .key(k.pool())
+        .key(k.pool_meta())
+        .key(k.intents())
+        .arg(&number.number)
+        .arg(&number.sid)
+        .arg(intent_id)
+        .invoke_async(conn)
+        .await?;
+    let _: () = conn
+        .hset(keys::NUMBERS, &number.number, customer.as_str())
+        .await?;
+    Ok(added == 1)
+}
+
+/// Drops an intent that bought nothing (compare-and-delete on its stored value).
+pub async fn abandon_intent(
+    conn: &mut Conn,
+    customer: &CustomerId,
+    intent_id: &str,
+    value: &str,
+) -> redis::RedisResult<bool> {
+    let k = CustomerKeys::new(customer);
+    let n: i64 = scripts::INTENT_ABANDON
+        .key(k.intents())
+        .arg(intent_id)
+        .arg(value)
+        .invoke_async(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Pending intents of a customer: id → (created ms, FriendlyName, raw value).
+pub async fn pending_intents(
+    conn: &mut Conn,
+    customer: &CustomerId,
+) -> redis::RedisResult<Vec<Intent>> {
+    let k = CustomerKeys::new(customer);
+    let m: std::collections::HashMap<String, String> = conn.hgetall(k.intents()).await?;
+    Ok(m.into_iter()
+        .map(|(id, raw)| {
+            let (created, name) = raw.split_once('|').unwrap_or((&raw, ""));
+            Intent {
+                created_ms: created.parse().unwrap_or(0),
+                friendly_name: name.to_owned(),
+                id,
+                raw,
+            }
+        })
+        .collect())
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub id: String,
+    pub created_ms: i64,
+    pub friendly_name: String,
+    /// The stored value, for compare-and-delete.
+    pub raw: String,
+}
+
+/// What resolving an intent found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Twilio has a number tagged with the intent: it is now in the pool.
+    Adopted(String),
+    /// Nothing was bought and the purchase can no longer complete: the intent is dropped.
+    Abandoned,
+    /// Too early to tell (the purchase may still be running).
+    Pending,
+}
+
+/// Resolves a pending intent against Twilio's list of numbers (`FriendlyName` filter).
+///
+/// An intent is only dropped once it is older than `stale_after`, which must exceed the longest a purchase request
+/// can take (the Twilio timeout plus the lock TTL), so a purchase still on the wire cannot land after its intent was
+/// given up.
+pub async fn resolve_intent(
+    conn: &mut Conn,
+    twilio: &TwilioClient,
+    customer: &Customer,
+    intent: &Intent,
+    now_ms: i64,
+    stale_after: Duration,
+) -> Result<Resolution, anyhow::Error> {
+    let account = account_for(customer, twilio);
+    let name = if intent.friendly_name.is_empty() {
+        friendly_name(&customer.id, &intent.id)
+    } else {
+        intent.friendly_name.clone()
+    };
+    let found = twilio.list_numbers(account, Some(&name), None).await?;
+    if let Some(n) = found
+        .iter()
+        .find(|n| n.phone_number.is_some() && n.sid.is_some())
+    {
+        let bought = Bought {
+            number: n.phone_number.clone().unwrap(),
+            sid: n.sid.clone().unwrap(),
+        };
+        commit_number(conn, &customer.id, &bought, &intent.id).await?;
+        tracing::info!(customer = %customer.id, number = %PhoneNumber::from_trusted(&bought.number).map(|p| p.masked().to_string()).unwrap_or_default(),
+            intent = %intent.id, "adopted a number whose purchase outcome was unknown");
+        return Ok(Resolution::Adopted(bought.number));
+    }
+    if now_ms - intent.created_ms > stale_after.as_millis() as i64 {
+        abandon_intent(conn, &customer.id, &intent.id, &intent.raw).await?;
+        tracing::info!(customer = %customer.id, intent = %intent.id, "dropped a purchase intent that bought nothing");
+        return Ok(Resolution::Abandoned);
+    }
+    Ok(Resolution::Pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn friendly_names_fit_twilio_and_round_trip() {
+        let c = CustomerId::parse(&"c".repeat(32)).unwrap();
+        let id = new_intent_id();
+        let name = friendly_name(&c, &id);
+        assert!(name.len() <= 64, "{}", name.len());
+        assert_eq!(parse_friendly_name(&name), Some((c, id)));
+        assert_eq!(parse_friendly_name("(415) 555-0100"), None);
+    }
+}

@@ -1,0 +1,180 @@
+//! Running Messenger's binaries as real child processes.
+//!
+//! Tests use real processes for every concurrency claim (several workers racing on one Redis), and signal them
+//! (SIGKILL, SIGSTOP, SIGTERM) for the fault tests. Binaries are found next to the running executable
+//! (`target/<profile>/`); build them first with `cargo build --workspace --bins` (the test script does).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built with the same profile as the current executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first with `cargo build --workspace --bins` (scripts/test does this)",
+        path.display()
+    );
+    path
+}
+
+/// Environment shared by every Messenger process of one test: where Redis and Twilio are, the quota model.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    pub fn new(redis_url: &str, twilio_base: &str) -> Self {
+        let mut e = Self::default();
+        e.vars.insert("REDIS_URL".into(), redis_url.into());
+        e.vars.insert("TWILIO_API_BASE".into(), twilio_base.into());
+        e.vars.insert(
+            "TWILIO_ACCOUNT_SID".into(),
+            crate::sim::DEFAULT_ACCOUNT_SID.into(),
+        );
+        e.vars.insert(
+            "TWILIO_AUTH_TOKEN".into(),
+            crate::sim::DEFAULT_AUTH_TOKEN.into(),
+        );
+        e.vars.insert("MESSENGER_LOG_FORMAT".into(), "text".into());
+        e.vars.insert(
+            "RUST_LOG".into(),
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        e
+    }
+
+    pub fn set(mut self, k: &str, v: impl ToString) -> Self {
+        self.vars.insert(k.into(), v.to_string());
+        self
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        for (k, v) in &self.vars {
+            cmd.env(k, v);
+        }
+    }
+
+    /// Runs `producer <args>` to completion.
+    pub fn producer(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("producer"));
+        self.apply(&mut cmd);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run producer")
+    }
+
+    /// Runs `producer <args>`, panicking with its output unless it succeeds; returns stdout.
+    pub fn producer_ok(&self, args: &[&str]) -> String {
+        let out = self.producer(args);
+        assert!(
+            out.status.success(),
+            "producer {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Starts `worker <args>` in the background.
+    pub fn worker(&self, args: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("worker"));
+        self.apply(&mut cmd);
+        let log = std::env::temp_dir().join(format!("messenger-worker-{}.log", ulid::Ulid::new()));
+        let file = std::fs::File::create(&log).expect("worker log");
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        Proc {
+            child: Some(cmd.spawn().expect("spawn worker")),
+            log: Some(log),
+        }
+    }
+}
+
+/// A child process, killed on drop. Its stderr goes to a log file that is printed if a test asks.
+pub struct Proc {
+    child: Option<Child>,
+    log: Option<PathBuf>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code (None if still running).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status.code());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            // Resume a stopped process so the kill lands.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+        }
+        self.kill9();
+        if let Some(p) = self.log.take() {
+            if std::thread::panicking() || std::env::var("TEST_KEEP_LOGS").is_ok() {
+                eprintln!("worker log kept at {}", p.display());
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}

@@ -1,0 +1,1153 @@
+//! A local imitation of Twilio's 2010-04-01 REST API, faithful enough for Twilio's official SDKs.
+//!
+//! It speaks the real wire format (form-encoded requests, Basic auth, snake_case JSON with RFC 2822 dates and
+//! numbers-as-strings, the legacy error body, list paging with `next_page_uri`) for Messages, IncomingPhoneNumbers
+//! and AvailablePhoneNumbers, honours Twilio's test-credential magic numbers, and adds what tests need:
+//! configurable latency, injected faults (500s, 429s with `Retry-After`, dropped connections, and "accept then time
+//! out": the request takes effect but no response ever comes), and a non-Twilio `GET /_sim/state` that shows every
+//! message and number it holds, so tests check invariants from the outside.
+//!
+//! Subaccounts exist implicitly: any `AC…` sid in the path is accepted when the request is signed with the main
+//! account's credentials (as Twilio allows a parent account to act for its subaccounts).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine;
+use chrono::{DateTime, NaiveDate, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use shared::domain::count_segments;
+use shared::twilio::types::*;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+pub const DEFAULT_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+pub const DEFAULT_AUTH_TOKEN: &str = "simulator-auth-token";
+/// Area code of numbers handed out when a search or purchase names none.
+pub const DEFAULT_AREA_CODE: &str = "415";
+
+/// Fault rates for one kind of request, each a probability in [0, 1].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Answer 500 without acting.
+    pub error_500: f64,
+    /// Answer 429 (code 20429) with `Retry-After`, without acting.
+    pub error_429: f64,
+    /// Close the connection without answering and without acting.
+    pub drop: f64,
+    /// Act (create the message / buy the number), then never answer.
+    pub accept_then_timeout: f64,
+    /// The `Retry-After` value sent with 429s, seconds.
+    pub retry_after_secs: u64,
+}
+
+/// Simulator settings. All can be changed at run time with `POST /_sim/config` (partial JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SimConfig {
+    pub account_sid: String,
+    pub auth_token: String,
+    pub send_latency_ms: u64,
+    pub purchase_latency_ms: u64,
+    pub list_latency_ms: u64,
+    pub send_faults: Faults,
+    pub purchase_faults: Faults,
+    /// How long an "accept then time out" request is held open before the connection is closed.
+    pub hang_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            account_sid: DEFAULT_ACCOUNT_SID.into(),
+            auth_token: DEFAULT_AUTH_TOKEN.into(),
+            send_latency_ms: 0,
+            purchase_latency_ms: 0,
+            list_latency_ms: 0,
+            send_faults: Faults::default(),
+            purchase_faults: Faults::default(),
+            hang_ms: 120_000,
+        }
+    }
+}
+
+/// A message the simulator accepted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimMessage {
+    pub sid: String,
+    pub account_sid: String,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub status: String,
+    pub direction: String,
+    pub num_segments: u32,
+    pub status_callback: Option<String>,
+    pub date_created: DateTime<Utc>,
+    pub date_sent: Option<DateTime<Utc>>,
+}
+
+/// A number the simulator sold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimNumber {
+    pub sid: String,
+    pub account_sid: String,
+    pub phone_number: String,
+    pub friendly_name: String,
+    pub sms_url: Option<String>,
+    pub date_created: DateTime<Utc>,
+    pub released: bool,
+}
+
+/// One send request as the simulator saw it: when, to whom, and what it did with it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SendAttempt {
+    pub to: String,
+    pub at_ms: i64,
+    pub outcome: String,
+}
+
+#[derive(Default)]
+struct Store {
+    messages: Vec<SimMessage>,
+    by_to: HashMap<String, Vec<usize>>,
+    by_sid: HashMap<String, usize>,
+    numbers: Vec<SimNumber>,
+    /// Next line number to hand out per area code.
+    next_line: HashMap<String, u32>,
+    attempts: Vec<SendAttempt>,
+    purchase_requests: u64,
+}
+
+/// Everything `GET /_sim/state` returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimState {
+    pub messages: Vec<SimMessage>,
+    pub numbers: Vec<SimNumber>,
+    pub send_attempts: Vec<SendAttempt>,
+    pub purchase_requests: u64,
+    pub config: SimConfig,
+}
+
+/// A running simulator: shared state and settings.
+#[derive(Clone)]
+pub struct Sim {
+    store: Arc<Mutex<Store>>,
+    config: Arc<RwLock<SimConfig>>,
+}
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            store: Arc::default(),
+            config: Arc::new(RwLock::new(config)),
+        }
+    }
+
+    pub fn config(&self) -> SimConfig {
+        self.config.read().unwrap().clone()
+    }
+
+    pub fn set_config(&self, c: SimConfig) {
+        *self.config.write().unwrap() = c;
+    }
+
+    pub fn state(&self, with_messages: bool) -> SimState {
+        let s = self.store.lock().unwrap();
+        SimState {
+            messages: if with_messages {
+                s.messages.clone()
+            } else {
+                Vec::new()
+            },
+            numbers: s.numbers.clone(),
+            send_attempts: if with_messages {
+                s.attempts.clone()
+            } else {
+                Vec::new()
+            },
+            purchase_requests: s.purchase_requests,
+            config: self.config(),
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/Messages.json", post(create_message).get(list_messages))
+            .route("/Messages/{sid}", get(fetch_message))
+            .route(
+                "/IncomingPhoneNumbers.json",
+                post(buy_number).get(list_numbers),
+            )
+            .route(
+                "/IncomingPhoneNumbers/Local.json",
+                post(buy_number).get(list_numbers),
+            )
+            .route(
+                "/IncomingPhoneNumbers/{sid}",
+                get(fetch_number).delete(release_number),
+            )
+            .route(
+                "/AvailablePhoneNumbers/{country}/Local.json",
+                get(available_numbers),
+            );
+        Router::new()
+            .nest("/2010-04-01/Accounts/{account}", api)
+            .route("/_sim/state", get(sim_state))
+            .route("/_sim/config", get(sim_config).post(set_sim_config))
+            .route("/healthz", get(|| async { "ok" }))
+            .fallback(|| async { twilio_error(404, 20404, "The requested resource was not found") })
+            .with_state(self.clone())
+    }
+}
+
+/// Serves the simulator on `listener` until `shutdown` resolves. Each connection is served by hyper directly so
+/// that a handler can drop its connection without an answer (fault injection).
+pub async fn serve(
+    listener: TcpListener,
+    sim: Sim,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::TokioIo;
+    use tower::Service;
+    let router = sim.router();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("simulator accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let kill = Arc::new(Notify::new());
+            let k = kill.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnKill(k.clone()));
+                    router.clone().call(req.map(Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                // Dropping the connection future closes the socket with no response written.
+                _ = kill.notified() => {}
+            }
+        });
+    }
+}
+
+/// Starts a simulator on a free loopback port in this process; returns its base URL.
+pub async fn spawn(config: SimConfig) -> (Sim, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind simulator");
+    let addr = listener.local_addr().unwrap();
+    let sim = Sim::new(config);
+    tokio::spawn(serve(listener, sim.clone(), std::future::pending()));
+    (sim, addr)
+}
+
+#[derive(Clone)]
+struct ConnKill(Arc<Notify>);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+
+fn twilio_error(status: u16, code: u32, message: &str) -> Response {
+    let body = ErrorBody {
+        code: Some(code),
+        message: Some(message.to_owned()),
+        more_info: Some(format!("https://www.twilio.com/docs/errors/{code}")),
+        status: Some(status),
+    };
+    (StatusCode::from_u16(status).unwrap(), Json(body)).into_response()
+}
+
+fn new_sid(prefix: &str) -> String {
+    let v: u128 = rand::rng().random();
+    format!("{prefix}{v:032x}")
+}
+
+fn is_account_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn is_e164(s: &str) -> bool {
+    s.len() >= 8
+        && s.len() <= 16
+        && s.starts_with('+')
+        && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks Basic auth against the main account and that the path names a (sub)account.
+fn authorize(sim: &Sim, headers: &HeaderMap, account: &str) -> Result<(), Response> {
+    let cfg = sim.config.read().unwrap();
+    let expected = format!("{}:{}", cfg.account_sid, cfg.auth_token);
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
+        .and_then(|b| String::from_utf8(b).ok());
+    if given.as_deref() != Some(expected.as_str()) {
+        let mut r = twilio_error(401, 20003, "Authenticate");
+        r.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Basic realm=\"Twilio API\""),
+        );
+        return Err(r);
+    }
+    if !is_account_sid(account) {
+        return Err(twilio_error(
+            404,
+            20404,
+            "The requested resource was not found",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a form body keeping repeated keys.
+fn form(body: &[u8]) -> Vec<(String, String)> {
+    serde_urlencoded::from_bytes(body).unwrap_or_default()
+}
+
+fn field<'a>(f: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    f.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+enum Fault {
+    None,
+    E500,
+    E429(u64),
+    Drop,
+    AcceptThenTimeout,
+}
+
+fn roll(f: &Faults) -> Fault {
+    let x: f64 = rand::rng().random();
+    let mut edge = f.error_500;
+    if x < edge {
+        return Fault::E500;
+    }
+    edge += f.error_429;
+    if x < edge {
+        return Fault::E429(f.retry_after_secs);
+    }
+    edge += f.drop;
+    if x < edge {
+        return Fault::Drop;
+    }
+    edge += f.accept_then_timeout;
+    if x < edge {
+        return Fault::AcceptThenTimeout;
+    }
+    Fault::None
+}
+
+fn fault_response(f: &Fault) -> Option<Response> {
+    match f {
+        Fault::E500 => Some(twilio_error(
+            500,
+            20500,
+            "An internal server error has occurred",
+        )),
+        Fault::E429(secs) => {
+            let mut r = twilio_error(429, 20429, "Too Many Requests");
+            r.headers_mut().insert(
+                "retry-after",
+                HeaderValue::from_str(&secs.to_string()).unwrap(),
+            );
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+/// Never answers: closes the connection now (`Drop`) or after `hang` (`AcceptThenTimeout`).
+async fn vanish(kill: &ConnKill, hang: Duration) -> Response {
+    tokio::time::sleep(hang).await;
+    kill.0.notify_one();
+    std::future::pending::<()>().await;
+    unreachable!()
+}
+
+fn message_json(m: &SimMessage) -> Message {
+    let uri = format!(
+        "/2010-04-01/Accounts/{}/Messages/{}.json",
+        m.account_sid, m.sid
+    );
+    Message {
+        account_sid: Some(m.account_sid.clone()),
+        api_version: Some("2010-04-01".into()),
+        body: Some(m.body.clone()),
+        date_created: Some(m.date_created),
+        date_sent: m.date_sent,
+        date_updated: Some(m.date_sent.unwrap_or(m.date_created)),
+        direction: Some(m.direction.clone()),
+        error_code: None,
+        error_message: None,
+        from: Some(m.from.clone()),
+        messaging_service_sid: None,
+        num_media: Some("0".into()),
+        num_segments: Some(m.num_segments.to_string()),
+        price: None,
+        price_unit: Some("USD".into()),
+        sid: Some(m.sid.clone()),
+        status: Some(m.status.clone()),
+        subresource_uris: Some(serde_json::json!({
+            "media": format!("/2010-04-01/Accounts/{}/Messages/{}/Media.json", m.account_sid, m.sid),
+            "feedback": format!("/2010-04-01/Accounts/{}/Messages/{}/Feedback.json", m.account_sid, m.sid),
+        })),
+        to: Some(m.to.clone()),
+        uri: Some(uri),
+    }
+}
+
+fn pretty_number(n: &str) -> String {
+    if n.len() == 12 && n.starts_with("+1") {
+        format!("({}) {}-{}", &n[2..5], &n[5..8], &n[8..])
+    } else {
+        n.to_owned()
+    }
+}
+
+fn caps() -> Capabilities {
+    Capabilities {
+        voice: true,
+        sms: true,
+        mms: true,
+        fax: false,
+    }
+}
+
+fn number_json(n: &SimNumber) -> IncomingPhoneNumber {
+    IncomingPhoneNumber {
+        account_sid: Some(n.account_sid.clone()),
+        address_requirements: Some("none".into()),
+        api_version: Some("2010-04-01".into()),
+        beta: Some(false),
+        capabilities: Some(caps()),
+        date_created: Some(n.date_created),
+        date_updated: Some(n.date_created),
+        friendly_name: Some(n.friendly_name.clone()),
+        phone_number: Some(n.phone_number.clone()),
+        origin: Some("twilio".into()),
+        sid: Some(n.sid.clone()),
+        sms_application_sid: Some(String::new()),
+        sms_fallback_method: Some("POST".into()),
+        sms_fallback_url: Some(String::new()),
+        sms_method: Some("POST".into()),
+        sms_url: Some(n.sms_url.clone().unwrap_or_default()),
+        status_callback: Some(String::new()),
+        status_callback_method: Some("POST".into()),
+        uri: Some(format!(
+            "/2010-04-01/Accounts/{}/IncomingPhoneNumbers/{}.json",
+            n.account_sid, n.sid
+        )),
+        voice_receive_mode: Some("voice".into()),
+        voice_application_sid: Some(String::new()),
+        voice_caller_id_lookup: Some(false),
+        voice_fallback_method: Some("POST".into()),
+        voice_method: Some("POST".into()),
+        emergency_status: Some("Inactive".into()),
+        emergency_address_status: Some("unregistered".into()),
+        status: Some("in-use".into()),
+        kind: Some("local".into()),
+        ..Default::default()
+    }
+}
+
+/// Paging: `PageSize` (default 50, max 1000), `Page`, `PageToken` (`PA<offset>`). Builds the envelope with the
+/// other query parameters carried into every page URI.
+fn page_of<T: Clone>(items: &[T], path: &str, query: &[(String, String)]) -> (Vec<T>, PageMeta) {
+    let size = field(query, "PageSize")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let page = field(query, "Page")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let offset = field(query, "PageToken")
+        .and_then(|t| t.strip_prefix("PA"))
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(page * size);
+    let slice: Vec<T> = items.iter().skip(offset).take(size).cloned().collect();
+    let keep: Vec<(String, String)> = query
+        .iter()
+        .filter(|(k, _)| k != "Page" && k != "PageSize" && k != "PageToken")
+        .cloned()
+        .collect();
+    let uri_for = |p: usize, token: Option<usize>| {
+        let mut q = keep.clone();
+        q.push(("PageSize".into(), size.to_string()));
+        q.push(("Page".into(), p.to_string()));
+        if let Some(t) = token {
+            q.push(("PageToken".into(), format!("PA{t}")));
+        }
+        format!("{path}?{}", serde_urlencoded::to_string(&q).unwrap())
+    };
+    let next =
+        (offset + slice.len() < items.len()).then(|| uri_for(page + 1, Some(offset + slice.len())));
+    let prev = (page > 0).then(|| uri_for(page - 1, Some(offset.saturating_sub(size))));
+    let meta = PageMeta {
+        first_page_uri: uri_for(0, None),
+        next_page_uri: next,
+        previous_page_uri: prev,
+        page,
+        page_size: size,
+        start: offset,
+        end: if slice.is_empty() {
+            offset
+        } else {
+            offset + slice.len() - 1
+        },
+        uri: uri_for(page, (offset != page * size).then_some(offset)),
+    };
+    (slice, meta)
+}
+
+struct PageMeta {
+    first_page_uri: String,
+    next_page_uri: Option<String>,
+    previous_page_uri: Option<String>,
+    page: usize,
+    page_size: usize,
+    start: usize,
+    end: usize,
+    uri: String,
+}
+
+fn envelope<R: Serialize>(records: R, m: PageMeta) -> Response {
+    let page = Page {
+        records,
+        first_page_uri: Some(m.first_page_uri),
+        next_page_uri: m.next_page_uri,
+        previous_page_uri: m.previous_page_uri,
+        page: Some(m.page as u64),
+        page_size: Some(m.page_size as u64),
+        start: Some(m.start as u64),
+        end: Some(m.end as u64),
+        uri: Some(m.uri),
+    };
+    (StatusCode::OK, Json(page)).into_response()
+}
+
+fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| serde_urlencoded::from_str(&q).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+/// Twilio's date filters take `YYYY-MM-DD` (or a full ISO timestamp).
+fn parse_filter_date(v: &str) -> Option<DateTime<Utc>> {
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        return Some(d.and_hms_opt(0, 0, 0)?.and_utc());
+    }
+    DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Messages
+
+async fn create_message(
+    State(sim): State<Sim>,
+    Path(account): Path<String>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let f = form(&body);
+    let cfg = sim.config();
+    let to = field(&f, "To").unwrap_or("").to_owned();
+    let fault = roll(&cfg.send_faults);
+    let outcome = match fault {
+        Fault::None => "normal",
+        Fault::E500 => "500",
+        Fault::E429(_) => "429",
+        Fault::Drop => "drop",
+        Fault::AcceptThenTimeout => "accept_then_timeout",
+    };
+    sim.store.lock().unwrap().attempts.push(SendAttempt {
+        to: to.clone(),
+        at_ms: Utc::now().timestamp_millis(),
+        outcome: outcome.into(),
+    });
+    if let Some(r) = fault_response(&fault) {
+        return r;
+    }
+    if let Fault::Drop = fault {
+        return vanish(&kill, Duration::ZERO).await;
+    }
+    if cfg.send_latency_ms > 0 && !matches!(fault, Fault::AcceptThenTimeout) {
+        tokio::time::sleep(Duration::from_millis(cfg.send_latency_ms)).await;
+    }
+    let result = accept_message(&sim, &account, &f);
+    if let Fault::AcceptThenTimeout = fault {
+        return vanish(&kill, Duration::from_millis(cfg.hang_ms)).await;
+    }
+    match result {
+        Ok(m) => (StatusCode::CREATED, Json(message_json(&m))).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Validates a create request the way Twilio does and stores the message.
+fn accept_message(
+    sim: &Sim,
+    account: &str,
+    f: &[(String, String)],
+) -> Result<SimMessage, Response> {
+    let to = field(f, "To").unwrap_or("");
+    let from = field(f, "From").unwrap_or("");
+    let body = field(f, "Body").unwrap_or("");
+    if to.is_empty() {
+        return Err(twilio_error(400, 21604, "A 'To' phone number is required."));
+    }
+    if from.is_empty() && field(f, "MessagingServiceSid").is_none() {
+        return Err(twilio_error(
+            400,
+            21603,
+            "A 'From' phone number is required.",
+        ));
+    }
+    if body.is_empty() && field(f, "MediaUrl").is_none() && field(f, "ContentSid").is_none() {
+        return Err(twilio_error(400, 21602, "Message body is required."));
+    }
+    if body.chars().count() > 1600 {
+        return Err(twilio_error(
+            400,
+            21617,
+            "The concatenated message body exceeds the 1600 character limit.",
+        ));
+    }
+    if !is_e164(to) {
+        return Err(twilio_error(
+            400,
+            21211,
+            &format!("The 'To' number {to} is not a valid phone number."),
+        ));
+    }
+    // Twilio's test-credential magic numbers.
+    match from {
+        "+15005550001" => {
+            return Err(twilio_error(
+                400,
+                21212,
+                "The 'From' number +15005550001 is not a valid phone number, shortcode, or alphanumeric sender ID.",
+            ));
+        }
+        "+15005550007" => {
+            return Err(twilio_error(
+                400,
+                21606,
+                "The 'From' phone number provided (+15005550007) is not a valid message-capable Twilio phone number for this destination.",
+            ));
+        }
+        "+15005550008" => {
+            return Err(twilio_error(
+                400,
+                21611,
+                "This 'From' number has exceeded the maximum number of queued messages.",
+            ));
+        }
+        _ => {}
+    }
+    match to {
+        "+15005550001" => {
+            return Err(twilio_error(
+                400,
+                21211,
+                "The 'To' number +15005550001 is not a valid phone number.",
+            ));
+        }
+        "+15005550002" => {
+            return Err(twilio_error(
+                400,
+                21612,
+                "The 'To' phone number: +15005550002, is not currently reachable using the 'From' phone number via SMS.",
+            ));
+        }
+        "+15005550003" => {
+            return Err(twilio_error(
+                400,
+                21408,
+                "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: +15005550003.",
+            ));
+        }
+        "+15005550004" => {
+            return Err(twilio_error(
+                400,
+                21610,
+                "Attempt to send to unsubscribed recipient",
+            ));
+        }
+        "+15005550009" => {
+            return Err(twilio_error(
+                400,
+                21614,
+                "'To' number is not a valid mobile number",
+            ));
+        }
+        _ => {}
+    }
+    let mut store = sim.store.lock().unwrap();
+    let owned = from == "+15005550006"
+        || store
+            .numbers
+            .iter()
+            .any(|n| !n.released && n.account_sid == account && n.phone_number == from);
+    if !owned && !from.is_empty() {
+        return Err(twilio_error(
+            400,
+            21606,
+            &format!(
+                "The 'From' phone number provided ({from}) is not a valid message-capable Twilio phone number for this destination."
+            ),
+        ));
+    }
+    let now = Utc::now();
+    let m = SimMessage {
+        sid: new_sid("SM"),
+        account_sid: account.to_owned(),
+        from: from.to_owned(),
+        to: to.to_owned(),
+        body: body.to_owned(),
+        status: "queued".into(),
+        direction: "outbound-api".into(),
+        num_segments: count_segments(body).segments.max(1),
+        status_callback: field(f, "StatusCallback").map(str::to_owned),
+        date_created: now,
+        date_sent: None,
+    };
+    let idx = store.messages.len();
+    store.by_to.entry(m.to.clone()).or_default().push(idx);
+    store.by_sid.insert(m.sid.clone(), idx);
+    store.messages.push(m.clone());
+    // The simulated carrier hands every message over at once: reads after the create see it as sent.
+    let stored = &mut store.messages[idx];
+    stored.status = "sent".into();
+    stored.date_sent = Some(now);
+    Ok(m)
+}
+
+async fn list_messages(
+    State(sim): State<Sim>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let latency = sim.config().list_latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let q = parse_query(raw);
+    let to = field(&q, "To");
+    let from = field(&q, "From");
+    let on = field(&q, "DateSent").and_then(parse_filter_date);
+    let before = field(&q, "DateSent<").and_then(parse_filter_date);
+    let after = field(&q, "DateSent>").and_then(parse_filter_date);
+    let store = sim.store.lock().unwrap();
+    let candidates: Box<dyn Iterator<Item = &SimMessage>> = match to {
+        Some(t) => Box::new(
+            store
+                .by_to
+                .get(t)
+                .into_iter()
+                .flatten()
+                .map(|&i| &store.messages[i]),
+        ),
+        None => Box::new(store.messages.iter()),
+    };
+    let mut matched: Vec<Message> = candidates
+        .filter(|m| m.account_sid == account)
+        .filter(|m| from.is_none_or(|f| m.from == f))
+        .filter(|m| {
+            let sent = m.date_sent;
+            on.is_none_or(|d| sent.is_some_and(|s| s.date_naive() == d.date_naive()))
+                && before.is_none_or(|d| sent.is_some_and(|s| s < d))
+                && after.is_none_or(|d| sent.is_some_and(|s| s >= d))
+        })
+        .map(message_json)
+        .collect();
+    drop(store);
+    // Newest first, as Twilio lists them.
+    matched.reverse();
+    let path = format!("/2010-04-01/Accounts/{account}/Messages.json");
+    let (slice, meta) = page_of(&matched, &path, &q);
+    envelope(Messages { messages: slice }, meta)
+}
+
+async fn fetch_message(
+    State(sim): State<Sim>,
+    Path((account, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let sid = sid.trim_end_matches(".json");
+    let store = sim.store.lock().unwrap();
+    match store
+        .by_sid
+        .get(sid)
+        .map(|&i| &store.messages[i])
+        .filter(|m| m.account_sid == account)
+    {
+        Some(m) => (StatusCode::OK, Json(message_json(m))).into_response(),
+        None => twilio_error(
+            404,
+            20404,
+            &format!(
+                "The requested resource /2010-04-01/Accounts/{account}/Messages/{sid}.json was not found"
+            ),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Numbers
+
+fn next_free_number(store: &mut Store, area: &str) -> String {
+    loop {
+        let line = store.next_line.entry(area.to_owned()).or_insert(0);
+        *line += 1;
+        // Exchange 2xx keeps clear of the 555 range reserved for fiction.
+        let candidate = format!("+1{area}2{:06}", *line);
+        if !store
+            .numbers
+            .iter()
+            .any(|n| !n.released && n.phone_number == candidate)
+        {
+            return candidate;
+        }
+    }
+}
+
+async fn buy_number(
+    State(sim): State<Sim>,
+    Path(account): Path<String>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let f = form(&body);
+    let cfg = sim.config();
+    sim.store.lock().unwrap().purchase_requests += 1;
+    let fault = roll(&cfg.purchase_faults);
+    if let Some(r) = fault_response(&fault) {
+        return r;
+    }
+    if let Fault::Drop = fault {
+        return vanish(&kill, Duration::ZERO).await;
+    }
+    if cfg.purchase_latency_ms > 0 && !matches!(fault, Fault::AcceptThenTimeout) {
+        tokio::time::sleep(Duration::from_millis(cfg.purchase_latency_ms)).await;
+    }
+    let result = accept_purchase(&sim, &account, &f);
+    if let Fault::AcceptThenTimeout = fault {
+        return vanish(&kill, Duration::from_millis(cfg.hang_ms)).await;
+    }
+    match result {
+        Ok(n) => (StatusCode::CREATED, Json(number_json(&n))).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn accept_purchase(
+    sim: &Sim,
+    account: &str,
+    f: &[(String, String)],
+) -> Result<SimNumber, Response> {
+    let phone = field(f, "PhoneNumber");
+    let area = field(f, "AreaCode");
+    let friendly = field(f, "FriendlyName");
+    if friendly.is_some_and(|n| n.chars().count() > 64) {
+        return Err(twilio_error(
+            400,
+            21401,
+            "FriendlyName must be 64 characters or fewer.",
+        ));
+    }
+    let mut store = sim.store.lock().unwrap();
+    let number = match (phone, area) {
+        (Some("+15005550000"), _) => {
+            return Err(twilio_error(400, 21422, "PhoneNumber is not available"));
+        }
+        (Some("+15005550001"), _) => {
+            return Err(twilio_error(400, 21421, "PhoneNumber is invalid"));
+        }
+        (Some(p), _) => {
+            if !is_e164(p) {
+                return Err(twilio_error(400, 21421, "PhoneNumber is invalid"));
+            }
+            if p != "+15005550006"
+                && store
+                    .numbers
+                    .iter()
+                    .any(|n| !n.released && n.phone_number == p)
+            {
+                return Err(twilio_error(400, 21422, "PhoneNumber is not available"));
+            }
+            p.to_owned()
+        }
+        (None, Some("533")) => {
+            return Err(twilio_error(
+                400,
+                21452,
+                "No phone numbers found in area code 533",
+            ));
+        }
+        (None, Some("500")) => "+15005550006".to_owned(),
+        (None, Some(a)) => {
+            if a.len() != 3 || !a.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(twilio_error(
+                    400,
+                    21451,
+                    &format!("AreaCode {a} is invalid"),
+                ));
+            }
+            next_free_number(&mut store, a)
+        }
+        (None, None) => {
+            return Err(twilio_error(
+                400,
+                21450,
+                "You must provide an AreaCode or a PhoneNumber to purchase.",
+            ));
+        }
+    };
+    let n = SimNumber {
+        sid: new_sid("PN"),
+        account_sid: account.to_owned(),
+        friendly_name: friendly
+            .map(str::to_owned)
+            .unwrap_or_else(|| pretty_number(&number)),
+        phone_number: number,
+        sms_url: field(f, "SmsUrl").map(str::to_owned),
+        date_created: Utc::now(),
+        released: false,
+    };
+    store.numbers.push(n.clone());
+    Ok(n)
+}
+
+async fn list_numbers(
+    State(sim): State<Sim>,
+    Path(account): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let latency = sim.config().list_latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let q = parse_query(raw);
+    let friendly = field(&q, "FriendlyName");
+    let digits: Option<String> =
+        field(&q, "PhoneNumber").map(|p| p.chars().filter(char::is_ascii_digit).collect());
+    let matched: Vec<IncomingPhoneNumber> = sim
+        .store
+        .lock()
+        .unwrap()
+        .numbers
+        .iter()
+        .filter(|n| !n.released && n.account_sid == account)
+        .filter(|n| friendly.is_none_or(|f| n.friendly_name == f))
+        .filter(|n| digits.as_deref().is_none_or(|d| n.phone_number.contains(d)))
+        .map(number_json)
+        .collect();
+    let path = format!("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json");
+    let (slice, meta) = page_of(&matched, &path, &q);
+    envelope(
+        IncomingPhoneNumbers {
+            incoming_phone_numbers: slice,
+        },
+        meta,
+    )
+}
+
+async fn fetch_number(
+    State(sim): State<Sim>,
+    Path((account, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let sid = sid.trim_end_matches(".json");
+    let store = sim.store.lock().unwrap();
+    match store
+        .numbers
+        .iter()
+        .find(|n| n.sid == sid && n.account_sid == account && !n.released)
+    {
+        Some(n) => (StatusCode::OK, Json(number_json(n))).into_response(),
+        None => twilio_error(404, 20404, "The requested resource was not found"),
+    }
+}
+
+async fn release_number(
+    State(sim): State<Sim>,
+    Path((account, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let sid = sid.trim_end_matches(".json");
+    let mut store = sim.store.lock().unwrap();
+    match store
+        .numbers
+        .iter_mut()
+        .find(|n| n.sid == sid && n.account_sid == account && !n.released)
+    {
+        Some(n) => {
+            n.released = true;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => twilio_error(404, 20404, "The requested resource was not found"),
+    }
+}
+
+async fn available_numbers(
+    State(sim): State<Sim>,
+    Path((account, country)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    if let Err(r) = authorize(&sim, &headers, &account) {
+        return r;
+    }
+    let q = parse_query(raw);
+    let area = field(&q, "AreaCode")
+        .unwrap_or(DEFAULT_AREA_CODE)
+        .to_owned();
+    let size = field(&q, "PageSize")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 1000);
+    let path = format!("/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json");
+    let mut found = Vec::new();
+    if country == "US" && area != "533" && area.len() == 3 {
+        let store = sim.store.lock().unwrap();
+        let mut line = store.next_line.get(&area).copied().unwrap_or(0);
+        while found.len() < size {
+            line += 1;
+            let candidate = format!("+1{area}2{line:06}");
+            if store
+                .numbers
+                .iter()
+                .any(|n| !n.released && n.phone_number == candidate)
+            {
+                continue;
+            }
+            found.push(AvailablePhoneNumber {
+                friendly_name: Some(pretty_number(&candidate)),
+                phone_number: Some(candidate),
+                lata: Some("722".into()),
+                locality: Some("San Francisco".into()),
+                rate_center: Some("SNFC CNTL".into()),
+                latitude: Some(serde_json::json!("37.770000")),
+                longitude: Some(serde_json::json!("-122.410000")),
+                region: Some("CA".into()),
+                postal_code: Some("94103".into()),
+                iso_country: Some("US".into()),
+                address_requirements: Some("none".into()),
+                beta: Some(false),
+                capabilities: Some(caps()),
+            });
+        }
+    }
+    let (slice, mut meta) = page_of(&found, &path, &q);
+    // Twilio does not page searches: one page of results, no next page.
+    meta.next_page_uri = None;
+    envelope(
+        AvailablePhoneNumbers {
+            available_phone_numbers: slice,
+        },
+        meta,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Simulator control (not Twilio)
+
+#[derive(Deserialize)]
+struct StateQuery {
+    messages: Option<bool>,
+}
+
+async fn sim_state(State(sim): State<Sim>, Query(q): Query<StateQuery>) -> Json<SimState> {
+    Json(sim.state(q.messages.unwrap_or(true)))
+}
+
+async fn sim_config(State(sim): State<Sim>) -> Json<SimConfig> {
+    Json(sim.config())
+}
+
+/// Merges a partial JSON object into the settings.
+async fn set_sim_config(State(sim): State<Sim>, Json(patch): Json<serde_json::Value>) -> Response {
+    let mut current = serde_json::to_value(sim.config()).unwrap();
+    merge(&mut current, patch);
+    match serde_json::from_value::<SimConfig>(current) {
+        Ok(c) => {
+            sim.set_config(c.clone());
+            Json(c).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("bad simulator config: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+fn merge(into: &mut serde_json::Value, patch: serde_json::Value) {
+    match (into, patch) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

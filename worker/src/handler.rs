@@ -1,0 +1,807 @@
+//! What a worker does with one job: reserve a slot, send, record; or buy a number, defer, retry, resolve.
+//!
+//! The handler never returns an error to apalis: every outcome is recorded in Redis by a script (sent, failed,
+//! opted out, rescheduled), because an error there would make apalis retry a job whose text may already be out.
+//! Bookkeeping after a successful send is retried, and if Redis stays unreachable the job's `r|…` marker makes the
+//! next delivery look the message up in Twilio instead of sending it again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis_core::task::data::Data;
+use rand::Rng;
+use redis::AsyncCommands;
+use shared::customers::{self, Customer};
+use shared::domain::{BatchId, CustomerId};
+use shared::keys::CustomerKeys;
+use shared::ledger::{Commit, Due, Ending, Full, Job, Ledger, Requeue, Reserve, ReserveMode, Slot};
+use shared::purchase::{self, BuyOutcome, PurchaseLock};
+use shared::twilio::{CreateMessage, MessageFilter, SendFailure, TwilioClient};
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::backend::SendTask;
+use crate::fetcher::Wake;
+use crate::settings::WorkerSettings;
+
+/// Counters for logs and metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub sent: AtomicU64,
+    pub failed: AtomicU64,
+    pub opted_out: AtomicU64,
+    pub retried: AtomicU64,
+    pub deferred: AtomicU64,
+    pub ambiguous: AtomicU64,
+    pub resolved_found: AtomicU64,
+    pub resolved_unsent: AtomicU64,
+    pub purchases: AtomicU64,
+    pub duplicate_sends: AtomicU64,
+}
+
+impl Stats {
+    fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything handlers share in one process.
+pub struct Ctx {
+    pub ledger: Ledger,
+    pub twilio: TwilioClient,
+    pub settings: Arc<WorkerSettings>,
+    pub wake: mpsc::UnboundedSender<Wake>,
+    pub stop: watch::Receiver<bool>,
+    pub stats: Stats,
+    bodies: Mutex<HashMap<BatchId, Arc<str>>>,
+    customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
+    /// One task per customer per process at a time on the slow path (purchases, waiting for one), so a full
+    /// customer costs one Redis poller per process, not one per handler.
+    gates: Mutex<HashMap<CustomerId, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    pool_changed: Mutex<HashMap<CustomerId, Arc<Notify>>>,
+}
+
+/// What to do next with a job.
+enum Step {
+    /// Run the fast path again.
+    Again,
+    /// Reserve again, releasing this slot: Twilio showed its attempt never arrived.
+    Unsent(Slot),
+    Send(Slot),
+    Done,
+}
+
+impl Ctx {
+    pub fn new(
+        ledger: Ledger,
+        twilio: TwilioClient,
+        settings: Arc<WorkerSettings>,
+        wake: mpsc::UnboundedSender<Wake>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            ledger,
+            twilio,
+            settings,
+            wake,
+            stop,
+            stats: Stats::default(),
+            bodies: Mutex::default(),
+            customers: Mutex::default(),
+            gates: Mutex::default(),
+            pool_changed: Mutex::default(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Processes one job to a recorded outcome.
+    #[tracing::instrument(name = "job", skip_all, fields(customer = %task.job.customer, batch = %task.job.batch.local(), to = %task.job.recipient.masked()))]
+    pub async fn process(&self, task: &SendTask) {
+        let job = &task.job;
+        let mut unsent: Option<Slot> = None;
+        let mut redis_errors = 0u32;
+        loop {
+            if task.lease.is_lost() {
+                return;
+            }
+            let reserved = self
+                .ledger
+                .reserve(job, ReserveMode::Fast, unsent.as_ref())
+                .await;
+            unsent = None;
+            let r = match reserved {
+                Ok(r) => r,
+                Err(e) => {
+                    redis_errors += 1;
+                    if redis_errors > 5 || self.stopping() {
+                        tracing::warn!(error.message = %e, "giving the job up to its lease: redis keeps failing");
+                        return;
+                    }
+                    self.pause(Duration::from_millis(100 << redis_errors)).await;
+                    continue;
+                }
+            };
+            let step = match r {
+                Reserve::Reserved(slot) => Step::Send(slot),
+                Reserve::Ambiguous { slot, now_ms } => {
+                    self.resolve_ambiguous(task, slot, now_ms).await
+                }
+                Reserve::Full(f) => self.no_capacity(task, f).await,
+                _ => Step::Done,
+            };
+            match step {
+                Step::Again => continue,
+                Step::Unsent(slot) => unsent = Some(slot),
+                Step::Send(slot) => return self.send(task, slot).await,
+                Step::Done => return,
+            }
+        }
+    }
+
+    async fn send(&self, task: &SendTask, slot: Slot) {
+        let job = &task.job;
+        let marker = slot.marker();
+        let (Some(body), Some(customer)) = (
+            self.body(&job.batch).await,
+            self.customer(&job.customer).await,
+        ) else {
+            // The batch or customer vanished (deleted by an operator): give the slot back and stop.
+            let _ = self
+                .ledger
+                .finish(
+                    job,
+                    Ending::Failed,
+                    "batch or customer missing",
+                    Some(&marker),
+                )
+                .await;
+            return;
+        };
+        // Never start a send that could outlive our lease: past it another worker may own the job.
+        if task.lease.remaining() < self.settings.shared.twilio.timeout + Duration::from_secs(2) {
+            tracing::warn!("lease too close to expiry to send; leaving the job to be redelivered");
+            return;
+        }
+        let callback = self
+            .settings
+            .public_url
+            .as_ref()
+            .map(|u| format!("{u}/twilio/status?b={}", job.batch));
+        let account = purchase::account_for(&customer, &self.twilio);
+        let req = CreateMessage {
+            to: job.recipient.as_str(),
+            from: &slot.number,
+            body: &body,
+            status_callback: callback.as_deref(),
+        };
+        match self.twilio.create_message(account, &req).await {
+            Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
+                Some(sid) => self.commit(job, &sid).await,
+                None => {
+                    self.requeue(
+                        job,
+                        Requeue::Keep,
+                        Due::In(self.settings.ambiguous_grace),
+                        slot.attempt,
+                        "no sid",
+                        &marker,
+                    )
+                    .await
+                }
+            },
+            Err(e) => match e.send_failure() {
+                SendFailure::Recipient { code, .. } => {
+                    Stats::inc(&self.stats.failed);
+                    tracing::info!(code, "recipient cannot be texted");
+                    let _ = self
+                        .ledger
+                        .finish(
+                            job,
+                            Ending::Failed,
+                            &format!("twilio {code}"),
+                            Some(&marker),
+                        )
+                        .await;
+                }
+                SendFailure::OptedOut => {
+                    Stats::inc(&self.stats.opted_out);
+                    let _ = self
+                        .ledger
+                        .finish(job, Ending::OptedOut, "21610", Some(&marker))
+                        .await;
+                }
+                SendFailure::Transient {
+                    reason,
+                    retry_after,
+                } => {
+                    self.retry_later(job, slot.attempt + 1, &reason, retry_after, &marker)
+                        .await;
+                }
+                SendFailure::Ambiguous { reason } => {
+                    Stats::inc(&self.stats.ambiguous);
+                    tracing::warn!(%reason, "send outcome unknown; will check Twilio before any resend");
+                    self.requeue(
+                        job,
+                        Requeue::Keep,
+                        Due::In(self.settings.ambiguous_grace),
+                        slot.attempt,
+                        &reason,
+                        &marker,
+                    )
+                    .await;
+                }
+            },
+        }
+    }
+
+    /// Records a sent message, retrying through Redis errors. If it still fails, the job's marker makes the next
+    /// delivery find the message in Twilio: a failed commit never causes a second text.
+    async fn commit(&self, job: &Job, sid: &str) {
+        for i in 0..8u32 {
+            match self.ledger.commit_sent(job, sid).await {
+                Ok(c) => {
+                    match c {
+                        Commit::Duplicate => {
+                            Stats::inc(&self.stats.duplicate_sends);
+                            tracing::error!(
+                                "a text was sent twice for the same recipient and batch (recorded in dup_sends)"
+                            );
+                        }
+                        _ => Stats::inc(&self.stats.sent),
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "could not record a sent message yet");
+                    tokio::time::sleep(Duration::from_millis((100u64 << i).min(5_000))).await;
+                }
+            }
+        }
+        tracing::error!(
+            "could not record a sent message; its next delivery will find it in Twilio"
+        );
+    }
+
+    async fn retry_later(
+        &self,
+        job: &Job,
+        attempt: u32,
+        reason: &str,
+        retry_after: Option<Duration>,
+        seen: &str,
+    ) {
+        let reason = reason.replace('|', "/");
+        if attempt >= self.settings.max_attempts {
+            Stats::inc(&self.stats.failed);
+            tracing::warn!(%reason, attempt, "giving up after repeated transient failures");
+            let _ = self
+                .ledger
+                .finish(
+                    job,
+                    Ending::Failed,
+                    &format!("{reason} (retries exhausted)"),
+                    Some(seen),
+                )
+                .await;
+            return;
+        }
+        Stats::inc(&self.stats.retried);
+        let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
+        self.requeue(
+            job,
+            Requeue::Release,
+            Due::In(delay),
+            attempt,
+            &reason,
+            seen,
+        )
+        .await;
+    }
+
+    /// Exponential backoff with jitter: the n-th retry waits between half and all of `base · 2^(n-1)`, capped.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .settings
+            .backoff_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let cap = exp.min(self.settings.backoff_max);
+        let half = cap / 2;
+        half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
+    }
+
+    async fn requeue(
+        &self,
+        job: &Job,
+        how: Requeue,
+        when: Due,
+        attempt: u32,
+        reason: &str,
+        seen: &str,
+    ) {
+        let seen = (!seen.is_empty()).then_some(seen);
+        match self
+            .ledger
+            .requeue(job, how, when, attempt, reason, seen)
+            .await
+        {
+            Ok(Some(_)) => {
+                let after = match when {
+                    Due::In(d) => d,
+                    Due::At(_) => self.settings.idle_poll,
+                };
+                let _ = self.wake.send(Wake {
+                    customer: job.customer.clone(),
+                    after: Some(after),
+                });
+            }
+            Ok(None) => tracing::debug!("job changed state under us; leaving it"),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not reschedule; the lease will return the job")
+            }
+        }
+    }
+
+    /// An earlier attempt reserved `slot` and may have reached Twilio. After a grace period (so a request still on
+    /// the wire has landed), list the messages to the recipient from that number, newest first: found → record it;
+    /// not found → it never arrived, reserve again.
+    async fn resolve_ambiguous(&self, task: &SendTask, slot: Slot, now_ms: i64) -> Step {
+        let job = &task.job;
+        let marker = slot.marker();
+        let grace = self.settings.ambiguous_grace.as_millis() as i64;
+        let age = now_ms - slot.at_ms;
+        if age < grace {
+            self.requeue(
+                job,
+                Requeue::Keep,
+                Due::In(Duration::from_millis((grace - age) as u64)),
+                slot.attempt,
+                "ambiguous",
+                &marker,
+            )
+            .await;
+            return Step::Done;
+        }
+        let (Some(body), Some(customer)) = (
+            self.body(&job.batch).await,
+            self.customer(&job.customer).await,
+        ) else {
+            return Step::Done;
+        };
+        // Twilio's clock and Redis's may differ a little; messages older than this cannot be ours.
+        let since =
+            chrono::DateTime::from_timestamp_millis(slot.at_ms - 10_000).unwrap_or_default();
+        let filter = MessageFilter {
+            to: Some(job.recipient.as_str()),
+            from: Some(&slot.number),
+            date_sent_after: None,
+        };
+        let account = purchase::account_for(&customer, &self.twilio);
+        let listed = self
+            .twilio
+            .list_messages(account, &filter, 200, |m| {
+                m.date_created.is_some_and(|d| d < since)
+            })
+            .await;
+        match listed {
+            Ok(messages) => {
+                let ours = messages.iter().find(|m| {
+                    m.body.as_deref() == Some(&*body) && m.date_created.is_some_and(|d| d >= since)
+                });
+                match ours.and_then(|m| m.sid.clone()) {
+                    Some(sid) => {
+                        Stats::inc(&self.stats.resolved_found);
+                        tracing::info!("ambiguous send found in Twilio; recording it");
+                        self.commit(job, &sid).await;
+                        Step::Done
+                    }
+                    None => {
+                        Stats::inc(&self.stats.resolved_unsent);
+                        tracing::info!("ambiguous send never reached Twilio; sending again");
+                        Step::Unsent(slot)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not list messages to resolve an ambiguous send");
+                self.requeue(
+                    job,
+                    Requeue::Keep,
+                    Due::In(self.backoff(slot.attempt + 1)),
+                    slot.attempt,
+                    "ambiguous",
+                    &marker,
+                )
+                .await;
+                Step::Done
+            }
+        }
+    }
+
+    /// No number has capacity. Defer at max numbers; otherwise, one task per process per customer at a time
+    /// either waits for a purchase in flight (resolving it if its outcome is unknown) or makes one.
+    async fn no_capacity(&self, task: &SendTask, first: Full) -> Step {
+        let job = &task.job;
+        if first.at_max() && first.pending_intents == 0 {
+            return self.defer(job, &first).await;
+        }
+        let gate = self.gate(&job.customer);
+        let mut last_resolve = gate.lock().await;
+        if self.stopping() {
+            self.requeue(
+                job,
+                Requeue::Wait,
+                Due::In(Duration::ZERO),
+                first.attempt(),
+                "",
+                first.state.as_deref().unwrap_or(""),
+            )
+            .await;
+            return Step::Done;
+        }
+        // Capacity may have appeared while we queued on the gate.
+        let f = match self.ledger.reserve(job, ReserveMode::Fast, None).await {
+            Ok(Reserve::Full(f)) => f,
+            Ok(Reserve::Reserved(s)) => return Step::Send(s),
+            Ok(Reserve::Ambiguous { .. }) => return Step::Again,
+            Ok(_) => return Step::Done,
+            Err(_) => {
+                self.pause(Duration::from_millis(200)).await;
+                return Step::Again;
+            }
+        };
+        if f.pending_intents > 0 {
+            let settle_after =
+                (self.settings.shared.twilio.timeout + Duration::from_secs(2)).as_millis() as i64;
+            let old = f
+                .oldest_intent_ms
+                .is_some_and(|t| f.now_ms - t > settle_after);
+            if old && last_resolve.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                *last_resolve = Some(Instant::now());
+                self.resolve_intents(&job.customer, f.now_ms, settle_after)
+                    .await;
+            } else {
+                self.wait_for_pool(&job.customer, &f).await;
+            }
+            return Step::Again;
+        }
+        if f.at_max() {
+            return self.defer(job, &f).await;
+        }
+        self.purchase(job, &f).await
+    }
+
+    async fn defer(&self, job: &Job, f: &Full) -> Step {
+        Stats::inc(&self.stats.deferred);
+        let jitter: i64 = rand::rng().random_range(0..50);
+        let due = f
+            .earliest_free_ms
+            .map(|t| t + jitter)
+            .unwrap_or(f.now_ms + 1_000);
+        tracing::debug!(
+            in_ms = due - f.now_ms,
+            "customer at max numbers and full; deferring"
+        );
+        let _ = self
+            .ledger
+            .requeue(
+                job,
+                Requeue::Defer,
+                Due::At(due),
+                f.attempt(),
+                "",
+                f.state.as_deref(),
+            )
+            .await;
+        let after = Duration::from_millis((due - f.now_ms).max(0) as u64);
+        let _ = self.wake.send(Wake {
+            customer: job.customer.clone(),
+            after: Some(after),
+        });
+        Step::Done
+    }
+
+    /// Steps 2–4 of the purchase protocol, called with the customer's gate held.
+    async fn purchase(&self, job: &Job, f: &Full) -> Step {
+        let conn = self.ledger.conn();
+        let lock = match PurchaseLock::try_acquire(
+            &conn,
+            &job.customer,
+            self.settings.lock_ttl,
+            self.settings.lock_renew,
+        )
+        .await
+        {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                // Another process is deciding; it will buy or find capacity. Wait for the pool to change.
+                self.wait_for_pool(&job.customer, f).await;
+                return Step::Again;
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not take the purchase lock");
+                self.pause(Duration::from_millis(200)).await;
+                return Step::Again;
+            }
+        };
+        let Some(customer) = self.customer(&job.customer).await else {
+            lock.release().await;
+            return Step::Done;
+        };
+        let intent_id = purchase::new_intent_id();
+        let name = purchase::friendly_name(&job.customer, &intent_id);
+        let decided_at = Instant::now();
+        let mode = ReserveMode::Locked {
+            token: lock.token(),
+            intent_id: &intent_id,
+            friendly_name: &name,
+        };
+        let now_ms = match self.ledger.reserve(job, mode, None).await {
+            Ok(Reserve::Intent { now_ms, .. }) => now_ms,
+            Ok(Reserve::Reserved(s)) => {
+                lock.release().await;
+                return Step::Send(s);
+            }
+            Ok(Reserve::Full(_)) | Ok(Reserve::LostLock) | Ok(Reserve::Ambiguous { .. }) => {
+                lock.release().await;
+                return Step::Again;
+            }
+            Ok(_) => {
+                lock.release().await;
+                return Step::Done;
+            }
+            Err(e) => {
+                // The script may have recorded the intent before the reply was lost; we never sent a purchase for
+                // it, so dropping it is safe.
+                tracing::warn!(error.message = %e, "purchase re-check failed");
+                let _ = purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, "*")
+                    .await;
+                lock.release().await;
+                return Step::Again;
+            }
+        };
+        // An intent older than the stale limit may already have been given up by a resolver; buying for it now
+        // could buy a number someone else also bought. Only a process paused for minutes gets here.
+        let budget = self
+            .settings
+            .intent_stale
+            .saturating_sub(self.settings.shared.twilio.timeout + Duration::from_secs(5));
+        if decided_at.elapsed() > budget {
+            let _ =
+                purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, "*").await;
+            lock.release().await;
+            return Step::Again;
+        }
+        let sms_url = self
+            .settings
+            .public_url
+            .as_ref()
+            .map(|u| format!("{u}/twilio/inbound"));
+        let outcome = purchase::buy(&self.twilio, &customer, &intent_id, sms_url.as_deref()).await;
+        let raw = format!("{now_ms}|{name}");
+        let step = match outcome {
+            BuyOutcome::Bought(b) => {
+                let mut recorded = false;
+                for i in 0..8u32 {
+                    match purchase::commit_number(&mut conn.clone(), &job.customer, &b, &intent_id)
+                        .await
+                    {
+                        Ok(_) => {
+                            recorded = true;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error.message = %e, "could not record a bought number yet");
+                            tokio::time::sleep(Duration::from_millis((100u64 << i).min(5_000)))
+                                .await;
+                        }
+                    }
+                }
+                if recorded {
+                    Stats::inc(&self.stats.purchases);
+                    tracing::info!(numbers = f.numbers + 1, "bought a number");
+                } else {
+                    tracing::error!(
+                        "bought a number but could not record it; its intent stays until the reconciler adopts it"
+                    );
+                }
+                self.pool_notify(&job.customer).notify_waiters();
+                Step::Again
+            }
+            BuyOutcome::NotBought {
+                reason,
+                retry_after,
+            } => {
+                let _ =
+                    purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, &raw)
+                        .await;
+                tracing::warn!(%reason, "could not buy a number");
+                let seen = f.state.clone().unwrap_or_default();
+                let attempt = f.attempt() + 1;
+                if attempt >= self.settings.max_attempts {
+                    Stats::inc(&self.stats.failed);
+                    let _ = self
+                        .ledger
+                        .finish(
+                            job,
+                            Ending::Failed,
+                            &format!("no number: {reason}"),
+                            Some(&seen).filter(|s| !s.is_empty()).map(|s| s.as_str()),
+                        )
+                        .await;
+                } else {
+                    let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
+                    self.requeue(
+                        job,
+                        Requeue::Release,
+                        Due::In(delay),
+                        attempt,
+                        &format!("no number: {reason}"),
+                        &seen,
+                    )
+                    .await;
+                }
+                Step::Done
+            }
+            BuyOutcome::Unknown { reason } => {
+                // The intent stays: nobody buys until it is resolved against Twilio's list of numbers.
+                tracing::warn!(%reason, intent = %intent_id, "purchase outcome unknown; will resolve against Twilio");
+                Step::Again
+            }
+        };
+        lock.release().await;
+        step
+    }
+
+    /// Resolves the customer's intents whose purchase has certainly finished: adopt the tagged number if Twilio
+    /// has it, drop the intent once it is stale.
+    async fn resolve_intents(&self, customer_id: &CustomerId, now_ms: i64, older_than_ms: i64) {
+        let Some(customer) = self.customer(customer_id).await else {
+            return;
+        };
+        let mut conn = self.ledger.conn();
+        let Ok(intents) = purchase::pending_intents(&mut conn, customer_id).await else {
+            return;
+        };
+        for intent in intents
+            .iter()
+            .filter(|i| now_ms - i.created_ms > older_than_ms)
+        {
+            match purchase::resolve_intent(
+                &mut conn,
+                &self.twilio,
+                &customer,
+                intent,
+                now_ms,
+                self.settings.intent_stale,
+            )
+            .await
+            {
+                Ok(purchase::Resolution::Pending) => self.pause(Duration::from_millis(500)).await,
+                Ok(_) => self.pool_notify(customer_id).notify_waiters(),
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "could not resolve a purchase intent");
+                    self.pause(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits (briefly) until the pool, the pending intents or the lock change, polling Redis every ~20 ms; a
+    /// purchase made by this process wakes the waiter at once.
+    async fn wait_for_pool(&self, customer: &CustomerId, f: &Full) {
+        let k = CustomerKeys::new(customer);
+        let notify = self.pool_notify(customer);
+        let deadline = Instant::now()
+            + self
+                .settings
+                .lock_ttl
+                .clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let mut conn = self.ledger.conn();
+        let mut stop = self.stop.clone();
+        while Instant::now() < deadline {
+            let tick = Duration::from_millis(15 + rand::rng().random_range(0..10));
+            tokio::select! {
+                _ = notify.notified() => return,
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => return,
+            }
+            let r: redis::RedisResult<(u32, u32, bool)> = redis::pipe()
+                .zcard(k.pool())
+                .hlen(k.intents())
+                .exists(k.lock())
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok((numbers, pending, locked)) => {
+                    if numbers != f.numbers
+                        || pending != f.pending_intents
+                        || (!locked && pending == 0)
+                    {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn pause(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.changed() => {}
+        }
+    }
+
+    fn gate(&self, c: &CustomerId) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
+        self.gates
+            .lock()
+            .unwrap()
+            .entry(c.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn pool_notify(&self, c: &CustomerId) -> Arc<Notify> {
+        self.pool_changed
+            .lock()
+            .unwrap()
+            .entry(c.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The batch's body, cached: it never changes.
+    async fn body(&self, batch: &BatchId) -> Option<Arc<str>> {
+        if let Some(b) = self.bodies.lock().unwrap().get(batch) {
+            return Some(b.clone());
+        }
+        let k = CustomerKeys::new(batch.customer());
+        let body: Option<String> = self
+            .ledger
+            .conn()
+            .hget(k.batch(batch), "body")
+            .await
+            .ok()
+            .flatten();
+        let body: Arc<str> = body?.into();
+        let mut cache = self.bodies.lock().unwrap();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(batch.clone(), body.clone());
+        Some(body)
+    }
+
+    /// The customer's record, cached for 30 s.
+    async fn customer(&self, id: &CustomerId) -> Option<Customer> {
+        if let Some((c, at)) = self.customers.lock().unwrap().get(id)
+            && at.elapsed() < Duration::from_secs(30)
+        {
+            return Some(c.clone());
+        }
+        let c = customers::get(&mut self.ledger.conn(), id)
+            .await
+            .ok()
+            .flatten()?;
+        self.customers
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (c.clone(), Instant::now()));
+        Some(c)
+    }
+}
+
+/// The apalis handler: process the job, never fail it (every outcome is recorded by the ledger).
+pub async fn handle(
+    task: SendTask,
+    ctx: Data<Arc<Ctx>>,
+) -> Result<(), apalis_core::error::BoxDynError> {
+    ctx.process(&task).await;
+    drop(task);
+    Ok(())
+}

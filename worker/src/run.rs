@@ -1,0 +1,233 @@
+//! The worker process: wiring, supervision and graceful shutdown.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apalis::prelude::*;
+use redis::AsyncCommands;
+use shared::config::ConfigError;
+use shared::keys;
+use shared::ledger::Ledger;
+use shared::store;
+use shared::twilio::TwilioClient;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::backend::{Inbox, QueueBackend, release};
+use crate::fetcher::{Fetcher, listen_for_wakes};
+use crate::handler::{Ctx, handle};
+use crate::leases::Registry;
+use crate::reconciler;
+use crate::settings::WorkerSettings;
+
+/// A unique name per process and per restart: apalis and operators tell workers apart by it, and reusing a name
+/// is what makes apalis-redis fleets lose orphaned jobs.
+pub fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    format!(
+        "worker-{host}-{}-{}",
+        std::process::id(),
+        ulid::Ulid::new().to_string().to_ascii_lowercase()
+    )
+}
+
+/// Runs a worker until `shutdown` resolves, then drains: stop fetching, hand back unstarted jobs, let in-flight
+/// sends finish (up to the shutdown timeout). Returns an error only for configuration problems; Redis outages are
+/// waited out.
+pub async fn run(
+    settings: WorkerSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
+    let settings = Arc::new(settings);
+    tokio::pin!(shutdown);
+    let name = worker_name();
+    tracing::info!(worker = %name, concurrency = settings.concurrency, "worker starting");
+
+    // Connect, waiting out a Redis that is not up yet, then check the fleet's quota settings.
+    let mut delay = Duration::from_millis(200);
+    let mut conn = loop {
+        let attempt = async {
+            let mut c = store::connect(&settings.shared.redis).await?;
+            store::ensure_fleet_settings(&mut c, &settings.shared.quota, false)
+                .await
+                .map_err(|e| match e.downcast::<redis::RedisError>() {
+                    Ok(r) => anyhow::Error::from(r),
+                    Err(other) => anyhow::Error::from(ConfigError(other.to_string())),
+                })?;
+            Ok::<_, anyhow::Error>(c)
+        };
+        tokio::select! {
+            r = attempt => match r {
+                Ok(c) => break c,
+                Err(e) => match e.downcast::<ConfigError>() {
+                    Ok(config) => return Err(config),
+                    Err(e) => {
+                        tracing::warn!(error.message = %e, "redis not reachable; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        }
+    };
+    let ledger = Ledger::new(
+        conn.clone(),
+        settings.shared.quota,
+        settings.shared.batch_retention,
+    );
+    let twilio = TwilioClient::new(&settings.shared.twilio)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (final_tx, final_rx) = watch::channel(false);
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+    let registry = Registry::new(settings.lease);
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let (tx, rx) = mpsc::channel(settings.concurrency);
+    let inbox: Inbox = Arc::new(Mutex::new(rx));
+    let ctx = Arc::new(Ctx::new(
+        ledger.clone(),
+        twilio,
+        settings.clone(),
+        wake_tx.clone(),
+        stop_rx.clone(),
+    ));
+
+    let fetcher = tokio::spawn(
+        Fetcher {
+            ledger: ledger.clone(),
+            settings: settings.clone(),
+            registry: registry.clone(),
+            slots,
+            tx,
+            wake: wake_rx,
+            stop: stop_rx.clone(),
+        }
+        .run(),
+    );
+    tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, stop_rx.clone()));
+    // Leases must stay renewed while in-flight sends drain, so the heartbeat stops last.
+    let heartbeat = tokio::spawn(heartbeat(
+        ledger.clone(),
+        registry.clone(),
+        settings.lease,
+        name.clone(),
+        final_rx,
+    ));
+    tokio::spawn(reconciler::run(ctx.clone(), stop_rx.clone()));
+    // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
+    let supervisor = supervise(
+        ctx.clone(),
+        inbox.clone(),
+        ledger.clone(),
+        stop_rx.clone(),
+        name.clone(),
+    );
+    tokio::pin!(supervisor);
+    tokio::select! {
+        _ = &mut supervisor => tracing::error!("supervisor ended unexpectedly"),
+        _ = &mut shutdown => {}
+    }
+    tracing::info!(worker = %name, in_flight = registry.len(), "shutting down: no new jobs; waiting for in-flight sends");
+    let _ = stop_tx.send(true);
+    let _ = fetcher.await;
+    match tokio::time::timeout(settings.shutdown_timeout, &mut supervisor).await {
+        Ok(_) => tracing::info!("in-flight sends finished"),
+        Err(_) => tracing::warn!(
+            in_flight = registry.len(),
+            "shutdown timeout: exiting with sends in flight; their leases expire and other workers resolve them"
+        ),
+    }
+    // Anything still buffered (if the drain timed out) goes back to the queue now rather than at lease expiry.
+    let leftover: Vec<_> = {
+        let mut rx = inbox.lock().unwrap();
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    };
+    if !leftover.is_empty() {
+        release(ledger.clone(), leftover).await;
+    }
+    let _ = final_tx.send(true);
+    let _ = heartbeat.await;
+    let _: redis::RedisResult<()> = conn.zrem(keys::WORKERS, &name).await;
+    let s = &ctx.stats;
+    use std::sync::atomic::Ordering::Relaxed;
+    tracing::info!(
+        sent = s.sent.load(Relaxed),
+        failed = s.failed.load(Relaxed),
+        retried = s.retried.load(Relaxed),
+        deferred = s.deferred.load(Relaxed),
+        purchases = s.purchases.load(Relaxed),
+        ambiguous = s.ambiguous.load(Relaxed),
+        "worker stopped"
+    );
+    Ok(())
+}
+
+/// Runs the apalis worker; if it ever ends while we are not shutting down, starts a new one under a new name.
+async fn supervise(
+    ctx: Arc<Ctx>,
+    inbox: Inbox,
+    ledger: Ledger,
+    stop: watch::Receiver<bool>,
+    first_name: String,
+) {
+    let mut name = first_name;
+    loop {
+        let backend = QueueBackend::new(inbox.clone(), ledger.clone());
+        let worker = WorkerBuilder::new(name.as_str())
+            .backend(backend)
+            .data(ctx.clone())
+            .catch_panic()
+            .concurrency(ctx.settings.concurrency)
+            .parallelize(tokio::spawn)
+            .build(handle);
+        let mut s = stop.clone();
+        let signal = async move {
+            while !*s.borrow() {
+                if s.changed().await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), WorkerError>(())
+        };
+        let result = worker.run_until(signal).await;
+        if *stop.borrow() {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                tracing::error!(worker = %name, "apalis worker ended unexpectedly; restarting under a new name")
+            }
+            Err(e) => {
+                tracing::error!(worker = %name, error.message = %e, "apalis worker died; restarting under a new name")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        name = worker_name();
+    }
+}
+
+async fn heartbeat(
+    ledger: Ledger,
+    registry: Arc<Registry>,
+    lease: Duration,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn = ledger.conn();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = stop.changed() => return,
+        }
+        registry.renew_all(&ledger).await;
+        if let Ok(now) = shared::customers::redis_now_ms(&mut conn).await {
+            let _: redis::RedisResult<()> = conn.zadd(keys::WORKERS, &name, now).await;
+        }
+    }
+}
