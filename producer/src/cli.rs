@@ -152,51 +152,25 @@ pub async fn main(cli: Cli) -> ExitCode {
 }
 
 async fn connect(settings: &Settings) -> Result<Conn, Failure> {
-    store::connect(&settings.redis)
-        .await
-        .map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))
+    store::connect(&settings.redis).await.map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let settings = cli
-        .common
-        .settings()
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let settings = cli.common.settings().map_err(|e| Failure::Usage(e.to_string()))?;
     match cli.command {
-        Command::Customer(CustomerCommand::Add {
-            id,
-            account_sid,
-            area_code,
-            max_numbers,
-        }) => {
+        Command::Customer(CustomerCommand::Add { id, account_sid, area_code, max_numbers }) => {
             let id = CustomerId::parse(&id).map_err(|e| Failure::Usage(e.to_string()))?;
-            let account_sid = account_sid
-                .map(|a| AccountSid::parse(&a))
-                .transpose()
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            let area_code = area_code
-                .map(|a| customers::parse_area_code(&a))
-                .transpose()
-                .map_err(Failure::Usage)?;
+            let account_sid =
+                account_sid.map(|a| AccountSid::parse(&a)).transpose().map_err(|e| Failure::Usage(e.to_string()))?;
+            let area_code = area_code.map(|a| customers::parse_area_code(&a)).transpose().map_err(Failure::Usage)?;
             let max_numbers = max_numbers.unwrap_or(settings.default_max_numbers);
             if max_numbers == 0 {
                 return Err(Failure::Usage("--max-numbers must be at least 1".into()));
             }
             let mut conn = connect(&settings).await?;
-            let created = customers::upsert(
-                &mut conn,
-                &Customer {
-                    id: id.clone(),
-                    account_sid,
-                    area_code,
-                    max_numbers,
-                },
-            )
-            .await?;
-            println!(
-                "customer {id} {} (max {max_numbers} numbers)",
-                if created { "created" } else { "updated" }
-            );
+            let created =
+                customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid, area_code, max_numbers }).await?;
+            println!("customer {id} {} (max {max_numbers} numbers)", if created { "created" } else { "updated" });
         }
         Command::Customer(CustomerCommand::List { json }) => {
             let mut conn = connect(&settings).await?;
@@ -215,22 +189,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                         c.id,
                         c.max_numbers,
                         c.area_code.as_deref().unwrap_or("any"),
-                        c.account_sid
-                            .as_ref()
-                            .map(|a| a.as_str())
-                            .unwrap_or("(main)")
+                        c.account_sid.as_ref().map(|a| a.as_str()).unwrap_or("(main)")
                     );
                 }
             }
         }
         Command::Bulk(args) => return bulk(&settings, args).await,
-        Command::Status {
-            batch,
-            json,
-            wait,
-            timeout,
-            failures,
-        } => {
+        Command::Status { batch, json, wait, timeout, failures } => {
             let id = BatchId::parse(&batch).map_err(|e| Failure::Usage(e.to_string()))?;
             let mut conn = connect(&settings).await?;
             let status = if wait {
@@ -238,11 +203,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 read_status(&mut conn, &id).await?
             };
-            let failed_list = if failures {
-                Some(batches::failures(&mut conn, &id).await?)
-            } else {
-                None
-            };
+            let failed_list = if failures { Some(batches::failures(&mut conn, &id).await?) } else { None };
             if json {
                 let mut v = serde_json::to_value(&status).unwrap();
                 v["pending"] = status.pending().into();
@@ -280,15 +241,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     report.daily_quota,
                     report.conversational_cap
                 );
-                println!(
-                    "  {:<16} {:>6} {:>6} {:>6} {:>9}",
-                    "NUMBER", "SENT", "RECV", "LIMIT", "AVAILABLE"
-                );
+                println!("  {:<16} {:>6} {:>6} {:>6} {:>9}", "NUMBER", "SENT", "RECV", "LIMIT", "AVAILABLE");
                 for n in &report.numbers {
-                    println!(
-                        "  {:<16} {:>6} {:>6} {:>6} {:>9}",
-                        n.number, n.sent, n.received, n.limit, n.available
-                    );
+                    println!("  {:<16} {:>6} {:>6} {:>6} {:>9}", n.number, n.sent, n.received, n.limit, n.available);
                 }
                 println!(
                     "  available now: {}; purchases in flight: {}",
@@ -314,31 +269,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Inbound {
-            customer,
-            number,
-            sid,
-        } => {
+        Command::Inbound { customer, number, sid } => {
             let id = CustomerId::parse(&customer).map_err(|e| Failure::Usage(e.to_string()))?;
-            let number = PhoneNumber::from_trusted(&number)
-                .map_err(|e| Failure::Usage(format!("--number: {e}")))?;
-            let sid = sid.unwrap_or_else(|| {
-                format!("SM{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
-            });
+            let number = PhoneNumber::from_trusted(&number).map_err(|e| Failure::Usage(format!("--number: {e}")))?;
+            let sid = sid.unwrap_or_else(|| format!("SM{}", ulid::Ulid::new().to_string().to_ascii_lowercase()));
             let conn = connect(&settings).await?;
             let ledger = Ledger::new(conn, settings.quota, settings.batch_retention);
             match ledger.record_inbound(&id, number.as_str(), &sid).await? {
-                Inbound::Credited { received_in_window }
-                | Inbound::Duplicate { received_in_window } => {
-                    println!(
-                        "{} received {received_in_window} messages in the current window",
-                        number.masked()
-                    )
+                Inbound::Credited { received_in_window } | Inbound::Duplicate { received_in_window } => {
+                    println!("{} received {received_in_window} messages in the current window", number.masked())
                 }
                 Inbound::UnknownNumber => {
-                    return Err(Failure::Usage(format!(
-                        "{number} is not one of {id}'s numbers"
-                    )));
+                    return Err(Failure::Usage(format!("{number} is not one of {id}'s numbers")));
                 }
             }
         }
@@ -361,8 +303,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
 async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> {
     let body = match (&args.body, &args.body_file) {
         (Some(b), _) => b.clone(),
-        (None, Some(p)) => std::fs::read_to_string(p)
-            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?,
+        (None, Some(p)) => {
+            std::fs::read_to_string(p).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?
+        }
         (None, None) => return Err(Failure::Usage("--body or --body-file is required".into())),
     };
     let raw = match &args.recipients {
@@ -371,10 +314,7 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
             .to
             .iter()
             .enumerate()
-            .map(|(i, v)| RawRecipient {
-                origin: format!("--to #{}", i + 1),
-                value: v.clone(),
-            })
+            .map(|(i, v)| RawRecipient { origin: format!("--to #{}", i + 1), value: v.clone() })
             .collect(),
     };
     let request = BulkRequest {
@@ -387,16 +327,12 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
     let mut conn = connect(settings).await?;
     // Checked before any write so an unknown customer changes nothing (batch creation re-checks atomically).
     if customers::get(&mut conn, &batch.customer).await?.is_none() {
-        return Err(Failure::Usage(
-            batches::SubmitError::UnknownCustomer(batch.customer.clone()).to_string(),
-        ));
+        return Err(Failure::Usage(batches::SubmitError::UnknownCustomer(batch.customer.clone()).to_string()));
     }
     let total = batch.recipients.len();
     let bar = (total >= 10_000 && std::io::stderr().is_terminal() && !args.json).then(|| {
         let b = ProgressBar::new(total as u64);
-        b.set_style(
-            ProgressStyle::with_template("enqueuing {bar:40} {pos}/{len} ({per_sec})").unwrap(),
-        );
+        b.set_style(ProgressStyle::with_template("enqueuing {bar:40} {pos}/{len} ({per_sec})").unwrap());
         b
     });
     let mut progress = |done: usize, _total: usize| {
@@ -404,18 +340,12 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
             b.set_position(done as u64);
         }
     };
-    let receipt = batches::submit(
-        &mut conn,
-        &batch,
-        settings.batch_retention,
-        args.chunk_size,
-        Some(&mut progress),
-    )
-    .await
-    .map_err(|e| match e {
-        batches::SubmitError::Redis(r) => Failure::Runtime(format!("redis: {r}")),
-        other => Failure::Usage(other.to_string()),
-    })?;
+    let receipt = batches::submit(&mut conn, &batch, settings.batch_retention, args.chunk_size, Some(&mut progress))
+        .await
+        .map_err(|e| match e {
+            batches::SubmitError::Redis(r) => Failure::Runtime(format!("redis: {r}")),
+            other => Failure::Usage(other.to_string()),
+        })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -423,20 +353,14 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
         println!("{}", serde_json::to_string_pretty(&receipt).unwrap());
     } else {
         println!("batch {}", receipt.batch_id);
-        println!(
-            "  accepted {} recipients, {} duplicates removed",
-            receipt.accepted, receipt.duplicates
-        );
+        println!("  accepted {} recipients, {} duplicates removed", receipt.accepted, receipt.duplicates);
         if receipt.existing {
             println!(
                 "  (idempotency key already used: this is the existing batch; {} jobs were enqueued now)",
                 receipt.enqueued_now
             );
         }
-        println!(
-            "  follow it with: producer status {} --wait",
-            receipt.batch_id
-        );
+        println!("  follow it with: producer status {} --wait", receipt.batch_id);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -481,10 +405,7 @@ async fn wait_for(
 }
 
 pub fn print_status(s: &BatchStatus) {
-    println!(
-        "batch {}  (customer {})  state: {}",
-        s.batch_id, s.customer, s.state
-    );
+    println!("batch {}  (customer {})  state: {}", s.batch_id, s.customer, s.state);
     println!(
         "  total {} recipients ({} duplicates removed), {} segments each ({})",
         s.total, s.duplicates, s.segments, s.encoding
@@ -497,35 +418,17 @@ pub fn print_status(s: &BatchStatus) {
         );
     }
     println!("  queued     {:>8}", s.queued);
-    println!(
-        "  deferred   {:>8}   (customer at max numbers; waiting for the window to free a slot)",
-        s.deferred
-    );
+    println!("  deferred   {:>8}   (customer at max numbers; waiting for the window to free a slot)", s.deferred);
     println!("  sent       {:>8}", s.sent);
-    let reasons: Vec<String> = s
-        .failure_reasons
-        .iter()
-        .map(|(r, n)| format!("{r}: {n}"))
-        .collect();
+    let reasons: Vec<String> = s.failure_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
     if reasons.is_empty() {
         println!("  failed     {:>8}", s.failed);
     } else {
         println!("  failed     {:>8}   ({})", s.failed, reasons.join(", "));
     }
     println!("  opted out  {:>8}", s.opted_out);
-    println!(
-        "  cancelled  {:>8}{}",
-        s.cancelled,
-        if s.cancel_requested {
-            "   (cancel requested)"
-        } else {
-            ""
-        }
-    );
+    println!("  cancelled  {:>8}{}", s.cancelled, if s.cancel_requested { "   (cancel requested)" } else { "" });
     if s.dup_sends > 0 {
-        println!(
-            "  DUPLICATE SENDS {:>3}   (a worker was paused past its lease)",
-            s.dup_sends
-        );
+        println!("  DUPLICATE SENDS {:>3}   (a worker was paused past its lease)", s.dup_sends);
     }
 }

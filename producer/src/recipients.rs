@@ -13,10 +13,7 @@ pub struct RawRecipient {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("cannot read recipients file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("recipients file {path}: {message}")]
     Format { path: String, message: String },
 }
@@ -26,14 +23,8 @@ pub enum ReadError {
 /// numbers in errors count every line of the file.
 pub fn read_file(path: &Path) -> Result<Vec<RawRecipient>, ReadError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
-        path: display.clone(),
-        source,
-    })?;
-    parse(&text).map_err(|message| ReadError::Format {
-        path: display,
-        message,
-    })
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io { path: display.clone(), source })?;
+    parse(&text).map_err(|message| ReadError::Format { path: display, message })
 }
 
 pub fn parse(text: &str) -> Result<Vec<RawRecipient>, String> {
@@ -47,31 +38,16 @@ pub fn parse(text: &str) -> Result<Vec<RawRecipient>, String> {
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(|(i, l)| RawRecipient {
-            origin: format!("line {}", i + 1),
-            value: l.trim().to_owned(),
-        })
+        .map(|(i, l)| RawRecipient { origin: format!("line {}", i + 1), value: l.trim().to_owned() })
         .collect())
 }
 
 fn parse_csv(text: &str) -> Result<Vec<RawRecipient>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let headers = reader
-        .headers()
-        .map_err(|e| format!("cannot read the CSV header: {e}"))?
-        .clone();
-    let col = headers
-        .iter()
-        .position(|h| h.eq_ignore_ascii_case("phone"))
-        .ok_or_else(|| {
-            format!(
-                "the CSV header has no `phone` column (columns: {})",
-                headers.iter().collect::<Vec<_>>().join(", ")
-            )
-        })?;
+    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
+    let headers = reader.headers().map_err(|e| format!("cannot read the CSV header: {e}"))?.clone();
+    let col = headers.iter().position(|h| h.eq_ignore_ascii_case("phone")).ok_or_else(|| {
+        format!("the CSV header has no `phone` column (columns: {})", headers.iter().collect::<Vec<_>>().join(", "))
+    })?;
     let mut out = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| format!("bad CSV: {e}"))?;
@@ -80,10 +56,7 @@ fn parse_csv(text: &str) -> Result<Vec<RawRecipient>, String> {
         if record.iter().all(|f| f.is_empty()) {
             continue;
         }
-        out.push(RawRecipient {
-            origin: format!("line {line}"),
-            value,
-        });
+        out.push(RawRecipient { origin: format!("line {line}"), value });
     }
     Ok(out)
 }
@@ -101,21 +74,13 @@ mod tests {
 
     #[test]
     fn csv_uses_the_phone_column() {
-        let r =
-            parse("name,Phone,unit\nAda,+14155552671,4B\n\"Lee, Jo\",+14155552672,5\n").unwrap();
-        assert_eq!(
-            r.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(),
-            ["+14155552671", "+14155552672"]
-        );
+        let r = parse("name,Phone,unit\nAda,+14155552671,4B\n\"Lee, Jo\",+14155552672,5\n").unwrap();
+        assert_eq!(r.iter().map(|r| r.value.as_str()).collect::<Vec<_>>(), ["+14155552671", "+14155552672"]);
         assert_eq!(r[1].origin, "line 3");
     }
 
     #[test]
     fn csv_without_a_phone_column_is_an_error() {
-        assert!(
-            parse("name,number\nAda,+1\n")
-                .unwrap_err()
-                .contains("no `phone` column")
-        );
+        assert!(parse("name,number\nAda,+1\n").unwrap_err().contains("no `phone` column"));
     }
 }

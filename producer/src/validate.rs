@@ -40,13 +40,7 @@ impl Invalid {
     pub const SHOWN: usize = 20;
 
     fn one(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            problems: vec![Problem {
-                field: field.into(),
-                message: message.into(),
-            }],
-            total: 1,
-        }
+        Self { problems: vec![Problem { field: field.into(), message: message.into() }], total: 1 }
     }
 }
 
@@ -60,11 +54,7 @@ impl fmt::Display for Invalid {
             write!(f, "{}: {}", p.field, p.message)?;
         }
         if self.total > self.problems.len() {
-            write!(
-                f,
-                "; and {} more problems",
-                self.total - self.problems.len()
-            )?;
+            write!(f, "; and {} more problems", self.total - self.problems.len())?;
         }
         Ok(())
     }
@@ -84,57 +74,24 @@ pub fn validate(req: &BulkRequest) -> Result<NewBatch, Invalid> {
         }
     };
     let customer = CustomerId::parse(&req.customer)
-        .map_err(|e| {
-            push(
-                Problem {
-                    field: "customer".into(),
-                    message: e.to_string(),
-                },
-                &mut problems,
-            )
-        })
+        .map_err(|e| push(Problem { field: "customer".into(), message: e.to_string() }, &mut problems))
         .ok();
     let body = MessageBody::parse(&req.body)
-        .map_err(|e| {
-            push(
-                Problem {
-                    field: "body".into(),
-                    message: e.to_string(),
-                },
-                &mut problems,
-            )
-        })
+        .map_err(|e| push(Problem { field: "body".into(), message: e.to_string() }, &mut problems))
         .ok();
     let key = match &req.idempotency_key {
         Some(k) => IdempotencyKey::parse(k)
-            .map_err(|e| {
-                push(
-                    Problem {
-                        field: "idempotency_key".into(),
-                        message: e.to_string(),
-                    },
-                    &mut problems,
-                )
-            })
+            .map_err(|e| push(Problem { field: "idempotency_key".into(), message: e.to_string() }, &mut problems))
             .ok(),
         None => None,
     };
     if req.recipients.is_empty() {
-        push(
-            Problem {
-                field: "recipients".into(),
-                message: "no recipients given".into(),
-            },
-            &mut problems,
-        );
+        push(Problem { field: "recipients".into(), message: "no recipients given".into() }, &mut problems);
     }
     if req.recipients.len() > MAX_RECIPIENTS {
         return Err(Invalid::one(
             "recipients",
-            format!(
-                "{} recipients; one request may carry at most {MAX_RECIPIENTS}",
-                req.recipients.len()
-            ),
+            format!("{} recipients; one request may carry at most {MAX_RECIPIENTS}", req.recipients.len()),
         ));
     }
     let parsed = parse_all(&req.recipients);
@@ -162,29 +119,17 @@ pub fn validate(req: &BulkRequest) -> Result<NewBatch, Invalid> {
         }
     }
     let duplicates = req.recipients.len() - recipients.len();
-    Ok(NewBatch {
-        customer: customer.unwrap(),
-        body: body.unwrap(),
-        recipients,
-        duplicates,
-        idempotency_key: key,
-    })
+    Ok(NewBatch { customer: customer.unwrap(), body: body.unwrap(), recipients, duplicates, idempotency_key: key })
 }
 
 fn shorten(s: &str) -> String {
-    if s.chars().count() > 40 {
-        format!("{}…", s.chars().take(40).collect::<String>())
-    } else {
-        s.to_owned()
-    }
+    if s.chars().count() > 40 { format!("{}…", s.chars().take(40).collect::<String>()) } else { s.to_owned() }
 }
 
 /// Parses numbers on every core: libphonenumber's validation costs ~8 µs a number, so a 100,000-recipient request
 /// would otherwise spend most of its enqueue budget here.
 fn parse_all(raw: &[RawRecipient]) -> Vec<Result<PhoneNumber, shared::domain::PhoneError>> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if raw.len() < 4_096 || threads == 1 {
         return raw.iter().map(|r| PhoneNumber::parse(&r.value)).collect();
     }
@@ -192,18 +137,9 @@ fn parse_all(raw: &[RawRecipient]) -> Vec<Result<PhoneNumber, shared::domain::Ph
     std::thread::scope(|s| {
         let handles: Vec<_> = raw
             .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .map(|r| PhoneNumber::parse(&r.value))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|c| s.spawn(move || c.iter().map(|r| PhoneNumber::parse(&r.value)).collect::<Vec<_>>()))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("parser thread panicked"))
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().expect("parser thread panicked")).collect()
     })
 }
 
@@ -218,10 +154,7 @@ mod tests {
             recipients: to
                 .iter()
                 .enumerate()
-                .map(|(i, v)| RawRecipient {
-                    origin: format!("line {}", i + 1),
-                    value: (*v).into(),
-                })
+                .map(|(i, v)| RawRecipient { origin: format!("line {}", i + 1), value: (*v).into() })
                 .collect(),
             idempotency_key: None,
         }
@@ -229,12 +162,7 @@ mod tests {
 
     #[test]
     fn duplicates_are_removed_keeping_the_first() {
-        let b = validate(&req(
-            "acme",
-            "hi",
-            &["+14155552671", "+1 415 555 2671", "+14155552672"],
-        ))
-        .unwrap();
+        let b = validate(&req("acme", "hi", &["+14155552671", "+1 415 555 2671", "+14155552672"])).unwrap();
         assert_eq!(b.recipients.len(), 2);
         assert_eq!(b.duplicates, 1);
     }
@@ -243,10 +171,7 @@ mod tests {
     fn every_problem_is_reported_with_its_location() {
         let e = validate(&req("", "", &["+14155552671", "nope", "+1415555267x"])).unwrap_err();
         let fields: Vec<_> = e.problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["customer", "body", "recipient line 2", "recipient line 3"]
-        );
+        assert_eq!(fields, ["customer", "body", "recipient line 2", "recipient line 3"]);
         assert!(e.to_string().contains("nothing was enqueued"));
     }
 

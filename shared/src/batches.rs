@@ -87,10 +87,7 @@ pub async fn submit(
     let total = req.recipients.len();
 
     let mut inv = scripts::BATCH_CREATE.key(k.cfg());
-    inv.key(k.idempotency(&key))
-        .key(k.batch(&fresh))
-        .arg(fresh.to_string())
-        .arg(retention.as_secs());
+    inv.key(k.idempotency(&key)).key(k.batch(&fresh)).arg(fresh.to_string()).arg(retention.as_secs());
     for (f, v) in [
         ("customer", req.customer.as_str().to_owned()),
         ("body", req.body.as_str().to_owned()),
@@ -107,31 +104,19 @@ pub async fn submit(
     let (batch, existing) = match reply.first().map(String::as_str) {
         Some("created") => (fresh, false),
         Some("exists") => {
-            let id = BatchId::parse(reply.get(1).map(String::as_str).unwrap_or_default()).map_err(
-                |e| {
-                    redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "bad batch id stored",
-                        e.to_string(),
-                    ))
-                },
-            )?;
+            let id = BatchId::parse(reply.get(1).map(String::as_str).unwrap_or_default()).map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Client, "bad batch id stored", e.to_string()))
+            })?;
             let stored: Option<String> = conn.hget(k.batch(&id), "fingerprint").await?;
             if stored.as_deref() != Some(fingerprint.as_str()) {
-                return Err(SubmitError::KeyReused {
-                    key,
-                    batch: id.to_string(),
-                });
+                return Err(SubmitError::KeyReused { key, batch: id.to_string() });
             }
             (id, true)
         }
         _ => return Err(SubmitError::UnknownCustomer(req.customer.clone())),
     };
 
-    let mut cursor: usize = conn
-        .hget::<_, _, Option<usize>>(k.batch(&batch), "enqueued")
-        .await?
-        .unwrap_or(0);
+    let mut cursor: usize = conn.hget::<_, _, Option<usize>>(k.batch(&batch), "enqueued").await?.unwrap_or(0);
     let start = cursor;
     let mut progress = progress;
     while cursor < total {
@@ -146,10 +131,7 @@ pub async fn submit(
         let new_cursor: usize = loop {
             match inv.invoke_async(conn).await {
                 Ok(c) => break c,
-                Err(e)
-                    if tries < 5
-                        && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped()) =>
-                {
+                Err(e) if tries < 5 && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped()) => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(100 << tries)).await;
                 }
@@ -230,22 +212,14 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     if m.is_empty() {
         return Ok(None);
     }
-    let n = |f: &str| {
-        m.get(f)
-            .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0)
-            .max(0) as u64
-    };
+    let n = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0).max(0) as u64;
     let total = n("total");
     let terminal = n("sent") + n("failed") + n("opted_out") + n("cancelled");
     let pending = total.saturating_sub(terminal);
     let deferred = n("deferred").min(pending);
     let failure_reasons = m
         .iter()
-        .filter_map(|(f, v)| {
-            f.strip_prefix("reason:")
-                .map(|r| (r.to_owned(), v.parse().unwrap_or(0)))
-        })
+        .filter_map(|(f, v)| f.strip_prefix("reason:").map(|r| (r.to_owned(), v.parse().unwrap_or(0))))
         .collect();
     Ok(Some(BatchStatus {
         batch_id: id.to_string(),
@@ -271,10 +245,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
 }
 
 /// Failed recipients of a batch and why (kept with the batch record).
-pub async fn failures(
-    conn: &mut Conn,
-    id: &BatchId,
-) -> redis::RedisResult<BTreeMap<String, String>> {
+pub async fn failures(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<BTreeMap<String, String>> {
     let k = CustomerKeys::new(id.customer());
     conn.hgetall(k.batch_failures(id)).await
 }
@@ -288,11 +259,7 @@ pub enum CancelOutcome {
 }
 
 /// Cancels a batch: parked jobs end now, queued ones when a worker reaches them, in-flight ones finish.
-pub async fn cancel(
-    conn: &mut Conn,
-    id: &BatchId,
-    retention: Duration,
-) -> redis::RedisResult<CancelOutcome> {
+pub async fn cancel(conn: &mut Conn, id: &BatchId, retention: Duration) -> redis::RedisResult<CancelOutcome> {
     let k = CustomerKeys::new(id.customer());
     let reply = strings(
         scripts::CANCEL
@@ -307,15 +274,11 @@ pub async fn cancel(
             .await?,
     );
     // Wake fetchers so the queued jobs are drained (and cancelled) promptly.
-    let _: () = redis::cmd("PUBLISH")
-        .arg(keys::WAKE_CHANNEL)
-        .arg(id.customer().as_str())
-        .query_async(conn)
-        .await?;
+    let _: () = redis::cmd("PUBLISH").arg(keys::WAKE_CHANNEL).arg(id.customer().as_str()).query_async(conn).await?;
     Ok(match reply.first().map(String::as_str) {
-        Some("ok") => CancelOutcome::Cancelled {
-            cancelled_now: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0),
-        },
+        Some("ok") => {
+            CancelOutcome::Cancelled { cancelled_now: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0) }
+        }
         Some("complete") => CancelOutcome::AlreadyComplete,
         _ => CancelOutcome::NotFound,
     })

@@ -14,12 +14,7 @@ use crate::domain::AccountSid;
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonArgs {
     /// Redis to keep queues, windows, pools and locks in.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
 
     /// How long to wait for any one Redis reply before treating the connection as broken. redis-rs defaults to
@@ -28,11 +23,7 @@ pub struct CommonArgs {
     pub redis_timeout_ms: u64,
 
     /// Base URL of Twilio's REST API (point it at the simulator for tests and demos).
-    #[arg(
-        long,
-        env = "TWILIO_API_BASE",
-        default_value = "https://api.twilio.com"
-    )]
+    #[arg(long, env = "TWILIO_API_BASE", default_value = "https://api.twilio.com")]
     pub twilio_api_base: String,
 
     /// The Twilio account (or parent account) whose credentials sign every request.
@@ -105,11 +96,7 @@ pub struct QuotaSettings {
 
 impl Default for QuotaSettings {
     fn default() -> Self {
-        Self {
-            window: Duration::from_secs(86_400),
-            daily_quota: 250,
-            conversational_cap: 1_000,
-        }
+        Self { window: Duration::from_secs(86_400), daily_quota: 250, conversational_cap: 1_000 }
     }
 }
 
@@ -127,19 +114,13 @@ impl CommonArgs {
         {
             return bad("REDIS_URL must start with redis://, rediss:// or unix://".into());
         }
-        if !(self.twilio_api_base.starts_with("http://")
-            || self.twilio_api_base.starts_with("https://"))
-        {
-            return bad(format!(
-                "TWILIO_API_BASE {:?} must be an http(s) URL",
-                self.twilio_api_base
-            ));
+        if !(self.twilio_api_base.starts_with("http://") || self.twilio_api_base.starts_with("https://")) {
+            return bad(format!("TWILIO_API_BASE {:?} must be an http(s) URL", self.twilio_api_base));
         }
         let account_sid = match &self.twilio_account_sid {
-            Some(s) if !s.is_empty() => Some(
-                AccountSid::parse(s)
-                    .map_err(|e| ConfigError(format!("TWILIO_ACCOUNT_SID: {e}")))?,
-            ),
+            Some(s) if !s.is_empty() => {
+                Some(AccountSid::parse(s).map_err(|e| ConfigError(format!("TWILIO_ACCOUNT_SID: {e}")))?)
+            }
             _ => None,
         };
         let quota = QuotaSettings {
@@ -162,11 +143,7 @@ impl CommonArgs {
             twilio: TwilioSettings {
                 api_base: self.twilio_api_base.trim_end_matches('/').to_owned(),
                 account_sid,
-                auth_token: self
-                    .twilio_auth_token
-                    .clone()
-                    .filter(|t| !t.is_empty())
-                    .map(SecretString::from),
+                auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
                 timeout: Duration::from_millis(self.twilio_timeout_ms),
             },
             quota,
@@ -179,14 +156,10 @@ impl CommonArgs {
 impl QuotaSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.window.as_millis() < 1_000 {
-            return Err(ConfigError(
-                "MESSENGER_WINDOW_SECS must be at least 1".into(),
-            ));
+            return Err(ConfigError("MESSENGER_WINDOW_SECS must be at least 1".into()));
         }
         if self.daily_quota == 0 {
-            return Err(ConfigError(
-                "MESSENGER_DAILY_QUOTA must be at least 1".into(),
-            ));
+            return Err(ConfigError("MESSENGER_DAILY_QUOTA must be at least 1".into()));
         }
         if self.conversational_cap < self.daily_quota {
             return Err(ConfigError(format!(
@@ -207,9 +180,7 @@ impl TwilioSettings {
     /// The account and token, or a configuration error naming what is missing.
     pub fn credentials(&self) -> Result<(AccountSid, SecretString), ConfigError> {
         match (&self.account_sid, &self.auth_token) {
-            (Some(sid), Some(token)) if !token.expose_secret().is_empty() => {
-                Ok((sid.clone(), token.clone()))
-            }
+            (Some(sid), Some(token)) if !token.expose_secret().is_empty() => Ok((sid.clone(), token.clone())),
             (None, _) => Err(ConfigError("TWILIO_ACCOUNT_SID is not set".into())),
             _ => Err(ConfigError("TWILIO_AUTH_TOKEN is not set".into())),
         }
@@ -236,17 +207,13 @@ mod tests {
 
     #[test]
     fn a_cap_below_the_quota_is_rejected_by_name() {
-        let e = Cli::parse_from(["x", "--daily-quota", "300", "--conversational-cap", "200"])
-            .common
-            .settings();
+        let e = Cli::parse_from(["x", "--daily-quota", "300", "--conversational-cap", "200"]).common.settings();
         assert!(e.unwrap_err().0.contains("MESSENGER_CONVERSATIONAL_CAP"));
     }
 
     #[test]
     fn a_malformed_account_sid_is_rejected() {
-        let e = Cli::parse_from(["x", "--twilio-account-sid", "nope"])
-            .common
-            .settings();
+        let e = Cli::parse_from(["x", "--twilio-account-sid", "nope"]).common.settings();
         assert!(e.unwrap_err().0.contains("TWILIO_ACCOUNT_SID"));
     }
 }

@@ -23,11 +23,7 @@ pub struct Customer {
 
 /// A 3-digit North American area code.
 pub fn parse_area_code(s: &str) -> Result<String, String> {
-    if s.len() == 3
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && !s.starts_with('0')
-        && !s.starts_with('1')
-    {
+    if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0') && !s.starts_with('1') {
         Ok(s.to_owned())
     } else {
         Err(format!("area code {s:?} is not 3 digits starting with 2-9"))
@@ -45,13 +41,7 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
         .hset_multiple(
             k.cfg(),
             &[
-                (
-                    "account_sid",
-                    c.account_sid
-                        .as_ref()
-                        .map(|a| a.as_str().to_owned())
-                        .unwrap_or_default(),
-                ),
+                ("account_sid", c.account_sid.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default()),
                 ("area_code", c.area_code.clone().unwrap_or_default()),
                 ("max_numbers", c.max_numbers.to_string()),
             ],
@@ -71,19 +61,13 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         id: id.clone(),
         account_sid: m.get("account_sid").and_then(|s| AccountSid::parse(s).ok()),
         area_code: m.get("area_code").filter(|s| !s.is_empty()).cloned(),
-        max_numbers: m
-            .get("max_numbers")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
+        max_numbers: m.get("max_numbers").and_then(|s| s.parse().ok()).unwrap_or(0),
     }))
 }
 
 pub async fn list(conn: &mut Conn) -> redis::RedisResult<Vec<CustomerId>> {
     let ids: Vec<String> = conn.smembers(keys::CUSTOMERS).await?;
-    let mut out: Vec<CustomerId> = ids
-        .iter()
-        .filter_map(|s| CustomerId::parse(s).ok())
-        .collect();
+    let mut out: Vec<CustomerId> = ids.iter().filter_map(|s| CustomerId::parse(s).ok()).collect();
     out.sort();
     Ok(out)
 }
@@ -117,35 +101,25 @@ impl PoolReport {
 }
 
 /// Reads a customer's numbers and their window counts at Redis time, without modifying anything.
-pub async fn pool(
-    conn: &mut Conn,
-    id: &CustomerId,
-    quota: &QuotaSettings,
-) -> redis::RedisResult<Option<PoolReport>> {
+pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> redis::RedisResult<Option<PoolReport>> {
     let Some(customer) = get(conn, id).await? else {
         return Ok(None);
     };
     let k = CustomerKeys::new(id);
-    let (time, numbers, meta, intents): ((i64, i64), Vec<String>, HashMap<String, String>, i64) =
-        redis::pipe()
-            .cmd("TIME")
-            .zrange(k.pool(), 0, -1)
-            .hgetall(k.pool_meta())
-            .hlen(k.intents())
-            .query_async(conn)
-            .await?;
+    let (time, numbers, meta, intents): ((i64, i64), Vec<String>, HashMap<String, String>, i64) = redis::pipe()
+        .cmd("TIME")
+        .zrange(k.pool(), 0, -1)
+        .hgetall(k.pool_meta())
+        .hlen(k.intents())
+        .query_async(conn)
+        .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
     let horizon = format!("({}", now_ms - quota.window_ms() as i64);
     let mut pipe = redis::pipe();
     for n in &numbers {
-        pipe.zcount(k.window(n), &horizon, "+inf")
-            .zcount(k.received(n), &horizon, "+inf");
+        pipe.zcount(k.window(n), &horizon, "+inf").zcount(k.received(n), &horizon, "+inf");
     }
-    let counts: Vec<u32> = if numbers.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(conn).await?
-    };
+    let counts: Vec<u32> = if numbers.is_empty() { Vec::new() } else { pipe.query_async(conn).await? };
     let usage = numbers
         .iter()
         .enumerate()
@@ -154,11 +128,7 @@ pub async fn pool(
             let limit = (quota.daily_quota + received).min(quota.conversational_cap);
             NumberUsage {
                 number: n.clone(),
-                sid: meta
-                    .get(n)
-                    .and_then(|m| m.split('|').next())
-                    .unwrap_or_default()
-                    .to_owned(),
+                sid: meta.get(n).and_then(|m| m.split('|').next()).unwrap_or_default().to_owned(),
                 sent,
                 received,
                 limit,

@@ -50,9 +50,7 @@ pub struct CustomerKeys {
 
 impl CustomerKeys {
     pub fn new(customer: &CustomerId) -> Self {
-        Self {
-            prefix: format!("{{c:{}}}:", customer.as_str()),
-        }
+        Self { prefix: format!("{{c:{}}}:", customer.as_str()) }
     }
 
     fn key(&self, suffix: &str) -> String {

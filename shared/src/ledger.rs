@@ -28,12 +28,7 @@ pub struct Job {
 impl Job {
     pub fn new(batch: &BatchId, recipient: PhoneNumber) -> Self {
         let member = keys::job_member(batch, recipient.as_str());
-        Self {
-            customer: batch.customer().clone(),
-            batch: batch.clone(),
-            recipient,
-            member,
-        }
+        Self { customer: batch.customer().clone(), batch: batch.clone(), recipient, member }
     }
 
     /// Decodes a queue member fetched from `customer`'s queue.
@@ -41,12 +36,7 @@ impl Job {
         let (local, recipient) = member.split_once('|')?;
         let batch = BatchId::from_parts(customer, local).ok()?;
         let recipient = PhoneNumber::from_trusted(recipient).ok()?;
-        Some(Self {
-            customer: customer.clone(),
-            batch,
-            recipient,
-            member: member.to_owned(),
-        })
+        Some(Self { customer: customer.clone(), batch, recipient, member: member.to_owned() })
     }
 }
 
@@ -64,10 +54,7 @@ pub struct Slot {
 impl Slot {
     /// The job state this slot wrote (`r|…`), used for compare-and-set by later scripts.
     pub fn marker(&self) -> String {
-        format!(
-            "r|{}|{}|{}|{}",
-            self.number, self.resid, self.at_ms, self.attempt
-        )
+        format!("r|{}|{}|{}|{}", self.number, self.resid, self.at_ms, self.attempt)
     }
 }
 
@@ -201,11 +188,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(conn: Conn, quota: QuotaSettings, retention: Duration) -> Self {
-        Self {
-            conn,
-            quota,
-            retention_s: retention.as_secs().max(60),
-        }
+        Self { conn, quota, retention_s: retention.as_secs().max(60) }
     }
 
     pub fn conn(&self) -> Conn {
@@ -226,11 +209,7 @@ impl Ledger {
         let k = CustomerKeys::new(&job.customer);
         let (mode_s, token, intent, name) = match mode {
             ReserveMode::Fast => ("fast", "", "", ""),
-            ReserveMode::Locked {
-                token,
-                intent_id,
-                friendly_name,
-            } => ("locked", token, intent_id, friendly_name),
+            ReserveMode::Locked { token, intent_id, friendly_name } => ("locked", token, intent_id, friendly_name),
         };
         let v: Value = scripts::RESERVE
             .key(k.cfg())
@@ -277,10 +256,7 @@ impl Ledger {
             Some("opted_out") => Reserve::OptedOut,
             Some("cancelled") => Reserve::Cancelled,
             Some("orphan") => Reserve::Orphan,
-            Some("ambiguous") => Reserve::Ambiguous {
-                slot: slot_at(1),
-                now_ms: num(&p, 5),
-            },
+            Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
             Some("full") => Reserve::Full(Full {
                 numbers: num(&p, 1) as u32,
                 pending_intents: num(&p, 2) as u32,
@@ -290,10 +266,7 @@ impl Ledger {
                 now_ms: num(&p, 6),
                 state: p.get(7).filter(|s| !s.is_empty()).cloned(),
             }),
-            Some("intent") => Reserve::Intent {
-                id: p[1].clone(),
-                now_ms: num(&p, 2),
-            },
+            Some("intent") => Reserve::Intent { id: p[1].clone(), now_ms: num(&p, 2) },
             Some("lost_lock") => Reserve::LostLock,
             other => {
                 return Err(redis::RedisError::from((
@@ -321,9 +294,7 @@ impl Ledger {
             .await?;
         let p = strings(v);
         Ok(match p.first().map(String::as_str) {
-            Some("ok") => Commit::Recorded {
-                batch_completed: num(&p, 1) == 1,
-            },
+            Some("ok") => Commit::Recorded { batch_completed: num(&p, 1) == 1 },
             Some("already") => Commit::Already,
             Some("duplicate") => Commit::Duplicate,
             _ => Commit::Orphan,
@@ -406,12 +377,7 @@ impl Ledger {
     }
 
     /// Hands up to `n` jobs of `customer` to this worker under a lease of `lease`.
-    pub async fn fetch(
-        &self,
-        customer: &CustomerId,
-        n: usize,
-        lease: Duration,
-    ) -> redis::RedisResult<Fetched> {
+    pub async fn fetch(&self, customer: &CustomerId, n: usize, lease: Duration) -> redis::RedisResult<Fetched> {
         let k = CustomerKeys::new(customer);
         let v: Value = scripts::FETCH
             .key(k.queue())
@@ -424,18 +390,13 @@ impl Ledger {
             .await?;
         let mut p = strings(v);
         if p.len() < 3 {
-            return Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "short reply from fetch.lua",
-            )));
+            return Err(redis::RedisError::from((redis::ErrorKind::Client, "short reply from fetch.lua")));
         }
         let jobs = p.split_off(3);
         Ok(Fetched {
             jobs,
             queue_len: num(&p, 0),
-            next_due_in: Some(num(&p, 1))
-                .filter(|v| *v >= 0)
-                .map(|ms| Duration::from_millis(ms as u64)),
+            next_due_in: Some(num(&p, 1)).filter(|v| *v >= 0).map(|ms| Duration::from_millis(ms as u64)),
             inflight: num(&p, 2),
         })
     }
@@ -461,11 +422,7 @@ impl Ledger {
     }
 
     /// Hands fetched-but-unstarted jobs back to the front of the queue.
-    pub async fn release(
-        &self,
-        customer: &CustomerId,
-        members: &[String],
-    ) -> redis::RedisResult<u64> {
+    pub async fn release(&self, customer: &CustomerId, members: &[String]) -> redis::RedisResult<u64> {
         if members.is_empty() {
             return Ok(0);
         }
@@ -496,12 +453,8 @@ impl Ledger {
             .await?;
         let p = strings(v);
         Ok(match p.first().map(String::as_str) {
-            Some("ok") => Inbound::Credited {
-                received_in_window: num(&p, 1) as u32,
-            },
-            Some("duplicate") => Inbound::Duplicate {
-                received_in_window: num(&p, 1) as u32,
-            },
+            Some("ok") => Inbound::Credited { received_in_window: num(&p, 1) as u32 },
+            Some("duplicate") => Inbound::Duplicate { received_in_window: num(&p, 1) as u32 },
             _ => Inbound::UnknownNumber,
         })
     }
@@ -531,11 +484,7 @@ pub enum Due {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReserveMode<'a> {
     Fast,
-    Locked {
-        token: &'a str,
-        intent_id: &'a str,
-        friendly_name: &'a str,
-    },
+    Locked { token: &'a str, intent_id: &'a str, friendly_name: &'a str },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

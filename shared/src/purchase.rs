@@ -82,13 +82,8 @@ impl PurchaseLock {
         let renewed_at = Arc::new(std::sync::Mutex::new(sent_at));
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = renew.then(|| {
-            let (mut conn, key, token, renewed_at, lost) = (
-                conn.clone(),
-                key.clone(),
-                token.clone(),
-                renewed_at.clone(),
-                lost.clone(),
-            );
+            let (mut conn, key, token, renewed_at, lost) =
+                (conn.clone(), key.clone(), token.clone(), renewed_at.clone(), lost.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
@@ -113,15 +108,7 @@ impl PurchaseLock {
                 }
             })
         });
-        Ok(Some(Self {
-            conn: conn.clone(),
-            key,
-            token,
-            ttl,
-            renewed_at,
-            lost,
-            renewer,
-        }))
+        Ok(Some(Self { conn: conn.clone(), key, token, ttl, renewed_at, lost, renewer }))
     }
 
     pub fn token(&self) -> &str {
@@ -142,11 +129,8 @@ impl PurchaseLock {
         if let Some(r) = self.renewer.take() {
             r.abort();
         }
-        let r: redis::RedisResult<i64> = scripts::LOCK_RELEASE
-            .key(&self.key)
-            .arg(&self.token)
-            .invoke_async(&mut self.conn)
-            .await;
+        let r: redis::RedisResult<i64> =
+            scripts::LOCK_RELEASE.key(&self.key).arg(&self.token).invoke_async(&mut self.conn).await;
         if let Err(e) = r {
             // It expires on its own within the TTL.
             tracing::warn!(error.message = %e, "could not release purchase lock");
@@ -164,10 +148,7 @@ impl Drop for PurchaseLock {
 
 /// The account that owns a customer's numbers.
 pub fn account_for<'a>(customer: &'a Customer, twilio: &'a TwilioClient) -> &'a AccountSid {
-    customer
-        .account_sid
-        .as_ref()
-        .unwrap_or_else(|| twilio.account())
+    customer.account_sid.as_ref().unwrap_or_else(|| twilio.account())
 }
 
 /// A number Twilio sold us.
@@ -194,45 +175,22 @@ pub enum BuyOutcome {
 
 /// Buys one number for `customer`, tagged with the intent. Uses `AreaCode` directly when the customer has one;
 /// otherwise searches local SMS-capable numbers and buys the first that is still available.
-pub async fn buy(
-    twilio: &TwilioClient,
-    customer: &Customer,
-    intent_id: &str,
-    sms_url: Option<&str>,
-) -> BuyOutcome {
+pub async fn buy(twilio: &TwilioClient, customer: &Customer, intent_id: &str, sms_url: Option<&str>) -> BuyOutcome {
     let account = account_for(customer, twilio);
     let name = friendly_name(&customer.id, intent_id);
     let classify = |e: TwilioError| match e.create_disposition() {
-        Disposition::Ambiguous => BuyOutcome::Unknown {
-            reason: e.short_reason(),
-        },
-        Disposition::Transient { retry_after } => BuyOutcome::NotBought {
-            reason: e.short_reason(),
-            retry_after,
-        },
-        Disposition::Permanent => BuyOutcome::NotBought {
-            reason: e.short_reason(),
-            retry_after: None,
-        },
+        Disposition::Ambiguous => BuyOutcome::Unknown { reason: e.short_reason() },
+        Disposition::Transient { retry_after } => BuyOutcome::NotBought { reason: e.short_reason(), retry_after },
+        Disposition::Permanent => BuyOutcome::NotBought { reason: e.short_reason(), retry_after: None },
     };
     let done = |n: crate::twilio::types::IncomingPhoneNumber| match (n.phone_number, n.sid) {
         (Some(number), Some(sid)) => BuyOutcome::Bought(Bought { number, sid }),
         // A 201 without the fields we need: the number exists but we cannot record it; let reconcile adopt it.
-        _ => BuyOutcome::Unknown {
-            reason: "purchase response without phone_number/sid".into(),
-        },
+        _ => BuyOutcome::Unknown { reason: "purchase response without phone_number/sid".into() },
     };
     if let Some(area) = customer.area_code.as_deref() {
-        let req = BuyNumber {
-            area_code: Some(area),
-            friendly_name: &name,
-            sms_url,
-            ..Default::default()
-        };
-        return twilio
-            .buy_number(account, &req)
-            .await
-            .map_or_else(classify, done);
+        let req = BuyNumber { area_code: Some(area), friendly_name: &name, sms_url, ..Default::default() };
+        return twilio.buy_number(account, &req).await.map_or_else(classify, done);
     }
     let candidates = match twilio.search_local(account, "US", None, 20).await {
         Ok(c) => c,
@@ -241,19 +199,11 @@ pub async fn buy(
                 Disposition::Transient { retry_after } => retry_after,
                 _ => None,
             };
-            return BuyOutcome::NotBought {
-                reason: format!("search: {}", e.short_reason()),
-                retry_after,
-            };
+            return BuyOutcome::NotBought { reason: format!("search: {}", e.short_reason()), retry_after };
         }
     };
     for c in candidates.iter().filter_map(|c| c.phone_number.as_deref()) {
-        let req = BuyNumber {
-            phone_number: Some(c),
-            friendly_name: &name,
-            sms_url,
-            ..Default::default()
-        };
+        let req = BuyNumber { phone_number: Some(c), friendly_name: &name, sms_url, ..Default::default() };
         match twilio.buy_number(account, &req).await {
             Ok(n) => return done(n),
             // Someone else took it between search and purchase: try the next candidate.
@@ -261,10 +211,7 @@ pub async fn buy(
             Err(e) => return classify(e),
         }
     }
-    BuyOutcome::NotBought {
-        reason: "no available numbers".into(),
-        retry_after: None,
-    }
+    BuyOutcome::NotBought { reason: "no available numbers".into(), retry_after: None }
 }
 
 /// Adds a bought or adopted number to the pool and clears its intent (atomic, idempotent). Also indexes the number
@@ -285,9 +232,7 @@ pub async fn commit_number(
         .arg(intent_id)
         .invoke_async(conn)
         .await?;
-    let _: () = conn
-        .hset(keys::NUMBERS, &number.number, customer.as_str())
-        .await?;
+    let _: () = conn.hset(keys::NUMBERS, &number.number, customer.as_str()).await?;
     Ok(added == 1)
 }
 
@@ -299,31 +244,18 @@ pub async fn abandon_intent(
     value: &str,
 ) -> redis::RedisResult<bool> {
     let k = CustomerKeys::new(customer);
-    let n: i64 = scripts::INTENT_ABANDON
-        .key(k.intents())
-        .arg(intent_id)
-        .arg(value)
-        .invoke_async(conn)
-        .await?;
+    let n: i64 = scripts::INTENT_ABANDON.key(k.intents()).arg(intent_id).arg(value).invoke_async(conn).await?;
     Ok(n == 1)
 }
 
 /// Pending intents of a customer: id → (created ms, FriendlyName, raw value).
-pub async fn pending_intents(
-    conn: &mut Conn,
-    customer: &CustomerId,
-) -> redis::RedisResult<Vec<Intent>> {
+pub async fn pending_intents(conn: &mut Conn, customer: &CustomerId) -> redis::RedisResult<Vec<Intent>> {
     let k = CustomerKeys::new(customer);
     let m: std::collections::HashMap<String, String> = conn.hgetall(k.intents()).await?;
     Ok(m.into_iter()
         .map(|(id, raw)| {
             let (created, name) = raw.split_once('|').unwrap_or((&raw, ""));
-            Intent {
-                created_ms: created.parse().unwrap_or(0),
-                friendly_name: name.to_owned(),
-                id,
-                raw,
-            }
+            Intent { created_ms: created.parse().unwrap_or(0), friendly_name: name.to_owned(), id, raw }
         })
         .collect())
 }
@@ -368,14 +300,8 @@ pub async fn resolve_intent(
         intent.friendly_name.clone()
     };
     let found = twilio.list_numbers(account, Some(&name), None).await?;
-    if let Some(n) = found
-        .iter()
-        .find(|n| n.phone_number.is_some() && n.sid.is_some())
-    {
-        let bought = Bought {
-            number: n.phone_number.clone().unwrap(),
-            sid: n.sid.clone().unwrap(),
-        };
+    if let Some(n) = found.iter().find(|n| n.phone_number.is_some() && n.sid.is_some()) {
+        let bought = Bought { number: n.phone_number.clone().unwrap(), sid: n.sid.clone().unwrap() };
         commit_number(conn, &customer.id, &bought, &intent.id).await?;
         tracing::info!(customer = %customer.id, number = %PhoneNumber::from_trusted(&bought.number).map(|p| p.masked().to_string()).unwrap_or_default(),
             intent = %intent.id, "adopted a number whose purchase outcome was unknown");

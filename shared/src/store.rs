@@ -28,10 +28,7 @@ pub async fn connect(settings: &RedisSettings) -> redis::RedisResult<Conn> {
 }
 
 /// Opens a connection, retrying with capped exponential backoff until it succeeds or `give_up` elapses.
-pub async fn connect_with_retry(
-    settings: &RedisSettings,
-    give_up: Duration,
-) -> redis::RedisResult<Conn> {
+pub async fn connect_with_retry(settings: &RedisSettings, give_up: Duration) -> redis::RedisResult<Conn> {
     let start = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
@@ -48,11 +45,7 @@ pub async fn connect_with_retry(
 }
 
 /// Checks that this process's quota settings are the fleet's (stores them if it is the first process).
-pub async fn ensure_fleet_settings(
-    conn: &mut Conn,
-    quota: &QuotaSettings,
-    force: bool,
-) -> anyhow::Result<()> {
+pub async fn ensure_fleet_settings(conn: &mut Conn, quota: &QuotaSettings, force: bool) -> anyhow::Result<()> {
     let stored: Vec<Option<u64>> = crate::scripts::FLEET_SETTINGS
         .key(crate::keys::SETTINGS)
         .arg(quota.window_ms())
@@ -61,16 +54,8 @@ pub async fn ensure_fleet_settings(
         .arg(if force { "1" } else { "0" })
         .invoke_async(conn)
         .await?;
-    let mine = [
-        quota.window_ms(),
-        quota.daily_quota as u64,
-        quota.conversational_cap as u64,
-    ];
-    let names = [
-        "MESSENGER_WINDOW_SECS (ms)",
-        "MESSENGER_DAILY_QUOTA",
-        "MESSENGER_CONVERSATIONAL_CAP",
-    ];
+    let mine = [quota.window_ms(), quota.daily_quota as u64, quota.conversational_cap as u64];
+    let names = ["MESSENGER_WINDOW_SECS (ms)", "MESSENGER_DAILY_QUOTA", "MESSENGER_CONVERSATIONAL_CAP"];
     let mut diffs = Vec::new();
     for i in 0..3 {
         if stored.get(i).copied().flatten() != Some(mine[i]) {

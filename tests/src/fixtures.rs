@@ -33,10 +33,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -64,10 +61,7 @@ pub fn per_recipient(state: &SimState) -> HashMap<String, usize> {
 pub fn max_in_window(state: &SimState, window: Duration) -> usize {
     let mut by_from: HashMap<&str, Vec<i64>> = HashMap::new();
     for m in &state.messages {
-        by_from
-            .entry(m.from.as_str())
-            .or_default()
-            .push(m.date_created.timestamp_millis());
+        by_from.entry(m.from.as_str()).or_default().push(m.date_created.timestamp_millis());
     }
     let w = window.as_millis() as i64;
     by_from

@@ -36,19 +36,10 @@ impl Env {
         let mut e = Self::default();
         e.vars.insert("REDIS_URL".into(), redis_url.into());
         e.vars.insert("TWILIO_API_BASE".into(), twilio_base.into());
-        e.vars.insert(
-            "TWILIO_ACCOUNT_SID".into(),
-            crate::sim::DEFAULT_ACCOUNT_SID.into(),
-        );
-        e.vars.insert(
-            "TWILIO_AUTH_TOKEN".into(),
-            crate::sim::DEFAULT_AUTH_TOKEN.into(),
-        );
+        e.vars.insert("TWILIO_ACCOUNT_SID".into(), crate::sim::DEFAULT_ACCOUNT_SID.into());
+        e.vars.insert("TWILIO_AUTH_TOKEN".into(), crate::sim::DEFAULT_AUTH_TOKEN.into());
         e.vars.insert("MESSENGER_LOG_FORMAT".into(), "text".into());
-        e.vars.insert(
-            "RUST_LOG".into(),
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+        e.vars.insert("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()));
         e
     }
 
@@ -67,10 +58,7 @@ impl Env {
     pub fn producer(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(bin("producer"));
         self.apply(&mut cmd);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run producer")
+        cmd.args(args).stdin(Stdio::null()).output().expect("run producer")
     }
 
     /// Runs `producer <args>`, panicking with its output unless it succeeds; returns stdout.
@@ -92,14 +80,8 @@ impl Env {
         self.apply(&mut cmd);
         let log = std::env::temp_dir().join(format!("messenger-worker-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("worker log");
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file);
-        Proc {
-            child: Some(cmd.spawn().expect("spawn worker")),
-            log: Some(log),
-        }
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
+        Proc { child: Some(cmd.spawn().expect("spawn worker")), log: Some(log) }
     }
 }
 
@@ -153,10 +135,7 @@ impl Proc {
     }
 
     pub fn log(&self) -> String {
-        self.log
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
+        self.log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
     }
 }
 

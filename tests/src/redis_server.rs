@@ -23,11 +23,7 @@ pub struct TestRedis {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().unwrap().port()
 }
 
 fn redis_server_bin() -> String {
@@ -40,20 +36,11 @@ impl TestRedis {
     }
 
     pub fn start_with(options: RedisOptions) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "messenger-redis-{}-{}",
-            std::process::id(),
-            ulid::Ulid::new()
-        ));
+        let dir = std::env::temp_dir().join(format!("messenger-redis-{}-{}", std::process::id(), ulid::Ulid::new()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
         for _ in 0..5 {
             let port = free_port();
-            let mut r = Self {
-                child: None,
-                port,
-                dir: dir.clone(),
-                options: options.clone(),
-            };
+            let mut r = Self { child: None, port, dir: dir.clone(), options: options.clone() };
             if r.spawn().is_ok() {
                 return r;
             }
@@ -61,10 +48,7 @@ impl TestRedis {
             r.kill();
             std::mem::forget(r);
         }
-        panic!(
-            "could not start redis-server after 5 attempts (see {}/redis.log)",
-            dir.display()
-        );
+        panic!("could not start redis-server after 5 attempts (see {}/redis.log)", dir.display());
     }
 
     fn spawn(&mut self) -> Result<(), String> {
@@ -90,19 +74,14 @@ impl TestRedis {
         let mut cmd = match &self.options.faketime {
             Some(offset) => {
                 let mut c = Command::new("faketime");
-                c.arg("-f")
-                    .arg(format!("{offset} x1"))
-                    .arg(redis_server_bin());
+                c.arg("-f").arg(format!("{offset} x1")).arg(redis_server_bin());
                 // Only the wall clock moves; Redis's event loop keeps a real monotonic clock.
                 c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
                 c
             }
             None => Command::new(redis_server_bin()),
         };
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().map_err(|e| {
             format!(
                 "cannot run {}: {e}. Install Redis (apt-get install redis-server{}) or set REDIS_SERVER_BIN",
@@ -151,17 +130,12 @@ impl TestRedis {
             url: secrecy::SecretString::from(self.url()),
             response_timeout: Duration::from_secs(10),
         };
-        shared::store::connect(&settings)
-            .await
-            .expect("connect to test redis")
+        shared::store::connect(&settings).await.expect("connect to test redis")
     }
 
     /// A blocking connection for quick checks.
     pub fn sync_conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
     }
 
     /// Kills the server (SIGKILL): like a crash, nothing is flushed beyond what `appendfsync` already wrote.
@@ -187,13 +161,8 @@ impl TestRedis {
 
     /// `INFO` field as a number (e.g. `used_memory`).
     pub fn info_field(&self, section: &str, field: &str) -> Option<f64> {
-        let info: String = redis::cmd("INFO")
-            .arg(section)
-            .query(&mut self.sync_conn())
-            .ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .and_then(|v| v.trim().parse().ok())
+        let info: String = redis::cmd("INFO").arg(section).query(&mut self.sync_conn()).ok()?;
+        info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).and_then(|v| v.trim().parse().ok())
     }
 }
 

@@ -148,10 +148,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(config: SimConfig) -> Self {
-        Self {
-            store: Arc::default(),
-            config: Arc::new(RwLock::new(config)),
-        }
+        Self { store: Arc::default(), config: Arc::new(RwLock::new(config)) }
     }
 
     pub fn config(&self) -> SimConfig {
@@ -165,17 +162,9 @@ impl Sim {
     pub fn state(&self, with_messages: bool) -> SimState {
         let s = self.store.lock().unwrap();
         SimState {
-            messages: if with_messages {
-                s.messages.clone()
-            } else {
-                Vec::new()
-            },
+            messages: if with_messages { s.messages.clone() } else { Vec::new() },
             numbers: s.numbers.clone(),
-            send_attempts: if with_messages {
-                s.attempts.clone()
-            } else {
-                Vec::new()
-            },
+            send_attempts: if with_messages { s.attempts.clone() } else { Vec::new() },
             purchase_requests: s.purchase_requests,
             config: self.config(),
         }
@@ -185,22 +174,10 @@ impl Sim {
         let api = Router::new()
             .route("/Messages.json", post(create_message).get(list_messages))
             .route("/Messages/{sid}", get(fetch_message))
-            .route(
-                "/IncomingPhoneNumbers.json",
-                post(buy_number).get(list_numbers),
-            )
-            .route(
-                "/IncomingPhoneNumbers/Local.json",
-                post(buy_number).get(list_numbers),
-            )
-            .route(
-                "/IncomingPhoneNumbers/{sid}",
-                get(fetch_number).delete(release_number),
-            )
-            .route(
-                "/AvailablePhoneNumbers/{country}/Local.json",
-                get(available_numbers),
-            );
+            .route("/IncomingPhoneNumbers.json", post(buy_number).get(list_numbers))
+            .route("/IncomingPhoneNumbers/Local.json", post(buy_number).get(list_numbers))
+            .route("/IncomingPhoneNumbers/{sid}", get(fetch_number).delete(release_number))
+            .route("/AvailablePhoneNumbers/{country}/Local.json", get(available_numbers));
         Router::new()
             .nest("/2010-04-01/Accounts/{account}", api)
             .route("/_sim/state", get(sim_state))
@@ -213,11 +190,7 @@ impl Sim {
 
 /// Serves the simulator on `listener` until `shutdown` resolves. Each connection is served by hyper directly so
 /// that a handler can drop its connection without an answer (fault injection).
-pub async fn serve(
-    listener: TcpListener,
-    sim: Sim,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, sim: Sim, shutdown: impl std::future::Future<Output = ()>) {
     use hyper_util::rt::TokioIo;
     use tower::Service;
     let router = sim.router();
@@ -239,15 +212,12 @@ pub async fn serve(
         tokio::spawn(async move {
             let kill = Arc::new(Notify::new());
             let k = kill.clone();
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnKill(k.clone()));
-                    router.clone().call(req.map(Body::new))
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnKill(k.clone()));
+                router.clone().call(req.map(Body::new))
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
                 // Dropping the connection future closes the socket with no response written.
@@ -259,9 +229,7 @@ pub async fn serve(
 
 /// Starts a simulator on a free loopback port in this process; returns its base URL.
 pub async fn spawn(config: SimConfig) -> (Sim, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind simulator");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind simulator");
     let addr = listener.local_addr().unwrap();
     let sim = Sim::new(config);
     tokio::spawn(serve(listener, sim.clone(), std::future::pending()));
@@ -294,10 +262,7 @@ fn is_account_sid(s: &str) -> bool {
 }
 
 fn is_e164(s: &str) -> bool {
-    s.len() >= 8
-        && s.len() <= 16
-        && s.starts_with('+')
-        && s[1..].bytes().all(|b| b.is_ascii_digit())
+    s.len() >= 8 && s.len() <= 16 && s.starts_with('+') && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Checks Basic auth against the main account and that the path names a (sub)account.
@@ -308,26 +273,15 @@ fn authorize(sim: &Sim, headers: &HeaderMap, account: &str) -> Result<(), Respon
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok());
     if given.as_deref() != Some(expected.as_str()) {
         let mut r = twilio_error(401, 20003, "Authenticate");
-        r.headers_mut().insert(
-            "www-authenticate",
-            HeaderValue::from_static("Basic realm=\"Twilio API\""),
-        );
+        r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"Twilio API\""));
         return Err(r);
     }
     if !is_account_sid(account) {
-        return Err(twilio_error(
-            404,
-            20404,
-            "The requested resource was not found",
-        ));
+        return Err(twilio_error(404, 20404, "The requested resource was not found"));
     }
     Ok(())
 }
@@ -372,17 +326,10 @@ fn roll(f: &Faults) -> Fault {
 
 fn fault_response(f: &Fault) -> Option<Response> {
     match f {
-        Fault::E500 => Some(twilio_error(
-            500,
-            20500,
-            "An internal server error has occurred",
-        )),
+        Fault::E500 => Some(twilio_error(500, 20500, "An internal server error has occurred")),
         Fault::E429(secs) => {
             let mut r = twilio_error(429, 20429, "Too Many Requests");
-            r.headers_mut().insert(
-                "retry-after",
-                HeaderValue::from_str(&secs.to_string()).unwrap(),
-            );
+            r.headers_mut().insert("retry-after", HeaderValue::from_str(&secs.to_string()).unwrap());
             Some(r)
         }
         _ => None,
@@ -398,10 +345,7 @@ async fn vanish(kill: &ConnKill, hang: Duration) -> Response {
 }
 
 fn message_json(m: &SimMessage) -> Message {
-    let uri = format!(
-        "/2010-04-01/Accounts/{}/Messages/{}.json",
-        m.account_sid, m.sid
-    );
+    let uri = format!("/2010-04-01/Accounts/{}/Messages/{}.json", m.account_sid, m.sid);
     Message {
         account_sid: Some(m.account_sid.clone()),
         api_version: Some("2010-04-01".into()),
@@ -430,20 +374,11 @@ fn message_json(m: &SimMessage) -> Message {
 }
 
 fn pretty_number(n: &str) -> String {
-    if n.len() == 12 && n.starts_with("+1") {
-        format!("({}) {}-{}", &n[2..5], &n[5..8], &n[8..])
-    } else {
-        n.to_owned()
-    }
+    if n.len() == 12 && n.starts_with("+1") { format!("({}) {}-{}", &n[2..5], &n[5..8], &n[8..]) } else { n.to_owned() }
 }
 
 fn caps() -> Capabilities {
-    Capabilities {
-        voice: true,
-        sms: true,
-        mms: true,
-        fax: false,
-    }
+    Capabilities { voice: true, sms: true, mms: true, fax: false }
 }
 
 fn number_json(n: &SimNumber) -> IncomingPhoneNumber {
@@ -466,10 +401,7 @@ fn number_json(n: &SimNumber) -> IncomingPhoneNumber {
         sms_url: Some(n.sms_url.clone().unwrap_or_default()),
         status_callback: Some(String::new()),
         status_callback_method: Some("POST".into()),
-        uri: Some(format!(
-            "/2010-04-01/Accounts/{}/IncomingPhoneNumbers/{}.json",
-            n.account_sid, n.sid
-        )),
+        uri: Some(format!("/2010-04-01/Accounts/{}/IncomingPhoneNumbers/{}.json", n.account_sid, n.sid)),
         voice_receive_mode: Some("voice".into()),
         voice_application_sid: Some(String::new()),
         voice_caller_id_lookup: Some(false),
@@ -486,23 +418,15 @@ fn number_json(n: &SimNumber) -> IncomingPhoneNumber {
 /// Paging: `PageSize` (default 50, max 1000), `Page`, `PageToken` (`PA<offset>`). Builds the envelope with the
 /// other query parameters carried into every page URI.
 fn page_of<T: Clone>(items: &[T], path: &str, query: &[(String, String)]) -> (Vec<T>, PageMeta) {
-    let size = field(query, "PageSize")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(50)
-        .clamp(1, 1000);
-    let page = field(query, "Page")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
+    let size = field(query, "PageSize").and_then(|v| v.parse::<usize>().ok()).unwrap_or(50).clamp(1, 1000);
+    let page = field(query, "Page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
     let offset = field(query, "PageToken")
         .and_then(|t| t.strip_prefix("PA"))
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(page * size);
     let slice: Vec<T> = items.iter().skip(offset).take(size).cloned().collect();
-    let keep: Vec<(String, String)> = query
-        .iter()
-        .filter(|(k, _)| k != "Page" && k != "PageSize" && k != "PageToken")
-        .cloned()
-        .collect();
+    let keep: Vec<(String, String)> =
+        query.iter().filter(|(k, _)| k != "Page" && k != "PageSize" && k != "PageToken").cloned().collect();
     let uri_for = |p: usize, token: Option<usize>| {
         let mut q = keep.clone();
         q.push(("PageSize".into(), size.to_string()));
@@ -512,8 +436,7 @@ fn page_of<T: Clone>(items: &[T], path: &str, query: &[(String, String)]) -> (Ve
         }
         format!("{path}?{}", serde_urlencoded::to_string(&q).unwrap())
     };
-    let next =
-        (offset + slice.len() < items.len()).then(|| uri_for(page + 1, Some(offset + slice.len())));
+    let next = (offset + slice.len() < items.len()).then(|| uri_for(page + 1, Some(offset + slice.len())));
     let prev = (page > 0).then(|| uri_for(page - 1, Some(offset.saturating_sub(size))));
     let meta = PageMeta {
         first_page_uri: uri_for(0, None),
@@ -522,11 +445,7 @@ fn page_of<T: Clone>(items: &[T], path: &str, query: &[(String, String)]) -> (Ve
         page,
         page_size: size,
         start: offset,
-        end: if slice.is_empty() {
-            offset
-        } else {
-            offset + slice.len() - 1
-        },
+        end: if slice.is_empty() { offset } else { offset + slice.len() - 1 },
         uri: uri_for(page, (offset != page * size).then_some(offset)),
     };
     (slice, meta)
@@ -559,8 +478,7 @@ fn envelope<R: Serialize>(records: R, m: PageMeta) -> Response {
 }
 
 fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
-    raw.map(|q| serde_urlencoded::from_str(&q).unwrap_or_default())
-        .unwrap_or_default()
+    raw.map(|q| serde_urlencoded::from_str(&q).unwrap_or_default()).unwrap_or_default()
 }
 
 /// Twilio's date filters take `YYYY-MM-DD` (or a full ISO timestamp).
@@ -568,9 +486,7 @@ fn parse_filter_date(v: &str) -> Option<DateTime<Utc>> {
     if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
         return Some(d.and_hms_opt(0, 0, 0)?.and_utc());
     }
-    DateTime::parse_from_rfc3339(v)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(v).ok().map(|t| t.with_timezone(&Utc))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -622,11 +538,7 @@ async fn create_message(
 }
 
 /// Validates a create request the way Twilio does and stores the message.
-fn accept_message(
-    sim: &Sim,
-    account: &str,
-    f: &[(String, String)],
-) -> Result<SimMessage, Response> {
+fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<SimMessage, Response> {
     let to = field(f, "To").unwrap_or("");
     let from = field(f, "From").unwrap_or("");
     let body = field(f, "Body").unwrap_or("");
@@ -634,28 +546,16 @@ fn accept_message(
         return Err(twilio_error(400, 21604, "A 'To' phone number is required."));
     }
     if from.is_empty() && field(f, "MessagingServiceSid").is_none() {
-        return Err(twilio_error(
-            400,
-            21603,
-            "A 'From' phone number is required.",
-        ));
+        return Err(twilio_error(400, 21603, "A 'From' phone number is required."));
     }
     if body.is_empty() && field(f, "MediaUrl").is_none() && field(f, "ContentSid").is_none() {
         return Err(twilio_error(400, 21602, "Message body is required."));
     }
     if body.chars().count() > 1600 {
-        return Err(twilio_error(
-            400,
-            21617,
-            "The concatenated message body exceeds the 1600 character limit.",
-        ));
+        return Err(twilio_error(400, 21617, "The concatenated message body exceeds the 1600 character limit."));
     }
     if !is_e164(to) {
-        return Err(twilio_error(
-            400,
-            21211,
-            &format!("The 'To' number {to} is not a valid phone number."),
-        ));
+        return Err(twilio_error(400, 21211, &format!("The 'To' number {to} is not a valid phone number.")));
     }
     // Twilio's test-credential magic numbers.
     match from {
@@ -684,11 +584,7 @@ fn accept_message(
     }
     match to {
         "+15005550001" => {
-            return Err(twilio_error(
-                400,
-                21211,
-                "The 'To' number +15005550001 is not a valid phone number.",
-            ));
+            return Err(twilio_error(400, 21211, "The 'To' number +15005550001 is not a valid phone number."));
         }
         "+15005550002" => {
             return Err(twilio_error(
@@ -705,27 +601,16 @@ fn accept_message(
             ));
         }
         "+15005550004" => {
-            return Err(twilio_error(
-                400,
-                21610,
-                "Attempt to send to unsubscribed recipient",
-            ));
+            return Err(twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"));
         }
         "+15005550009" => {
-            return Err(twilio_error(
-                400,
-                21614,
-                "'To' number is not a valid mobile number",
-            ));
+            return Err(twilio_error(400, 21614, "'To' number is not a valid mobile number"));
         }
         _ => {}
     }
     let mut store = sim.store.lock().unwrap();
     let owned = from == "+15005550006"
-        || store
-            .numbers
-            .iter()
-            .any(|n| !n.released && n.account_sid == account && n.phone_number == from);
+        || store.numbers.iter().any(|n| !n.released && n.account_sid == account && n.phone_number == from);
     if !owned && !from.is_empty() {
         return Err(twilio_error(
             400,
@@ -781,14 +666,7 @@ async fn list_messages(
     let after = field(&q, "DateSent>").and_then(parse_filter_date);
     let store = sim.store.lock().unwrap();
     let candidates: Box<dyn Iterator<Item = &SimMessage>> = match to {
-        Some(t) => Box::new(
-            store
-                .by_to
-                .get(t)
-                .into_iter()
-                .flatten()
-                .map(|&i| &store.messages[i]),
-        ),
+        Some(t) => Box::new(store.by_to.get(t).into_iter().flatten().map(|&i| &store.messages[i])),
         None => Box::new(store.messages.iter()),
     };
     let mut matched: Vec<Message> = candidates
@@ -820,19 +698,12 @@ async fn fetch_message(
     }
     let sid = sid.trim_end_matches(".json");
     let store = sim.store.lock().unwrap();
-    match store
-        .by_sid
-        .get(sid)
-        .map(|&i| &store.messages[i])
-        .filter(|m| m.account_sid == account)
-    {
+    match store.by_sid.get(sid).map(|&i| &store.messages[i]).filter(|m| m.account_sid == account) {
         Some(m) => (StatusCode::OK, Json(message_json(m))).into_response(),
         None => twilio_error(
             404,
             20404,
-            &format!(
-                "The requested resource /2010-04-01/Accounts/{account}/Messages/{sid}.json was not found"
-            ),
+            &format!("The requested resource /2010-04-01/Accounts/{account}/Messages/{sid}.json was not found"),
         ),
     }
 }
@@ -846,11 +717,7 @@ fn next_free_number(store: &mut Store, area: &str) -> String {
         *line += 1;
         // Exchange 2xx keeps clear of the 555 range reserved for fiction.
         let candidate = format!("+1{area}2{:06}", *line);
-        if !store
-            .numbers
-            .iter()
-            .any(|n| !n.released && n.phone_number == candidate)
-        {
+        if !store.numbers.iter().any(|n| !n.released && n.phone_number == candidate) {
             return candidate;
         }
     }
@@ -889,20 +756,12 @@ async fn buy_number(
     }
 }
 
-fn accept_purchase(
-    sim: &Sim,
-    account: &str,
-    f: &[(String, String)],
-) -> Result<SimNumber, Response> {
+fn accept_purchase(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<SimNumber, Response> {
     let phone = field(f, "PhoneNumber");
     let area = field(f, "AreaCode");
     let friendly = field(f, "FriendlyName");
     if friendly.is_some_and(|n| n.chars().count() > 64) {
-        return Err(twilio_error(
-            400,
-            21401,
-            "FriendlyName must be 64 characters or fewer.",
-        ));
+        return Err(twilio_error(400, 21401, "FriendlyName must be 64 characters or fewer."));
     }
     let mut store = sim.store.lock().unwrap();
     let number = match (phone, area) {
@@ -916,48 +775,29 @@ fn accept_purchase(
             if !is_e164(p) {
                 return Err(twilio_error(400, 21421, "PhoneNumber is invalid"));
             }
-            if p != "+15005550006"
-                && store
-                    .numbers
-                    .iter()
-                    .any(|n| !n.released && n.phone_number == p)
-            {
+            if p != "+15005550006" && store.numbers.iter().any(|n| !n.released && n.phone_number == p) {
                 return Err(twilio_error(400, 21422, "PhoneNumber is not available"));
             }
             p.to_owned()
         }
         (None, Some("533")) => {
-            return Err(twilio_error(
-                400,
-                21452,
-                "No phone numbers found in area code 533",
-            ));
+            return Err(twilio_error(400, 21452, "No phone numbers found in area code 533"));
         }
         (None, Some("500")) => "+15005550006".to_owned(),
         (None, Some(a)) => {
             if a.len() != 3 || !a.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(twilio_error(
-                    400,
-                    21451,
-                    &format!("AreaCode {a} is invalid"),
-                ));
+                return Err(twilio_error(400, 21451, &format!("AreaCode {a} is invalid")));
             }
             next_free_number(&mut store, a)
         }
         (None, None) => {
-            return Err(twilio_error(
-                400,
-                21450,
-                "You must provide an AreaCode or a PhoneNumber to purchase.",
-            ));
+            return Err(twilio_error(400, 21450, "You must provide an AreaCode or a PhoneNumber to purchase."));
         }
     };
     let n = SimNumber {
         sid: new_sid("PN"),
         account_sid: account.to_owned(),
-        friendly_name: friendly
-            .map(str::to_owned)
-            .unwrap_or_else(|| pretty_number(&number)),
+        friendly_name: friendly.map(str::to_owned).unwrap_or_else(|| pretty_number(&number)),
         phone_number: number,
         sms_url: field(f, "SmsUrl").map(str::to_owned),
         date_created: Utc::now(),
@@ -982,8 +822,7 @@ async fn list_numbers(
     }
     let q = parse_query(raw);
     let friendly = field(&q, "FriendlyName");
-    let digits: Option<String> =
-        field(&q, "PhoneNumber").map(|p| p.chars().filter(char::is_ascii_digit).collect());
+    let digits: Option<String> = field(&q, "PhoneNumber").map(|p| p.chars().filter(char::is_ascii_digit).collect());
     let matched: Vec<IncomingPhoneNumber> = sim
         .store
         .lock()
@@ -997,12 +836,7 @@ async fn list_numbers(
         .collect();
     let path = format!("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json");
     let (slice, meta) = page_of(&matched, &path, &q);
-    envelope(
-        IncomingPhoneNumbers {
-            incoming_phone_numbers: slice,
-        },
-        meta,
-    )
+    envelope(IncomingPhoneNumbers { incoming_phone_numbers: slice }, meta)
 }
 
 async fn fetch_number(
@@ -1015,11 +849,7 @@ async fn fetch_number(
     }
     let sid = sid.trim_end_matches(".json");
     let store = sim.store.lock().unwrap();
-    match store
-        .numbers
-        .iter()
-        .find(|n| n.sid == sid && n.account_sid == account && !n.released)
-    {
+    match store.numbers.iter().find(|n| n.sid == sid && n.account_sid == account && !n.released) {
         Some(n) => (StatusCode::OK, Json(number_json(n))).into_response(),
         None => twilio_error(404, 20404, "The requested resource was not found"),
     }
@@ -1035,11 +865,7 @@ async fn release_number(
     }
     let sid = sid.trim_end_matches(".json");
     let mut store = sim.store.lock().unwrap();
-    match store
-        .numbers
-        .iter_mut()
-        .find(|n| n.sid == sid && n.account_sid == account && !n.released)
-    {
+    match store.numbers.iter_mut().find(|n| n.sid == sid && n.account_sid == account && !n.released) {
         Some(n) => {
             n.released = true;
             StatusCode::NO_CONTENT.into_response()
@@ -1058,13 +884,8 @@ async fn available_numbers(
         return r;
     }
     let q = parse_query(raw);
-    let area = field(&q, "AreaCode")
-        .unwrap_or(DEFAULT_AREA_CODE)
-        .to_owned();
-    let size = field(&q, "PageSize")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(50)
-        .clamp(1, 1000);
+    let area = field(&q, "AreaCode").unwrap_or(DEFAULT_AREA_CODE).to_owned();
+    let size = field(&q, "PageSize").and_then(|v| v.parse::<usize>().ok()).unwrap_or(50).clamp(1, 1000);
     let path = format!("/2010-04-01/Accounts/{account}/AvailablePhoneNumbers/{country}/Local.json");
     let mut found = Vec::new();
     if country == "US" && area != "533" && area.len() == 3 {
@@ -1073,11 +894,7 @@ async fn available_numbers(
         while found.len() < size {
             line += 1;
             let candidate = format!("+1{area}2{line:06}");
-            if store
-                .numbers
-                .iter()
-                .any(|n| !n.released && n.phone_number == candidate)
-            {
+            if store.numbers.iter().any(|n| !n.released && n.phone_number == candidate) {
                 continue;
             }
             found.push(AvailablePhoneNumber {
@@ -1100,12 +917,7 @@ async fn available_numbers(
     let (slice, mut meta) = page_of(&found, &path, &q);
     // Twilio does not page searches: one page of results, no next page.
     meta.next_page_uri = None;
-    envelope(
-        AvailablePhoneNumbers {
-            available_phone_numbers: slice,
-        },
-        meta,
-    )
+    envelope(AvailablePhoneNumbers { available_phone_numbers: slice }, meta)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1133,11 +945,7 @@ async fn set_sim_config(State(sim): State<Sim>, Json(patch): Json<serde_json::Va
             sim.set_config(c.clone());
             Json(c).into_response()
         }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            format!("bad simulator config: {e}"),
-        )
-            .into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad simulator config: {e}")).into_response(),
     }
 }
 

@@ -50,11 +50,7 @@ impl std::fmt::Debug for QueueBackend {
 
 impl QueueBackend {
     pub fn new(inbox: Inbox, ledger: Ledger) -> Self {
-        Self {
-            inbox,
-            ledger,
-            closing: None,
-        }
+        Self { inbox, ledger, closing: None }
     }
 }
 
@@ -62,32 +58,16 @@ impl Backend for QueueBackend {
     type Task = Task<SendTask>;
     type Error = Infallible;
 
-    fn poll_ready(
-        &mut self,
-        _: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        self.inbox
-            .lock()
-            .unwrap()
-            .poll_recv(cx)
-            .map(|t| t.map(|t| Ok(Task::new(t))))
+    fn poll_next(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        self.inbox.lock().unwrap().poll_recv(cx).map(|t| t.map(|t| Ok(Task::new(t))))
     }
 
     /// Hands back every job that was fetched but never started.
-    fn poll_close(
-        &mut self,
-        cx: &mut Context<'_>,
-        _: &WorkerContext,
-    ) -> Poll<Result<(), Self::Error>> {
+    fn poll_close(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Self::Error>> {
         if self.closing.is_none() {
             let mut unstarted: Vec<SendTask> = Vec::new();
             {
@@ -107,10 +87,7 @@ impl Backend for QueueBackend {
 pub async fn release(ledger: Ledger, tasks: Vec<SendTask>) {
     let mut by_customer: std::collections::HashMap<CustomerId, Vec<String>> = Default::default();
     for t in &tasks {
-        by_customer
-            .entry(t.job.customer.clone())
-            .or_default()
-            .push(t.job.member.clone());
+        by_customer.entry(t.job.customer.clone()).or_default().push(t.job.member.clone());
     }
     for (customer, members) in by_customer {
         match ledger.release(&customer, &members).await {

@@ -87,12 +87,7 @@ impl Fetcher {
                 if let Some(c) = next_due(&due, &mut ring, now) {
                     break c;
                 }
-                let next = due
-                    .values()
-                    .min()
-                    .copied()
-                    .unwrap_or(now + REFRESH)
-                    .min(last_refresh + REFRESH);
+                let next = due.values().min().copied().unwrap_or(now + REFRESH).min(last_refresh + REFRESH);
                 tokio::select! {
                     _ = tokio::time::sleep_until(next.into()) => {}
                     w = self.wake.recv() => match w {
@@ -111,11 +106,7 @@ impl Fetcher {
                 }
             }
             let sent_at = Instant::now();
-            let fetched = match self
-                .ledger
-                .fetch(&customer, permits.len(), self.settings.lease)
-                .await
-            {
+            let fetched = match self.ledger.fetch(&customer, permits.len(), self.settings.lease).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(customer = %customer, error.message = %e, "fetch failed; backing off {backoff:?}");
@@ -190,11 +181,7 @@ fn apply_wake(due: &mut HashMap<CustomerId, Instant>, ring: &mut VecDeque<Custom
 }
 
 /// The next due customer in round-robin order (rotates the ring).
-fn next_due(
-    due: &HashMap<CustomerId, Instant>,
-    ring: &mut VecDeque<CustomerId>,
-    now: Instant,
-) -> Option<CustomerId> {
+fn next_due(due: &HashMap<CustomerId, Instant>, ring: &mut VecDeque<CustomerId>, now: Instant) -> Option<CustomerId> {
     for _ in 0..ring.len() {
         let c = ring.pop_front()?;
         ring.push_back(c.clone());
@@ -222,12 +209,7 @@ pub async fn listen_for_wakes(
             while let Some(msg) = stream.next().await {
                 if let Ok(s) = msg.get_payload::<String>()
                     && let Ok(customer) = CustomerId::parse(&s)
-                    && tx
-                        .send(Wake {
-                            customer,
-                            after: None,
-                        })
-                        .is_err()
+                    && tx.send(Wake { customer, after: None }).is_err()
                 {
                     break;
                 }

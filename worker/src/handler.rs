@@ -108,10 +108,7 @@ impl Ctx {
             if task.lease.is_lost() {
                 return;
             }
-            let reserved = self
-                .ledger
-                .reserve(job, ReserveMode::Fast, unsent.as_ref())
-                .await;
+            let reserved = self.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref()).await;
             unsent = None;
             let r = match reserved {
                 Ok(r) => r,
@@ -127,9 +124,7 @@ impl Ctx {
             };
             let step = match r {
                 Reserve::Reserved(slot) => Step::Send(slot),
-                Reserve::Ambiguous { slot, now_ms } => {
-                    self.resolve_ambiguous(task, slot, now_ms).await
-                }
+                Reserve::Ambiguous { slot, now_ms } => self.resolve_ambiguous(task, slot, now_ms).await,
                 Reserve::Full(f) => self.no_capacity(task, f).await,
                 _ => Step::Done,
             };
@@ -145,20 +140,9 @@ impl Ctx {
     async fn send(&self, task: &SendTask, slot: Slot) {
         let job = &task.job;
         let marker = slot.marker();
-        let (Some(body), Some(customer)) = (
-            self.body(&job.batch).await,
-            self.customer(&job.customer).await,
-        ) else {
+        let (Some(body), Some(customer)) = (self.body(&job.batch).await, self.customer(&job.customer).await) else {
             // The batch or customer vanished (deleted by an operator): give the slot back and stop.
-            let _ = self
-                .ledger
-                .finish(
-                    job,
-                    Ending::Failed,
-                    "batch or customer missing",
-                    Some(&marker),
-                )
-                .await;
+            let _ = self.ledger.finish(job, Ending::Failed, "batch or customer missing", Some(&marker)).await;
             return;
         };
         // Never start a send that could outlive our lease: past it another worker may own the job.
@@ -166,11 +150,7 @@ impl Ctx {
             tracing::warn!("lease too close to expiry to send; leaving the job to be redelivered");
             return;
         }
-        let callback = self
-            .settings
-            .public_url
-            .as_ref()
-            .map(|u| format!("{u}/twilio/status?b={}", job.batch));
+        let callback = self.settings.public_url.as_ref().map(|u| format!("{u}/twilio/status?b={}", job.batch));
         let account = purchase::account_for(&customer, &self.twilio);
         let req = CreateMessage {
             to: job.recipient.as_str(),
@@ -197,29 +177,14 @@ impl Ctx {
                 SendFailure::Recipient { code, .. } => {
                     Stats::inc(&self.stats.failed);
                     tracing::info!(code, "recipient cannot be texted");
-                    let _ = self
-                        .ledger
-                        .finish(
-                            job,
-                            Ending::Failed,
-                            &format!("twilio {code}"),
-                            Some(&marker),
-                        )
-                        .await;
+                    let _ = self.ledger.finish(job, Ending::Failed, &format!("twilio {code}"), Some(&marker)).await;
                 }
                 SendFailure::OptedOut => {
                     Stats::inc(&self.stats.opted_out);
-                    let _ = self
-                        .ledger
-                        .finish(job, Ending::OptedOut, "21610", Some(&marker))
-                        .await;
+                    let _ = self.ledger.finish(job, Ending::OptedOut, "21610", Some(&marker)).await;
                 }
-                SendFailure::Transient {
-                    reason,
-                    retry_after,
-                } => {
-                    self.retry_later(job, slot.attempt + 1, &reason, retry_after, &marker)
-                        .await;
+                SendFailure::Transient { reason, retry_after } => {
+                    self.retry_later(job, slot.attempt + 1, &reason, retry_after, &marker).await;
                 }
                 SendFailure::Ambiguous { reason } => {
                     Stats::inc(&self.stats.ambiguous);
@@ -261,82 +226,39 @@ impl Ctx {
                 }
             }
         }
-        tracing::error!(
-            "could not record a sent message; its next delivery will find it in Twilio"
-        );
+        tracing::error!("could not record a sent message; its next delivery will find it in Twilio");
     }
 
-    async fn retry_later(
-        &self,
-        job: &Job,
-        attempt: u32,
-        reason: &str,
-        retry_after: Option<Duration>,
-        seen: &str,
-    ) {
+    async fn retry_later(&self, job: &Job, attempt: u32, reason: &str, retry_after: Option<Duration>, seen: &str) {
         let reason = reason.replace('|', "/");
         if attempt >= self.settings.max_attempts {
             Stats::inc(&self.stats.failed);
             tracing::warn!(%reason, attempt, "giving up after repeated transient failures");
-            let _ = self
-                .ledger
-                .finish(
-                    job,
-                    Ending::Failed,
-                    &format!("{reason} (retries exhausted)"),
-                    Some(seen),
-                )
-                .await;
+            let _ = self.ledger.finish(job, Ending::Failed, &format!("{reason} (retries exhausted)"), Some(seen)).await;
             return;
         }
         Stats::inc(&self.stats.retried);
         let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
-        self.requeue(
-            job,
-            Requeue::Release,
-            Due::In(delay),
-            attempt,
-            &reason,
-            seen,
-        )
-        .await;
+        self.requeue(job, Requeue::Release, Due::In(delay), attempt, &reason, seen).await;
     }
 
     /// Exponential backoff with jitter: the n-th retry waits between half and all of `base · 2^(n-1)`, capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .settings
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = self.settings.backoff_base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let cap = exp.min(self.settings.backoff_max);
         let half = cap / 2;
         half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
     }
 
-    async fn requeue(
-        &self,
-        job: &Job,
-        how: Requeue,
-        when: Due,
-        attempt: u32,
-        reason: &str,
-        seen: &str,
-    ) {
+    async fn requeue(&self, job: &Job, how: Requeue, when: Due, attempt: u32, reason: &str, seen: &str) {
         let seen = (!seen.is_empty()).then_some(seen);
-        match self
-            .ledger
-            .requeue(job, how, when, attempt, reason, seen)
-            .await
-        {
+        match self.ledger.requeue(job, how, when, attempt, reason, seen).await {
             Ok(Some(_)) => {
                 let after = match when {
                     Due::In(d) => d,
                     Due::At(_) => self.settings.idle_poll,
                 };
-                let _ = self.wake.send(Wake {
-                    customer: job.customer.clone(),
-                    after: Some(after),
-                });
+                let _ = self.wake.send(Wake { customer: job.customer.clone(), after: Some(after) });
             }
             Ok(None) => tracing::debug!("job changed state under us; leaving it"),
             Err(e) => {
@@ -365,32 +287,21 @@ impl Ctx {
             .await;
             return Step::Done;
         }
-        let (Some(body), Some(customer)) = (
-            self.body(&job.batch).await,
-            self.customer(&job.customer).await,
-        ) else {
+        let (Some(body), Some(customer)) = (self.body(&job.batch).await, self.customer(&job.customer).await) else {
             return Step::Done;
         };
         // Twilio's clock and Redis's may differ a little; messages older than this cannot be ours.
-        let since =
-            chrono::DateTime::from_timestamp_millis(slot.at_ms - 10_000).unwrap_or_default();
-        let filter = MessageFilter {
-            to: Some(job.recipient.as_str()),
-            from: Some(&slot.number),
-            date_sent_after: None,
-        };
+        let since = chrono::DateTime::from_timestamp_millis(slot.at_ms - 10_000).unwrap_or_default();
+        let filter =
+            MessageFilter { to: Some(job.recipient.as_str()), from: Some(&slot.number), date_sent_after: None };
         let account = purchase::account_for(&customer, &self.twilio);
-        let listed = self
-            .twilio
-            .list_messages(account, &filter, 200, |m| {
-                m.date_created.is_some_and(|d| d < since)
-            })
-            .await;
+        let listed =
+            self.twilio.list_messages(account, &filter, 200, |m| m.date_created.is_some_and(|d| d < since)).await;
         match listed {
             Ok(messages) => {
-                let ours = messages.iter().find(|m| {
-                    m.body.as_deref() == Some(&*body) && m.date_created.is_some_and(|d| d >= since)
-                });
+                let ours = messages
+                    .iter()
+                    .find(|m| m.body.as_deref() == Some(&*body) && m.date_created.is_some_and(|d| d >= since));
                 match ours.and_then(|m| m.sid.clone()) {
                     Some(sid) => {
                         Stats::inc(&self.stats.resolved_found);
@@ -454,15 +365,11 @@ impl Ctx {
             }
         };
         if f.pending_intents > 0 {
-            let settle_after =
-                (self.settings.shared.twilio.timeout + Duration::from_secs(2)).as_millis() as i64;
-            let old = f
-                .oldest_intent_ms
-                .is_some_and(|t| f.now_ms - t > settle_after);
+            let settle_after = (self.settings.shared.twilio.timeout + Duration::from_secs(2)).as_millis() as i64;
+            let old = f.oldest_intent_ms.is_some_and(|t| f.now_ms - t > settle_after);
             if old && last_resolve.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
                 *last_resolve = Some(Instant::now());
-                self.resolve_intents(&job.customer, f.now_ms, settle_after)
-                    .await;
+                self.resolve_intents(&job.customer, f.now_ms, settle_after).await;
             } else {
                 self.wait_for_pool(&job.customer, &f).await;
             }
@@ -477,56 +384,33 @@ impl Ctx {
     async fn defer(&self, job: &Job, f: &Full) -> Step {
         Stats::inc(&self.stats.deferred);
         let jitter: i64 = rand::rng().random_range(0..50);
-        let due = f
-            .earliest_free_ms
-            .map(|t| t + jitter)
-            .unwrap_or(f.now_ms + 1_000);
-        tracing::debug!(
-            in_ms = due - f.now_ms,
-            "customer at max numbers and full; deferring"
-        );
-        let _ = self
-            .ledger
-            .requeue(
-                job,
-                Requeue::Defer,
-                Due::At(due),
-                f.attempt(),
-                "",
-                f.state.as_deref(),
-            )
-            .await;
+        let due = f.earliest_free_ms.map(|t| t + jitter).unwrap_or(f.now_ms + 1_000);
+        tracing::debug!(in_ms = due - f.now_ms, "customer at max numbers and full; deferring");
+        let _ = self.ledger.requeue(job, Requeue::Defer, Due::At(due), f.attempt(), "", f.state.as_deref()).await;
         let after = Duration::from_millis((due - f.now_ms).max(0) as u64);
-        let _ = self.wake.send(Wake {
-            customer: job.customer.clone(),
-            after: Some(after),
-        });
+        let _ = self.wake.send(Wake { customer: job.customer.clone(), after: Some(after) });
         Step::Done
     }
 
     /// Steps 2–4 of the purchase protocol, called with the customer's gate held.
     async fn purchase(&self, job: &Job, f: &Full) -> Step {
         let conn = self.ledger.conn();
-        let lock = match PurchaseLock::try_acquire(
-            &conn,
-            &job.customer,
-            self.settings.lock_ttl,
-            self.settings.lock_renew,
-        )
-        .await
-        {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                // Another process is deciding; it will buy or find capacity. Wait for the pool to change.
-                self.wait_for_pool(&job.customer, f).await;
-                return Step::Again;
-            }
-            Err(e) => {
-                tracing::warn!(error.message = %e, "could not take the purchase lock");
-                self.pause(Duration::from_millis(200)).await;
-                return Step::Again;
-            }
-        };
+        let lock =
+            match PurchaseLock::try_acquire(&conn, &job.customer, self.settings.lock_ttl, self.settings.lock_renew)
+                .await
+            {
+                Ok(Some(l)) => l,
+                Ok(None) => {
+                    // Another process is deciding; it will buy or find capacity. Wait for the pool to change.
+                    self.wait_for_pool(&job.customer, f).await;
+                    return Step::Again;
+                }
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "could not take the purchase lock");
+                    self.pause(Duration::from_millis(200)).await;
+                    return Step::Again;
+                }
+            };
         let Some(customer) = self.customer(&job.customer).await else {
             lock.release().await;
             return Step::Done;
@@ -534,11 +418,7 @@ impl Ctx {
         let intent_id = purchase::new_intent_id();
         let name = purchase::friendly_name(&job.customer, &intent_id);
         let decided_at = Instant::now();
-        let mode = ReserveMode::Locked {
-            token: lock.token(),
-            intent_id: &intent_id,
-            friendly_name: &name,
-        };
+        let mode = ReserveMode::Locked { token: lock.token(), intent_id: &intent_id, friendly_name: &name };
         let now_ms = match self.ledger.reserve(job, mode, None).await {
             Ok(Reserve::Intent { now_ms, .. }) => now_ms,
             Ok(Reserve::Reserved(s)) => {
@@ -557,46 +437,35 @@ impl Ctx {
                 // The script may have recorded the intent before the reply was lost; we never sent a purchase for
                 // it, so dropping it is safe.
                 tracing::warn!(error.message = %e, "purchase re-check failed");
-                let _ = purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, "*")
-                    .await;
+                let _ = purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, "*").await;
                 lock.release().await;
                 return Step::Again;
             }
         };
         // An intent older than the stale limit may already have been given up by a resolver; buying for it now
         // could buy a number someone else also bought. Only a process paused for minutes gets here.
-        let budget = self
-            .settings
-            .intent_stale
-            .saturating_sub(self.settings.shared.twilio.timeout + Duration::from_secs(5));
+        let budget =
+            self.settings.intent_stale.saturating_sub(self.settings.shared.twilio.timeout + Duration::from_secs(5));
         if decided_at.elapsed() > budget {
-            let _ =
-                purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, "*").await;
+            let _ = purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, "*").await;
             lock.release().await;
             return Step::Again;
         }
-        let sms_url = self
-            .settings
-            .public_url
-            .as_ref()
-            .map(|u| format!("{u}/twilio/inbound"));
+        let sms_url = self.settings.public_url.as_ref().map(|u| format!("{u}/twilio/inbound"));
         let outcome = purchase::buy(&self.twilio, &customer, &intent_id, sms_url.as_deref()).await;
         let raw = format!("{now_ms}|{name}");
         let step = match outcome {
             BuyOutcome::Bought(b) => {
                 let mut recorded = false;
                 for i in 0..8u32 {
-                    match purchase::commit_number(&mut conn.clone(), &job.customer, &b, &intent_id)
-                        .await
-                    {
+                    match purchase::commit_number(&mut conn.clone(), &job.customer, &b, &intent_id).await {
                         Ok(_) => {
                             recorded = true;
                             break;
                         }
                         Err(e) => {
                             tracing::warn!(error.message = %e, "could not record a bought number yet");
-                            tokio::time::sleep(Duration::from_millis((100u64 << i).min(5_000)))
-                                .await;
+                            tokio::time::sleep(Duration::from_millis((100u64 << i).min(5_000))).await;
                         }
                     }
                 }
@@ -611,13 +480,8 @@ impl Ctx {
                 self.pool_notify(&job.customer).notify_waiters();
                 Step::Again
             }
-            BuyOutcome::NotBought {
-                reason,
-                retry_after,
-            } => {
-                let _ =
-                    purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, &raw)
-                        .await;
+            BuyOutcome::NotBought { reason, retry_after } => {
+                let _ = purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, &raw).await;
                 tracing::warn!(%reason, "could not buy a number");
                 let seen = f.state.clone().unwrap_or_default();
                 let attempt = f.attempt() + 1;
@@ -666,10 +530,7 @@ impl Ctx {
         let Ok(intents) = purchase::pending_intents(&mut conn, customer_id).await else {
             return;
         };
-        for intent in intents
-            .iter()
-            .filter(|i| now_ms - i.created_ms > older_than_ms)
-        {
+        for intent in intents.iter().filter(|i| now_ms - i.created_ms > older_than_ms) {
             match purchase::resolve_intent(
                 &mut conn,
                 &self.twilio,
@@ -695,11 +556,8 @@ impl Ctx {
     async fn wait_for_pool(&self, customer: &CustomerId, f: &Full) {
         let k = CustomerKeys::new(customer);
         let notify = self.pool_notify(customer);
-        let deadline = Instant::now()
-            + self
-                .settings
-                .lock_ttl
-                .clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let deadline =
+            Instant::now() + self.settings.lock_ttl.clamp(Duration::from_millis(200), Duration::from_secs(2));
         let mut conn = self.ledger.conn();
         let mut stop = self.stop.clone();
         while Instant::now() < deadline {
@@ -709,18 +567,11 @@ impl Ctx {
                 _ = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => return,
             }
-            let r: redis::RedisResult<(u32, u32, bool)> = redis::pipe()
-                .zcard(k.pool())
-                .hlen(k.intents())
-                .exists(k.lock())
-                .query_async(&mut conn)
-                .await;
+            let r: redis::RedisResult<(u32, u32, bool)> =
+                redis::pipe().zcard(k.pool()).hlen(k.intents()).exists(k.lock()).query_async(&mut conn).await;
             match r {
                 Ok((numbers, pending, locked)) => {
-                    if numbers != f.numbers
-                        || pending != f.pending_intents
-                        || (!locked && pending == 0)
-                    {
+                    if numbers != f.numbers || pending != f.pending_intents || (!locked && pending == 0) {
                         return;
                     }
                 }
@@ -738,21 +589,11 @@ impl Ctx {
     }
 
     fn gate(&self, c: &CustomerId) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
-        self.gates
-            .lock()
-            .unwrap()
-            .entry(c.clone())
-            .or_default()
-            .clone()
+        self.gates.lock().unwrap().entry(c.clone()).or_default().clone()
     }
 
     fn pool_notify(&self, c: &CustomerId) -> Arc<Notify> {
-        self.pool_changed
-            .lock()
-            .unwrap()
-            .entry(c.clone())
-            .or_default()
-            .clone()
+        self.pool_changed.lock().unwrap().entry(c.clone()).or_default().clone()
     }
 
     /// The batch's body, cached: it never changes.
@@ -761,13 +602,7 @@ impl Ctx {
             return Some(b.clone());
         }
         let k = CustomerKeys::new(batch.customer());
-        let body: Option<String> = self
-            .ledger
-            .conn()
-            .hget(k.batch(batch), "body")
-            .await
-            .ok()
-            .flatten();
+        let body: Option<String> = self.ledger.conn().hget(k.batch(batch), "body").await.ok().flatten();
         let body: Arc<str> = body?.into();
         let mut cache = self.bodies.lock().unwrap();
         if cache.len() > 4096 {
@@ -784,23 +619,14 @@ impl Ctx {
         {
             return Some(c.clone());
         }
-        let c = customers::get(&mut self.ledger.conn(), id)
-            .await
-            .ok()
-            .flatten()?;
-        self.customers
-            .lock()
-            .unwrap()
-            .insert(id.clone(), (c.clone(), Instant::now()));
+        let c = customers::get(&mut self.ledger.conn(), id).await.ok().flatten()?;
+        self.customers.lock().unwrap().insert(id.clone(), (c.clone(), Instant::now()));
         Some(c)
     }
 }
 
 /// The apalis handler: process the job, never fail it (every outcome is recorded by the ledger).
-pub async fn handle(
-    task: SendTask,
-    ctx: Data<Arc<Ctx>>,
-) -> Result<(), apalis_core::error::BoxDynError> {
+pub async fn handle(task: SendTask, ctx: Data<Arc<Ctx>>) -> Result<(), apalis_core::error::BoxDynError> {
     ctx.process(&task).await;
     drop(task);
     Ok(())

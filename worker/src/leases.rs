@@ -32,11 +32,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(lease: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            origin: Instant::now(),
-            lease,
-            inner: Mutex::default(),
-        })
+        Arc::new(Self { origin: Instant::now(), lease, inner: Mutex::default() })
     }
 
     fn ms(&self, at: Instant) -> u64 {
@@ -44,28 +40,13 @@ impl Registry {
     }
 
     /// Registers a job fetched by a request sent at `sent_at`.
-    pub fn add(
-        self: &Arc<Self>,
-        customer: &CustomerId,
-        member: &str,
-        sent_at: Instant,
-    ) -> LeaseGuard {
+    pub fn add(self: &Arc<Self>, customer: &CustomerId, member: &str, sent_at: Instant) -> LeaseGuard {
         let lease = Arc::new(Lease {
             valid_until: AtomicU64::new(self.ms(sent_at) + self.lease.as_millis() as u64),
             lost: AtomicBool::new(false),
         });
-        self.inner
-            .lock()
-            .unwrap()
-            .entry(customer.clone())
-            .or_default()
-            .insert(member.to_owned(), lease.clone());
-        LeaseGuard {
-            registry: self.clone(),
-            customer: customer.clone(),
-            member: member.to_owned(),
-            lease,
-        }
+        self.inner.lock().unwrap().entry(customer.clone()).or_default().insert(member.to_owned(), lease.clone());
+        LeaseGuard { registry: self.clone(), customer: customer.clone(), member: member.to_owned(), lease }
     }
 
     fn remove(&self, customer: &CustomerId, member: &str) {
@@ -80,12 +61,7 @@ impl Registry {
 
     /// The jobs held, grouped by customer.
     pub fn snapshot(&self) -> Vec<(CustomerId, Vec<String>)> {
-        self.inner
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(c, m)| (c.clone(), m.keys().cloned().collect()))
-            .collect()
+        self.inner.lock().unwrap().iter().map(|(c, m)| (c.clone(), m.keys().cloned().collect())).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -97,13 +73,7 @@ impl Registry {
     }
 
     /// Applies a renewal sent at `sent_at`: extends every member except the `lost` ones, which are flagged.
-    pub fn renewed(
-        &self,
-        customer: &CustomerId,
-        members: &[String],
-        lost: &[String],
-        sent_at: Instant,
-    ) {
+    pub fn renewed(&self, customer: &CustomerId, members: &[String], lost: &[String], sent_at: Instant) {
         let until = self.ms(sent_at) + self.lease.as_millis() as u64;
         let inner = self.inner.lock().unwrap();
         let Some(m) = inner.get(customer) else { return };
@@ -156,12 +126,7 @@ impl LeaseGuard {
             return Duration::ZERO;
         }
         let now = self.registry.ms(Instant::now());
-        Duration::from_millis(
-            self.lease
-                .valid_until
-                .load(Ordering::SeqCst)
-                .saturating_sub(now),
-        )
+        Duration::from_millis(self.lease.valid_until.load(Ordering::SeqCst).saturating_sub(now))
     }
 
     pub fn is_lost(&self) -> bool {
@@ -187,12 +152,7 @@ mod tests {
         let g = r.add(&c, "b|+1", sent);
         assert!(g.remaining() > Duration::from_secs(29));
         assert_eq!(r.len(), 1);
-        r.renewed(
-            &c,
-            &["b|+1".to_owned()],
-            &["b|+1".to_owned()],
-            Instant::now(),
-        );
+        r.renewed(&c, &["b|+1".to_owned()], &["b|+1".to_owned()], Instant::now());
         assert!(g.is_lost());
         assert_eq!(g.remaining(), Duration::ZERO);
         drop(g);

@@ -19,8 +19,7 @@ use crate::handler::Ctx;
 pub async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     loop {
         let every = ctx.settings.reconcile_every;
-        let jitter =
-            Duration::from_millis(rand::rng().random_range(0..=every.as_millis() as u64 / 5));
+        let jitter = Duration::from_millis(rand::rng().random_range(0..=every.as_millis() as u64 / 5));
         tokio::select! {
             _ = tokio::time::sleep(every + jitter) => {}
             _ = stop.changed() => return,
@@ -49,15 +48,11 @@ pub async fn pass(ctx: &Ctx) -> anyhow::Result<()> {
     }
     let now_ms = customers::redis_now_ms(&mut conn).await?;
     let settle =
-        (ctx.settings.shared.twilio.timeout + ctx.settings.lock_ttl + Duration::from_secs(2))
-            .as_millis() as i64;
+        (ctx.settings.shared.twilio.timeout + ctx.settings.lock_ttl + Duration::from_secs(2)).as_millis() as i64;
     let ids = customers::list(&mut conn).await?;
     for id in &ids {
         let intents = purchase::pending_intents(&mut conn, id).await?;
-        let due: Vec<_> = intents
-            .into_iter()
-            .filter(|i| now_ms - i.created_ms > settle)
-            .collect();
+        let due: Vec<_> = intents.into_iter().filter(|i| now_ms - i.created_ms > settle).collect();
         if due.is_empty() {
             continue;
         }
@@ -65,15 +60,8 @@ pub async fn pass(ctx: &Ctx) -> anyhow::Result<()> {
             continue;
         };
         for intent in &due {
-            match purchase::resolve_intent(
-                &mut conn,
-                &ctx.twilio,
-                &customer,
-                intent,
-                now_ms,
-                ctx.settings.intent_stale,
-            )
-            .await
+            match purchase::resolve_intent(&mut conn, &ctx.twilio, &customer, intent, now_ms, ctx.settings.intent_stale)
+                .await
             {
                 Ok(r) => {
                     tracing::debug!(customer = %id, intent = %intent.id, resolution = ?r, "resolved intent")
@@ -85,9 +73,7 @@ pub async fn pass(ctx: &Ctx) -> anyhow::Result<()> {
         }
     }
     // Forget workers that have not beaten for a day.
-    let _: () = conn
-        .zrembyscore(keys::WORKERS, "-inf", now_ms - 86_400_000)
-        .await?;
+    let _: () = conn.zrembyscore(keys::WORKERS, "-inf", now_ms - 86_400_000).await?;
 
     let audit: Option<String> = redis::cmd("SET")
         .arg("msgr:audit")
@@ -120,8 +106,7 @@ pub async fn audit_numbers(ctx: &Ctx, ids: &[shared::domain::CustomerId]) -> any
     for account in accounts {
         let numbers = ctx.twilio.list_numbers(&account, None, None).await?;
         for n in numbers {
-            let (Some(name), Some(number), Some(sid)) = (n.friendly_name, n.phone_number, n.sid)
-            else {
+            let (Some(name), Some(number), Some(sid)) = (n.friendly_name, n.phone_number, n.sid) else {
                 continue;
             };
             let Some((customer, intent)) = purchase::parse_friendly_name(&name) else {
@@ -130,12 +115,9 @@ pub async fn audit_numbers(ctx: &Ctx, ids: &[shared::domain::CustomerId]) -> any
             if !ids.contains(&customer) {
                 continue;
             }
-            let known: Option<f64> = conn
-                .zscore(CustomerKeys::new(&customer).pool(), &number)
-                .await?;
+            let known: Option<f64> = conn.zscore(CustomerKeys::new(&customer).pool(), &number).await?;
             if known.is_none() {
-                purchase::commit_number(&mut conn, &customer, &Bought { number, sid }, &intent)
-                    .await?;
+                purchase::commit_number(&mut conn, &customer, &Bought { number, sid }, &intent).await?;
                 tracing::warn!(customer = %customer, intent = %intent, "adopted a tagged number the pool did not know");
                 adopted += 1;
             }

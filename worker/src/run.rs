@@ -29,20 +29,13 @@ pub fn worker_name() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
-    format!(
-        "worker-{host}-{}-{}",
-        std::process::id(),
-        ulid::Ulid::new().to_string().to_ascii_lowercase()
-    )
+    format!("worker-{host}-{}-{}", std::process::id(), ulid::Ulid::new().to_string().to_ascii_lowercase())
 }
 
 /// Runs a worker until `shutdown` resolves, then drains: stop fetching, hand back unstarted jobs, let in-flight
 /// sends finish (up to the shutdown timeout). Returns an error only for configuration problems; Redis outages are
 /// waited out.
-pub async fn run(
-    settings: WorkerSettings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ConfigError> {
+pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -> Result<(), ConfigError> {
     let settings = Arc::new(settings);
     tokio::pin!(shutdown);
     let name = worker_name();
@@ -53,12 +46,12 @@ pub async fn run(
     let mut conn = loop {
         let attempt = async {
             let mut c = store::connect(&settings.shared.redis).await?;
-            store::ensure_fleet_settings(&mut c, &settings.shared.quota, false)
-                .await
-                .map_err(|e| match e.downcast::<redis::RedisError>() {
+            store::ensure_fleet_settings(&mut c, &settings.shared.quota, false).await.map_err(|e| {
+                match e.downcast::<redis::RedisError>() {
                     Ok(r) => anyhow::Error::from(r),
                     Err(other) => anyhow::Error::from(ConfigError(other.to_string())),
-                })?;
+                }
+            })?;
             Ok::<_, anyhow::Error>(c)
         };
         tokio::select! {
@@ -76,11 +69,7 @@ pub async fn run(
             _ = &mut shutdown => return Ok(()),
         }
     };
-    let ledger = Ledger::new(
-        conn.clone(),
-        settings.shared.quota,
-        settings.shared.batch_retention,
-    );
+    let ledger = Ledger::new(conn.clone(), settings.shared.quota, settings.shared.batch_retention);
     let twilio = TwilioClient::new(&settings.shared.twilio)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -90,13 +79,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let (tx, rx) = mpsc::channel(settings.concurrency);
     let inbox: Inbox = Arc::new(Mutex::new(rx));
-    let ctx = Arc::new(Ctx::new(
-        ledger.clone(),
-        twilio,
-        settings.clone(),
-        wake_tx.clone(),
-        stop_rx.clone(),
-    ));
+    let ctx = Arc::new(Ctx::new(ledger.clone(), twilio, settings.clone(), wake_tx.clone(), stop_rx.clone()));
 
     let fetcher = tokio::spawn(
         Fetcher {
@@ -112,22 +95,10 @@ pub async fn run(
     );
     tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, stop_rx.clone()));
     // Leases must stay renewed while in-flight sends drain, so the heartbeat stops last.
-    let heartbeat = tokio::spawn(heartbeat(
-        ledger.clone(),
-        registry.clone(),
-        settings.lease,
-        name.clone(),
-        final_rx,
-    ));
+    let heartbeat = tokio::spawn(heartbeat(ledger.clone(), registry.clone(), settings.lease, name.clone(), final_rx));
     tokio::spawn(reconciler::run(ctx.clone(), stop_rx.clone()));
     // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
-    let supervisor = supervise(
-        ctx.clone(),
-        inbox.clone(),
-        ledger.clone(),
-        stop_rx.clone(),
-        name.clone(),
-    );
+    let supervisor = supervise(ctx.clone(), inbox.clone(), ledger.clone(), stop_rx.clone(), name.clone());
     tokio::pin!(supervisor);
     tokio::select! {
         _ = &mut supervisor => tracing::error!("supervisor ended unexpectedly"),
@@ -169,13 +140,7 @@ pub async fn run(
 }
 
 /// Runs the apalis worker; if it ever ends while we are not shutting down, starts a new one under a new name.
-async fn supervise(
-    ctx: Arc<Ctx>,
-    inbox: Inbox,
-    ledger: Ledger,
-    stop: watch::Receiver<bool>,
-    first_name: String,
-) {
+async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Receiver<bool>, first_name: String) {
     let mut name = first_name;
     loop {
         let backend = QueueBackend::new(inbox.clone(), ledger.clone());

@@ -135,9 +135,7 @@ impl WorkerArgs {
             lease,
             max_attempts: self.max_attempts,
             backoff_base: Duration::from_millis(self.backoff_base_ms.max(1)),
-            backoff_max: Duration::from_millis(
-                self.backoff_max_ms.max(self.backoff_base_ms.max(1)),
-            ),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_base_ms.max(1))),
             ambiguous_grace: Duration::from_millis(self.ambiguous_grace_ms),
             lock_ttl: Duration::from_millis(self.lock_ttl_ms),
             lock_renew: self.lock_renew,
@@ -145,10 +143,7 @@ impl WorkerArgs {
             reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),
             audit_every: Duration::from_secs(self.audit_secs.max(1)),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
-            public_url: self
-                .public_url
-                .as_ref()
-                .map(|u| u.trim_end_matches('/').to_owned()),
+            public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
             fetch_batch: 32,
             idle_poll: Duration::from_secs(2),
         })

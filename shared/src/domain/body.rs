@@ -117,23 +117,12 @@ pub fn count_segments(body: &str) -> Segments {
     match gsm {
         Some(costs) => {
             let units: u32 = costs.iter().sum();
-            Segments {
-                encoding: Encoding::Gsm7,
-                segments: pack(costs.into_iter(), units, 160, 153),
-                units,
-            }
+            Segments { encoding: Encoding::Gsm7, segments: pack(costs.into_iter(), units, 160, 153), units }
         }
         None => {
-            let costs: Vec<u32> = body
-                .graphemes(true)
-                .map(|g| g.encode_utf16().count() as u32)
-                .collect();
+            let costs: Vec<u32> = body.graphemes(true).map(|g| g.encode_utf16().count() as u32).collect();
             let units: u32 = costs.iter().sum();
-            Segments {
-                encoding: Encoding::Ucs2,
-                segments: pack(costs.into_iter(), units, 70, 67),
-                units,
-            }
+            Segments { encoding: Encoding::Ucs2, segments: pack(costs.into_iter(), units, 70, 67), units }
         }
     }
 }
@@ -173,10 +162,7 @@ mod tests {
     #[test]
     fn empty_and_overlong_bodies_are_rejected() {
         assert_eq!(MessageBody::parse("   "), Err(BodyError::Empty));
-        assert_eq!(
-            MessageBody::parse(&"a".repeat(1601)),
-            Err(BodyError::TooLong(1601))
-        );
+        assert_eq!(MessageBody::parse(&"a".repeat(1601)), Err(BodyError::TooLong(1601)));
         assert!(MessageBody::parse(&"a".repeat(1600)).is_ok());
         // The limit is in characters, not bytes.
         assert!(MessageBody::parse(&"é".repeat(1600)).is_ok());

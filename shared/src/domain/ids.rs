@@ -15,25 +15,14 @@ pub struct IdError {
 }
 
 fn check_token(what: &'static str, s: &str, max: usize) -> Result<(), IdError> {
-    let err = |reason| IdError {
-        what,
-        value: s.chars().take(80).collect(),
-        reason,
-    };
+    let err = |reason| IdError { what, value: s.chars().take(80).collect(), reason };
     if s.is_empty() {
         return Err(err("is empty"));
     }
     if s.len() > max {
-        return Err(err(if max == 32 {
-            "is longer than 32 characters"
-        } else {
-            "is longer than 128 characters"
-        }));
+        return Err(err(if max == 32 { "is longer than 32 characters" } else { "is longer than 128 characters" }));
     }
-    if !s
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
+    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
         return Err(err("may only contain letters, digits, '_' and '-'"));
     }
     Ok(())
@@ -71,31 +60,18 @@ pub struct BatchId {
 
 impl BatchId {
     pub fn new(customer: &CustomerId) -> Self {
-        Self {
-            customer: customer.clone(),
-            local: ulid::Ulid::new().to_string().to_ascii_lowercase(),
-        }
+        Self { customer: customer.clone(), local: ulid::Ulid::new().to_string().to_ascii_lowercase() }
     }
 
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let err = |reason| IdError {
-            what: "batch id",
-            value: s.chars().take(80).collect(),
-            reason,
-        };
-        let (customer, local) = s
-            .rsplit_once('.')
-            .ok_or_else(|| err("is not of the form <customer>.<id>"))?;
-        let customer = CustomerId::parse(customer)
-            .map_err(|_| err("does not start with a valid customer id"))?;
+        let err = |reason| IdError { what: "batch id", value: s.chars().take(80).collect(), reason };
+        let (customer, local) = s.rsplit_once('.').ok_or_else(|| err("is not of the form <customer>.<id>"))?;
+        let customer = CustomerId::parse(customer).map_err(|_| err("does not start with a valid customer id"))?;
         let ok = local.len() == 26 && ulid::Ulid::from_str(local).is_ok();
         if !ok {
             return Err(err("does not end with a 26-character batch id"));
         }
-        Ok(Self {
-            customer,
-            local: local.to_ascii_lowercase(),
-        })
+        Ok(Self { customer, local: local.to_ascii_lowercase() })
     }
 
     pub fn customer(&self) -> &CustomerId {
@@ -119,11 +95,7 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let err = |reason| IdError {
-            what: "idempotency key",
-            value: s.chars().take(80).collect(),
-            reason,
-        };
+        let err = |reason| IdError { what: "idempotency key", value: s.chars().take(80).collect(), reason };
         if s.is_empty() {
             return Err(err("is empty"));
         }
@@ -147,8 +119,7 @@ pub struct AccountSid(String);
 
 impl AccountSid {
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok =
-            s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        let ok = s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
         if !ok {
             return Err(IdError {
                 what: "account sid",

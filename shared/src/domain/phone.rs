@@ -49,16 +49,11 @@ impl PhoneNumber {
         if digits.len() < 8 || digits.len() > 16 {
             return Err(PhoneError::Invalid(format!("{} digits", digits.len() - 1)));
         }
-        let parsed =
-            phonenumber::parse(None, &digits).map_err(|e| PhoneError::Invalid(e.to_string()))?;
+        let parsed = phonenumber::parse(None, &digits).map_err(|e| PhoneError::Invalid(e.to_string()))?;
         if !phonenumber::is_valid(&parsed) {
-            return Err(PhoneError::Invalid(
-                "no such number range in its country".into(),
-            ));
+            return Err(PhoneError::Invalid("no such number range in its country".into()));
         }
-        Ok(Self(
-            parsed.format().mode(phonenumber::Mode::E164).to_string(),
-        ))
+        Ok(Self(parsed.format().mode(phonenumber::Mode::E164).to_string()))
     }
 
     /// Wraps a number that is already known to be E.164, such as one Twilio returned for a number we own.
@@ -73,10 +68,7 @@ impl PhoneNumber {
         if ok {
             Ok(Self(input.to_owned()))
         } else {
-            Err(PhoneError::Invalid(format!(
-                "{:?} is not E.164",
-                Masked(input)
-            )))
+            Err(PhoneError::Invalid(format!("{:?} is not E.164", Masked(input))))
         }
     }
 
@@ -152,40 +144,22 @@ mod tests {
 
     #[test]
     fn formatted_input_is_normalised_to_e164() {
-        assert_eq!(
-            PhoneNumber::parse("+1 (415) 555-2671").unwrap().as_str(),
-            "+14155552671"
-        );
-        assert_eq!(
-            PhoneNumber::parse(" +44 20 7183 8750 ").unwrap().as_str(),
-            "+442071838750"
-        );
+        assert_eq!(PhoneNumber::parse("+1 (415) 555-2671").unwrap().as_str(), "+14155552671");
+        assert_eq!(PhoneNumber::parse(" +44 20 7183 8750 ").unwrap().as_str(), "+442071838750");
     }
 
     #[test]
     fn national_numbers_are_rejected_with_a_reason() {
-        assert_eq!(
-            PhoneNumber::parse("4155552671"),
-            Err(PhoneError::MissingPlus)
-        );
+        assert_eq!(PhoneNumber::parse("4155552671"), Err(PhoneError::MissingPlus));
         assert_eq!(PhoneNumber::parse(""), Err(PhoneError::Empty));
-        assert_eq!(
-            PhoneNumber::parse("+1415abc2671"),
-            Err(PhoneError::BadCharacter('a'))
-        );
+        assert_eq!(PhoneNumber::parse("+1415abc2671"), Err(PhoneError::BadCharacter('a')));
     }
 
     #[test]
     fn numbers_outside_any_allocated_range_are_invalid() {
-        assert!(matches!(
-            PhoneNumber::parse("+999123456"),
-            Err(PhoneError::Invalid(_))
-        ));
+        assert!(matches!(PhoneNumber::parse("+999123456"), Err(PhoneError::Invalid(_))));
         // 555-01xx is reserved for fiction in North America.
-        assert!(matches!(
-            PhoneNumber::parse("+15555550123"),
-            Err(PhoneError::Invalid(_))
-        ));
+        assert!(matches!(PhoneNumber::parse("+15555550123"), Err(PhoneError::Invalid(_))));
     }
 
     #[test]

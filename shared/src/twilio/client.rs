@@ -28,10 +28,7 @@ pub struct TwilioClient {
 
 impl std::fmt::Debug for TwilioClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TwilioClient")
-            .field("base", &self.base)
-            .field("account", &self.account)
-            .finish()
+        f.debug_struct("TwilioClient").field("base", &self.base).field("account", &self.account).finish()
     }
 }
 
@@ -77,12 +74,7 @@ impl TwilioClient {
             .user_agent(concat!("messenger/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            base: settings.api_base.clone().into(),
-            account,
-            token,
-        })
+        Ok(Self { http, base: settings.api_base.clone().into(), account, token })
     }
 
     /// The account whose credentials sign requests (the parent account when customers use subaccounts).
@@ -91,55 +83,32 @@ impl TwilioClient {
     }
 
     fn url(&self, account: &AccountSid, path: &str) -> String {
-        format!(
-            "{}/2010-04-01/Accounts/{}/{}",
-            self.base,
-            account.as_str(),
-            path
-        )
+        format!("{}/2010-04-01/Accounts/{}/{}", self.base, account.as_str(), path)
     }
 
-    async fn execute<T: DeserializeOwned>(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<T, TwilioError> {
+    async fn execute<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, TwilioError> {
         let resp = req
             .basic_auth(self.account.as_str(), Some(self.token.expose_secret()))
             .send()
             .await
             .map_err(transport_error)?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
         let bytes = resp.bytes().await.map_err(transport_error)?;
         if (200..300).contains(&status) {
-            return serde_json::from_slice(&bytes).map_err(|e| TwilioError::Malformed {
-                status,
-                detail: e.to_string(),
-            });
+            return serde_json::from_slice(&bytes)
+                .map_err(|e| TwilioError::Malformed { status, detail: e.to_string() });
         }
         Err(api_error(status, &bytes, retry_after))
     }
 
     /// Sends one message. A 201 returns the created message (its `sid` is what to record).
-    pub async fn create_message(
-        &self,
-        account: &AccountSid,
-        m: &CreateMessage<'_>,
-    ) -> Result<Message, TwilioError> {
+    pub async fn create_message(&self, account: &AccountSid, m: &CreateMessage<'_>) -> Result<Message, TwilioError> {
         let mut form = vec![("To", m.to), ("From", m.from), ("Body", m.body)];
         if let Some(cb) = m.status_callback {
             form.push(("StatusCallback", cb));
         }
-        self.execute(
-            self.http
-                .post(self.url(account, "Messages.json"))
-                .form(&form),
-        )
-        .await
+        self.execute(self.http.post(self.url(account, "Messages.json")).form(&form)).await
     }
 
     /// Lists messages, newest first, following `next_page_uri` until `stop` says enough or `limit` are read.
@@ -160,10 +129,7 @@ impl TwilioClient {
         if let Some(t) = filter.date_sent_after {
             query.push(("DateSent>", t.format("%Y-%m-%d").to_string()));
         }
-        let first = self
-            .http
-            .get(self.url(account, "Messages.json"))
-            .query(&query);
+        let first = self.http.get(self.url(account, "Messages.json")).query(&query);
         let mut out = Vec::new();
         self.paginate::<Messages>(first, |page| {
             for m in page.messages {
@@ -195,12 +161,7 @@ impl TwilioClient {
             form.push(("SmsUrl", u));
             form.push(("SmsMethod", "POST"));
         }
-        self.execute(
-            self.http
-                .post(self.url(account, "IncomingPhoneNumbers.json"))
-                .form(&form),
-        )
-        .await
+        self.execute(self.http.post(self.url(account, "IncomingPhoneNumbers.json")).form(&form)).await
     }
 
     /// Lists owned numbers, optionally filtered by exact `FriendlyName` or by `PhoneNumber`.
@@ -217,10 +178,7 @@ impl TwilioClient {
         if let Some(p) = phone_number {
             query.push(("PhoneNumber", p));
         }
-        let first = self
-            .http
-            .get(self.url(account, "IncomingPhoneNumbers.json"))
-            .query(&query);
+        let first = self.http.get(self.url(account, "IncomingPhoneNumbers.json")).query(&query);
         let mut out = Vec::new();
         self.paginate::<IncomingPhoneNumbers>(first, |page| {
             out.extend(page.incoming_phone_numbers);
@@ -245,12 +203,7 @@ impl TwilioClient {
         }
         let page: Page<AvailablePhoneNumbers> = self
             .execute(
-                self.http
-                    .get(self.url(
-                        account,
-                        &format!("AvailablePhoneNumbers/{country}/Local.json"),
-                    ))
-                    .query(&query),
+                self.http.get(self.url(account, &format!("AvailablePhoneNumbers/{country}/Local.json"))).query(&query),
             )
             .await?;
         Ok(page.records.available_phone_numbers)
@@ -287,9 +240,7 @@ impl TwilioClient {
                 return Ok(());
             }
             match page.next_page_uri {
-                Some(next) if !next.is_empty() => {
-                    req = self.http.get(format!("{}{}", self.base, next))
-                }
+                Some(next) if !next.is_empty() => req = self.http.get(format!("{}{}", self.base, next)),
                 _ => return Ok(()),
             }
         }
@@ -335,10 +286,7 @@ pub fn api_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> Twi
             more_info: None,
             retry_after,
         },
-        Err(e) => TwilioError::Malformed {
-            status,
-            detail: e.to_string(),
-        },
+        Err(e) => TwilioError::Malformed { status, detail: e.to_string() },
     }
 }
 
@@ -350,18 +298,9 @@ mod tests {
     fn the_documented_error_body_becomes_a_typed_error() {
         let body = br#"{"code":21211,"message":"The 'To' number 5551234567 is not a valid phone number.","more_info":"https://www.twilio.com/docs/errors/21211","status":400}"#;
         match api_error(400, body, None) {
-            TwilioError::Api {
-                status: 400,
-                code: 21211,
-                message,
-                more_info,
-                ..
-            } => {
+            TwilioError::Api { status: 400, code: 21211, message, more_info, .. } => {
                 assert!(message.contains("not a valid phone number"));
-                assert_eq!(
-                    more_info.as_deref(),
-                    Some("https://www.twilio.com/docs/errors/21211")
-                );
+                assert_eq!(more_info.as_deref(), Some("https://www.twilio.com/docs/errors/21211"));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -369,20 +308,13 @@ mod tests {
 
     #[test]
     fn a_body_without_code_uses_the_http_status() {
-        let e = api_error(
-            503,
-            b"<html>Service Unavailable</html>",
-            Some(Duration::from_secs(2)),
-        );
+        let e = api_error(503, b"<html>Service Unavailable</html>", Some(Duration::from_secs(2)));
         assert_eq!(e.code(), Some(503));
         assert_eq!(e.short_reason(), "http 503");
     }
 
     #[test]
     fn an_unreadable_4xx_is_malformed() {
-        assert!(matches!(
-            api_error(400, b"not json", None),
-            TwilioError::Malformed { status: 400, .. }
-        ));
+        assert!(matches!(api_error(400, b"not json", None), TwilioError::Malformed { status: 400, .. }));
     }
 }

@@ -12,13 +12,7 @@ use std::time::Duration;
 pub enum TwilioError {
     /// Twilio answered with an error status (its JSON body parsed into code and message where present).
     #[error("Twilio answered HTTP {status} with error {code}: {message}")]
-    Api {
-        status: u16,
-        code: u32,
-        message: String,
-        more_info: Option<String>,
-        retry_after: Option<Duration>,
-    },
+    Api { status: u16, code: u32, message: String, more_info: Option<String>, retry_after: Option<Duration> },
     /// The connection could not be made: the request never left this process.
     #[error("could not connect to Twilio: {0}")]
     Connect(String),
@@ -26,9 +20,7 @@ pub enum TwilioError {
     #[error("no response from Twilio within the timeout (the request may have been processed)")]
     Timeout,
     /// The connection broke after the request was (or may have been) written.
-    #[error(
-        "the connection to Twilio broke mid-request (the request may have been processed): {0}"
-    )]
+    #[error("the connection to Twilio broke mid-request (the request may have been processed): {0}")]
     Interrupted(String),
     /// A response arrived but its body could not be read as Twilio JSON.
     #[error("Twilio answered HTTP {status} with a body that is not Twilio JSON: {detail}")]
@@ -75,10 +67,7 @@ pub enum SendFailure {
     /// The recipient replied STOP (21610): record the opt-out, never retry.
     OptedOut,
     /// Retry later; the message was not accepted and its quota slot can be given back.
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    Transient { reason: String, retry_after: Option<Duration> },
     /// The message may have been accepted: resolve by listing messages before any resend.
     Ambiguous { reason: String },
 }
@@ -93,9 +82,7 @@ impl TwilioError {
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            TwilioError::Api { status, .. } | TwilioError::Malformed { status, .. } => {
-                Some(*status)
-            }
+            TwilioError::Api { status, .. } | TwilioError::Malformed { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -103,15 +90,9 @@ impl TwilioError {
     /// Classification for idempotent reads (lists, searches) and for anything that is not a create.
     pub fn disposition(&self) -> Disposition {
         match self {
-            TwilioError::Api {
-                status,
-                retry_after,
-                ..
-            } => {
+            TwilioError::Api { status, retry_after, .. } => {
                 if *status == 429 || *status >= 500 {
-                    Disposition::Transient {
-                        retry_after: *retry_after,
-                    }
+                    Disposition::Transient { retry_after: *retry_after }
                 } else {
                     Disposition::Permanent
                 }
@@ -119,9 +100,7 @@ impl TwilioError {
             TwilioError::Connect(_) | TwilioError::Timeout | TwilioError::Interrupted(_) => {
                 Disposition::Transient { retry_after: None }
             }
-            TwilioError::Malformed { status, .. } if *status >= 500 => {
-                Disposition::Transient { retry_after: None }
-            }
+            TwilioError::Malformed { status, .. } if *status >= 500 => Disposition::Transient { retry_after: None },
             TwilioError::Malformed { .. } => Disposition::Permanent,
         }
     }
@@ -131,9 +110,7 @@ impl TwilioError {
     pub fn create_disposition(&self) -> Disposition {
         match self {
             TwilioError::Timeout | TwilioError::Interrupted(_) => Disposition::Ambiguous,
-            TwilioError::Malformed { status, .. } if (200..300).contains(status) => {
-                Disposition::Ambiguous
-            }
+            TwilioError::Malformed { status, .. } if (200..300).contains(status) => Disposition::Ambiguous,
             other => other.disposition(),
         }
     }
@@ -144,20 +121,13 @@ impl TwilioError {
         if let TwilioError::Api { code, message, .. } = self {
             match *code {
                 UNSUBSCRIBED => return SendFailure::OptedOut,
-                INVALID_TO | TO_UNREACHABLE | TO_NOT_MOBILE | TO_LANDLINE | REGION_NOT_ENABLED
-                | BODY_TOO_LONG => {
-                    return SendFailure::Recipient {
-                        code: *code,
-                        message: message.clone(),
-                    };
+                INVALID_TO | TO_UNREACHABLE | TO_NOT_MOBILE | TO_LANDLINE | REGION_NOT_ENABLED | BODY_TOO_LONG => {
+                    return SendFailure::Recipient { code: *code, message: message.clone() };
                 }
                 // The sender is at fault, not the recipient: a queue that is full now drains, a number missing
                 // from the account is an operator problem worth retrying after (the reconciler adopts numbers).
                 QUEUE_FULL | INVALID_FROM | FROM_NOT_OWNED | AUTHENTICATION_FAILED => {
-                    return SendFailure::Transient {
-                        reason: format!("twilio {code}"),
-                        retry_after: None,
-                    };
+                    return SendFailure::Transient { reason: format!("twilio {code}"), retry_after: None };
                 }
                 _ => {}
             }
@@ -167,13 +137,10 @@ impl TwilioError {
                 code: self.code().unwrap_or(self.status().unwrap_or(0) as u32),
                 message: self.to_string(),
             },
-            Disposition::Transient { retry_after } => SendFailure::Transient {
-                reason: self.short_reason(),
-                retry_after,
-            },
-            Disposition::Ambiguous => SendFailure::Ambiguous {
-                reason: self.short_reason(),
-            },
+            Disposition::Transient { retry_after } => {
+                SendFailure::Transient { reason: self.short_reason(), retry_after }
+            }
+            Disposition::Ambiguous => SendFailure::Ambiguous { reason: self.short_reason() },
         }
     }
 
@@ -206,12 +173,7 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(
-        delta
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .min(Duration::from_secs(3600)),
-    )
+    Some(delta.to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)))
 }
 
 #[cfg(test)]
@@ -219,58 +181,28 @@ mod tests {
     use super::*;
 
     fn api(status: u16, code: u32) -> TwilioError {
-        TwilioError::Api {
-            status,
-            code,
-            message: "m".into(),
-            more_info: None,
-            retry_after: None,
-        }
+        TwilioError::Api { status, code, message: "m".into(), more_info: None, retry_after: None }
     }
 
     #[test]
     fn recipient_errors_are_permanent_and_opt_outs_are_their_own_outcome() {
-        assert!(matches!(
-            api(400, 21211).send_failure(),
-            SendFailure::Recipient { code: 21211, .. }
-        ));
-        assert!(matches!(
-            api(400, 21614).send_failure(),
-            SendFailure::Recipient { code: 21614, .. }
-        ));
+        assert!(matches!(api(400, 21211).send_failure(), SendFailure::Recipient { code: 21211, .. }));
+        assert!(matches!(api(400, 21614).send_failure(), SendFailure::Recipient { code: 21614, .. }));
         assert_eq!(api(400, 21610).send_failure(), SendFailure::OptedOut);
     }
 
     #[test]
     fn throttling_and_server_errors_are_transient() {
-        assert!(matches!(
-            api(429, 20429).send_failure(),
-            SendFailure::Transient { .. }
-        ));
-        assert!(matches!(
-            api(503, 503).send_failure(),
-            SendFailure::Transient { .. }
-        ));
-        assert!(matches!(
-            TwilioError::Connect("refused".into()).send_failure(),
-            SendFailure::Transient { .. }
-        ));
+        assert!(matches!(api(429, 20429).send_failure(), SendFailure::Transient { .. }));
+        assert!(matches!(api(503, 503).send_failure(), SendFailure::Transient { .. }));
+        assert!(matches!(TwilioError::Connect("refused".into()).send_failure(), SendFailure::Transient { .. }));
     }
 
     #[test]
     fn a_timeout_on_a_create_is_ambiguous_but_on_a_read_is_transient() {
-        assert!(matches!(
-            TwilioError::Timeout.send_failure(),
-            SendFailure::Ambiguous { .. }
-        ));
-        assert_eq!(
-            TwilioError::Timeout.disposition(),
-            Disposition::Transient { retry_after: None }
-        );
-        let unreadable_201 = TwilioError::Malformed {
-            status: 201,
-            detail: "eof".into(),
-        };
+        assert!(matches!(TwilioError::Timeout.send_failure(), SendFailure::Ambiguous { .. }));
+        assert_eq!(TwilioError::Timeout.disposition(), Disposition::Transient { retry_after: None });
+        let unreadable_201 = TwilioError::Malformed { status: 201, detail: "eof".into() };
         assert_eq!(unreadable_201.create_disposition(), Disposition::Ambiguous);
     }
 
@@ -278,10 +210,7 @@ mod tests {
     fn retry_after_accepts_seconds_and_dates() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(
-            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
-            Some(Duration::ZERO)
-        );
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -222,10 +222,7 @@ mod tests {
         let m: Message = serde_json::from_str(SPEC_MESSAGE).unwrap();
         assert_eq!(m.sid.as_deref(), Some("SMaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
         assert_eq!(m.num_segments.as_deref(), Some("1"));
-        assert_eq!(
-            rfc2822(&m.date_created.unwrap()),
-            "Thu, 24 Aug 2023 05:01:45 +0000"
-        );
+        assert_eq!(rfc2822(&m.date_created.unwrap()), "Thu, 24 Aug 2023 05:01:45 +0000");
         assert_eq!(m.error_code, None);
     }
 
@@ -240,8 +237,7 @@ mod tests {
 
     #[test]
     fn capability_keys_are_case_insensitive() {
-        let c: Capabilities =
-            serde_json::from_str(r#"{"SMS": true, "MMS": false, "voice": true}"#).unwrap();
+        let c: Capabilities = serde_json::from_str(r#"{"SMS": true, "MMS": false, "voice": true}"#).unwrap();
         assert!(c.sms && c.voice && !c.mms);
     }
 
@@ -257,8 +253,7 @@ mod tests {
 
     #[test]
     fn iso_dates_are_rejected_as_not_rfc2822() {
-        let r: Result<Message, _> =
-            serde_json::from_str(r#"{"date_created": "2023-08-24T05:01:45Z"}"#);
+        let r: Result<Message, _> = serde_json::from_str(r#"{"date_created": "2023-08-24T05:01:45Z"}"#);
         assert!(r.is_err());
     }
 }

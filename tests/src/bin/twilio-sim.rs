@@ -68,8 +68,8 @@ async fn main() -> anyhow::Result<()> {
     println!("twilio-sim listening on http://{addr}");
     tracing::info!(%addr, "twilio-sim listening");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("signal handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
