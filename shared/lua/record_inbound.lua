@@ -14,7 +14,7 @@ end
 local now = now_ms()
 redis.call('ZREMRANGEBYSCORE', rk, '-inf', now - window_ms)
 local added = redis.call('ZADD', rk, 'NX', now, sid)
-redis.call('PEXPIRE', rk, window_ms + 60000)
+redis.call('PEXPIRE', rk, window_ms + 1000)
 local n = redis.call('ZCARD', rk)
 if added == 0 then
   return {'duplicate', n}

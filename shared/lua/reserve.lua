@@ -124,9 +124,9 @@ if chosen then
   local wk = wprefix .. chosen
   redis.call('ZADD', wk, now, resid)
   -- An idle window expires on its own once every entry would have aged out.
-  redis.call('PEXPIRE', wk, window_ms + 60000)
+  redis.call('PEXPIRE', wk, window_ms + 1000)
   redis.call('HSET', sticky_cur, recipient, chosen)
-  redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 60000)
+  redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'r|' .. chosen .. '|' .. resid .. '|' .. now .. '|' .. attempt)
   return {'ok', chosen, tostring(resid), tostring(now), attempt}

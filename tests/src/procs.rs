@@ -76,12 +76,25 @@ impl Env {
 
     /// Starts `worker <args>` in the background.
     pub fn worker(&self, args: &[&str]) -> Proc {
-        let mut cmd = Command::new(bin("worker"));
+        self.spawn_worker(Command::new(bin("worker")), args)
+    }
+
+    /// Starts a worker whose clock is shifted by `offset` (libfaketime syntax, e.g. `-1d`): Messenger must not care,
+    /// since every quota decision uses Redis's clock.
+    pub fn worker_with_clock_offset(&self, offset: &str, args: &[&str]) -> Proc {
+        let mut cmd = Command::new("faketime");
+        cmd.arg("-f").arg(offset).arg(bin("worker"));
+        cmd.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        self.spawn_worker(cmd, args)
+    }
+
+    fn spawn_worker(&self, mut cmd: Command, args: &[&str]) -> Proc {
         self.apply(&mut cmd);
         let log = std::env::temp_dir().join(format!("messenger-worker-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("worker log");
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
-        Proc { child: Some(cmd.spawn().expect("spawn worker")), log: Some(log) }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the worker: {e} (faketime needs `apt-get install faketime`)"));
+        Proc { child: Some(child), log: Some(log) }
     }
 }
 

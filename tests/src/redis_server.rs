@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 pub struct RedisOptions {
     /// Append-only file with `appendfsync always`: a restart loses nothing acknowledged.
     pub persistence: bool,
-    /// Run under libfaketime with this offset (e.g. `-3600s`), to prove that only Redis's clock matters.
-    pub faketime: Option<String>,
 }
 
 /// A `redis-server` child process; killed and its directory removed on drop.
@@ -65,34 +63,20 @@ impl TestRedis {
             self.dir.display().to_string(),
             "--logfile".into(),
             "redis.log".into(),
+            // DEBUG DIGEST lets tests prove that a rejected request changed nothing.
+            "--enable-debug-command".into(),
+            "local".into(),
         ];
         if self.options.persistence {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
         } else {
             args.extend(["--appendonly", "no"].map(String::from));
         }
-        let mut cmd = match &self.options.faketime {
-            Some(offset) => {
-                let mut c = Command::new("faketime");
-                c.arg("-f").arg(format!("{offset} x1")).arg(redis_server_bin());
-                // Only the wall clock moves; Redis's event loop keeps a real monotonic clock.
-                c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                c
-            }
-            None => Command::new(redis_server_bin()),
-        };
+        let mut cmd = Command::new(redis_server_bin());
         cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let child = cmd.spawn().map_err(|e| {
-            format!(
-                "cannot run {}: {e}. Install Redis (apt-get install redis-server{}) or set REDIS_SERVER_BIN",
-                if self.options.faketime.is_some() { "faketime" } else { "redis-server" },
-                if self.options.faketime.is_some() { " faketime" } else { "" }
-            )
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot run redis-server: {e}. Install it (apt-get install redis-server) or set REDIS_SERVER_BIN")
         });
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -157,6 +141,11 @@ impl TestRedis {
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
         }
+    }
+
+    /// A digest of the whole dataset (`DEBUG DIGEST`): equal digests mean nothing changed.
+    pub fn digest(&self) -> String {
+        redis::cmd("DEBUG").arg("DIGEST").query(&mut self.sync_conn()).expect("DEBUG DIGEST")
     }
 
     /// `INFO` field as a number (e.g. `used_memory`).

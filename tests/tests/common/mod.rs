@@ -1,0 +1,108 @@
+//! Shared setup for the integration tests: a private Redis, an in-process Twilio simulator, and the environment
+//! the real `producer` and `worker` binaries run with.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use harness::fixtures::wait_until;
+use harness::procs::{Env, Proc};
+use harness::redis_server::{RedisOptions, TestRedis};
+use harness::sim::{self, Sim, SimConfig, SimState};
+use shared::batches::{self, BatchStatus};
+use shared::domain::BatchId;
+
+pub struct World {
+    pub redis: TestRedis,
+    pub sim: Sim,
+    pub sim_base: String,
+    pub env: Env,
+}
+
+impl World {
+    pub async fn start(config: SimConfig) -> Self {
+        Self::start_with(config, RedisOptions::default()).await
+    }
+
+    pub async fn start_with(config: SimConfig, options: RedisOptions) -> Self {
+        let redis = TestRedis::start_with(options);
+        let (sim, addr) = sim::spawn(config).await;
+        let sim_base = format!("http://{addr}");
+        let env = Env::new(&redis.url(), &sim_base)
+            // Fast orphan recovery and quick ambiguity checks keep the tests short.
+            .set("MESSENGER_TWILIO_TIMEOUT_MS", 3000)
+            .set("MESSENGER_LEASE_SECS", 6)
+            .set("MESSENGER_AMBIGUOUS_GRACE_MS", 1000)
+            .set("MESSENGER_INTENT_STALE_SECS", 10)
+            .set("MESSENGER_LOCK_TTL_MS", 2000)
+            .set("MESSENGER_RECONCILE_SECS", 2)
+            .set("MESSENGER_BACKOFF_BASE_MS", 100)
+            .set("MESSENGER_BACKOFF_MAX_MS", 2000);
+        Self { redis, sim, sim_base, env }
+    }
+
+    /// Runs the producer CLI (off the async runtime, which keeps serving the simulator).
+    pub async fn producer(&self, args: &[&str]) -> Output {
+        let env = self.env.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap()
+    }
+
+    pub async fn producer_ok(&self, args: &[&str]) -> String {
+        let out = self.producer(args).await;
+        assert!(
+            out.status.success(),
+            "producer {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `producer bulk … --json`, returning the batch id.
+    pub async fn bulk(&self, customer: &str, body: &str, recipients: &[String], extra: &[&str]) -> String {
+        let file = write_recipients(recipients);
+        let path = file.display().to_string();
+        let mut args = vec!["bulk", "--customer", customer, "--body", body, "--recipients", path.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let out = self.producer_ok(&args).await;
+        let _ = std::fs::remove_file(file);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("bulk --json output");
+        v["batch_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn worker(&self, concurrency: usize) -> Proc {
+        self.env.worker(&["--concurrency", &concurrency.to_string()])
+    }
+
+    pub async fn status(&self, batch: &str) -> BatchStatus {
+        let mut conn = self.redis.conn().await;
+        batches::status(&mut conn, &BatchId::parse(batch).unwrap()).await.unwrap().expect("batch exists")
+    }
+
+    pub async fn wait_complete(&self, batch: &str, timeout: Duration) -> BatchStatus {
+        let conn = self.redis.conn().await;
+        let id = BatchId::parse(batch).unwrap();
+        wait_until(timeout, &format!("batch {batch} to complete"), || {
+            let mut conn = conn.clone();
+            let id = id.clone();
+            async move { batches::status(&mut conn, &id).await.ok().flatten().filter(|s| s.is_complete()) }
+        })
+        .await
+    }
+
+    pub fn state(&self) -> SimState {
+        self.sim.state(true)
+    }
+}
+
+pub fn write_recipients(list: &[String]) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("recipients-{}.txt", ulid::Ulid::new()));
+    std::fs::write(&path, list.join("\n")).unwrap();
+    path
+}

@@ -1,0 +1,394 @@
+//! The core: bulk texts from producer to Twilio with quota windows and race-free purchases.
+//!
+//! Every test talks to a private `redis-server` and runs the real `producer` and `worker` binaries as separate
+//! processes against an in-process Twilio simulator; invariants are checked from the outside, in the simulator's
+//! record of what was sent and bought.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::World;
+use harness::fixtures::{max_in_window, owned_numbers, per_recipient, recipients, wait_until};
+use harness::sim::SimConfig;
+use redis::AsyncCommands;
+use shared::batches::{self, NewBatch};
+use shared::config::QuotaSettings;
+use shared::customers::{self, Customer};
+use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber};
+use shared::keys::CustomerKeys;
+use shared::ledger::{Inbound, Job, Ledger, Reserve, ReserveMode};
+use shared::purchase::{self, Bought};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Acceptance 2: 4 processes × 16 handlers race to buy numbers for 2,000 recipients with a slow Twilio; they buy
+/// exactly ceil(2000 / 250) = 8, send exactly one message per recipient and never exceed 250 per number. Three
+/// rounds, each on a fresh Redis and simulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_workers_buy_exactly_the_numbers_needed() {
+    for round in 1..=3 {
+        // Arrange
+        let w = World::start(SimConfig { purchase_latency_ms: 250, ..SimConfig::default() }).await;
+        w.producer_ok(&["customer", "add", "acme", "--max-numbers", "20"]).await;
+        let to = recipients(2_000, round * 10_000);
+        let batch = w.bulk("acme", "Water is off Tuesday 9-11am.", &to, &[]).await;
+
+        // Act: four worker processes start at once against a customer with no numbers.
+        let mut workers: Vec<_> = (0..4).map(|_| w.worker(16)).collect();
+        let status = w.wait_complete(&batch, Duration::from_secs(180)).await;
+
+        // Assert
+        let state = w.state();
+        let per = per_recipient(&state);
+        let busiest = max_in_window(&state, DAY);
+        println!(
+            "round {round}: numbers bought {}, purchase requests {}, messages {}, recipients {}, max per number {busiest}",
+            owned_numbers(&state),
+            state.purchase_requests,
+            state.messages.len(),
+            per.len()
+        );
+        assert_eq!(owned_numbers(&state), 8, "round {round}: numbers bought");
+        assert_eq!(state.purchase_requests, 8, "round {round}: purchase requests");
+        assert_eq!(per.len(), 2_000, "round {round}: recipients reached");
+        assert!(per.values().all(|&n| n == 1), "round {round}: someone got two texts");
+        assert!(busiest <= 250, "round {round}: a number sent {busiest} in the window");
+        assert_eq!((status.sent, status.failed, status.dup_sends), (2_000, 0, 0));
+        for p in &mut workers {
+            assert!(p.is_running(), "a worker died:\n{}", p.log());
+        }
+    }
+}
+
+/// Acceptance 3: the lock expires long before the purchase returns (TTL 100 ms, no renewal, purchase 400 ms), so
+/// other workers do get the lock while a purchase is in flight; the purchase intent still stops them buying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_purchase_lock_buys_no_surplus_number() {
+    let mut w = World::start(SimConfig { purchase_latency_ms: 400, ..SimConfig::default() }).await;
+    w.env = w.env.clone().set("MESSENGER_LOCK_TTL_MS", 100).set("MESSENGER_LOCK_RENEW", "false");
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "20"]).await;
+    let to = recipients(1_000, 0);
+    let batch = w.bulk("acme", "Lock expiry drill", &to, &[]).await;
+
+    // Watch Redis for the moment the race is real: a purchase in flight and the lock gone.
+    let seen_expiry = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (seen, done) = (seen_expiry.clone(), done.clone());
+        let mut conn = w.redis.conn().await;
+        let k = CustomerKeys::new(&CustomerId::parse("acme").unwrap());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                let (intents, locked): (u32, bool) =
+                    redis::pipe().atomic().hlen(k.intents()).exists(k.lock()).query_async(&mut conn).await.unwrap();
+                if intents > 0 && !locked {
+                    seen.store(true, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let _workers: Vec<_> = (0..4).map(|_| w.worker(16)).collect();
+    let status = w.wait_complete(&batch, Duration::from_secs(120)).await;
+    done.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+
+    let state = w.state();
+    println!(
+        "numbers {}, purchase requests {}, lock seen expired mid-purchase: {}",
+        owned_numbers(&state),
+        state.purchase_requests,
+        seen_expiry.load(Ordering::SeqCst)
+    );
+    assert!(seen_expiry.load(Ordering::SeqCst), "the lock never expired during a purchase: the test proved nothing");
+    assert_eq!(owned_numbers(&state), 4);
+    assert_eq!(state.purchase_requests, 4);
+    assert_eq!(status.sent, 1_000);
+    assert!(per_recipient(&state).values().all(|&n| n == 1));
+}
+
+/// Sets up a customer with one number already in its pool, and a batch of `n` recipients; returns the jobs.
+async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize) -> (Ledger, Vec<Job>, String) {
+    let mut conn = w.redis.conn().await;
+    let id = CustomerId::parse("acme").unwrap();
+    customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 })
+        .await
+        .unwrap();
+    let number = "+14152000001".to_owned();
+    purchase::commit_number(&mut conn, &id, &Bought { number: number.clone(), sid: "PN1".into() }, "").await.unwrap();
+    let to: Vec<PhoneNumber> = recipients(n, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
+    let req = NewBatch {
+        customer: id.clone(),
+        body: MessageBody::parse("window test").unwrap(),
+        recipients: to,
+        duplicates: 0,
+        idempotency_key: None,
+    };
+    let receipt = batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
+    let ledger = Ledger::new(conn, quota, DAY);
+    let fetched = ledger.fetch(&id, n, Duration::from_secs(60)).await.unwrap();
+    let jobs = fetched.jobs.iter().map(|m| Job::from_member(&id, m).unwrap()).collect();
+    let _ = BatchId::parse(&receipt.batch_id).unwrap();
+    (ledger, jobs, number)
+}
+
+fn reserved_on(r: &Reserve) -> Option<&str> {
+    match r {
+        Reserve::Reserved(s) => Some(s.number.as_str()),
+        _ => None,
+    }
+}
+
+/// Acceptance 4 (windows): with a 3-second window, quota 3 and cap 5, the reserve script admits 3, credits each
+/// distinct inbound message (+1, repeats ignored) up to the cap, and gives capacity back as entries age out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
+    let w = World::start(SimConfig::default()).await;
+    let quota = QuotaSettings { window: Duration::from_secs(3), daily_quota: 3, conversational_cap: 5 };
+    let (ledger, jobs, number) = one_number_customer(&w, quota, 10).await;
+    let id = CustomerId::parse("acme").unwrap();
+    let fast = ReserveMode::Fast;
+
+    // Three fit; the fourth finds the only number full (and the customer at max numbers).
+    for j in &jobs[..3] {
+        assert_eq!(reserved_on(&ledger.reserve(j, fast, None).await.unwrap()), Some(number.as_str()));
+    }
+    let started = Instant::now();
+    match ledger.reserve(&jobs[3], fast, None).await.unwrap() {
+        Reserve::Full(f) => {
+            assert!(f.at_max());
+            let until_free = f.earliest_free_ms.unwrap() - f.now_ms;
+            assert!((2_000..=3_000).contains(&until_free), "earliest free in {until_free} ms");
+        }
+        other => panic!("expected full, got {other:?}"),
+    }
+
+    // A reply raises the limit by one; the same reply delivered twice counts once.
+    assert_eq!(ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(), Inbound::Credited { received_in_window: 1 });
+    assert_eq!(ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(), Inbound::Duplicate { received_in_window: 1 });
+    assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None).await.unwrap()).is_some());
+    assert!(matches!(ledger.reserve(&jobs[4], fast, None).await.unwrap(), Reserve::Full(_)));
+
+    // Three more replies would make 3 + 4 = 7, but the cap is 5: only one more send fits.
+    for sid in ["SMreply2", "SMreply3", "SMreply4"] {
+        ledger.record_inbound(&id, &number, sid).await.unwrap();
+    }
+    assert!(reserved_on(&ledger.reserve(&jobs[4], fast, None).await.unwrap()).is_some());
+    assert!(matches!(ledger.reserve(&jobs[5], fast, None).await.unwrap(), Reserve::Full(_)));
+    let pool = customers::pool(&mut ledger.conn(), &id, &quota).await.unwrap().unwrap();
+    assert_eq!((pool.numbers[0].sent, pool.numbers[0].received, pool.numbers[0].limit), (5, 4, 5));
+
+    // Unknown numbers are not credited.
+    assert_eq!(ledger.record_inbound(&id, "+19995550000", "SMx").await.unwrap(), Inbound::UnknownNumber);
+
+    // Once the window has passed, every entry (sends and replies) has aged out: the quota is back to 3.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(1_200)).await;
+    for j in &jobs[5..8] {
+        assert!(reserved_on(&ledger.reserve(j, fast, None).await.unwrap()).is_some(), "capacity did not return");
+    }
+    assert!(matches!(ledger.reserve(&jobs[8], fast, None).await.unwrap(), Reserve::Full(_)));
+}
+
+/// Acceptance 4 (Redis time): a worker whose clock says it is yesterday still keeps the quota, because windows
+/// are scored with Redis's `TIME`. Had it scored sends with its own clock, every entry would already have aged
+/// out and all 10 recipients would be texted from the one number allowed 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_windows_use_redis_time_not_the_workers_clock() {
+    let mut w = World::start(SimConfig::default()).await;
+    w.env = w.env.clone().set("MESSENGER_WINDOW_SECS", 600).set("MESSENGER_DAILY_QUOTA", 5).set("MESSENGER_CONVERSATIONAL_CAP", 5);
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "1"]).await;
+    let batch = w.bulk("acme", "Clock test", &recipients(10, 0), &[]).await;
+    let _worker = w.env.worker_with_clock_offset("-1d", &["--concurrency", "4"]);
+
+    let mut conn = w.redis.conn().await;
+    let s = wait_until(Duration::from_secs(60), "5 sent and 5 deferred", || {
+        let w = &w;
+        let batch = batch.clone();
+        async move { Some(w.status(&batch).await).filter(|s| s.sent == 5 && s.deferred == 5) }
+    })
+    .await;
+    assert_eq!(s.sent, 5);
+    // Give a clock-confused worker every chance to overrun, then look again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = w.status(&batch).await;
+    assert_eq!((s.sent, s.deferred), (5, 5));
+    assert_eq!(w.state().messages.len(), 5);
+
+    // The window entries carry Redis's time, not the worker's (a day behind).
+    let k = CustomerKeys::new(&CustomerId::parse("acme").unwrap());
+    let numbers: Vec<String> = conn.zrange(k.pool(), 0, -1).await.unwrap();
+    let scores: Vec<(String, f64)> = conn.zrange_withscores(k.window(&numbers[0]), 0, -1).await.unwrap();
+    let redis_now = customers::redis_now_ms(&mut conn).await.unwrap() as f64;
+    assert_eq!(scores.len(), 5);
+    for (_, at) in scores {
+        assert!((redis_now - at).abs() < 60_000.0, "entry scored {at}, Redis says {redis_now}");
+    }
+}
+
+/// Acceptance 5: max 2 numbers, quota 5, 15 recipients → 10 sent and 5 deferred, then the 5 go out when the
+/// window frees their slots. Sampled atomically throughout: the counters always add up, and every pending job
+/// is in exactly one of queue, schedule or in-flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_at_max_numbers_defers_then_sends_when_the_window_frees() {
+    let mut w = World::start(SimConfig::default()).await;
+    w.env = w.env.clone().set("MESSENGER_WINDOW_SECS", 4).set("MESSENGER_DAILY_QUOTA", 5).set("MESSENGER_CONVERSATIONAL_CAP", 5);
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "2"]).await;
+    let batch = w.bulk("acme", "Capacity test", &recipients(15, 0), &[]).await;
+    let id = BatchId::parse(&batch).unwrap();
+    let k = CustomerKeys::new(id.customer());
+    let _worker = w.worker(4);
+
+    let mut conn = w.redis.conn().await;
+    let mut saw_deferred = false;
+    let mut samples = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (h, q, sched, inflight): (HashMap<String, String>, i64, i64, i64) = redis::pipe()
+            .atomic()
+            .hgetall(k.batch(&id))
+            .llen(k.queue())
+            .zcard(k.scheduled())
+            .zcard(k.inflight())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let get = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let terminal = get("sent") + get("failed") + get("opted_out") + get("cancelled");
+        let pending = get("total") - terminal;
+        samples += 1;
+        assert_eq!(get("total"), 15);
+        assert!(pending >= 0 && get("deferred") >= 0 && get("deferred") <= pending, "{h:?}");
+        assert_eq!(q + sched + inflight, pending, "jobs lost or duplicated: {h:?} q={q} sched={sched} inflight={inflight}");
+        if get("sent") == 10 && get("deferred") == 5 {
+            saw_deferred = true;
+        }
+        if get("sent") == 15 {
+            assert!(saw_deferred, "never saw 10 sent / 5 deferred");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not finish: {h:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = w.wait_complete(&batch, Duration::from_secs(10)).await;
+    let state = w.state();
+    println!("{samples} consistent samples; numbers {}; busiest number in any 4 s: {}", owned_numbers(&state), max_in_window(&state, Duration::from_secs(4)));
+    assert_eq!((status.sent, status.deferred, status.failed), (15, 0, 0));
+    assert_eq!(owned_numbers(&state), 2);
+    assert!(max_in_window(&state, Duration::from_secs(4)) <= 5);
+    assert!(per_recipient(&state).values().all(|&n| n == 1));
+}
+
+/// Acceptance 6: the same request with the same idempotency key enqueues once, and the key cannot be reused for
+/// a different request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_enqueues_once() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let to = recipients(300, 0);
+    let first = w.bulk("acme", "Once", &to, &["--idempotency-key", "rent-2026-12"]).await;
+    let second = w.bulk("acme", "Once", &to, &["--idempotency-key", "rent-2026-12"]).await;
+    assert_eq!(first, second);
+    let mut conn = w.redis.conn().await;
+    let k = CustomerKeys::new(&CustomerId::parse("acme").unwrap());
+    let queued: i64 = conn.llen(k.queue()).await.unwrap();
+    assert_eq!(queued, 300);
+
+    let before = w.redis.digest();
+    let file = common::write_recipients(&to);
+    let out = w
+        .producer(&["bulk", "--customer", "acme", "--body", "Different", "--recipients", file.to_str().unwrap(), "--idempotency-key", "rent-2026-12"])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different request"));
+    assert_eq!(w.redis.digest(), before, "a rejected request changed Redis");
+
+    let _worker = w.worker(16);
+    let status = w.wait_complete(&first, Duration::from_secs(60)).await;
+    assert_eq!(status.sent, 300);
+    assert_eq!(w.state().messages.len(), 300);
+}
+
+/// Acceptance 6: a job delivered again after its send was recorded is not texted again. Recipient A's send is
+/// recorded (as if a worker sent it and then crashed before acknowledging), then both jobs are handed back to the
+/// queue; a real worker then texts only B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again() {
+    let w = World::start(SimConfig::default()).await;
+    // The number must exist in the simulator, or the send to B would be refused.
+    let twilio = shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
+        api_base: w.sim_base.clone(),
+        account_sid: Some(shared::domain::AccountSid::parse(harness::sim::DEFAULT_ACCOUNT_SID).unwrap()),
+        auth_token: Some(harness::sim::DEFAULT_AUTH_TOKEN.to_owned().into()),
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let bought = twilio
+        .buy_number(twilio.account(), &shared::twilio::BuyNumber { area_code: Some("415"), friendly_name: "test", ..Default::default() })
+        .await
+        .unwrap();
+    let (ledger, jobs, _) = {
+        let mut conn = w.redis.conn().await;
+        let id = CustomerId::parse("acme").unwrap();
+        customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 }).await.unwrap();
+        let b = Bought { number: bought.phone_number.clone().unwrap(), sid: bought.sid.clone().unwrap() };
+        purchase::commit_number(&mut conn, &id, &b, "").await.unwrap();
+        let to: Vec<PhoneNumber> = recipients(2, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
+        let req = NewBatch { customer: id.clone(), body: MessageBody::parse("once").unwrap(), recipients: to, duplicates: 0, idempotency_key: None };
+        batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
+        let ledger = Ledger::new(conn, QuotaSettings::default(), DAY);
+        let fetched = ledger.fetch(&id, 2, Duration::from_secs(60)).await.unwrap();
+        let jobs: Vec<Job> = fetched.jobs.iter().map(|m| Job::from_member(&id, m).unwrap()).collect();
+        (ledger, jobs, ())
+    };
+    let (a, b) = (&jobs[0], &jobs[1]);
+    assert!(matches!(ledger.reserve(a, ReserveMode::Fast, None).await.unwrap(), Reserve::Reserved(_)));
+    ledger.commit_sent(a, "SMrecordedbeforethecrash").await.unwrap();
+    // Both jobs come back, as they would after a crash or a duplicate delivery.
+    ledger.release(&a.customer, &[a.member.clone(), b.member.clone()]).await.unwrap();
+
+    let _worker = w.worker(4);
+    let status = w.wait_complete(&a.batch.to_string(), Duration::from_secs(30)).await;
+    let per = per_recipient(&w.state());
+    assert_eq!(per.get(b.recipient.as_str()), Some(&1));
+    assert_eq!(per.get(a.recipient.as_str()), None, "A was texted again");
+    assert_eq!((status.sent, status.dup_sends), (2, 0));
+}
+
+/// Acceptance 7: bad input is rejected whole, with a message naming the problem, exit code 2, and no change at
+/// all to Redis (`DEBUG DIGEST` before and after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_whole_and_changes_nothing() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let mut good = recipients(5, 0);
+    let file_with_bad_line = {
+        good.insert(2, "+1 (415) 55x-0100".into());
+        common::write_recipients(&good)
+    };
+    let long_body = "a".repeat(1_601);
+    let f = file_with_bad_line.to_str().unwrap();
+    let ok_to = recipients(1, 100)[0].clone();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["bulk", "--customer", "acme", "--body", "hi", "--recipients", f], "recipient line 3"),
+        (vec!["bulk", "--customer", "acme", "--body", "hi", "--to", &ok_to, "--to", "4155550100"], "recipient --to #2"),
+        (vec!["bulk", "--customer", "acme", "--body", "", "--to", &ok_to], "message body is empty"),
+        (vec!["bulk", "--customer", "acme", "--body", &long_body, "--to", &ok_to], "1601 characters"),
+        (vec!["bulk", "--customer", "nobody", "--body", "hi", "--to", &ok_to], "unknown customer nobody"),
+        (vec!["bulk", "--customer", "bad id!", "--body", "hi", "--to", &ok_to], "customer id"),
+        (vec!["customer", "add", "acme", "--area-code", "12"], "area code"),
+        (vec!["status", "acme.nope"], "batch id"),
+    ];
+    let before = w.redis.digest();
+    for (args, expected) in cases {
+        let out = w.producer(&args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("producer {} -> exit {:?}: {}", args.iter().take(3).cloned().collect::<Vec<_>>().join(" "), out.status.code(), err.trim());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err}");
+        assert_eq!(w.redis.digest(), before, "{args:?} changed Redis");
+    }
+}
