@@ -5,12 +5,18 @@
 -- was paused past its lease, then resumed). That cannot be undone, so it is counted in the batch's `dup_sends`
 -- for operators to see, and the window entry stays (the message did go out).
 --
+-- The window entry reserved for the send is re-scored to now: the message went out some time after its slot was
+-- reserved, and the quota must hold by the time Twilio saw it, so the slot stays taken for a full window after
+-- Twilio accepted the message (commit time is later than that), never less.
+--
 -- KEYS[1] batch HASH   KEYS[2] batch state HASH   KEYS[3] batch failures HASH   KEYS[4] inflight ZSET
 -- ARGV[1] recipient    ARGV[2] job member         ARGV[3] message sid           ARGV[4] batch retention s
+-- ARGV[5] window key prefix   ARGV[6] window ms
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
 local batch, state, failures, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local recipient, member, sid, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local window_ms = tonumber(ARGV[6])
 local now = now_ms()
 
 local b = redis.call('HMGET', batch, 'total', 'state')
@@ -27,5 +33,12 @@ if b[2] == 'complete' or is_terminal(st) then
   redis.call('HINCRBY', batch, 'dup_sends', 1)
   redis.call('ZREM', inflight, member)
   return {'duplicate'}
+end
+if st and string.sub(st, 1, 1) == 'r' then
+  local p = split(st)
+  -- XX: an entry that already aged out is not brought back.
+  if redis.call('ZADD', wprefix .. p[2], 'XX', 'CH', now, p[3]) == 1 then
+    redis.call('PEXPIRE', wprefix .. p[2], window_ms + 1000)
+  end
 end
 return {'ok', finish(batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

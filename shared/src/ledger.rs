@@ -290,6 +290,8 @@ impl Ledger {
             .arg(&job.member)
             .arg(sid)
             .arg(self.retention_s)
+            .arg(k.window_prefix())
+            .arg(self.quota.window_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
         let p = strings(v);

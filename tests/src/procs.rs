@@ -93,7 +93,9 @@ impl Env {
         let log = std::env::temp_dir().join(format!("messenger-worker-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("worker log");
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the worker: {e} (faketime needs `apt-get install faketime`)"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the worker: {e} (faketime needs `apt-get install faketime`)"));
         Proc { child: Some(child), log: Some(log) }
     }
 }

@@ -168,8 +168,14 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
     }
 
     // A reply raises the limit by one; the same reply delivered twice counts once.
-    assert_eq!(ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(), Inbound::Credited { received_in_window: 1 });
-    assert_eq!(ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(), Inbound::Duplicate { received_in_window: 1 });
+    assert_eq!(
+        ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(),
+        Inbound::Credited { received_in_window: 1 }
+    );
+    assert_eq!(
+        ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(),
+        Inbound::Duplicate { received_in_window: 1 }
+    );
     assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None).await.unwrap()).is_some());
     assert!(matches!(ledger.reserve(&jobs[4], fast, None).await.unwrap(), Reserve::Full(_)));
 
@@ -199,7 +205,12 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_windows_use_redis_time_not_the_workers_clock() {
     let mut w = World::start(SimConfig::default()).await;
-    w.env = w.env.clone().set("MESSENGER_WINDOW_SECS", 600).set("MESSENGER_DAILY_QUOTA", 5).set("MESSENGER_CONVERSATIONAL_CAP", 5);
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_WINDOW_SECS", 600)
+        .set("MESSENGER_DAILY_QUOTA", 5)
+        .set("MESSENGER_CONVERSATIONAL_CAP", 5);
     w.producer_ok(&["customer", "add", "acme", "--max-numbers", "1"]).await;
     let batch = w.bulk("acme", "Clock test", &recipients(10, 0), &[]).await;
     let _worker = w.env.worker_with_clock_offset("-1d", &["--concurrency", "4"]);
@@ -235,7 +246,12 @@ async fn quota_windows_use_redis_time_not_the_workers_clock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_at_max_numbers_defers_then_sends_when_the_window_frees() {
     let mut w = World::start(SimConfig::default()).await;
-    w.env = w.env.clone().set("MESSENGER_WINDOW_SECS", 4).set("MESSENGER_DAILY_QUOTA", 5).set("MESSENGER_CONVERSATIONAL_CAP", 5);
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_WINDOW_SECS", 4)
+        .set("MESSENGER_DAILY_QUOTA", 5)
+        .set("MESSENGER_CONVERSATIONAL_CAP", 5);
     w.producer_ok(&["customer", "add", "acme", "--max-numbers", "2"]).await;
     let batch = w.bulk("acme", "Capacity test", &recipients(15, 0), &[]).await;
     let id = BatchId::parse(&batch).unwrap();
@@ -262,7 +278,11 @@ async fn a_customer_at_max_numbers_defers_then_sends_when_the_window_frees() {
         samples += 1;
         assert_eq!(get("total"), 15);
         assert!(pending >= 0 && get("deferred") >= 0 && get("deferred") <= pending, "{h:?}");
-        assert_eq!(q + sched + inflight, pending, "jobs lost or duplicated: {h:?} q={q} sched={sched} inflight={inflight}");
+        assert_eq!(
+            q + sched + inflight,
+            pending,
+            "jobs lost or duplicated: {h:?} q={q} sched={sched} inflight={inflight}"
+        );
         if get("sent") == 10 && get("deferred") == 5 {
             saw_deferred = true;
         }
@@ -275,7 +295,11 @@ async fn a_customer_at_max_numbers_defers_then_sends_when_the_window_frees() {
     }
     let status = w.wait_complete(&batch, Duration::from_secs(10)).await;
     let state = w.state();
-    println!("{samples} consistent samples; numbers {}; busiest number in any 4 s: {}", owned_numbers(&state), max_in_window(&state, Duration::from_secs(4)));
+    println!(
+        "{samples} consistent samples; numbers {}; busiest number in any 4 s: {}",
+        owned_numbers(&state),
+        max_in_window(&state, Duration::from_secs(4))
+    );
     assert_eq!((status.sent, status.deferred, status.failed), (15, 0, 0));
     assert_eq!(owned_numbers(&state), 2);
     assert!(max_in_window(&state, Duration::from_secs(4)) <= 5);
@@ -300,7 +324,17 @@ async fn the_same_idempotency_key_enqueues_once() {
     let before = w.redis.digest();
     let file = common::write_recipients(&to);
     let out = w
-        .producer(&["bulk", "--customer", "acme", "--body", "Different", "--recipients", file.to_str().unwrap(), "--idempotency-key", "rent-2026-12"])
+        .producer(&[
+            "bulk",
+            "--customer",
+            "acme",
+            "--body",
+            "Different",
+            "--recipients",
+            file.to_str().unwrap(),
+            "--idempotency-key",
+            "rent-2026-12",
+        ])
         .await;
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("different request"));
@@ -327,17 +361,28 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
     })
     .unwrap();
     let bought = twilio
-        .buy_number(twilio.account(), &shared::twilio::BuyNumber { area_code: Some("415"), friendly_name: "test", ..Default::default() })
+        .buy_number(
+            twilio.account(),
+            &shared::twilio::BuyNumber { area_code: Some("415"), friendly_name: "test", ..Default::default() },
+        )
         .await
         .unwrap();
     let (ledger, jobs, _) = {
         let mut conn = w.redis.conn().await;
         let id = CustomerId::parse("acme").unwrap();
-        customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 }).await.unwrap();
+        customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 })
+            .await
+            .unwrap();
         let b = Bought { number: bought.phone_number.clone().unwrap(), sid: bought.sid.clone().unwrap() };
         purchase::commit_number(&mut conn, &id, &b, "").await.unwrap();
         let to: Vec<PhoneNumber> = recipients(2, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
-        let req = NewBatch { customer: id.clone(), body: MessageBody::parse("once").unwrap(), recipients: to, duplicates: 0, idempotency_key: None };
+        let req = NewBatch {
+            customer: id.clone(),
+            body: MessageBody::parse("once").unwrap(),
+            recipients: to,
+            duplicates: 0,
+            idempotency_key: None,
+        };
         batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
         let ledger = Ledger::new(conn, QuotaSettings::default(), DAY);
         let fetched = ledger.fetch(&id, 2, Duration::from_secs(60)).await.unwrap();
@@ -386,7 +431,12 @@ async fn bad_input_is_rejected_whole_and_changes_nothing() {
     for (args, expected) in cases {
         let out = w.producer(&args).await;
         let err = String::from_utf8_lossy(&out.stderr);
-        println!("producer {} -> exit {:?}: {}", args.iter().take(3).cloned().collect::<Vec<_>>().join(" "), out.status.code(), err.trim());
+        println!(
+            "producer {} -> exit {:?}: {}",
+            args.iter().take(3).cloned().collect::<Vec<_>>().join(" "),
+            out.status.code(),
+            err.trim()
+        );
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err}");
         assert_eq!(w.redis.digest(), before, "{args:?} changed Redis");

@@ -90,10 +90,7 @@ impl Fetcher {
                 let next = due.values().min().copied().unwrap_or(now + REFRESH).min(last_refresh + REFRESH);
                 tokio::select! {
                     _ = tokio::time::sleep_until(next.into()) => {}
-                    w = self.wake.recv() => match w {
-                        Some(w) => apply_wake(&mut due, &mut ring, w),
-                        None => {}
-                    },
+                    w = self.wake.recv() => if let Some(w) = w { apply_wake(&mut due, &mut ring, w) },
                     _ = self.stop.changed() => break 'outer,
                 }
             };

@@ -1,1 +1,107 @@
-fn main() {}
+//! `demo`: Messenger end to end on this machine, with nothing to set up.
+//!
+//! Starts a private Redis on a free port, the Twilio simulator, and two worker processes; creates a customer with
+//! no numbers; sends one 1,000-recipient bulk text through the real `producer` CLI; waits for it; prints the number
+//! pool (four numbers bought, 250 texts each) and the batch status. Everything is stopped and removed at the end.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use harness::fixtures::recipients;
+use harness::procs::Env;
+use harness::redis_server::TestRedis;
+use harness::sim::{self, SimConfig};
+
+#[derive(Parser)]
+#[command(about = "Runs Messenger end to end against a private Redis and the Twilio simulator")]
+struct Args {
+    /// Recipients in the bulk text.
+    #[arg(long, default_value_t = 1_000)]
+    recipients: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Simulated Twilio latency for a number purchase, ms.
+    #[arg(long, default_value_t = 200)]
+    purchase_latency_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let redis = TestRedis::start();
+    let (sim, addr) = sim::spawn(SimConfig {
+        purchase_latency_ms: args.purchase_latency_ms,
+        send_latency_ms: 5,
+        ..SimConfig::default()
+    })
+    .await;
+    let base = format!("http://{addr}");
+    let env = Env::new(&redis.url(), &base);
+    println!("▶ private Redis on {} · Twilio simulator on {base}", redis.url());
+
+    let run = |a: Vec<String>| {
+        let env = env.clone();
+        async move {
+            let out =
+                tokio::task::spawn_blocking(move || env.producer(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+                    .await
+                    .unwrap();
+            if !out.status.success() {
+                anyhow::bail!("producer failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    print!("▶ {}", run(s(&["customer", "add", "demo-properties", "--max-numbers", "10"])).await?);
+    let mut workers: Vec<_> = (0..args.workers).map(|_| env.worker(&["--concurrency", "32"])).collect();
+    println!("▶ started {} worker processes (32 concurrent sends each)", workers.len());
+
+    let file = std::env::temp_dir().join(format!("demo-recipients-{}.txt", std::process::id()));
+    std::fs::write(&file, recipients(args.recipients, 0).join("\n"))?;
+    let out = run(s(&[
+        "bulk",
+        "--customer",
+        "demo-properties",
+        "--body",
+        "Building 4: the water will be off Tuesday 9-11am for repairs. Reply STOP to opt out.",
+        "--recipients",
+        &file.display().to_string(),
+        "--json",
+    ]))
+    .await?;
+    let _ = std::fs::remove_file(&file);
+    let receipt: serde_json::Value = serde_json::from_str(&out)?;
+    let batch = receipt["batch_id"].as_str().unwrap_or_default().to_owned();
+    println!("▶ bulk text accepted: batch {batch}, {} recipients", receipt["accepted"]);
+
+    let sending = Instant::now();
+    run(s(&["status", &batch, "--wait", "--timeout", "300"])).await?;
+    println!("▶ all jobs terminal after {:.1}s\n", sending.elapsed().as_secs_f64());
+
+    println!("$ producer pool demo-properties");
+    print!("{}", run(s(&["pool", "demo-properties"])).await?);
+    println!("\n$ producer status {batch}");
+    print!("{}", run(s(&["status", &batch])).await?);
+
+    let state = sim.state(true);
+    let per = harness::fixtures::per_recipient(&state);
+    println!(
+        "\n▶ the simulator saw {} messages to {} distinct recipients from {} numbers ({} purchases); done in {:.1}s",
+        state.messages.len(),
+        per.len(),
+        harness::fixtures::owned_numbers(&state),
+        state.purchase_requests,
+        started.elapsed().as_secs_f64()
+    );
+    for w in &mut workers {
+        w.signal(libc::SIGTERM);
+    }
+    for w in &mut workers {
+        let _ = w.wait_timeout(Duration::from_secs(10));
+    }
+    Ok(())
+}
