@@ -10,11 +10,12 @@
 -- Twilio accepted the message (commit time is later than that), never less.
 --
 -- KEYS[1] batch HASH   KEYS[2] batch state HASH   KEYS[3] batch failures HASH   KEYS[4] inflight ZSET
+-- KEYS[5] unsent ZSET
 -- ARGV[1] recipient    ARGV[2] job member         ARGV[3] message sid           ARGV[4] batch retention s
 -- ARGV[5] window key prefix   ARGV[6] window ms
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
-local batch, state, failures, inflight = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local batch, state, failures, inflight, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local window_ms = tonumber(ARGV[6])
 local now = now_ms()
@@ -36,6 +37,7 @@ if b[2] == 'complete' or is_terminal(st) then
 end
 if st and string.sub(st, 1, 1) == 'r' then
   local p = split(st)
+  settle_slot(unsent, st)
   -- XX: an entry that already aged out is not brought back.
   if redis.call('ZADD', wprefix .. p[2], 'XX', 'CH', now, p[3]) == 1 then
     redis.call('PEXPIRE', wprefix .. p[2], window_ms + 1000)

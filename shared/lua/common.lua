@@ -70,6 +70,24 @@ local function finish(batch, state, failures, inflight, recipient, member, prev,
   return maybe_complete(batch, state, failures, retention_s, now)
 end
 
+-- A reserved slot lives in two places: an entry in the number's window (what counts against the quota) and an
+-- entry `<number>|<resid>` in the customer's `unsent` set, until the send's outcome is known. An old entry in
+-- `unsent` is a slot whose worker died mid-send: it may or may not have been used, and until that is resolved it
+-- must not make anyone buy a number.
+
+-- Twilio did not take the message: the slot no longer counts.
+local function release_slot(wprefix, unsent, st)
+  local p = split(st)
+  redis.call('ZREM', wprefix .. p[2], p[3])
+  redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
+end
+
+-- The message went out: the slot counts, its outcome is settled.
+local function settle_slot(unsent, st)
+  local p = split(st)
+  redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
+end
+
 -- The state of a job, or nil; and whether it is terminal.
 local function is_terminal(st)
   if not st then return false end

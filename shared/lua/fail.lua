@@ -6,13 +6,13 @@
 -- caller cannot overwrite a newer outcome.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] batch failures HASH  KEYS[4] inflight ZSET
--- KEYS[5] optouts SET
+-- KEYS[5] optouts SET  KEYS[6] unsent ZSET
 -- ARGV[1] recipient   ARGV[2] job member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
 -- ARGV[5] state value the caller saw ('' = any non-terminal)   ARGV[6] window key prefix
 -- ARGV[7] batch retention s
 -- Returns {'ok', completed 0|1} | {'stale'} | {'orphan'}
 
-local batch, state, failures, inflight, optouts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local batch, state, failures, inflight, optouts, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local recipient, member, kind, reason, expect, wprefix =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local retention = tonumber(ARGV[7])
@@ -27,8 +27,7 @@ if is_terminal(st) or (expect ~= '' and st ~= expect) then
   return {'stale'}
 end
 if st and string.sub(st, 1, 1) == 'r' then
-  local p = split(st)
-  redis.call('ZREM', wprefix .. p[2], p[3])
+  release_slot(wprefix, unsent, st)
 end
 if kind == 'o' then
   redis.call('SADD', optouts, recipient)

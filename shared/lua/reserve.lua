@@ -12,28 +12,33 @@
 -- KEYS[1] cfg HASH          KEYS[2] pool ZSET        KEYS[3] optouts SET
 -- KEYS[4] batch HASH        KEYS[5] batch state HASH KEYS[6] batch failures HASH
 -- KEYS[7] inflight ZSET     KEYS[8] intents HASH     KEYS[9] purchase lock STRING
+-- KEYS[10] unsent ZSET (reserved slots whose outcome is not known yet)
 -- ARGV[1] recipient         ARGV[2] job member       ARGV[3] window ms
 -- ARGV[4] daily quota       ARGV[5] conversational cap
 -- ARGV[6] window key prefix ARGV[7] received key prefix ARGV[8] sticky key prefix
 -- ARGV[9] batch retention s ARGV[10] mode: 'fast' | 'locked'
 -- ARGV[11] lock token       ARGV[12] intent id       ARGV[13] intent FriendlyName   (locked mode)
 -- ARGV[14] the ambiguous marker the caller proved was never delivered, or ''
+-- ARGV[15] ms after which an unsettled reservation is presumed orphaned (its worker died mid-send)
 -- Returns one of:
 --   {'ok', number, resid, now, attempt}        slot reserved; state is now r|number|resid|now|attempt
 --   {'done', sid} | {'terminal', kind}         nothing to do (job removed from in-flight)
 --   {'opted_out'} | {'cancelled'} | {'orphan'} job finished here (orphan: its batch no longer exists)
 --   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
---   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state}
+--   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
+--                                              orphans: old unsettled reservations; while there are any, nobody
+--                                              buys (they may free capacity once resolved)
 --   {'intent', intent_id, now}                 (locked mode) the caller must buy one number now
 --   {'lost_lock'}                              (locked mode) the lock is no longer ours
 
-local cfg, pool, optouts, batch, state, failures, inflight, intents, lock =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local cfg, pool, optouts, batch, state, failures, inflight, intents, lock, unsent =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local recipient, member = ARGV[1], ARGV[2]
 local window_ms, quota, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local wprefix, rprefix, sprefix = ARGV[6], ARGV[7], ARGV[8]
 local retention = tonumber(ARGV[9])
 local mode, token, intent_id, intent_name, expect = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local orphan_ms = tonumber(ARGV[15])
 
 local now = now_ms()
 
@@ -60,7 +65,7 @@ if st then
       return {'ambiguous', p[2], p[3], p[4], p[5], now}
     end
     -- The caller listed Twilio and the earlier attempt never arrived: give its slot back before reserving anew.
-    redis.call('ZREM', wprefix .. p[2], p[3])
+    release_slot(wprefix, unsent, st)
     attempt = p[5]
     st = 'w|' .. attempt .. '|unsent'
     redis.call('HSET', state, recipient, st)
@@ -123,6 +128,7 @@ if chosen then
   local resid = redis.call('HINCRBY', cfg, 'resseq', 1)
   local wk = wprefix .. chosen
   redis.call('ZADD', wk, now, resid)
+  redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
   -- An idle window expires on its own once every entry would have aged out.
   redis.call('PEXPIRE', wk, window_ms + 1000)
   redis.call('HSET', sticky_cur, recipient, chosen)
@@ -143,6 +149,10 @@ for i = 1, #numbers do
     if earliest < 0 or free_at < earliest then earliest = free_at end
   end
 end
+-- Unsettled reservations older than any live send can take belong to workers that died mid-send. Entries older
+-- than a window no longer hold any quota and are dropped.
+redis.call('ZREMRANGEBYSCORE', unsent, '-inf', now - window_ms)
+local orphans = redis.call('ZCOUNT', unsent, '-inf', now - orphan_ms)
 local pending = redis.call('HVALS', intents)
 local oldest_intent = -1
 for i = 1, #pending do
@@ -154,9 +164,9 @@ if mode == 'locked' then
   if redis.call('GET', lock) ~= token then
     return {'lost_lock'}
   end
-  if #pending == 0 and #numbers < max_numbers then
+  if #pending == 0 and orphans == 0 and #numbers < max_numbers then
     redis.call('HSET', intents, intent_id, now .. '|' .. intent_name)
     return {'intent', intent_id, now}
   end
 end
-return {'full', #numbers, #pending, max_numbers, earliest, oldest_intent, now, st or ''}
+return {'full', #numbers, #pending, max_numbers, earliest, oldest_intent, now, st or '', orphans}

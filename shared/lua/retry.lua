@@ -9,12 +9,13 @@
 -- Compare-and-set on the state value the caller saw; the job moves from in-flight to the schedule at `due`.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] inflight ZSET  KEYS[4] scheduled ZSET
+-- KEYS[5] unsent ZSET
 -- ARGV[1] recipient   ARGV[2] job member   ARGV[3] mode   ARGV[4] delay ms (from Redis now), or -1
 -- ARGV[5] absolute due ms (used when delay is -1)   ARGV[6] attempt   ARGV[7] reason
 -- ARGV[8] state value the caller saw ('' = none)    ARGV[9] window key prefix
 -- Returns {'ok', due} | {'stale'}
 
-local batch, state, inflight, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local batch, state, inflight, sched, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local recipient, member, mode = ARGV[1], ARGV[2], ARGV[3]
 local delay, due_abs, attempt, reason, expect, wprefix =
   tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -26,8 +27,7 @@ if is_terminal(st) or (st or '') ~= expect then
 end
 if mode == 'release' then
   if st and string.sub(st, 1, 1) == 'r' then
-    local p = split(st)
-    redis.call('ZREM', wprefix .. p[2], p[3])
+    release_slot(wprefix, unsent, st)
   end
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'w|' .. attempt .. '|' .. reason)

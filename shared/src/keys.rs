@@ -25,6 +25,7 @@
 //! | `{c:ID}:q` | LIST | ready jobs, `<batch>|<recipient>` |
 //! | `{c:ID}:sched` | ZSET | jobs waiting for a retry, a deferral or an ambiguity grace period (score = due ms) |
 //! | `{c:ID}:inflight` | ZSET | fetched jobs, scored by lease deadline; expired ones are fetched again |
+//! | `{c:ID}:unsent` | ZSET | reserved slots whose send outcome is not known yet (`<number>|<resid>`, scored by time) |
 //! | `{c:ID}:b:<batch>` | HASH | batch record: body, counters, state |
 //! | `{c:ID}:b:<batch>:st` | HASH | recipient → job state (deleted when the batch completes) |
 //! | `{c:ID}:b:<batch>:fail` | HASH | recipient → failure reason |
@@ -99,6 +100,9 @@ impl CustomerKeys {
     pub fn queue(&self) -> String {
         self.key("q")
     }
+    pub fn unsent(&self) -> String {
+        self.key("unsent")
+    }
     pub fn scheduled(&self) -> String {
         self.key("sched")
     }
@@ -152,6 +156,7 @@ mod tests {
             k.queue(),
             k.scheduled(),
             k.inflight(),
+            k.unsent(),
             k.batch(&b),
             k.batch_state(&b),
             k.batch_failures(&b),

@@ -71,12 +71,15 @@ pub struct Full {
     pub now_ms: i64,
     /// The job's state as the script saw it (`None` if never attempted), for compare-and-set.
     pub state: Option<String>,
+    /// Reserved slots older than any live send, whose worker presumably died mid-send. Until they are resolved
+    /// (when their jobs' leases expire) nobody buys: they may turn out to be free capacity.
+    pub orphaned_slots: u32,
 }
 
 impl Full {
     /// Whether a purchase could be started (subject to the re-check inside the lock).
     pub fn can_buy(&self) -> bool {
-        self.pending_intents == 0 && self.numbers < self.max_numbers
+        self.pending_intents == 0 && self.orphaned_slots == 0 && self.numbers < self.max_numbers
     }
     pub fn at_max(&self) -> bool {
         self.numbers >= self.max_numbers
@@ -184,11 +187,19 @@ pub struct Ledger {
     conn: Conn,
     quota: QuotaSettings,
     retention_s: u64,
+    orphan_after: Duration,
 }
 
 impl Ledger {
     pub fn new(conn: Conn, quota: QuotaSettings, retention: Duration) -> Self {
-        Self { conn, quota, retention_s: retention.as_secs().max(60) }
+        Self { conn, quota, retention_s: retention.as_secs().max(60), orphan_after: Duration::from_secs(15) }
+    }
+
+    /// How old an unsettled reservation must be to count as orphaned: longer than any live send can take (the
+    /// Twilio timeout plus a margin). Reservations younger than this belong to sends still in progress.
+    pub fn with_orphan_after(mut self, d: Duration) -> Self {
+        self.orphan_after = d;
+        self
     }
 
     pub fn conn(&self) -> Conn {
@@ -221,6 +232,7 @@ impl Ledger {
             .key(k.inflight())
             .key(k.intents())
             .key(k.lock())
+            .key(k.unsent())
             .arg(job.recipient.as_str())
             .arg(&job.member)
             .arg(self.quota.window_ms())
@@ -235,6 +247,7 @@ impl Ledger {
             .arg(intent)
             .arg(name)
             .arg(resolved.map(Slot::marker).unwrap_or_default())
+            .arg(self.orphan_after.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let p = strings(v);
@@ -265,6 +278,7 @@ impl Ledger {
                 oldest_intent_ms: Some(num(&p, 5)).filter(|v| *v >= 0),
                 now_ms: num(&p, 6),
                 state: p.get(7).filter(|s| !s.is_empty()).cloned(),
+                orphaned_slots: num(&p, 8) as u32,
             }),
             Some("intent") => Reserve::Intent { id: p[1].clone(), now_ms: num(&p, 2) },
             Some("lost_lock") => Reserve::LostLock,
@@ -286,6 +300,7 @@ impl Ledger {
             .key(k.batch_state(&job.batch))
             .key(k.batch_failures(&job.batch))
             .key(k.inflight())
+            .key(k.unsent())
             .arg(job.recipient.as_str())
             .arg(&job.member)
             .arg(sid)
@@ -318,6 +333,7 @@ impl Ledger {
             .key(k.batch_failures(&job.batch))
             .key(k.inflight())
             .key(k.optouts())
+            .key(k.unsent())
             .arg(job.recipient.as_str())
             .arg(&job.member)
             .arg(ending.as_str())
@@ -353,6 +369,7 @@ impl Ledger {
             .key(k.batch_state(&job.batch))
             .key(k.inflight())
             .key(k.scheduled())
+            .key(k.unsent())
             .arg(job.recipient.as_str())
             .arg(&job.member)
             .arg(how.as_str())

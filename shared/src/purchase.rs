@@ -39,9 +39,10 @@ pub fn new_intent_id() -> String {
     hex::encode(bytes)
 }
 
+/// `<pid>:<random>`: unique, and tells an operator (or a chaos test) which process holds the lock.
 fn new_token() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    hex::encode(bytes)
+    let bytes: [u8; 12] = rand::rng().random();
+    format!("{}:{}", std::process::id(), hex::encode(bytes))
 }
 
 /// A held purchase lock (`SET NX PX`), renewed in the background while held, released by compare-and-delete.

@@ -378,13 +378,25 @@ impl Ctx {
         if f.at_max() {
             return self.defer(job, &f).await;
         }
+        if f.orphaned_slots > 0 {
+            // A worker died mid-send holding slots that may turn out free: buying now could buy a number nobody
+            // needs. Their jobs come back when their leases expire; look again then.
+            tracing::info!(orphaned = f.orphaned_slots, "not buying while orphaned reservations are unresolved");
+            let delay = (self.settings.lease / 3).min(Duration::from_secs(5));
+            self.requeue(job, Requeue::Wait, Due::In(delay), f.attempt(), "", f.state.as_deref().unwrap_or("")).await;
+            return Step::Done;
+        }
         self.purchase(job, &f).await
     }
 
     async fn defer(&self, job: &Job, f: &Full) -> Step {
         Stats::inc(&self.stats.deferred);
         let jitter: i64 = rand::rng().random_range(0..50);
-        let due = f.earliest_free_ms.map(|t| t + jitter).unwrap_or(f.now_ms + 1_000);
+        let mut due = f.earliest_free_ms.map(|t| t + jitter).unwrap_or(f.now_ms + 1_000);
+        if f.orphaned_slots > 0 {
+            // Orphaned reservations may free slots as soon as their leases expire.
+            due = due.min(f.now_ms + self.settings.lease.as_millis() as i64 + jitter);
+        }
         tracing::debug!(in_ms = due - f.now_ms, "customer at max numbers and full; deferring");
         let _ = self.ledger.requeue(job, Requeue::Defer, Due::At(due), f.attempt(), "", f.state.as_deref()).await;
         let after = Duration::from_millis((due - f.now_ms).max(0) as u64);

@@ -69,7 +69,8 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
             _ = &mut shutdown => return Ok(()),
         }
     };
-    let ledger = Ledger::new(conn.clone(), settings.shared.quota, settings.shared.batch_retention);
+    let ledger = Ledger::new(conn.clone(), settings.shared.quota, settings.shared.batch_retention)
+        .with_orphan_after(settings.shared.twilio.timeout + Duration::from_secs(5));
     let twilio = TwilioClient::new(&settings.shared.twilio)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);

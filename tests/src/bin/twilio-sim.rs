@@ -29,11 +29,18 @@ struct Args {
     send_drop: f64,
     #[arg(long, env = "SIM_SEND_ACCEPT_TIMEOUT", default_value_t = 0.0)]
     send_accept_then_timeout: f64,
-    /// Fault rates for purchases.
+    /// Fault rates for purchases, as for sends.
     #[arg(long, env = "SIM_PURCHASE_500", default_value_t = 0.0)]
     purchase_500: f64,
+    #[arg(long, env = "SIM_PURCHASE_429", default_value_t = 0.0)]
+    purchase_429: f64,
+    #[arg(long, env = "SIM_PURCHASE_DROP", default_value_t = 0.0)]
+    purchase_drop: f64,
     #[arg(long, env = "SIM_PURCHASE_ACCEPT_TIMEOUT", default_value_t = 0.0)]
     purchase_accept_then_timeout: f64,
+    /// How long an "accept then time out" request is held open, ms.
+    #[arg(long, env = "SIM_HANG_MS", default_value_t = 120_000)]
+    hang_ms: u64,
     /// `Retry-After` seconds sent with injected 429s.
     #[arg(long, env = "SIM_RETRY_AFTER_SECS", default_value_t = 1)]
     retry_after_secs: u64,
@@ -57,10 +64,12 @@ async fn main() -> anyhow::Result<()> {
         },
         purchase_faults: Faults {
             error_500: a.purchase_500,
+            error_429: a.purchase_429,
+            drop: a.purchase_drop,
             accept_then_timeout: a.purchase_accept_then_timeout,
             retry_after_secs: a.retry_after_secs,
-            ..Faults::default()
         },
+        hang_ms: a.hang_ms,
         ..SimConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;
