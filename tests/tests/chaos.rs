@@ -410,3 +410,36 @@ async fn sigterm_drains_and_hands_back_without_losing_or_doubling() {
     let status = w.wait_complete(&batch, Duration::from_secs(60)).await;
     assert_exactly_once(&w.state(), &to, &status);
 }
+
+/// A worker exits non-zero only for configuration errors (exit 2, naming the setting); a Redis that is down at
+/// start is waited for, not a reason to exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_exits_only_for_configuration_errors() {
+    let mut w = World::start(SimConfig::default()).await;
+
+    // Bad settings: exit 2 at once, with the variable named.
+    let mut bad = w.env.clone().set("MESSENGER_CONCURRENCY", 0).worker(&[]);
+    let code = tokio::task::block_in_place(|| bad.wait_timeout(Duration::from_secs(10)));
+    assert_eq!(code, Some(Some(2)));
+    assert!(bad.log().contains("MESSENGER_CONCURRENCY"), "{}", bad.log());
+
+    // A quota model different from the fleet's: exit 2.
+    w.producer_ok(&["settings"]).await;
+    let mut other = w.env.clone().set("MESSENGER_DAILY_QUOTA", 300).worker(&[]);
+    let code = tokio::task::block_in_place(|| other.wait_timeout(Duration::from_secs(10)));
+    assert_eq!(code, Some(Some(2)), "{}", other.log());
+    assert!(other.log().contains("MESSENGER_DAILY_QUOTA"), "{}", other.log());
+
+    // Redis down at start: the worker waits, then works once Redis is back.
+    tokio::task::block_in_place(|| w.redis.kill());
+    let mut patient = w.worker(4);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(patient.is_running(), "the worker gave up on Redis:\n{}", patient.log());
+    tokio::task::block_in_place(|| w.redis.restart());
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let to = recipients(20, 0);
+    let batch = w.bulk("acme", "after the outage", &to, &[]).await;
+    let status = w.wait_complete(&batch, Duration::from_secs(60)).await;
+    assert_exactly_once(&w.state(), &to, &status);
+    assert!(patient.is_running());
+}
