@@ -38,9 +38,11 @@ end
 if st and string.sub(st, 1, 1) == 'r' then
   local p = split(st)
   settle_slot(unsent, st)
-  -- XX: an entry that already aged out is not brought back.
-  if redis.call('ZADD', wprefix .. p[2], 'XX', 'CH', now, p[3]) == 1 then
-    redis.call('PEXPIRE', wprefix .. p[2], window_ms + 1000)
+  -- Moved to the tail with the commit time; an entry that already aged out is not brought back.
+  local wk = wprefix .. p[2]
+  if redis.call('LREM', wk, -1, window_entry(p[4], p[3])) == 1 then
+    redis.call('RPUSH', wk, window_entry(now, p[3]))
+    redis.call('PEXPIRE', wk, window_ms + 1000)
   end
 end
 return {'ok', finish(batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

@@ -70,6 +70,35 @@ local function finish(batch, state, failures, inflight, recipient, member, prev,
   return maybe_complete(batch, state, failures, retention_s, now)
 end
 
+-- A number's send window is a LIST of `<ms>:<resid>` entries, oldest first. Every entry is appended with the
+-- current Redis time (a commit re-appends its entry with the commit time), so the list stays sorted and entries
+-- that aged out leave from the head. A list of a few hundred short entries keeps Redis's compact listpack encoding:
+-- about 20 bytes an entry, against about 105 in a sorted set.
+local function window_entry(ms, resid)
+  return ms .. ':' .. resid
+end
+
+local function entry_time(e)
+  return tonumber(string.sub(e, 1, string.find(e, ':', 1, true) - 1))
+end
+
+-- Entries still inside the window ending now (entries at or before `horizon` are dropped on the way).
+local function window_count(wk, horizon)
+  while true do
+    local head = redis.call('LINDEX', wk, 0)
+    if not head or entry_time(head) > horizon then break end
+    redis.call('LPOP', wk)
+  end
+  return redis.call('LLEN', wk)
+end
+
+-- Time of the oldest entry, or nil.
+local function window_oldest(wk)
+  local head = redis.call('LINDEX', wk, 0)
+  if head then return entry_time(head) end
+  return nil
+end
+
 -- A reserved slot lives in two places: an entry in the number's window (what counts against the quota) and an
 -- entry `<number>|<resid>` in the customer's `unsent` set, until the send's outcome is known. An old entry in
 -- `unsent` is a slot whose worker died mid-send: it may or may not have been used, and until that is resolved it
@@ -78,7 +107,7 @@ end
 -- Twilio did not take the message: the slot no longer counts.
 local function release_slot(wprefix, unsent, st)
   local p = split(st)
-  redis.call('ZREM', wprefix .. p[2], p[3])
+  redis.call('LREM', wprefix .. p[2], -1, window_entry(p[4], p[3]))
   redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
 end
 

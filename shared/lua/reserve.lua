@@ -84,20 +84,23 @@ end
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.
 local horizon = now - window_ms
 local function available(number)
-  local wk = wprefix .. number
-  redis.call('ZREMRANGEBYSCORE', wk, '-inf', horizon)
-  local sent = redis.call('ZCARD', wk)
+  local sent = window_count(wprefix .. number, horizon)
   local rk = rprefix .. number
   redis.call('ZREMRANGEBYSCORE', rk, '-inf', horizon)
   local limit = math.min(quota + redis.call('ZCARD', rk), cap)
   return limit - sent
 end
 
+-- Sticky senders live in one hash per window-long epoch (the current and the previous one are read), split into
+-- 1,000 buckets by the recipient's last three digits so each stays small enough for Redis's compact listpack
+-- encoding (about 25 bytes a recipient instead of about 70); the field is the number without those digits.
 local epoch = math.floor(now / window_ms)
-local sticky_cur, sticky_prev = sprefix .. epoch, sprefix .. (epoch - 1)
+local bucket, field = string.sub(recipient, -3), string.sub(recipient, 1, -4)
+local sticky_cur = sprefix .. epoch .. ':' .. bucket
+local sticky_prev = sprefix .. (epoch - 1) .. ':' .. bucket
 
 local chosen = nil
-local sticky = redis.call('HGET', sticky_cur, recipient) or redis.call('HGET', sticky_prev, recipient)
+local sticky = redis.call('HGET', sticky_cur, field) or redis.call('HGET', sticky_prev, field)
 if sticky and redis.call('ZSCORE', pool, sticky) and available(sticky) > 0 then
   chosen = sticky
 end
@@ -127,11 +130,11 @@ end
 if chosen then
   local resid = redis.call('HINCRBY', cfg, 'resseq', 1)
   local wk = wprefix .. chosen
-  redis.call('ZADD', wk, now, resid)
+  redis.call('RPUSH', wk, window_entry(now, resid))
   redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
   -- An idle window expires on its own once every entry would have aged out.
   redis.call('PEXPIRE', wk, window_ms + 1000)
-  redis.call('HSET', sticky_cur, recipient, chosen)
+  redis.call('HSET', sticky_cur, field, chosen)
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'r|' .. chosen .. '|' .. resid .. '|' .. now .. '|' .. attempt)
@@ -143,9 +146,9 @@ local numbers = redis.call('ZRANGE', pool, 0, -1)
 local max_numbers = tonumber(redis.call('HGET', cfg, 'max_numbers')) or 0
 local earliest = -1
 for i = 1, #numbers do
-  local oldest = redis.call('ZRANGE', wprefix .. numbers[i], 0, 0, 'WITHSCORES')
-  if oldest[2] then
-    local free_at = tonumber(oldest[2]) + window_ms
+  local oldest = window_oldest(wprefix .. numbers[i])
+  if oldest then
+    local free_at = oldest + window_ms
     if earliest < 0 or free_at < earliest then earliest = free_at end
   end
 end

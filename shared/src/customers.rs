@@ -114,17 +114,17 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         .query_async(conn)
         .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
-    let horizon = format!("({}", now_ms - quota.window_ms() as i64);
+    let horizon = now_ms - quota.window_ms() as i64;
     let mut pipe = redis::pipe();
     for n in &numbers {
-        pipe.zcount(k.window(n), &horizon, "+inf").zcount(k.received(n), &horizon, "+inf");
+        pipe.lrange(k.window(n), 0, -1).zcount(k.received(n), format!("({horizon}"), "+inf");
     }
-    let counts: Vec<u32> = if numbers.is_empty() { Vec::new() } else { pipe.query_async(conn).await? };
+    let counts: Vec<(Vec<String>, u32)> = if numbers.is_empty() { Vec::new() } else { pipe.query_async(conn).await? };
     let usage = numbers
         .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let (sent, received) = (counts[2 * i], counts[2 * i + 1]);
+        .zip(counts)
+        .map(|(n, (window, received))| {
+            let sent = window_entries_after(&window, horizon) as u32;
             let limit = (quota.daily_quota + received).min(quota.conversational_cap);
             NumberUsage {
                 number: n.clone(),
@@ -145,6 +145,11 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         daily_quota: quota.daily_quota,
         conversational_cap: quota.conversational_cap,
     }))
+}
+
+/// Entries (`<ms>:<resid>`) of a send window newer than `horizon`.
+pub fn window_entries_after(window: &[String], horizon: i64) -> usize {
+    window.iter().filter(|e| e.split(':').next().and_then(|t| t.parse::<i64>().ok()).is_some_and(|t| t > horizon)).count()
 }
 
 /// Redis's clock, in ms. Everything time-based in Messenger uses it, never a process clock.

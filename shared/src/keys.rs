@@ -16,9 +16,9 @@
 //! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers; counters `resseq` (reservation ids) and `cursor` |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
-//! | `{c:ID}:w:<number>` | ZSET | sends of one number in the window (member = reservation id, score = Redis ms) |
+//! | `{c:ID}:w:<number>` | LIST | sends of one number in the window, `<Redis ms>:<reservation id>`, oldest first |
 //! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
-//! | `{c:ID}:sticky:<epoch>` | HASH | recipient → number that last texted them; one key per window-long epoch |
+//! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them; one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
 //! | `{c:ID}:lock` | STRING | purchase lock token |
 //! | `{c:ID}:intents` | HASH | purchase intent id → `created_ms|friendly_name` |
@@ -84,7 +84,7 @@ impl CustomerKeys {
     pub fn received(&self, number: &str) -> String {
         self.key(&format!("r:{number}"))
     }
-    /// Prefix of the sticky-sender hashes: the script appends the window epoch.
+    /// Prefix of the sticky-sender hashes: the script appends `<epoch>:<last three digits of the recipient>`.
     pub fn sticky_prefix(&self) -> String {
         self.key("sticky:")
     }

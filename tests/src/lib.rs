@@ -4,10 +4,12 @@
 //! - [`sim`]: the Twilio simulator (also the `twilio-sim` binary).
 //! - [`redis_server`]: [`redis_server::TestRedis`], a private `redis-server` on a free loopback port.
 //! - [`procs`]: locating and running the `worker`, `producer` and `twilio-sim` binaries as child processes.
+//! - [`load`]: the load-test engine behind the `loadtest` binary.
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
 //!   the demo and the load-test tool.
 
 pub mod fixtures;
+pub mod load;
 pub mod procs;
 pub mod redis_server;
 pub mod sim;

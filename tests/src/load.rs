@@ -1,0 +1,566 @@
+//! The load-test tool's engine: starts (or uses) Redis, the simulator and worker processes, drives a scenario, and
+//! measures what the targets in BENCHMARKS.md ask for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use shared::batches::{self, NewBatch};
+use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::fixtures::{self, max_in_window, recipients};
+use crate::procs::{Env, Proc};
+use crate::redis_server::TestRedis;
+use crate::sim::{self, Faults, Sim, SimConfig, SimState};
+
+/// Everything a run needs to know.
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub redis_url: Option<String>,
+    pub twilio_api_base: Option<String>,
+    pub workers: usize,
+    pub concurrency: usize,
+    pub customers: usize,
+    pub recipients: usize,
+    pub send_latency_ms: u64,
+    pub purchase_latency_ms: u64,
+    pub send_faults: Faults,
+    pub daily_quota: u32,
+    pub window_secs: u64,
+    pub max_numbers: u32,
+    /// Buy every number a customer will need before sending.
+    pub prebuy: bool,
+    /// Count commands with MONITOR (top-level vs inside scripts). Slows Redis: use on a separate, smaller run.
+    pub count_commands: bool,
+    pub show_progress: bool,
+}
+
+/// The running pieces of one run.
+pub struct Stack {
+    pub redis: Option<TestRedis>,
+    pub redis_url: String,
+    pub sim: Option<Sim>,
+    pub sim_base: String,
+    pub env: Env,
+    pub workers: Vec<Proc>,
+    /// Prefix of this run's customer ids, so runs against a shared Redis never collide.
+    pub run: String,
+}
+
+impl Stack {
+    pub async fn start(cfg: &LoadConfig) -> anyhow::Result<Self> {
+        let (redis, redis_url) = match &cfg.redis_url {
+            Some(u) => (None, u.clone()),
+            None => {
+                let r = TestRedis::start();
+                let u = r.url();
+                (Some(r), u)
+            }
+        };
+        let (sim, sim_base) = match &cfg.twilio_api_base {
+            Some(b) => (None, b.trim_end_matches('/').to_owned()),
+            None => {
+                let (s, addr) = sim::spawn(SimConfig {
+                    send_latency_ms: cfg.send_latency_ms,
+                    purchase_latency_ms: cfg.purchase_latency_ms,
+                    send_faults: cfg.send_faults.clone(),
+                    hang_ms: 15_000,
+                    ..SimConfig::default()
+                })
+                .await;
+                (Some(s), format!("http://{addr}"))
+            }
+        };
+        let env = Env::new(&redis_url, &sim_base)
+            .set("MESSENGER_DAILY_QUOTA", cfg.daily_quota)
+            .set("MESSENGER_CONVERSATIONAL_CAP", cfg.daily_quota.max(1_000))
+            .set("MESSENGER_WINDOW_SECS", cfg.window_secs)
+            .set("MESSENGER_MAX_NUMBERS", cfg.max_numbers)
+            .set("MESSENGER_TWILIO_TIMEOUT_MS", 5_000)
+            .set("MESSENGER_AMBIGUOUS_GRACE_MS", 2_000)
+            .set("RUST_LOG", "warn");
+        let run = format!("lt{}", &ulid::Ulid::new().to_string().to_ascii_lowercase()[20..]);
+        Ok(Self { redis, redis_url, sim, sim_base, env, workers: Vec::new(), run })
+    }
+
+    pub fn start_workers(&mut self, n: usize, concurrency: usize) {
+        for _ in 0..n {
+            self.workers.push(self.env.worker(&["--concurrency", &concurrency.to_string()]));
+        }
+    }
+
+    /// Stops the workers with SIGTERM and returns their peak resident set sizes (KiB).
+    pub fn stop_workers(&mut self) -> Vec<u64> {
+        let peaks = self.workers.iter().map(|w| peak_rss_kib(w.pid())).collect();
+        for w in &self.workers {
+            w.signal(libc::SIGTERM);
+        }
+        for w in &mut self.workers {
+            let _ = w.wait_timeout(Duration::from_secs(20));
+        }
+        self.workers.clear();
+        peaks
+    }
+
+    pub async fn conn(&self) -> redis::aio::ConnectionManager {
+        let settings = shared::config::RedisSettings {
+            url: secrecy::SecretString::from(self.redis_url.clone()),
+            response_timeout: Duration::from_secs(30),
+        };
+        shared::store::connect(&settings).await.expect("connect to redis")
+    }
+
+    pub async fn sim_state(&self, with_messages: bool) -> SimState {
+        match &self.sim {
+            Some(s) => s.state(with_messages),
+            None => fixtures::sim_state(&self.sim_base, with_messages).await,
+        }
+    }
+
+    pub fn customer(&self, i: usize) -> CustomerId {
+        CustomerId::parse(&format!("{}-c{i}", self.run)).unwrap()
+    }
+
+    /// Runs the producer CLI off the async runtime.
+    pub async fn producer(&self, args: Vec<String>) -> anyhow::Result<String> {
+        let env = self.env.clone();
+        let out = tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await?;
+        if !out.status.success() {
+            anyhow::bail!("producer failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub async fn add_customer(&self, id: &CustomerId, max_numbers: u32) -> anyhow::Result<()> {
+        self.producer(vec!["customer".into(), "add".into(), id.to_string(), "--max-numbers".into(), max_numbers.to_string()])
+            .await?;
+        Ok(())
+    }
+
+    /// Buys `n` numbers for a customer in the simulator and records them in its pool.
+    pub async fn prebuy(&self, id: &CustomerId, n: usize) -> anyhow::Result<()> {
+        let twilio = shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
+            api_base: self.sim_base.clone(),
+            account_sid: Some(shared::domain::AccountSid::parse(sim::DEFAULT_ACCOUNT_SID)?),
+            auth_token: Some(sim::DEFAULT_AUTH_TOKEN.to_owned().into()),
+            timeout: Duration::from_secs(10),
+        })?;
+        let mut conn = self.conn().await;
+        for i in 0..n {
+            let name = format!("msgr:{id}:prebuy{i}");
+            let req = shared::twilio::BuyNumber { area_code: Some("415"), friendly_name: &name, ..Default::default() };
+            let n = twilio.buy_number(twilio.account(), &req).await?;
+            let b = shared::purchase::Bought { number: n.phone_number.unwrap(), sid: n.sid.unwrap() };
+            shared::purchase::commit_number(&mut conn, id, &b, "").await?;
+        }
+        Ok(())
+    }
+
+    /// `producer bulk` for one customer from a file; returns (batch id, seconds).
+    pub async fn bulk(&self, id: &CustomerId, to: &[String], body: &str) -> anyhow::Result<(String, f64)> {
+        let file = std::env::temp_dir().join(format!("loadtest-{}-{}.txt", self.run, id));
+        std::fs::write(&file, to.join("\n"))?;
+        let started = Instant::now();
+        let out = self
+            .producer(vec![
+                "bulk".into(),
+                "--customer".into(),
+                id.to_string(),
+                "--body".into(),
+                body.into(),
+                "--recipients".into(),
+                file.display().to_string(),
+                "--json".into(),
+            ])
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&file);
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok((v["batch_id"].as_str().unwrap_or_default().to_owned(), secs))
+    }
+
+    /// Waits until every batch is complete, with a progress bar; returns the seconds it took.
+    pub async fn wait_all(&self, batches: &[String], total: u64, show: bool, timeout: Duration) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let bar = (show && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::new(total);
+            b.set_style(ProgressStyle::with_template("{elapsed_precise} {bar:40} {pos}/{len} terminal ({per_sec})").unwrap());
+            b
+        });
+        let mut conn = self.conn().await;
+        let ids: Vec<BatchId> = batches.iter().map(|b| BatchId::parse(b)).collect::<Result<_, _>>()?;
+        loop {
+            let mut done = 0;
+            let mut complete = 0;
+            for id in &ids {
+                if let Some(s) = batches::status(&mut conn, id).await? {
+                    done += s.terminal();
+                    complete += usize::from(s.is_complete());
+                }
+            }
+            if let Some(b) = &bar {
+                b.set_position(done);
+            }
+            if complete == ids.len() {
+                break;
+            }
+            if started.elapsed() > timeout {
+                anyhow::bail!("timed out after {timeout:?} with {done} of {total} jobs terminal");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    pub async fn used_memory(&self) -> i64 {
+        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut self.conn().await).await.unwrap_or_default();
+        info_field(&info, "used_memory").unwrap_or(0.0) as i64
+    }
+
+    pub async fn commandstats(&self) -> BTreeMap<String, u64> {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut self.conn().await).await.unwrap_or_default();
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
+                Some((name.to_owned(), calls))
+            })
+            .collect()
+    }
+
+    /// Resets Redis's bounded bookkeeping (latency histograms, slow log) so memory deltas show Messenger's data.
+    pub async fn reset_redis_stats(&self) {
+        let mut c = self.conn().await;
+        let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await;
+        let _: redis::RedisResult<()> = redis::cmd("SLOWLOG").arg("RESET").query_async(&mut c).await;
+    }
+}
+
+fn info_field(info: &str, field: &str) -> Option<f64> {
+    info.lines().find_map(|l| l.strip_prefix(&format!("{field}:"))).and_then(|v| v.trim().parse().ok())
+}
+
+/// Peak resident set of a process (VmHWM), KiB.
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())))
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Percentiles of a list of millisecond values.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+    Percentiles { count: v.len(), p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: *v.last().unwrap() }
+}
+
+/// Commands seen by MONITOR, split into the ones clients sent (round trips) and the ones scripts ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CommandCount {
+    pub top_level: BTreeMap<String, u64>,
+    pub in_scripts: BTreeMap<String, u64>,
+}
+
+/// Counts every command Redis executes while it runs (MONITOR marks script-issued commands with `[db lua]`).
+pub struct Monitor {
+    task: tokio::task::JoinHandle<CommandCount>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Monitor {
+    pub async fn start(redis_url: &str) -> anyhow::Result<Self> {
+        let addr = redis_url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+        stream.write_all(b"MONITOR\r\n").await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut lines = BufReader::with_capacity(1 << 20, stream).lines();
+            let mut count = CommandCount::default();
+            loop {
+                tokio::select! {
+                    l = lines.next_line() => match l {
+                        Ok(Some(line)) => {
+                            // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" "…"  or  [0 lua] "zadd" …
+                            let Some(rest) = line.split_once(" [").map(|(_, r)| r) else { continue };
+                            let Some((who, cmd)) = rest.split_once("] \"") else { continue };
+                            let name = cmd.split('"').next().unwrap_or("").to_ascii_lowercase();
+                            let map = if who.ends_with(" lua") { &mut count.in_scripts } else { &mut count.top_level };
+                            *map.entry(name).or_insert(0) += 1;
+                        }
+                        _ => break,
+                    },
+                    _ = &mut stopped => break,
+                }
+            }
+            count
+        });
+        Ok(Self { task, stop })
+    }
+
+    pub async fn stop(self) -> CommandCount {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The report of a bulk run (`throughput` and `purchases` scenarios).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BulkReport {
+    pub recipients: usize,
+    pub customers: usize,
+    pub workers: usize,
+    pub concurrency: usize,
+    pub send_latency_ms: u64,
+    pub purchase_latency_ms: u64,
+    pub enqueue_secs: f64,
+    pub enqueue_per_sec: f64,
+    /// The slowest single `producer bulk` (validation + enqueue of one customer's request), seconds.
+    pub largest_enqueue_secs: f64,
+    pub send_secs: f64,
+    pub sends_per_sec: f64,
+    /// From the start of a customer's enqueue to the simulator receiving the send.
+    pub enqueue_to_twilio: Percentiles,
+    pub numbers_bought: usize,
+    pub numbers_minimum: usize,
+    pub purchase_requests: u64,
+    pub max_per_number_in_window: usize,
+    pub messages: usize,
+    pub recipients_texted_twice: usize,
+    /// INFO commandstats deltas over the sending phase (these include commands run inside scripts).
+    pub commandstats_per_message: f64,
+    pub commandstats_top: Vec<(String, f64)>,
+    /// With --count-commands: commands clients sent (round trips) and commands scripts ran, per message.
+    pub round_trips_per_message: Option<f64>,
+    pub round_trips_breakdown: Option<Vec<(String, f64)>>,
+    pub script_commands_per_message: Option<f64>,
+    pub redis_bytes_per_queued_job: f64,
+    pub redis_bytes_after_completion: i64,
+    pub redis_bytes_per_window_entry: f64,
+    pub worker_peak_rss_kib: Vec<u64>,
+}
+
+/// Sends `cfg.recipients` spread over `cfg.customers`: enqueue everything, then start the workers and time the
+/// drain.
+pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
+    let mut stack = Stack::start(cfg).await?;
+    let mut report = BulkReport {
+        recipients: cfg.recipients,
+        customers: cfg.customers,
+        workers: cfg.workers,
+        concurrency: cfg.concurrency,
+        send_latency_ms: cfg.send_latency_ms,
+        purchase_latency_ms: cfg.purchase_latency_ms,
+        ..BulkReport::default()
+    };
+    let per_customer = cfg.recipients.div_ceil(cfg.customers);
+    let ids: Vec<CustomerId> = (0..cfg.customers).map(|i| stack.customer(i)).collect();
+    for id in &ids {
+        stack.add_customer(id, cfg.max_numbers).await?;
+    }
+    report.numbers_minimum = ids.len() * per_customer.div_ceil(cfg.daily_quota as usize);
+    if cfg.prebuy {
+        for id in &ids {
+            stack.prebuy(id, per_customer.div_ceil(cfg.daily_quota as usize)).await?;
+        }
+    }
+    stack.reset_redis_stats().await;
+    let mem_before = stack.used_memory().await;
+
+    // Enqueue: one `producer bulk` per customer, disjoint recipient lists.
+    let mut batches = Vec::new();
+    let mut enqueued_at: HashMap<String, SystemTime> = HashMap::new();
+    let started = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        let n = per_customer.min(cfg.recipients - i * per_customer);
+        let to = recipients(n, i * per_customer);
+        let t = SystemTime::now();
+        let (batch, secs) = stack.bulk(id, &to, "Load test: building notice").await?;
+        report.largest_enqueue_secs = report.largest_enqueue_secs.max(secs);
+        for r in to {
+            enqueued_at.insert(r, t);
+        }
+        batches.push(batch);
+    }
+    report.enqueue_secs = started.elapsed().as_secs_f64();
+    report.enqueue_per_sec = cfg.recipients as f64 / report.enqueue_secs;
+    report.redis_bytes_per_queued_job = (stack.used_memory().await - mem_before) as f64 / cfg.recipients as f64;
+
+    // Send.
+    let stats_before = stack.commandstats().await;
+    let monitor = if cfg.count_commands { Some(Monitor::start(&stack.redis_url).await?) } else { None };
+    stack.start_workers(cfg.workers, cfg.concurrency);
+    stack.wait_all(&batches, cfg.recipients as u64, cfg.show_progress, Duration::from_secs(3600)).await?;
+    let counted = match monitor {
+        Some(m) => Some(m.stop().await),
+        None => None,
+    };
+    let stats_after = stack.commandstats().await;
+    report.worker_peak_rss_kib = stack.stop_workers();
+
+    let state = stack.sim_state(true).await;
+    let first = state.messages.iter().map(|m| m.date_created).min();
+    let last = state.messages.iter().map(|m| m.date_created).max();
+    if let (Some(a), Some(b)) = (first, last) {
+        report.send_secs = ((b - a).num_milliseconds() as f64 / 1000.0).max(0.001);
+        report.sends_per_sec = state.messages.len() as f64 / report.send_secs;
+    }
+    report.enqueue_to_twilio = percentiles(
+        state
+            .messages
+            .iter()
+            .filter_map(|m| Some(ms_between(*enqueued_at.get(&m.to)?, m.date_created)))
+            .collect(),
+    );
+    let per = fixtures::per_recipient(&state);
+    report.messages = state.messages.len();
+    report.recipients_texted_twice = per.values().filter(|n| **n > 1).count();
+    report.numbers_bought = fixtures::owned_numbers(&state);
+    report.purchase_requests = state.purchase_requests;
+    report.max_per_number_in_window = max_in_window(&state, Duration::from_secs(cfg.window_secs));
+
+    let delta: BTreeMap<String, u64> = stats_after
+        .iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(*stats_before.get(k).unwrap_or(&0))))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let msgs = report.messages.max(1) as f64;
+    report.commandstats_per_message = delta.values().sum::<u64>() as f64 / msgs;
+    let mut top: Vec<(String, f64)> = delta.iter().map(|(k, v)| (k.clone(), *v as f64 / msgs)).collect();
+    top.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    top.truncate(12);
+    report.commandstats_top = top;
+    if let Some(c) = counted {
+        report.round_trips_per_message = Some(c.top_level.values().sum::<u64>() as f64 / msgs);
+        report.script_commands_per_message = Some(c.in_scripts.values().sum::<u64>() as f64 / msgs);
+        let mut b: Vec<(String, f64)> = c.top_level.iter().map(|(k, v)| (k.clone(), *v as f64 / msgs)).collect();
+        b.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+        report.round_trips_breakdown = Some(b);
+    }
+
+    stack.reset_redis_stats().await;
+    let after = stack.used_memory().await;
+    report.redis_bytes_after_completion = after - mem_before;
+    report.redis_bytes_per_window_entry = (after - mem_before) as f64 / msgs;
+    Ok(report)
+}
+
+fn ms_between(a: SystemTime, b: DateTime<Utc>) -> f64 {
+    let a: DateTime<Utc> = a.into();
+    (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+}
+
+/// Idle latency: single messages at a steady rate to idle workers, enqueue (library call) to Twilio request.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyReport {
+    pub rate_per_sec: f64,
+    pub messages: usize,
+    pub enqueue_to_twilio: Percentiles,
+}
+
+pub async fn idle_run(cfg: &LoadConfig, rate: f64, duration: Duration) -> anyhow::Result<LatencyReport> {
+    let mut stack = Stack::start(cfg).await?;
+    let id = stack.customer(0);
+    stack.add_customer(&id, cfg.max_numbers).await?;
+    stack.prebuy(&id, 2).await?;
+    stack.start_workers(cfg.workers, cfg.concurrency);
+    // Let the workers connect and settle into idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut conn = stack.conn().await;
+    let to = recipients((rate * duration.as_secs_f64()).ceil() as usize + 1, 0);
+    let mut sent_at: HashMap<String, SystemTime> = HashMap::new();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let started = Instant::now();
+    for (i, r) in to.iter().enumerate() {
+        tokio::time::sleep_until((started + interval * i as u32).into()).await;
+        if started.elapsed() > duration {
+            break;
+        }
+        let req = NewBatch {
+            customer: id.clone(),
+            body: MessageBody::parse("Your package is at the front desk.").unwrap(),
+            recipients: vec![PhoneNumber::parse(r).unwrap()],
+            duplicates: 0,
+            idempotency_key: None,
+        };
+        sent_at.insert(r.clone(), SystemTime::now());
+        batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.stop_workers();
+    let state = stack.sim_state(true).await;
+    let lat: Vec<f64> =
+        state.messages.iter().filter_map(|m| Some(ms_between(*sent_at.get(&m.to)?, m.date_created))).collect();
+    Ok(LatencyReport { rate_per_sec: rate, messages: lat.len(), enqueue_to_twilio: percentiles(lat) })
+}
+
+/// Fairness: customer A's big batch drains while customer B sends single messages; B's enqueue-to-Twilio latency.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FairnessReport {
+    pub big_batch: usize,
+    pub probes: usize,
+    pub probe_latency: Percentiles,
+    /// How much of A's batch was still queued when the last probe went out (the probes really competed with it).
+    pub a_pending_at_last_probe: u64,
+}
+
+pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<FairnessReport> {
+    let mut stack = Stack::start(cfg).await?;
+    let (a, b) = (stack.customer(0), stack.customer(1));
+    stack.add_customer(&a, cfg.max_numbers).await?;
+    stack.add_customer(&b, cfg.max_numbers).await?;
+    stack.prebuy(&a, cfg.recipients.div_ceil(cfg.daily_quota as usize)).await?;
+    stack.prebuy(&b, 1).await?;
+    let (batch_a, _) = stack.bulk(&a, &recipients(cfg.recipients, 0), "Big batch for customer A").await?;
+    stack.start_workers(cfg.workers, cfg.concurrency);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut conn = stack.conn().await;
+    let probe_to = recipients(probes, 5_000_000);
+    let mut sent_at = HashMap::new();
+    let mut a_pending = 0;
+    for r in &probe_to {
+        let req = NewBatch {
+            customer: b.clone(),
+            body: MessageBody::parse("Probe for customer B").unwrap(),
+            recipients: vec![PhoneNumber::parse(r).unwrap()],
+            duplicates: 0,
+            idempotency_key: None,
+        };
+        sent_at.insert(r.clone(), SystemTime::now());
+        batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;
+        a_pending = batches::status(&mut conn, &BatchId::parse(&batch_a)?).await?.map(|s| s.pending()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = stack.sim_state(true).await;
+    stack.stop_workers();
+    let lat: Vec<f64> =
+        state.messages.iter().filter_map(|m| Some(ms_between(*sent_at.get(&m.to)?, m.date_created))).collect();
+    Ok(FairnessReport {
+        big_batch: cfg.recipients,
+        probes,
+        probe_latency: percentiles(lat),
+        a_pending_at_last_probe: a_pending,
+    })
+}
