@@ -85,9 +85,8 @@ end
 local horizon = now - window_ms
 local function available(number)
   local sent = window_count(wprefix .. number, horizon)
-  local rk = rprefix .. number
-  redis.call('ZREMRANGEBYSCORE', rk, '-inf', horizon)
-  local limit = math.min(quota + redis.call('ZCARD', rk), cap)
+  -- Replies in the window (aged ones are trimmed when replies are recorded, and the key expires on its own).
+  local limit = math.min(quota + redis.call('ZCOUNT', rprefix .. number, '(' .. horizon, '+inf'), cap)
   return limit - sent
 end
 
@@ -106,22 +105,19 @@ if sticky and redis.call('ZSCORE', pool, sticky) and available(sticky) > 0 then
 end
 
 if not chosen then
-  local count = redis.call('ZCARD', pool)
-  if count > 0 then
-    -- Numbers fill one after another, so the number at the cursor almost always has room: try it alone first.
-    local cursor = (tonumber(redis.call('HGET', cfg, 'cursor')) or 0) % count
-    local first = redis.call('ZRANGE', pool, cursor, cursor)[1]
-    if first and available(first) > 0 then
-      chosen = first
-    else
-      local numbers = redis.call('ZRANGE', pool, 0, -1)
-      for i = 1, #numbers - 1 do
-        local idx = (cursor + i) % #numbers
-        if available(numbers[idx + 1]) > 0 then
-          chosen = numbers[idx + 1]
-          redis.call('HSET', cfg, 'cursor', idx)
-          break
-        end
+  -- Numbers fill one after another, so the current number almost always has room: try it alone first, and scan
+  -- the pool only when it is full.
+  local current = redis.call('HGET', cfg, 'current')
+  if current and current ~= sticky and available(current) > 0 then
+    chosen = current
+  else
+    local numbers = redis.call('ZRANGE', pool, 0, -1)
+    for i = 1, #numbers do
+      local n = numbers[i]
+      if n ~= current and n ~= sticky and available(n) > 0 then
+        chosen = n
+        redis.call('HSET', cfg, 'current', n)
+        break
       end
     end
   end

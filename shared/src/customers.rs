@@ -149,7 +149,10 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
 
 /// Entries (`<ms>:<resid>`) of a send window newer than `horizon`.
 pub fn window_entries_after(window: &[String], horizon: i64) -> usize {
-    window.iter().filter(|e| e.split(':').next().and_then(|t| t.parse::<i64>().ok()).is_some_and(|t| t > horizon)).count()
+    window
+        .iter()
+        .filter(|e| e.split(':').next().and_then(|t| t.parse::<i64>().ok()).is_some_and(|t| t > horizon))
+        .count()
 }
 
 /// Redis's clock, in ms. Everything time-based in Messenger uses it, never a process clock.

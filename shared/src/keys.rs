@@ -13,7 +13,7 @@
 //! | `msgr:workers` | ZSET | worker name → last heartbeat (Redis ms), for operators |
 //! | `msgr:numbers` | HASH | E.164 number → customer, to route inbound webhooks |
 //! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
-//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers; counters `resseq` (reservation ids) and `cursor` |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers; `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
 //! | `{c:ID}:w:<number>` | LIST | sends of one number in the window, `<Redis ms>:<reservation id>`, oldest first |
@@ -41,6 +41,8 @@ pub const NUMBERS: &str = "msgr:numbers";
 pub const RECONCILE_LOCK: &str = "msgr:reconcile";
 /// Pub/sub channel: the producer publishes a customer id when it enqueues, so idle fetchers wake at once.
 pub const WAKE_CHANNEL: &str = "msgr:wake";
+/// Pub/sub channel: a customer id when its pool gained a number, so workers waiting for a purchase resume at once.
+pub const POOL_CHANNEL: &str = "msgr:pool";
 
 /// Keys of one customer, all under the hash tag `{c:<id>}`.
 #[derive(Clone, Debug)]

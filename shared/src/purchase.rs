@@ -233,7 +233,14 @@ pub async fn commit_number(
         .arg(intent_id)
         .invoke_async(conn)
         .await?;
-    let _: () = conn.hset(keys::NUMBERS, &number.number, customer.as_str()).await?;
+    // Index the number for inbound webhooks, and tell waiting workers in other processes at once.
+    let _: () = redis::pipe()
+        .hset(keys::NUMBERS, &number.number, customer.as_str())
+        .ignore()
+        .publish(keys::POOL_CHANNEL, customer.as_str())
+        .ignore()
+        .query_async(conn)
+        .await?;
     Ok(added == 1)
 }
 

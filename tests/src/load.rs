@@ -128,8 +128,9 @@ impl Stack {
     /// Runs the producer CLI off the async runtime.
     pub async fn producer(&self, args: Vec<String>) -> anyhow::Result<String> {
         let env = self.env.clone();
-        let out = tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await?;
+        let out =
+            tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await?;
         if !out.status.success() {
             anyhow::bail!("producer failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -137,8 +138,14 @@ impl Stack {
     }
 
     pub async fn add_customer(&self, id: &CustomerId, max_numbers: u32) -> anyhow::Result<()> {
-        self.producer(vec!["customer".into(), "add".into(), id.to_string(), "--max-numbers".into(), max_numbers.to_string()])
-            .await?;
+        self.producer(vec![
+            "customer".into(),
+            "add".into(),
+            id.to_string(),
+            "--max-numbers".into(),
+            max_numbers.to_string(),
+        ])
+        .await?;
         Ok(())
     }
 
@@ -189,7 +196,9 @@ impl Stack {
         let started = Instant::now();
         let bar = (show && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new(total);
-            b.set_style(ProgressStyle::with_template("{elapsed_precise} {bar:40} {pos}/{len} terminal ({per_sec})").unwrap());
+            b.set_style(
+                ProgressStyle::with_template("{elapsed_precise} {bar:40} {pos}/{len} terminal ({per_sec})").unwrap(),
+            );
             b
         });
         let mut conn = self.conn().await;
@@ -221,12 +230,14 @@ impl Stack {
     }
 
     pub async fn used_memory(&self) -> i64 {
-        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut self.conn().await).await.unwrap_or_default();
+        let info: String =
+            redis::cmd("INFO").arg("memory").query_async(&mut self.conn().await).await.unwrap_or_default();
         info_field(&info, "used_memory").unwrap_or(0.0) as i64
     }
 
     pub async fn commandstats(&self) -> BTreeMap<String, u64> {
-        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut self.conn().await).await.unwrap_or_default();
+        let info: String =
+            redis::cmd("INFO").arg("commandstats").query_async(&mut self.conn().await).await.unwrap_or_default();
         info.lines()
             .filter_map(|l| {
                 let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
@@ -252,7 +263,10 @@ fn info_field(info: &str, field: &str) -> Option<f64> {
 pub fn peak_rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        })
         .flatten()
         .unwrap_or(0)
 }
@@ -345,6 +359,8 @@ pub struct BulkReport {
     pub numbers_bought: usize,
     pub numbers_minimum: usize,
     pub purchase_requests: u64,
+    /// Time between consecutive purchases, as the simulator saw them.
+    pub purchase_gap: Percentiles,
     pub max_per_number_in_window: usize,
     pub messages: usize,
     pub recipients_texted_twice: usize,
@@ -427,17 +443,16 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
         report.sends_per_sec = state.messages.len() as f64 / report.send_secs;
     }
     report.enqueue_to_twilio = percentiles(
-        state
-            .messages
-            .iter()
-            .filter_map(|m| Some(ms_between(*enqueued_at.get(&m.to)?, m.date_created)))
-            .collect(),
+        state.messages.iter().filter_map(|m| Some(ms_between(*enqueued_at.get(&m.to)?, m.date_created))).collect(),
     );
     let per = fixtures::per_recipient(&state);
     report.messages = state.messages.len();
     report.recipients_texted_twice = per.values().filter(|n| **n > 1).count();
     report.numbers_bought = fixtures::owned_numbers(&state);
     report.purchase_requests = state.purchase_requests;
+    let mut bought: Vec<i64> = state.numbers.iter().map(|n| n.date_created.timestamp_millis()).collect();
+    bought.sort();
+    report.purchase_gap = percentiles(bought.windows(2).map(|w| (w[1] - w[0]) as f64).collect());
     report.max_per_number_in_window = max_in_window(&state, Duration::from_secs(cfg.window_secs));
 
     let delta: BTreeMap<String, u64> = stats_after
@@ -534,7 +549,7 @@ pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<Fai
     stack.prebuy(&b, 1).await?;
     let (batch_a, _) = stack.bulk(&a, &recipients(cfg.recipients, 0), "Big batch for customer A").await?;
     stack.start_workers(cfg.workers, cfg.concurrency);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut conn = stack.conn().await;
     let probe_to = recipients(probes, 5_000_000);
     let mut sent_at = HashMap::new();
@@ -550,7 +565,7 @@ pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<Fai
         sent_at.insert(r.clone(), SystemTime::now());
         batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;
         a_pending = batches::status(&mut conn, &BatchId::parse(&batch_a)?).await?.map(|s| s.pending()).unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let state = stack.sim_state(true).await;

@@ -189,11 +189,12 @@ fn next_due(due: &HashMap<CustomerId, Instant>, ring: &mut VecDeque<CustomerId>,
     None
 }
 
-/// Forwards the producer's wake-ups (`PUBLISH msgr:wake <customer>`) to the fetcher, reconnecting as needed.
-/// Losing this channel only costs latency: the fetcher also polls.
+/// Forwards the producer's wake-ups (`PUBLISH msgr:wake <customer>`) to the fetcher and pool changes
+/// (`msgr:pool`) to `on_pool`, reconnecting as needed. Losing this channel only costs latency: both are also polled.
 pub async fn listen_for_wakes(
     settings: Arc<WorkerSettings>,
     tx: mpsc::UnboundedSender<Wake>,
+    on_pool: impl Fn(CustomerId) + Send + Sync + 'static,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
@@ -201,13 +202,15 @@ pub async fn listen_for_wakes(
         let attempt = async {
             let client = redis::Client::open(settings.shared.redis.url.expose_secret())?;
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(keys::WAKE_CHANNEL).await?;
+            pubsub.subscribe(&[keys::WAKE_CHANNEL, keys::POOL_CHANNEL]).await?;
             let mut stream = pubsub.on_message();
             while let Some(msg) = stream.next().await {
-                if let Ok(s) = msg.get_payload::<String>()
-                    && let Ok(customer) = CustomerId::parse(&s)
-                    && tx.send(Wake { customer, after: None }).is_err()
-                {
+                let Some(customer) = msg.get_payload::<String>().ok().and_then(|s| CustomerId::parse(&s).ok()) else {
+                    continue;
+                };
+                if msg.get_channel_name() == keys::POOL_CHANNEL {
+                    on_pool(customer);
+                } else if tx.send(Wake { customer, after: None }).is_err() {
                     break;
                 }
             }

@@ -58,8 +58,27 @@ pub struct Ctx {
     customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
     /// One task per customer per process at a time on the slow path (purchases, waiting for one), so a full
     /// customer costs one Redis poller per process, not one per handler.
-    gates: Mutex<HashMap<CustomerId, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+    gates: Mutex<HashMap<CustomerId, Arc<Gate>>>,
     pool_changed: Mutex<HashMap<CustomerId, Arc<Notify>>>,
+}
+
+/// The slow path of one customer in this process: one task works it, the others wait for its step to end.
+#[derive(Default)]
+struct Gate {
+    /// Held by the task on the slow path; the value is when it last asked Twilio about a pending intent.
+    slow: tokio::sync::Mutex<Option<Instant>>,
+    /// Bumped when that task finishes a step (bought, waited, deferred...), waking every task that queued behind
+    /// it at once, so they retry the fast path concurrently instead of one at a time.
+    round: tokio::sync::watch::Sender<u64>,
+}
+
+/// Bumps the gate's round when the slow-path step ends, however it ends.
+struct RoundEnd<'a>(&'a Gate);
+
+impl Drop for RoundEnd<'_> {
+    fn drop(&mut self) {
+        self.0.round.send_modify(|r| *r += 1);
+    }
 }
 
 /// What to do next with a job.
@@ -158,7 +177,7 @@ impl Ctx {
             body: &body,
             status_callback: callback.as_deref(),
         };
-        match self.twilio.create_message(account, &req).await {
+        match self.twilio.send_message(account, &req).await {
             Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
                 Some(sid) => self.commit(job, &sid).await,
                 None => {
@@ -340,7 +359,18 @@ impl Ctx {
             return self.defer(job, &first).await;
         }
         let gate = self.gate(&job.customer);
-        let mut last_resolve = gate.lock().await;
+        let mut round = gate.round.subscribe();
+        let Ok(mut last_resolve) = gate.slow.try_lock() else {
+            // Another task of this process is on it: wait for its step to end, then try the fast path again.
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                _ = round.changed() => {}
+                _ = tokio::time::sleep(self.settings.lock_ttl.max(Duration::from_secs(2))) => {}
+                _ = stop.changed() => {}
+            }
+            return Step::Again;
+        };
+        let _end = RoundEnd(&gate);
         if self.stopping() {
             self.requeue(
                 job,
@@ -463,6 +493,7 @@ impl Ctx {
             lock.release().await;
             return Step::Again;
         }
+        tracing::debug!(intent = %intent_id, "purchase decided");
         let sms_url = self.settings.public_url.as_ref().map(|u| format!("{u}/twilio/inbound"));
         let outcome = purchase::buy(&self.twilio, &customer, &intent_id, sms_url.as_deref()).await;
         let raw = format!("{now_ms}|{name}");
@@ -600,8 +631,13 @@ impl Ctx {
         }
     }
 
-    fn gate(&self, c: &CustomerId) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
+    fn gate(&self, c: &CustomerId) -> Arc<Gate> {
         self.gates.lock().unwrap().entry(c.clone()).or_default().clone()
+    }
+
+    /// Wakes this process's tasks waiting on `c`'s pool (another process bought or adopted a number).
+    pub fn pool_changed(&self, c: &CustomerId) {
+        self.pool_notify(c).notify_waiters();
     }
 
     fn pool_notify(&self, c: &CustomerId) -> Arc<Notify> {

@@ -94,7 +94,8 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         }
         .run(),
     );
-    tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, stop_rx.clone()));
+    let pool_ctx = ctx.clone();
+    tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, move |c| pool_ctx.pool_changed(&c), stop_rx.clone()));
     // Leases must stay renewed while in-flight sends drain, so the heartbeat stops last.
     let heartbeat = tokio::spawn(heartbeat(ledger.clone(), registry.clone(), settings.lease, name.clone(), final_rx));
     tokio::spawn(reconciler::run(ctx.clone(), stop_rx.clone()));

@@ -104,6 +104,23 @@ impl TwilioClient {
 
     /// Sends one message. A 201 returns the created message (its `sid` is what to record).
     pub async fn create_message(&self, account: &AccountSid, m: &CreateMessage<'_>) -> Result<Message, TwilioError> {
+        self.post_message(account, m).await
+    }
+
+    /// [`Self::create_message`], reading only the sid and status of the reply (the worker's hot path).
+    pub async fn send_message(
+        &self,
+        account: &AccountSid,
+        m: &CreateMessage<'_>,
+    ) -> Result<CreatedMessage, TwilioError> {
+        self.post_message(account, m).await
+    }
+
+    async fn post_message<T: DeserializeOwned>(
+        &self,
+        account: &AccountSid,
+        m: &CreateMessage<'_>,
+    ) -> Result<T, TwilioError> {
         let mut form = vec![("To", m.to), ("From", m.from), ("Body", m.body)];
         if let Some(cb) = m.status_callback {
             form.push(("StatusCallback", cb));

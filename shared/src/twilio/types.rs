@@ -34,6 +34,14 @@ pub struct Message {
     pub uri: Option<String>,
 }
 
+/// The two fields of a created message the sender needs; reading only these skips parsing the rest (three RFC 2822
+/// dates among them) on the hot path.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct CreatedMessage {
+    pub sid: Option<String>,
+    pub status: Option<String>,
+}
+
 /// `api.v2010.account.incoming_phone_number`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IncomingPhoneNumber {

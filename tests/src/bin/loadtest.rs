@@ -161,7 +161,10 @@ async fn main() -> anyhow::Result<()> {
                 if let Some(r) = &last {
                     print_bulk(r);
                 }
-                println!("BullMQ 6.7 no-op baseline: {bull:.0} jobs/s; Messenger: {ours:.0} sends/s; ratio {:.2}", ours / bull);
+                println!(
+                    "BullMQ 6.7 no-op baseline: {bull:.0} jobs/s; Messenger: {ours:.0} sends/s; ratio {:.2}",
+                    ours / bull
+                );
             })
         }
         Scenario::Idle { common, rate, duration_secs } => {
@@ -218,19 +221,39 @@ fn print_bulk(r: &BulkReport) {
         "{} recipients, {} customers, {} workers × {} concurrency, send latency {} ms, purchase latency {} ms",
         r.recipients, r.customers, r.workers, r.concurrency, r.send_latency_ms, r.purchase_latency_ms
     );
-    println!("  enqueue            {:.2} s ({:.0}/s; slowest single request {:.2} s)", r.enqueue_secs, r.enqueue_per_sec, r.largest_enqueue_secs);
+    println!(
+        "  enqueue            {:.2} s ({:.0}/s; slowest single request {:.2} s)",
+        r.enqueue_secs, r.enqueue_per_sec, r.largest_enqueue_secs
+    );
     println!("  sends              {} in {:.2} s = {:.0} sends/s", r.messages, r.send_secs, r.sends_per_sec);
     let p = &r.enqueue_to_twilio;
-    println!("  enqueue → Twilio   p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (includes queueing behind the batch)", p.p50_ms, p.p95_ms, p.p99_ms);
+    println!(
+        "  enqueue → Twilio   p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (includes queueing behind the batch)",
+        p.p50_ms, p.p95_ms, p.p99_ms
+    );
     println!(
         "  numbers            {} bought, {} minimum, {} purchase requests; busiest number {} in the window",
         r.numbers_bought, r.numbers_minimum, r.purchase_requests, r.max_per_number_in_window
     );
+    if r.purchase_gap.count > 0 {
+        let g = &r.purchase_gap;
+        println!(
+            "  purchase gaps      p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms between consecutive purchases",
+            g.p50_ms, g.p95_ms, g.max_ms
+        );
+    }
     println!("  exactly once       {} recipients texted twice", r.recipients_texted_twice);
     if let Some(rt) = r.round_trips_per_message {
         println!(
             "  redis round trips  {rt:.2} per message ({}), plus {:.1} commands inside scripts",
-            r.round_trips_breakdown.as_ref().unwrap().iter().take(6).map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", "),
+            r.round_trips_breakdown
+                .as_ref()
+                .unwrap()
+                .iter()
+                .take(6)
+                .map(|(k, v)| format!("{k} {v:.3}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             r.script_commands_per_message.unwrap_or(0.0)
         );
     }
@@ -249,7 +272,8 @@ fn print_bulk(r: &BulkReport) {
 /// Runs the BullMQ baseline (bench/bullmq-baseline.mjs) on `redis_url`; returns jobs per second.
 fn bullmq(redis_url: &str, jobs: usize) -> anyhow::Result<f64> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/bullmq-baseline.mjs");
-    let out = std::process::Command::new("node").arg(&script).arg(redis_url).arg(jobs.to_string()).arg("50").output()?;
+    let out =
+        std::process::Command::new("node").arg(&script).arg(redis_url).arg(jobs.to_string()).arg("50").output()?;
     if !out.status.success() {
         anyhow::bail!(
             "BullMQ baseline failed (run `npm install --prefix bench` first): {}",
