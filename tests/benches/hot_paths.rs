@@ -88,11 +88,8 @@ fn scripts(c: &mut Criterion) {
             let job = &jobs[i % jobs.len()];
             i += 1;
             rt.block_on(async {
-                match ledger.reserve(job, ReserveMode::Fast, None).await.unwrap() {
-                    Reserve::Reserved(_) => {
-                        ledger.commit_sent(job, "SMbench").await.unwrap();
-                    }
-                    _ => {}
+                if let Reserve::Reserved(_) = ledger.reserve(job, ReserveMode::Fast, None).await.unwrap() {
+                    ledger.commit_sent(job, "SMbench").await.unwrap();
                 }
             })
         })
