@@ -374,6 +374,8 @@ pub struct BulkReport {
     pub redis_bytes_per_queued_job: f64,
     pub redis_bytes_after_completion: i64,
     pub redis_bytes_per_window_entry: f64,
+    /// What Redis holds after completion, by kind of key: (keys, bytes).
+    pub redis_keys_after: BTreeMap<String, (u64, u64)>,
     pub worker_peak_rss_kib: Vec<u64>,
 }
 
@@ -426,6 +428,7 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     // Send.
     let stats_before = stack.commandstats().await;
     let monitor = if cfg.count_commands { Some(Monitor::start(&stack.redis_url).await?) } else { None };
+    let sending_started: DateTime<Utc> = SystemTime::now().into();
     stack.start_workers(cfg.workers, cfg.concurrency);
     stack.wait_all(&batches, cfg.recipients as u64, cfg.show_progress, Duration::from_secs(3600)).await?;
     let counted = match monitor {
@@ -450,7 +453,13 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     report.recipients_texted_twice = per.values().filter(|n| **n > 1).count();
     report.numbers_bought = fixtures::owned_numbers(&state);
     report.purchase_requests = state.purchase_requests;
-    let mut bought: Vec<i64> = state.numbers.iter().map(|n| n.date_created.timestamp_millis()).collect();
+    // Purchases made while sending (not the ones --prebuy made before).
+    let mut bought: Vec<i64> = state
+        .numbers
+        .iter()
+        .filter(|n| n.date_created >= sending_started)
+        .map(|n| n.date_created.timestamp_millis())
+        .collect();
     bought.sort();
     report.purchase_gap = percentiles(bought.windows(2).map(|w| (w[1] - w[0]) as f64).collect());
     report.max_per_number_in_window = max_in_window(&state, Duration::from_secs(cfg.window_secs));
@@ -478,7 +487,45 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     let after = stack.used_memory().await;
     report.redis_bytes_after_completion = after - mem_before;
     report.redis_bytes_per_window_entry = (after - mem_before) as f64 / msgs;
+    report.redis_keys_after = key_inventory(&stack).await;
     Ok(report)
+}
+
+/// Every key in Redis by kind (windows, sticky senders, batch records, pools, …) with its memory.
+pub async fn key_inventory(stack: &Stack) -> BTreeMap<String, (u64, u64)> {
+    let mut conn = stack.conn().await;
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or((0, Vec::new()));
+        for k in keys {
+            let kind = match k.split_once("}:").map(|(_, rest)| rest) {
+                Some(r) if r.starts_with("w:") => "send windows",
+                Some(r) if r.starts_with("r:") => "reply windows",
+                Some(r) if r.starts_with("sticky:") => "sticky senders",
+                Some(r) if r.starts_with("b:") => "batch records",
+                Some(r) if r.starts_with("pool") => "pools",
+                Some(r) if r.starts_with("idem:") => "idempotency keys",
+                Some(_) => "customer config and queues",
+                None => "global",
+            };
+            let bytes: u64 = redis::cmd("MEMORY").arg("USAGE").arg(&k).query_async(&mut conn).await.unwrap_or(0);
+            let e = out.entry(kind.to_owned()).or_default();
+            e.0 += 1;
+            e.1 += bytes;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    out
 }
 
 fn ms_between(a: SystemTime, b: DateTime<Utc>) -> f64 {

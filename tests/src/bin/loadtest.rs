@@ -266,6 +266,8 @@ fn print_bulk(r: &BulkReport) {
         "  redis memory       {:.0} B per queued job; {} B kept after completion = {:.0} B per window entry",
         r.redis_bytes_per_queued_job, r.redis_bytes_after_completion, r.redis_bytes_per_window_entry
     );
+    let kinds: Vec<String> = r.redis_keys_after.iter().map(|(k, (n, b))| format!("{k}: {n} keys {b} B")).collect();
+    println!("  redis keys after   {}", kinds.join("; "));
     println!("  worker peak RSS    {:?} KiB", r.worker_peak_rss_kib);
 }
 
