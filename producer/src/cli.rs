@@ -14,8 +14,9 @@ use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
 use shared::ledger::{Inbound, Ledger};
 use shared::store::{self, Conn};
 
+use crate::enqueue;
 use crate::recipients::{self, RawRecipient};
-use crate::validate::{self, BulkRequest};
+use crate::validate::BulkRequest;
 
 /// Enqueues bulk texts for Messenger's workers and reports on them.
 #[derive(Parser, Debug)]
@@ -74,6 +75,25 @@ pub enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// Serve the HTTP API (`/v1`), Twilio's webhooks, `/healthz`, `/metrics` and `/openapi.json`.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the address is printed on stdout).
+    #[arg(long, env = "MESSENGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// The public base URL Twilio reaches this server at (`https://messenger.example.com`). Webhook signatures are
+    /// computed over it, so behind a proxy it must be the outside URL, not the listening address.
+    #[arg(long, env = "MESSENGER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// API tokens, `NAME:TOKEN:SCOPE` separated by commas; SCOPE is `admin` or customer ids joined by `+`.
+    #[arg(long, env = "MESSENGER_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// A file of API tokens, one `NAME:TOKEN:SCOPE` per line (`#` comments).
+    #[arg(long, env = "MESSENGER_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -284,6 +304,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             }
         }
+        Command::Serve(args) => return serve(settings, args).await,
         Command::Settings { apply } => {
             let mut conn = connect(&settings).await?;
             match store::ensure_fleet_settings(&mut conn, &settings.quota, apply).await {
@@ -297,6 +318,57 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure> {
+    use crate::server::{AppState, Limits, auth::Tokens, metrics::Metrics};
+    let mut spec = args.api_tokens.unwrap_or_default();
+    if let Some(path) = &args.api_tokens_file {
+        let file = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        spec.push('\n');
+        spec.push_str(&file);
+    }
+    let tokens = Tokens::parse(&spec).map_err(Failure::Usage)?;
+    if tokens.is_empty() {
+        tracing::warn!("no API tokens configured (MESSENGER_API_TOKENS or MESSENGER_API_TOKENS_FILE): /v1 answers 401");
+    }
+    let public_url = match args.public_url {
+        Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.trim_end_matches('/').into()),
+        Some(u) => return Err(Failure::Usage(format!("MESSENGER_PUBLIC_URL {u:?} must be an http(s) URL"))),
+        None => None,
+    };
+    if public_url.is_none() || settings.twilio.auth_token.is_none() {
+        tracing::warn!("webhooks disabled: they need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN");
+    }
+    let conn = store::connect_with_retry(&settings.redis, Duration::from_secs(60))
+        .await
+        .map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))?;
+    let state = AppState {
+        conn,
+        twilio_token: settings.twilio.auth_token.clone(),
+        settings: std::sync::Arc::new(settings),
+        tokens: std::sync::Arc::new(tokens),
+        public_url,
+        metrics: std::sync::Arc::new(Metrics::default()),
+        limits: Limits::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().map_err(Failure::from)?;
+    println!("producer listening on http://{addr}");
+    tracing::info!(%addr, "producer serving");
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    crate::server::serve(listener, state, shutdown).await.map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -323,12 +395,9 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
         recipients: raw,
         idempotency_key: args.idempotency_key.clone(),
     };
-    let batch = validate::validate(&request).map_err(|e| Failure::Usage(e.to_string()))?;
+    // Validation first: bad input is reported before (and without) touching Redis.
+    let batch = enqueue::prepare(&request, false).map_err(|e| Failure::Usage(e.to_string()))?;
     let mut conn = connect(settings).await?;
-    // Checked before any write so an unknown customer changes nothing (batch creation re-checks atomically).
-    if customers::get(&mut conn, &batch.customer).await?.is_none() {
-        return Err(Failure::Usage(batches::SubmitError::UnknownCustomer(batch.customer.clone()).to_string()));
-    }
     let total = batch.recipients.len();
     let bar = (total >= 10_000 && std::io::stderr().is_terminal() && !args.json).then(|| {
         let b = ProgressBar::new(total as u64);
@@ -340,10 +409,10 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
             b.set_position(done as u64);
         }
     };
-    let receipt = batches::submit(&mut conn, &batch, settings.batch_retention, args.chunk_size, Some(&mut progress))
+    let receipt = enqueue::enqueue(&mut conn, batch, settings.batch_retention, args.chunk_size, Some(&mut progress))
         .await
         .map_err(|e| match e {
-            batches::SubmitError::Redis(r) => Failure::Runtime(format!("redis: {r}")),
+            enqueue::BulkError::Redis(r) => Failure::Runtime(format!("redis: {r}")),
             other => Failure::Usage(other.to_string()),
         })?;
     if let Some(b) = bar {

@@ -3,11 +3,15 @@
 //! # Layout
 //! - [`validate`]: whole-request validation (all-or-nothing), de-duplication of recipients.
 //! - [`recipients`]: reading recipient files (plain lines or CSV with a `phone` column).
-//! - [`cli`]: the `producer` command line (customers, bulk, status, pool, cancel, inbound, settings).
+//! - [`enqueue`]: validate-then-enqueue, shared by the CLI and the HTTP API.
+//! - [`server`]: `producer serve`, the HTTP API and Twilio's webhooks.
+//! - [`cli`]: the `producer` command line (customers, bulk, status, pool, cancel, inbound, settings, serve).
 //!
 //! Enqueuing itself (exactly once, resumable) lives in [`shared::batches`] so tests and the HTTP API use the same
 //! code path.
 
 pub mod cli;
+pub mod enqueue;
 pub mod recipients;
+pub mod server;
 pub mod validate;

@@ -5,7 +5,7 @@ use std::path::Path;
 /// A recipient as written by the caller, with where it came from (for error messages).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawRecipient {
-    /// "line 17", "--to #3", "recipients[4]".
+    /// Where it came from, used as the field name in errors: "line 17", "--to #3", "recipients[4]".
     pub origin: String,
     pub value: String,
 }

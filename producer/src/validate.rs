@@ -23,7 +23,7 @@ pub struct BulkRequest {
 }
 
 /// One thing wrong with a request: which part, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     pub field: String,
     pub message: String,
@@ -100,10 +100,7 @@ pub fn validate(req: &BulkRequest) -> Result<NewBatch, Invalid> {
         match r {
             Ok(p) => numbers.push(p),
             Err(e) => push(
-                Problem {
-                    field: format!("recipient {}", raw.origin),
-                    message: format!("{:?} {e}", shorten(&raw.value)),
-                },
+                Problem { field: raw.origin.clone(), message: format!("{:?} {e}", shorten(&raw.value)) },
                 &mut problems,
             ),
         }
@@ -119,7 +116,14 @@ pub fn validate(req: &BulkRequest) -> Result<NewBatch, Invalid> {
         }
     }
     let duplicates = req.recipients.len() - recipients.len();
-    Ok(NewBatch { customer: customer.unwrap(), body: body.unwrap(), recipients, duplicates, idempotency_key: key })
+    Ok(NewBatch {
+        customer: customer.unwrap(),
+        body: body.unwrap(),
+        recipients,
+        duplicates,
+        idempotency_key: key,
+        priority: false,
+    })
 }
 
 fn shorten(s: &str) -> String {
@@ -171,7 +175,7 @@ mod tests {
     fn every_problem_is_reported_with_its_location() {
         let e = validate(&req("", "", &["+14155552671", "nope", "+1415555267x"])).unwrap_err();
         let fields: Vec<_> = e.problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, ["customer", "body", "recipient line 2", "recipient line 3"]);
+        assert_eq!(fields, ["customer", "body", "line 2", "line 3"]);
         assert!(e.to_string().contains("nothing was enqueued"));
     }
 

@@ -4,8 +4,10 @@
 -- producer that died mid-enqueue (or timed out on a push that actually succeeded) can resubmit the same request
 -- and the chunks already pushed are skipped instead of queued twice.
 --
+-- Single messages go to the front of the queue (ARGV[2] = 'front'): they are usually a person waiting for them.
+--
 -- KEYS[1] batch HASH   KEYS[2] queue LIST
--- ARGV[1] offset of this chunk   ARGV[2..] job members
+-- ARGV[1] offset of this chunk   ARGV[2] 'front' | 'back'   ARGV[3..] job members
 -- Returns the cursor after this call.
 
 local batch, queue = KEYS[1], KEYS[2]
@@ -19,9 +21,9 @@ if enqueued ~= offset then
   return enqueued
 end
 local jobs = {}
-for i = 2, #ARGV do jobs[#jobs + 1] = ARGV[i] end
+for i = 3, #ARGV do jobs[#jobs + 1] = ARGV[i] end
 if #jobs > 0 then
-  redis.call('RPUSH', queue, unpack(jobs))
+  redis.call(ARGV[2] == 'front' and 'LPUSH' or 'RPUSH', queue, unpack(jobs))
 end
 enqueued = redis.call('HINCRBY', batch, 'enqueued', #jobs)
 if enqueued >= total then

@@ -21,6 +21,8 @@ pub struct NewBatch {
     /// How many input lines repeated an earlier recipient (reported, not enqueued).
     pub duplicates: usize,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Queue at the front (single messages, usually awaited by a person) instead of the back.
+    pub priority: bool,
 }
 
 impl NewBatch {
@@ -40,6 +42,7 @@ impl NewBatch {
 
 /// What the producer reports after a submit.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub batch_id: String,
     pub accepted: usize,
@@ -122,7 +125,7 @@ pub async fn submit(
     while cursor < total {
         let end = (cursor + chunk_size.max(1)).min(total);
         let mut inv = scripts::ENQUEUE_CHUNK.key(k.batch(&batch));
-        inv.key(k.queue()).arg(cursor);
+        inv.key(k.queue()).arg(cursor).arg(if req.priority { "front" } else { "back" });
         for r in &req.recipients[cursor..end] {
             inv.arg(keys::job_member(&batch, r.as_str()));
         }
@@ -163,6 +166,7 @@ pub async fn submit(
 /// A batch's counts. At every moment `sent + failed + opted_out + cancelled + pending == total`, and
 /// `queued + deferred == pending`: the counters move in the same scripts as the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStatus {
     pub batch_id: String,
     pub customer: String,
@@ -182,6 +186,11 @@ pub struct BatchStatus {
     /// Texts sent twice (a worker paused past its lease). Should always be 0.
     pub dup_sends: u64,
     pub failure_reasons: BTreeMap<String, u64>,
+    /// Delivery reports from Twilio's status callbacks (when a public URL is configured): messages that reached the
+    /// handset, and messages the carrier did not deliver, with Twilio's error codes.
+    pub delivered: u64,
+    pub undelivered: u64,
+    pub undelivered_reasons: BTreeMap<String, u64>,
     pub cancel_requested: bool,
     pub segments: u64,
     pub encoding: String,
@@ -236,6 +245,12 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         cancelled: n("cancelled"),
         dup_sends: n("dup_sends"),
         failure_reasons,
+        delivered: n("delivered"),
+        undelivered: n("undelivered"),
+        undelivered_reasons: m
+            .iter()
+            .filter_map(|(f, v)| f.strip_prefix("dlr:").map(|r| (r.to_owned(), v.parse().unwrap_or(0))))
+            .collect(),
         cancel_requested: m.get("cancel").map(String::as_str) == Some("1"),
         segments: n("segments"),
         encoding: m.get("encoding").cloned().unwrap_or_default(),
@@ -248,6 +263,48 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
 pub async fn failures(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<BTreeMap<String, String>> {
     let k = CustomerKeys::new(id.customer());
     conn.hgetall(k.batch_failures(id)).await
+}
+
+/// What a delivery report did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The message reached a final status for the first time: counted.
+    Counted,
+    /// A further, not yet final, status.
+    Advanced,
+    /// Not further than what was already known (a repeat or an out-of-order report).
+    Ignored,
+    /// The batch no longer exists (expired) or the status is not one of Twilio's.
+    Dropped,
+}
+
+/// Records a Twilio status callback for a message of `batch` (idempotent, order-independent).
+pub async fn record_delivery(
+    conn: &mut Conn,
+    batch: &BatchId,
+    message_sid: &str,
+    status: &str,
+    error_code: Option<&str>,
+    retention: Duration,
+) -> redis::RedisResult<Delivery> {
+    let k = CustomerKeys::new(batch.customer());
+    let reply = strings(
+        scripts::DELIVERY
+            .key(k.batch(batch))
+            .key(k.batch_deliveries(batch))
+            .arg(message_sid)
+            .arg(status)
+            .arg(error_code.unwrap_or(""))
+            .arg(retention.as_secs())
+            .invoke_async(conn)
+            .await?,
+    );
+    Ok(match reply.first().map(String::as_str) {
+        Some("counted") => Delivery::Counted,
+        Some("advanced") => Delivery::Advanced,
+        Some("ignored") => Delivery::Ignored,
+        _ => Delivery::Dropped,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -74,6 +74,7 @@ pub async fn list(conn: &mut Conn) -> redis::RedisResult<Vec<CustomerId>> {
 
 /// One number of a pool, with its use of the current window.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NumberUsage {
     pub number: String,
     pub sid: String,
@@ -84,7 +85,9 @@ pub struct NumberUsage {
 }
 
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolReport {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub customer: CustomerId,
     pub numbers: Vec<NumberUsage>,
     pub max_numbers: u32,

@@ -13,6 +13,7 @@
 //! | `msgr:workers` | ZSET | worker name → last heartbeat (Redis ms), for operators |
 //! | `msgr:numbers` | HASH | E.164 number → customer, to route inbound webhooks |
 //! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
+//! | `msgr:webhook:<token>` | STRING | an `I-Twilio-Idempotency-Token` already processed (24 h) |
 //! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers; `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
@@ -29,6 +30,7 @@
 //! | `{c:ID}:b:<batch>` | HASH | batch record: body, counters, state |
 //! | `{c:ID}:b:<batch>:st` | HASH | recipient → job state (deleted when the batch completes) |
 //! | `{c:ID}:b:<batch>:fail` | HASH | recipient → failure reason |
+//! | `{c:ID}:b:<batch>:dlr` | HASH | message sid → furthest delivery status reported by Twilio |
 //! | `{c:ID}:idem:<key>` | STRING | idempotency key → batch id |
 
 use crate::domain::{BatchId, CustomerId};
@@ -39,6 +41,11 @@ pub const SETTINGS: &str = "msgr:settings";
 pub const WORKERS: &str = "msgr:workers";
 pub const NUMBERS: &str = "msgr:numbers";
 pub const RECONCILE_LOCK: &str = "msgr:reconcile";
+
+/// Marks a webhook delivery (by Twilio's `I-Twilio-Idempotency-Token`) as processed.
+pub fn webhook_delivery(token: &str) -> String {
+    format!("msgr:webhook:{token}")
+}
 /// Pub/sub channel: the producer publishes a customer id when it enqueues, so idle fetchers wake at once.
 pub const WAKE_CHANNEL: &str = "msgr:wake";
 /// Pub/sub channel: a customer id when its pool gained a number, so workers waiting for a purchase resume at once.
@@ -119,6 +126,9 @@ impl CustomerKeys {
     }
     pub fn batch_failures(&self, batch: &BatchId) -> String {
         self.key(&format!("b:{}:fail", batch.local()))
+    }
+    pub fn batch_deliveries(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}:dlr", batch.local()))
     }
     pub fn idempotency(&self, key: &str) -> String {
         self.key(&format!("idem:{key}"))

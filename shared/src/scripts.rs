@@ -50,4 +50,6 @@ scripts! {
     FLEET_SETTINGS => "fleet_settings.lua";
     /// Cancel a batch.
     CANCEL => "cancel.lua";
+    /// Count a delivery report once per message.
+    DELIVERY => "delivery.lua";
 }

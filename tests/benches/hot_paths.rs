@@ -62,6 +62,7 @@ fn scripts(c: &mut Criterion) {
             recipients: to,
             duplicates: 0,
             idempotency_key: None,
+            priority: false,
         };
         batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await.unwrap();
         let quota = QuotaSettings {

@@ -40,7 +40,9 @@ where
 
 /// Fetches the simulator's state over HTTP.
 pub async fn sim_state(base: &str, with_messages: bool) -> SimState {
-    reqwest::get(format!("{base}/_sim/state?messages={with_messages}"))
+    crate::http()
+        .get(format!("{base}/_sim/state?messages={with_messages}"))
+        .send()
         .await
         .expect("simulator state")
         .json()

@@ -8,6 +8,12 @@
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
 //!   the demo and the load-test tool.
 
+/// An HTTP client for tests and tools (installs the TLS crypto provider reqwest needs first).
+pub fn http() -> reqwest::Client {
+    shared::twilio::client::ensure_tls_provider();
+    reqwest::Client::new()
+}
+
 pub mod fixtures;
 pub mod load;
 pub mod procs;

@@ -565,6 +565,7 @@ pub async fn idle_run(cfg: &LoadConfig, rate: f64, duration: Duration) -> anyhow
             recipients: vec![PhoneNumber::parse(r).unwrap()],
             duplicates: 0,
             idempotency_key: None,
+            priority: true,
         };
         sent_at.insert(r.clone(), SystemTime::now());
         batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;
@@ -608,6 +609,7 @@ pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<Fai
             recipients: vec![PhoneNumber::parse(r).unwrap()],
             duplicates: 0,
             idempotency_key: None,
+            priority: true,
         };
         sent_at.insert(r.clone(), SystemTime::now());
         batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;

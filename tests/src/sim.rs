@@ -67,6 +67,11 @@ pub struct SimConfig {
     pub purchase_faults: Faults,
     /// How long an "accept then time out" request is held open before the connection is closed.
     pub hang_ms: u64,
+    /// Send status callbacks (`sent`, then `delivered` or `undelivered`) to a message's `StatusCallback`, signed like
+    /// Twilio's.
+    pub status_callbacks: bool,
+    /// Share of messages reported `undelivered` (error 30007) when callbacks are on.
+    pub undelivered_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -80,6 +85,8 @@ impl Default for SimConfig {
             send_faults: Faults::default(),
             purchase_faults: Faults::default(),
             hang_ms: 120_000,
+            status_callbacks: false,
+            undelivered_rate: 0.0,
         }
     }
 }
@@ -130,6 +137,20 @@ struct Store {
     next_line: HashMap<String, u32>,
     attempts: Vec<SendAttempt>,
     purchase_requests: u64,
+    inbound: Vec<SimInbound>,
+    /// (our number, recipient) pairs where the recipient replied STOP: Twilio refuses those sends with 21610.
+    opted_out: std::collections::HashSet<(String, String)>,
+}
+
+/// A message a "handset" sent to one of our numbers through `POST /_sim/inbound`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimInbound {
+    pub sid: String,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    /// The status of the webhook call to the number's SmsUrl (0 if there was none).
+    pub webhook_status: u16,
 }
 
 /// Everything `GET /_sim/state` returns.
@@ -139,6 +160,7 @@ pub struct SimState {
     pub numbers: Vec<SimNumber>,
     pub send_attempts: Vec<SendAttempt>,
     pub purchase_requests: u64,
+    pub inbound: Vec<SimInbound>,
     pub config: SimConfig,
 }
 
@@ -169,6 +191,7 @@ impl Sim {
             numbers: s.numbers.clone(),
             send_attempts: if with_messages { s.attempts.clone() } else { Vec::new() },
             purchase_requests: s.purchase_requests,
+            inbound: s.inbound.clone(),
             config: self.config(),
         }
     }
@@ -185,6 +208,7 @@ impl Sim {
             .nest("/2010-04-01/Accounts/{account}", api)
             .route("/_sim/state", get(sim_state))
             .route("/_sim/config", get(sim_config).post(set_sim_config))
+            .route("/_sim/inbound", post(sim_inbound))
             .route("/healthz", get(|| async { "ok" }))
             .fallback(|| async { twilio_error(404, 20404, "The requested resource was not found") })
             .with_state(self.clone())
@@ -535,9 +559,110 @@ async fn create_message(
         return vanish(&kill, Duration::from_millis(cfg.hang_ms)).await;
     }
     match result {
-        Ok(m) => (StatusCode::CREATED, Json(message_json(&m))).into_response(),
+        Ok(m) => {
+            if cfg.status_callbacks
+                && let Some(url) = m.status_callback.clone()
+            {
+                tokio::spawn(report_delivery(cfg.clone(), m.clone(), url));
+            }
+            (StatusCode::CREATED, Json(message_json(&m))).into_response()
+        }
         Err(r) => r,
     }
+}
+
+/// Twilio's status callbacks for one message: `sent`, then `delivered` (or `undelivered` with 30007).
+async fn report_delivery(cfg: SimConfig, m: SimMessage, url: String) {
+    let last = if rand::rng().random::<f64>() < cfg.undelivered_rate { "undelivered" } else { "delivered" };
+    for status in ["sent", last] {
+        let mut params = vec![
+            ("AccountSid".to_owned(), m.account_sid.clone()),
+            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
+            ("From".to_owned(), m.from.clone()),
+            ("MessageSid".to_owned(), m.sid.clone()),
+            ("MessageStatus".to_owned(), status.to_owned()),
+            ("SmsSid".to_owned(), m.sid.clone()),
+            ("SmsStatus".to_owned(), status.to_owned()),
+            ("To".to_owned(), m.to.clone()),
+        ];
+        if status == "undelivered" {
+            params.push(("ErrorCode".to_owned(), "30007".to_owned()));
+        }
+        let _ = post_signed(&cfg.auth_token, &url, &params).await;
+    }
+}
+
+/// POSTs a form to a webhook the way Twilio does: `X-Twilio-Signature` and `I-Twilio-Idempotency-Token`.
+pub async fn post_signed(token: &str, url: &str, params: &[(String, String)]) -> Result<(u16, String), reqwest::Error> {
+    let signature = shared::twilio::signature::compute(token, url, params);
+    let resp = crate::http()
+        .post(url)
+        .header("X-Twilio-Signature", signature)
+        .header("I-Twilio-Idempotency-Token", new_sid("idem"))
+        .form(params)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await.unwrap_or_default()))
+}
+
+/// `POST /_sim/inbound` `{"from", "to", "body"}`: a handset texts one of our numbers. Opt-out keywords are honoured
+/// as Twilio does (later sends from that number to that handset fail with 21610), and the number's SmsUrl is called
+/// with Twilio's webhook parameters, signed.
+#[derive(Deserialize)]
+struct InboundRequest {
+    from: String,
+    to: String,
+    body: String,
+}
+
+async fn sim_inbound(State(sim): State<Sim>, Json(req): Json<InboundRequest>) -> Response {
+    let cfg = sim.config();
+    let sid = new_sid("SM");
+    let keyword = req.body.trim().to_ascii_uppercase();
+    let (number, sms_url) = {
+        let mut store = sim.store.lock().unwrap();
+        let number = store.numbers.iter().find(|n| !n.released && n.phone_number == req.to).cloned();
+        let pair = (req.to.clone(), req.from.clone());
+        if ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"].contains(&keyword.as_str()) {
+            store.opted_out.insert(pair);
+        } else if ["START", "YES", "UNSTOP"].contains(&keyword.as_str()) {
+            store.opted_out.remove(&pair);
+        }
+        let url = number.as_ref().and_then(|n| n.sms_url.clone()).filter(|u| !u.is_empty());
+        (number, url)
+    };
+    let Some(number) = number else { return twilio_error(404, 20404, "no such number") };
+    let mut webhook_status = 0;
+    if let Some(url) = sms_url {
+        let params: Vec<(String, String)> = [
+            ("AccountSid", number.account_sid.as_str()),
+            ("ApiVersion", "2010-04-01"),
+            ("Body", req.body.as_str()),
+            ("From", req.from.as_str()),
+            ("FromCountry", "US"),
+            ("MessageSid", sid.as_str()),
+            ("NumMedia", "0"),
+            ("NumSegments", "1"),
+            ("SmsMessageSid", sid.as_str()),
+            ("SmsSid", sid.as_str()),
+            ("SmsStatus", "received"),
+            ("To", req.to.as_str()),
+            ("ToCountry", "US"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        webhook_status = post_signed(&cfg.auth_token, &url, &params).await.map(|(s, _)| s).unwrap_or(0);
+    }
+    sim.store.lock().unwrap().inbound.push(SimInbound {
+        sid: sid.clone(),
+        from: req.from,
+        to: req.to,
+        body: req.body,
+        webhook_status,
+    });
+    Json(serde_json::json!({ "sid": sid, "webhook_status": webhook_status })).into_response()
 }
 
 /// Validates a create request the way Twilio does and stores the message.
@@ -604,6 +729,9 @@ fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<Si
             ));
         }
         "+15005550004" => {
+            return Err(twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"));
+        }
+        _ if sim.store.lock().unwrap().opted_out.contains(&(from.to_owned(), to.to_owned())) => {
             return Err(twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"));
         }
         "+15005550009" => {

@@ -127,6 +127,7 @@ async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize) -> (Ledg
         recipients: to,
         duplicates: 0,
         idempotency_key: None,
+        priority: false,
     };
     let receipt = batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
     let ledger = Ledger::new(conn, quota, DAY);
@@ -383,6 +384,7 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
             recipients: to,
             duplicates: 0,
             idempotency_key: None,
+            priority: false,
         };
         batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
         let ledger = Ledger::new(conn, QuotaSettings::default(), DAY);
@@ -419,8 +421,8 @@ async fn bad_input_is_rejected_whole_and_changes_nothing() {
     let f = file_with_bad_line.to_str().unwrap();
     let ok_to = recipients(1, 100)[0].clone();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["bulk", "--customer", "acme", "--body", "hi", "--recipients", f], "recipient line 3"),
-        (vec!["bulk", "--customer", "acme", "--body", "hi", "--to", &ok_to, "--to", "4155550100"], "recipient --to #2"),
+        (vec!["bulk", "--customer", "acme", "--body", "hi", "--recipients", f], "line 3:"),
+        (vec!["bulk", "--customer", "acme", "--body", "hi", "--to", &ok_to, "--to", "4155550100"], "--to #2:"),
         (vec!["bulk", "--customer", "acme", "--body", "", "--to", &ok_to], "message body is empty"),
         (vec!["bulk", "--customer", "acme", "--body", &long_body, "--to", &ok_to], "1601 characters"),
         (vec!["bulk", "--customer", "nobody", "--body", "hi", "--to", &ok_to], "unknown customer nobody"),

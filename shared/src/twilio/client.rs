@@ -62,9 +62,7 @@ pub struct MessageFilter<'a> {
 impl TwilioClient {
     pub fn new(settings: &TwilioSettings) -> Result<Self, ConfigError> {
         let (account, token) = settings.credentials()?;
-        // reqwest is built without a bundled crypto provider; install ring once per process (a second call is a
-        // harmless no-op error).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        ensure_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(Duration::from_secs(3).min(settings.timeout))
@@ -263,6 +261,12 @@ impl TwilioClient {
         }
         Ok(())
     }
+}
+
+/// reqwest is built without a bundled TLS crypto provider: install ring once per process before building any
+/// client (a second call is a harmless no-op).
+pub fn ensure_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn transport_error(e: reqwest::Error) -> TwilioError {

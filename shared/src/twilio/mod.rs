@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod signature;
 pub mod types;
 
 pub use client::{BuyNumber, CreateMessage, MessageFilter, TwilioClient};

@@ -1,0 +1,134 @@
+//! `GET /metrics`: Prometheus text exposition of the API's and webhooks' counters.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+    pub counted: bool,
+}
+
+/// Every metric the server keeps, registered in its own registry (no process-global state, so tests can run many
+/// servers in one process).
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    pub recipients_accepted: Counter,
+    pub inbound: Counter,
+    pub opt_outs: Counter,
+    pub opt_ins: Counter,
+    pub webhook_rejected: Counter,
+    deliveries: Family<StatusLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("messenger");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let recipients_accepted = Counter::default();
+        let inbound = Counter::default();
+        let opt_outs = Counter::default();
+        let opt_ins = Counter::default();
+        let webhook_rejected = Counter::default();
+        let deliveries = Family::<StatusLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+        registry.register(
+            "recipients_accepted",
+            "Recipients accepted into batches through the API",
+            recipients_accepted.clone(),
+        );
+        registry.register("inbound_messages", "Inbound messages received on customers' numbers", inbound.clone());
+        registry.register("opt_outs", "STOP keywords received", opt_outs.clone());
+        registry.register("opt_ins", "START keywords received", opt_ins.clone());
+        registry.register(
+            "webhooks_rejected",
+            "Webhooks refused for a missing or invalid signature",
+            webhook_rejected.clone(),
+        );
+        registry.register(
+            "delivery_reports",
+            "Twilio status callbacks by status (counted = first final status)",
+            deliveries.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            recipients_accepted,
+            inbound,
+            opt_outs,
+            opt_ins,
+            webhook_rejected,
+            deliveries,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { route: route.to_owned(), method: method.to_owned(), status })
+            .inc();
+        self.latency.get_or_create(&RouteLabels { route: route.to_owned() }).observe(took.as_secs_f64());
+    }
+
+    pub fn delivery(&self, status: &str, counted: bool) {
+        // Only Twilio's own status names become label values (no unbounded label sets from bad input).
+        let known = [
+            "queued",
+            "sending",
+            "sent",
+            "delivered",
+            "undelivered",
+            "failed",
+            "read",
+            "accepted",
+            "scheduled",
+            "canceled",
+        ];
+        let status = if known.contains(&status) { status } else { "other" };
+        self.deliveries.get_or_create(&StatusLabels { status: status.to_owned(), counted }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap())
+            .expect("writing to a String");
+        out
+    }
+}
+
+/// `GET /metrics`.
+pub async fn render(State(s): State<AppState>) -> Response {
+    let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
+    ([(header::CONTENT_TYPE, ct)], s.metrics.encode()).into_response()
+}

@@ -1,0 +1,122 @@
+//! `producer serve`: Messenger's HTTP API for property apps, and Twilio's webhooks.
+//!
+//! # Layout
+//! - [`api`]: the `/v1` routes (customers, bulk texts, single messages, batch status, pools).
+//! - [`webhooks`]: `/twilio/inbound` (replies, STOP/START) and `/twilio/status` (delivery reports), signed by Twilio.
+//! - [`auth`]: bearer tokens, admin or scoped to customers.
+//! - [`error`]: the one error shape every route answers with.
+//! - [`metrics`]: Prometheus counters and histograms behind `/metrics`.
+//! - [`openapi`]: the OpenAPI 3 document generated from the route annotations, served at `/openapi.json`.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod webhooks;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use secrecy::SecretString;
+use shared::config::Settings;
+use shared::store::Conn;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use self::auth::Tokens;
+use self::error::ApiError;
+use self::metrics::Metrics;
+
+/// Documented request limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Recipients in one `POST …/bulk-texts`.
+    pub max_recipients: usize,
+    /// Bytes of a `/v1` request body.
+    pub max_body_bytes: usize,
+    /// Bytes of a webhook body (Twilio's are a few kilobytes).
+    pub max_webhook_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_recipients: 100_000, max_body_bytes: 8 * 1024 * 1024, max_webhook_bytes: 64 * 1024 }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub conn: Conn,
+    pub settings: Arc<Settings>,
+    pub tokens: Arc<Tokens>,
+    /// The public base URL Twilio calls (`https://messenger.example.com`): webhook signatures are computed over it.
+    pub public_url: Option<Arc<str>>,
+    /// The auth token that signs webhooks.
+    pub twilio_token: Option<SecretString>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+}
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    let limits = state.limits;
+    let v1 = Router::new()
+        .route("/v1/customers/{id}", put(api::put_customer))
+        .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
+        .route("/v1/customers/{id}/messages", post(api::post_message))
+        .route("/v1/customers/{id}/pool", get(api::get_pool))
+        .route("/v1/batches/{id}", get(api::get_batch))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes));
+    let hooks = Router::new()
+        .route("/twilio/inbound", post(webhooks::inbound))
+        .route("/twilio/status", post(webhooks::status))
+        .layer(DefaultBodyLimit::max(limits.max_webhook_bytes));
+    Router::new()
+        .merge(v1)
+        .merge(hooks)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        // A bug must never take the server down or leak a backtrace: the panic is logged, the client gets a 500.
+        .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then drains open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// `GET /healthz`: 200 when Redis answers, 503 otherwise.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut s.conn.clone()).await;
+    match pong {
+        Ok(_) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => ApiError::redis(&e).into_response(),
+    }
+}
+
+/// Counts every request by route template, method and status, and times it.
+async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    s.metrics.request(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}

@@ -1,0 +1,38 @@
+//! The OpenAPI 3 document, generated from the `#[utoipa::path]` annotations on the handlers and the `ToSchema`
+//! derives on the request and response types, so it cannot drift from the code.
+
+use axum::Json;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::api;
+use super::error::{ErrorBody, ErrorDetail};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Messenger", description = "Bulk texts through Twilio for property-management apps."),
+    paths(api::put_customer, api::post_bulk, api::post_message, api::get_batch, api::get_pool),
+    components(schemas(
+        api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::BulkTextAccepted, api::MessageRequest,
+        api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem, shared::batches::BatchStatus,
+        shared::customers::PoolReport, shared::customers::NumberUsage
+    )),
+    modifiers(&Bearer),
+    tags((name = "texts", description = "Bulk texts, single messages and their status"),
+         (name = "customers", description = "Customers and their number pools"))
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// `GET /openapi.json`.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

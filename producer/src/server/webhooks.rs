@@ -1,0 +1,213 @@
+//! Twilio's webhooks: inbound messages (`/twilio/inbound`) and delivery reports (`/twilio/status`).
+//!
+//! Both authenticate by `X-Twilio-Signature` only, checked against the configured public URL before anything else
+//! is read or written. Twilio retries webhooks: a delivery carrying an `I-Twilio-Idempotency-Token` already seen is
+//! answered without being processed again, and every effect is idempotent anyway (a reply is credited once per
+//! message sid, opt-outs are set operations, delivery reports are counted once per message).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use redis::AsyncCommands;
+use secrecy::ExposeSecret;
+use shared::batches::{self, Delivery};
+use shared::domain::{BatchId, CustomerId, PhoneNumber};
+use shared::keys::{self, CustomerKeys};
+use shared::ledger::{Inbound, Ledger};
+use shared::twilio::signature;
+
+use super::AppState;
+use super::error::{ApiError, too_large};
+
+const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+/// Keywords that opt a recipient out of (or back into) a customer's texts, as Twilio and carriers define them.
+const STOP_WORDS: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
+const START_WORDS: [&str; 3] = ["START", "YES", "UNSTOP"];
+
+/// The raw body, with a too-large body answered in our error shape.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state).await.map(RawBody).map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::bad_request("invalid_body", "the body could not be read")
+            }
+        })
+    }
+}
+
+/// A webhook whose signature checked out: its form parameters.
+struct Signed(Vec<(String, String)>);
+
+impl Signed {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Checks `X-Twilio-Signature` over the public URL of `path` (with the query string exactly as received).
+fn verify(
+    s: &AppState,
+    path: &str,
+    query: &Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Signed, ApiError> {
+    let (Some(base), Some(token)) = (&s.public_url, &s.twilio_token) else {
+        return Err(ApiError::unavailable("webhooks need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN"));
+    };
+    let header = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let url = match query {
+        Some(q) => format!("{base}{path}?{q}"),
+        None => format!("{base}{path}"),
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ok = if content_type.starts_with("application/json") {
+        signature::validate_json(token.expose_secret(), &url, body, header).then(Vec::new)
+    } else {
+        let params: Option<Vec<(String, String)>> = serde_urlencoded::from_bytes(body).ok();
+        params.filter(|p| signature::validate(token.expose_secret(), &url, p, header))
+    };
+    match ok {
+        Some(params) => Ok(Signed(params)),
+        None => {
+            s.metrics.webhook_rejected.inc();
+            Err(ApiError::forbidden("missing or invalid X-Twilio-Signature"))
+        }
+    }
+}
+
+/// Whether Twilio delivered this webhook before (same `I-Twilio-Idempotency-Token`).
+enum Attempt {
+    Repeat,
+    /// Process it, then remember its token (if it has one).
+    First(Option<String>),
+}
+
+async fn attempt(s: &AppState, headers: &HeaderMap) -> Result<Attempt, ApiError> {
+    let token = headers
+        .get("i-twilio-idempotency-token")
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && t.len() <= 200);
+    let Some(token) = token else { return Ok(Attempt::First(None)) };
+    let done: bool = s.conn.clone().exists(keys::webhook_delivery(token)).await.map_err(|e| ApiError::redis(&e))?;
+    Ok(if done { Attempt::Repeat } else { Attempt::First(Some(token.to_owned())) })
+}
+
+async fn remember(s: &AppState, token: Option<String>) {
+    if let Some(t) = token {
+        let _: redis::RedisResult<()> = s.conn.clone().set_ex(keys::webhook_delivery(&t), 1, 86_400).await;
+    }
+}
+
+fn twiml() -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], TWIML_EMPTY).into_response()
+}
+
+/// `POST /twilio/inbound`: a reply to one of our numbers. Credits the number (+1 to its limit for a window, up to
+/// the cap), and handles STOP / START keywords. Answers an empty TwiML `<Response/>` (no auto-reply).
+pub async fn inbound(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    RawBody(body): RawBody,
+) -> Response {
+    match handle_inbound(&s, &headers, &query, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_inbound(
+    s: &AppState,
+    headers: &HeaderMap,
+    query: &Option<String>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let p = verify(s, "/twilio/inbound", query, headers, body)?;
+    let Attempt::First(token) = attempt(s, headers).await? else { return Ok(twiml()) };
+    let (Some(to), Some(from)) = (p.get("To"), p.get("From")) else {
+        return Err(ApiError::unprocessable("inbound webhook without To and From"));
+    };
+    let sid = p.get("MessageSid").or(p.get("SmsMessageSid")).or(p.get("SmsSid")).unwrap_or_default();
+    let mut conn = s.conn.clone();
+    let owner: Option<String> = conn.hget(keys::NUMBERS, to).await.map_err(|e| ApiError::redis(&e))?;
+    let Some(customer) = owner.and_then(|c| CustomerId::parse(&c).ok()) else {
+        tracing::warn!(to = %shared::domain::Masked(to), "inbound message to a number no customer owns");
+        return Ok(twiml());
+    };
+    s.metrics.inbound.inc();
+    if !sid.is_empty() {
+        let ledger = Ledger::new(conn.clone(), s.settings.quota, s.settings.batch_retention);
+        if let Inbound::UnknownNumber =
+            ledger.record_inbound(&customer, to, sid).await.map_err(|e| ApiError::redis(&e))?
+        {
+            tracing::warn!(customer = %customer, "inbound message to a number missing from its pool");
+        }
+    }
+    let keyword = p.get("Body").unwrap_or_default().trim().to_ascii_uppercase();
+    if let Ok(sender) = PhoneNumber::from_trusted(from) {
+        let optouts = CustomerKeys::new(&customer).optouts();
+        if STOP_WORDS.contains(&keyword.as_str()) {
+            let _: () = conn.sadd(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
+            s.metrics.opt_outs.inc();
+            tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted out");
+        } else if START_WORDS.contains(&keyword.as_str()) {
+            let _: () = conn.srem(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
+            s.metrics.opt_ins.inc();
+            tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted back in");
+        }
+    }
+    remember(s, token).await;
+    Ok(twiml())
+}
+
+/// `POST /twilio/status?b=<batch>`: a delivery report. Counted once per message in its batch's `delivered` or
+/// `undelivered` (with Twilio's error code), however often and in whatever order reports arrive.
+pub async fn status(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    RawBody(body): RawBody,
+) -> Response {
+    match handle_status(&s, &headers, &query, &body).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle_status(s: &AppState, headers: &HeaderMap, query: &Option<String>, body: &[u8]) -> Result<(), ApiError> {
+    let p = verify(s, "/twilio/status", query, headers, body)?;
+    let Attempt::First(token) = attempt(s, headers).await? else { return Ok(()) };
+    let batch = query
+        .as_deref()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .and_then(|q| q.into_iter().find(|(k, _)| k == "b").map(|(_, v)| v))
+        .and_then(|b| BatchId::parse(&b).ok())
+        .ok_or_else(|| ApiError::unprocessable("status callback without a batch (?b=)").field("b"))?;
+    let sid = p
+        .get("MessageSid")
+        .or(p.get("SmsSid"))
+        .ok_or_else(|| ApiError::unprocessable("no MessageSid").field("MessageSid"))?;
+    let status = p
+        .get("MessageStatus")
+        .or(p.get("SmsStatus"))
+        .ok_or_else(|| ApiError::unprocessable("no MessageStatus").field("MessageStatus"))?;
+    let code = p.get("ErrorCode").filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && c.len() <= 6);
+    let retention = s.settings.batch_retention.max(Duration::from_secs(60));
+    let d = batches::record_delivery(&mut s.conn.clone(), &batch, sid, status, code, retention)
+        .await
+        .map_err(|e| ApiError::redis(&e))?;
+    s.metrics.delivery(status, d == Delivery::Counted);
+    remember(s, token).await;
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! Messenger's HTTP API and Twilio's webhooks: signatures, the end-to-end flow through the API, every error status
+//! with its JSON shape, requests that try to break the server, token scopes, and the OpenAPI document.
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::World;
+use harness::fixtures::{owned_numbers, recipients, wait_until};
+use harness::sim::{self, SimConfig};
+use producer::server::{AppState, Limits, auth::Tokens, metrics::Metrics};
+use rand::seq::SliceRandom;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::domain::CustomerId;
+use shared::purchase::{self, Bought};
+use shared::twilio::signature;
+
+const ADMIN: &str = "admin-token-0123456789";
+const APP_A: &str = "app-a-token-0123456789";
+const APP_B: &str = "app-b-token-0123456789";
+
+/// A producer server (in this process) over the world's Redis, with tokens for an admin and two scoped apps.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+}
+
+#[derive(Parser)]
+struct Common {
+    #[command(flatten)]
+    c: shared::config::CommonArgs,
+}
+
+async fn start_api(w: &World) -> Api {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let settings = Common::parse_from([
+        "x",
+        "--redis-url",
+        &w.redis.url(),
+        "--twilio-auth-token",
+        sim::DEFAULT_AUTH_TOKEN,
+        "--twilio-account-sid",
+        sim::DEFAULT_ACCOUNT_SID,
+    ])
+    .c
+    .settings()
+    .unwrap();
+    let tokens = Tokens::parse(&format!("ops:{ADMIN}:admin,appa:{APP_A}:acme,appb:{APP_B}:globex")).unwrap();
+    let state = AppState {
+        conn: w.redis.conn().await,
+        twilio_token: settings.twilio.auth_token.clone(),
+        settings: std::sync::Arc::new(settings),
+        tokens: std::sync::Arc::new(tokens),
+        public_url: Some(base.clone().into()),
+        metrics: std::sync::Arc::new(Metrics::default()),
+        limits: Limits::default(),
+    };
+    tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
+    Api { base, client: harness::http() }
+}
+
+impl Api {
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+/// The error shape every failure must have.
+fn assert_error_shape(status: StatusCode, body: &Value, code: &str) {
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{status}: {body}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{status}: {body}");
+}
+
+/// A customer with one number (so inbound webhooks have something to credit).
+async fn customer_with_number(w: &World, id: &str, number: &str) {
+    let mut conn = w.redis.conn().await;
+    let c = CustomerId::parse(id).unwrap();
+    shared::customers::upsert(
+        &mut conn,
+        &shared::customers::Customer { id: c.clone(), account_sid: None, area_code: None, max_numbers: 5 },
+    )
+    .await
+    .unwrap();
+    purchase::commit_number(&mut conn, &c, &Bought { number: number.into(), sid: "PN1".into() }, "").await.unwrap();
+}
+
+fn inbound_params(from: &str, to: &str, body: &str, sid: &str) -> Vec<(String, String)> {
+    [
+        ("AccountSid", sim::DEFAULT_ACCOUNT_SID),
+        ("Body", body),
+        ("From", from),
+        ("MessageSid", sid),
+        ("SmsStatus", "received"),
+        ("To", to),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Acceptance 1: the webhook accepts Twilio's signature over the URL with or without its port, and rejects tampered
+/// bodies, wrong tokens, missing or malformed headers, signatures for another URL or query string, and injected
+/// repeated parameters — each before touching any state (Redis' DEBUG DIGEST is unchanged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_signatures_are_checked_before_anything_changes() {
+    let w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    customer_with_number(&w, "acme", "+14152000001").await;
+    let url = format!("{}/twilio/inbound", api.base);
+    let without_port = url.replacen(&format!(":{}", api.base.rsplit(':').next().unwrap()), "", 1);
+    let params = inbound_params("+14155550100", "+14152000001", "STOP", "SM1");
+    let token = sim::DEFAULT_AUTH_TOKEN;
+    let post = |sig: Option<String>, form: Vec<(String, String)>, query: &'static str| {
+        let client = api.client.clone();
+        let url = format!("{url}{query}");
+        async move {
+            let mut req = client.post(url).form(&form);
+            if let Some(s) = sig {
+                req = req.header("X-Twilio-Signature", s);
+            }
+            req.send().await.unwrap().status()
+        }
+    };
+
+    let mut tampered = params.clone();
+    tampered[1].1 = "START".into();
+    let mut injected = params.clone();
+    injected.push(("Body".into(), "START".into()));
+    let rejected = vec![
+        ("tampered body", Some(signature::compute(token, &url, &params)), tampered, ""),
+        ("wrong token", Some(signature::compute("not-the-token", &url, &params)), params.clone(), ""),
+        ("missing header", None, params.clone(), ""),
+        ("empty header", Some(String::new()), params.clone(), ""),
+        ("malformed header", Some("%%%not-base64".into()), params.clone(), ""),
+        (
+            "another URL",
+            Some(signature::compute(token, &format!("{}/twilio/status", api.base), &params)),
+            params.clone(),
+            "",
+        ),
+        (
+            "another query string",
+            Some(signature::compute(token, &format!("{url}?x=1"), &params)),
+            params.clone(),
+            "?x=2",
+        ),
+        ("injected repeated parameter", Some(signature::compute(token, &url, &params)), injected, ""),
+    ];
+    let before = w.redis.digest();
+    for (what, sig, form, query) in rejected {
+        let status = post(sig, form, query).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+        assert_eq!(w.redis.digest(), before, "{what} changed Redis");
+        println!("{what}: {status}");
+    }
+
+    // Valid: signed over the URL as requested, and over the URL without its port.
+    let optouts = shared::keys::CustomerKeys::new(&CustomerId::parse("acme").unwrap()).optouts();
+    let mut conn = w.redis.sync_conn();
+    assert_eq!(post(Some(signature::compute(token, &url, &params)), params.clone(), "").await, StatusCode::OK);
+    assert!(redis::cmd("SISMEMBER").arg(&optouts).arg("+14155550100").query::<bool>(&mut conn).unwrap());
+    let start = inbound_params("+14155550100", "+14152000001", "start", "SM2");
+    assert_eq!(post(Some(signature::compute(token, &without_port, &start)), start, "").await, StatusCode::OK);
+    assert!(!redis::cmd("SISMEMBER").arg(&optouts).arg("+14155550100").query::<bool>(&mut conn).unwrap());
+}
+
+/// Acceptance 2: a bulk text through the API is sent by the workers; a reply raises that number's limit by one; a
+/// STOP reply makes the next message to that tenant end as `opted_out` with no Twilio call; START undoes it; status
+/// callbacks, shuffled and repeated, leave the delivered / undelivered counts exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_replies_opt_outs_and_delivery_reports_over_http() {
+    let mut w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &api.base);
+    let _workers: Vec<_> = (0..2).map(|_| w.worker(8)).collect();
+
+    let (s, _) = api.call("PUT", "/v1/customers/acme", Some(ADMIN), Some(json!({"max_numbers": 3}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let to = recipients(6, 0);
+    let (s, accepted) = api
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(APP_A),
+            Some(json!({"body": "Rent is due", "recipients": to})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{accepted}");
+    let batch = accepted["batch_id"].as_str().unwrap().to_owned();
+    let status = wait_batch(&api, &batch, |b| b["state"] == "complete").await;
+    assert_eq!(status["sent"], 6);
+
+    // A reply credits the number it arrived on.
+    let (_, pool) = api.call("GET", "/v1/customers/acme/pool", Some(APP_A), None).await;
+    let number = pool["numbers"][0]["number"].as_str().unwrap().to_owned();
+    assert_eq!(pool["numbers"][0]["limit"], 250);
+    inbound(&w, &to[0], &number, "Thanks, paid!").await;
+    let (_, pool) = api.call("GET", "/v1/customers/acme/pool", Some(APP_A), None).await;
+    assert_eq!((pool["numbers"][0]["received"].as_u64(), pool["numbers"][0]["limit"].as_u64()), (Some(1), Some(251)));
+
+    // STOP: the next message ends as opted_out and never reaches Twilio.
+    inbound(&w, &to[1], &number, "STOP").await;
+    let attempts_before = w.state().send_attempts.iter().filter(|a| a.to == to[1]).count();
+    let (_, m) = api
+        .call("POST", "/v1/customers/acme/messages", Some(APP_A), Some(json!({"to": to[1], "body": "Pool closed"})))
+        .await;
+    let st = wait_batch(&api, m["batch_id"].as_str().unwrap(), |b| b["state"] == "complete").await;
+    assert_eq!((st["opted_out"].as_u64(), st["sent"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(w.state().send_attempts.iter().filter(|a| a.to == to[1]).count(), attempts_before, "Twilio was called");
+
+    // START undoes it.
+    inbound(&w, &to[1], &number, "START").await;
+    let (_, m) = api
+        .call("POST", "/v1/customers/acme/messages", Some(APP_A), Some(json!({"to": to[1], "body": "Pool open"})))
+        .await;
+    let st = wait_batch(&api, m["batch_id"].as_str().unwrap(), |b| b["state"] == "complete").await;
+    assert_eq!(st["sent"], 1);
+
+    // Delivery reports for the bulk batch: 4 delivered, 2 undelivered (30007), each report sent 3 times, shuffled.
+    let messages: Vec<_> = w.state().messages.into_iter().filter(|m| m.body == "Rent is due").collect();
+    assert_eq!(messages.len(), 6);
+    let mut callbacks = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let url = m.status_callback.clone().expect("the worker asked for status callbacks");
+        assert_eq!(url, format!("{}/twilio/status?b={batch}", api.base));
+        let last = if i < 4 { "delivered" } else { "undelivered" };
+        for status in ["queued", "sent", last] {
+            let mut p = vec![("MessageSid".to_owned(), m.sid.clone()), ("MessageStatus".to_owned(), status.to_owned())];
+            if status == "undelivered" {
+                p.push(("ErrorCode".to_owned(), "30007".to_owned()));
+            }
+            for _ in 0..3 {
+                callbacks.push((url.clone(), p.clone()));
+            }
+        }
+    }
+    callbacks.shuffle(&mut rand::rng());
+    for (url, p) in &callbacks {
+        let (code, _) = sim::post_signed(sim::DEFAULT_AUTH_TOKEN, url, p).await.unwrap();
+        assert!(code < 300, "callback answered {code}");
+    }
+    let (_, st) = api.call("GET", &format!("/v1/batches/{batch}"), Some(APP_A), None).await;
+    println!("after {} shuffled, repeated callbacks: {st}", callbacks.len());
+    assert_eq!((st["delivered"].as_u64(), st["undelivered"].as_u64()), (Some(4), Some(2)));
+    assert_eq!(st["undelivered_reasons"]["30007"], 2);
+    assert_eq!(owned_numbers(&w.state()), 1);
+}
+
+async fn inbound(w: &World, from: &str, to: &str, body: &str) {
+    let r: Value = harness::http()
+        .post(format!("{}/_sim/inbound", w.sim_base))
+        .json(&json!({"from": from, "to": to, "body": body}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["webhook_status"], 200, "the inbound webhook was not accepted: {r}");
+}
+
+async fn wait_batch(api: &Api, batch: &str, done: impl Fn(&Value) -> bool) -> Value {
+    wait_until(Duration::from_secs(60), "batch status", || async {
+        let (s, b) = api.call("GET", &format!("/v1/batches/{batch}"), Some(ADMIN), None).await;
+        (s == StatusCode::OK && done(&b)).then_some(b)
+    })
+    .await
+}
+
+/// method, path, token, body, expected status, expected error code ("" for success).
+type Case<'a> = (&'a str, String, Option<&'a str>, Option<Value>, StatusCode, &'a str);
+
+/// Acceptance 3 and 4: every error status with the JSON shape; a token scoped to one customer cannot act for
+/// another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_one_shape_and_tokens_keep_to_their_customers() {
+    let mut w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    for c in ["acme", "globex"] {
+        assert_eq!(
+            api.call("PUT", &format!("/v1/customers/{c}"), Some(ADMIN), Some(json!({}))).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let ok_to = recipients(2, 0);
+    let (_, b) = api
+        .call(
+            "POST",
+            "/v1/customers/globex/bulk-texts",
+            Some(APP_B),
+            Some(json!({"body": "hi", "recipients": ok_to, "idempotency_key": "k1"})),
+        )
+        .await;
+    let globex_batch = b["batch_id"].as_str().unwrap().to_owned();
+
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            None,
+            Some(json!({"body": "hi", "recipients": ok_to})),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            Some("wrong-token-0123456789"),
+            Some(json!({})),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        // Scopes: A's token cannot send for, or read, B.
+        (
+            "POST",
+            "/v1/customers/globex/bulk-texts".into(),
+            Some(APP_A),
+            Some(json!({"body": "hi", "recipients": ok_to})),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/v1/customers/globex/messages".into(),
+            Some(APP_A),
+            Some(json!({"to": ok_to[0], "body": "hi"})),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        ("GET", format!("/v1/batches/{globex_batch}"), Some(APP_A), None, StatusCode::FORBIDDEN, "forbidden"),
+        ("GET", "/v1/customers/globex/pool".into(), Some(APP_A), None, StatusCode::FORBIDDEN, "forbidden"),
+        ("PUT", "/v1/customers/acme".into(), Some(APP_A), Some(json!({})), StatusCode::FORBIDDEN, "forbidden"),
+        ("GET", "/v1/customers/acme/pool".into(), Some(APP_A), None, StatusCode::OK, ""),
+        ("GET", format!("/v1/batches/{globex_batch}"), Some(APP_B), None, StatusCode::OK, ""),
+        // 400, 404, 405, 409, 422
+        ("GET", "/v1/batches/not-a-batch".into(), Some(ADMIN), None, StatusCode::BAD_REQUEST, "invalid_id"),
+        (
+            "GET",
+            "/v1/batches/acme.01jduuuuuuuuuuuuuuuuuuuu".into(),
+            Some(ADMIN),
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+        ),
+        (
+            "GET",
+            "/v1/batches/acme.01jd0000000000000000000000".into(),
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        ("GET", "/v1/customers/nobody/pool".into(), Some(ADMIN), None, StatusCode::NOT_FOUND, "not_found"),
+        (
+            "POST",
+            "/v1/customers/nobody/bulk-texts".into(),
+            Some(ADMIN),
+            Some(json!({"body": "hi", "recipients": ok_to})),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        ("GET", "/v1/nothing-here".into(), Some(ADMIN), None, StatusCode::NOT_FOUND, "not_found"),
+        (
+            "DELETE",
+            "/v1/customers/acme".into(),
+            Some(ADMIN),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/v1/customers/globex/bulk-texts".into(),
+            Some(APP_B),
+            Some(json!({"body": "different", "recipients": ok_to, "idempotency_key": "k1"})),
+            StatusCode::CONFLICT,
+            "conflict",
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            Some(APP_A),
+            Some(json!({"body": "", "recipients": ok_to})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            Some(APP_A),
+            Some(json!({"body": "x".repeat(1601), "recipients": ok_to})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            Some(APP_A),
+            Some(json!({"body": "hi", "recipients": [ok_to[0], "555-0100"]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            Some(APP_A),
+            Some(json!({"body": "hi"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/customers/acme/bulk-texts".into(),
+            Some(APP_A),
+            Some(json!({"body": "hi", "recipients": ok_to, "extra": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            "PUT",
+            "/v1/customers/acme".into(),
+            Some(ADMIN),
+            Some(json!({"area_code": "12"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        ("PUT", "/v1/customers/bad%20id".into(), Some(ADMIN), Some(json!({})), StatusCode::BAD_REQUEST, "invalid_id"),
+    ];
+    let before = w.redis.digest();
+    for (method, path, token, body, expected, code) in &cases {
+        let (status, resp) = api.call(method, path, *token, body.clone()).await;
+        assert_eq!(status, *expected, "{method} {path}: {resp}");
+        if !code.is_empty() {
+            assert_error_shape(status, &resp, code);
+        }
+    }
+    assert_eq!(w.redis.digest(), before, "a rejected request changed Redis");
+
+    // The field of a bad recipient is named.
+    let (_, resp) = api
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(APP_A),
+            Some(json!({"body": "hi", "recipients": [ok_to[0], "555-0100"]})),
+        )
+        .await;
+    assert_eq!(resp["error"]["field"], "recipients[1]");
+
+    // 400 malformed JSON, 415 wrong content type, 413 too large (bytes, and recipients).
+    let raw = |ct: &'static str, body: Vec<u8>| {
+        api.client
+            .post(format!("{}/v1/customers/acme/bulk-texts", api.base))
+            .bearer_auth(APP_A)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let r = raw("application/json", b"{\"body\": \"hi\", ".to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_error_shape(r.status(), &r.json().await.unwrap(), "invalid_json");
+    let r = raw("text/plain", b"{}".to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_error_shape(r.status(), &r.json().await.unwrap(), "unsupported_media_type");
+    let r = raw("application/json", vec![b' '; 9 * 1024 * 1024]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error_shape(r.status(), &r.json().await.unwrap(), "payload_too_large");
+    let many: Vec<String> = (0..100_001).map(|i| format!("+1415555{:04}", i % 10_000)).collect();
+    let (s, resp) = api
+        .call("POST", "/v1/customers/acme/bulk-texts", Some(APP_A), Some(json!({"body": "hi", "recipients": many})))
+        .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp["error"]["field"], "recipients");
+    assert_eq!(w.redis.digest(), before, "a rejected request changed Redis");
+
+    // 503 when Redis is down, and /healthz says so.
+    tokio::task::block_in_place(|| w.redis.kill());
+    let (s, resp) = api.call("GET", "/v1/customers/acme/pool", Some(APP_A), None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_error_shape(s, &resp, "unavailable");
+    assert!(!resp.to_string().contains("127.0.0.1"), "internals leaked: {resp}");
+    assert_eq!(api.call("GET", "/healthz", None, None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    tokio::task::block_in_place(|| w.redis.restart());
+    let (_, metrics) = api.call("GET", "/metrics", None, None).await;
+    assert!(
+        metrics.as_str().unwrap().contains("messenger_http_requests_total{route=\"/v1/customers/{id}/bulk-texts\"")
+    );
+}
+
+/// Acceptance 3: no request makes the server answer 500 or panic: malformed JSON, wrong content types, huge and
+/// empty bodies, invalid UTF-8 and odd encodings, at every route with every method. Every error is our JSON shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_never_make_the_server_fail() {
+    let w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    api.call("PUT", "/v1/customers/acme", Some(ADMIN), Some(json!({}))).await;
+    let paths = [
+        "/v1/customers/acme",
+        "/v1/customers/acme/bulk-texts",
+        "/v1/customers/acme/messages",
+        "/v1/customers/acme/pool",
+        "/v1/batches/acme.01jd0000000000000000000000",
+        "/v1/customers/%FF%FE%00/pool",
+        "/v1/batches/..%2F..%2Fetc",
+        "/v1/customers/acme/bulk-texts?x=%ZZ",
+        "/twilio/inbound",
+        "/twilio/status?b=%00",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/%F0%9F%92%A9",
+    ];
+    let long_path = format!("/v1/customers/{}/pool", "a".repeat(10_000));
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("application/json", b"".to_vec()),
+        ("application/json", b"null".to_vec()),
+        ("application/json", b"[]".to_vec()),
+        ("application/json", b"{\"body\": 12, \"recipients\": \"+14155552671\"}".to_vec()),
+        ("application/json", b"{\"body\": \"hi\", \"recipients\": [null, 1, {}, []]}".to_vec()),
+        ("application/json", vec![0xff, 0xfe, 0x00, 0x7b]),
+        ("application/json", b"{\"body\": \"\\ud800\", \"recipients\": [\"+14155552671\"]}".to_vec()),
+        ("application/json", format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes()),
+        ("application/json", vec![b'{'; 1_000_000]),
+        ("application/x-www-form-urlencoded", b"To=%ZZ&Body=%FF&&&==".to_vec()),
+        ("text/plain; charset=utf-16", vec![0xff, 0xfe, 0x41, 0x00]),
+        ("multipart/form-data; boundary=x", b"--x\r\n\r\n--x--".to_vec()),
+    ];
+    let tokens = [None, Some(ADMIN), Some(APP_A)];
+    // A fresh connection per request: the server may close one it answered early (before reading a big body).
+    shared::twilio::client::ensure_tls_provider();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut requests = 0;
+    for path in paths.iter().copied().chain([long_path.as_str()]) {
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            for token in tokens {
+                for (ct, body) in &bodies {
+                    let mut req = client
+                        .request(method.parse().unwrap(), format!("{}{path}", api.base))
+                        .header("content-type", *ct)
+                        .body(body.clone());
+                    if let Some(t) = token {
+                        req = req.bearer_auth(t);
+                    }
+                    requests += 1;
+                    let resp = match req.send().await {
+                        Ok(r) => r,
+                        // The server may answer (401, 413…) and close before a large body is fully written.
+                        Err(e) if body.len() > 64 * 1024 && e.is_request() => continue,
+                        Err(e) => panic!("{method} {path}: {e}"),
+                    };
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap();
+                    assert!(status.as_u16() < 500, "{method} {path} ({ct}) answered {status}: {text}");
+                    if status.is_client_error() {
+                        let v: Value =
+                            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+                        assert!(
+                            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                            "{method} {path}: {text}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    println!("{requests} hostile requests, no 5xx");
+    assert_eq!(api.call("GET", "/healthz", None, None).await.0, StatusCode::OK);
+}
+
+/// Acceptance 5: `/openapi.json` is valid OpenAPI 3 (openapi-spec-validator), and the routes behave as it says:
+/// schemathesis generates requests from the document and checks every answer's status, content type and schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_valid_and_matches_the_routes() {
+    let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    api.call("PUT", "/v1/customers/acme", Some(ADMIN), Some(json!({}))).await;
+    let (s, doc) = api.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
+    for p in [
+        "/v1/customers/{id}",
+        "/v1/customers/{id}/bulk-texts",
+        "/v1/customers/{id}/messages",
+        "/v1/customers/{id}/pool",
+        "/v1/batches/{id}",
+    ] {
+        assert!(paths.iter().any(|x| *x == p), "{p} is not documented");
+    }
+    let spec = std::env::temp_dir().join(format!("openapi-{}.json", ulid::Ulid::new()));
+    std::fs::write(&spec, doc.to_string()).unwrap();
+    let validate = std::process::Command::new(&python)
+        .args(["-c", "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')"])
+        .arg(&spec)
+        .output()
+        .expect("python");
+    assert!(
+        validate.status.success(),
+        "invalid OpenAPI (install openapi-spec-validator via scripts/test): {}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+
+    let schemathesis = std::path::Path::new(&python).with_file_name("schemathesis");
+    let out = tokio::process::Command::new(&schemathesis)
+        .args(["run", &format!("{}/openapi.json", api.base), "--url", &api.base])
+        .args(["--header", &format!("Authorization: Bearer {ADMIN}")])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+        ])
+        .args(["--max-examples", "25", "--seed", "1", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .await
+        .expect("schemathesis (installed by scripts/test)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    println!("{}", report.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    assert!(out.status.success(), "schemathesis found mismatches:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_file(spec);
+}
