@@ -270,6 +270,8 @@ pub fn ensure_tls_provider() {
 }
 
 fn transport_error(e: reqwest::Error) -> TwilioError {
+    // The URL can carry recipients' numbers (list filters): never let it reach a log line.
+    let e = e.without_url();
     if e.is_connect() {
         TwilioError::Connect(error_chain(&e))
     } else if e.is_timeout() {
