@@ -360,15 +360,7 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure>
     let addr = listener.local_addr().map_err(Failure::from)?;
     println!("producer listening on http://{addr}");
     tracing::info!(%addr, "producer serving");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    crate::server::serve(listener, state, shutdown).await.map_err(Failure::from)?;
+    crate::server::serve(listener, state, shared::telemetry::shutdown_signal()).await.map_err(Failure::from)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -411,10 +403,7 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
     };
     let receipt = enqueue::enqueue(&mut conn, batch, settings.batch_retention, args.chunk_size, Some(&mut progress))
         .await
-        .map_err(|e| match e {
-            enqueue::BulkError::Redis(r) => Failure::Runtime(format!("redis: {r}")),
-            other => Failure::Usage(other.to_string()),
-        })?;
+        .map_err(|e| if e.is_redis() { Failure::Runtime(e.to_string()) } else { Failure::Usage(e.to_string()) })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

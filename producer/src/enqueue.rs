@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use shared::batches::{self, NewBatch, Progress, Receipt, SubmitError};
 use shared::customers;
-use shared::domain::CustomerId;
 use shared::store::Conn;
 
 use crate::validate::{self, BulkRequest, Invalid};
@@ -14,15 +13,16 @@ use crate::validate::{self, BulkRequest, Invalid};
 pub enum BulkError {
     #[error("{0}")]
     Invalid(Invalid),
-    #[error("unknown customer {0}: create it first with `producer customer add {0}`")]
-    UnknownCustomer(CustomerId),
-    #[error(
-        "idempotency key {key:?} was already used for batch {batch} with a different request (body or recipients \
-         differ); use a new key for a new request"
-    )]
-    KeyReused { key: String, batch: String },
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    /// Unknown customer, reused idempotency key, or Redis failing while enqueuing.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+impl BulkError {
+    /// The request was fine; Redis was not.
+    pub fn is_redis(&self) -> bool {
+        matches!(self, BulkError::Submit(SubmitError::Redis(_)))
+    }
 }
 
 /// Validates and enqueues. `priority` puts the jobs at the front of the customer's queue (single messages).
@@ -54,12 +54,8 @@ pub async fn enqueue(
     progress: Option<Progress<'_>>,
 ) -> Result<Receipt, BulkError> {
     // Checked before any write so an unknown customer changes nothing (batch creation re-checks atomically).
-    if customers::get(conn, &batch.customer).await?.is_none() {
-        return Err(BulkError::UnknownCustomer(batch.customer));
+    if customers::get(conn, &batch.customer).await.map_err(SubmitError::Redis)?.is_none() {
+        return Err(SubmitError::UnknownCustomer(batch.customer).into());
     }
-    batches::submit(conn, &batch, retention, chunk_size, progress).await.map_err(|e| match e {
-        SubmitError::UnknownCustomer(c) => BulkError::UnknownCustomer(c),
-        SubmitError::KeyReused { key, batch } => BulkError::KeyReused { key, batch },
-        SubmitError::Redis(r) => BulkError::Redis(r),
-    })
+    Ok(batches::submit(conn, &batch, retention, chunk_size, progress).await?)
 }

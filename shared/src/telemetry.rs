@@ -20,6 +20,16 @@ pub fn init(default_filter: &str) {
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.compact().try_init() };
 }
 
+/// Resolves on SIGTERM or SIGINT: what every long-running binary shuts down on.
+pub async fn shutdown_signal() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// Formats an error with its whole cause chain: `outer: inner: root`.
 pub fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();

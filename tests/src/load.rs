@@ -528,6 +528,25 @@ pub async fn key_inventory(stack: &Stack) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Enqueues one single message (front of the queue), as `POST /v1/customers/{id}/messages` does.
+async fn send_single(
+    conn: &mut redis::aio::ConnectionManager,
+    customer: &CustomerId,
+    to: &str,
+    body: &str,
+) -> anyhow::Result<()> {
+    let req = NewBatch {
+        customer: customer.clone(),
+        body: MessageBody::parse(body)?,
+        recipients: vec![PhoneNumber::parse(to)?],
+        duplicates: 0,
+        idempotency_key: None,
+        priority: true,
+    };
+    batches::submit(conn, &req, Duration::from_secs(3600), 1000, None).await?;
+    Ok(())
+}
+
 fn ms_between(a: SystemTime, b: DateTime<Utc>) -> f64 {
     let a: DateTime<Utc> = a.into();
     (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
@@ -559,16 +578,8 @@ pub async fn idle_run(cfg: &LoadConfig, rate: f64, duration: Duration) -> anyhow
         if started.elapsed() > duration {
             break;
         }
-        let req = NewBatch {
-            customer: id.clone(),
-            body: MessageBody::parse("Your package is at the front desk.").unwrap(),
-            recipients: vec![PhoneNumber::parse(r).unwrap()],
-            duplicates: 0,
-            idempotency_key: None,
-            priority: true,
-        };
         sent_at.insert(r.clone(), SystemTime::now());
-        batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;
+        send_single(&mut conn, &id, r, "Your package is at the front desk.").await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.stop_workers();
@@ -603,16 +614,8 @@ pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<Fai
     let mut sent_at = HashMap::new();
     let mut a_pending = 0;
     for r in &probe_to {
-        let req = NewBatch {
-            customer: b.clone(),
-            body: MessageBody::parse("Probe for customer B").unwrap(),
-            recipients: vec![PhoneNumber::parse(r).unwrap()],
-            duplicates: 0,
-            idempotency_key: None,
-            priority: true,
-        };
         sent_at.insert(r.clone(), SystemTime::now());
-        batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await?;
+        send_single(&mut conn, &b, r, "Probe for customer B").await?;
         a_pending = batches::status(&mut conn, &BatchId::parse(&batch_a)?).await?.map(|s| s.pending()).unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -12,22 +12,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match worker::run(settings, shutdown_signal()).await {
+    match worker::run(settings, shared::telemetry::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error.message = %e, "worker cannot run");
             eprintln!("worker: {e}");
             ExitCode::from(2)
         }
-    }
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

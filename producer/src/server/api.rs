@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use shared::batches::{self, BatchStatus};
+use shared::batches::{self, BatchStatus, SubmitError};
 use shared::customers::{self, Customer, PoolReport};
 use shared::domain::{AccountSid, BatchId, CustomerId};
 use utoipa::ToSchema;
@@ -229,9 +229,11 @@ async fn submit(s: &AppState, bulk: BulkRequest, priority: bool) -> Result<batch
 fn bulk_error(e: BulkError) -> ApiError {
     match e {
         BulkError::Invalid(invalid) => ApiError::invalid(invalid.problems, invalid.total),
-        BulkError::UnknownCustomer(c) => ApiError::not_found(format!("unknown customer {c}")),
-        e @ BulkError::KeyReused { .. } => ApiError::conflict(e.to_string()).field("idempotency_key"),
-        BulkError::Redis(r) => ApiError::redis(&r),
+        BulkError::Submit(SubmitError::UnknownCustomer(c)) => ApiError::not_found(format!("unknown customer {c}")),
+        BulkError::Submit(e @ SubmitError::KeyReused { .. }) => {
+            ApiError::conflict(e.to_string()).field("idempotency_key")
+        }
+        BulkError::Submit(SubmitError::Redis(r)) => ApiError::redis(&r),
     }
 }
 

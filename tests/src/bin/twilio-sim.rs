@@ -76,14 +76,6 @@ async fn main() -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("twilio-sim listening on http://{addr}");
     tracing::info!(%addr, "twilio-sim listening");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    sim::serve(listener, sim::Sim::new(config), shutdown).await;
+    sim::serve(listener, sim::Sim::new(config), shared::telemetry::shutdown_signal()).await;
     Ok(())
 }

@@ -53,15 +53,11 @@ impl World {
     }
 
     pub async fn producer_ok(&self, args: &[&str]) -> String {
-        let out = self.producer(args).await;
-        assert!(
-            out.status.success(),
-            "producer {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let env = self.env.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || env.producer_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap()
     }
 
     /// `producer bulk … --json`, returning the batch id.
