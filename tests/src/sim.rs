@@ -313,6 +313,16 @@ fn authorize(sim: &Sim, headers: &HeaderMap, account: &str) -> Result<(), Respon
     Ok(())
 }
 
+/// Authorizes a list request, then waits the configured list latency.
+async fn authorize_list(sim: &Sim, headers: &HeaderMap, account: &str) -> Result<(), Response> {
+    authorize(sim, headers, account)?;
+    let latency = sim.config().list_latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    Ok(())
+}
+
 /// Parses a form body keeping repeated keys.
 fn form(body: &[u8]) -> Vec<(String, String)> {
     serde_urlencoded::from_bytes(body).unwrap_or_default()
@@ -782,12 +792,8 @@ async fn list_messages(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&sim, &headers, &account) {
+    if let Err(r) = authorize_list(&sim, &headers, &account).await {
         return r;
-    }
-    let latency = sim.config().list_latency_ms;
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let q = parse_query(raw);
     let to = field(&q, "To");
@@ -944,12 +950,8 @@ async fn list_numbers(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    if let Err(r) = authorize(&sim, &headers, &account) {
+    if let Err(r) = authorize_list(&sim, &headers, &account).await {
         return r;
-    }
-    let latency = sim.config().list_latency_ms;
-    if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
     let q = parse_query(raw);
     let friendly = field(&q, "FriendlyName");
