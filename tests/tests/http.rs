@@ -487,6 +487,12 @@ async fn errors_have_one_shape_and_tokens_keep_to_their_customers() {
     assert_eq!(resp["error"]["field"], "recipients");
     assert_eq!(w.redis.digest(), before, "a rejected request changed Redis");
 
+    let (_, metrics) = api.call("GET", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("messenger_http_requests_total{route=\"/v1/customers/{id}/bulk-texts\""), "{metrics}");
+    // globex's 2 queued jobs (no workers run in this test).
+    assert!(metrics.contains("messenger_queue_jobs{customer=\"globex\",state=\"ready\"} 2"), "{metrics}");
+
     // 503 when Redis is down, and /healthz says so.
     tokio::task::block_in_place(|| w.redis.kill());
     let (s, resp) = api.call("GET", "/v1/customers/acme/pool", Some(APP_A), None).await;
@@ -495,10 +501,6 @@ async fn errors_have_one_shape_and_tokens_keep_to_their_customers() {
     assert!(!resp.to_string().contains("127.0.0.1"), "internals leaked: {resp}");
     assert_eq!(api.call("GET", "/healthz", None, None).await.0, StatusCode::SERVICE_UNAVAILABLE);
     tokio::task::block_in_place(|| w.redis.restart());
-    let (_, metrics) = api.call("GET", "/metrics", None, None).await;
-    assert!(
-        metrics.as_str().unwrap().contains("messenger_http_requests_total{route=\"/v1/customers/{id}/bulk-texts\"")
-    );
 }
 
 /// Acceptance 3: no request makes the server answer 500 or panic: malformed JSON, wrong content types, huge and

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,13 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub customer: String,
+    /// `ready`, `scheduled` (retries, deferrals) or `in_flight`.
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +52,9 @@ pub struct Metrics {
     pub opt_ins: Counter,
     pub webhook_rejected: Counter,
     deliveries: Family<StatusLabels, Counter>,
+    /// Read from Redis at each scrape.
+    queue: Family<QueueLabels, Gauge>,
+    workers: Gauge,
 }
 
 impl Default for Metrics {
@@ -59,6 +70,8 @@ impl Default for Metrics {
         let opt_ins = Counter::default();
         let webhook_rejected = Counter::default();
         let deliveries = Family::<StatusLabels, Counter>::default();
+        let queue = Family::<QueueLabels, Gauge>::default();
+        let workers = Gauge::default();
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register(
@@ -79,6 +92,16 @@ impl Default for Metrics {
             "Twilio status callbacks by status (counted = first final status)",
             deliveries.clone(),
         );
+        registry.register(
+            "queue_jobs",
+            "Jobs of customers with work, by state (read from Redis at scrape time)",
+            queue.clone(),
+        );
+        registry.register(
+            "workers_alive",
+            "Worker processes that sent a heartbeat in the last minute",
+            workers.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -89,6 +112,8 @@ impl Default for Metrics {
             opt_ins,
             webhook_rejected,
             deliveries,
+            queue,
+            workers,
         }
     }
 }
@@ -127,8 +152,41 @@ impl Metrics {
     }
 }
 
+/// Refreshes the queue gauges from Redis: per active customer (at most 500), jobs ready, scheduled and in flight;
+/// and the live workers. A Redis error leaves the gauges as they were rather than failing the scrape.
+async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
+    use redis::AsyncCommands;
+    let mut conn = s.conn.clone();
+    let now = shared::customers::redis_now_ms(&mut conn).await?;
+    let mut active: Vec<String> = conn.smembers(shared::keys::ACTIVE).await?;
+    active.sort();
+    active.truncate(500);
+    let mut pipe = redis::pipe();
+    let mut ids = Vec::new();
+    for c in &active {
+        let Ok(id) = shared::domain::CustomerId::parse(c) else { continue };
+        let k = shared::keys::CustomerKeys::new(&id);
+        pipe.llen(k.queue()).zcard(k.scheduled()).zcard(k.inflight());
+        ids.push(id);
+    }
+    let counts: Vec<i64> = if ids.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
+    let alive: i64 = conn.zcount(shared::keys::WORKERS, now - 60_000, "+inf").await?;
+    s.metrics.queue.clear();
+    for (i, id) in ids.iter().enumerate() {
+        for (j, state) in ["ready", "scheduled", "in_flight"].into_iter().enumerate() {
+            let labels = QueueLabels { customer: id.to_string(), state: state.to_owned() };
+            s.metrics.queue.get_or_create(&labels).set(counts[3 * i + j]);
+        }
+    }
+    s.metrics.workers.set(alive);
+    Ok(())
+}
+
 /// `GET /metrics`.
 pub async fn render(State(s): State<AppState>) -> Response {
+    if let Err(e) = refresh_queues(&s).await {
+        tracing::warn!(error.message = %e, "queue gauges not refreshed");
+    }
     let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], s.metrics.encode()).into_response()
 }
