@@ -486,6 +486,15 @@ pub fn print_status(s: &BatchStatus) {
     }
     println!("  opted out  {:>8}", s.opted_out);
     println!("  cancelled  {:>8}{}", s.cancelled, if s.cancel_requested { "   (cancel requested)" } else { "" });
+    if s.delivered + s.undelivered > 0 {
+        let reasons: Vec<String> = s.undelivered_reasons.iter().map(|(r, n)| format!("error {r}: {n}")).collect();
+        println!(
+            "  delivery reports: {} delivered, {} undelivered {}",
+            s.delivered,
+            s.undelivered,
+            if reasons.is_empty() { String::new() } else { format!("({})", reasons.join(", ")) }
+        );
+    }
     if s.dup_sends > 0 {
         println!("  DUPLICATE SENDS {:>3}   (a worker was paused past its lease)", s.dup_sends);
     }

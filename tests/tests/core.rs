@@ -200,6 +200,61 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
     assert!(matches!(ledger.reserve(&jobs[8], fast, None).await.unwrap(), Reserve::Full(_)));
 }
 
+/// Sticky senders: a recipient keeps hearing from the number that last texted them while it has capacity (so replies
+/// land in one thread), even after the customer moved on to filling another number; a full number lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_keeps_its_sender_while_that_number_has_capacity() {
+    let w = World::start(SimConfig::default()).await;
+    let quota = QuotaSettings { window: Duration::from_secs(600), daily_quota: 3, conversational_cap: 3 };
+    let id = CustomerId::parse("acme").unwrap();
+    let mut conn = w.redis.conn().await;
+    customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 2 })
+        .await
+        .unwrap();
+    for (n, sid) in [("+14152000001", "PN1"), ("+14152000002", "PN2")] {
+        purchase::commit_number(&mut conn, &id, &Bought { number: n.into(), sid: sid.into() }, "").await.unwrap();
+    }
+    let ledger = Ledger::new(conn.clone(), quota, DAY);
+    // One batch per message to the same recipient (a batch texts a recipient once).
+    let next = |body: &'static str, to: String| {
+        let (mut conn, ledger, id) = (conn.clone(), ledger.clone(), id.clone());
+        async move {
+            let req = NewBatch {
+                customer: id.clone(),
+                body: MessageBody::parse(body).unwrap(),
+                recipients: vec![PhoneNumber::parse(&to).unwrap()],
+                duplicates: 0,
+                idempotency_key: None,
+                priority: true,
+            };
+            batches::submit(&mut conn, &req, DAY, 10, None).await.unwrap();
+            let f = ledger.fetch(&id, 1, Duration::from_secs(60)).await.unwrap();
+            let job = Job::from_member(&id, &f.jobs[0]).unwrap();
+            match ledger.reserve(&job, ReserveMode::Fast, None).await.unwrap() {
+                Reserve::Reserved(s) => s.number,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let tenant = recipients(1, 0)[0].clone();
+    let first = next("one", tenant.clone()).await;
+    // The customer moves on: the other number becomes the one being filled.
+    let other = if first == "+14152000001" { "+14152000002" } else { "+14152000001" };
+    let _: () = redis::cmd("HSET")
+        .arg(CustomerKeys::new(&id).cfg())
+        .arg("current")
+        .arg(other)
+        .query_async(&mut ledger.conn())
+        .await
+        .unwrap();
+    assert_eq!(next("two", tenant.clone()).await, first, "the tenant switched senders while the first had room");
+    assert_eq!(next("three", tenant.clone()).await, first);
+    // The first number is now full (quota 3): the tenant moves to the other one.
+    assert_eq!(next("four", tenant.clone()).await, other);
+    // And a new tenant goes to the number being filled.
+    assert_eq!(next("five", recipients(1, 1)[0].clone()).await, other);
+}
+
 /// Acceptance 4 (Redis time): a worker whose clock says it is yesterday still keeps the quota, because windows
 /// are scored with Redis's `TIME`. Had it scored sends with its own clock, every entry would already have aged
 /// out and all 10 recipients would be texted from the one number allowed 5.
