@@ -8,11 +8,18 @@
 
 local batch, state, failures, inflight, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local local_id, retention = ARGV[1], tonumber(ARGV[2])
-local f = redis.call('HMGET', batch, 'total', 'state')
+local f = redis.call('HMGET', batch, 'total', 'state', 'enqueued')
 if not f[1] then return {'missing'} end
 if f[2] == 'complete' then return {'complete'} end
 redis.call('HSET', batch, 'cancel', '1')
 local now = now_ms()
+-- Jobs a producer never enqueued (it died mid-enqueue) end as cancelled too, and the cursor moves to the end so a
+-- resubmission enqueues nothing more.
+local never = tonumber(f[1]) - (tonumber(f[3]) or 0)
+if never > 0 then
+  redis.call('HINCRBY', batch, 'cancelled', never)
+  redis.call('HSET', batch, 'enqueued', f[1])
+end
 local prefix = local_id .. '|'
 local n = 0
 local cursor = '0'

@@ -11,13 +11,13 @@
 --
 -- KEYS[1] batch HASH   KEYS[2] batch state HASH   KEYS[3] batch failures HASH   KEYS[4] inflight ZSET
 -- KEYS[5] unsent ZSET
--- ARGV[1] recipient    ARGV[2] job member         ARGV[3] message sid           ARGV[4] batch retention s
--- ARGV[5] window key prefix   ARGV[6] window ms
+-- ARGV[1] recipient    ARGV[2] in-flight member   ARGV[3] message sid           ARGV[4] batch retention s
+-- ARGV[5] window key prefix   ARGV[6] window ms   ARGV[7] the number the message was sent from
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
 local batch, state, failures, inflight, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local window_ms = tonumber(ARGV[6])
+local window_ms, from = tonumber(ARGV[6]), ARGV[7]
 local now = now_ms()
 
 local b = redis.call('HMGET', batch, 'total', 'state')
@@ -33,16 +33,21 @@ end
 if b[2] == 'complete' or is_terminal(st) then
   redis.call('HINCRBY', batch, 'dup_sends', 1)
   redis.call('ZREM', inflight, member)
+  -- The text did go out: it counts against its number's quota like any other.
+  if from ~= '' then
+    redis.call('RPUSH', wprefix .. from, window_entry(now, 'dup' .. sid))
+    redis.call('PEXPIRE', wprefix .. from, window_ms + 1000)
+  end
   return {'duplicate'}
 end
 if st and string.sub(st, 1, 1) == 'r' then
   local p = split(st)
   settle_slot(unsent, st)
-  -- Moved to the tail with the commit time; an entry that already aged out is not brought back.
+  -- Moved to the tail with the commit time. If the entry already aged out (a send slower than the window), the
+  -- message still went out now and counts from now.
   local wk = wprefix .. p[2]
-  if redis.call('LREM', wk, -1, window_entry(p[4], p[3])) == 1 then
-    redis.call('RPUSH', wk, window_entry(now, p[3]))
-    redis.call('PEXPIRE', wk, window_ms + 1000)
-  end
+  redis.call('LREM', wk, -1, window_entry(p[4], p[3]))
+  redis.call('RPUSH', wk, window_entry(now, p[3]))
+  redis.call('PEXPIRE', wk, window_ms + 1000)
 end
 return {'ok', finish(batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

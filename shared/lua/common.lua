@@ -12,6 +12,16 @@
 --   o|                             opted out (terminal)
 --   x|                             cancelled (terminal)
 -- <n> counts transient failures so far.
+--
+-- A job in flight is the member `<job>#<lease token>` of the customer's in-flight set: every fetch hands a job out
+-- under a fresh token, so a worker whose lease expired (and whose job was fetched again by someone else) no longer
+-- matches, and scripts that act for it change nothing (renew reports the job lost, reserve says 'lost', retry
+-- says 'stale').
+
+-- The job member of an in-flight member (`<job>#<token>` → `<job>`).
+local function job_of(lease)
+  return string.match(lease, '^(.*)#[^#]*$') or lease
+end
 
 local function now_ms()
   local t = redis.call('TIME')

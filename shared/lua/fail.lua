@@ -7,7 +7,7 @@
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] batch failures HASH  KEYS[4] inflight ZSET
 -- KEYS[5] optouts SET  KEYS[6] unsent ZSET
--- ARGV[1] recipient   ARGV[2] job member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
+-- ARGV[1] recipient   ARGV[2] in-flight member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
 -- ARGV[5] state value the caller saw ('' = any non-terminal)   ARGV[6] window key prefix
 -- ARGV[7] batch retention s
 -- Returns {'ok', completed 0|1} | {'stale'} | {'orphan'}
@@ -18,9 +18,14 @@ local recipient, member, kind, reason, expect, wprefix =
 local retention = tonumber(ARGV[7])
 local now = now_ms()
 
-if redis.call('EXISTS', batch) == 0 then
+local bstate = redis.call('HGET', batch, 'state')
+if not bstate then
   redis.call('ZREM', inflight, member)
   return {'orphan'}
+end
+if bstate == 'complete' then
+  redis.call('ZREM', inflight, member)
+  return {'stale'}
 end
 local st = redis.call('HGET', state, recipient)
 if is_terminal(st) or (expect ~= '' and st ~= expect) then

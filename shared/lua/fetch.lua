@@ -5,20 +5,22 @@
 -- deferrals) to the front as well, so they do not wait behind a 100,000-job backlog. Both steps are bounded so a
 -- huge backlog never builds one oversized reply (apalis-redis's "too many results to unpack" crash).
 --
+-- Jobs are handed out as in-flight members `<job>#<token>` (common.lua), the token fresh for this call.
+--
 -- KEYS[1] queue LIST   KEYS[2] scheduled ZSET   KEYS[3] inflight ZSET
--- ARGV[1] max jobs     ARGV[2] lease ms         ARGV[3] max promotions per call
+-- ARGV[1] max jobs     ARGV[2] lease ms         ARGV[3] max promotions per call   ARGV[4] lease token
 -- Returns {queue_len_after, next_due_in_ms or -1, inflight_count, job...}
 --   next_due_in_ms: time until the earliest scheduled job or lease deadline, so an idle fetcher knows when to
 --   come back (relative, so the fetcher never compares Redis time with its own clock).
 
 local queue, sched, inflight = KEYS[1], KEYS[2], KEYS[3]
-local n, lease, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local n, lease, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 
 local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
 for i = 1, #expired do
   redis.call('ZREM', inflight, expired[i])
-  redis.call('LPUSH', queue, expired[i])
+  redis.call('LPUSH', queue, job_of(expired[i]))
 end
 
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, limit)
@@ -35,7 +37,7 @@ if n > 0 then
     local deadline = now + lease
     for i = 1, #jobs do
       args[#args + 1] = deadline
-      args[#args + 1] = jobs[i]
+      args[#args + 1] = jobs[i] .. '#' .. token
     end
     redis.call('ZADD', inflight, unpack(args))
   end

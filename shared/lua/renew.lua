@@ -1,10 +1,11 @@
 -- renew.lua: extends the leases of the jobs one worker process is running for one customer (its heartbeat).
 --
--- Never re-adds a job that is no longer in flight: if a lease already expired and the job went back to the
--- queue, the worker is told, so it does not send a text another worker may now be sending.
+-- Never re-adds a job that is no longer in flight under the worker's own token: if a lease already expired and the
+-- job went back to the queue (or to another worker, under another token), the worker is told, so it does not send
+-- a text another worker may now be sending.
 --
 -- KEYS[1] inflight ZSET
--- ARGV[1] lease ms   ARGV[2..] job members
+-- ARGV[1] lease ms   ARGV[2..] in-flight members (`<job>#<token>`)
 -- Returns the members that are no longer in flight.
 
 local inflight = KEYS[1]

@@ -13,7 +13,7 @@
 -- KEYS[4] batch HASH        KEYS[5] batch state HASH KEYS[6] batch failures HASH
 -- KEYS[7] inflight ZSET     KEYS[8] intents HASH     KEYS[9] purchase lock STRING
 -- KEYS[10] unsent ZSET (reserved slots whose outcome is not known yet)
--- ARGV[1] recipient         ARGV[2] job member       ARGV[3] window ms
+-- ARGV[1] recipient         ARGV[2] in-flight member (`<job>#<token>`)   ARGV[3] window ms
 -- ARGV[4] daily quota       ARGV[5] conversational cap
 -- ARGV[6] window key prefix ARGV[7] received key prefix ARGV[8] sticky key prefix
 -- ARGV[9] batch retention s ARGV[10] mode: 'fast' | 'locked'
@@ -23,6 +23,7 @@
 -- Returns one of:
 --   {'ok', number, resid, now, attempt}        slot reserved; state is now r|number|resid|now|attempt
 --   {'done', sid} | {'terminal', kind}         nothing to do (job removed from in-flight)
+--   {'lost'}                                   the caller's lease is gone: another worker may have the job
 --   {'opted_out'} | {'cancelled'} | {'orphan'} job finished here (orphan: its batch no longer exists)
 --   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
 --   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
@@ -42,10 +43,18 @@ local orphan_ms = tonumber(ARGV[15])
 
 local now = now_ms()
 
-local b = redis.call('HMGET', batch, 'total', 'cancel')
+if not redis.call('ZSCORE', inflight, member) then
+  return {'lost'}
+end
+local b = redis.call('HMGET', batch, 'total', 'cancel', 'state')
 if not b[1] then
   redis.call('ZREM', inflight, member)
   return {'orphan'}
+end
+if b[3] == 'complete' then
+  -- Every job of the batch already ended (its states are gone): a leftover copy must not send.
+  redis.call('ZREM', inflight, member)
+  return {'terminal', 'c'}
 end
 
 local st = redis.call('HGET', state, recipient)

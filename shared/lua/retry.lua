@@ -6,24 +6,43 @@
 --                 so the next delivery resolves it against Twilio before any resend.
 -- mode 'defer':   no capacity and no room to buy: state D|<attempt>, counted in the batch's `deferred`.
 -- mode 'wait':    nothing to record (e.g. waiting for another worker's purchase).
--- Compare-and-set on the state value the caller saw; the job moves from in-flight to the schedule at `due`.
+-- Compare-and-set on the state value the caller saw, and only while the caller still holds the job (its in-flight
+-- member is there): the job moves from in-flight to the schedule at `due`. A batch cancelled meanwhile ends the job
+-- as cancelled instead of parking it.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] inflight ZSET  KEYS[4] scheduled ZSET
--- KEYS[5] unsent ZSET
--- ARGV[1] recipient   ARGV[2] job member   ARGV[3] mode   ARGV[4] delay ms (from Redis now), or -1
+-- KEYS[5] unsent ZSET KEYS[6] batch failures HASH
+-- ARGV[1] recipient   ARGV[2] in-flight member   ARGV[3] mode   ARGV[4] delay ms (from Redis now), or -1
 -- ARGV[5] absolute due ms (used when delay is -1)   ARGV[6] attempt   ARGV[7] reason
--- ARGV[8] state value the caller saw ('' = none)    ARGV[9] window key prefix
--- Returns {'ok', due} | {'stale'}
+-- ARGV[8] state value the caller saw ('' = none)    ARGV[9] window key prefix   ARGV[10] batch retention s
+-- Returns {'ok', due} | {'stale'} | {'cancelled'}
 
-local batch, state, inflight, sched, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local batch, state, inflight, sched, unsent, failures = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local recipient, member, mode = ARGV[1], ARGV[2], ARGV[3]
 local delay, due_abs, attempt, reason, expect, wprefix =
   tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local retention = tonumber(ARGV[10])
 local now = now_ms()
 
+-- Not ours any more (the lease expired and the job went back to the queue, maybe to another worker).
+if not redis.call('ZSCORE', inflight, member) then
+  return {'stale'}
+end
+local b = redis.call('HMGET', batch, 'state', 'cancel')
+if not b[1] or b[1] == 'complete' then
+  redis.call('ZREM', inflight, member)
+  return {'stale'}
+end
 local st = redis.call('HGET', state, recipient)
 if is_terminal(st) or (st or '') ~= expect then
   return {'stale'}
+end
+if b[2] == '1' and mode ~= 'keep' then
+  if st and string.sub(st, 1, 1) == 'r' then
+    release_slot(wprefix, unsent, st)
+  end
+  finish(batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
+  return {'cancelled'}
 end
 if mode == 'release' then
   if st and string.sub(st, 1, 1) == 'r' then
@@ -40,5 +59,5 @@ end
 local due = now + delay
 if delay < 0 then due = math.max(due_abs, now) end
 redis.call('ZREM', inflight, member)
-redis.call('ZADD', sched, due, member)
+redis.call('ZADD', sched, due, job_of(member))
 return {'ok', due}

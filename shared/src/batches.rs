@@ -123,7 +123,8 @@ pub async fn submit(
     let start = cursor;
     let mut progress = progress;
     while cursor < total {
-        let end = (cursor + chunk_size.max(1)).min(total);
+        // Bounded: each chunk is one script call whose arguments Lua unpacks (at most ~8,000).
+        let end = (cursor + chunk_size.clamp(1, 5_000)).min(total);
         let mut inv = scripts::ENQUEUE_CHUNK.key(k.batch(&batch));
         inv.key(k.queue()).arg(cursor).arg(if req.priority { "front" } else { "back" });
         for r in &req.recipients[cursor..end] {

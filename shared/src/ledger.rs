@@ -23,20 +23,24 @@ pub struct Job {
     pub recipient: PhoneNumber,
     /// The queue member, `<batch local id>|<recipient>`.
     pub member: String,
+    /// The in-flight member, `<member>#<lease token>`: who holds the job (a fresh token per fetch).
+    pub lease: String,
 }
 
 impl Job {
     pub fn new(batch: &BatchId, recipient: PhoneNumber) -> Self {
         let member = keys::job_member(batch, recipient.as_str());
-        Self { customer: batch.customer().clone(), batch: batch.clone(), recipient, member }
+        let lease = format!("{member}#");
+        Self { customer: batch.customer().clone(), batch: batch.clone(), recipient, member, lease }
     }
 
-    /// Decodes a queue member fetched from `customer`'s queue.
-    pub fn from_member(customer: &CustomerId, member: &str) -> Option<Self> {
+    /// Decodes a queue member fetched from `customer`'s queue under lease `token`.
+    pub fn leased(customer: &CustomerId, member: &str, token: &str) -> Option<Self> {
         let (local, recipient) = member.split_once('|')?;
         let batch = BatchId::from_parts(customer, local).ok()?;
         let recipient = PhoneNumber::from_trusted(recipient).ok()?;
-        Some(Self { customer: customer.clone(), batch, recipient, member: member.to_owned() })
+        let lease = format!("{member}#{token}");
+        Some(Self { customer: customer.clone(), batch, recipient, member: member.to_owned(), lease })
     }
 }
 
@@ -98,6 +102,8 @@ pub enum Reserve {
     AlreadySent(String),
     /// Already failed, opted out or cancelled.
     Terminal,
+    /// The caller's lease is gone (it expired and the job went back to the queue): leave the job alone.
+    Lost,
     /// Ended here: the recipient opted out, the batch was cancelled, or the batch no longer exists.
     OptedOut,
     Cancelled,
@@ -172,10 +178,11 @@ pub enum Commit {
     Orphan,
 }
 
-/// Jobs handed out by [`Ledger::fetch`].
+/// Jobs handed out by [`Ledger::fetch`]. (Queue entries are only written by [`crate::batches`]; one that does not
+/// decode is skipped.)
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
-    pub jobs: Vec<String>,
+    pub jobs: Vec<Job>,
     pub queue_len: i64,
     /// Time until the earliest scheduled job or lease deadline.
     pub next_due_in: Option<Duration>,
@@ -234,7 +241,7 @@ impl Ledger {
             .key(k.lock())
             .key(k.unsent())
             .arg(job.recipient.as_str())
-            .arg(&job.member)
+            .arg(&job.lease)
             .arg(self.quota.window_ms())
             .arg(self.quota.daily_quota)
             .arg(self.quota.conversational_cap)
@@ -269,6 +276,7 @@ impl Ledger {
             Some("opted_out") => Reserve::OptedOut,
             Some("cancelled") => Reserve::Cancelled,
             Some("orphan") => Reserve::Orphan,
+            Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
             Some("full") => Reserve::Full(Full {
                 numbers: num(&p, 1) as u32,
@@ -292,8 +300,8 @@ impl Ledger {
         })
     }
 
-    /// Records a sent message (idempotent; see commit.lua).
-    pub async fn commit_sent(&self, job: &Job, sid: &str) -> redis::RedisResult<Commit> {
+    /// Records a message sent from `from` (idempotent; see commit.lua).
+    pub async fn commit_sent(&self, job: &Job, sid: &str, from: &str) -> redis::RedisResult<Commit> {
         let k = CustomerKeys::new(&job.customer);
         let v: Value = scripts::COMMIT
             .key(k.batch(&job.batch))
@@ -302,11 +310,12 @@ impl Ledger {
             .key(k.inflight())
             .key(k.unsent())
             .arg(job.recipient.as_str())
-            .arg(&job.member)
+            .arg(&job.lease)
             .arg(sid)
             .arg(self.retention_s)
             .arg(k.window_prefix())
             .arg(self.quota.window_ms())
+            .arg(from)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let p = strings(v);
@@ -335,7 +344,7 @@ impl Ledger {
             .key(k.optouts())
             .key(k.unsent())
             .arg(job.recipient.as_str())
-            .arg(&job.member)
+            .arg(&job.lease)
             .arg(ending.as_str())
             .arg(reason)
             .arg(seen.unwrap_or(""))
@@ -348,7 +357,7 @@ impl Ledger {
 
     /// Moves a job from in-flight back to the schedule, due after `delay` (Redis time) or at `due_ms`.
     /// `seen` is the job state the caller acted on (`None` = no state yet). Returns the due time, or `None` if the
-    /// job's state changed under us (someone else owns it now).
+    /// job is no longer the caller's (lease lost, state changed) or ended (its batch was cancelled meanwhile).
     #[allow(clippy::too_many_arguments)]
     pub async fn requeue(
         &self,
@@ -370,8 +379,9 @@ impl Ledger {
             .key(k.inflight())
             .key(k.scheduled())
             .key(k.unsent())
+            .key(k.batch_failures(&job.batch))
             .arg(job.recipient.as_str())
-            .arg(&job.member)
+            .arg(&job.lease)
             .arg(how.as_str())
             .arg(delay)
             .arg(due)
@@ -379,6 +389,7 @@ impl Ledger {
             .arg(reason)
             .arg(seen.unwrap_or(""))
             .arg(k.window_prefix())
+            .arg(self.retention_s)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let p = strings(v);
@@ -395,9 +406,10 @@ impl Ledger {
             .await
     }
 
-    /// Hands up to `n` jobs of `customer` to this worker under a lease of `lease`.
+    /// Hands up to `n` jobs of `customer` to this worker under a lease of `lease` (and a fresh lease token).
     pub async fn fetch(&self, customer: &CustomerId, n: usize, lease: Duration) -> redis::RedisResult<Fetched> {
         let k = CustomerKeys::new(customer);
+        let token = hex::encode(rand::random::<[u8; 6]>());
         let v: Value = scripts::FETCH
             .key(k.queue())
             .key(k.scheduled())
@@ -405,6 +417,7 @@ impl Ledger {
             .arg(n)
             .arg(lease.as_millis() as u64)
             .arg(1000)
+            .arg(&token)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let mut p = strings(v);
@@ -413,14 +426,15 @@ impl Ledger {
         }
         let jobs = p.split_off(3);
         Ok(Fetched {
-            jobs,
+            jobs: jobs.iter().filter_map(|m| Job::leased(customer, m, &token)).collect(),
             queue_len: num(&p, 0),
             next_due_in: Some(num(&p, 1)).filter(|v| *v >= 0).map(|ms| Duration::from_millis(ms as u64)),
             inflight: num(&p, 2),
         })
     }
 
-    /// Extends leases; returns the members that are no longer in flight (their lease expired).
+    /// Extends leases (`members` are in-flight members, [`Job::lease`]); returns the ones no longer held (their
+    /// lease expired).
     pub async fn renew(
         &self,
         customer: &CustomerId,
@@ -440,7 +454,7 @@ impl Ledger {
         Ok(strings(v).into_iter().filter(|s| !s.is_empty()).collect())
     }
 
-    /// Hands fetched-but-unstarted jobs back to the front of the queue.
+    /// Hands fetched-but-unstarted jobs (their [`Job::lease`]s) back to the front of the queue.
     pub async fn release(&self, customer: &CustomerId, members: &[String]) -> redis::RedisResult<u64> {
         if members.is_empty() {
             return Ok(0);

@@ -175,8 +175,16 @@ pub enum BuyOutcome {
 }
 
 /// Buys one number for `customer`, tagged with the intent. Uses `AreaCode` directly when the customer has one;
-/// otherwise searches local SMS-capable numbers and buys the first that is still available.
-pub async fn buy(twilio: &TwilioClient, customer: &Customer, intent_id: &str, sms_url: Option<&str>) -> BuyOutcome {
+/// otherwise searches local SMS-capable numbers and buys the first that is still available. No Twilio call starts
+/// after `deadline` (the intent must outlive every request made for it).
+pub async fn buy(
+    twilio: &TwilioClient,
+    customer: &Customer,
+    intent_id: &str,
+    sms_url: Option<&str>,
+    deadline: Instant,
+) -> BuyOutcome {
+    let out_of_time = || BuyOutcome::NotBought { reason: "purchase took too long".into(), retry_after: None };
     let account = account_for(customer, twilio);
     let name = friendly_name(&customer.id, intent_id);
     let classify = |e: TwilioError| match e.create_disposition() {
@@ -189,6 +197,9 @@ pub async fn buy(twilio: &TwilioClient, customer: &Customer, intent_id: &str, sm
         // A 201 without the fields we need: the number exists but we cannot record it; let reconcile adopt it.
         _ => BuyOutcome::Unknown { reason: "purchase response without phone_number/sid".into() },
     };
+    if Instant::now() >= deadline {
+        return out_of_time();
+    }
     if let Some(area) = customer.area_code.as_deref() {
         let req = BuyNumber { area_code: Some(area), friendly_name: &name, sms_url, ..Default::default() };
         return twilio.buy_number(account, &req).await.map_or_else(classify, done);
@@ -204,6 +215,9 @@ pub async fn buy(twilio: &TwilioClient, customer: &Customer, intent_id: &str, sm
         }
     };
     for c in candidates.iter().filter_map(|c| c.phone_number.as_deref()) {
+        if Instant::now() >= deadline {
+            return out_of_time();
+        }
         let req = BuyNumber { phone_number: Some(c), friendly_name: &name, sms_url, ..Default::default() };
         match twilio.buy_number(account, &req).await {
             Ok(n) => return done(n),

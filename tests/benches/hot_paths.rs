@@ -12,7 +12,7 @@ use shared::config::QuotaSettings;
 use shared::customers::{self, Customer};
 use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber, count_segments};
 use shared::keys::{self, CustomerKeys};
-use shared::ledger::{Job, Ledger, Reserve, ReserveMode};
+use shared::ledger::{Ledger, Reserve, ReserveMode};
 use shared::purchase::{self, Bought};
 
 fn pure(c: &mut Criterion) {
@@ -77,7 +77,7 @@ fn scripts(c: &mut Criterion) {
             if f.jobs.is_empty() {
                 break;
             }
-            jobs.extend(f.jobs.iter().map(|m| Job::from_member(&id, m).unwrap()));
+            jobs.extend(f.jobs);
         }
         (ledger, jobs)
     });
@@ -90,7 +90,7 @@ fn scripts(c: &mut Criterion) {
             i += 1;
             rt.block_on(async {
                 if let Reserve::Reserved(_) = ledger.reserve(job, ReserveMode::Fast, None).await.unwrap() {
-                    ledger.commit_sent(job, "SMbench").await.unwrap();
+                    ledger.commit_sent(job, "SMbench", "+14152000000").await.unwrap();
                 }
             })
         })

@@ -132,7 +132,7 @@ async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize) -> (Ledg
     let receipt = batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
     let ledger = Ledger::new(conn, quota, DAY);
     let fetched = ledger.fetch(&id, n, Duration::from_secs(60)).await.unwrap();
-    let jobs = fetched.jobs.iter().map(|m| Job::from_member(&id, m).unwrap()).collect();
+    let jobs = fetched.jobs;
     let _ = BatchId::parse(&receipt.batch_id).unwrap();
     (ledger, jobs, number)
 }
@@ -229,7 +229,7 @@ async fn a_recipient_keeps_its_sender_while_that_number_has_capacity() {
             };
             batches::submit(&mut conn, &req, DAY, 10, None).await.unwrap();
             let f = ledger.fetch(&id, 1, Duration::from_secs(60)).await.unwrap();
-            let job = Job::from_member(&id, &f.jobs[0]).unwrap();
+            let job = f.jobs[0].clone();
             match ledger.reserve(&job, ReserveMode::Fast, None).await.unwrap() {
                 Reserve::Reserved(s) => s.number,
                 other => panic!("{other:?}"),
@@ -444,14 +444,14 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
         batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
         let ledger = Ledger::new(conn, QuotaSettings::default(), DAY);
         let fetched = ledger.fetch(&id, 2, Duration::from_secs(60)).await.unwrap();
-        let jobs: Vec<Job> = fetched.jobs.iter().map(|m| Job::from_member(&id, m).unwrap()).collect();
+        let jobs: Vec<Job> = fetched.jobs;
         (ledger, jobs, ())
     };
     let (a, b) = (&jobs[0], &jobs[1]);
     assert!(matches!(ledger.reserve(a, ReserveMode::Fast, None).await.unwrap(), Reserve::Reserved(_)));
-    ledger.commit_sent(a, "SMrecordedbeforethecrash").await.unwrap();
+    ledger.commit_sent(a, "SMrecordedbeforethecrash", bought.phone_number.as_deref().unwrap()).await.unwrap();
     // Both jobs come back, as they would after a crash or a duplicate delivery.
-    ledger.release(&a.customer, &[a.member.clone(), b.member.clone()]).await.unwrap();
+    ledger.release(&a.customer, &[a.lease.clone(), b.lease.clone()]).await.unwrap();
 
     let _worker = w.worker(4);
     let status = w.wait_complete(&a.batch.to_string(), Duration::from_secs(30)).await;
@@ -459,6 +459,78 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
     assert_eq!(per.get(b.recipient.as_str()), Some(&1));
     assert_eq!(per.get(a.recipient.as_str()), None, "A was texted again");
     assert_eq!((status.sent, status.dup_sends), (2, 0));
+}
+
+/// A worker whose lease expired, and whose job another worker then fetched, can no longer act for the job: its
+/// renewal reports the job lost, its reserve is refused, and its reschedule does not put a second copy in the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_lost_its_lease_cannot_act_for_the_job() {
+    let w = World::start(SimConfig::default()).await;
+    let quota = QuotaSettings { window: Duration::from_secs(600), daily_quota: 10, conversational_cap: 10 };
+    let (ledger, jobs, _) = one_number_customer(&w, quota, 1).await;
+    let id = CustomerId::parse("acme").unwrap();
+    let k = CustomerKeys::new(&id);
+    // Worker A's lease (fetched by one_number_customer) runs out; worker B fetches the job again.
+    let stale = jobs[0].clone();
+    let mut conn = w.redis.conn().await;
+    let _: () = conn.zadd(k.inflight(), &stale.lease, 0).await.unwrap();
+    let b = ledger.fetch(&id, 1, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(b.jobs.len(), 1);
+    assert_ne!(b.jobs[0].lease, stale.lease);
+
+    assert_eq!(
+        ledger.renew(&id, Duration::from_secs(60), std::slice::from_ref(&stale.lease)).await.unwrap(),
+        vec![stale.lease.clone()]
+    );
+    assert_eq!(ledger.reserve(&stale, ReserveMode::Fast, None).await.unwrap(), Reserve::Lost);
+    let requeued = ledger
+        .requeue(&stale, shared::ledger::Requeue::Wait, shared::ledger::Due::In(Duration::ZERO), 0, "", None)
+        .await
+        .unwrap();
+    assert_eq!(requeued, None);
+    assert_eq!(ledger.release(&id, std::slice::from_ref(&stale.lease)).await.unwrap(), 0);
+    let (queued, scheduled): (i64, i64) =
+        redis::pipe().llen(k.queue()).zcard(k.scheduled()).query_async(&mut conn).await.unwrap();
+    assert_eq!((queued, scheduled), (0, 0), "a second copy of the job was queued");
+    // B still holds it and can send it.
+    assert!(matches!(ledger.reserve(&b.jobs[0], ReserveMode::Fast, None).await.unwrap(), Reserve::Reserved(_)));
+}
+
+/// Cancelling a batch whose producer died mid-enqueue ends it: the jobs never enqueued count as cancelled, and a
+/// resubmission enqueues nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_half_enqueued_batch_completes_it() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let mut conn = w.redis.conn().await;
+    let id = CustomerId::parse("acme").unwrap();
+    let to: Vec<PhoneNumber> = recipients(10, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
+    let req = NewBatch {
+        customer: id.clone(),
+        body: MessageBody::parse("half").unwrap(),
+        recipients: to,
+        duplicates: 0,
+        idempotency_key: Some(shared::domain::IdempotencyKey::parse("half-1").unwrap()),
+        priority: false,
+    };
+    let receipt = batches::submit(&mut conn, &req, DAY, 4, None).await.unwrap();
+    let batch = BatchId::parse(&receipt.batch_id).unwrap();
+    // Pretend the producer died after the first chunk: 6 of 10 never enqueued.
+    let _: () = redis::cmd("HSET")
+        .arg(CustomerKeys::new(&id).batch(&batch))
+        .arg("enqueued")
+        .arg(4)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () =
+        redis::cmd("LTRIM").arg(CustomerKeys::new(&id).queue()).arg(0).arg(3).query_async(&mut conn).await.unwrap();
+    batches::cancel(&mut conn, &batch, DAY).await.unwrap();
+    assert_eq!(batches::submit(&mut conn, &req, DAY, 4, None).await.unwrap().enqueued_now, 0);
+    let _worker = w.worker(4);
+    let s = w.wait_complete(&batch.to_string(), Duration::from_secs(30)).await;
+    assert_eq!((s.cancelled, s.sent, s.total), (10, 0, 10));
+    assert!(w.state().messages.is_empty());
 }
 
 /// Acceptance 7: bad input is rejected whole, with a message naming the problem, exit code 2, and no change at

@@ -87,7 +87,7 @@ impl Backend for QueueBackend {
 pub async fn release(ledger: Ledger, tasks: Vec<SendTask>) {
     let mut by_customer: std::collections::HashMap<CustomerId, Vec<String>> = Default::default();
     for t in &tasks {
-        by_customer.entry(t.job.customer.clone()).or_default().push(t.job.member.clone());
+        by_customer.entry(t.job.customer.clone()).or_default().push(t.job.lease.clone());
     }
     for (customer, members) in by_customer {
         match ledger.release(&customer, &members).await {

@@ -17,7 +17,7 @@ use redis::AsyncCommands;
 use secrecy::ExposeSecret;
 use shared::domain::CustomerId;
 use shared::keys;
-use shared::ledger::{Job, Ledger};
+use shared::ledger::Ledger;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::backend::SendTask;
@@ -118,12 +118,8 @@ impl Fetcher {
             };
             backoff = Duration::from_millis(100);
             let got = fetched.jobs.len();
-            for (member, permit) in fetched.jobs.iter().zip(permits.drain(..)) {
-                let Some(job) = Job::from_member(&customer, member) else {
-                    tracing::error!(customer = %customer, "dropping a malformed queue entry");
-                    continue;
-                };
-                let lease = self.registry.add(&customer, member, sent_at);
+            for (job, permit) in fetched.jobs.into_iter().zip(permits.drain(..)) {
+                let lease = self.registry.add(&customer, &job.lease, sent_at);
                 if self.tx.send(SendTask { job, lease, permit }).await.is_err() {
                     break 'outer;
                 }

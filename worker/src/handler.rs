@@ -143,6 +143,10 @@ impl Ctx {
             };
             let step = match r {
                 Reserve::Reserved(slot) => Step::Send(slot),
+                Reserve::Lost => {
+                    tracing::debug!("lease lost; leaving the job to its new holder");
+                    Step::Done
+                }
                 Reserve::Ambiguous { slot, now_ms } => self.resolve_ambiguous(task, slot, now_ms).await,
                 Reserve::Full(f) => self.no_capacity(task, f).await,
                 _ => Step::Done,
@@ -159,10 +163,19 @@ impl Ctx {
     async fn send(&self, task: &SendTask, slot: Slot) {
         let job = &task.job;
         let marker = slot.marker();
-        let (Some(body), Some(customer)) = (self.body(&job.batch).await, self.customer(&job.customer).await) else {
-            // The batch or customer vanished (deleted by an operator): give the slot back and stop.
-            let _ = self.ledger.finish(job, Ending::Failed, "batch or customer missing", Some(&marker)).await;
-            return;
+        let (body, customer) = match (self.body(&job.batch).await, self.customer(&job.customer).await) {
+            (Ok(Some(b)), Ok(Some(c))) => (b, c),
+            (Ok(None), _) | (_, Ok(None)) => {
+                // The batch or customer vanished (deleted by an operator): give the slot back and stop.
+                let _ = self.ledger.finish(job, Ending::Failed, "batch or customer missing", Some(&marker)).await;
+                return;
+            }
+            _ => {
+                // Redis failed: nothing was sent; give the slot back and try again shortly.
+                let delay = self.backoff(1);
+                self.requeue(job, Requeue::Release, Due::In(delay), slot.attempt, "redis", &marker).await;
+                return;
+            }
         };
         // Never start a send that could outlive our lease: past it another worker may own the job.
         if task.lease.remaining() < self.settings.shared.twilio.timeout + Duration::from_secs(2) {
@@ -179,7 +192,7 @@ impl Ctx {
         };
         match self.twilio.send_message(account, &req).await {
             Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
-                Some(sid) => self.commit(job, &sid).await,
+                Some(sid) => self.commit(job, &sid, &slot.number).await,
                 None => {
                     self.requeue(
                         job,
@@ -224,9 +237,9 @@ impl Ctx {
 
     /// Records a sent message, retrying through Redis errors. If it still fails, the job's marker makes the next
     /// delivery find the message in Twilio: a failed commit never causes a second text.
-    async fn commit(&self, job: &Job, sid: &str) {
+    async fn commit(&self, job: &Job, sid: &str, from: &str) {
         for i in 0..8u32 {
-            match self.ledger.commit_sent(job, sid).await {
+            match self.ledger.commit_sent(job, sid, from).await {
                 Ok(c) => {
                     match c {
                         Commit::Duplicate => {
@@ -306,7 +319,9 @@ impl Ctx {
             .await;
             return Step::Done;
         }
-        let (Some(body), Some(customer)) = (self.body(&job.batch).await, self.customer(&job.customer).await) else {
+        let (Ok(Some(body)), Ok(Some(customer))) = (self.body(&job.batch).await, self.customer(&job.customer).await)
+        else {
+            self.requeue(job, Requeue::Keep, Due::In(self.backoff(1)), slot.attempt, "ambiguous", &marker).await;
             return Step::Done;
         };
         // Twilio's clock and Redis's may differ a little; messages older than this cannot be ours.
@@ -318,20 +333,36 @@ impl Ctx {
             self.twilio.list_messages(account, &filter, 200, |m| m.date_created.is_some_and(|d| d < since)).await;
         match listed {
             Ok(messages) => {
-                let ours = messages
+                // Twilio may store a body a little differently from what was sent (a trial-account prefix, Smart
+                // Encoding's character substitutions), so bodies are compared by their letters and digits.
+                let ours: Vec<_> = messages
                     .iter()
-                    .find(|m| m.body.as_deref() == Some(&*body) && m.date_created.is_some_and(|d| d >= since));
-                match ours.and_then(|m| m.sid.clone()) {
-                    Some(sid) => {
+                    .filter(|m| m.date_created.is_some_and(|d| d >= since))
+                    .filter(|m| m.body.as_deref().is_some_and(|b| same_text(b, &body)))
+                    .collect();
+                match ours.as_slice() {
+                    [m] => {
                         Stats::inc(&self.stats.resolved_found);
                         tracing::info!("ambiguous send found in Twilio; recording it");
-                        self.commit(job, &sid).await;
+                        self.commit(job, m.sid.as_deref().unwrap_or_default(), &slot.number).await;
                         Step::Done
                     }
-                    None => {
+                    [] => {
                         Stats::inc(&self.stats.resolved_unsent);
                         tracing::info!("ambiguous send never reached Twilio; sending again");
                         Step::Unsent(slot)
+                    }
+                    many => {
+                        // Several identical texts to this recipient from this number in seconds: do not guess
+                        // (and do not send again); record the oldest, which is the first that went out.
+                        tracing::warn!(
+                            matches = many.len(),
+                            "several matching messages in Twilio; recording the oldest"
+                        );
+                        let oldest =
+                            many.iter().min_by_key(|m| m.date_created).and_then(|m| m.sid.clone()).unwrap_or_default();
+                        self.commit(job, &oldest, &slot.number).await;
+                        Step::Done
                     }
                 }
             }
@@ -453,9 +484,17 @@ impl Ctx {
                     return Step::Again;
                 }
             };
-        let Some(customer) = self.customer(&job.customer).await else {
-            lock.release().await;
-            return Step::Done;
+        let customer = match self.customer(&job.customer).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                lock.release().await;
+                return Step::Done;
+            }
+            Err(_) => {
+                lock.release().await;
+                self.pause(Duration::from_millis(200)).await;
+                return Step::Again;
+            }
         };
         let intent_id = purchase::new_intent_id();
         let name = purchase::friendly_name(&job.customer, &intent_id);
@@ -495,7 +534,10 @@ impl Ctx {
         }
         tracing::debug!(intent = %intent_id, "purchase decided");
         let sms_url = self.settings.public_url.as_ref().map(|u| format!("{u}/twilio/inbound"));
-        let outcome = purchase::buy(&self.twilio, &customer, &intent_id, sms_url.as_deref()).await;
+        // Every Twilio call of the purchase must start before this deadline, so the last one ends while the intent
+        // is still pending (a resolver only drops intents older than `intent_stale`).
+        let deadline = decided_at + budget;
+        let outcome = purchase::buy(&self.twilio, &customer, &intent_id, sms_url.as_deref(), deadline).await;
         let raw = format!("{now_ms}|{name}");
         let step = match outcome {
             BuyOutcome::Bought(b) => {
@@ -566,7 +608,7 @@ impl Ctx {
     /// Resolves the customer's intents whose purchase has certainly finished: adopt the tagged number if Twilio
     /// has it, drop the intent once it is stale.
     async fn resolve_intents(&self, customer_id: &CustomerId, now_ms: i64, older_than_ms: i64) {
-        let Some(customer) = self.customer(customer_id).await else {
+        let Ok(Some(customer)) = self.customer(customer_id).await else {
             return;
         };
         let mut conn = self.ledger.conn();
@@ -644,33 +686,42 @@ impl Ctx {
         self.pool_changed.lock().unwrap().entry(c.clone()).or_default().clone()
     }
 
-    /// The batch's body, cached: it never changes.
-    async fn body(&self, batch: &BatchId) -> Option<Arc<str>> {
+    /// The batch's body, cached: it never changes. `Ok(None)`: the batch is gone.
+    async fn body(&self, batch: &BatchId) -> redis::RedisResult<Option<Arc<str>>> {
         if let Some(b) = self.bodies.lock().unwrap().get(batch) {
-            return Some(b.clone());
+            return Ok(Some(b.clone()));
         }
         let k = CustomerKeys::new(batch.customer());
-        let body: Option<String> = self.ledger.conn().hget(k.batch(batch), "body").await.ok().flatten();
-        let body: Arc<str> = body?.into();
+        let body: Option<String> = self.ledger.conn().hget(k.batch(batch), "body").await?;
+        let Some(body) = body else { return Ok(None) };
+        let body: Arc<str> = body.into();
         let mut cache = self.bodies.lock().unwrap();
         if cache.len() > 4096 {
             cache.clear();
         }
         cache.insert(batch.clone(), body.clone());
-        Some(body)
+        Ok(Some(body))
     }
 
-    /// The customer's record, cached for 30 s.
-    async fn customer(&self, id: &CustomerId) -> Option<Customer> {
+    /// The customer's record, cached for 30 s. `Ok(None)`: the customer is gone.
+    async fn customer(&self, id: &CustomerId) -> redis::RedisResult<Option<Customer>> {
         if let Some((c, at)) = self.customers.lock().unwrap().get(id)
             && at.elapsed() < Duration::from_secs(30)
         {
-            return Some(c.clone());
+            return Ok(Some(c.clone()));
         }
-        let c = customers::get(&mut self.ledger.conn(), id).await.ok().flatten()?;
+        let Some(c) = customers::get(&mut self.ledger.conn(), id).await? else { return Ok(None) };
         self.customers.lock().unwrap().insert(id.clone(), (c.clone(), Instant::now()));
-        Some(c)
+        Ok(Some(c))
     }
+}
+
+/// Whether two bodies are the same text, ignoring everything but letters and digits (Twilio may prefix or
+/// re-encode what it stores).
+fn same_text(stored: &str, sent: &str) -> bool {
+    let norm = |s: &str| s.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect::<String>();
+    let (stored, sent) = (norm(stored), norm(sent));
+    !sent.is_empty() && stored.contains(&sent) || (!stored.is_empty() && sent.contains(&stored))
 }
 
 /// The apalis handler: process the job, never fail it (every outcome is recorded by the ledger).
