@@ -443,3 +443,21 @@ async fn a_worker_exits_only_for_configuration_errors() {
     assert_exactly_once(&w.state(), &to, &status);
     assert!(patient.is_running());
 }
+
+/// The supervisor: when the apalis worker inside a process ends (simulated with MESSENGER_CHAOS_END_WORKER_SECS),
+/// a new one starts under a new name and the batch finishes, nobody texted twice or forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_apalis_worker_is_replaced_under_a_new_name() {
+    let mut w = World::start(SimConfig { send_latency_ms: 30, ..SimConfig::default() }).await;
+    w.env = w.env.clone().set("MESSENGER_CHAOS_END_WORKER_SECS", 1);
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    // ~1000 × 30 ms / 8 ≈ 4 s of sending, so the first apalis worker ends mid-batch.
+    let to = recipients(1000, 0);
+    let batch = w.bulk("acme", "Supervisor drill", &to, &[]).await;
+    let mut worker = w.worker(8);
+    let status = w.wait_complete(&batch, Duration::from_secs(60)).await;
+    assert!(worker.is_running());
+    let log = worker.log();
+    assert!(log.contains("restarting under a new name"), "the worker was not replaced:\n{log}");
+    assert_exactly_once(&w.state(), &to, &status);
+}

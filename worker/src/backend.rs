@@ -40,6 +40,8 @@ pub struct QueueBackend {
     inbox: Inbox,
     ledger: Ledger,
     closing: Option<BoxFuture<'static, ()>>,
+    /// Chaos testing only: end this backend's stream when this fires, as if the apalis worker had died.
+    end_at: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::fmt::Debug for QueueBackend {
@@ -50,7 +52,13 @@ impl std::fmt::Debug for QueueBackend {
 
 impl QueueBackend {
     pub fn new(inbox: Inbox, ledger: Ledger) -> Self {
-        Self { inbox, ledger, closing: None }
+        Self { inbox, ledger, closing: None, end_at: None }
+    }
+
+    /// Makes the stream end after `after` (to test that the supervisor restarts a worker that died).
+    pub fn ending_after(mut self, after: std::time::Duration) -> Self {
+        self.end_at = Some(Box::pin(tokio::time::sleep(after)));
+        self
     }
 }
 
@@ -62,8 +70,19 @@ impl Backend for QueueBackend {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Option<Result<Self::Task, Self::Error>>> {
-        self.inbox.lock().unwrap().poll_recv(cx).map(|t| t.map(|t| Ok(Task::new(t))))
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        let ended = self.end_at.as_mut().is_some_and(|end| end.poll_unpin(cx).is_ready());
+        let next = if ended { Poll::Ready(None) } else { self.inbox.lock().unwrap().poll_recv(cx) };
+        if let Poll::Ready(None) = next {
+            // apalis only finishes a worker whose context is stopped; an ended stream alone leaves `run()` pending
+            // forever. Stop it so the supervisor sees the worker end and starts another.
+            let _ = worker.stop();
+        }
+        next.map(|t| t.map(|t| Ok(Task::new(t))))
     }
 
     /// Hands back every job that was fetched but never started.

@@ -144,25 +144,34 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
 /// Runs the apalis worker; if it ever ends while we are not shutting down, starts a new one under a new name.
 async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Receiver<bool>, first_name: String) {
     let mut name = first_name;
+    // Chaos testing: MESSENGER_CHAOS_END_WORKER_SECS=N ends the first apalis worker after N seconds, as if it had
+    // died, so tests can watch the supervisor replace it.
+    let mut chaos = std::env::var("MESSENGER_CHAOS_END_WORKER_SECS").ok().and_then(|v| v.parse::<u64>().ok());
     loop {
-        let backend = QueueBackend::new(inbox.clone(), ledger.clone());
-        let worker = WorkerBuilder::new(name.as_str())
+        let mut backend = QueueBackend::new(inbox.clone(), ledger.clone());
+        if let Some(secs) = chaos.take() {
+            backend = backend.ending_after(Duration::from_secs(secs));
+        }
+        let context = apalis_core::worker::context::WorkerContext::from(name.as_str());
+        let worker = WorkerBuilder::new(&context)
             .backend(backend)
             .data(ctx.clone())
             .catch_panic()
             .concurrency(ctx.settings.concurrency)
             .parallelize(tokio::spawn)
             .build(handle);
+        // Not apalis's `run_until`: it waits for the shutdown signal even after the worker has ended, which would
+        // leave a process that looks alive and does nothing. Race the two instead.
+        let run = worker.run();
+        tokio::pin!(run);
         let mut s = stop.clone();
-        let signal = async move {
-            while !*s.borrow() {
-                if s.changed().await.is_err() {
-                    break;
-                }
+        let result = tokio::select! {
+            r = &mut run => r,
+            _ = async { while !*s.borrow() { if s.changed().await.is_err() { break; } } } => {
+                let _ = context.stop();
+                run.await
             }
-            Ok::<(), WorkerError>(())
         };
-        let result = worker.run_until(signal).await;
         if *stop.borrow() {
             return;
         }
