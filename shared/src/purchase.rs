@@ -214,7 +214,11 @@ pub async fn buy(
             return BuyOutcome::NotBought { reason: format!("search: {}", e.short_reason()), retry_after };
         }
     };
-    for c in candidates.iter().filter_map(|c| c.phone_number.as_deref()) {
+    // Try the candidates in random order: customers buying at the same moment search the same list, and taking the
+    // first would make them collide on one number (each collision costs a 21422 and a request).
+    let mut candidates: Vec<&str> = candidates.iter().filter_map(|c| c.phone_number.as_deref()).collect();
+    rand::seq::SliceRandom::shuffle(candidates.as_mut_slice(), &mut rand::rng());
+    for c in candidates {
         if Instant::now() >= deadline {
             return out_of_time();
         }
