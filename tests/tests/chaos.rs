@@ -121,11 +121,15 @@ async fn pausing_the_lock_holder_mid_purchase_buys_no_surplus_number() {
         tokio::time::sleep(pause).await;
         let during: Option<String> = conn.get(k.lock()).await.unwrap();
         paused.signal(libc::SIGCONT);
+        let during_pid = during.as_deref().and_then(|t| t.split(':').next()?.parse::<i32>().ok());
         println!(
-            "paused pid {holder} for {:.1}s; lock during the pause held by {:?}",
+            "paused pid {holder} for {:.1}s; its lock expired during the pause: {} (lock now held by pid {:?})",
             stopped_at.elapsed().as_secs_f64(),
-            during.as_deref().and_then(|t| t.split(':').next())
+            during_pid != Some(holder),
+            during_pid
         );
+        // The scenario is only the one asked for if the pause outlived the lock.
+        assert_ne!(during_pid, Some(holder), "the paused process still held the lock");
 
         let status = w.wait_complete(&batch, Duration::from_secs(120)).await;
         let state = w.state();
