@@ -175,7 +175,7 @@ pub enum BuyOutcome {
 }
 
 /// Buys one number for `customer`, tagged with the intent. Uses `AreaCode` directly when the customer has one;
-/// otherwise searches local SMS-capable numbers and buys the first that is still available. No Twilio call starts
+/// otherwise searches local SMS-capable numbers and buys one that is still available (in random order). No Twilio call starts
 /// after `deadline` (the intent must outlive every request made for it).
 pub async fn buy(
     twilio: &TwilioClient,
