@@ -453,7 +453,12 @@ async fn a_worker_exits_only_for_configuration_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_apalis_worker_is_replaced_under_a_new_name() {
     let mut w = World::start(SimConfig { send_latency_ms: 30, ..SimConfig::default() }).await;
-    w.env = w.env.clone().set("MESSENGER_CHAOS_END_WORKER_SECS", 1);
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_CHAOS_END_WORKER_SECS", 1)
+        .set("MESSENGER_WORKER_LISTEN", "127.0.0.1:0")
+        .set("RUST_LOG", OPS_LOG);
     w.producer_ok(&["customer", "add", "acme"]).await;
     // ~1000 × 30 ms / 8 ≈ 4 s of sending, so the first apalis worker ends mid-batch.
     let to = recipients(1000, 0);
@@ -464,4 +469,91 @@ async fn a_dead_apalis_worker_is_replaced_under_a_new_name() {
     let log = worker.log();
     assert!(log.contains("restarting under a new name"), "the worker was not replaced:\n{log}");
     assert_exactly_once(&w.state(), &to, &status);
+    let (_, text) = get(&format!("{}/metrics", ops_base(&worker).await)).await.expect("metrics");
+    assert_eq!(sample(&text, "messenger_worker_apalis_restarts_total"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "messenger_worker_sent_total"), Some(1000.0), "{text}");
+}
+
+/// Logs the operations endpoint's address (info) and otherwise only warnings.
+const OPS_LOG: &str = "warn,worker::ops=info";
+
+/// The address a worker started with `MESSENGER_WORKER_LISTEN=127.0.0.1:0` serves its operations endpoint on.
+async fn ops_base(worker: &harness::procs::Proc) -> String {
+    wait_until(Duration::from_secs(20), "the worker's operations endpoint", || async {
+        let log = worker.log();
+        let at = log.find("listening on http://")? + "listening on ".len();
+        let end = at + log[at..].find([' ', '"'])?;
+        Some(log[at..end].to_owned())
+    })
+    .await
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    shared::twilio::client::ensure_tls_provider();
+    let resp = reqwest::get(url).await.ok()?;
+    Some((resp.status().as_u16(), resp.text().await.ok()?))
+}
+
+/// One sample of a Prometheus text exposition, e.g. `messenger_worker_sent_total`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A worker's `/healthz` tells an orchestrator when the process is alive but not working (Redis gone for longer
+/// than a lease) and recovers by itself when Redis is back; `/metrics` counts what the process did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_probe_sees_a_redis_outage_and_the_metrics_count_the_work() {
+    let mut w = World::start_with(SimConfig::default(), RedisOptions { persistence: true }).await;
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let mut worker = w
+        .env
+        .clone()
+        .set("MESSENGER_WORKER_LISTEN", "127.0.0.1:0")
+        .set("RUST_LOG", OPS_LOG)
+        .worker(&["--concurrency", "8"]);
+    let base = ops_base(&worker).await;
+    let health = format!("{base}/healthz");
+    wait_until(Duration::from_secs(20), "a healthy worker", || async {
+        get(&health).await.filter(|(code, _)| *code == 200)
+    })
+    .await;
+
+    let to = recipients(300, 0);
+    let batch = w.bulk("acme", "Probe drill", &to, &[]).await;
+    let status = w.wait_complete(&batch, Duration::from_secs(60)).await;
+    assert_exactly_once(&w.state(), &to, &status);
+    let (code, text) = get(&format!("{base}/metrics")).await.expect("metrics");
+    assert_eq!(code, 200);
+    let sent = sample(&text, "messenger_worker_sent_total");
+    let purchases = sample(&text, "messenger_worker_purchases_total");
+    let in_flight = sample(&text, "messenger_worker_in_flight");
+    println!("metrics: sent {sent:?}, purchases {purchases:?}, in flight {in_flight:?}");
+    assert_eq!(sent, Some(300.0), "{text}");
+    assert_eq!(purchases, Some(2.0), "{text}");
+    assert_eq!(in_flight, Some(0.0), "{text}");
+
+    // Redis goes away: within one lease (6 s here) plus a heartbeat the probe says so, and the process stays up.
+    tokio::task::block_in_place(|| w.redis.kill());
+    let down_at = Instant::now();
+    let (_, reason) = wait_until(Duration::from_secs(20), "the probe to report the outage", || async {
+        get(&health).await.filter(|(code, _)| *code == 503)
+    })
+    .await;
+    let noticed = down_at.elapsed();
+    println!("outage reported after {:.1}s: {reason}", noticed.as_secs_f64());
+    assert!(reason.contains("no reply from Redis"), "{reason}");
+    assert!(noticed <= Duration::from_secs(12), "took {noticed:?}");
+    assert!(worker.is_running(), "{}", worker.log());
+
+    tokio::task::block_in_place(|| w.redis.restart());
+    let up_at = Instant::now();
+    wait_until(Duration::from_secs(20), "the probe to recover", || async {
+        get(&health).await.filter(|(code, _)| *code == 200)
+    })
+    .await;
+    println!("healthy again {:.1}s after Redis came back", up_at.elapsed().as_secs_f64());
+    let to = recipients(20, 1_000);
+    let batch = w.bulk("acme", "after the outage", &to, &[]).await;
+    w.wait_complete(&batch, Duration::from_secs(60)).await;
+    assert!(worker.is_running());
 }

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::backend::SendTask;
 use crate::leases::Registry;
+use crate::ops::Health;
 use crate::settings::WorkerSettings;
 
 /// A reason to look at a customer sooner than planned.
@@ -40,6 +41,7 @@ pub struct Fetcher {
     pub tx: mpsc::Sender<SendTask>,
     pub wake: mpsc::UnboundedReceiver<Wake>,
     pub stop: watch::Receiver<bool>,
+    pub health: Arc<Health>,
 }
 
 /// How often the set of active customers is re-read.
@@ -47,6 +49,7 @@ const REFRESH: Duration = Duration::from_secs(1);
 
 impl Fetcher {
     pub async fn run(mut self) {
+        let _running = self.health.fetcher_guard();
         let mut due: HashMap<CustomerId, Instant> = HashMap::new();
         let mut ring: VecDeque<CustomerId> = VecDeque::new();
         let mut last_refresh = Instant::now() - REFRESH;
@@ -71,6 +74,7 @@ impl Fetcher {
                     last_refresh = Instant::now();
                     match conn.smembers::<_, Vec<String>>(keys::ACTIVE).await {
                         Ok(active) => {
+                            self.health.redis_replied();
                             for c in active.iter().filter_map(|s| CustomerId::parse(s).ok()) {
                                 if !due.contains_key(&c) {
                                     due.insert(c.clone(), Instant::now());
@@ -117,6 +121,7 @@ impl Fetcher {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.health.redis_replied();
             let got = fetched.jobs.len();
             for (job, permit) in fetched.jobs.into_iter().zip(permits.drain(..)) {
                 let lease = self.registry.add(&customer, &job.lease, sent_at);

@@ -6,11 +6,11 @@
 //! next delivery look the message up in Twilio instead of sending it again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis_core::task::data::Data;
+use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use redis::AsyncCommands;
 use shared::customers::{self, Customer};
@@ -25,24 +25,26 @@ use crate::backend::SendTask;
 use crate::fetcher::Wake;
 use crate::settings::WorkerSettings;
 
-/// Counters for logs and metrics.
+/// This process's counters: logged at exit and served at `/metrics` (see [`crate::ops`]). Prometheus counters
+/// are shared handles, so the metrics registry holds the same ones the handlers bump.
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub sent: AtomicU64,
-    pub failed: AtomicU64,
-    pub opted_out: AtomicU64,
-    pub retried: AtomicU64,
-    pub deferred: AtomicU64,
-    pub ambiguous: AtomicU64,
-    pub resolved_found: AtomicU64,
-    pub resolved_unsent: AtomicU64,
-    pub purchases: AtomicU64,
-    pub duplicate_sends: AtomicU64,
+    pub sent: Counter,
+    pub failed: Counter,
+    pub opted_out: Counter,
+    pub retried: Counter,
+    pub deferred: Counter,
+    pub ambiguous: Counter,
+    pub resolved_found: Counter,
+    pub resolved_unsent: Counter,
+    pub purchases: Counter,
+    pub duplicate_sends: Counter,
+    pub apalis_restarts: Counter,
 }
 
 impl Stats {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+    fn inc(c: &Counter) {
+        c.inc();
     }
 }
 
@@ -53,7 +55,7 @@ pub struct Ctx {
     pub settings: Arc<WorkerSettings>,
     pub wake: mpsc::UnboundedSender<Wake>,
     pub stop: watch::Receiver<bool>,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     bodies: Mutex<HashMap<BatchId, Arc<str>>>,
     customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
     /// One task per customer per process at a time on the slow path (purchases, waiting for one), so a full
@@ -98,6 +100,7 @@ impl Ctx {
         settings: Arc<WorkerSettings>,
         wake: mpsc::UnboundedSender<Wake>,
         stop: watch::Receiver<bool>,
+        stats: Arc<Stats>,
     ) -> Self {
         Self {
             ledger,
@@ -105,7 +108,7 @@ impl Ctx {
             settings,
             wake,
             stop,
-            stats: Stats::default(),
+            stats,
             bodies: Mutex::default(),
             customers: Mutex::default(),
             gates: Mutex::default(),

@@ -8,12 +8,14 @@
 //! - [`handler`]: one job's life — reserve, send, record; purchase, defer, retry, resolve ambiguity.
 //! - [`leases`]: the leases of held jobs and the heartbeat that renews them.
 //! - [`reconciler`]: resolves stale purchase intents and adopts untracked numbers.
+//! - [`ops`]: the optional `/metrics` and `/healthz` endpoint of one process.
 //! - [`run`]: wiring, supervision, graceful shutdown.
 
 pub mod backend;
 pub mod fetcher;
 pub mod handler;
 pub mod leases;
+pub mod ops;
 pub mod reconciler;
 pub mod run;
 pub mod settings;

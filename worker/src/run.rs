@@ -15,8 +15,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::backend::{Inbox, QueueBackend, release};
 use crate::fetcher::{Fetcher, listen_for_wakes};
-use crate::handler::{Ctx, handle};
+use crate::handler::{Ctx, Stats, handle};
 use crate::leases::Registry;
+use crate::ops::{self, Health};
 use crate::reconciler;
 use crate::settings::WorkerSettings;
 
@@ -40,6 +41,14 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     tokio::pin!(shutdown);
     let name = worker_name();
     tracing::info!(worker = %name, concurrency = settings.concurrency, "worker starting");
+    let health = Arc::new(Health::default());
+    let stats = Arc::new(Stats::default());
+    let registry = Registry::new(settings.lease);
+    if let Some(addr) = settings.listen {
+        // Before connecting, so a probe sees "no reply from Redis yet" while Redis is down at start.
+        ops::serve(addr, &stats, health.clone(), registry.clone(), settings.lease, settings.concurrency, name.clone())
+            .await?;
+    }
 
     // Connect, waiting out a Redis that is not up yet, then check the fleet's quota settings.
     let mut delay = Duration::from_millis(200);
@@ -56,7 +65,10 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         };
         tokio::select! {
             r = attempt => match r {
-                Ok(c) => break c,
+                Ok(c) => {
+                    health.redis_replied();
+                    break c;
+                }
                 Err(e) => match e.downcast::<ConfigError>() {
                     Ok(config) => return Err(config),
                     Err(e) => {
@@ -76,11 +88,10 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let (stop_tx, stop_rx) = watch::channel(false);
     let (final_tx, final_rx) = watch::channel(false);
     let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-    let registry = Registry::new(settings.lease);
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let (tx, rx) = mpsc::channel(settings.concurrency);
     let inbox: Inbox = Arc::new(Mutex::new(rx));
-    let ctx = Arc::new(Ctx::new(ledger.clone(), twilio, settings.clone(), wake_tx.clone(), stop_rx.clone()));
+    let ctx = Arc::new(Ctx::new(ledger.clone(), twilio, settings.clone(), wake_tx.clone(), stop_rx.clone(), stats));
 
     let fetcher = tokio::spawn(
         Fetcher {
@@ -91,13 +102,21 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
             tx,
             wake: wake_rx,
             stop: stop_rx.clone(),
+            health: health.clone(),
         }
         .run(),
     );
     let pool_ctx = ctx.clone();
     tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, move |c| pool_ctx.pool_changed(&c), stop_rx.clone()));
     // Leases must stay renewed while in-flight sends drain, so the heartbeat stops last.
-    let heartbeat = tokio::spawn(heartbeat(ledger.clone(), registry.clone(), settings.lease, name.clone(), final_rx));
+    let heartbeat = tokio::spawn(heartbeat(
+        ledger.clone(),
+        registry.clone(),
+        health.clone(),
+        settings.lease,
+        name.clone(),
+        final_rx,
+    ));
     tokio::spawn(reconciler::run(ctx.clone(), stop_rx.clone()));
     // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
     let supervisor = supervise(ctx.clone(), inbox.clone(), ledger.clone(), stop_rx.clone(), name.clone());
@@ -107,6 +126,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         _ = &mut shutdown => {}
     }
     tracing::info!(worker = %name, in_flight = registry.len(), "shutting down: no new jobs; waiting for in-flight sends");
+    health.stopping();
     let _ = stop_tx.send(true);
     let _ = fetcher.await;
     match tokio::time::timeout(settings.shutdown_timeout, &mut supervisor).await {
@@ -128,14 +148,13 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let _ = heartbeat.await;
     let _: redis::RedisResult<()> = conn.zrem(keys::WORKERS, &name).await;
     let s = &ctx.stats;
-    use std::sync::atomic::Ordering::Relaxed;
     tracing::info!(
-        sent = s.sent.load(Relaxed),
-        failed = s.failed.load(Relaxed),
-        retried = s.retried.load(Relaxed),
-        deferred = s.deferred.load(Relaxed),
-        purchases = s.purchases.load(Relaxed),
-        ambiguous = s.ambiguous.load(Relaxed),
+        sent = s.sent.get(),
+        failed = s.failed.get(),
+        retried = s.retried.get(),
+        deferred = s.deferred.get(),
+        purchases = s.purchases.get(),
+        ambiguous = s.ambiguous.get(),
         "worker stopped"
     );
     Ok(())
@@ -183,6 +202,7 @@ async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Rec
                 tracing::error!(worker = %name, error.message = %e, "apalis worker died; restarting under a new name")
             }
         }
+        ctx.stats.apalis_restarts.inc();
         tokio::time::sleep(Duration::from_secs(1)).await;
         name = worker_name();
     }
@@ -191,6 +211,7 @@ async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Rec
 async fn heartbeat(
     ledger: Ledger,
     registry: Arc<Registry>,
+    health: Arc<Health>,
     lease: Duration,
     name: String,
     mut stop: watch::Receiver<bool>,
@@ -203,6 +224,7 @@ async fn heartbeat(
         }
         registry.renew_all(&ledger).await;
         if let Ok(now) = shared::customers::redis_now_ms(&mut conn).await {
+            health.redis_replied();
             let _: redis::RedisResult<()> = conn.zadd(keys::WORKERS, &name, now).await;
         }
     }

@@ -64,6 +64,11 @@ pub struct WorkerArgs {
     /// numbers get the inbound webhook.
     #[arg(long, env = "MESSENGER_PUBLIC_URL")]
     pub public_url: Option<String>,
+
+    /// Serve `/metrics` and `/healthz` for this process on this address (e.g. `0.0.0.0:9100`; port 0 picks a
+    /// free one). Off by default: workers sharing a machine cannot share a port.
+    #[arg(long, env = "MESSENGER_WORKER_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Validated worker settings.
@@ -83,6 +88,7 @@ pub struct WorkerSettings {
     pub audit_every: Duration,
     pub shutdown_timeout: Duration,
     pub public_url: Option<String>,
+    pub listen: Option<std::net::SocketAddr>,
     /// Jobs fetched per Redis round trip at most.
     pub fetch_batch: usize,
     /// A customer with nothing due is still polled this often (safety net for a missed wake-up).
@@ -144,6 +150,7 @@ impl WorkerArgs {
             audit_every: Duration::from_secs(self.audit_secs.max(1)),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            listen: self.listen,
             fetch_batch: 32,
             idle_poll: Duration::from_secs(2),
         })
