@@ -347,7 +347,6 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure>
         .map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))?;
     let state = AppState {
         conn,
-        twilio_token: settings.twilio.auth_token.clone(),
         settings: std::sync::Arc::new(settings),
         tokens: std::sync::Arc::new(tokens),
         public_url,

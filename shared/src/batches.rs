@@ -42,7 +42,6 @@ impl NewBatch {
 
 /// What the producer reports after a submit.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub batch_id: String,
     pub accepted: usize,

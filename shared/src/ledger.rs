@@ -11,7 +11,7 @@ use redis::Value;
 
 use crate::config::QuotaSettings;
 use crate::domain::{BatchId, CustomerId, PhoneNumber};
-use crate::keys::{self, CustomerKeys};
+use crate::keys::CustomerKeys;
 use crate::scripts;
 use crate::store::{Conn, num, strings};
 
@@ -21,26 +21,19 @@ pub struct Job {
     pub customer: CustomerId,
     pub batch: BatchId,
     pub recipient: PhoneNumber,
-    /// The queue member, `<batch local id>|<recipient>`.
-    pub member: String,
-    /// The in-flight member, `<member>#<lease token>`: who holds the job (a fresh token per fetch).
+    /// The in-flight member, `<queue member>#<lease token>` (queue member: `<batch local id>|<recipient>`): who
+    /// holds the job (a fresh token per fetch).
     pub lease: String,
 }
 
 impl Job {
-    pub fn new(batch: &BatchId, recipient: PhoneNumber) -> Self {
-        let member = keys::job_member(batch, recipient.as_str());
-        let lease = format!("{member}#");
-        Self { customer: batch.customer().clone(), batch: batch.clone(), recipient, member, lease }
-    }
-
     /// Decodes a queue member fetched from `customer`'s queue under lease `token`.
     pub fn leased(customer: &CustomerId, member: &str, token: &str) -> Option<Self> {
         let (local, recipient) = member.split_once('|')?;
         let batch = BatchId::from_parts(customer, local).ok()?;
         let recipient = PhoneNumber::from_trusted(recipient).ok()?;
         let lease = format!("{member}#{token}");
-        Some(Self { customer: customer.clone(), batch, recipient, member: member.to_owned(), lease })
+        Some(Self { customer: customer.clone(), batch, recipient, lease })
     }
 }
 
@@ -81,10 +74,6 @@ pub struct Full {
 }
 
 impl Full {
-    /// Whether a purchase could be started (subject to the re-check inside the lock).
-    pub fn can_buy(&self) -> bool {
-        self.pending_intents == 0 && self.orphaned_slots == 0 && self.numbers < self.max_numbers
-    }
     pub fn at_max(&self) -> bool {
         self.numbers >= self.max_numbers
     }

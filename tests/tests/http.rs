@@ -51,7 +51,6 @@ async fn start_api(w: &World) -> Api {
     let tokens = Tokens::parse(&format!("ops:{ADMIN}:admin,appa:{APP_A}:acme,appb:{APP_B}:globex")).unwrap();
     let state = AppState {
         conn: w.redis.conn().await,
-        twilio_token: settings.twilio.auth_token.clone(),
         settings: std::sync::Arc::new(settings),
         tokens: std::sync::Arc::new(tokens),
         public_url: Some(base.clone().into()),

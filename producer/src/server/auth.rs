@@ -92,7 +92,6 @@ impl Tokens {
 /// The authenticated caller of a `/v1` request.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub name: String,
     pub scope: Scope,
 }
 
@@ -126,7 +125,7 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
         let t = state.tokens.find(presented).ok_or_else(ApiError::unauthorized)?;
-        Ok(Caller { name: t.name.clone(), scope: t.scope.clone() })
+        Ok(Caller { scope: t.scope.clone() })
     }
 }
 

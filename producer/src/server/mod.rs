@@ -24,7 +24,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use secrecy::SecretString;
 use shared::config::Settings;
 use shared::store::Conn;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -58,8 +57,6 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// The public base URL Twilio calls (`https://messenger.example.com`): webhook signatures are computed over it.
     pub public_url: Option<Arc<str>>,
-    /// The auth token that signs webhooks.
-    pub twilio_token: Option<SecretString>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }

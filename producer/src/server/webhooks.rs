@@ -5,8 +5,6 @@
 //! answered without being processed again, and every effect is idempotent anyway (a reply is credited once per
 //! message sid, opt-outs are set operations, delivery reports are counted once per message).
 
-use std::time::Duration;
-
 use axum::body::Bytes;
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -62,7 +60,7 @@ fn verify(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Signed, ApiError> {
-    let (Some(base), Some(token)) = (&s.public_url, &s.twilio_token) else {
+    let (Some(base), Some(token)) = (&s.public_url, &s.settings.twilio.auth_token) else {
         return Err(ApiError::unavailable("webhooks need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN"));
     };
     let header = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -203,8 +201,7 @@ async fn handle_status(s: &AppState, headers: &HeaderMap, query: &Option<String>
         .or(p.get("SmsStatus"))
         .ok_or_else(|| ApiError::unprocessable("no MessageStatus").field("MessageStatus"))?;
     let code = p.get("ErrorCode").filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && c.len() <= 6);
-    let retention = s.settings.batch_retention.max(Duration::from_secs(60));
-    let d = batches::record_delivery(&mut s.conn.clone(), &batch, sid, status, code, retention)
+    let d = batches::record_delivery(&mut s.conn.clone(), &batch, sid, status, code, s.settings.batch_retention)
         .await
         .map_err(|e| ApiError::redis(&e))?;
     s.metrics.delivery(status, d == Delivery::Counted);
