@@ -23,6 +23,13 @@ pub fn recipients(n: usize, offset: usize) -> Vec<String> {
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` with `what`.
+/// Writes a recipient list (one number per line) to a fresh temporary file.
+pub fn write_recipients(list: &[String]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("recipients-{}.txt", ulid::Ulid::new()));
+    std::fs::write(&path, list.join("\n")).expect("write recipients file");
+    path
+}
+
 pub async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,

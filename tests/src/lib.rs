@@ -10,8 +10,13 @@
 
 /// An HTTP client for tests and tools (installs the TLS crypto provider reqwest needs first).
 pub fn http() -> reqwest::Client {
+    http_builder().build().expect("HTTP client")
+}
+
+/// A builder for a differently configured client, with the TLS crypto provider installed.
+pub fn http_builder() -> reqwest::ClientBuilder {
     shared::twilio::client::ensure_tls_provider();
-    reqwest::Client::new()
+    reqwest::Client::builder()
 }
 
 pub mod fixtures;

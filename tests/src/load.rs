@@ -13,7 +13,7 @@ use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::fixtures::{self, max_in_window, recipients};
-use crate::procs::{Env, Proc};
+use crate::procs::{self, Env, Proc};
 use crate::redis_server::TestRedis;
 use crate::sim::{self, Faults, Sim, SimConfig, SimState};
 
@@ -125,38 +125,15 @@ impl Stack {
         CustomerId::parse(&format!("{}-c{i}", self.run)).unwrap()
     }
 
-    /// Runs the producer CLI off the async runtime.
-    pub async fn producer(&self, args: Vec<String>) -> anyhow::Result<String> {
-        let env = self.env.clone();
-        let out =
-            tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-                .await?;
-        if !out.status.success() {
-            anyhow::bail!("producer failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
     pub async fn add_customer(&self, id: &CustomerId, max_numbers: u32) -> anyhow::Result<()> {
-        self.producer(vec![
-            "customer".into(),
-            "add".into(),
-            id.to_string(),
-            "--max-numbers".into(),
-            max_numbers.to_string(),
-        ])
-        .await?;
+        let args = ["customer", "add", id.as_str(), "--max-numbers", &max_numbers.to_string()];
+        procs::stdout_of(&args, self.env.producer_async(&args).await).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
     /// Buys `n` numbers for a customer in the simulator and records them in its pool.
     pub async fn prebuy(&self, id: &CustomerId, n: usize) -> anyhow::Result<()> {
-        let twilio = shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
-            api_base: self.sim_base.clone(),
-            account_sid: Some(shared::domain::AccountSid::parse(sim::DEFAULT_ACCOUNT_SID)?),
-            auth_token: Some(sim::DEFAULT_AUTH_TOKEN.to_owned().into()),
-            timeout: Duration::from_secs(10),
-        })?;
+        let twilio = sim::client(&self.sim_base, sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(10));
         let mut conn = self.conn().await;
         for i in 0..n {
             let name = format!("msgr:{id}:prebuy{i}");
@@ -170,25 +147,9 @@ impl Stack {
 
     /// `producer bulk` for one customer from a file; returns (batch id, seconds).
     pub async fn bulk(&self, id: &CustomerId, to: &[String], body: &str) -> anyhow::Result<(String, f64)> {
-        let file = std::env::temp_dir().join(format!("loadtest-{}-{}.txt", self.run, id));
-        std::fs::write(&file, to.join("\n"))?;
         let started = Instant::now();
-        let out = self
-            .producer(vec![
-                "bulk".into(),
-                "--customer".into(),
-                id.to_string(),
-                "--body".into(),
-                body.into(),
-                "--recipients".into(),
-                file.display().to_string(),
-                "--json".into(),
-            ])
-            .await?;
-        let secs = started.elapsed().as_secs_f64();
-        let _ = std::fs::remove_file(&file);
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok((v["batch_id"].as_str().unwrap_or_default().to_owned(), secs))
+        let receipt = self.env.bulk(id.as_str(), body, to, &[]).await.map_err(anyhow::Error::msg)?;
+        Ok((receipt["batch_id"].as_str().unwrap_or_default().to_owned(), started.elapsed().as_secs_f64()))
     }
 
     /// Waits until every batch is complete, with a progress bar; returns the seconds it took.

@@ -48,10 +48,9 @@ impl Env {
         self
     }
 
-    fn apply(&self, cmd: &mut Command) {
-        for (k, v) in &self.vars {
-            cmd.env(k, v);
-        }
+    /// `cmd` with this environment applied.
+    pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.envs(&self.vars)
     }
 
     /// Runs `producer <args>` to completion.
@@ -63,15 +62,35 @@ impl Env {
 
     /// Runs `producer <args>`, panicking with its output unless it succeeds; returns stdout.
     pub fn producer_ok(&self, args: &[&str]) -> String {
-        let out = self.producer(args);
-        assert!(
-            out.status.success(),
-            "producer {args:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(args, self.producer(args)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Env::producer`] on a blocking thread, so the caller's async runtime keeps serving (the simulator may
+    /// live on it).
+    pub async fn producer_async(&self, args: &[&str]) -> Output {
+        let env = self.clone();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .expect("producer thread")
+    }
+
+    /// `producer bulk --customer C --body B --recipients <file> --json <extra>` with the list written to a
+    /// temporary file; returns the receipt (`batch_id`, `accepted`, `duplicates`).
+    pub async fn bulk(
+        &self,
+        customer: &str,
+        body: &str,
+        recipients: &[String],
+        extra: &[&str],
+    ) -> Result<serde_json::Value, String> {
+        let file = crate::fixtures::write_recipients(recipients);
+        let path = file.display().to_string();
+        let mut args = vec!["bulk", "--customer", customer, "--body", body, "--recipients", path.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        let out = stdout_of(&args, self.producer_async(&args).await);
+        let _ = std::fs::remove_file(file);
+        serde_json::from_str(&out?).map_err(|e| format!("producer bulk --json printed no receipt: {e}"))
     }
 
     /// Starts `worker <args>` in the background.
@@ -93,11 +112,23 @@ impl Env {
         let log = std::env::temp_dir().join(format!("messenger-worker-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("worker log");
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the worker: {e} (faketime needs `apt-get install faketime`)"));
+        let hint = if cmd.get_program() == "faketime" { " (faketime needs `apt-get install faketime`)" } else { "" };
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the worker: {e}{hint}"));
         Proc { child: Some(child), log: Some(log) }
     }
+}
+
+/// A producer run's stdout if it succeeded; otherwise what failed, with its output.
+pub fn stdout_of(args: &[&str], out: Output) -> Result<String, String> {
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    Err(format!(
+        "producer {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 /// A child process, killed on drop. Its stderr goes to a log file that is printed if a test asks.

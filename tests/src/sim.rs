@@ -38,6 +38,17 @@ pub const DEFAULT_AUTH_TOKEN: &str = "simulator-auth-token";
 /// Area code of numbers handed out when a search or purchase names none.
 pub const DEFAULT_AREA_CODE: &str = "415";
 
+/// Messenger's Twilio client pointed at a simulator at `base`, as the default account with `token`.
+pub fn client(base: &str, token: &str, timeout: Duration) -> shared::twilio::TwilioClient {
+    shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
+        api_base: base.to_owned(),
+        account_sid: Some(shared::domain::AccountSid::parse(DEFAULT_ACCOUNT_SID).expect("default account sid")),
+        auth_token: Some(token.to_owned().into()),
+        timeout,
+    })
+    .expect("Twilio client")
+}
+
 /// Fault rates for one kind of request, each a probability in [0, 1].
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -67,11 +78,6 @@ pub struct SimConfig {
     pub purchase_faults: Faults,
     /// How long an "accept then time out" request is held open before the connection is closed.
     pub hang_ms: u64,
-    /// Send status callbacks (`sent`, then `delivered` or `undelivered`) to a message's `StatusCallback`, signed like
-    /// Twilio's.
-    pub status_callbacks: bool,
-    /// Share of messages reported `undelivered` (error 30007) when callbacks are on.
-    pub undelivered_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -85,8 +91,6 @@ impl Default for SimConfig {
             send_faults: Faults::default(),
             purchase_faults: Faults::default(),
             hang_ms: 120_000,
-            status_callbacks: false,
-            undelivered_rate: 0.0,
         }
     }
 }
@@ -569,36 +573,8 @@ async fn create_message(
         return vanish(&kill, Duration::from_millis(cfg.hang_ms)).await;
     }
     match result {
-        Ok(m) => {
-            if cfg.status_callbacks
-                && let Some(url) = m.status_callback.clone()
-            {
-                tokio::spawn(report_delivery(cfg.clone(), m.clone(), url));
-            }
-            (StatusCode::CREATED, Json(message_json(&m))).into_response()
-        }
+        Ok(m) => (StatusCode::CREATED, Json(message_json(&m))).into_response(),
         Err(r) => r,
-    }
-}
-
-/// Twilio's status callbacks for one message: `sent`, then `delivered` (or `undelivered` with 30007).
-async fn report_delivery(cfg: SimConfig, m: SimMessage, url: String) {
-    let last = if rand::rng().random::<f64>() < cfg.undelivered_rate { "undelivered" } else { "delivered" };
-    for status in ["sent", last] {
-        let mut params = vec![
-            ("AccountSid".to_owned(), m.account_sid.clone()),
-            ("ApiVersion".to_owned(), "2010-04-01".to_owned()),
-            ("From".to_owned(), m.from.clone()),
-            ("MessageSid".to_owned(), m.sid.clone()),
-            ("MessageStatus".to_owned(), status.to_owned()),
-            ("SmsSid".to_owned(), m.sid.clone()),
-            ("SmsStatus".to_owned(), status.to_owned()),
-            ("To".to_owned(), m.to.clone()),
-        ];
-        if status == "undelivered" {
-            params.push(("ErrorCode".to_owned(), "30007".to_owned()));
-        }
-        let _ = post_signed(&cfg.auth_token, &url, &params).await;
     }
 }
 

@@ -313,7 +313,7 @@ async fn a_producer_killed_mid_enqueue_is_finished_by_resubmitting() {
     let w = World::start(SimConfig::default()).await;
     w.producer_ok(&["customer", "add", "acme"]).await;
     let to = recipients(100_000, 0);
-    let file = common::write_recipients(&to);
+    let file = harness::fixtures::write_recipients(&to);
     let path = file.display().to_string();
     let args = [
         "bulk",
@@ -331,11 +331,14 @@ async fn a_producer_killed_mid_enqueue_is_finished_by_resubmitting() {
     ];
 
     let mut cmd = std::process::Command::new(harness::procs::bin("producer"));
-    for (k, v) in &w.env.vars {
-        cmd.env(k, v);
-    }
-    let mut child =
-        cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = w
+        .env
+        .apply(&mut cmd)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let mut conn = w.redis.conn().await;
     let k = CustomerKeys::new(&CustomerId::parse("acme").unwrap());
     let queued_at_kill = wait_until(Duration::from_secs(60), "the enqueue to be under way", || {
@@ -489,8 +492,7 @@ async fn ops_base(worker: &harness::procs::Proc) -> String {
 }
 
 async fn get(url: &str) -> Option<(u16, String)> {
-    shared::twilio::client::ensure_tls_provider();
-    let resp = reqwest::get(url).await.ok()?;
+    let resp = harness::http().get(url).send().await.ok()?;
     Some((resp.status().as_u16(), resp.text().await.ok()?))
 }
 

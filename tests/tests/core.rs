@@ -111,15 +111,22 @@ async fn an_expired_purchase_lock_buys_no_surplus_number() {
     assert!(per_recipient(&state).values().all(|&n| n == 1));
 }
 
-/// Sets up a customer with one number already in its pool, and a batch of `n` recipients; returns the jobs.
-async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize) -> (Ledger, Vec<Job>, String) {
+/// A number only the pool knows of (not in the simulator), for tests that never send.
+const POOL_NUMBER: &str = "+14152000001";
+
+fn pool_number() -> Bought {
+    Bought { number: POOL_NUMBER.into(), sid: "PN1".into() }
+}
+
+/// Sets up customer `acme` with `number` in its pool (max 1 number), and a batch of `n` recipients; returns the
+/// fetched jobs.
+async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize, number: &Bought) -> (Ledger, Vec<Job>) {
     let mut conn = w.redis.conn().await;
     let id = CustomerId::parse("acme").unwrap();
     customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 })
         .await
         .unwrap();
-    let number = "+14152000001".to_owned();
-    purchase::commit_number(&mut conn, &id, &Bought { number: number.clone(), sid: "PN1".into() }, "").await.unwrap();
+    purchase::commit_number(&mut conn, &id, number, "").await.unwrap();
     let to: Vec<PhoneNumber> = recipients(n, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
     let req = NewBatch {
         customer: id.clone(),
@@ -129,12 +136,10 @@ async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize) -> (Ledg
         idempotency_key: None,
         priority: false,
     };
-    let receipt = batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
+    batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
     let ledger = Ledger::new(conn, quota, DAY);
-    let fetched = ledger.fetch(&id, n, Duration::from_secs(60)).await.unwrap();
-    let jobs = fetched.jobs;
-    let _ = BatchId::parse(&receipt.batch_id).unwrap();
-    (ledger, jobs, number)
+    let jobs = ledger.fetch(&id, n, Duration::from_secs(60)).await.unwrap().jobs;
+    (ledger, jobs)
 }
 
 fn reserved_on(r: &Reserve) -> Option<&str> {
@@ -150,13 +155,14 @@ fn reserved_on(r: &Reserve) -> Option<&str> {
 async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
     let w = World::start(SimConfig::default()).await;
     let quota = QuotaSettings { window: Duration::from_secs(3), daily_quota: 3, conversational_cap: 5 };
-    let (ledger, jobs, number) = one_number_customer(&w, quota, 10).await;
+    let (ledger, jobs) = one_number_customer(&w, quota, 10, &pool_number()).await;
+    let number = POOL_NUMBER;
     let id = CustomerId::parse("acme").unwrap();
     let fast = ReserveMode::Fast;
 
     // Three fit; the fourth finds the only number full (and the customer at max numbers).
     for j in &jobs[..3] {
-        assert_eq!(reserved_on(&ledger.reserve(j, fast, None).await.unwrap()), Some(number.as_str()));
+        assert_eq!(reserved_on(&ledger.reserve(j, fast, None).await.unwrap()), Some(number));
     }
     let started = Instant::now();
     match ledger.reserve(&jobs[3], fast, None).await.unwrap() {
@@ -170,11 +176,11 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
 
     // A reply raises the limit by one; the same reply delivered twice counts once.
     assert_eq!(
-        ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(),
+        ledger.record_inbound(&id, number, "SMreply1").await.unwrap(),
         Inbound::Credited { received_in_window: 1 }
     );
     assert_eq!(
-        ledger.record_inbound(&id, &number, "SMreply1").await.unwrap(),
+        ledger.record_inbound(&id, number, "SMreply1").await.unwrap(),
         Inbound::Duplicate { received_in_window: 1 }
     );
     assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None).await.unwrap()).is_some());
@@ -182,7 +188,7 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
 
     // Three more replies would make 3 + 4 = 7, but the cap is 5: only one more send fits.
     for sid in ["SMreply2", "SMreply3", "SMreply4"] {
-        ledger.record_inbound(&id, &number, sid).await.unwrap();
+        ledger.record_inbound(&id, number, sid).await.unwrap();
     }
     assert!(reserved_on(&ledger.reserve(&jobs[4], fast, None).await.unwrap()).is_some());
     assert!(matches!(ledger.reserve(&jobs[5], fast, None).await.unwrap(), Reserve::Full(_)));
@@ -379,7 +385,7 @@ async fn the_same_idempotency_key_enqueues_once() {
     assert_eq!(queued, 300);
 
     let before = w.redis.digest();
-    let file = common::write_recipients(&to);
+    let file = harness::fixtures::write_recipients(&to);
     let out = w
         .producer(&[
             "bulk",
@@ -410,13 +416,7 @@ async fn the_same_idempotency_key_enqueues_once() {
 async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again() {
     let w = World::start(SimConfig::default()).await;
     // The number must exist in the simulator, or the send to B would be refused.
-    let twilio = shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
-        api_base: w.sim_base.clone(),
-        account_sid: Some(shared::domain::AccountSid::parse(harness::sim::DEFAULT_ACCOUNT_SID).unwrap()),
-        auth_token: Some(harness::sim::DEFAULT_AUTH_TOKEN.to_owned().into()),
-        timeout: Duration::from_secs(5),
-    })
-    .unwrap();
+    let twilio = harness::sim::client(&w.sim_base, harness::sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(5));
     let bought = twilio
         .buy_number(
             twilio.account(),
@@ -424,29 +424,8 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
         )
         .await
         .unwrap();
-    let (ledger, jobs, _) = {
-        let mut conn = w.redis.conn().await;
-        let id = CustomerId::parse("acme").unwrap();
-        customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 })
-            .await
-            .unwrap();
-        let b = Bought { number: bought.phone_number.clone().unwrap(), sid: bought.sid.clone().unwrap() };
-        purchase::commit_number(&mut conn, &id, &b, "").await.unwrap();
-        let to: Vec<PhoneNumber> = recipients(2, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
-        let req = NewBatch {
-            customer: id.clone(),
-            body: MessageBody::parse("once").unwrap(),
-            recipients: to,
-            duplicates: 0,
-            idempotency_key: None,
-            priority: false,
-        };
-        batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
-        let ledger = Ledger::new(conn, QuotaSettings::default(), DAY);
-        let fetched = ledger.fetch(&id, 2, Duration::from_secs(60)).await.unwrap();
-        let jobs: Vec<Job> = fetched.jobs;
-        (ledger, jobs, ())
-    };
+    let b = Bought { number: bought.phone_number.clone().unwrap(), sid: bought.sid.clone().unwrap() };
+    let (ledger, jobs) = one_number_customer(&w, QuotaSettings::default(), 2, &b).await;
     let (a, b) = (&jobs[0], &jobs[1]);
     assert!(matches!(ledger.reserve(a, ReserveMode::Fast, None).await.unwrap(), Reserve::Reserved(_)));
     ledger.commit_sent(a, "SMrecordedbeforethecrash", bought.phone_number.as_deref().unwrap()).await.unwrap();
@@ -467,7 +446,7 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
 async fn a_worker_that_lost_its_lease_cannot_act_for_the_job() {
     let w = World::start(SimConfig::default()).await;
     let quota = QuotaSettings { window: Duration::from_secs(600), daily_quota: 10, conversational_cap: 10 };
-    let (ledger, jobs, _) = one_number_customer(&w, quota, 1).await;
+    let (ledger, jobs) = one_number_customer(&w, quota, 1, &pool_number()).await;
     let id = CustomerId::parse("acme").unwrap();
     let k = CustomerKeys::new(&id);
     // Worker A's lease (fetched by one_number_customer) runs out; worker B fetches the job again.
@@ -542,7 +521,7 @@ async fn bad_input_is_rejected_whole_and_changes_nothing() {
     let mut good = recipients(5, 0);
     let file_with_bad_line = {
         good.insert(2, "+1 (415) 55x-0100".into());
-        common::write_recipients(&good)
+        harness::fixtures::write_recipients(&good)
     };
     let long_body = "a".repeat(1_601);
     let f = file_with_bad_line.to_str().unwrap();

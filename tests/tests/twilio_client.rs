@@ -10,25 +10,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine;
 use harness::sim::{self, Faults, SimConfig};
-use shared::config::TwilioSettings;
-use shared::domain::AccountSid;
 use shared::twilio::{
     BuyNumber, CreateMessage, Disposition, MessageFilter, SendFailure, TwilioClient, TwilioError, codes,
 };
 
-fn client(base: &str, token: &str, timeout: Duration) -> TwilioClient {
-    TwilioClient::new(&TwilioSettings {
-        api_base: base.to_owned(),
-        account_sid: Some(AccountSid::parse(sim::DEFAULT_ACCOUNT_SID).unwrap()),
-        auth_token: Some(token.to_owned().into()),
-        timeout,
-    })
-    .unwrap()
-}
-
 async fn sim_client(config: SimConfig) -> (harness::sim::Sim, TwilioClient) {
     let (s, addr) = sim::spawn(config).await;
-    (s, client(&format!("http://{addr}"), sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(5)))
+    (s, sim::client(&format!("http://{addr}"), sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(5)))
 }
 
 async fn own_a_number(c: &TwilioClient) -> String {
@@ -60,7 +48,7 @@ async fn a_send_is_a_basic_auth_form_post_and_the_documented_reply_parses() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let c = client(&base, "s3cret", Duration::from_secs(5));
+    let c = sim::client(&base, "s3cret", Duration::from_secs(5));
     let req =
         CreateMessage { to: "+14155552671", from: "+14155550100", body: "Hi & bye = 100%", status_callback: None };
     let m = c.create_message(c.account(), &req).await.unwrap();
@@ -137,7 +125,7 @@ async fn twilio_errors_become_typed_and_classified() {
     let e = send("+15005550004", "x".into()).await.unwrap_err();
     assert_eq!(e.send_failure(), SendFailure::OptedOut);
 
-    let wrong = client(&format!("http://{}", "127.0.0.1:1"), "x", Duration::from_secs(1));
+    let wrong = sim::client(&format!("http://{}", "127.0.0.1:1"), "x", Duration::from_secs(1));
     let e = wrong
         .create_message(wrong.account(), &CreateMessage { to: "+1", from: "+1", body: "x", status_callback: None })
         .await
@@ -146,7 +134,7 @@ async fn twilio_errors_become_typed_and_classified() {
     assert!(matches!(e.send_failure(), SendFailure::Transient { .. }));
 
     let (_, addr) = sim::spawn(SimConfig::default()).await;
-    let bad_token = client(&format!("http://{addr}"), "wrong-token", Duration::from_secs(5));
+    let bad_token = sim::client(&format!("http://{addr}"), "wrong-token", Duration::from_secs(5));
     let e = bad_token.list_numbers(bad_token.account(), None, None).await.unwrap_err();
     assert!(matches!(e, TwilioError::Api { status: 401, code: codes::AUTHENTICATION_FAILED, .. }), "{e:?}");
     assert_eq!(e.disposition(), Disposition::Permanent);
@@ -163,7 +151,7 @@ async fn injected_faults_are_classified_by_what_twilio_may_have_done() {
     ];
     for (faults, expect) in cases {
         let (s, addr) = sim::spawn(SimConfig::default()).await;
-        let c = client(&format!("http://{addr}"), sim::DEFAULT_AUTH_TOKEN, Duration::from_millis(700));
+        let c = sim::client(&format!("http://{addr}"), sim::DEFAULT_AUTH_TOKEN, Duration::from_millis(700));
         let from = own_a_number(&c).await;
         s.set_config(fault(faults));
         let e = c

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use harness::fixtures::recipients;
-use harness::procs::Env;
+use harness::procs::{Env, stdout_of};
 use harness::redis_server::TestRedis;
 use harness::sim::{self, SimConfig};
 
@@ -41,51 +41,26 @@ async fn main() -> anyhow::Result<()> {
     let env = Env::new(&redis.url(), &base);
     println!("▶ private Redis on {} · Twilio simulator on {base}", redis.url());
 
-    let run = |a: Vec<String>| {
-        let env = env.clone();
-        async move {
-            let out =
-                tokio::task::spawn_blocking(move || env.producer(&a.iter().map(String::as_str).collect::<Vec<_>>()))
-                    .await
-                    .unwrap();
-            if !out.status.success() {
-                anyhow::bail!("producer failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let run = async |args: &[&str]| stdout_of(args, env.producer_async(args).await).map_err(anyhow::Error::msg);
 
-    print!("▶ {}", run(s(&["customer", "add", "demo-properties", "--max-numbers", "10"])).await?);
+    print!("▶ {}", run(&["customer", "add", "demo-properties", "--max-numbers", "10"]).await?);
     let mut workers: Vec<_> = (0..args.workers).map(|_| env.worker(&["--concurrency", "32"])).collect();
     println!("▶ started {} worker processes (32 concurrent sends each)", workers.len());
 
-    let file = std::env::temp_dir().join(format!("demo-recipients-{}.txt", std::process::id()));
-    std::fs::write(&file, recipients(args.recipients, 0).join("\n"))?;
-    let out = run(s(&[
-        "bulk",
-        "--customer",
-        "demo-properties",
-        "--body",
-        "Building 4: the water will be off Tuesday 9-11am for repairs. Reply STOP to opt out.",
-        "--recipients",
-        &file.display().to_string(),
-        "--json",
-    ]))
-    .await?;
-    let _ = std::fs::remove_file(&file);
-    let receipt: serde_json::Value = serde_json::from_str(&out)?;
+    let body = "Building 4: the water will be off Tuesday 9-11am for repairs. Reply STOP to opt out.";
+    let receipt =
+        env.bulk("demo-properties", body, &recipients(args.recipients, 0), &[]).await.map_err(anyhow::Error::msg)?;
     let batch = receipt["batch_id"].as_str().unwrap_or_default().to_owned();
     println!("▶ bulk text accepted: batch {batch}, {} recipients", receipt["accepted"]);
 
     let sending = Instant::now();
-    run(s(&["status", &batch, "--wait", "--timeout", "300"])).await?;
+    run(&["status", &batch, "--wait", "--timeout", "300"]).await?;
     println!("▶ all jobs terminal after {:.1}s\n", sending.elapsed().as_secs_f64());
 
     println!("$ producer pool demo-properties");
-    print!("{}", run(s(&["pool", "demo-properties"])).await?);
+    print!("{}", run(&["pool", "demo-properties"]).await?);
     println!("\n$ producer status {batch}");
-    print!("{}", run(s(&["status", &batch])).await?);
+    print!("{}", run(&["status", &batch]).await?);
 
     let state = sim.state(true);
     let per = harness::fixtures::per_recipient(&state);

@@ -3,12 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
 use harness::fixtures::wait_until;
-use harness::procs::{Env, Proc};
+use harness::procs::{Env, Proc, stdout_of};
 use harness::redis_server::{RedisOptions, TestRedis};
 use harness::sim::{self, Sim, SimConfig, SimState};
 use shared::batches::{self, BatchStatus};
@@ -45,31 +44,17 @@ impl World {
 
     /// Runs the producer CLI (off the async runtime, which keeps serving the simulator).
     pub async fn producer(&self, args: &[&str]) -> Output {
-        let env = self.env.clone();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || env.producer(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await
-            .unwrap()
+        self.env.producer_async(args).await
     }
 
     pub async fn producer_ok(&self, args: &[&str]) -> String {
-        let env = self.env.clone();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || env.producer_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()))
-            .await
-            .unwrap()
+        stdout_of(args, self.env.producer_async(args).await).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `producer bulk … --json`, returning the batch id.
     pub async fn bulk(&self, customer: &str, body: &str, recipients: &[String], extra: &[&str]) -> String {
-        let file = write_recipients(recipients);
-        let path = file.display().to_string();
-        let mut args = vec!["bulk", "--customer", customer, "--body", body, "--recipients", path.as_str(), "--json"];
-        args.extend_from_slice(extra);
-        let out = self.producer_ok(&args).await;
-        let _ = std::fs::remove_file(file);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("bulk --json output");
-        v["batch_id"].as_str().unwrap().to_owned()
+        let receipt = self.env.bulk(customer, body, recipients, extra).await.unwrap_or_else(|e| panic!("{e}"));
+        receipt["batch_id"].as_str().unwrap().to_owned()
     }
 
     pub fn worker(&self, concurrency: usize) -> Proc {
@@ -95,10 +80,4 @@ impl World {
     pub fn state(&self) -> SimState {
         self.sim.state(true)
     }
-}
-
-pub fn write_recipients(list: &[String]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("recipients-{}.txt", ulid::Ulid::new()));
-    std::fs::write(&path, list.join("\n")).unwrap();
-    path
 }
