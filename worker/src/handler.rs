@@ -42,12 +42,6 @@ pub struct Stats {
     pub apalis_restarts: Counter,
 }
 
-impl Stats {
-    fn inc(c: &Counter) {
-        c.inc();
-    }
-}
-
 /// Everything handlers share in one process.
 pub struct Ctx {
     pub ledger: Ledger,
@@ -55,13 +49,12 @@ pub struct Ctx {
     pub settings: Arc<WorkerSettings>,
     pub wake: mpsc::UnboundedSender<Wake>,
     pub stop: watch::Receiver<bool>,
-    pub stats: Arc<Stats>,
+    pub stats: Stats,
     bodies: Mutex<HashMap<BatchId, Arc<str>>>,
     customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
     /// One task per customer per process at a time on the slow path (purchases, waiting for one), so a full
     /// customer costs one Redis poller per process, not one per handler.
     gates: Mutex<HashMap<CustomerId, Arc<Gate>>>,
-    pool_changed: Mutex<HashMap<CustomerId, Arc<Notify>>>,
 }
 
 /// The slow path of one customer in this process: one task works it, the others wait for its step to end.
@@ -72,6 +65,8 @@ struct Gate {
     /// Bumped when that task finishes a step (bought, waited, deferred...), waking every task that queued behind
     /// it at once, so they retry the fast path concurrently instead of one at a time.
     round: tokio::sync::watch::Sender<u64>,
+    /// Wakes tasks waiting for the customer's pool to change (a number bought or adopted, here or elsewhere).
+    pool: Notify,
 }
 
 /// Bumps the gate's round when the slow-path step ends, however it ends.
@@ -100,7 +95,7 @@ impl Ctx {
         settings: Arc<WorkerSettings>,
         wake: mpsc::UnboundedSender<Wake>,
         stop: watch::Receiver<bool>,
-        stats: Arc<Stats>,
+        stats: Stats,
     ) -> Self {
         Self {
             ledger,
@@ -112,7 +107,6 @@ impl Ctx {
             bodies: Mutex::default(),
             customers: Mutex::default(),
             gates: Mutex::default(),
-            pool_changed: Mutex::default(),
         }
     }
 
@@ -176,7 +170,7 @@ impl Ctx {
             _ => {
                 // Redis failed: nothing was sent; give the slot back and try again shortly.
                 let delay = self.backoff(1);
-                self.requeue(job, Requeue::Release, Due::In(delay), slot.attempt, "redis", &marker).await;
+                self.requeue(job, Requeue::Release, Due::In(delay), slot.attempt, "redis", Some(&marker)).await;
                 return;
             }
         };
@@ -203,26 +197,26 @@ impl Ctx {
                         Due::In(self.settings.ambiguous_grace),
                         slot.attempt,
                         "no sid",
-                        &marker,
+                        Some(&marker),
                     )
                     .await
                 }
             },
             Err(e) => match e.send_failure() {
                 SendFailure::Recipient { code, .. } => {
-                    Stats::inc(&self.stats.failed);
+                    self.stats.failed.inc();
                     tracing::info!(code, "recipient cannot be texted");
                     let _ = self.ledger.finish(job, Ending::Failed, &format!("twilio {code}"), Some(&marker)).await;
                 }
                 SendFailure::OptedOut => {
-                    Stats::inc(&self.stats.opted_out);
+                    self.stats.opted_out.inc();
                     let _ = self.ledger.finish(job, Ending::OptedOut, "21610", Some(&marker)).await;
                 }
                 SendFailure::Transient { reason, retry_after } => {
                     self.retry_later(job, slot.attempt + 1, &reason, retry_after, &marker).await;
                 }
                 SendFailure::Ambiguous { reason } => {
-                    Stats::inc(&self.stats.ambiguous);
+                    self.stats.ambiguous.inc();
                     tracing::warn!(%reason, "send outcome unknown; will check Twilio before any resend");
                     self.requeue(
                         job,
@@ -230,7 +224,7 @@ impl Ctx {
                         Due::In(self.settings.ambiguous_grace),
                         slot.attempt,
                         &reason,
-                        &marker,
+                        Some(&marker),
                     )
                     .await;
                 }
@@ -246,12 +240,14 @@ impl Ctx {
                 Ok(c) => {
                     match c {
                         Commit::Duplicate => {
-                            Stats::inc(&self.stats.duplicate_sends);
+                            self.stats.duplicate_sends.inc();
                             tracing::error!(
                                 "a text was sent twice for the same recipient and batch (recorded in dup_sends)"
                             );
                         }
-                        _ => Stats::inc(&self.stats.sent),
+                        _ => {
+                            self.stats.sent.inc();
+                        }
                     }
                     return;
                 }
@@ -267,14 +263,14 @@ impl Ctx {
     async fn retry_later(&self, job: &Job, attempt: u32, reason: &str, retry_after: Option<Duration>, seen: &str) {
         let reason = reason.replace('|', "/");
         if attempt >= self.settings.max_attempts {
-            Stats::inc(&self.stats.failed);
+            self.stats.failed.inc();
             tracing::warn!(%reason, attempt, "giving up after repeated transient failures");
             let _ = self.ledger.finish(job, Ending::Failed, &format!("{reason} (retries exhausted)"), Some(seen)).await;
             return;
         }
-        Stats::inc(&self.stats.retried);
+        self.stats.retried.inc();
         let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
-        self.requeue(job, Requeue::Release, Due::In(delay), attempt, &reason, seen).await;
+        self.requeue(job, Requeue::Release, Due::In(delay), attempt, &reason, Some(seen)).await;
     }
 
     /// Exponential backoff with jitter: the n-th retry waits between half and all of `base · 2^(n-1)`, capped.
@@ -285,8 +281,7 @@ impl Ctx {
         half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
     }
 
-    async fn requeue(&self, job: &Job, how: Requeue, when: Due, attempt: u32, reason: &str, seen: &str) {
-        let seen = (!seen.is_empty()).then_some(seen);
+    async fn requeue(&self, job: &Job, how: Requeue, when: Due, attempt: u32, reason: &str, seen: Option<&str>) {
         match self.ledger.requeue(job, how, when, attempt, reason, seen).await {
             Ok(Some(_)) => {
                 let after = match when {
@@ -317,14 +312,14 @@ impl Ctx {
                 Due::In(Duration::from_millis((grace - age) as u64)),
                 slot.attempt,
                 "ambiguous",
-                &marker,
+                Some(&marker),
             )
             .await;
             return Step::Done;
         }
         let (Ok(Some(body)), Ok(Some(customer))) = (self.body(&job.batch).await, self.customer(&job.customer).await)
         else {
-            self.requeue(job, Requeue::Keep, Due::In(self.backoff(1)), slot.attempt, "ambiguous", &marker).await;
+            self.requeue(job, Requeue::Keep, Due::In(self.backoff(1)), slot.attempt, "ambiguous", Some(&marker)).await;
             return Step::Done;
         };
         // Twilio's clock and Redis's may differ a little; messages older than this cannot be ours.
@@ -343,29 +338,26 @@ impl Ctx {
                     .filter(|m| m.date_created.is_some_and(|d| d >= since))
                     .filter(|m| m.body.as_deref().is_some_and(|b| same_text(b, &body)))
                     .collect();
-                match ours.as_slice() {
-                    [m] => {
-                        Stats::inc(&self.stats.resolved_found);
-                        tracing::info!("ambiguous send found in Twilio; recording it");
-                        self.commit(job, m.sid.as_deref().unwrap_or_default(), &slot.number).await;
+                // Several identical texts to this recipient from this number in seconds: do not guess (and do not
+                // send again); record the oldest, which is the first that went out.
+                match ours.iter().min_by_key(|m| m.date_created) {
+                    Some(oldest) => {
+                        self.stats.resolved_found.inc();
+                        if ours.len() > 1 {
+                            tracing::warn!(
+                                matches = ours.len(),
+                                "several matching messages in Twilio; recording the oldest"
+                            );
+                        } else {
+                            tracing::info!("ambiguous send found in Twilio; recording it");
+                        }
+                        self.commit(job, oldest.sid.as_deref().unwrap_or_default(), &slot.number).await;
                         Step::Done
                     }
-                    [] => {
-                        Stats::inc(&self.stats.resolved_unsent);
+                    None => {
+                        self.stats.resolved_unsent.inc();
                         tracing::info!("ambiguous send never reached Twilio; sending again");
                         Step::Unsent(slot)
-                    }
-                    many => {
-                        // Several identical texts to this recipient from this number in seconds: do not guess
-                        // (and do not send again); record the oldest, which is the first that went out.
-                        tracing::warn!(
-                            matches = many.len(),
-                            "several matching messages in Twilio; recording the oldest"
-                        );
-                        let oldest =
-                            many.iter().min_by_key(|m| m.date_created).and_then(|m| m.sid.clone()).unwrap_or_default();
-                        self.commit(job, &oldest, &slot.number).await;
-                        Step::Done
                     }
                 }
             }
@@ -377,7 +369,7 @@ impl Ctx {
                     Due::In(self.backoff(slot.attempt + 1)),
                     slot.attempt,
                     "ambiguous",
-                    &marker,
+                    Some(&marker),
                 )
                 .await;
                 Step::Done
@@ -387,10 +379,10 @@ impl Ctx {
 
     /// No number has capacity. Defer at max numbers; otherwise, one task per process per customer at a time
     /// either waits for a purchase in flight (resolving it if its outcome is unknown) or makes one.
-    async fn no_capacity(&self, task: &SendTask, first: Full) -> Step {
+    async fn no_capacity(&self, task: &SendTask, f: Full) -> Step {
         let job = &task.job;
-        if first.at_max() && first.pending_intents == 0 {
-            return self.defer(job, &first).await;
+        if f.at_max() && f.pending_intents == 0 {
+            return self.defer(job, &f).await;
         }
         let gate = self.gate(&job.customer);
         let mut round = gate.round.subscribe();
@@ -406,28 +398,11 @@ impl Ctx {
         };
         let _end = RoundEnd(&gate);
         if self.stopping() {
-            self.requeue(
-                job,
-                Requeue::Wait,
-                Due::In(Duration::ZERO),
-                first.attempt(),
-                "",
-                first.state.as_deref().unwrap_or(""),
-            )
-            .await;
+            self.requeue(job, Requeue::Wait, Due::In(Duration::ZERO), f.attempt(), "", f.state.as_deref()).await;
             return Step::Done;
         }
-        // Capacity may have appeared while we queued on the gate.
-        let f = match self.ledger.reserve(job, ReserveMode::Fast, None).await {
-            Ok(Reserve::Full(f)) => f,
-            Ok(Reserve::Reserved(s)) => return Step::Send(s),
-            Ok(Reserve::Ambiguous { .. }) => return Step::Again,
-            Ok(_) => return Step::Done,
-            Err(_) => {
-                self.pause(Duration::from_millis(200)).await;
-                return Step::Again;
-            }
-        };
+        // `f` is fresh: nothing awaited between the reserve that returned it and taking the gate (which never
+        // queues). Capacity that appears from here on is caught by the re-check inside the purchase lock.
         if f.pending_intents > 0 {
             let settle_after = (self.settings.shared.twilio.timeout + Duration::from_secs(2)).as_millis() as i64;
             let old = f.oldest_intent_ms.is_some_and(|t| f.now_ms - t > settle_after);
@@ -447,14 +422,14 @@ impl Ctx {
             // needs. Their jobs come back when their leases expire; look again then.
             tracing::info!(orphaned = f.orphaned_slots, "not buying while orphaned reservations are unresolved");
             let delay = (self.settings.lease / 3).min(Duration::from_secs(5));
-            self.requeue(job, Requeue::Wait, Due::In(delay), f.attempt(), "", f.state.as_deref().unwrap_or("")).await;
+            self.requeue(job, Requeue::Wait, Due::In(delay), f.attempt(), "", f.state.as_deref()).await;
             return Step::Done;
         }
         self.purchase(job, &f).await
     }
 
     async fn defer(&self, job: &Job, f: &Full) -> Step {
-        Stats::inc(&self.stats.deferred);
+        self.stats.deferred.inc();
         let jitter: i64 = rand::rng().random_range(0..50);
         let mut due = f.earliest_free_ms.map(|t| t + jitter).unwrap_or(f.now_ms + 1_000);
         if f.orphaned_slots > 0 {
@@ -558,43 +533,28 @@ impl Ctx {
                     }
                 }
                 if recorded {
-                    Stats::inc(&self.stats.purchases);
+                    self.stats.purchases.inc();
                     tracing::info!(numbers = f.numbers + 1, "bought a number");
                 } else {
                     tracing::error!(
                         "bought a number but could not record it; its intent stays until the reconciler adopts it"
                     );
                 }
-                self.pool_notify(&job.customer).notify_waiters();
+                self.pool_changed(&job.customer);
                 Step::Again
             }
             BuyOutcome::NotBought { reason, retry_after } => {
                 let _ = purchase::abandon_intent(&mut conn.clone(), &job.customer, &intent_id, &raw).await;
                 tracing::warn!(%reason, "could not buy a number");
-                let seen = f.state.clone().unwrap_or_default();
+                let seen = f.state.as_deref().filter(|s| !s.is_empty());
                 let attempt = f.attempt() + 1;
                 if attempt >= self.settings.max_attempts {
-                    Stats::inc(&self.stats.failed);
-                    let _ = self
-                        .ledger
-                        .finish(
-                            job,
-                            Ending::Failed,
-                            &format!("no number: {reason}"),
-                            Some(&seen).filter(|s| !s.is_empty()).map(|s| s.as_str()),
-                        )
-                        .await;
+                    self.stats.failed.inc();
+                    let _ = self.ledger.finish(job, Ending::Failed, &format!("no number: {reason}"), seen).await;
                 } else {
                     let delay = self.backoff(attempt).max(retry_after.unwrap_or_default());
-                    self.requeue(
-                        job,
-                        Requeue::Release,
-                        Due::In(delay),
-                        attempt,
-                        &format!("no number: {reason}"),
-                        &seen,
-                    )
-                    .await;
+                    self.requeue(job, Requeue::Release, Due::In(delay), attempt, &format!("no number: {reason}"), seen)
+                        .await;
                 }
                 Step::Done
             }
@@ -630,7 +590,7 @@ impl Ctx {
             .await
             {
                 Ok(purchase::Resolution::Pending) => self.pause(Duration::from_millis(500)).await,
-                Ok(_) => self.pool_notify(customer_id).notify_waiters(),
+                Ok(_) => self.pool_changed(customer_id),
                 Err(e) => {
                     tracing::warn!(error.message = %e, "could not resolve a purchase intent");
                     self.pause(Duration::from_millis(500)).await;
@@ -643,7 +603,7 @@ impl Ctx {
     /// purchase made by this process wakes the waiter at once.
     async fn wait_for_pool(&self, customer: &CustomerId, f: &Full) {
         let k = CustomerKeys::new(customer);
-        let notify = self.pool_notify(customer);
+        let gate = self.gate(customer);
         let deadline =
             Instant::now() + self.settings.lock_ttl.clamp(Duration::from_millis(200), Duration::from_secs(2));
         let mut conn = self.ledger.conn();
@@ -651,7 +611,7 @@ impl Ctx {
         while Instant::now() < deadline {
             let tick = Duration::from_millis(15 + rand::rng().random_range(0..10));
             tokio::select! {
-                _ = notify.notified() => return,
+                _ = gate.pool.notified() => return,
                 _ = tokio::time::sleep(tick) => {}
                 _ = stop.changed() => return,
             }
@@ -680,13 +640,9 @@ impl Ctx {
         self.gates.lock().unwrap().entry(c.clone()).or_default().clone()
     }
 
-    /// Wakes this process's tasks waiting on `c`'s pool (another process bought or adopted a number).
+    /// Wakes this process's tasks waiting on `c`'s pool (a number bought or adopted, here or elsewhere).
     pub fn pool_changed(&self, c: &CustomerId) {
-        self.pool_notify(c).notify_waiters();
-    }
-
-    fn pool_notify(&self, c: &CustomerId) -> Arc<Notify> {
-        self.pool_changed.lock().unwrap().entry(c.clone()).or_default().clone()
+        self.gate(c).pool.notify_waiters();
     }
 
     /// The batch's body, cached: it never changes. `Ok(None)`: the batch is gone.

@@ -42,7 +42,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let name = worker_name();
     tracing::info!(worker = %name, concurrency = settings.concurrency, "worker starting");
     let health = Arc::new(Health::default());
-    let stats = Arc::new(Stats::default());
+    let stats = Stats::default();
     let registry = Registry::new(settings.lease);
     if let Some(addr) = settings.listen {
         // Before connecting, so a probe sees "no reply from Redis yet" while Redis is down at start.
@@ -163,13 +163,11 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
 /// Runs the apalis worker; if it ever ends while we are not shutting down, starts a new one under a new name.
 async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Receiver<bool>, first_name: String) {
     let mut name = first_name;
-    // Chaos testing: MESSENGER_CHAOS_END_WORKER_SECS=N ends the first apalis worker after N seconds, as if it had
-    // died, so tests can watch the supervisor replace it.
-    let mut chaos = std::env::var("MESSENGER_CHAOS_END_WORKER_SECS").ok().and_then(|v| v.parse::<u64>().ok());
+    let mut chaos = ctx.settings.chaos_end_worker;
     loop {
         let mut backend = QueueBackend::new(inbox.clone(), ledger.clone());
-        if let Some(secs) = chaos.take() {
-            backend = backend.ending_after(Duration::from_secs(secs));
+        if let Some(after) = chaos.take() {
+            backend = backend.ending_after(after);
         }
         let context = apalis_core::worker::context::WorkerContext::from(name.as_str());
         let worker = WorkerBuilder::new(&context)
@@ -186,7 +184,7 @@ async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Rec
         let mut s = stop.clone();
         let result = tokio::select! {
             r = &mut run => r,
-            _ = async { while !*s.borrow() { if s.changed().await.is_err() { break; } } } => {
+            _ = s.wait_for(|&stopping| stopping) => {
                 let _ = context.stop();
                 run.await
             }

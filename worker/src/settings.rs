@@ -69,6 +69,11 @@ pub struct WorkerArgs {
     /// free one). Off by default: workers sharing a machine cannot share a port.
     #[arg(long, env = "MESSENGER_WORKER_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+
+    /// Chaos testing: end the first apalis worker after this many seconds, as if it had died, so tests can watch
+    /// the supervisor replace it.
+    #[arg(long, env = "MESSENGER_CHAOS_END_WORKER_SECS", hide = true)]
+    pub chaos_end_worker_secs: Option<u64>,
 }
 
 /// Validated worker settings.
@@ -89,6 +94,8 @@ pub struct WorkerSettings {
     pub shutdown_timeout: Duration,
     pub public_url: Option<String>,
     pub listen: Option<std::net::SocketAddr>,
+    /// See [`WorkerArgs::chaos_end_worker_secs`].
+    pub chaos_end_worker: Option<Duration>,
     /// Jobs fetched per Redis round trip at most.
     pub fetch_batch: usize,
     /// A customer with nothing due is still polled this often (safety net for a missed wake-up).
@@ -151,6 +158,7 @@ impl WorkerArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             public_url: self.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
             listen: self.listen,
+            chaos_end_worker: self.chaos_end_worker_secs.map(Duration::from_secs),
             fetch_batch: 32,
             idle_poll: Duration::from_secs(2),
         })
