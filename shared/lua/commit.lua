@@ -35,19 +35,15 @@ if b[2] == 'complete' or is_terminal(st) then
   redis.call('ZREM', inflight, member)
   -- The text did go out: it counts against its number's quota like any other.
   if from ~= '' then
-    redis.call('RPUSH', wprefix .. from, window_entry(now, 'dup' .. sid))
-    redis.call('PEXPIRE', wprefix .. from, window_ms + 1000)
+    window_push(wprefix .. from, now, 'dup' .. sid, window_ms)
   end
   return {'duplicate'}
 end
 if st and string.sub(st, 1, 1) == 'r' then
+  -- The outcome is settled, and the entry moves to the tail with the commit time. If it already aged out (a send
+  -- slower than the window), the message still went out now and counts from now.
   local p = split(st)
-  settle_slot(unsent, st)
-  -- Moved to the tail with the commit time. If the entry already aged out (a send slower than the window), the
-  -- message still went out now and counts from now.
-  local wk = wprefix .. p[2]
-  redis.call('LREM', wk, -1, window_entry(p[4], p[3]))
-  redis.call('RPUSH', wk, window_entry(now, p[3]))
-  redis.call('PEXPIRE', wk, window_ms + 1000)
+  release_slot(wprefix, unsent, st)
+  window_push(wprefix .. p[2], now, p[3], window_ms)
 end
 return {'ok', finish(batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

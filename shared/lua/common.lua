@@ -88,6 +88,12 @@ local function window_entry(ms, resid)
   return ms .. ':' .. resid
 end
 
+-- Appends an entry; an idle window expires on its own once every entry would have aged out.
+local function window_push(wk, ms, resid, window_ms)
+  redis.call('RPUSH', wk, window_entry(ms, resid))
+  redis.call('PEXPIRE', wk, window_ms + 1000)
+end
+
 local function entry_time(e)
   return tonumber(string.sub(e, 1, string.find(e, ':', 1, true) - 1))
 end
@@ -114,16 +120,11 @@ end
 -- `unsent` is a slot whose worker died mid-send: it may or may not have been used, and until that is resolved it
 -- must not make anyone buy a number.
 
--- Twilio did not take the message: the slot no longer counts.
+-- Removes the slot a job's state `r|…` holds, from its window and from `unsent`; nothing for any other state.
 local function release_slot(wprefix, unsent, st)
+  if not (st and string.sub(st, 1, 1) == 'r') then return end
   local p = split(st)
   redis.call('LREM', wprefix .. p[2], -1, window_entry(p[4], p[3]))
-  redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
-end
-
--- The message went out: the slot counts, its outcome is settled.
-local function settle_slot(unsent, st)
-  local p = split(st)
   redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
 end
 

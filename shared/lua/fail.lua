@@ -31,9 +31,7 @@ local st = redis.call('HGET', state, recipient)
 if is_terminal(st) or (expect ~= '' and st ~= expect) then
   return {'stale'}
 end
-if st and string.sub(st, 1, 1) == 'r' then
-  release_slot(wprefix, unsent, st)
-end
+release_slot(wprefix, unsent, st)
 if kind == 'o' then
   redis.call('SADD', optouts, recipient)
 end

@@ -108,6 +108,7 @@ local sticky_cur = sprefix .. epoch .. ':' .. bucket
 local sticky_prev = sprefix .. (epoch - 1) .. ':' .. bucket
 
 local chosen = nil
+local numbers = nil -- the pool, once read
 local sticky = redis.call('HGET', sticky_cur, field) or redis.call('HGET', sticky_prev, field)
 if sticky and redis.call('ZSCORE', pool, sticky) and available(sticky) > 0 then
   chosen = sticky
@@ -120,7 +121,7 @@ if not chosen then
   if current and current ~= sticky and available(current) > 0 then
     chosen = current
   else
-    local numbers = redis.call('ZRANGE', pool, 0, -1)
+    numbers = redis.call('ZRANGE', pool, 0, -1)
     for i = 1, #numbers do
       local n = numbers[i]
       if n ~= current and n ~= sticky and available(n) > 0 then
@@ -134,11 +135,8 @@ end
 
 if chosen then
   local resid = redis.call('HINCRBY', cfg, 'resseq', 1)
-  local wk = wprefix .. chosen
-  redis.call('RPUSH', wk, window_entry(now, resid))
+  window_push(wprefix .. chosen, now, resid, window_ms)
   redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
-  -- An idle window expires on its own once every entry would have aged out.
-  redis.call('PEXPIRE', wk, window_ms + 1000)
   redis.call('HSET', sticky_cur, field, chosen)
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
   leave_deferred(batch, st)
@@ -147,7 +145,7 @@ if chosen then
 end
 
 -- No capacity anywhere.
-local numbers = redis.call('ZRANGE', pool, 0, -1)
+numbers = numbers or redis.call('ZRANGE', pool, 0, -1)
 local max_numbers = tonumber(redis.call('HGET', cfg, 'max_numbers')) or 0
 local earliest = -1
 for i = 1, #numbers do

@@ -38,16 +38,12 @@ if is_terminal(st) or (st or '') ~= expect then
   return {'stale'}
 end
 if b[2] == '1' and mode ~= 'keep' then
-  if st and string.sub(st, 1, 1) == 'r' then
-    release_slot(wprefix, unsent, st)
-  end
+  release_slot(wprefix, unsent, st)
   finish(batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
   return {'cancelled'}
 end
 if mode == 'release' then
-  if st and string.sub(st, 1, 1) == 'r' then
-    release_slot(wprefix, unsent, st)
-  end
+  release_slot(wprefix, unsent, st)
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'w|' .. attempt .. '|' .. reason)
 elseif mode == 'defer' then

@@ -226,10 +226,10 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let terminal = n("sent") + n("failed") + n("opted_out") + n("cancelled");
     let pending = total.saturating_sub(terminal);
     let deferred = n("deferred").min(pending);
-    let failure_reasons = m
-        .iter()
-        .filter_map(|(f, v)| f.strip_prefix("reason:").map(|r| (r.to_owned(), v.parse().unwrap_or(0))))
-        .collect();
+    // Counts kept under `<prefix><code>` fields: failure reasons, undelivered error codes.
+    let by = |prefix: &str| {
+        m.iter().filter_map(|(f, v)| f.strip_prefix(prefix).map(|r| (r.to_owned(), v.parse().unwrap_or(0)))).collect()
+    };
     Ok(Some(BatchStatus {
         batch_id: id.to_string(),
         customer: id.customer().to_string(),
@@ -244,13 +244,10 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         opted_out: n("opted_out"),
         cancelled: n("cancelled"),
         dup_sends: n("dup_sends"),
-        failure_reasons,
+        failure_reasons: by("reason:"),
         delivered: n("delivered"),
         undelivered: n("undelivered"),
-        undelivered_reasons: m
-            .iter()
-            .filter_map(|(f, v)| f.strip_prefix("dlr:").map(|r| (r.to_owned(), v.parse().unwrap_or(0))))
-            .collect(),
+        undelivered_reasons: by("dlr:"),
         cancel_requested: m.get("cancel").map(String::as_str) == Some("1"),
         segments: n("segments"),
         encoding: m.get("encoding").cloned().unwrap_or_default(),
