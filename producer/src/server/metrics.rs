@@ -162,6 +162,7 @@ async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
     active.sort();
     active.truncate(500);
     let mut pipe = redis::pipe();
+    pipe.zcount(shared::keys::WORKERS, now - 60_000, "+inf");
     let mut ids = Vec::new();
     for c in &active {
         let Ok(id) = shared::domain::CustomerId::parse(c) else { continue };
@@ -169,8 +170,9 @@ async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
         pipe.llen(k.queue()).zcard(k.scheduled()).zcard(k.inflight());
         ids.push(id);
     }
-    let counts: Vec<i64> = if ids.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await? };
-    let alive: i64 = conn.zcount(shared::keys::WORKERS, now - 60_000, "+inf").await?;
+    // The live workers first, then three counts per customer.
+    let counts: Vec<i64> = pipe.query_async(&mut conn).await?;
+    let (alive, counts) = counts.split_first().map(|(a, rest)| (*a, rest)).unwrap_or((0, &[]));
     s.metrics.queue.clear();
     for (i, id) in ids.iter().enumerate() {
         for (j, state) in ["ready", "scheduled", "in_flight"].into_iter().enumerate() {

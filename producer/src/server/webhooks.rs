@@ -84,21 +84,33 @@ fn verify(
     }
 }
 
-/// Whether Twilio delivered this webhook before (same `I-Twilio-Idempotency-Token`).
-enum Attempt {
-    Repeat,
-    /// Process it, then remember its token (if it has one).
-    First(Option<String>),
+/// A signed webhook seen for the first time: process it, then [`remember`] its token.
+struct Webhook {
+    params: Signed,
+    token: Option<String>,
 }
 
-async fn attempt(s: &AppState, headers: &HeaderMap) -> Result<Attempt, ApiError> {
+/// Checks the signature, then whether Twilio delivered this webhook before (same `I-Twilio-Idempotency-Token`):
+/// `None` for a repeat, which is answered without being processed again.
+async fn accept(
+    s: &AppState,
+    path: &str,
+    query: &Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<Webhook>, ApiError> {
+    let params = verify(s, path, query, headers, body)?;
     let token = headers
         .get("i-twilio-idempotency-token")
         .and_then(|v| v.to_str().ok())
         .filter(|t| !t.is_empty() && t.len() <= 200);
-    let Some(token) = token else { return Ok(Attempt::First(None)) };
-    let done: bool = s.conn.clone().exists(keys::webhook_delivery(token)).await.map_err(|e| ApiError::redis(&e))?;
-    Ok(if done { Attempt::Repeat } else { Attempt::First(Some(token.to_owned())) })
+    if let Some(t) = token {
+        let done: bool = s.conn.clone().exists(keys::webhook_delivery(t)).await.map_err(|e| ApiError::redis(&e))?;
+        if done {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Webhook { params, token: token.map(str::to_owned) }))
 }
 
 async fn remember(s: &AppState, token: Option<String>) {
@@ -118,21 +130,10 @@ pub async fn inbound(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
-) -> Response {
-    match handle_inbound(&s, &headers, &query, &body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn handle_inbound(
-    s: &AppState,
-    headers: &HeaderMap,
-    query: &Option<String>,
-    body: &[u8],
 ) -> Result<Response, ApiError> {
-    let p = verify(s, "/twilio/inbound", query, headers, body)?;
-    let Attempt::First(token) = attempt(s, headers).await? else { return Ok(twiml()) };
+    let Some(Webhook { params: p, token }) = accept(&s, "/twilio/inbound", &query, &headers, &body).await? else {
+        return Ok(twiml());
+    };
     let (Some(to), Some(from)) = (p.get("To"), p.get("From")) else {
         return Err(ApiError::unprocessable("inbound webhook without To and From"));
     };
@@ -165,7 +166,7 @@ async fn handle_inbound(
             tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted back in");
         }
     }
-    remember(s, token).await;
+    remember(&s, token).await;
     Ok(twiml())
 }
 
@@ -176,16 +177,10 @@ pub async fn status(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
-) -> Response {
-    match handle_status(&s, &headers, &query, &body).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn handle_status(s: &AppState, headers: &HeaderMap, query: &Option<String>, body: &[u8]) -> Result<(), ApiError> {
-    let p = verify(s, "/twilio/status", query, headers, body)?;
-    let Attempt::First(token) = attempt(s, headers).await? else { return Ok(()) };
+) -> Result<StatusCode, ApiError> {
+    let Some(Webhook { params: p, token }) = accept(&s, "/twilio/status", &query, &headers, &body).await? else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
     let batch = query
         .as_deref()
         .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
@@ -205,6 +200,6 @@ async fn handle_status(s: &AppState, headers: &HeaderMap, query: &Option<String>
         .await
         .map_err(|e| ApiError::redis(&e))?;
     s.metrics.delivery(status, d == Delivery::Counted);
-    remember(s, token).await;
-    Ok(())
+    remember(&s, token).await;
+    Ok(StatusCode::NO_CONTENT)
 }
