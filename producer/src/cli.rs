@@ -94,6 +94,13 @@ pub struct ServeArgs {
     /// A file of API tokens, one `NAME:TOKEN:SCOPE` per line (`#` comments).
     #[arg(long, env = "MESSENGER_API_TOKENS_FILE")]
     pub api_tokens_file: Option<PathBuf>,
+    /// How long a subaccount's auth token (read from Twilio to verify its webhooks) is used before it is read again.
+    #[arg(long, env = "MESSENGER_SUBACCOUNT_TOKEN_TTL_SECS", default_value_t = 3600)]
+    pub subaccount_token_ttl_secs: u64,
+    /// Least time between two look-ups of one subaccount's token (after a webhook fails verification, the token is
+    /// read again in case it was rotated): bounds what a flood of forged webhooks can cost.
+    #[arg(long, env = "MESSENGER_SUBACCOUNT_TOKEN_REFRESH_SECS", default_value_t = 30)]
+    pub subaccount_token_refresh_secs: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +193,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let max_numbers = max_numbers.unwrap_or(settings.default_max_numbers);
             if max_numbers == 0 {
                 return Err(Failure::Usage("--max-numbers must be at least 1".into()));
+            }
+            if let Some(account) = &account_sid {
+                check_account(&settings, account).await?;
             }
             let mut conn = connect(&settings).await?;
             let created =
@@ -321,8 +331,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks with Twilio that `account` is a subaccount of `TWILIO_ACCOUNT_SID` (or that account itself). A definite
+/// "no" is a usage error; when Twilio cannot be asked, says so and lets the caller go on.
+async fn check_account(settings: &Settings, account: &AccountSid) -> Result<(), Failure> {
+    use shared::twilio::accounts::{TokenError, check_subaccount};
+    let Ok(client) = shared::twilio::TwilioClient::new(&settings.twilio) else {
+        eprintln!(
+            "note: {account} not checked with Twilio (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set)"
+        );
+        return Ok(());
+    };
+    match check_subaccount(&client, account).await {
+        Ok(a) if a.sid.as_deref() == Some(client.account().as_str()) => Ok(()),
+        Ok(a) => {
+            if a.status.as_deref() == Some("suspended") {
+                eprintln!("warning: subaccount {account} is suspended: Twilio will refuse its sends until reactivated");
+            }
+            Ok(())
+        }
+        Err(TokenError::NotOurs(_)) => Err(Failure::Usage(format!(
+            "--account-sid {account} is not an active subaccount of TWILIO_ACCOUNT_SID {}: Twilio does not list it \
+             under that account (check the sid, or create it under this account first)",
+            client.account()
+        ))),
+        Err(e) => {
+            eprintln!("warning: {e}; storing the account without checking it");
+            Ok(())
+        }
+    }
+}
+
 async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure> {
-    use crate::server::{AppState, Limits, auth::Tokens, metrics::Metrics};
+    use crate::server::{AppState, Limits, TokenPolicy, auth::Tokens};
     let mut spec = args.api_tokens.unwrap_or_default();
     if let Some(path) = &args.api_tokens_file {
         let file = std::fs::read_to_string(path)
@@ -345,14 +385,11 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure>
     let conn = store::connect_with_retry(&settings.redis, Duration::from_secs(60))
         .await
         .map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))?;
-    let state = AppState {
-        conn,
-        settings: std::sync::Arc::new(settings),
-        tokens: std::sync::Arc::new(tokens),
-        public_url,
-        metrics: std::sync::Arc::new(Metrics::default()),
-        limits: Limits::default(),
+    let policy = TokenPolicy {
+        ttl: Duration::from_secs(args.subaccount_token_ttl_secs.max(1)),
+        refresh_every: Duration::from_secs(args.subaccount_token_refresh_secs),
     };
+    let state = AppState::new(conn, settings, tokens, public_url, Limits::default(), policy);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;

@@ -7,8 +7,10 @@
 //! out": the request takes effect but no response ever comes), and a non-Twilio `GET /_sim/state` that shows every
 //! message and number it holds, so tests check invariants from the outside.
 //!
-//! Subaccounts exist implicitly: any `AC…` sid in the path is accepted when the request is signed with the main
-//! account's credentials (as Twilio allows a parent account to act for its subaccounts).
+//! Subaccounts are real: `POST /Accounts.json` creates one with its own auth token, `GET /Accounts/{sid}.json`
+//! returns it (token included) to its parent, the parent's credentials act for it and its own act for it alone,
+//! and every webhook about a subaccount's number (inbound messages, status callbacks) is signed with the
+//! subaccount's token, as Twilio does. `POST /_sim/accounts/{sid}/rotate` gives one a new token (tests of rotation).
 
 // Handlers return an error `Response` early; boxing it would only add noise to a test server.
 #![allow(clippy::result_large_err)]
@@ -144,6 +146,21 @@ struct Store {
     inbound: Vec<SimInbound>,
     /// (our number, recipient) pairs where the recipient replied STOP: Twilio refuses those sends with 21610.
     opted_out: std::collections::HashSet<(String, String)>,
+    /// Subaccounts of the main account.
+    accounts: Vec<SimAccount>,
+    /// `GET /Accounts/{sid}.json` requests (how often a client looked an account up).
+    account_fetches: u64,
+}
+
+/// A subaccount the simulator created.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimAccount {
+    pub sid: String,
+    pub friendly_name: String,
+    pub auth_token: String,
+    pub owner_account_sid: String,
+    pub status: String,
+    pub date_created: DateTime<Utc>,
 }
 
 /// A message a "handset" sent to one of our numbers through `POST /_sim/inbound`.
@@ -165,6 +182,8 @@ pub struct SimState {
     pub send_attempts: Vec<SendAttempt>,
     pub purchase_requests: u64,
     pub inbound: Vec<SimInbound>,
+    pub accounts: Vec<SimAccount>,
+    pub account_fetches: u64,
     pub config: SimConfig,
 }
 
@@ -196,8 +215,20 @@ impl Sim {
             send_attempts: if with_messages { s.attempts.clone() } else { Vec::new() },
             purchase_requests: s.purchase_requests,
             inbound: s.inbound.clone(),
+            accounts: s.accounts.clone(),
+            account_fetches: s.account_fetches,
             config: self.config(),
         }
+    }
+
+    /// The auth token that signs `account`'s requests and webhooks (`None`: not the main account or one of its
+    /// subaccounts).
+    pub fn token_of(&self, account: &str) -> Option<String> {
+        let cfg = self.config.read().unwrap();
+        if account == cfg.account_sid {
+            return Some(cfg.auth_token.clone());
+        }
+        self.store.lock().unwrap().accounts.iter().find(|a| a.sid == account).map(|a| a.auth_token.clone())
     }
 
     pub fn router(&self) -> Router {
@@ -209,7 +240,11 @@ impl Sim {
             .route("/IncomingPhoneNumbers/{sid}", get(fetch_number).delete(release_number))
             .route("/AvailablePhoneNumbers/{country}/Local.json", get(available_numbers));
         Router::new()
+            .route("/2010-04-01/Accounts.json", post(create_account).get(list_accounts))
+            .route("/2010-04-01/Accounts/{account}", get(fetch_account))
             .nest("/2010-04-01/Accounts/{account}", api)
+            .route("/_sim/accounts/{account}/rotate", post(rotate_account_token))
+            .route("/_sim/status-callback", post(sim_status_callback))
             .route("/_sim/state", get(sim_state))
             .route("/_sim/config", get(sim_config).post(set_sim_config))
             .route("/_sim/inbound", post(sim_inbound))
@@ -296,22 +331,36 @@ fn is_e164(s: &str) -> bool {
     s.len() >= 8 && s.len() <= 16 && s.starts_with('+') && s[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Checks Basic auth against the main account and that the path names a (sub)account.
-fn authorize(sim: &Sim, headers: &HeaderMap, account: &str) -> Result<(), Response> {
-    let cfg = sim.config.read().unwrap();
-    let expected = format!("{}:{}", cfg.account_sid, cfg.auth_token);
-    let given = headers
+/// The `(user, password)` of a Basic `Authorization` header.
+fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
+    let raw = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
-        .and_then(|b| String::from_utf8(b).ok());
-    if given.as_deref() != Some(expected.as_str()) {
-        let mut r = twilio_error(401, 20003, "Authenticate");
-        r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"Twilio API\""));
-        return Err(r);
+        .and_then(|b| String::from_utf8(b).ok())?;
+    let (user, pass) = raw.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+fn unauthorized() -> Response {
+    let mut r = twilio_error(401, 20003, "Authenticate");
+    r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"Twilio API\""));
+    r
+}
+
+/// Checks Basic auth, and that the caller may act for the account in the path: the main account's credentials
+/// act for it and for its subaccounts, a subaccount's own credentials for that subaccount only. An account that is
+/// neither is not found.
+fn authorize(sim: &Sim, headers: &HeaderMap, account: &str) -> Result<(), Response> {
+    let Some((user, pass)) = basic_auth(headers) else { return Err(unauthorized()) };
+    let main = sim.config().account_sid;
+    if sim.token_of(&user).is_none_or(|t| t != pass) {
+        return Err(unauthorized());
     }
-    if !is_account_sid(account) {
+    let sub = sim.store.lock().unwrap().accounts.iter().any(|a| a.sid == account && a.status != "closed");
+    let allowed = if user == main { account == main || sub } else { account == user };
+    if !is_account_sid(account) || !allowed {
         return Err(twilio_error(404, 20404, "The requested resource was not found"));
     }
     Ok(())
@@ -639,7 +688,8 @@ async fn sim_inbound(State(sim): State<Sim>, Json(req): Json<InboundRequest>) ->
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        webhook_status = post_signed(&cfg.auth_token, &url, &params).await.map(|(s, _)| s).unwrap_or(0);
+        let token = sim.token_of(&number.account_sid).unwrap_or(cfg.auth_token);
+        webhook_status = post_signed(&token, &url, &params).await.map(|(s, _)| s).unwrap_or(0);
     }
     sim.store.lock().unwrap().inbound.push(SimInbound {
         sid: sid.clone(),
@@ -1027,6 +1077,200 @@ async fn available_numbers(
     // Twilio does not page searches: one page of results, no next page.
     meta.next_page_uri = None;
     envelope(AvailablePhoneNumbers { available_phone_numbers: slice }, meta)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Accounts
+
+fn account_json(
+    sid: &str,
+    friendly_name: &str,
+    token: &str,
+    owner: &str,
+    status: &str,
+    created: DateTime<Utc>,
+) -> Account {
+    let base = format!("/2010-04-01/Accounts/{sid}");
+    let subresources = [
+        ("available_phone_numbers", "AvailablePhoneNumbers"),
+        ("calls", "Calls"),
+        ("conferences", "Conferences"),
+        ("incoming_phone_numbers", "IncomingPhoneNumbers"),
+        ("notifications", "Notifications"),
+        ("outgoing_caller_ids", "OutgoingCallerIds"),
+        ("recordings", "Recordings"),
+        ("transcriptions", "Transcriptions"),
+        ("addresses", "Addresses"),
+        ("signing_keys", "SigningKeys"),
+        ("connect_apps", "ConnectApps"),
+        ("sip", "SIP"),
+        ("authorized_connect_apps", "AuthorizedConnectApps"),
+        ("usage", "Usage"),
+        ("keys", "Keys"),
+        ("applications", "Applications"),
+        ("short_codes", "SMS/ShortCodes"),
+        ("queues", "Queues"),
+        ("messages", "Messages"),
+        ("balance", "Balance"),
+    ];
+    let uris: serde_json::Map<String, serde_json::Value> =
+        subresources.iter().map(|(k, p)| ((*k).to_owned(), format!("{base}/{p}.json").into())).collect();
+    Account {
+        auth_token: Some(token.to_owned()),
+        date_created: Some(created),
+        date_updated: Some(created),
+        friendly_name: Some(friendly_name.to_owned()),
+        owner_account_sid: Some(owner.to_owned()),
+        sid: Some(sid.to_owned()),
+        status: Some(status.to_owned()),
+        subresource_uris: Some(serde_json::Value::Object(uris)),
+        kind: Some("Full".into()),
+        uri: Some(format!("{base}.json")),
+    }
+}
+
+fn sub_json(a: &SimAccount) -> Account {
+    account_json(&a.sid, &a.friendly_name, &a.auth_token, &a.owner_account_sid, &a.status, a.date_created)
+}
+
+/// The main account's credentials, or 401.
+fn authorize_main(sim: &Sim, headers: &HeaderMap) -> Result<SimConfig, Response> {
+    let cfg = sim.config();
+    match basic_auth(headers) {
+        Some((user, pass)) if user == cfg.account_sid && pass == cfg.auth_token => Ok(cfg),
+        _ => Err(unauthorized()),
+    }
+}
+
+/// `POST /2010-04-01/Accounts.json`: a new subaccount with its own auth token.
+async fn create_account(State(sim): State<Sim>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let cfg = match authorize_main(&sim, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let f = form(&body);
+    let now = Utc::now();
+    let a = SimAccount {
+        sid: new_sid("AC"),
+        friendly_name: field(&f, "FriendlyName")
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("SubAccount Created at {}", now.format("%Y-%m-%d %I:%M %p"))),
+        auth_token: format!("{:032x}", rand::rng().random::<u128>()),
+        owner_account_sid: cfg.account_sid,
+        status: "active".into(),
+        date_created: now,
+    };
+    sim.store.lock().unwrap().accounts.push(a.clone());
+    (StatusCode::CREATED, Json(sub_json(&a))).into_response()
+}
+
+/// `GET /2010-04-01/Accounts.json`: the main account and its subaccounts.
+async fn list_accounts(State(sim): State<Sim>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let cfg = match authorize_main(&sim, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let q = parse_query(raw);
+    let mut all = vec![account_json(
+        &cfg.account_sid,
+        "Main account",
+        &cfg.auth_token,
+        &cfg.account_sid,
+        "active",
+        DateTime::<Utc>::UNIX_EPOCH,
+    )];
+    all.extend(sim.store.lock().unwrap().accounts.iter().map(sub_json));
+    let friendly = field(&q, "FriendlyName");
+    let status = field(&q, "Status");
+    let matched: Vec<Account> = all
+        .into_iter()
+        .filter(|a| friendly.is_none_or(|f| a.friendly_name.as_deref() == Some(f)))
+        .filter(|a| status.is_none_or(|st| a.status.as_deref() == Some(st)))
+        .collect();
+    let (slice, meta) = page_of(&matched, "/2010-04-01/Accounts.json", &q);
+    envelope(Accounts { accounts: slice }, meta)
+}
+
+/// `GET /2010-04-01/Accounts/{sid}.json`: the main account itself, or one of its subaccounts (with its token).
+async fn fetch_account(State(sim): State<Sim>, Path(account): Path<String>, headers: HeaderMap) -> Response {
+    let account = account.trim_end_matches(".json").to_owned();
+    sim.store.lock().unwrap().account_fetches += 1;
+    let Some((user, pass)) = basic_auth(&headers) else { return unauthorized() };
+    if sim.token_of(&user).is_none_or(|t| t != pass) {
+        return unauthorized();
+    }
+    let cfg = sim.config();
+    let not_found = || {
+        twilio_error(404, 20404, &format!("The requested resource /2010-04-01/Accounts/{account}.json was not found"))
+    };
+    if account == cfg.account_sid {
+        if user != cfg.account_sid {
+            return not_found();
+        }
+        let main =
+            account_json(&account, "Main account", &cfg.auth_token, &account, "active", DateTime::<Utc>::UNIX_EPOCH);
+        return Json(main).into_response();
+    }
+    let found = sim.store.lock().unwrap().accounts.iter().find(|a| a.sid == account).cloned();
+    match found {
+        Some(a) if user == cfg.account_sid || user == a.sid => Json(sub_json(&a)).into_response(),
+        _ => not_found(),
+    }
+}
+
+/// `POST /_sim/accounts/{sid}/rotate`: gives a subaccount a new auth token (returned), as promoting a secondary
+/// token does in Twilio's console.
+async fn rotate_account_token(State(sim): State<Sim>, Path(account): Path<String>) -> Response {
+    let mut store = sim.store.lock().unwrap();
+    match store.accounts.iter_mut().find(|a| a.sid == account) {
+        Some(a) => {
+            a.auth_token = format!("{:032x}", rand::rng().random::<u128>());
+            Json(serde_json::json!({ "sid": a.sid, "auth_token": a.auth_token })).into_response()
+        }
+        None => twilio_error(404, 20404, "no such subaccount"),
+    }
+}
+
+/// `POST /_sim/status-callback` `{"sid", "status", "error_code"?}`: the carrier reports on a message; Twilio calls
+/// the message's `StatusCallback`, signed with the token of the account that sent it. Answers the callback's HTTP
+/// status (0 if the message asked for none).
+#[derive(Deserialize)]
+struct StatusCallbackRequest {
+    sid: String,
+    status: String,
+    error_code: Option<u32>,
+}
+
+async fn sim_status_callback(State(sim): State<Sim>, Json(req): Json<StatusCallbackRequest>) -> Response {
+    let m = {
+        let store = sim.store.lock().unwrap();
+        store.by_sid.get(&req.sid).map(|&i| store.messages[i].clone())
+    };
+    let Some(m) = m else { return twilio_error(404, 20404, "no such message") };
+    let status = match &m.status_callback {
+        Some(url) => send_status_callback(&sim, &m, url, &req.status, req.error_code).await,
+        None => 0,
+    };
+    Json(serde_json::json!({ "webhook_status": status })).into_response()
+}
+
+/// POSTs one status callback for `m` the way Twilio does; returns the HTTP status (0 if the call failed).
+async fn send_status_callback(sim: &Sim, m: &SimMessage, url: &str, status: &str, error_code: Option<u32>) -> u16 {
+    let mut params: Vec<(String, String)> = vec![
+        ("AccountSid".into(), m.account_sid.clone()),
+        ("ApiVersion".into(), "2010-04-01".into()),
+        ("From".into(), m.from.clone()),
+        ("MessageSid".into(), m.sid.clone()),
+        ("MessageStatus".into(), status.to_owned()),
+        ("SmsSid".into(), m.sid.clone()),
+        ("SmsStatus".into(), status.to_owned()),
+        ("To".into(), m.to.clone()),
+    ];
+    if let Some(code) = error_code {
+        params.push(("ErrorCode".into(), code.to_string()));
+    }
+    let Some(token) = sim.token_of(&m.account_sid) else { return 0 };
+    post_signed(&token, url, &params).await.map(|(s, _)| s).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -535,6 +535,11 @@ async fn bad_input_is_rejected_whole_and_changes_nothing() {
         (vec!["bulk", "--customer", "bad id!", "--body", "hi", "--to", &ok_to], "customer id"),
         (vec!["customer", "add", "acme", "--area-code", "12"], "area code"),
         (vec!["status", "acme.nope"], "batch id"),
+        // Twilio does not know this account as a subaccount of ours.
+        (
+            vec!["customer", "add", "globex", "--account-sid", "AC11111111111111111111111111111111"],
+            "is not an active subaccount of TWILIO_ACCOUNT_SID",
+        ),
     ];
     let before = w.redis.digest();
     for (args, expected) in cases {
@@ -550,4 +555,9 @@ async fn bad_input_is_rejected_whole_and_changes_nothing() {
         assert!(err.contains(expected), "{args:?}: expected {expected:?} in {err}");
         assert_eq!(w.redis.digest(), before, "{args:?} changed Redis");
     }
+    // A real subaccount of ours is accepted.
+    let twilio = harness::sim::client(&w.sim_base, harness::sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(5));
+    let sub = twilio.create_subaccount("Globex").await.unwrap().sid.unwrap();
+    let out = w.producer_ok(&["customer", "add", "globex", "--account-sid", &sub]).await;
+    assert!(out.contains("customer globex created"), "{out}");
 }

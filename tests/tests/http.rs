@@ -9,7 +9,7 @@ use clap::Parser;
 use common::World;
 use harness::fixtures::{owned_numbers, recipients, wait_until};
 use harness::sim::{self, SimConfig};
-use producer::server::{AppState, Limits, auth::Tokens, metrics::Metrics};
+use producer::server::{AppState, Limits, TokenPolicy, auth::Tokens};
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -34,6 +34,10 @@ struct Common {
 }
 
 async fn start_api(w: &World) -> Api {
+    start_api_with(w, TokenPolicy::default()).await
+}
+
+async fn start_api_with(w: &World, policy: TokenPolicy) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let settings = Common::parse_from([
@@ -44,19 +48,15 @@ async fn start_api(w: &World) -> Api {
         sim::DEFAULT_AUTH_TOKEN,
         "--twilio-account-sid",
         sim::DEFAULT_ACCOUNT_SID,
+        "--twilio-api-base",
+        &w.sim_base,
     ])
     .c
     .settings()
     .unwrap();
     let tokens = Tokens::parse(&format!("ops:{ADMIN}:admin,appa:{APP_A}:acme,appb:{APP_B}:globex")).unwrap();
-    let state = AppState {
-        conn: w.redis.conn().await,
-        settings: std::sync::Arc::new(settings),
-        tokens: std::sync::Arc::new(tokens),
-        public_url: Some(base.clone().into()),
-        metrics: std::sync::Arc::new(Metrics::default()),
-        limits: Limits::default(),
-    };
+    let state =
+        AppState::new(w.redis.conn().await, settings, tokens, Some(base.clone().into()), Limits::default(), policy);
     tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
     Api { base, client: harness::http() }
 }
@@ -633,4 +633,176 @@ async fn the_openapi_document_is_valid_and_matches_the_routes() {
     println!("{}", report.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
     assert!(out.status.success(), "schemathesis found mismatches:\n{report}\n{}", String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_file(spec);
+}
+
+/// Issue 12, acceptance 1 and 2: two customers, one on the main account and one on a Twilio subaccount. Twilio
+/// signs every webhook about a subaccount's number with the subaccount's token: replies to both raise their
+/// number's limit, STOP on the subaccount's number opts the tenant out, and its delivery reports (sent by the
+/// simulator, shuffled and repeated) are counted. Webhooks for the subaccount's number signed with the main token
+/// or another subaccount's token are refused and change nothing; a rotated token is picked up with one refresh;
+/// a flood of forged webhooks costs a bounded number of token look-ups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_on_subaccounts_get_their_replies_stops_and_delivery_reports() {
+    let mut w = World::start(SimConfig::default()).await;
+    let refresh_every = Duration::from_secs(2);
+    let api = start_api_with(&w, TokenPolicy { ttl: Duration::from_secs(3600), refresh_every }).await;
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &api.base);
+    let twilio = sim::client(&w.sim_base, sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(5));
+    let sub = twilio.create_subaccount("Globex Property Co").await.unwrap();
+    let other = twilio.create_subaccount("Another client").await.unwrap();
+    let (sub_sid, other_sid) = (sub.sid.clone().unwrap(), other.sid.clone().unwrap());
+    let other_token = other.auth_token.clone().unwrap();
+
+    // The API checks the subaccount with Twilio before storing it.
+    let put = |id: &'static str, body: Value| {
+        let api = &api;
+        async move { api.call("PUT", &format!("/v1/customers/{id}"), Some(ADMIN), Some(body)).await }
+    };
+    assert_eq!(put("acme", json!({"max_numbers": 3})).await.0, StatusCode::CREATED);
+    assert_eq!(put("globex", json!({"max_numbers": 3, "account_sid": sub_sid})).await.0, StatusCode::CREATED);
+    let (s, e) = put("initech", json!({"account_sid": format!("AC{}", "1".repeat(32))})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(e["error"]["field"], "account_sid");
+    println!("unknown subaccount refused: {s} {}", e["error"]["message"]);
+
+    let _workers: Vec<_> = (0..2).map(|_| w.worker(8)).collect();
+    let send = |customer: &'static str, token: &'static str, to: Vec<String>, body: &'static str| {
+        let api = &api;
+        async move {
+            let (s, r) = api
+                .call(
+                    "POST",
+                    &format!("/v1/customers/{customer}/bulk-texts"),
+                    Some(token),
+                    Some(json!({"body": body, "recipients": to})),
+                )
+                .await;
+            assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+            let batch = r["batch_id"].as_str().unwrap().to_owned();
+            wait_batch(api, &batch, |b| b["state"] == "complete").await;
+            batch
+        }
+    };
+    let acme_to = recipients(6, 0);
+    let globex_to = recipients(6, 100);
+    send("acme", APP_A, acme_to.clone(), "Acme: rent is due").await;
+    let globex_batch = send("globex", APP_B, globex_to.clone(), "Globex: water off Tuesday").await;
+    let state = w.state();
+    let number_of = |account: &str| {
+        state.numbers.iter().find(|n| n.account_sid == account && !n.released).map(|n| n.phone_number.clone())
+    };
+    let acme_number = number_of(sim::DEFAULT_ACCOUNT_SID).expect("acme bought a number in the main account");
+    let globex_number = number_of(&sub_sid).expect("globex bought a number in its subaccount");
+
+    // A reply to each customer's number raises that number's limit by one.
+    inbound(&w, &acme_to[0], &acme_number, "Paid, thanks").await;
+    inbound(&w, &globex_to[0], &globex_number, "When does it come back?").await;
+    for (customer, token) in [("acme", APP_A), ("globex", APP_B)] {
+        let (_, pool) = api.call("GET", &format!("/v1/customers/{customer}/pool"), Some(token), None).await;
+        let n = &pool["numbers"][0];
+        println!("{customer}: {} received {}, limit {}", n["number"], n["received"], n["limit"]);
+        assert_eq!((n["received"].as_u64(), n["limit"].as_u64()), (Some(1), Some(251)), "{customer}");
+    }
+
+    // STOP on the subaccount's number: the tenant's next message ends opted out with no Twilio call.
+    inbound(&w, &globex_to[1], &globex_number, "STOP").await;
+    let attempts = |w: &World| w.state().send_attempts.iter().filter(|a| a.to == globex_to[1]).count();
+    let before = attempts(&w);
+    let (_, m) = api
+        .call("POST", "/v1/customers/globex/messages", Some(APP_B), Some(json!({"to": globex_to[1], "body": "Hi"})))
+        .await;
+    let st = wait_batch(&api, m["batch_id"].as_str().unwrap(), |b| b["state"] == "complete").await;
+    assert_eq!((st["opted_out"].as_u64(), st["sent"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(attempts(&w), before, "an opted-out tenant reached Twilio");
+    println!("STOP on the subaccount's number: next message opted_out, no Twilio call");
+
+    // Delivery reports for the subaccount's batch, sent by the simulator (signed with the subaccount's token),
+    // each status three times, shuffled.
+    let messages: Vec<_> = w.state().messages.into_iter().filter(|m| m.body == "Globex: water off Tuesday").collect();
+    assert_eq!(messages.len(), 6);
+    let mut reports = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let last = if i < 4 { ("delivered", None) } else { ("undelivered", Some(30007)) };
+        for (status, code) in [("sent", None), last] {
+            for _ in 0..3 {
+                reports.push(json!({"sid": m.sid, "status": status, "error_code": code}));
+            }
+        }
+    }
+    reports.shuffle(&mut rand::rng());
+    for r in &reports {
+        let answer: Value = harness::http()
+            .post(format!("{}/_sim/status-callback", w.sim_base))
+            .json(r)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer["webhook_status"].as_u64().is_some_and(|s| (200..300).contains(&s)), "{answer}");
+    }
+    let (_, st) = api.call("GET", &format!("/v1/batches/{globex_batch}"), Some(APP_B), None).await;
+    println!("subaccount batch after {} shuffled, repeated callbacks: {st}", reports.len());
+    assert_eq!((st["delivered"].as_u64(), st["undelivered"].as_u64()), (Some(4), Some(2)));
+
+    // Forgeries for the subaccount's number: refused, Redis unchanged.
+    let url = format!("{}/twilio/inbound", api.base);
+    let forged = |account: &str, token: &str, sid: &str| {
+        let mut p = inbound_params(&globex_to[2], &globex_number, "STOP", sid);
+        p[0].1 = account.to_owned();
+        let sig = signature::compute(token, &url, &p);
+        let client = api.client.clone();
+        let url = url.clone();
+        async move { client.post(url).header("X-Twilio-Signature", sig).form(&p).send().await.unwrap().status() }
+    };
+    let digest = w.redis.digest();
+    let cases = [
+        ("main token, subaccount's AccountSid", sub_sid.as_str(), sim::DEFAULT_AUTH_TOKEN),
+        ("main token, main AccountSid", sim::DEFAULT_ACCOUNT_SID, sim::DEFAULT_AUTH_TOKEN),
+        ("another subaccount's token and AccountSid", other_sid.as_str(), other_token.as_str()),
+        ("another subaccount's token, this AccountSid", sub_sid.as_str(), other_token.as_str()),
+    ];
+    for (i, (what, account, token)) in cases.into_iter().enumerate() {
+        let status = forged(account, token, &format!("SMforged{i}")).await;
+        println!("forged ({what}): {status}");
+        assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+        assert_eq!(w.redis.digest(), digest, "{what} changed Redis");
+    }
+
+    // Rotation: the subaccount gets a new token; the next real webhook is accepted after exactly one look-up.
+    tokio::time::sleep(refresh_every + Duration::from_millis(200)).await;
+    let rotated: Value = harness::http()
+        .post(format!("{}/_sim/accounts/{sub_sid}/rotate", w.sim_base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rotated["sid"], sub_sid.as_str());
+    let lookups_before = w.state().account_fetches;
+    inbound(&w, &globex_to[3], &globex_number, "Got it").await;
+    let refreshes = w.state().account_fetches - lookups_before;
+    println!("rotated token: webhook accepted after {refreshes} token look-up(s)");
+    assert_eq!(refreshes, 1);
+
+    // A flood of forged webhooks for the subaccount's number costs at most one look-up per refresh interval.
+    // (After one refresh interval, so the flood may cost one look-up, and no more.)
+    tokio::time::sleep(refresh_every + Duration::from_millis(200)).await;
+    let digest = w.redis.digest();
+    let lookups_before = w.state().account_fetches;
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for chunk in (0..1000).collect::<Vec<_>>().chunks(50) {
+        let batch: Vec<_> = chunk.iter().map(|i| forged(&sub_sid, "forged-token", &format!("SMflood{i}"))).collect();
+        statuses.extend(futures::future::join_all(batch).await);
+    }
+    let took = started.elapsed();
+    let lookups = w.state().account_fetches - lookups_before;
+    let bound = 1 + took.as_millis() as u64 / refresh_every.as_millis() as u64;
+    println!("1000 forged webhooks in {took:?}: {lookups} token look-up(s) (bound {bound})");
+    assert!(statuses.iter().all(|s| *s == StatusCode::FORBIDDEN));
+    assert!(lookups <= bound, "{lookups} look-ups for 1000 forged webhooks");
+    assert_eq!(w.redis.digest(), digest, "forged webhooks changed Redis");
 }

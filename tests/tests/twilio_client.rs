@@ -219,14 +219,7 @@ async fn numbers_are_bought_found_by_friendly_name_and_released() {
 /// simulator exactly as it would from Twilio. The test script prints what the SDK parsed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_sdk_cannot_tell_the_simulator_from_twilio() {
-    let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_sdk =
-        std::process::Command::new(&python).args(["-c", "import twilio"]).output().is_ok_and(|o| o.status.success());
-    assert!(
-        has_sdk,
-        "Twilio's Python SDK is not installed for {python}: run scripts/test (it creates a venv with `pip install twilio`) \
-         or set MESSENGER_SDK_PYTHON to a python that has it"
-    );
+    let python = sdk_python();
     let (_s, addr) = sim::spawn(SimConfig::default()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/twilio_sdk_check.py");
     let out = tokio::process::Command::new(&python)
@@ -252,4 +245,46 @@ async fn the_official_python_sdk_cannot_tell_the_simulator_from_twilio() {
     assert_eq!(v["too_long"], serde_json::json!([400, 21617]));
     assert_eq!(v["by_friendly_name"], 1);
     assert_eq!(v["available"], 3);
+}
+
+/// Issue 12, acceptance 3: Twilio's official `RequestValidator`, given a subaccount's token (read back through the
+/// SDK as a parent account does), accepts the inbound-message and status-callback webhooks the simulator sends for
+/// that subaccount's number, and the main account's token does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_validator_accepts_subaccount_webhooks_with_the_subaccount_token() {
+    let python = sdk_python();
+    let (_s, addr) = sim::spawn(SimConfig::default()).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/validate_subaccount_webhooks.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .arg(sim::DEFAULT_ACCOUNT_SID)
+        .arg(sim::DEFAULT_AUTH_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    println!("{v:#}");
+    assert_eq!(v["owner"], sim::DEFAULT_ACCOUNT_SID);
+    assert_eq!(v["status"], "active");
+    assert_eq!(v["token_differs"], true);
+    assert_eq!(v["paths"], serde_json::json!(["/inbound", "/status"]));
+    assert_eq!(v["account_sids"], serde_json::json!([v["sub_sid"], v["sub_sid"]]));
+    assert_eq!(v["subaccount_token"], serde_json::json!([true, true]));
+    assert_eq!(v["main_token"], serde_json::json!([false, false]));
+}
+
+/// The Python that has Twilio's official SDK (scripts/test makes a venv and sets `MESSENGER_SDK_PYTHON`).
+fn sdk_python() -> String {
+    let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_sdk =
+        std::process::Command::new(&python).args(["-c", "import twilio"]).output().is_ok_and(|o| o.status.success());
+    assert!(
+        has_sdk,
+        "Twilio's Python SDK is not installed for {python}: run scripts/test (it creates a venv with `pip install twilio`) \
+         or set MESSENGER_SDK_PYTHON to a python that has it"
+    );
+    python
 }

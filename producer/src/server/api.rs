@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use shared::batches::{self, BatchStatus, SubmitError};
 use shared::customers::{self, Customer, PoolReport};
 use shared::domain::{AccountSid, BatchId, CustomerId};
+use shared::twilio::accounts::{TokenError, check_subaccount};
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -116,6 +117,19 @@ pub async fn put_customer(
         .map_err(|e| ApiError::unprocessable(e).field("area_code"))?;
     if req.max_numbers == Some(0) {
         return Err(ApiError::unprocessable("max_numbers must be at least 1").field("max_numbers"));
+    }
+    if let (Some(account), Some(twilio)) = (&account_sid, &s.twilio) {
+        match check_subaccount(twilio, account).await {
+            Ok(_) => {}
+            Err(TokenError::NotOurs(_)) => {
+                return Err(ApiError::unprocessable(format!(
+                    "{account} is not an active subaccount of the main Twilio account"
+                ))
+                .field("account_sid"));
+            }
+            // Twilio could not be asked: store it; webhooks for it are verified once its token can be read.
+            Err(e) => tracing::warn!(error.message = %e, "subaccount not checked"),
+        }
     }
     let mut conn = s.conn.clone();
     let existing = customers::get(&mut conn, &id).await.map_err(|e| ApiError::redis(&e))?;

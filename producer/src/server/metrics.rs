@@ -51,6 +51,8 @@ pub struct Metrics {
     pub opt_outs: Counter,
     pub opt_ins: Counter,
     pub webhook_rejected: Counter,
+    /// Mirrors [`shared::twilio::accounts::AccountTokens::lookups`] at each scrape.
+    token_lookups: Counter,
     deliveries: Family<StatusLabels, Counter>,
     /// Read from Redis at each scrape.
     queue: Family<QueueLabels, Gauge>,
@@ -69,6 +71,7 @@ impl Default for Metrics {
         let opt_outs = Counter::default();
         let opt_ins = Counter::default();
         let webhook_rejected = Counter::default();
+        let token_lookups = Counter::default();
         let deliveries = Family::<StatusLabels, Counter>::default();
         let queue = Family::<QueueLabels, Gauge>::default();
         let workers = Gauge::default();
@@ -86,6 +89,11 @@ impl Default for Metrics {
             "webhooks_rejected",
             "Webhooks refused for a missing or invalid signature",
             webhook_rejected.clone(),
+        );
+        registry.register(
+            "subaccount_token_lookups",
+            "Requests to Twilio for a subaccount's auth token (to verify its webhooks)",
+            token_lookups.clone(),
         );
         registry.register(
             "delivery_reports",
@@ -111,6 +119,7 @@ impl Default for Metrics {
             opt_outs,
             opt_ins,
             webhook_rejected,
+            token_lookups,
             deliveries,
             queue,
             workers,
@@ -188,6 +197,10 @@ async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
 pub async fn render(State(s): State<AppState>) -> Response {
     if let Err(e) = refresh_queues(&s).await {
         tracing::warn!(error.message = %e, "queue gauges not refreshed");
+    }
+    if let Some(t) = &s.webhook_tokens {
+        let seen = s.metrics.token_lookups.get();
+        s.metrics.token_lookups.inc_by(t.lookups().saturating_sub(seen));
     }
     let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], s.metrics.encode()).into_response()

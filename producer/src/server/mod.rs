@@ -17,7 +17,7 @@ pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -26,6 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use shared::config::Settings;
 use shared::store::Conn;
+use shared::twilio::TwilioClient;
+use shared::twilio::accounts::AccountTokens;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use self::auth::Tokens;
@@ -59,6 +61,58 @@ pub struct AppState {
     pub public_url: Option<Arc<str>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Twilio with the main account's credentials, when they are configured: checks customers' subaccounts and
+    /// reads their webhook tokens.
+    pub twilio: Option<TwilioClient>,
+    /// The tokens that sign webhooks, per account (the main one, and subaccounts' looked up in Twilio).
+    pub webhook_tokens: Option<Arc<AccountTokens>>,
+    /// Customer → the account that owns its numbers, cached briefly (every webhook needs it).
+    pub customer_accounts: Arc<webhooks::CustomerAccounts>,
+}
+
+/// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenPolicy {
+    pub ttl: Duration,
+    pub refresh_every: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(3600), refresh_every: Duration::from_secs(30) }
+    }
+}
+
+impl AppState {
+    /// The state for `settings`; Twilio calls (subaccount checks and tokens) are enabled when the main account's
+    /// credentials are configured.
+    pub fn new(
+        conn: Conn,
+        settings: Settings,
+        tokens: Tokens,
+        public_url: Option<Arc<str>>,
+        limits: Limits,
+        policy: TokenPolicy,
+    ) -> Self {
+        let twilio = TwilioClient::new(&settings.twilio).ok();
+        let webhook_tokens = match (&twilio, &settings.twilio.auth_token) {
+            (Some(client), Some(token)) => {
+                Some(Arc::new(AccountTokens::new(client.clone(), token.clone(), policy.ttl, policy.refresh_every)))
+            }
+            _ => None,
+        };
+        Self {
+            conn,
+            settings: Arc::new(settings),
+            tokens: Arc::new(tokens),
+            public_url,
+            metrics: Arc::new(Metrics::default()),
+            limits,
+            twilio,
+            webhook_tokens,
+            customer_accounts: Arc::default(),
+        }
+    }
 }
 
 /// Every route.

@@ -5,6 +5,10 @@
 //! answered without being processed again, and every effect is idempotent anyway (a reply is credited once per
 //! message sid, opt-outs are set operations, delivery reports are counted once per message).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,9 +16,10 @@ use axum::response::{IntoResponse, Response};
 use redis::AsyncCommands;
 use secrecy::ExposeSecret;
 use shared::batches::{self, Delivery};
-use shared::domain::{BatchId, CustomerId, PhoneNumber};
+use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
 use shared::keys::{self, CustomerKeys};
 use shared::ledger::{Inbound, Ledger};
+use shared::store::Conn;
 use shared::twilio::signature;
 
 use super::AppState;
@@ -52,15 +57,65 @@ impl Signed {
     }
 }
 
-/// Checks `X-Twilio-Signature` over the public URL of `path` (with the query string exactly as received).
-fn verify(
+/// What a webhook is about, which decides whose token must have signed it.
+enum Subject {
+    /// An inbound message: the number it was sent to (`To`) is one of ours.
+    Inbound,
+    /// A delivery report for a message of this batch (from `?b=`).
+    Batch(Option<BatchId>),
+}
+
+/// Customer → the Twilio account that owns its numbers (`None` = the main account), cached for [`Self::TTL`] so
+/// that a burst of status callbacks does not read the customer's record once per callback.
+#[derive(Default)]
+pub struct CustomerAccounts(Mutex<HashMap<CustomerId, (Option<AccountSid>, Instant)>>);
+
+impl CustomerAccounts {
+    const TTL: Duration = Duration::from_secs(30);
+
+    async fn get(&self, conn: &mut Conn, customer: &CustomerId) -> redis::RedisResult<Option<AccountSid>> {
+        if let Some((a, at)) = self.0.lock().unwrap().get(customer)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(a.clone());
+        }
+        let raw: Option<String> = conn.hget(CustomerKeys::new(customer).cfg(), "account_sid").await?;
+        let account = raw.and_then(|a| AccountSid::parse(&a).ok());
+        let mut cache = self.0.lock().unwrap();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(customer.clone(), (account.clone(), Instant::now()));
+        Ok(account)
+    }
+}
+
+/// A signed webhook seen for the first time: process it, then [`remember`] its token.
+struct Webhook {
+    params: Signed,
+    /// The customer it concerns, when known (inbound: the owner of `To`).
+    customer: Option<CustomerId>,
+    token: Option<String>,
+}
+
+/// Checks `X-Twilio-Signature` over the public URL of `path` (with the query string exactly as received), with the
+/// auth token of the account that owns what the webhook is about, then whether Twilio delivered this webhook before
+/// (same `I-Twilio-Idempotency-Token`): `None` for a repeat, which is answered without being processed again.
+///
+/// The parameters are read before they are trusted only to find that account: the number or batch they name leads
+/// to a customer, and the customer's record (not the request) names the account. The request's `AccountSid` must
+/// agree with it. A forged request can therefore only choose which of our own accounts' tokens it is checked
+/// against, and a valid signature from one account never acts on another account's customers. Nothing is written
+/// before the signature checks out.
+async fn accept(
     s: &AppState,
     path: &str,
     query: &Option<String>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Signed, ApiError> {
-    let (Some(base), Some(token)) = (&s.public_url, &s.settings.twilio.auth_token) else {
+    subject: Subject,
+) -> Result<Option<Webhook>, ApiError> {
+    let (Some(base), Some(main_token)) = (&s.public_url, &s.settings.twilio.auth_token) else {
         return Err(ApiError::unavailable("webhooks need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN"));
     };
     let header = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -68,38 +123,74 @@ fn verify(
         Some(q) => format!("{base}{path}?{q}"),
         None => format!("{base}{path}"),
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let ok = if content_type.starts_with("application/json") {
-        signature::validate_json(token.expose_secret(), &url, body, header).then(Vec::new)
-    } else {
-        let params: Option<Vec<(String, String)>> = serde_urlencoded::from_bytes(body).ok();
-        params.filter(|p| signature::validate(token.expose_secret(), &url, p, header))
+    let reject = |why: &str| {
+        s.metrics.webhook_rejected.inc();
+        tracing::debug!(reason = why, "webhook rejected");
+        ApiError::forbidden("missing or invalid X-Twilio-Signature")
     };
-    match ok {
-        Some(params) => Ok(Signed(params)),
-        None => {
-            s.metrics.webhook_rejected.inc();
-            Err(ApiError::forbidden("missing or invalid X-Twilio-Signature"))
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let (params, customer) = if content_type.starts_with("application/json") {
+        // Twilio's messaging webhooks are forms; a JSON body names no number, so only the main account can sign it.
+        if !signature::validate_json(main_token.expose_secret(), &url, body, header) {
+            return Err(reject("json signature"));
         }
-    }
-}
-
-/// A signed webhook seen for the first time: process it, then [`remember`] its token.
-struct Webhook {
-    params: Signed,
-    token: Option<String>,
-}
-
-/// Checks the signature, then whether Twilio delivered this webhook before (same `I-Twilio-Idempotency-Token`):
-/// `None` for a repeat, which is answered without being processed again.
-async fn accept(
-    s: &AppState,
-    path: &str,
-    query: &Option<String>,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Option<Webhook>, ApiError> {
-    let params = verify(s, path, query, headers, body)?;
+        (Vec::new(), None)
+    } else {
+        let Some(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).ok() else {
+            return Err(reject("unreadable form"));
+        };
+        if header.is_empty() {
+            return Err(reject("no signature"));
+        }
+        let unverified = Signed(params);
+        let mut conn = s.conn.clone();
+        let customer = match &subject {
+            Subject::Inbound => match unverified.get("To") {
+                Some(to) => {
+                    let owner: Option<String> = conn.hget(keys::NUMBERS, to).await.map_err(|e| ApiError::redis(&e))?;
+                    owner.and_then(|c| CustomerId::parse(&c).ok())
+                }
+                None => None,
+            },
+            Subject::Batch(b) => b.as_ref().map(|b| b.customer().clone()),
+        };
+        let account = match &customer {
+            Some(c) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
+            None => None,
+        };
+        let main = s.settings.twilio.account_sid.as_ref();
+        let account = account.filter(|a| Some(a) != main);
+        if let Some(claimed) = unverified.get("AccountSid") {
+            let expected = account.as_ref().or(main).map(AccountSid::as_str);
+            if expected.is_some_and(|e| e != claimed) {
+                return Err(reject("AccountSid is not the account that owns the number"));
+            }
+        }
+        match &account {
+            None => {
+                if !signature::validate(main_token.expose_secret(), &url, &unverified.0, header) {
+                    return Err(reject("signature"));
+                }
+            }
+            Some(sub) => {
+                let Some(tokens) = &s.webhook_tokens else {
+                    tracing::warn!(customer = ?customer.as_ref().map(|c| c.to_string()),
+                        "a webhook for a subaccount's number, but TWILIO_ACCOUNT_SID is not set: cannot look up \
+                         the subaccount's token");
+                    return Err(reject("no credentials for subaccount tokens"));
+                };
+                let token = tokens.token(sub).await.map_err(|_| reject("subaccount token unavailable"))?;
+                if !signature::validate(token.expose_secret(), &url, &unverified.0, header) {
+                    // The subaccount's token may have been rotated: read it once more (rate-limited per account).
+                    let fresh = tokens.refresh(sub, &token).await;
+                    if !fresh.is_some_and(|t| signature::validate(t.expose_secret(), &url, &unverified.0, header)) {
+                        return Err(reject("signature"));
+                    }
+                }
+            }
+        }
+        (unverified.0, customer)
+    };
     let token = headers
         .get("i-twilio-idempotency-token")
         .and_then(|v| v.to_str().ok())
@@ -110,7 +201,7 @@ async fn accept(
             return Ok(None);
         }
     }
-    Ok(Some(Webhook { params, token: token.map(str::to_owned) }))
+    Ok(Some(Webhook { params: Signed(params), customer, token: token.map(str::to_owned) }))
 }
 
 async fn remember(s: &AppState, token: Option<String>) {
@@ -131,7 +222,9 @@ pub async fn inbound(
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let Some(Webhook { params: p, token }) = accept(&s, "/twilio/inbound", &query, &headers, &body).await? else {
+    let Some(Webhook { params: p, customer, token }) =
+        accept(&s, "/twilio/inbound", &query, &headers, &body, Subject::Inbound).await?
+    else {
         return Ok(twiml());
     };
     let (Some(to), Some(from)) = (p.get("To"), p.get("From")) else {
@@ -139,8 +232,7 @@ pub async fn inbound(
     };
     let sid = p.get("MessageSid").or(p.get("SmsMessageSid")).or(p.get("SmsSid")).unwrap_or_default();
     let mut conn = s.conn.clone();
-    let owner: Option<String> = conn.hget(keys::NUMBERS, to).await.map_err(|e| ApiError::redis(&e))?;
-    let Some(customer) = owner.and_then(|c| CustomerId::parse(&c).ok()) else {
+    let Some(customer) = customer else {
         tracing::warn!(to = %shared::domain::Masked(to), "inbound message to a number no customer owns");
         return Ok(twiml());
     };
@@ -178,15 +270,17 @@ pub async fn status(
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
 ) -> Result<StatusCode, ApiError> {
-    let Some(Webhook { params: p, token }) = accept(&s, "/twilio/status", &query, &headers, &body).await? else {
-        return Ok(StatusCode::NO_CONTENT);
-    };
     let batch = query
         .as_deref()
         .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
         .and_then(|q| q.into_iter().find(|(k, _)| k == "b").map(|(_, v)| v))
-        .and_then(|b| BatchId::parse(&b).ok())
-        .ok_or_else(|| ApiError::unprocessable("status callback without a batch (?b=)").field("b"))?;
+        .and_then(|b| BatchId::parse(&b).ok());
+    let Some(Webhook { params: p, token, .. }) =
+        accept(&s, "/twilio/status", &query, &headers, &body, Subject::Batch(batch.clone())).await?
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let batch = batch.ok_or_else(|| ApiError::unprocessable("status callback without a batch (?b=)").field("b"))?;
     let sid = p
         .get("MessageSid")
         .or(p.get("SmsSid"))

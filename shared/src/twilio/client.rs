@@ -224,6 +224,19 @@ impl TwilioClient {
         Ok(page.records.available_phone_numbers)
     }
 
+    /// Reads an account. Asked with the parent's credentials about one of its subaccounts, Twilio includes the
+    /// subaccount's auth token (which signs that subaccount's webhooks); about any other account it answers 404.
+    pub async fn fetch_account(&self, sid: &AccountSid) -> Result<Account, TwilioError> {
+        let url = format!("{}/2010-04-01/Accounts/{}.json", self.base, sid.as_str());
+        self.execute(self.http.get(url)).await
+    }
+
+    /// Creates a subaccount of the account whose credentials this client uses.
+    pub async fn create_subaccount(&self, friendly_name: &str) -> Result<Account, TwilioError> {
+        let url = format!("{}/2010-04-01/Accounts.json", self.base);
+        self.execute(self.http.post(url).form(&[("FriendlyName", friendly_name)])).await
+    }
+
     /// Releases a number (`DELETE`, answered 204).
     pub async fn release_number(&self, account: &AccountSid, sid: &str) -> Result<(), TwilioError> {
         let resp = self

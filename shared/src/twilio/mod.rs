@@ -1,5 +1,6 @@
 //! Twilio: the REST client, the wire types it shares with the simulator, and error classification.
 
+pub mod accounts;
 pub mod client;
 pub mod error;
 pub mod signature;

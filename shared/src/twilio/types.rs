@@ -85,6 +85,40 @@ pub struct IncomingPhoneNumber {
     pub kind: Option<String>,
 }
 
+/// `api.v2010.account`: an account or subaccount. A parent account reading one of its subaccounts gets the
+/// subaccount's `auth_token`, which is how Messenger verifies the webhooks Twilio signs for that subaccount.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub auth_token: Option<String>,
+    #[serde(with = "rfc2822_opt", default)]
+    pub date_created: Option<DateTime<Utc>>,
+    #[serde(with = "rfc2822_opt", default)]
+    pub date_updated: Option<DateTime<Utc>>,
+    pub friendly_name: Option<String>,
+    pub owner_account_sid: Option<String>,
+    pub sid: Option<String>,
+    /// `active`, `suspended` or `closed`.
+    pub status: Option<String>,
+    pub subresource_uris: Option<serde_json::Value>,
+    /// `Trial` or `Full`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub uri: Option<String>,
+}
+
+/// Never prints the auth token.
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("sid", &self.sid)
+            .field("owner_account_sid", &self.owner_account_sid)
+            .field("friendly_name", &self.friendly_name)
+            .field("status", &self.status)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// `available_phone_number_local`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AvailablePhoneNumber {
@@ -167,6 +201,11 @@ pub struct Messages {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct IncomingPhoneNumbers {
     pub incoming_phone_numbers: Vec<IncomingPhoneNumber>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Accounts {
+    pub accounts: Vec<Account>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
