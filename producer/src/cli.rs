@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shared::batches::{self, BatchStatus};
 use shared::config::{CommonArgs, Settings};
 use shared::customers::{self, Customer};
-use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
+use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber, ServiceSid};
 use shared::ledger::{Inbound, Ledger};
 use shared::store::{self, Conn};
 
@@ -117,6 +117,9 @@ pub enum CustomerCommand {
         /// Most numbers this customer may own (default: MESSENGER_MAX_NUMBERS).
         #[arg(long)]
         max_numbers: Option<u32>,
+        /// Messaging Service (`MG…`, A2P 10DLC) to attach every number of this customer to before it sends.
+        #[arg(long)]
+        messaging_service: Option<String>,
     },
     /// List customers.
     List {
@@ -185,7 +188,7 @@ async fn connect(settings: &Settings) -> Result<Conn, Failure> {
 pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let settings = cli.common.settings().map_err(|e| Failure::Usage(e.to_string()))?;
     match cli.command {
-        Command::Customer(CustomerCommand::Add { id, account_sid, area_code, max_numbers }) => {
+        Command::Customer(CustomerCommand::Add { id, account_sid, area_code, max_numbers, messaging_service }) => {
             let id = CustomerId::parse(&id).map_err(|e| Failure::Usage(e.to_string()))?;
             let account_sid =
                 account_sid.map(|a| AccountSid::parse(&a)).transpose().map_err(|e| Failure::Usage(e.to_string()))?;
@@ -194,12 +197,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if max_numbers == 0 {
                 return Err(Failure::Usage("--max-numbers must be at least 1".into()));
             }
+            let messaging_service = messaging_service
+                .map(|s| ServiceSid::parse(&s))
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("--messaging-service: {e}")))?;
             if let Some(account) = &account_sid {
                 check_account(&settings, account).await?;
             }
+            if let Some(service) = &messaging_service {
+                check_service(&settings, service).await?;
+            }
             let mut conn = connect(&settings).await?;
-            let created =
-                customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid, area_code, max_numbers }).await?;
+            let customer = Customer { id: id.clone(), account_sid, area_code, max_numbers, messaging_service };
+            let created = customers::upsert(&mut conn, &customer).await?;
             println!("customer {id} {} (max {max_numbers} numbers)", if created { "created" } else { "updated" });
         }
         Command::Customer(CustomerCommand::List { json }) => {
@@ -356,6 +366,28 @@ async fn check_account(settings: &Settings, account: &AccountSid) -> Result<(), 
         ))),
         Err(e) => {
             eprintln!("warning: {e}; storing the account without checking it");
+            Ok(())
+        }
+    }
+}
+
+/// Checks with Twilio that the Messaging Service exists in the main account. A definite "no" is a usage error;
+/// when Twilio cannot be asked, says so and lets the caller go on.
+async fn check_service(settings: &Settings, service: &ServiceSid) -> Result<(), Failure> {
+    let Ok(client) = shared::twilio::TwilioClient::new(&settings.twilio) else {
+        eprintln!(
+            "note: {service} not checked with Twilio (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set)"
+        );
+        return Ok(());
+    };
+    match client.fetch_service(service.as_str()).await {
+        Ok(_) => Ok(()),
+        Err(shared::twilio::TwilioError::Api { status: 404, .. }) => Err(Failure::Usage(format!(
+            "--messaging-service {service}: Twilio has no such Messaging Service in account {}",
+            client.account()
+        ))),
+        Err(e) => {
+            eprintln!("warning: could not check {service} with Twilio ({}); storing it unchecked", e.short_reason());
             Ok(())
         }
     }

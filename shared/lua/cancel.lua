@@ -2,15 +2,24 @@
 -- sees the flag and ends them without calling Twilio); jobs parked in the schedule (retries, deferrals) are
 -- cancelled here at once, so a batch deferred for hours completes now. Jobs in flight finish their current attempt.
 --
+-- The batch's jobs stop counting in the customer's `open` counter at once (common.lua): whatever it still had
+-- pending is taken off when the flag is set, and its jobs that end later no longer decrement it.
+--
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] failures HASH  KEYS[4] inflight ZSET  KEYS[5] scheduled ZSET
+-- KEYS[6] customer cfg HASH
 -- ARGV[1] batch local id   ARGV[2] batch retention s
 -- Returns {'ok', cancelled_now} | {'missing'} | {'complete'}
 
-local batch, state, failures, inflight, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local batch, state, failures, inflight, sched, cfg = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local local_id, retention = ARGV[1], tonumber(ARGV[2])
-local f = redis.call('HMGET', batch, 'total', 'state', 'enqueued')
+local f = redis.call('HMGET', batch, 'total', 'state', 'enqueued', 'cancel', 'sent', 'failed', 'opted_out', 'cancelled')
 if not f[1] then return {'missing'} end
 if f[2] == 'complete' then return {'complete'} end
+if f[4] ~= '1' then
+  local pending = (tonumber(f[3]) or 0) - (tonumber(f[5]) or 0) - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0)
+    - (tonumber(f[8]) or 0)
+  if pending > 0 then redis.call('HINCRBY', cfg, 'open', -pending) end
+end
 redis.call('HSET', batch, 'cancel', '1')
 local now = now_ms()
 -- Jobs a producer never enqueued (it died mid-enqueue) end as cancelled too, and the cursor moves to the end so a
@@ -35,7 +44,7 @@ repeat
     if not ambiguous then
       redis.call('ZREM', sched, member)
       if not is_terminal(st) then
-        finish(batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
+        finish(cfg, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
         n = n + 1
       end
     end

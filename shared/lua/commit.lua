@@ -9,16 +9,21 @@
 -- reserved, and the quota must hold by the time Twilio saw it, so the slot stays taken for a full window after
 -- Twilio accepted the message (commit time is later than that), never less.
 --
+-- The number's last send time is kept in the pool's `last` hash, for releasing numbers that have gone idle.
+--
 -- KEYS[1] batch HASH   KEYS[2] batch state HASH   KEYS[3] batch failures HASH   KEYS[4] inflight ZSET
--- KEYS[5] unsent ZSET
+-- KEYS[5] unsent ZSET  KEYS[6] customer cfg HASH  KEYS[7] pool last-send HASH
 -- ARGV[1] recipient    ARGV[2] in-flight member   ARGV[3] message sid           ARGV[4] batch retention s
 -- ARGV[5] window key prefix   ARGV[6] window ms   ARGV[7] the number the message was sent from
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
-local batch, state, failures, inflight, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local batch, state, failures, inflight, unsent, cfg, last = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local window_ms, from = tonumber(ARGV[6]), ARGV[7]
 local now = now_ms()
+if from ~= '' then
+  redis.call('HSET', last, from, now)
+end
 
 local b = redis.call('HMGET', batch, 'total', 'state')
 if not b[1] then
@@ -46,4 +51,4 @@ if st and string.sub(st, 1, 1) == 'r' then
   release_slot(wprefix, unsent, st)
   window_push(wprefix .. p[2], now, p[3], window_ms)
 end
-return {'ok', finish(batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}
+return {'ok', finish(cfg, batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

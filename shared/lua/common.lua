@@ -66,9 +66,18 @@ local function maybe_complete(batch, state, failures, retention_s, now)
   return 0
 end
 
+-- The customer's `open` counter (in its cfg hash) is the number of enqueued jobs that are not terminal yet, over
+-- batches that are not cancelled: enqueue_chunk.lua adds a chunk's jobs, finish() takes one off, cancel.lua takes
+-- off what a batch still had pending when it was cancelled (its jobs no longer count), and fetch.lua resets it to
+-- zero whenever the customer has no job anywhere (which also heals any drift). The purchase decision sizes a
+-- purchase from it: jobs of a cancelled batch still sitting in the queue never make anyone buy a number.
+
 -- Moves a job to a terminal state and updates the batch counters in the same atomic step.
 -- kind: 'd' sent (detail = message sid), 'f' failed (detail = reason), 'o' opted out, 'x' cancelled.
-local function finish(batch, state, failures, inflight, recipient, member, prev, kind, detail, retention_s, now)
+local function finish(cfg, batch, state, failures, inflight, recipient, member, prev, kind, detail, retention_s, now)
+  if redis.call('HGET', batch, 'cancel') ~= '1' then
+    redis.call('HINCRBY', cfg, 'open', -1)
+  end
   leave_deferred(batch, prev)
   redis.call('HSET', state, recipient, kind .. '|' .. detail)
   redis.call('HINCRBY', batch, COUNTER[kind], 1)
@@ -126,6 +135,22 @@ local function release_slot(wprefix, unsent, st)
   local p = split(st)
   redis.call('LREM', wprefix .. p[2], -1, window_entry(p[4], p[3]))
   redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
+end
+
+-- Jobs of a customer that want a slot now: ready, scheduled and due, and in flight without a slot. Counted from the
+-- queues, and also from the `open` counter minus the jobs parked for later and the slots already held; the smaller
+-- of the two (the counter leaves out cancelled batches, and the queues bound the counter if it ever drifts). Used to
+-- size purchases and to keep enough numbers when releasing idle ones.
+local function backlog_now(cfg, queue, sched, inflight, unsent, now)
+  local held = redis.call('ZCARD', unsent)
+  local by_queue = redis.call('LLEN', queue) + redis.call('ZCOUNT', sched, '-inf', now)
+    + math.max(redis.call('ZCARD', inflight) - held, 0)
+  local open = tonumber(redis.call('HGET', cfg, 'open'))
+  if open and open >= 0 then
+    local by_counter = open - redis.call('ZCOUNT', sched, '(' .. now, '+inf') - held
+    return math.min(by_queue, math.max(by_counter, 0))
+  end
+  return by_queue
 end
 
 -- The state of a job, or nil; and whether it is terminal.

@@ -6,13 +6,15 @@
 --
 -- Single messages go to the front of the queue (ARGV[2] = 'front'): they are usually a person waiting for them.
 --
--- KEYS[1] batch HASH   KEYS[2] queue LIST
+-- The jobs also count in the customer's `open` counter (common.lua), unless the batch was cancelled.
+--
+-- KEYS[1] batch HASH   KEYS[2] queue LIST   KEYS[3] customer cfg HASH
 -- ARGV[1] offset of this chunk   ARGV[2] 'front' | 'back'   ARGV[3..] job members
 -- Returns the cursor after this call.
 
-local batch, queue = KEYS[1], KEYS[2]
+local batch, queue, cfg = KEYS[1], KEYS[2], KEYS[3]
 local offset = tonumber(ARGV[1])
-local f = redis.call('HMGET', batch, 'enqueued', 'total')
+local f = redis.call('HMGET', batch, 'enqueued', 'total', 'cancel')
 local enqueued, total = tonumber(f[1]), tonumber(f[2])
 if enqueued == nil then
   return redis.error_reply('batch record missing')
@@ -24,6 +26,9 @@ local jobs = {}
 for i = 3, #ARGV do jobs[#jobs + 1] = ARGV[i] end
 if #jobs > 0 then
   redis.call(ARGV[2] == 'front' and 'LPUSH' or 'RPUSH', queue, unpack(jobs))
+  if f[3] ~= '1' then
+    redis.call('HINCRBY', cfg, 'open', #jobs)
+  end
 end
 enqueued = redis.call('HINCRBY', batch, 'enqueued', #jobs)
 if enqueued >= total then

@@ -6,13 +6,13 @@
 -- caller cannot overwrite a newer outcome.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] batch failures HASH  KEYS[4] inflight ZSET
--- KEYS[5] optouts SET  KEYS[6] unsent ZSET
+-- KEYS[5] optouts SET  KEYS[6] unsent ZSET  KEYS[7] customer cfg HASH
 -- ARGV[1] recipient   ARGV[2] in-flight member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
 -- ARGV[5] state value the caller saw ('' = any non-terminal)   ARGV[6] window key prefix
 -- ARGV[7] batch retention s
 -- Returns {'ok', completed 0|1} | {'stale'} | {'orphan'}
 
-local batch, state, failures, inflight, optouts, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local batch, state, failures, inflight, optouts, unsent, cfg = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local recipient, member, kind, reason, expect, wprefix =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local retention = tonumber(ARGV[7])
@@ -35,4 +35,4 @@ release_slot(wprefix, unsent, st)
 if kind == 'o' then
   redis.call('SADD', optouts, recipient)
 end
-return {'ok', finish(batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}
+return {'ok', finish(cfg, batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}

@@ -7,13 +7,16 @@
 --
 -- Jobs are handed out as in-flight members `<job>#<token>` (common.lua), the token fresh for this call.
 --
--- KEYS[1] queue LIST   KEYS[2] scheduled ZSET   KEYS[3] inflight ZSET
+-- When the customer has no job anywhere (queue, schedule and in-flight all empty), its `open` counter must be zero
+-- (common.lua); it is reset here, which heals any drift.
+--
+-- KEYS[1] queue LIST   KEYS[2] scheduled ZSET   KEYS[3] inflight ZSET   KEYS[4] customer cfg HASH
 -- ARGV[1] max jobs     ARGV[2] lease ms         ARGV[3] max promotions per call   ARGV[4] lease token
 -- Returns {queue_len_after, next_due_in_ms or -1, inflight_count, job...}
 --   next_due_in_ms: time until the earliest scheduled job or lease deadline, so an idle fetcher knows when to
 --   come back (relative, so the fetcher never compares Redis time with its own clock).
 
-local queue, sched, inflight = KEYS[1], KEYS[2], KEYS[3]
+local queue, sched, inflight, cfg = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local n, lease, limit, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 
@@ -51,5 +54,8 @@ if f[2] and (next_due < 0 or tonumber(f[2]) < next_due) then next_due = tonumber
 
 if next_due >= 0 then next_due = math.max(next_due - now, 0) end
 local out = {redis.call('LLEN', queue), next_due, redis.call('ZCARD', inflight)}
+if out[1] == 0 and not s[2] and out[3] == 0 then
+  redis.call('HDEL', cfg, 'open')
+end
 for i = 1, #jobs do out[#out + 1] = jobs[i] end
 return out

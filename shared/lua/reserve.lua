@@ -5,21 +5,26 @@
 -- and reserve one slot in that number's window at Redis time. A separate read-then-write would over-admit under
 -- concurrency; doing it all here is what keeps invariant 2 (no quota overrun).
 --
--- In 'locked' mode the caller holds the customer's purchase lock: if there is still no capacity, no purchase in
--- flight and room under max_numbers, the script records a purchase intent in the same step, so the decision to buy
--- reads exactly the keys a purchase commit writes (invariant 1).
+-- In 'locked' mode the caller holds the customer's purchase lock. If there is still no capacity, no purchase in
+-- flight, no orphaned reservation and room under max_numbers, the script sizes the purchase to the backlog and
+-- records that many purchase intents in the same step, so the decision to buy reads exactly the keys a purchase
+-- commit writes (invariant 1). The backlog is the jobs that want a slot now (common.lua, backlog_now). Numbers
+-- needed = ceil((backlog - free capacity) / daily quota), capped by max_numbers and by the room the caller reports
+-- (a Messaging Service's sender limit).
 --
 -- KEYS[1] cfg HASH          KEYS[2] pool ZSET        KEYS[3] optouts SET
 -- KEYS[4] batch HASH        KEYS[5] batch state HASH KEYS[6] batch failures HASH
 -- KEYS[7] inflight ZSET     KEYS[8] intents HASH     KEYS[9] purchase lock STRING
 -- KEYS[10] unsent ZSET (reserved slots whose outcome is not known yet)
+-- KEYS[11] queue LIST       KEYS[12] scheduled ZSET
 -- ARGV[1] recipient         ARGV[2] in-flight member (`<job>#<token>`)   ARGV[3] window ms
 -- ARGV[4] daily quota       ARGV[5] conversational cap
 -- ARGV[6] window key prefix ARGV[7] received key prefix ARGV[8] sticky key prefix
 -- ARGV[9] batch retention s ARGV[10] mode: 'fast' | 'locked'
--- ARGV[11] lock token       ARGV[12] intent id       ARGV[13] intent FriendlyName   (locked mode)
+-- ARGV[11] lock token       ARGV[12] intent id prefix  ARGV[13] FriendlyName prefix (`msgr:<customer>:`) (locked)
 -- ARGV[14] the ambiguous marker the caller proved was never delivered, or ''
 -- ARGV[15] ms after which an unsettled reservation is presumed orphaned (its worker died mid-send)
+-- ARGV[16] (locked mode) most numbers the customer may still add besides max_numbers, or -1 for no such limit
 -- Returns one of:
 --   {'ok', number, resid, now, attempt}        slot reserved; state is now r|number|resid|now|attempt
 --   {'done', sid} | {'terminal', kind}         nothing to do (job removed from in-flight)
@@ -29,7 +34,8 @@
 --   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
 --                                              orphans: old unsettled reservations; while there are any, nobody
 --                                              buys (they may free capacity once resolved)
---   {'intent', intent_id, now}                 (locked mode) the caller must buy one number now
+--   {'intents', now, backlog, free, id...}    (locked mode) the caller must buy one number per intent id now
+--                                              (intent `<prefix><i>`, FriendlyName `<name prefix><id>`)
 --   {'lost_lock'}                              (locked mode) the lock is no longer ours
 
 local cfg, pool, optouts, batch, state, failures, inflight, intents, lock, unsent =
@@ -38,8 +44,8 @@ local recipient, member = ARGV[1], ARGV[2]
 local window_ms, quota, cap = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local wprefix, rprefix, sprefix = ARGV[6], ARGV[7], ARGV[8]
 local retention = tonumber(ARGV[9])
-local mode, token, intent_id, intent_name, expect = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
-local orphan_ms = tonumber(ARGV[15])
+local mode, token, intent_prefix, name_prefix, expect = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local orphan_ms, room = tonumber(ARGV[15]), tonumber(ARGV[16] or '-1')
 
 local now = now_ms()
 
@@ -84,10 +90,10 @@ if st then
 end
 
 if b[2] == '1' then
-  return {'cancelled', finish(batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)}
+  return {'cancelled', finish(cfg, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)}
 end
 if redis.call('SISMEMBER', optouts, recipient) == 1 then
-  return {'opted_out', finish(batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
+  return {'opted_out', finish(cfg, batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
 end
 
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.
@@ -170,9 +176,26 @@ if mode == 'locked' then
   if redis.call('GET', lock) ~= token then
     return {'lost_lock'}
   end
-  if #pending == 0 and orphans == 0 and #numbers < max_numbers then
-    redis.call('HSET', intents, intent_id, now .. '|' .. intent_name)
-    return {'intent', intent_id, now}
+  local allowed = max_numbers - #numbers
+  if room >= 0 and room < allowed then allowed = room end
+  if #pending == 0 and orphans == 0 and allowed > 0 then
+    -- This job wants a slot whatever the counts say (it is in flight without one).
+    local backlog = math.max(backlog_now(cfg, KEYS[11], KEYS[12], inflight, unsent, now), 1)
+    local free = 0
+    for i = 1, #numbers do
+      free = free + math.max(available(numbers[i]), 0)
+    end
+    local need = math.ceil((backlog - free) / quota)
+    if need > allowed then need = allowed end
+    if need >= 1 then
+      local out = {'intents', now, backlog, free}
+      for i = 1, need do
+        local id = intent_prefix .. string.format('%03x', i)
+        redis.call('HSET', intents, id, now .. '|' .. name_prefix .. id)
+        out[#out + 1] = id
+      end
+      return out
+    end
   end
 end
 return {'full', #numbers, #pending, max_numbers, earliest, oldest_intent, now, st or '', orphans}

@@ -125,7 +125,7 @@ pub async fn submit(
         // Bounded: each chunk is one script call whose arguments Lua unpacks (at most ~8,000).
         let end = (cursor + chunk_size.clamp(1, 5_000)).min(total);
         let mut inv = scripts::ENQUEUE_CHUNK.key(k.batch(&batch));
-        inv.key(k.queue()).arg(cursor).arg(if req.priority { "front" } else { "back" });
+        inv.key(k.queue()).key(k.cfg()).arg(cursor).arg(if req.priority { "front" } else { "back" });
         for r in &req.recipients[cursor..end] {
             inv.arg(keys::job_member(&batch, r.as_str()));
         }
@@ -179,6 +179,8 @@ pub struct BatchStatus {
     pub queued: u64,
     /// Waiting because the customer is at max numbers and every number is full.
     pub deferred: u64,
+    /// Why the latest deferral could not buy a number (`max_numbers`, or a Messaging Service's sender limit).
+    pub deferred_reason: Option<String>,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
@@ -239,6 +241,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         duplicates: n("duplicates"),
         queued: pending - deferred,
         deferred,
+        deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),
@@ -322,6 +325,7 @@ pub async fn cancel(conn: &mut Conn, id: &BatchId, retention: Duration) -> redis
             .key(k.batch_failures(id))
             .key(k.inflight())
             .key(k.scheduled())
+            .key(k.cfg())
             .arg(id.local())
             .arg(retention.as_secs())
             .invoke_async(conn)

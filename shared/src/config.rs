@@ -26,6 +26,10 @@ pub struct CommonArgs {
     #[arg(long, env = "TWILIO_API_BASE", default_value = "https://api.twilio.com")]
     pub twilio_api_base: String,
 
+    /// Base URL of Twilio's Messaging API (Messaging Services and their sender pools).
+    #[arg(long, env = "TWILIO_MESSAGING_API_BASE", default_value = "https://messaging.twilio.com")]
+    pub twilio_messaging_api_base: String,
+
     /// The Twilio account (or parent account) whose credentials sign every request.
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
@@ -80,6 +84,8 @@ pub struct RedisSettings {
 #[derive(Clone, Debug)]
 pub struct TwilioSettings {
     pub api_base: String,
+    /// Messaging API base (`https://messaging.twilio.com`).
+    pub messaging_api_base: String,
     /// `None` in processes that never call Twilio (the producer's CLI).
     pub account_sid: Option<AccountSid>,
     pub auth_token: Option<SecretString>,
@@ -114,8 +120,12 @@ impl CommonArgs {
         {
             return bad("REDIS_URL must start with redis://, rediss:// or unix://".into());
         }
-        if !(self.twilio_api_base.starts_with("http://") || self.twilio_api_base.starts_with("https://")) {
-            return bad(format!("TWILIO_API_BASE {:?} must be an http(s) URL", self.twilio_api_base));
+        for (name, url) in
+            [("TWILIO_API_BASE", &self.twilio_api_base), ("TWILIO_MESSAGING_API_BASE", &self.twilio_messaging_api_base)]
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(format!("{name} {url:?} must be an http(s) URL"));
+            }
         }
         let account_sid = match &self.twilio_account_sid {
             Some(s) if !s.is_empty() => {
@@ -142,6 +152,7 @@ impl CommonArgs {
             },
             twilio: TwilioSettings {
                 api_base: self.twilio_api_base.trim_end_matches('/').to_owned(),
+                messaging_api_base: self.twilio_messaging_api_base.trim_end_matches('/').to_owned(),
                 account_sid,
                 auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
                 timeout: Duration::from_millis(self.twilio_timeout_ms),

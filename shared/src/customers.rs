@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 
 use crate::config::QuotaSettings;
-use crate::domain::{AccountSid, CustomerId};
+use crate::domain::{AccountSid, CustomerId, ServiceSid};
 use crate::keys::{self, CustomerKeys};
 use crate::store::Conn;
 
@@ -19,6 +19,16 @@ pub struct Customer {
     /// Area code to buy numbers in (3 digits); `None` = any US local number.
     pub area_code: Option<String>,
     pub max_numbers: u32,
+    /// Messaging Service (A2P 10DLC sender pool) every number of this customer is attached to before it sends;
+    /// sends carry it as `MessagingServiceSid`. `None`: numbers send bare.
+    pub messaging_service: Option<ServiceSid>,
+}
+
+impl Customer {
+    /// A customer on the main account, buying any US local number, without a Messaging Service.
+    pub fn new(id: CustomerId, max_numbers: u32) -> Self {
+        Self { id, account_sid: None, area_code: None, max_numbers, messaging_service: None }
+    }
 }
 
 /// A 3-digit North American area code.
@@ -44,6 +54,7 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("account_sid", c.account_sid.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default()),
                 ("area_code", c.area_code.clone().unwrap_or_default()),
                 ("max_numbers", c.max_numbers.to_string()),
+                ("messaging_service", c.messaging_service.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default()),
             ],
         )
         .query_async(conn)
@@ -62,6 +73,7 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         account_sid: m.get("account_sid").and_then(|s| AccountSid::parse(s).ok()),
         area_code: m.get("area_code").filter(|s| !s.is_empty()).cloned(),
         max_numbers: m.get("max_numbers").and_then(|s| s.parse().ok()).unwrap_or(0),
+        messaging_service: m.get("messaging_service").and_then(|s| ServiceSid::parse(s).ok()),
     }))
 }
 

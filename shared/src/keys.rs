@@ -14,9 +14,11 @@
 //! | `msgr:numbers` | HASH | E.164 number → customer, to route inbound webhooks |
 //! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
 //! | `msgr:webhook:<token>` | STRING | an `I-Twilio-Idempotency-Token` already processed (24 h) |
-//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers; `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool) |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service; `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
+//! | `{c:ID}:pool:last` | HASH | number → Redis ms of its last send (idle numbers are released) |
+//! | `{c:ID}:releases` | HASH | release intents: number → `created_ms|PNsid` (removed from the pool, Twilio DELETE pending) |
 //! | `{c:ID}:w:<number>` | LIST | sends of one number in the window, `<Redis ms>:<reservation id>`, oldest first |
 //! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them; one set of 1,000 buckets per window-long epoch |
@@ -78,6 +80,12 @@ impl CustomerKeys {
     }
     pub fn pool_meta(&self) -> String {
         self.key("pool:meta")
+    }
+    pub fn pool_last(&self) -> String {
+        self.key("pool:last")
+    }
+    pub fn releases(&self) -> String {
+        self.key("releases")
     }
     /// Prefix of per-number send windows: the script appends the E.164 number.
     pub fn window_prefix(&self) -> String {
@@ -159,6 +167,8 @@ mod tests {
             k.cfg(),
             k.pool(),
             k.pool_meta(),
+            k.pool_last(),
+            k.releases(),
             k.window("+14155550100"),
             k.received("+14155550100"),
             k.sticky_prefix(),

@@ -103,13 +103,21 @@ pub enum Reserve {
         now_ms: i64,
     },
     Full(Full),
-    /// Locked mode: a purchase intent was recorded; buy exactly one number.
-    Intent {
-        id: String,
-        now_ms: i64,
-    },
+    /// Locked mode: purchase intents were recorded; buy exactly one number for each.
+    Intents(Decision),
     /// Locked mode: the lock expired or was taken over.
     LostLock,
+}
+
+/// A purchase decision (locked mode): the intents recorded, sized to the backlog the script saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub intent_ids: Vec<String>,
+    pub now_ms: i64,
+    /// Jobs that wanted a slot when the decision was made.
+    pub backlog: u64,
+    /// Free slots over the customer's numbers at that moment.
+    pub free: u64,
 }
 
 /// How a job that is not finished goes back to the schedule.
@@ -214,9 +222,11 @@ impl Ledger {
         resolved: Option<&Slot>,
     ) -> redis::RedisResult<Reserve> {
         let k = CustomerKeys::new(&job.customer);
-        let (mode_s, token, intent, name) = match mode {
-            ReserveMode::Fast => ("fast", "", "", ""),
-            ReserveMode::Locked { token, intent_id, friendly_name } => ("locked", token, intent_id, friendly_name),
+        let (mode_s, token, intent, name, room) = match mode {
+            ReserveMode::Fast => ("fast", "", "", "", -1),
+            ReserveMode::Locked { token, intent_prefix, name_prefix, room } => {
+                ("locked", token, intent_prefix, name_prefix, room.map_or(-1, i64::from))
+            }
         };
         let v: Value = scripts::RESERVE
             .key(k.cfg())
@@ -229,6 +239,8 @@ impl Ledger {
             .key(k.intents())
             .key(k.lock())
             .key(k.unsent())
+            .key(k.queue())
+            .key(k.scheduled())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(self.quota.window_ms())
@@ -244,6 +256,7 @@ impl Ledger {
             .arg(name)
             .arg(resolved.map(Slot::marker).unwrap_or_default())
             .arg(self.orphan_after.as_millis() as u64)
+            .arg(room)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let p = strings(v);
@@ -277,7 +290,12 @@ impl Ledger {
                 state: p.get(7).filter(|s| !s.is_empty()).cloned(),
                 orphaned_slots: num(&p, 8) as u32,
             }),
-            Some("intent") => Reserve::Intent { id: p[1].clone(), now_ms: num(&p, 2) },
+            Some("intents") => Reserve::Intents(Decision {
+                now_ms: num(&p, 1),
+                backlog: num(&p, 2).max(0) as u64,
+                free: num(&p, 3).max(0) as u64,
+                intent_ids: p[4..].to_vec(),
+            }),
             Some("lost_lock") => Reserve::LostLock,
             other => {
                 return Err(redis::RedisError::from((
@@ -298,6 +316,8 @@ impl Ledger {
             .key(k.batch_failures(&job.batch))
             .key(k.inflight())
             .key(k.unsent())
+            .key(k.cfg())
+            .key(k.pool_last())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(sid)
@@ -332,6 +352,7 @@ impl Ledger {
             .key(k.inflight())
             .key(k.optouts())
             .key(k.unsent())
+            .key(k.cfg())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(ending.as_str())
@@ -369,6 +390,7 @@ impl Ledger {
             .key(k.scheduled())
             .key(k.unsent())
             .key(k.batch_failures(&job.batch))
+            .key(k.cfg())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(how.as_str())
@@ -403,6 +425,7 @@ impl Ledger {
             .key(k.queue())
             .key(k.scheduled())
             .key(k.inflight())
+            .key(k.cfg())
             .arg(n)
             .arg(lease.as_millis() as u64)
             .arg(1000)
@@ -506,7 +529,15 @@ pub enum Due {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReserveMode<'a> {
     Fast,
-    Locked { token: &'a str, intent_id: &'a str, friendly_name: &'a str },
+    /// The re-check under the purchase lock `token`. Intents are named `<intent_prefix><n>` and their numbers'
+    /// FriendlyName is `<name_prefix><intent id>`; `room` caps how many numbers may be added (besides
+    /// `max_numbers`), e.g. what a Messaging Service still accepts.
+    Locked {
+        token: &'a str,
+        intent_prefix: &'a str,
+        name_prefix: &'a str,
+        room: Option<u32>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

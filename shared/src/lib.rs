@@ -21,6 +21,7 @@ pub mod domain;
 pub mod keys;
 pub mod ledger;
 pub mod purchase;
+pub mod release;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;

@@ -6,7 +6,14 @@
 //! mode), and the intent counts as capacity on the way: nobody buys while an intent is pending. The intent's id is
 //! in the number's `FriendlyName`, so an unknown outcome is resolved by asking Twilio, never by buying again.
 //!
-//! The orchestration (when to take the lock, how to wait) lives in the worker; this module has the pieces.
+//! A decision is sized to the customer's backlog (`reserve.lua`): it records one intent per number the backlog needs,
+//! and the purchases run concurrently, each committed as it lands. For a customer with a Messaging Service, a bought
+//! number is attached to the service's sender pool before it is committed to the pool, so it is never used bare;
+//! a number bought but not attached (a crash, a failing attach) keeps its intent pending, and whoever resolves the
+//! intent attaches it first.
+//!
+//! The orchestration (when to take the lock, how to wait, how many at once) lives in the worker; this module has the
+//! pieces.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +23,7 @@ use rand::Rng;
 use redis::AsyncCommands;
 
 use crate::customers::Customer;
-use crate::domain::{AccountSid, CustomerId, PhoneNumber};
+use crate::domain::{AccountSid, CustomerId, PhoneNumber, ServiceSid};
 use crate::keys::{self, CustomerKeys};
 use crate::scripts;
 use crate::store::Conn;
@@ -24,7 +31,12 @@ use crate::twilio::{BuyNumber, Disposition, TwilioClient, TwilioError, codes};
 
 /// `msgr:<customer>:<intent>`: at most 5 + 32 + 1 + 16 = 54 characters, under Twilio's 64.
 pub fn friendly_name(customer: &CustomerId, intent_id: &str) -> String {
-    format!("msgr:{}:{}", customer.as_str(), intent_id)
+    format!("{}{}", name_prefix(customer), intent_id)
+}
+
+/// `msgr:<customer>:`, the FriendlyName of every number bought for `customer` up to its intent id.
+pub fn name_prefix(customer: &CustomerId) -> String {
+    format!("msgr:{}:", customer.as_str())
 }
 
 /// Parses a FriendlyName written by [`friendly_name`].
@@ -36,6 +48,12 @@ pub fn parse_friendly_name(name: &str) -> Option<(CustomerId, String)> {
 
 pub fn new_intent_id() -> String {
     let bytes: [u8; 8] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// 12 random hex digits; a decision names its intents `<prefix><3 hex digits>` (16 characters at most).
+pub fn new_intent_prefix() -> String {
+    let bytes: [u8; 6] = rand::rng().random();
     hex::encode(bytes)
 }
 
@@ -174,15 +192,51 @@ pub enum BuyOutcome {
     },
 }
 
+/// Numbers a search found, shared by the concurrent purchases of one decision so that they try different ones (a
+/// number bought by one of them would cost the others a 21422 and a request).
+#[derive(Default)]
+pub struct Candidates(tokio::sync::Mutex<Vec<String>>);
+
+impl Candidates {
+    /// The next candidate, searching (in random order) when none are left. `want`: how many purchases share them.
+    async fn next(
+        &self,
+        twilio: &TwilioClient,
+        account: &AccountSid,
+        want: usize,
+    ) -> Result<Option<String>, BuyOutcome> {
+        let mut list = self.0.lock().await;
+        if list.is_empty() {
+            let found =
+                twilio.search_local(account, "US", None, (want + 10).clamp(20, 200) as u32).await.map_err(|e| {
+                    let retry_after = match e.disposition() {
+                        Disposition::Transient { retry_after } => retry_after,
+                        _ => None,
+                    };
+                    BuyOutcome::NotBought { reason: format!("search: {}", e.short_reason()), retry_after }
+                })?;
+            list.extend(found.into_iter().filter_map(|c| c.phone_number));
+            // Customers buying at the same moment search the same list: random order keeps them apart.
+            rand::seq::SliceRandom::shuffle(list.as_mut_slice(), &mut rand::rng());
+            if list.is_empty() {
+                return Ok(None);
+            }
+        }
+        Ok(list.pop())
+    }
+}
+
 /// Buys one number for `customer`, tagged with the intent. Uses `AreaCode` directly when the customer has one;
-/// otherwise searches local SMS-capable numbers and buys one that is still available (in random order). No Twilio call starts
-/// after `deadline` (the intent must outlive every request made for it).
+/// otherwise takes numbers from `candidates` (one search shared by the purchases of a decision). No Twilio call
+/// starts after `deadline` (the intent must outlive every request made for it).
 pub async fn buy(
     twilio: &TwilioClient,
     customer: &Customer,
     intent_id: &str,
     sms_url: Option<&str>,
     deadline: Instant,
+    candidates: &Candidates,
+    sharing: usize,
 ) -> BuyOutcome {
     let out_of_time = || BuyOutcome::NotBought { reason: "purchase took too long".into(), retry_after: None };
     let account = account_for(customer, twilio);
@@ -204,25 +258,17 @@ pub async fn buy(
         let req = BuyNumber { area_code: Some(area), friendly_name: &name, sms_url, ..Default::default() };
         return twilio.buy_number(account, &req).await.map_or_else(classify, done);
     }
-    let candidates = match twilio.search_local(account, "US", None, 20).await {
-        Ok(c) => c,
-        Err(e) => {
-            let retry_after = match e.disposition() {
-                Disposition::Transient { retry_after } => retry_after,
-                _ => None,
-            };
-            return BuyOutcome::NotBought { reason: format!("search: {}", e.short_reason()), retry_after };
-        }
-    };
-    // Try the candidates in random order: customers buying at the same moment search the same list, and taking the
-    // first would make them collide on one number (each collision costs a 21422 and a request).
-    let mut candidates: Vec<&str> = candidates.iter().filter_map(|c| c.phone_number.as_deref()).collect();
-    rand::seq::SliceRandom::shuffle(candidates.as_mut_slice(), &mut rand::rng());
-    for c in candidates {
+    // A few searches at most: numbers taken by others between search and purchase are skipped.
+    for _ in 0..(sharing + 40) {
+        let candidate = match candidates.next(twilio, account, sharing).await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(not_bought) => return not_bought,
+        };
         if Instant::now() >= deadline {
             return out_of_time();
         }
-        let req = BuyNumber { phone_number: Some(c), friendly_name: &name, sms_url, ..Default::default() };
+        let req = BuyNumber { phone_number: Some(&candidate), friendly_name: &name, sms_url, ..Default::default() };
         match twilio.buy_number(account, &req).await {
             Ok(n) => return done(n),
             // Someone else took it between search and purchase: try the next candidate.
@@ -231,6 +277,35 @@ pub async fn buy(
         }
     }
     BuyOutcome::NotBought { reason: "no available numbers".into(), retry_after: None }
+}
+
+/// How attaching a number to a Messaging Service ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attach {
+    /// In the service's sender pool (now, or already: a retried attach answers 21710).
+    Attached,
+    /// The service's sender pool is full (21714): this number can never be attached there.
+    ServiceFull(String),
+    /// Refused for good (the number is in another service, 21712, or the service does not exist).
+    Refused(String),
+    /// Failed for now (or the outcome is unknown, which a retry settles: a repeat is harmless).
+    Transient { reason: String, retry_after: Option<Duration> },
+}
+
+/// Adds `number` to `service`'s sender pool.
+pub async fn attach(twilio: &TwilioClient, service: &ServiceSid, number: &Bought) -> Attach {
+    match twilio.attach_number(service.as_str(), &number.sid).await {
+        Ok(_) => Attach::Attached,
+        Err(e) => match e.code() {
+            Some(codes::ALREADY_IN_SERVICE | codes::ALREADY_IN_SERVICE_ALT) => Attach::Attached,
+            Some(codes::SERVICE_POOL_FULL) => Attach::ServiceFull(e.short_reason()),
+            _ => match e.create_disposition() {
+                Disposition::Permanent => Attach::Refused(e.short_reason()),
+                Disposition::Transient { retry_after } => Attach::Transient { reason: e.short_reason(), retry_after },
+                Disposition::Ambiguous => Attach::Transient { reason: e.short_reason(), retry_after: None },
+            },
+        },
+    }
 }
 
 /// Adds a bought or adopted number to the pool and clears its intent (atomic, idempotent). Also indexes the number
@@ -272,6 +347,13 @@ pub async fn abandon_intent(
     let k = CustomerKeys::new(customer);
     let n: i64 = scripts::INTENT_ABANDON.key(k.intents()).arg(intent_id).arg(value).invoke_async(conn).await?;
     Ok(n == 1)
+}
+
+/// Drops every intent of a decision (by its id prefix) whose reply never reached the caller: the script may have
+/// recorded them, and no purchase was started for any.
+pub async fn abandon_decision(conn: &mut Conn, customer: &CustomerId, prefix: &str) -> redis::RedisResult<u64> {
+    let k = CustomerKeys::new(customer);
+    scripts::INTENT_ABANDON.key(k.intents()).arg(prefix).arg("*prefix").invoke_async(conn).await
 }
 
 /// Pending intents of a customer: id → (created ms, FriendlyName, raw value).
@@ -328,6 +410,25 @@ pub async fn resolve_intent(
     let found = twilio.list_numbers(account, Some(&name), None).await?;
     if let Some(n) = found.iter().find(|n| n.phone_number.is_some() && n.sid.is_some()) {
         let bought = Bought { number: n.phone_number.clone().unwrap(), sid: n.sid.clone().unwrap() };
+        // A number of a customer with a Messaging Service is never used bare: attach it first.
+        if let Some(service) = &customer.messaging_service {
+            match attach(twilio, service, &bought).await {
+                Attach::Attached => {}
+                Attach::Transient { reason, .. } => {
+                    tracing::warn!(customer = %customer.id, intent = %intent.id, %reason,
+                        "a bought number is not attached to its Messaging Service yet; will retry");
+                    return Ok(Resolution::Pending);
+                }
+                Attach::ServiceFull(reason) | Attach::Refused(reason) => {
+                    // It can never send for this customer: give it back rather than pay for it every month.
+                    twilio.release_number(account, &bought.sid).await?;
+                    abandon_intent(conn, &customer.id, &intent.id, &intent.raw).await?;
+                    tracing::error!(customer = %customer.id, intent = %intent.id, %reason,
+                        "released a bought number its Messaging Service refused");
+                    return Ok(Resolution::Abandoned);
+                }
+            }
+        }
         commit_number(conn, &customer.id, &bought, &intent.id).await?;
         tracing::info!(customer = %customer.id, number = %PhoneNumber::from_trusted(&bought.number).map(|p| p.masked().to_string()).unwrap_or_default(),
             intent = %intent.id, "adopted a number whose purchase outcome was unknown");

@@ -40,6 +40,8 @@ scripts! {
     PURCHASE_COMMIT => "purchase_commit.lua";
     /// Drop an intent that bought nothing.
     INTENT_ABANDON => "intent_abandon.lua";
+    /// Pick idle numbers to release, and take them out of the pool under the purchase lock.
+    RELEASE_PLAN => "release_plan.lua";
     /// Extend a lock we still own.
     LOCK_RENEW => "lock_renew.lua";
     /// Release a lock we still own.

@@ -44,6 +44,7 @@ pub const DEFAULT_AREA_CODE: &str = "415";
 pub fn client(base: &str, token: &str, timeout: Duration) -> shared::twilio::TwilioClient {
     shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
         api_base: base.to_owned(),
+        messaging_api_base: base.to_owned(),
         account_sid: Some(shared::domain::AccountSid::parse(DEFAULT_ACCOUNT_SID).expect("default account sid")),
         auth_token: Some(token.to_owned().into()),
         timeout,

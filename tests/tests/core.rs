@@ -123,9 +123,7 @@ fn pool_number() -> Bought {
 async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize, number: &Bought) -> (Ledger, Vec<Job>) {
     let mut conn = w.redis.conn().await;
     let id = CustomerId::parse("acme").unwrap();
-    customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 1 })
-        .await
-        .unwrap();
+    customers::upsert(&mut conn, &Customer::new(id.clone(), 1)).await.unwrap();
     purchase::commit_number(&mut conn, &id, number, "").await.unwrap();
     let to: Vec<PhoneNumber> = recipients(n, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
     let req = NewBatch {
@@ -214,9 +212,7 @@ async fn a_recipient_keeps_its_sender_while_that_number_has_capacity() {
     let quota = QuotaSettings { window: Duration::from_secs(600), daily_quota: 3, conversational_cap: 3 };
     let id = CustomerId::parse("acme").unwrap();
     let mut conn = w.redis.conn().await;
-    customers::upsert(&mut conn, &Customer { id: id.clone(), account_sid: None, area_code: None, max_numbers: 2 })
-        .await
-        .unwrap();
+    customers::upsert(&mut conn, &Customer::new(id.clone(), 2)).await.unwrap();
     for (n, sid) in [("+14152000001", "PN1"), ("+14152000002", "PN2")] {
         purchase::commit_number(&mut conn, &id, &Bought { number: n.into(), sid: sid.into() }, "").await.unwrap();
     }

@@ -88,12 +88,7 @@ fn assert_error_shape(status: StatusCode, body: &Value, code: &str) {
 async fn customer_with_number(w: &World, id: &str, number: &str) {
     let mut conn = w.redis.conn().await;
     let c = CustomerId::parse(id).unwrap();
-    shared::customers::upsert(
-        &mut conn,
-        &shared::customers::Customer { id: c.clone(), account_sid: None, area_code: None, max_numbers: 5 },
-    )
-    .await
-    .unwrap();
+    shared::customers::upsert(&mut conn, &shared::customers::Customer::new(c.clone(), 5)).await.unwrap();
     purchase::commit_number(&mut conn, &c, &Bought { number: number.into(), sid: "PN1".into() }, "").await.unwrap();
 }
 

@@ -49,8 +49,13 @@ async fn a_send_is_a_basic_auth_form_post_and_the_documented_reply_parses() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let c = sim::client(&base, "s3cret", Duration::from_secs(5));
-    let req =
-        CreateMessage { to: "+14155552671", from: "+14155550100", body: "Hi & bye = 100%", status_callback: None };
+    let req = CreateMessage {
+        to: "+14155552671",
+        from: "+14155550100",
+        body: "Hi & bye = 100%",
+        status_callback: None,
+        messaging_service: None,
+    };
     let m = c.create_message(c.account(), &req).await.unwrap();
 
     let (account, headers, body) = seen.lock().unwrap().take().unwrap();
@@ -74,7 +79,13 @@ async fn the_simulator_accepts_a_send_and_lists_it_back_across_pages() {
     let m = c
         .create_message(
             c.account(),
-            &CreateMessage { to: "+14155552671", from: &from, body: "Hello! 👍", status_callback: None },
+            &CreateMessage {
+                to: "+14155552671",
+                from: &from,
+                body: "Hello! 👍",
+                status_callback: None,
+                messaging_service: None,
+            },
         )
         .await
         .unwrap();
@@ -88,7 +99,13 @@ async fn the_simulator_accepts_a_send_and_lists_it_back_across_pages() {
         let body = format!("n{i}");
         c.create_message(
             c.account(),
-            &CreateMessage { to: "+14155552671", from: &from, body: &body, status_callback: None },
+            &CreateMessage {
+                to: "+14155552671",
+                from: &from,
+                body: &body,
+                status_callback: None,
+                messaging_service: None,
+            },
         )
         .await
         .unwrap();
@@ -111,7 +128,11 @@ async fn twilio_errors_become_typed_and_classified() {
         let c = c.clone();
         let from = from.clone();
         async move {
-            c.create_message(c.account(), &CreateMessage { to, from: &from, body: &body, status_callback: None }).await
+            c.create_message(
+                c.account(),
+                &CreateMessage { to, from: &from, body: &body, status_callback: None, messaging_service: None },
+            )
+            .await
         }
     };
 
@@ -127,7 +148,10 @@ async fn twilio_errors_become_typed_and_classified() {
 
     let wrong = sim::client(&format!("http://{}", "127.0.0.1:1"), "x", Duration::from_secs(1));
     let e = wrong
-        .create_message(wrong.account(), &CreateMessage { to: "+1", from: "+1", body: "x", status_callback: None })
+        .create_message(
+            wrong.account(),
+            &CreateMessage { to: "+1", from: "+1", body: "x", status_callback: None, messaging_service: None },
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, TwilioError::Connect(_)), "{e:?}");
@@ -157,7 +181,13 @@ async fn injected_faults_are_classified_by_what_twilio_may_have_done() {
         let e = c
             .create_message(
                 c.account(),
-                &CreateMessage { to: "+14155552671", from: &from, body: "x", status_callback: None },
+                &CreateMessage {
+                    to: "+14155552671",
+                    from: &from,
+                    body: "x",
+                    status_callback: None,
+                    messaging_service: None,
+                },
             )
             .await
             .unwrap_err();

@@ -24,6 +24,15 @@ use tower::layer::util::Identity;
 
 use crate::leases::LeaseGuard;
 
+/// A reason for the fetcher to look at a customer sooner than planned (sent by the send path when it reschedules a
+/// job, and by the wake-up subscription).
+#[derive(Debug, Clone)]
+pub struct Wake {
+    pub customer: CustomerId,
+    /// Look after this long (a rescheduled job's delay); `None` = now.
+    pub after: Option<std::time::Duration>,
+}
+
 /// One job handed to a handler, with its lease and its concurrency slot (both released when it is dropped).
 #[derive(Debug)]
 pub struct SendTask {

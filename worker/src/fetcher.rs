@@ -20,18 +20,10 @@ use shared::keys;
 use shared::ledger::Ledger;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::backend::SendTask;
+use crate::backend::{SendTask, Wake};
 use crate::leases::Registry;
-use crate::ops::Health;
 use crate::settings::WorkerSettings;
-
-/// A reason to look at a customer sooner than planned.
-#[derive(Debug, Clone)]
-pub struct Wake {
-    pub customer: CustomerId,
-    /// Look after this long (a rescheduled job's delay); `None` = now.
-    pub after: Option<Duration>,
-}
+use crate::stats::Health;
 
 pub struct Fetcher {
     pub ledger: Ledger,

@@ -13,8 +13,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -25,76 +25,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shared::config::ConfigError;
 
-use crate::handler::Stats;
 use crate::leases;
-
-/// What the probe looks at; updated by the fetcher, the heartbeat and shutdown.
-#[derive(Debug)]
-pub struct Health {
-    started: Instant,
-    /// Milliseconds after `started` of the last Redis reply, plus one (0 = none yet).
-    redis_reply: AtomicU64,
-    fetcher_running: AtomicBool,
-    stopping: AtomicBool,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            redis_reply: AtomicU64::new(0),
-            fetcher_running: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Health {
-    /// Redis just answered one of this process's commands.
-    pub fn redis_replied(&self) {
-        self.redis_reply.store(self.started.elapsed().as_millis() as u64 + 1, Relaxed);
-    }
-
-    /// How long ago Redis last answered; `None` if it never has.
-    pub fn since_redis_reply(&self) -> Option<Duration> {
-        match self.redis_reply.load(Relaxed) {
-            0 => None,
-            at => Some(self.started.elapsed().saturating_sub(Duration::from_millis(at - 1))),
-        }
-    }
-
-    /// Marks the fetcher as running until the returned guard drops (however the fetcher ends, panics included).
-    pub fn fetcher_guard(self: &Arc<Self>) -> FetcherGuard {
-        self.fetcher_running.store(true, Relaxed);
-        FetcherGuard(self.clone())
-    }
-
-    pub fn stopping(&self) {
-        self.stopping.store(true, Relaxed);
-    }
-
-    /// `None` when healthy, otherwise why not. `stale`: how long without a Redis reply is too long.
-    pub fn problem(&self, stale: Duration) -> Option<String> {
-        if self.stopping.load(Relaxed) {
-            return Some("stopping".into());
-        }
-        let Some(age) = self.since_redis_reply() else {
-            return Some("no reply from Redis yet".into());
-        };
-        if !self.fetcher_running.load(Relaxed) {
-            return Some("the fetcher is not running".into());
-        }
-        (age > stale).then(|| format!("no reply from Redis for {} s", age.as_secs()))
-    }
-}
-
-pub struct FetcherGuard(Arc<Health>);
-
-impl Drop for FetcherGuard {
-    fn drop(&mut self) {
-        self.0.fetcher_running.store(false, Relaxed);
-    }
-}
+use crate::stats::{Health, Stats};
 
 struct Ops {
     registry: Registry,
@@ -132,6 +64,9 @@ pub async fn serve(
         ("ambiguous_found", "Ambiguous sends Twilio showed had gone out (not resent)", &stats.resolved_found),
         ("ambiguous_unsent", "Ambiguous sends Twilio showed had not arrived (sent again)", &stats.resolved_unsent),
         ("purchases", "Numbers this process bought", &stats.purchases),
+        ("purchase_decisions", "Purchase decisions, each sized to the customer's backlog", &stats.purchase_decisions),
+        ("numbers_attached", "Numbers attached to a customer's Messaging Service", &stats.attached),
+        ("numbers_released", "Idle numbers released to Twilio", &stats.releases),
         ("duplicate_sends", "Sends recorded for a job that was already sent (should stay 0)", &stats.duplicate_sends),
         ("apalis_restarts", "apalis workers replaced by the supervisor", &stats.apalis_restarts),
     ];
@@ -183,29 +118,4 @@ async fn healthz(State(ops): State<Arc<Ops>>) -> Response {
     });
     let code = if problem.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, axum::Json(body)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn health_needs_a_running_fetcher_and_a_recent_redis_reply() {
-        let h = Arc::new(Health::default());
-        let stale = Duration::from_millis(50);
-        assert_eq!(h.problem(stale).as_deref(), Some("no reply from Redis yet"));
-        h.redis_replied();
-        assert_eq!(h.problem(stale).as_deref(), Some("the fetcher is not running"));
-        let guard = h.fetcher_guard();
-        assert_eq!(h.problem(stale), None);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(h.problem(stale).as_deref(), Some("no reply from Redis for 1 s"));
-        h.redis_replied();
-        assert_eq!(h.problem(stale), None);
-        drop(guard);
-        assert_eq!(h.problem(stale).as_deref(), Some("the fetcher is not running"));
-        let _guard = h.fetcher_guard();
-        h.stopping();
-        assert_eq!(h.problem(stale).as_deref(), Some("stopping"));
-    }
 }

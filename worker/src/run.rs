@@ -14,12 +14,16 @@ use shared::twilio::TwilioClient;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::backend::{Inbox, QueueBackend, release};
+use crate::context::Shared;
 use crate::fetcher::{Fetcher, listen_for_wakes};
-use crate::handler::{Ctx, Stats, handle};
+use crate::handler::handle;
 use crate::leases::Registry;
-use crate::ops::{self, Health};
+use crate::ops;
+use crate::purchase::Purchases;
 use crate::reconciler;
+use crate::send::Sender;
 use crate::settings::WorkerSettings;
+use crate::stats::{Health, Stats};
 
 /// A unique name per process and per restart: apalis and operators tell workers apart by it, and reusing a name
 /// is what makes apalis-redis fleets lose orphaned jobs.
@@ -91,7 +95,10 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let (tx, rx) = mpsc::channel(settings.concurrency);
     let inbox: Inbox = Arc::new(Mutex::new(rx));
-    let ctx = Arc::new(Ctx::new(ledger.clone(), twilio, settings.clone(), wake_tx.clone(), stop_rx.clone(), stats));
+    let shared =
+        Arc::new(Shared::new(ledger.clone(), twilio, settings.clone(), stats, wake_tx.clone(), stop_rx.clone()));
+    let purchases = Purchases::new(shared.clone());
+    let sender = Arc::new(Sender::new(shared.clone(), purchases.clone()));
 
     let fetcher = tokio::spawn(
         Fetcher {
@@ -106,8 +113,8 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         }
         .run(),
     );
-    let pool_ctx = ctx.clone();
-    tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, move |c| pool_ctx.pool_changed(&c), stop_rx.clone()));
+    let pool_watch = purchases.clone();
+    tokio::spawn(listen_for_wakes(settings.clone(), wake_tx, move |c| pool_watch.pool_changed(&c), stop_rx.clone()));
     // Leases must stay renewed while in-flight sends drain, so the heartbeat stops last.
     let heartbeat = tokio::spawn(heartbeat(
         ledger.clone(),
@@ -117,9 +124,9 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         name.clone(),
         final_rx,
     ));
-    tokio::spawn(reconciler::run(ctx.clone(), stop_rx.clone()));
+    tokio::spawn(reconciler::run(shared.clone(), purchases.clone(), stop_rx.clone()));
     // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
-    let supervisor = supervise(ctx.clone(), inbox.clone(), ledger.clone(), stop_rx.clone(), name.clone());
+    let supervisor = supervise(sender, shared.clone(), inbox.clone(), ledger.clone(), stop_rx.clone(), name.clone());
     tokio::pin!(supervisor);
     tokio::select! {
         _ = &mut supervisor => tracing::error!("supervisor ended unexpectedly"),
@@ -147,7 +154,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let _ = final_tx.send(true);
     let _ = heartbeat.await;
     let _: redis::RedisResult<()> = conn.zrem(keys::WORKERS, &name).await;
-    let s = &ctx.stats;
+    let s = &shared.stats;
     tracing::info!(
         sent = s.sent.get(),
         failed = s.failed.get(),
@@ -161,9 +168,16 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
 }
 
 /// Runs the apalis worker; if it ever ends while we are not shutting down, starts a new one under a new name.
-async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Receiver<bool>, first_name: String) {
+async fn supervise(
+    sender: Arc<Sender>,
+    shared: Arc<Shared>,
+    inbox: Inbox,
+    ledger: Ledger,
+    stop: watch::Receiver<bool>,
+    first_name: String,
+) {
     let mut name = first_name;
-    let mut chaos = ctx.settings.chaos_end_worker;
+    let mut chaos = shared.settings.chaos_end_worker;
     loop {
         let mut backend = QueueBackend::new(inbox.clone(), ledger.clone());
         if let Some(after) = chaos.take() {
@@ -172,9 +186,9 @@ async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Rec
         let context = apalis_core::worker::context::WorkerContext::from(name.as_str());
         let worker = WorkerBuilder::new(&context)
             .backend(backend)
-            .data(ctx.clone())
+            .data(sender.clone())
             .catch_panic()
-            .concurrency(ctx.settings.concurrency)
+            .concurrency(shared.settings.concurrency)
             .parallelize(tokio::spawn)
             .build(handle);
         // Not apalis's `run_until`: it waits for the shutdown signal even after the worker has ended, which would
@@ -200,7 +214,7 @@ async fn supervise(ctx: Arc<Ctx>, inbox: Inbox, ledger: Ledger, stop: watch::Rec
                 tracing::error!(worker = %name, error.message = %e, "apalis worker died; restarting under a new name")
             }
         }
-        ctx.stats.apalis_restarts.inc();
+        shared.stats.apalis_restarts.inc();
         tokio::time::sleep(Duration::from_secs(1)).await;
         name = worker_name();
     }

@@ -48,6 +48,20 @@ pub struct WorkerArgs {
     #[arg(long, env = "MESSENGER_INTENT_STALE_SECS", default_value_t = 120)]
     pub intent_stale_secs: u64,
 
+    /// Purchases of one decision that run at once (a decision buys as many numbers as the backlog needs).
+    #[arg(long, env = "MESSENGER_PURCHASE_CONCURRENCY", default_value_t = 8)]
+    pub purchase_concurrency: usize,
+
+    /// Senders a Messaging Service may hold (Twilio's default limit is 400; error 21714 past it). A customer with a
+    /// service never gets a number its service could not take.
+    #[arg(long, env = "MESSENGER_SERVICE_MAX_NUMBERS", default_value_t = 400)]
+    pub service_max_numbers: u32,
+
+    /// Release numbers that sent nothing for this many days (the reconciler checks every customer once per audit
+    /// interval), keeping what the backlog and the numbers' sticky recipients need. Off unless set.
+    #[arg(long, env = "MESSENGER_RELEASE_IDLE_DAYS")]
+    pub release_idle_days: Option<f64>,
+
     /// How often one worker of the fleet resolves stale purchase intents and cleans up.
     #[arg(long, env = "MESSENGER_RECONCILE_SECS", default_value_t = 15)]
     pub reconcile_secs: u64,
@@ -89,6 +103,10 @@ pub struct WorkerSettings {
     pub lock_ttl: Duration,
     pub lock_renew: bool,
     pub intent_stale: Duration,
+    pub purchase_concurrency: usize,
+    pub service_max_numbers: u32,
+    /// Idle numbers are released after this long (`None`: never, by the worker).
+    pub release_idle: Option<Duration>,
     pub reconcile_every: Duration,
     pub audit_every: Duration,
     pub shutdown_timeout: Duration,
@@ -137,6 +155,12 @@ impl WorkerArgs {
                     .into(),
             ));
         }
+        if self.purchase_concurrency == 0 || self.purchase_concurrency > 100 {
+            return bad("MESSENGER_PURCHASE_CONCURRENCY must be between 1 and 100");
+        }
+        if self.release_idle_days.is_some_and(|d| !(0.0..=3650.0).contains(&d)) {
+            return bad("MESSENGER_RELEASE_IDLE_DAYS must be between 0 and 3650");
+        }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
         {
@@ -153,6 +177,9 @@ impl WorkerArgs {
             lock_ttl: Duration::from_millis(self.lock_ttl_ms),
             lock_renew: self.lock_renew,
             intent_stale,
+            purchase_concurrency: self.purchase_concurrency,
+            service_max_numbers: self.service_max_numbers,
+            release_idle: self.release_idle_days.map(|d| Duration::from_secs_f64(d * 86_400.0)),
             reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),
             audit_every: Duration::from_secs(self.audit_secs.max(1)),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

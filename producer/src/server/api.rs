@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use shared::batches::{self, BatchStatus, SubmitError};
 use shared::customers::{self, Customer, PoolReport};
-use shared::domain::{AccountSid, BatchId, CustomerId};
+use shared::domain::{AccountSid, BatchId, CustomerId, ServiceSid};
 use shared::twilio::accounts::{TokenError, check_subaccount};
 use utoipa::ToSchema;
 
@@ -28,6 +28,8 @@ pub struct CustomerRequest {
     /// Most numbers this customer may own; default: `MESSENGER_MAX_NUMBERS`.
     #[schema(minimum = 1)]
     pub max_numbers: Option<u32>,
+    /// Messaging Service (`MG` + 32 hex, A2P 10DLC) every number of this customer is attached to before it sends.
+    pub messaging_service_sid: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -36,6 +38,7 @@ pub struct CustomerResponse {
     pub account_sid: Option<String>,
     pub area_code: Option<String>,
     pub max_numbers: u32,
+    pub messaging_service_sid: Option<String>,
     /// True if this request created the customer.
     pub created: bool,
 }
@@ -115,6 +118,21 @@ pub async fn put_customer(
         .map(|a| customers::parse_area_code(&a))
         .transpose()
         .map_err(|e| ApiError::unprocessable(e).field("area_code"))?;
+    let messaging_service = req
+        .messaging_service_sid
+        .map(|s| ServiceSid::parse(&s))
+        .transpose()
+        .map_err(|e| ApiError::unprocessable(e.to_string()).field("messaging_service_sid"))?;
+    if let (Some(service), Some(twilio)) = (&messaging_service, &s.twilio) {
+        match twilio.fetch_service(service.as_str()).await {
+            Ok(_) => {}
+            Err(shared::twilio::TwilioError::Api { status: 404, .. }) => {
+                return Err(ApiError::unprocessable(format!("Twilio has no Messaging Service {service}"))
+                    .field("messaging_service_sid"));
+            }
+            Err(e) => tracing::warn!(error.message = %e, "messaging service not checked"),
+        }
+    }
     if req.max_numbers == Some(0) {
         return Err(ApiError::unprocessable("max_numbers must be at least 1").field("max_numbers"));
     }
@@ -141,6 +159,7 @@ pub async fn put_customer(
             .max_numbers
             .or(existing.as_ref().map(|e| e.max_numbers))
             .unwrap_or(s.settings.default_max_numbers),
+        messaging_service: messaging_service.or_else(|| existing.as_ref().and_then(|e| e.messaging_service.clone())),
     };
     customers::upsert(&mut conn, &c).await.map_err(|e| ApiError::redis(&e))?;
     let created = existing.is_none();
@@ -149,6 +168,7 @@ pub async fn put_customer(
         account_sid: c.account_sid.map(|a| a.to_string()),
         area_code: c.area_code,
         max_numbers: c.max_numbers,
+        messaging_service_sid: c.messaging_service.map(|m| m.to_string()),
         created,
     };
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(body)))

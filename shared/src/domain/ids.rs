@@ -134,6 +134,34 @@ impl AccountSid {
     }
 }
 
+/// A Twilio Messaging Service sid: `MG` + 32 hex digits. A customer with one sends through it (A2P 10DLC).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServiceSid(String);
+
+impl ServiceSid {
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = s.len() == 34 && s.starts_with("MG") && s[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(IdError {
+                what: "messaging service sid",
+                value: s.chars().take(40).collect(),
+                reason: "is not MG followed by 32 hex digits",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ServiceSid {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
 macro_rules! string_newtype_impls {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -182,7 +210,7 @@ impl AsRef<str> for AccountSid {
     }
 }
 
-string_newtype_impls!(CustomerId, IdempotencyKey, AccountSid);
+string_newtype_impls!(CustomerId, IdempotencyKey, AccountSid, ServiceSid);
 
 impl fmt::Display for BatchId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -5,5 +5,5 @@ mod ids;
 mod phone;
 
 pub use body::{BodyError, Encoding, MAX_BODY_CHARS, MessageBody, Segments, count_segments};
-pub use ids::{AccountSid, BatchId, CustomerId, IdError, IdempotencyKey};
+pub use ids::{AccountSid, BatchId, CustomerId, IdError, IdempotencyKey, ServiceSid};
 pub use phone::{Masked, PhoneError, PhoneNumber};

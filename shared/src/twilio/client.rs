@@ -22,6 +22,7 @@ const MAX_PAGES: usize = 100;
 pub struct TwilioClient {
     http: reqwest::Client,
     base: Arc<str>,
+    messaging_base: Arc<str>,
     account: AccountSid,
     token: SecretString,
 }
@@ -39,6 +40,8 @@ pub struct CreateMessage<'a> {
     pub from: &'a str,
     pub body: &'a str,
     pub status_callback: Option<&'a str>,
+    /// The customer's Messaging Service (A2P 10DLC): sent with `From`, which must be in its sender pool.
+    pub messaging_service: Option<&'a str>,
 }
 
 /// Parameters of `POST …/IncomingPhoneNumbers.json`: exactly one of `phone_number` and `area_code`.
@@ -72,7 +75,13 @@ impl TwilioClient {
             .user_agent(concat!("messenger/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { http, base: settings.api_base.clone().into(), account, token })
+        Ok(Self {
+            http,
+            base: settings.api_base.clone().into(),
+            messaging_base: settings.messaging_api_base.clone().into(),
+            account,
+            token,
+        })
     }
 
     /// The account whose credentials sign requests (the parent account when customers use subaccounts).
@@ -122,6 +131,9 @@ impl TwilioClient {
         let mut form = vec![("To", m.to), ("From", m.from), ("Body", m.body)];
         if let Some(cb) = m.status_callback {
             form.push(("StatusCallback", cb));
+        }
+        if let Some(s) = m.messaging_service {
+            form.push(("MessagingServiceSid", s));
         }
         self.execute(self.http.post(self.url(account, "Messages.json")).form(&form)).await
     }
@@ -239,9 +251,54 @@ impl TwilioClient {
 
     /// Releases a number (`DELETE`, answered 204).
     pub async fn release_number(&self, account: &AccountSid, sid: &str) -> Result<(), TwilioError> {
+        self.delete(self.url(account, &format!("IncomingPhoneNumbers/{sid}.json"))).await
+    }
+
+    /// Reads one of the account's numbers by sid (404 once it is released).
+    pub async fn fetch_number(&self, account: &AccountSid, sid: &str) -> Result<IncomingPhoneNumber, TwilioError> {
+        self.execute(self.http.get(self.url(account, &format!("IncomingPhoneNumbers/{sid}.json")))).await
+    }
+
+    fn service_url(&self, service: &str, rest: &str) -> String {
+        format!("{}/v1/Services/{service}{rest}", self.messaging_base)
+    }
+
+    /// Reads a Messaging Service (404 if the account has no such service).
+    pub async fn fetch_service(&self, service: &str) -> Result<Service, TwilioError> {
+        self.execute(self.http.get(self.service_url(service, ""))).await
+    }
+
+    /// Adds a number (by its `PN…` sid) to a Messaging Service's sender pool. Twilio refuses a 401st number (21714),
+    /// a number in another service (21712), and one already in this service (21710).
+    pub async fn attach_number(&self, service: &str, number_sid: &str) -> Result<ServicePhoneNumber, TwilioError> {
+        let req = self.http.post(self.service_url(service, "/PhoneNumbers")).form(&[("PhoneNumberSid", number_sid)]);
+        self.execute(req).await
+    }
+
+    /// Removes a number from a Messaging Service's sender pool (`DELETE`, answered 204).
+    pub async fn detach_number(&self, service: &str, number_sid: &str) -> Result<(), TwilioError> {
+        self.delete(self.service_url(service, &format!("/PhoneNumbers/{number_sid}"))).await
+    }
+
+    /// Every number in a Messaging Service's sender pool (following the v1 `meta.next_page_url`).
+    pub async fn list_service_numbers(&self, service: &str) -> Result<Vec<ServicePhoneNumber>, TwilioError> {
+        let mut out = Vec::new();
+        let mut req = self.http.get(self.service_url(service, "/PhoneNumbers")).query(&[("PageSize", "1000")]);
+        for _ in 0..MAX_PAGES {
+            let page: ServicePhoneNumbers = self.execute(req).await?;
+            out.extend(page.phone_numbers);
+            match page.meta.next_page_url {
+                Some(next) if !next.is_empty() => req = self.http.get(next),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, url: String) -> Result<(), TwilioError> {
         let resp = self
             .http
-            .delete(self.url(account, &format!("IncomingPhoneNumbers/{sid}.json")))
+            .delete(url)
             .basic_auth(self.account.as_str(), Some(self.token.expose_secret()))
             .send()
             .await

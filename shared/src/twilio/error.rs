@@ -57,6 +57,16 @@ pub mod codes {
     pub const NUMBER_NOT_AVAILABLE: u32 = 21422;
     pub const AREA_CODE_INVALID: u32 = 21451;
     pub const NO_NUMBERS_IN_AREA: u32 = 21452;
+    /// The number is already in this Messaging Service (harmless on a retried attach).
+    pub const ALREADY_IN_SERVICE: u32 = 21710;
+    /// The number is in another Messaging Service.
+    pub const IN_ANOTHER_SERVICE: u32 = 21712;
+    /// The Messaging Service's sender pool is full (400 numbers by default).
+    pub const SERVICE_POOL_FULL: u32 = 21714;
+    /// "Phone number already in service": some Twilio products report a repeated add with this code.
+    pub const ALREADY_IN_SERVICE_ALT: u32 = 80104;
+    /// A2P 10DLC: the message came from a number not registered through a Messaging Service (status callback).
+    pub const UNREGISTERED_SENDER: u32 = 30034;
 }
 
 /// How a send ended, from the point of view of the job.

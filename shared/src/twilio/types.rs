@@ -213,6 +213,58 @@ pub struct AvailablePhoneNumbers {
     pub available_phone_numbers: Vec<AvailablePhoneNumber>,
 }
 
+/// A number in a Messaging Service's sender pool (`messaging.v1.service.phone_number`). The v1 APIs write dates
+/// in ISO 8601 (`2015-07-30T20:12:31Z`), not RFC 2822; they are kept as strings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServicePhoneNumber {
+    /// The IncomingPhoneNumber's `PN…` sid.
+    pub sid: Option<String>,
+    pub account_sid: Option<String>,
+    pub service_sid: Option<String>,
+    pub date_created: Option<String>,
+    pub date_updated: Option<String>,
+    pub phone_number: Option<String>,
+    pub country_code: Option<String>,
+    /// `["MMS", "SMS", "Voice"]`.
+    pub capabilities: Option<Vec<String>>,
+    pub url: Option<String>,
+}
+
+/// `messaging.v1.service` (the fields Messenger and the simulator use; the rest are kept as they came).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub sid: Option<String>,
+    pub account_sid: Option<String>,
+    pub friendly_name: Option<String>,
+    pub date_created: Option<String>,
+    pub date_updated: Option<String>,
+    pub status_callback: Option<String>,
+    pub sticky_sender: Option<bool>,
+    pub smart_encoding: Option<bool>,
+    pub us_app_to_person_registered: Option<bool>,
+    pub links: Option<serde_json::Value>,
+    pub url: Option<String>,
+}
+
+/// The paging block of the v1 APIs: `{"meta": {..., "key": "phone_numbers", "next_page_url": …}, "<key>": [...]}`
+/// (absolute URLs, unlike the 2010 API's relative `*_uri` at the top level).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct V1Meta {
+    pub page: Option<u64>,
+    pub page_size: Option<u64>,
+    pub first_page_url: Option<String>,
+    pub previous_page_url: Option<String>,
+    pub next_page_url: Option<String>,
+    pub key: Option<String>,
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServicePhoneNumbers {
+    pub meta: V1Meta,
+    pub phone_numbers: Vec<ServicePhoneNumber>,
+}
+
 /// Twilio's legacy error body: `{"code", "message", "more_info", "status"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

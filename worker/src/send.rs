@@ -1,0 +1,369 @@
+//! The send path: one job from reservation to a recorded outcome. It owns the job — every way a job ends or goes back
+//! to the schedule is decided here and recorded by a ledger script (sent, failed, opted out, retried, deferred,
+//! left for ambiguity resolution). When no number has capacity it asks the purchase path ([`crate::purchase`]),
+//! which answers with a [`Capacity`] and never touches the job's state itself.
+//!
+//! Nothing here returns an error to apalis: an error there would make apalis retry a job whose text may already be
+//! out. Bookkeeping after a successful send is retried, and if Redis stays unreachable the job's `r|…` marker makes
+//! the next delivery look the message up in Twilio instead of sending it again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use shared::ledger::{Commit, Due, Ending, Full, Job, Requeue, Reserve, ReserveMode, Slot};
+use shared::purchase;
+use shared::twilio::{CreateMessage, MessageFilter, SendFailure};
+
+use crate::backend::{SendTask, Wake};
+use crate::context::Shared;
+use crate::purchase::{Capacity, Purchases};
+
+/// What to do next with a job.
+enum Step {
+    /// Run the fast path again.
+    Again,
+    /// Reserve again, releasing this slot: Twilio showed its attempt never arrived.
+    Unsent(Slot),
+    Send(Slot),
+    Done,
+}
+
+pub struct Sender {
+    shared: Arc<Shared>,
+    purchases: Arc<Purchases>,
+}
+
+impl Sender {
+    pub fn new(shared: Arc<Shared>, purchases: Arc<Purchases>) -> Self {
+        Self { shared, purchases }
+    }
+
+    /// Processes one job to a recorded outcome.
+    #[tracing::instrument(name = "job", skip_all, fields(customer = %task.job.customer, batch = %task.job.batch.local(), to = %task.job.recipient.masked()))]
+    pub async fn process(&self, task: &SendTask) {
+        let job = &task.job;
+        let mut unsent: Option<Slot> = None;
+        let mut redis_errors = 0u32;
+        loop {
+            if task.lease.is_lost() {
+                return;
+            }
+            let reserved = self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref()).await;
+            unsent = None;
+            let r = match reserved {
+                Ok(r) => r,
+                Err(e) => {
+                    redis_errors += 1;
+                    if redis_errors > 5 || self.shared.stopping() {
+                        tracing::warn!(error.message = %e, "giving the job up to its lease: redis keeps failing");
+                        return;
+                    }
+                    self.shared.pause(Duration::from_millis(100 << redis_errors)).await;
+                    continue;
+                }
+            };
+            let step = match r {
+                Reserve::Reserved(slot) => Step::Send(slot),
+                Reserve::Lost => {
+                    tracing::debug!("lease lost; leaving the job to its new holder");
+                    Step::Done
+                }
+                Reserve::Ambiguous { slot, now_ms } => self.resolve_ambiguous(task, slot, now_ms).await,
+                Reserve::Full(f) => self.no_capacity(job, f).await,
+                _ => Step::Done,
+            };
+            match step {
+                Step::Again => continue,
+                Step::Unsent(slot) => unsent = Some(slot),
+                Step::Send(slot) => return self.send(task, slot).await,
+                Step::Done => return,
+            }
+        }
+    }
+
+    /// Acts on what the purchase path says about a job that found no capacity.
+    async fn no_capacity(&self, job: &Job, f: Full) -> Step {
+        let seen = f.state.as_deref();
+        match self.purchases.need_capacity(job, &f).await {
+            Capacity::Retry => Step::Again,
+            Capacity::Reserved(slot) => Step::Send(slot),
+            Capacity::Defer { reason } => self.defer(job, &f, &reason).await,
+            Capacity::WaitFor(delay) => {
+                self.requeue(job, Requeue::Wait, Due::In(delay), f.attempt(), "", seen).await;
+                Step::Done
+            }
+            Capacity::Stopping => {
+                self.requeue(job, Requeue::Wait, Due::In(Duration::ZERO), f.attempt(), "", seen).await;
+                Step::Done
+            }
+            Capacity::NotBought { reason, retry_after } => {
+                let seen = seen.filter(|s| !s.is_empty());
+                let attempt = f.attempt() + 1;
+                if attempt >= self.shared.settings.max_attempts {
+                    self.shared.stats.failed.inc();
+                    let _ = self.shared.ledger.finish(job, Ending::Failed, &reason, seen).await;
+                } else {
+                    let delay = self.shared.backoff(attempt).max(retry_after.unwrap_or_default());
+                    self.requeue(job, Requeue::Release, Due::In(delay), attempt, &reason, seen).await;
+                }
+                Step::Done
+            }
+            Capacity::Gone => Step::Done,
+        }
+    }
+
+    async fn send(&self, task: &SendTask, slot: Slot) {
+        let job = &task.job;
+        let marker = slot.marker();
+        let (body, customer) = match (self.shared.body(&job.batch).await, self.shared.customer(&job.customer).await) {
+            (Ok(Some(b)), Ok(Some(c))) => (b, c),
+            (Ok(None), _) | (_, Ok(None)) => {
+                // The batch or customer vanished (deleted by an operator): give the slot back and stop.
+                let _ =
+                    self.shared.ledger.finish(job, Ending::Failed, "batch or customer missing", Some(&marker)).await;
+                return;
+            }
+            _ => {
+                // Redis failed: nothing was sent; give the slot back and try again shortly.
+                let delay = self.shared.backoff(1);
+                self.requeue(job, Requeue::Release, Due::In(delay), slot.attempt, "redis", Some(&marker)).await;
+                return;
+            }
+        };
+        // Never start a send that could outlive our lease: past it another worker may own the job.
+        if task.lease.remaining() < self.shared.settings.shared.twilio.timeout + Duration::from_secs(2) {
+            tracing::warn!("lease too close to expiry to send; leaving the job to be redelivered");
+            return;
+        }
+        let callback = self.shared.settings.public_url.as_ref().map(|u| format!("{u}/twilio/status?b={}", job.batch));
+        let account = purchase::account_for(&customer, &self.shared.twilio);
+        let req = CreateMessage {
+            to: job.recipient.as_str(),
+            from: &slot.number,
+            body: &body,
+            status_callback: callback.as_deref(),
+            messaging_service: customer.messaging_service.as_ref().map(|s| s.as_str()),
+        };
+        match self.shared.twilio.send_message(account, &req).await {
+            Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
+                Some(sid) => self.commit(job, &sid, &slot.number).await,
+                None => {
+                    self.requeue(
+                        job,
+                        Requeue::Keep,
+                        Due::In(self.shared.settings.ambiguous_grace),
+                        slot.attempt,
+                        "no sid",
+                        Some(&marker),
+                    )
+                    .await
+                }
+            },
+            Err(e) => match e.send_failure() {
+                SendFailure::Recipient { code, .. } => {
+                    self.shared.stats.failed.inc();
+                    tracing::info!(code, "recipient cannot be texted");
+                    let _ =
+                        self.shared.ledger.finish(job, Ending::Failed, &format!("twilio {code}"), Some(&marker)).await;
+                }
+                SendFailure::OptedOut => {
+                    self.shared.stats.opted_out.inc();
+                    let _ = self.shared.ledger.finish(job, Ending::OptedOut, "21610", Some(&marker)).await;
+                }
+                SendFailure::Transient { reason, retry_after } => {
+                    self.retry_later(job, slot.attempt + 1, &reason, retry_after, &marker).await;
+                }
+                SendFailure::Ambiguous { reason } => {
+                    self.shared.stats.ambiguous.inc();
+                    tracing::warn!(%reason, "send outcome unknown; will check Twilio before any resend");
+                    self.requeue(
+                        job,
+                        Requeue::Keep,
+                        Due::In(self.shared.settings.ambiguous_grace),
+                        slot.attempt,
+                        &reason,
+                        Some(&marker),
+                    )
+                    .await;
+                }
+            },
+        }
+    }
+
+    /// Records a sent message, retrying through Redis errors. If it still fails, the job's marker makes the next
+    /// delivery find the message in Twilio: a failed commit never causes a second text.
+    async fn commit(&self, job: &Job, sid: &str, from: &str) {
+        for i in 0..8u32 {
+            match self.shared.ledger.commit_sent(job, sid, from).await {
+                Ok(c) => {
+                    match c {
+                        Commit::Duplicate => {
+                            self.shared.stats.duplicate_sends.inc();
+                            tracing::error!(
+                                "a text was sent twice for the same recipient and batch (recorded in dup_sends)"
+                            );
+                        }
+                        _ => {
+                            self.shared.stats.sent.inc();
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "could not record a sent message yet");
+                    tokio::time::sleep(Duration::from_millis((100u64 << i).min(5_000))).await;
+                }
+            }
+        }
+        tracing::error!("could not record a sent message; its next delivery will find it in Twilio");
+    }
+
+    async fn retry_later(&self, job: &Job, attempt: u32, reason: &str, retry_after: Option<Duration>, seen: &str) {
+        let reason = reason.replace('|', "/");
+        if attempt >= self.shared.settings.max_attempts {
+            self.shared.stats.failed.inc();
+            tracing::warn!(%reason, attempt, "giving up after repeated transient failures");
+            let _ = self
+                .shared
+                .ledger
+                .finish(job, Ending::Failed, &format!("{reason} (retries exhausted)"), Some(seen))
+                .await;
+            return;
+        }
+        self.shared.stats.retried.inc();
+        let delay = self.shared.backoff(attempt).max(retry_after.unwrap_or_default());
+        self.requeue(job, Requeue::Release, Due::In(delay), attempt, &reason, Some(seen)).await;
+    }
+
+    async fn requeue(&self, job: &Job, how: Requeue, when: Due, attempt: u32, reason: &str, seen: Option<&str>) {
+        match self.shared.ledger.requeue(job, how, when, attempt, reason, seen).await {
+            Ok(Some(_)) => {
+                let after = match when {
+                    Due::In(d) => d,
+                    Due::At(_) => self.shared.settings.idle_poll,
+                };
+                let _ = self.shared.wake.send(Wake { customer: job.customer.clone(), after: Some(after) });
+            }
+            Ok(None) => tracing::debug!("job changed state under us; leaving it"),
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not reschedule; the lease will return the job")
+            }
+        }
+    }
+
+    /// An earlier attempt reserved `slot` and may have reached Twilio. After a grace period (so a request still on
+    /// the wire has landed), list the messages to the recipient from that number, newest first: found → record it;
+    /// not found → it never arrived, reserve again.
+    async fn resolve_ambiguous(&self, task: &SendTask, slot: Slot, now_ms: i64) -> Step {
+        let job = &task.job;
+        let marker = slot.marker();
+        let grace = self.shared.settings.ambiguous_grace.as_millis() as i64;
+        let age = now_ms - slot.at_ms;
+        if age < grace {
+            self.requeue(
+                job,
+                Requeue::Keep,
+                Due::In(Duration::from_millis((grace - age) as u64)),
+                slot.attempt,
+                "ambiguous",
+                Some(&marker),
+            )
+            .await;
+            return Step::Done;
+        }
+        let (Ok(Some(body)), Ok(Some(customer))) =
+            (self.shared.body(&job.batch).await, self.shared.customer(&job.customer).await)
+        else {
+            self.requeue(job, Requeue::Keep, Due::In(self.shared.backoff(1)), slot.attempt, "ambiguous", Some(&marker))
+                .await;
+            return Step::Done;
+        };
+        // Twilio's clock and Redis's may differ a little; messages older than this cannot be ours.
+        let since = chrono::DateTime::from_timestamp_millis(slot.at_ms - 10_000).unwrap_or_default();
+        let filter =
+            MessageFilter { to: Some(job.recipient.as_str()), from: Some(&slot.number), date_sent_after: None };
+        let account = purchase::account_for(&customer, &self.shared.twilio);
+        let listed = self
+            .shared
+            .twilio
+            .list_messages(account, &filter, 200, |m| m.date_created.is_some_and(|d| d < since))
+            .await;
+        match listed {
+            Ok(messages) => {
+                // Twilio may store a body a little differently from what was sent (a trial-account prefix, Smart
+                // Encoding's character substitutions), so bodies are compared by their letters and digits.
+                let ours: Vec<_> = messages
+                    .iter()
+                    .filter(|m| m.date_created.is_some_and(|d| d >= since))
+                    .filter(|m| m.body.as_deref().is_some_and(|b| same_text(b, &body)))
+                    .collect();
+                // Several identical texts to this recipient from this number in seconds: do not guess (and do not
+                // send again); record the oldest, which is the first that went out.
+                match ours.iter().min_by_key(|m| m.date_created) {
+                    Some(oldest) => {
+                        self.shared.stats.resolved_found.inc();
+                        if ours.len() > 1 {
+                            tracing::warn!(
+                                matches = ours.len(),
+                                "several matching messages in Twilio; recording the oldest"
+                            );
+                        } else {
+                            tracing::info!("ambiguous send found in Twilio; recording it");
+                        }
+                        self.commit(job, oldest.sid.as_deref().unwrap_or_default(), &slot.number).await;
+                        Step::Done
+                    }
+                    None => {
+                        self.shared.stats.resolved_unsent.inc();
+                        tracing::info!("ambiguous send never reached Twilio; sending again");
+                        Step::Unsent(slot)
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error.message = %e, "could not list messages to resolve an ambiguous send");
+                self.requeue(
+                    job,
+                    Requeue::Keep,
+                    Due::In(self.shared.backoff(slot.attempt + 1)),
+                    slot.attempt,
+                    "ambiguous",
+                    Some(&marker),
+                )
+                .await;
+                Step::Done
+            }
+        }
+    }
+
+    /// No number can be added: park the job until the earliest slot of any number frees (`reason` says why no
+    /// number can be added, for the batch status).
+    async fn defer(&self, job: &Job, f: &Full, reason: &str) -> Step {
+        self.shared.stats.deferred.inc();
+        let jitter: i64 = rand::rng().random_range(0..50);
+        let mut due = f.earliest_free_ms.map(|t| t + jitter).unwrap_or(f.now_ms + 1_000);
+        if f.orphaned_slots > 0 {
+            // Orphaned reservations may free slots as soon as their leases expire.
+            due = due.min(f.now_ms + self.shared.settings.lease.as_millis() as i64 + jitter);
+        }
+        tracing::debug!(in_ms = due - f.now_ms, reason, "no capacity and no number can be added; deferring");
+        let reason = reason.replace('|', "/");
+        let _ = self
+            .shared
+            .ledger
+            .requeue(job, Requeue::Defer, Due::At(due), f.attempt(), &reason, f.state.as_deref())
+            .await;
+        let after = Duration::from_millis((due - f.now_ms).max(0) as u64);
+        let _ = self.shared.wake.send(Wake { customer: job.customer.clone(), after: Some(after) });
+        Step::Done
+    }
+}
+
+/// Whether two bodies are the same text, ignoring everything but letters and digits (Twilio may prefix or
+/// re-encode what it stores).
+fn same_text(stored: &str, sent: &str) -> bool {
+    let norm = |s: &str| s.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect::<String>();
+    let (stored, sent) = (norm(stored), norm(sent));
+    !sent.is_empty() && stored.contains(&sent) || (!stored.is_empty() && sent.contains(&stored))
+}

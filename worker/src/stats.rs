@@ -1,0 +1,124 @@
+//! What the parts of one worker process report: counters (served at `/metrics`, logged at exit) and the health the
+//! liveness probe reads. A leaf module: the fetcher, the send and purchase paths and the operations endpoint all
+//! write or read these, and none of them owns them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+
+/// This process's counters. Prometheus counters are shared handles, so the metrics registry holds the same ones
+/// the paths bump.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub sent: Counter,
+    pub failed: Counter,
+    pub opted_out: Counter,
+    pub retried: Counter,
+    pub deferred: Counter,
+    pub ambiguous: Counter,
+    pub resolved_found: Counter,
+    pub resolved_unsent: Counter,
+    pub purchases: Counter,
+    /// Purchase decisions (each records one or more intents, sized to the backlog).
+    pub purchase_decisions: Counter,
+    /// Numbers attached to a Messaging Service (a retry after a transient failure counts once more).
+    pub attached: Counter,
+    pub releases: Counter,
+    pub duplicate_sends: Counter,
+    pub apalis_restarts: Counter,
+}
+
+/// What the probe looks at; updated by the fetcher, the heartbeat and shutdown.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    /// Milliseconds after `started` of the last Redis reply, plus one (0 = none yet).
+    redis_reply: AtomicU64,
+    fetcher_running: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            redis_reply: AtomicU64::new(0),
+            fetcher_running: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    /// Redis just answered one of this process's commands.
+    pub fn redis_replied(&self) {
+        self.redis_reply.store(self.started.elapsed().as_millis() as u64 + 1, Relaxed);
+    }
+
+    /// How long ago Redis last answered; `None` if it never has.
+    pub fn since_redis_reply(&self) -> Option<Duration> {
+        match self.redis_reply.load(Relaxed) {
+            0 => None,
+            at => Some(self.started.elapsed().saturating_sub(Duration::from_millis(at - 1))),
+        }
+    }
+
+    /// Marks the fetcher as running until the returned guard drops (however the fetcher ends, panics included).
+    pub fn fetcher_guard(self: &Arc<Self>) -> FetcherGuard {
+        self.fetcher_running.store(true, Relaxed);
+        FetcherGuard(self.clone())
+    }
+
+    pub fn stopping(&self) {
+        self.stopping.store(true, Relaxed);
+    }
+
+    /// `None` when healthy, otherwise why not. `stale`: how long without a Redis reply is too long.
+    pub fn problem(&self, stale: Duration) -> Option<String> {
+        if self.stopping.load(Relaxed) {
+            return Some("stopping".into());
+        }
+        let Some(age) = self.since_redis_reply() else {
+            return Some("no reply from Redis yet".into());
+        };
+        if !self.fetcher_running.load(Relaxed) {
+            return Some("the fetcher is not running".into());
+        }
+        (age > stale).then(|| format!("no reply from Redis for {} s", age.as_secs()))
+    }
+}
+
+pub struct FetcherGuard(Arc<Health>);
+
+impl Drop for FetcherGuard {
+    fn drop(&mut self) {
+        self.0.fetcher_running.store(false, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_needs_a_running_fetcher_and_a_recent_redis_reply() {
+        let h = Arc::new(Health::default());
+        let stale = Duration::from_millis(50);
+        assert_eq!(h.problem(stale).as_deref(), Some("no reply from Redis yet"));
+        h.redis_replied();
+        assert_eq!(h.problem(stale).as_deref(), Some("the fetcher is not running"));
+        let guard = h.fetcher_guard();
+        assert_eq!(h.problem(stale), None);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(h.problem(stale).as_deref(), Some("no reply from Redis for 1 s"));
+        h.redis_replied();
+        assert_eq!(h.problem(stale), None);
+        drop(guard);
+        assert_eq!(h.problem(stale).as_deref(), Some("the fetcher is not running"));
+        let _guard = h.fetcher_guard();
+        h.stopping();
+        assert_eq!(h.problem(stale).as_deref(), Some("stopping"));
+    }
+}
