@@ -50,12 +50,9 @@ pub enum Command {
         #[arg(long)]
         failures: bool,
     },
-    /// Show a customer's numbers with sent / limit in the current window.
-    Pool {
-        customer: String,
-        #[arg(long)]
-        json: bool,
-    },
+    /// Show a customer's numbers (sent / limit in the current window, last send, monthly cost), or release idle
+    /// ones (`pool release-idle`).
+    Pool(PoolArgs),
     /// Cancel a batch: queued and parked jobs end as cancelled; in-flight sends finish.
     Cancel { batch: String },
     /// Record a message received on one of a customer's numbers (+1 to its limit for one window, up to the cap).
@@ -101,6 +98,34 @@ pub struct ServeArgs {
     /// read again in case it was rotated): bounds what a flood of forged webhooks can cost.
     #[arg(long, env = "MESSENGER_SUBACCOUNT_TOKEN_REFRESH_SECS", default_value_t = 30)]
     pub subaccount_token_refresh_secs: u64,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    pub action: Option<PoolCommand>,
+    #[arg(required = true)]
+    pub customer: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// Release numbers that sent nothing for `--idle-days` (Twilio DELETE), keeping what the customer's backlog and
+    /// its numbers' sticky recipients need and never a number with a send in progress.
+    ReleaseIdle {
+        customer: String,
+        /// Days without a send (fractions allowed; 0 = any number that is not busy).
+        #[arg(long, default_value_t = 30.0)]
+        idle_days: f64,
+        /// Only list what would be released; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,6 +174,14 @@ pub struct BulkArgs {
     pub idempotency_key: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Validate and estimate only: recipients after de-duplication and opt-outs, encoding and segments, numbers to
+    /// buy, and the cost. Writes nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace Unicode look-alikes (curly quotes, long dashes, non-breaking spaces, …) with GSM-7 characters, as
+    /// Twilio's Smart Encoding does, and report the segments saved.
+    #[arg(long)]
+    pub smart_encoding: bool,
     /// Jobs per Redis round trip while enqueuing.
     #[arg(long, default_value_t = 1_000, hide = true)]
     pub chunk_size: usize,
@@ -201,6 +234,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map(|s| ServiceSid::parse(&s))
                 .transpose()
                 .map_err(|e| Failure::Usage(format!("--messaging-service: {e}")))?;
+            if account_sid.is_some() && messaging_service.is_some() {
+                return Err(Failure::Usage(
+                    "--messaging-service with --account-sid is not supported yet: Messenger manages Messaging \
+                     Services with the main account's credentials, and Twilio lets those reach only the main \
+                     account's services"
+                        .into(),
+                ));
+            }
             if let Some(account) = &account_sid {
                 check_account(&settings, account).await?;
             }
@@ -263,12 +304,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Pool { customer, json } => {
+        Command::Pool(PoolArgs {
+            action: Some(PoolCommand::ReleaseIdle { customer, idle_days, dry_run, json }),
+            ..
+        }) => {
+            return release_idle(&settings, &customer, idle_days, dry_run, json).await;
+        }
+        Command::Pool(PoolArgs { action: None, customer, json }) => {
+            let customer = customer.unwrap_or_default();
             let id = CustomerId::parse(&customer).map_err(|e| Failure::Usage(e.to_string()))?;
             let mut conn = connect(&settings).await?;
             let report = customers::pool(&mut conn, &id, &settings.quota)
                 .await?
-                .ok_or_else(|| Failure::Usage(format!("unknown customer {id}")))?;
+                .ok_or_else(|| Failure::Usage(format!("unknown customer {id}")))?
+                .with_cost(settings.pricing.number_monthly);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).unwrap());
             } else {
@@ -281,14 +330,30 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     report.daily_quota,
                     report.conversational_cap
                 );
-                println!("  {:<16} {:>6} {:>6} {:>6} {:>9}", "NUMBER", "SENT", "RECV", "LIMIT", "AVAILABLE");
+                println!("  {:<16} {:>6} {:>6} {:>6} {:>9}  LAST SEND", "NUMBER", "SENT", "RECV", "LIMIT", "AVAILABLE");
                 for n in &report.numbers {
-                    println!("  {:<16} {:>6} {:>6} {:>6} {:>9}", n.number, n.sent, n.received, n.limit, n.available);
+                    println!(
+                        "  {:<16} {:>6} {:>6} {:>6} {:>9}  {}",
+                        n.number,
+                        n.sent,
+                        n.received,
+                        n.limit,
+                        n.available,
+                        n.last_send_ms.map(format_ms).unwrap_or_else(|| "never".into())
+                    );
                 }
                 println!(
-                    "  available now: {}; purchases in flight: {}",
+                    "  available now: {}; purchases in flight: {}; releases in flight: {}",
                     report.total_available(),
-                    report.pending_purchases
+                    report.pending_purchases,
+                    report.pending_releases
+                );
+                println!(
+                    "  monthly cost: ${:.2} ({} numbers at ${:.2}){}",
+                    report.monthly_cost.unwrap_or_default(),
+                    report.numbers.len(),
+                    settings.pricing.number_monthly,
+                    report.messaging_service_sid.map(|s| format!("; messaging service {s}")).unwrap_or_default()
                 );
             }
         }
@@ -393,6 +458,74 @@ async fn check_service(settings: &Settings, service: &ServiceSid) -> Result<(), 
     }
 }
 
+/// A Redis time (ms) as a UTC timestamp.
+fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+async fn release_idle(
+    settings: &Settings,
+    customer: &str,
+    idle_days: f64,
+    dry_run: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let id = CustomerId::parse(customer).map_err(|e| Failure::Usage(e.to_string()))?;
+    if !(0.0..=3650.0).contains(&idle_days) {
+        return Err(Failure::Usage(format!("--idle-days must be between 0 and 3650, not {idle_days}")));
+    }
+    let twilio = shared::twilio::TwilioClient::new(&settings.twilio).ok();
+    if twilio.is_none() && !dry_run {
+        return Err(Failure::Usage(
+            "releasing numbers calls Twilio: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (or use --dry-run)".into(),
+        ));
+    }
+    let mut conn = connect(settings).await?;
+    let customer =
+        customers::get(&mut conn, &id).await?.ok_or_else(|| Failure::Usage(format!("unknown customer {id}")))?;
+    let idle = Duration::from_secs_f64(idle_days * 86_400.0);
+    let lock_ttl = Duration::from_secs(10);
+    let report =
+        shared::release::release_idle(&mut conn, twilio.as_ref(), &customer, &settings.quota, idle, dry_run, lock_ttl)
+            .await
+            .map_err(|e| match e {
+                shared::release::ReleaseError::Busy(_) => Failure::Runtime(e.to_string()),
+                shared::release::ReleaseError::Redis(e) => Failure::from(e),
+            })?;
+    let saved = report.released.len() as f64 * settings.pricing.number_monthly;
+    if json {
+        let mut v = serde_json::to_value(&report).unwrap();
+        v["monthly_saving"] = ((saved * 100.0).round() / 100.0).into();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+    } else {
+        let verb = if dry_run { "would release" } else { "released" };
+        println!(
+            "customer {id}: {verb} {} number(s) idle for {idle_days} day(s) or more; keeps {} (backlog: {} jobs); \
+             saves ${saved:.2} a month",
+            report.released.len(),
+            report.kept,
+            report.backlog
+        );
+        for n in &report.released {
+            println!(
+                "  {:<16} {}  last send {}",
+                n.number,
+                n.sid,
+                n.last_send_ms.map(format_ms).unwrap_or_else(|| "never".into())
+            );
+        }
+        if !report.pending.is_empty() {
+            println!(
+                "  {} number(s) left the pool but Twilio did not confirm the release yet; workers will finish it",
+                report.pending.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure> {
     use crate::server::{AppState, Limits, TokenPolicy, auth::Tokens};
     let mut spec = args.api_tokens.unwrap_or_default();
@@ -454,10 +587,24 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
         body,
         recipients: raw,
         idempotency_key: args.idempotency_key.clone(),
+        smart_encoding: args.smart_encoding,
     };
     // Validation first: bad input is reported before (and without) touching Redis.
     let batch = enqueue::prepare(&request, false).map_err(|e| Failure::Usage(e.to_string()))?;
+    let smart = request.smart_report();
     let mut conn = connect(settings).await?;
+    if args.dry_run {
+        let e = crate::estimate::estimate(&mut conn, &batch, smart, settings).await.map_err(|e| match e {
+            crate::estimate::EstimateError::UnknownCustomer(_) => Failure::Usage(e.to_string()),
+            crate::estimate::EstimateError::Redis(r) => Failure::from(r),
+        })?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&e).unwrap());
+        } else {
+            crate::estimate::print(&e);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let total = batch.recipients.len();
     let bar = (total >= 10_000 && std::io::stderr().is_terminal() && !args.json).then(|| {
         let b = ProgressBar::new(total as u64);
@@ -480,6 +627,16 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
     } else {
         println!("batch {}", receipt.batch_id);
         println!("  accepted {} recipients, {} duplicates removed", receipt.accepted, receipt.duplicates);
+        if let Some(s) = &smart {
+            println!(
+                "  smart encoding: {} {} -> {} {} segment(s) per message; saves {} segments",
+                s.encoding_before,
+                s.segments_before,
+                s.encoding_after,
+                s.segments_after,
+                s.saved() as u64 * receipt.accepted as u64
+            );
+        }
         if receipt.existing {
             println!(
                 "  (idempotency key already used: this is the existing batch; {} jobs were enqueued now)",
@@ -544,7 +701,11 @@ pub fn print_status(s: &BatchStatus) {
         );
     }
     println!("  queued     {:>8}", s.queued);
-    println!("  deferred   {:>8}   (customer at max numbers; waiting for the window to free a slot)", s.deferred);
+    let why = s.deferred_reason.as_deref().unwrap_or("no number can be added");
+    match s.deferred {
+        0 => println!("  deferred   {:>8}", 0),
+        n => println!("  deferred   {n:>8}   ({why}; waiting for the window to free a slot)"),
+    }
     println!("  sent       {:>8}", s.sent);
     let reasons: Vec<String> = s.failure_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
     if reasons.is_empty() {
@@ -555,13 +716,12 @@ pub fn print_status(s: &BatchStatus) {
     println!("  opted out  {:>8}", s.opted_out);
     println!("  cancelled  {:>8}{}", s.cancelled, if s.cancel_requested { "   (cancel requested)" } else { "" });
     if s.delivered + s.undelivered > 0 {
-        let reasons: Vec<String> = s.undelivered_reasons.iter().map(|(r, n)| format!("error {r}: {n}")).collect();
-        println!(
-            "  delivery reports: {} delivered, {} undelivered {}",
-            s.delivered,
-            s.undelivered,
-            if reasons.is_empty() { String::new() } else { format!("({})", reasons.join(", ")) }
-        );
+        println!("  delivery reports: {} delivered, {} undelivered", s.delivered, s.undelivered);
+        for (code, n) in &s.undelivered_reasons {
+            let meaning =
+                code.parse().ok().and_then(shared::twilio::error::describe).unwrap_or("see twilio.com/docs/errors");
+            println!("    error {code} × {n}: {meaning}");
+        }
     }
     if s.dup_sends > 0 {
         println!("  DUPLICATE SENDS {:>3}   (a worker was paused past its lease)", s.dup_sends);

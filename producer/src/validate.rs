@@ -20,6 +20,27 @@ pub struct BulkRequest {
     pub body: String,
     pub recipients: Vec<RawRecipient>,
     pub idempotency_key: Option<String>,
+    /// Replace Unicode look-alikes with GSM-7 characters before anything else (Twilio's Smart Encoding list).
+    pub smart_encoding: bool,
+}
+
+impl BulkRequest {
+    /// The body that will be sent: as given, or smart-encoded.
+    pub fn effective_body(&self) -> std::borrow::Cow<'_, str> {
+        if self.smart_encoding {
+            std::borrow::Cow::Owned(shared::domain::smart::smart_encode(&self.body).0)
+        } else {
+            std::borrow::Cow::Borrowed(&self.body)
+        }
+    }
+
+    /// What Smart Encoding changed (when asked for).
+    pub fn smart_report(&self) -> Option<shared::domain::smart::SmartEncoding> {
+        self.smart_encoding.then(|| {
+            let (out, replaced) = shared::domain::smart::smart_encode(&self.body);
+            shared::domain::smart::SmartEncoding::of(&self.body, &out, &replaced)
+        })
+    }
 }
 
 /// One thing wrong with a request: which part, and why.
@@ -76,7 +97,7 @@ pub fn validate(req: &BulkRequest) -> Result<NewBatch, Invalid> {
     let customer = CustomerId::parse(&req.customer)
         .map_err(|e| push(Problem { field: "customer".into(), message: e.to_string() }, &mut problems))
         .ok();
-    let body = MessageBody::parse(&req.body)
+    let body = MessageBody::parse(&req.effective_body())
         .map_err(|e| push(Problem { field: "body".into(), message: e.to_string() }, &mut problems))
         .ok();
     let key = match &req.idempotency_key {
@@ -161,6 +182,7 @@ mod tests {
                 .map(|(i, v)| RawRecipient { origin: format!("line {}", i + 1), value: (*v).into() })
                 .collect(),
             idempotency_key: None,
+            smart_encoding: false,
         }
     }
 

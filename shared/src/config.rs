@@ -59,6 +59,14 @@ pub struct CommonArgs {
     #[arg(long, env = "MESSENGER_MAX_NUMBERS", default_value_t = 20)]
     pub max_numbers: u32,
 
+    /// What one number costs per month (US local numbers: $1.15), for `producer pool` and dry-run estimates.
+    #[arg(long, env = "MESSENGER_NUMBER_MONTHLY_COST", default_value_t = 1.15)]
+    pub number_monthly_cost: f64,
+
+    /// What one outbound SMS segment costs (US: $0.0083), for dry-run estimates.
+    #[arg(long, env = "MESSENGER_SEGMENT_COST", default_value_t = 0.0083)]
+    pub segment_cost: f64,
+
     /// How long finished batch records (counts and failure reasons) and idempotency keys are kept, in seconds.
     #[arg(long, env = "MESSENGER_BATCH_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub batch_retention_secs: u64,
@@ -73,6 +81,14 @@ pub struct Settings {
     /// Default `max_numbers` for new customers.
     pub default_max_numbers: u32,
     pub batch_retention: Duration,
+    pub pricing: Pricing,
+}
+
+/// Prices used for estimates (Messenger never reads a bill; Twilio's prices vary by country and contract).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pricing {
+    pub number_monthly: f64,
+    pub segment: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +161,13 @@ impl CommonArgs {
         if self.redis_timeout_ms == 0 || self.twilio_timeout_ms == 0 {
             return bad("timeouts must be positive".into());
         }
+        for (name, v) in
+            [("MESSENGER_NUMBER_MONTHLY_COST", self.number_monthly_cost), ("MESSENGER_SEGMENT_COST", self.segment_cost)]
+        {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} must be a price of 0 or more, not {v}"));
+            }
+        }
         Ok(Settings {
             redis: RedisSettings {
                 url: SecretString::from(self.redis_url.clone()),
@@ -160,6 +183,7 @@ impl CommonArgs {
             quota,
             default_max_numbers: self.max_numbers,
             batch_retention: Duration::from_secs(self.batch_retention_secs.max(60)),
+            pricing: Pricing { number_monthly: self.number_monthly_cost, segment: self.segment_cost },
         })
     }
 }

@@ -90,6 +90,10 @@ pub async fn list(conn: &mut Conn) -> redis::RedisResult<Vec<CustomerId>> {
 pub struct NumberUsage {
     pub number: String,
     pub sid: String,
+    /// When it was bought (Redis ms).
+    pub bought_ms: i64,
+    /// When it last sent (Redis ms); `None` if it never did.
+    pub last_send_ms: Option<i64>,
     pub sent: u32,
     pub received: u32,
     pub limit: u32,
@@ -104,6 +108,11 @@ pub struct PoolReport {
     pub numbers: Vec<NumberUsage>,
     pub max_numbers: u32,
     pub pending_purchases: u32,
+    /// Numbers out of the pool whose release Twilio has not confirmed yet.
+    pub pending_releases: u32,
+    pub messaging_service_sid: Option<String>,
+    /// What the numbers cost per month at `MESSENGER_NUMBER_MONTHLY_COST` (set by the caller).
+    pub monthly_cost: Option<f64>,
     pub window_secs: u64,
     pub daily_quota: u32,
     pub conversational_cap: u32,
@@ -113,6 +122,12 @@ impl PoolReport {
     pub fn total_available(&self) -> u32 {
         self.numbers.iter().map(|n| n.available).sum()
     }
+
+    /// Fills in the monthly cost at `per_number` a month.
+    pub fn with_cost(mut self, per_number: f64) -> Self {
+        self.monthly_cost = Some((self.numbers.len() as f64 * per_number * 100.0).round() / 100.0);
+        self
+    }
 }
 
 /// Reads a customer's numbers and their window counts at Redis time, without modifying anything.
@@ -121,29 +136,34 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         return Ok(None);
     };
     let k = CustomerKeys::new(id);
-    let (time, numbers, meta, intents): ((i64, i64), Vec<String>, HashMap<String, String>, i64) = redis::pipe()
+    type Read = ((i64, i64), Vec<(String, f64)>, HashMap<String, String>, HashMap<String, i64>, i64, i64);
+    let (time, numbers, meta, last, intents, releases): Read = redis::pipe()
         .cmd("TIME")
-        .zrange(k.pool(), 0, -1)
+        .zrange_withscores(k.pool(), 0, -1)
         .hgetall(k.pool_meta())
+        .hgetall(k.pool_last())
         .hlen(k.intents())
+        .hlen(k.releases())
         .query_async(conn)
         .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
     let horizon = now_ms - quota.window_ms() as i64;
     let mut pipe = redis::pipe();
-    for n in &numbers {
+    for (n, _) in &numbers {
         pipe.lrange(k.window(n), 0, -1).zcount(k.received(n), format!("({horizon}"), "+inf");
     }
     let counts: Vec<(Vec<String>, u32)> = if numbers.is_empty() { Vec::new() } else { pipe.query_async(conn).await? };
     let usage = numbers
         .iter()
         .zip(counts)
-        .map(|(n, (window, received))| {
+        .map(|((n, bought), (window, received))| {
             let sent = window_entries_after(&window, horizon) as u32;
             let limit = (quota.daily_quota + received).min(quota.conversational_cap);
             NumberUsage {
                 number: n.clone(),
                 sid: meta.get(n).and_then(|m| m.split('|').next()).unwrap_or_default().to_owned(),
+                bought_ms: *bought as i64,
+                last_send_ms: last.get(n).copied(),
                 sent,
                 received,
                 limit,
@@ -156,6 +176,9 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         numbers: usage,
         max_numbers: customer.max_numbers,
         pending_purchases: intents as u32,
+        pending_releases: releases as u32,
+        messaging_service_sid: customer.messaging_service.map(|s| s.to_string()),
+        monthly_cost: None,
         window_secs: quota.window.as_secs(),
         daily_quota: quota.daily_quota,
         conversational_cap: quota.conversational_cap,

@@ -18,6 +18,7 @@
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
 //! | `{c:ID}:pool:last` | HASH | number → Redis ms of its last send (idle numbers are released) |
+//! | `{c:ID}:svcfull` | STRING | senders in the customer's Messaging Service when Twilio last refused one more (21714); expires after an hour |
 //! | `{c:ID}:releases` | HASH | release intents: number → `created_ms|PNsid` (removed from the pool, Twilio DELETE pending) |
 //! | `{c:ID}:w:<number>` | LIST | sends of one number in the window, `<Redis ms>:<reservation id>`, oldest first |
 //! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
@@ -86,6 +87,10 @@ impl CustomerKeys {
     }
     pub fn releases(&self) -> String {
         self.key("releases")
+    }
+    /// Set when Twilio refused a number because the Messaging Service is full (21714).
+    pub fn service_full(&self) -> String {
+        self.key("svcfull")
     }
     /// Prefix of per-number send windows: the script appends the E.164 number.
     pub fn window_prefix(&self) -> String {

@@ -36,6 +36,8 @@ impl Env {
         let mut e = Self::default();
         e.vars.insert("REDIS_URL".into(), redis_url.into());
         e.vars.insert("TWILIO_API_BASE".into(), twilio_base.into());
+        // The simulator serves the Messaging API (Messaging Services) on the same address.
+        e.vars.insert("TWILIO_MESSAGING_API_BASE".into(), twilio_base.into());
         e.vars.insert("TWILIO_ACCOUNT_SID".into(), crate::sim::DEFAULT_ACCOUNT_SID.into());
         e.vars.insert("TWILIO_AUTH_TOKEN".into(), crate::sim::DEFAULT_AUTH_TOKEN.into());
         e.vars.insert("MESSENGER_LOG_FORMAT".into(), "text".into());

@@ -77,8 +77,19 @@ pub struct SimConfig {
     pub send_latency_ms: u64,
     pub purchase_latency_ms: u64,
     pub list_latency_ms: u64,
+    /// How long releasing a number (`DELETE …/IncomingPhoneNumbers/{sid}`) takes before it acts.
+    pub release_latency_ms: u64,
     pub send_faults: Faults,
     pub purchase_faults: Faults,
+    /// Faults of `POST /v1/Services/{sid}/PhoneNumbers` (attaching a number to a Messaging Service).
+    pub attach_faults: Faults,
+    /// The first this-many attach requests answer 500 (deterministic transient failures).
+    pub attach_fail_first: u64,
+    /// US A2P 10DLC is enforced: a message from a number that is in no Messaging Service is accepted, then fails
+    /// with 30034 (reported through its status callback).
+    pub a2p_required: bool,
+    /// Senders one Messaging Service may hold (Twilio: 400); the next attach fails with 21714.
+    pub service_max_numbers: usize,
     /// How long an "accept then time out" request is held open before the connection is closed.
     pub hang_ms: u64,
 }
@@ -91,8 +102,13 @@ impl Default for SimConfig {
             send_latency_ms: 0,
             purchase_latency_ms: 0,
             list_latency_ms: 0,
+            release_latency_ms: 0,
             send_faults: Faults::default(),
             purchase_faults: Faults::default(),
+            attach_faults: Faults::default(),
+            attach_fail_first: 0,
+            a2p_required: false,
+            service_max_numbers: 400,
             hang_ms: 120_000,
         }
     }
@@ -112,6 +128,9 @@ pub struct SimMessage {
     pub status_callback: Option<String>,
     pub date_created: DateTime<Utc>,
     pub date_sent: Option<DateTime<Utc>>,
+    pub messaging_service_sid: Option<String>,
+    /// Set when the carrier reported a failure (e.g. 30034 for an unregistered sender under A2P).
+    pub error_code: Option<u32>,
 }
 
 /// A number the simulator sold.
@@ -124,6 +143,9 @@ pub struct SimNumber {
     pub sms_url: Option<String>,
     pub date_created: DateTime<Utc>,
     pub released: bool,
+    /// The Messaging Service whose sender pool it is in, and since when.
+    pub service_sid: Option<String>,
+    pub attached_at: Option<DateTime<Utc>>,
 }
 
 /// One send request as the simulator saw it: when, to whom, and what it did with it.
@@ -149,8 +171,19 @@ struct Store {
     opted_out: std::collections::HashSet<(String, String)>,
     /// Subaccounts of the main account.
     accounts: Vec<SimAccount>,
+    services: Vec<SimService>,
+    attach_requests: u64,
     /// `GET /Accounts/{sid}.json` requests (how often a client looked an account up).
     account_fetches: u64,
+}
+
+/// A Messaging Service (its sender pool is the numbers whose `service_sid` names it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SimService {
+    pub sid: String,
+    pub account_sid: String,
+    pub friendly_name: String,
+    pub date_created: DateTime<Utc>,
 }
 
 /// A subaccount the simulator created.
@@ -185,6 +218,9 @@ pub struct SimState {
     pub inbound: Vec<SimInbound>,
     pub accounts: Vec<SimAccount>,
     pub account_fetches: u64,
+    pub services: Vec<SimService>,
+    /// `POST /v1/Services/{sid}/PhoneNumbers` requests, faults included.
+    pub attach_requests: u64,
     pub config: SimConfig,
 }
 
@@ -218,6 +254,8 @@ impl Sim {
             inbound: s.inbound.clone(),
             accounts: s.accounts.clone(),
             account_fetches: s.account_fetches,
+            services: s.services.clone(),
+            attach_requests: s.attach_requests,
             config: self.config(),
         }
     }
@@ -244,6 +282,10 @@ impl Sim {
             .route("/2010-04-01/Accounts.json", post(create_account).get(list_accounts))
             .route("/2010-04-01/Accounts/{account}", get(fetch_account))
             .nest("/2010-04-01/Accounts/{account}", api)
+            .route("/v1/Services", post(create_service))
+            .route("/v1/Services/{service}", get(fetch_service))
+            .route("/v1/Services/{service}/PhoneNumbers", post(attach_number).get(list_service_numbers))
+            .route("/v1/Services/{service}/PhoneNumbers/{number}", get(fetch_service_number).delete(detach_number))
             .route("/_sim/accounts/{account}/rotate", post(rotate_account_token))
             .route("/_sim/status-callback", post(sim_status_callback))
             .route("/_sim/state", get(sim_state))
@@ -445,10 +487,10 @@ fn message_json(m: &SimMessage) -> Message {
         date_sent: m.date_sent,
         date_updated: Some(m.date_sent.unwrap_or(m.date_created)),
         direction: Some(m.direction.clone()),
-        error_code: None,
-        error_message: None,
+        error_code: m.error_code.map(i64::from),
+        error_message: m.error_code.and_then(|c| shared::twilio::error::describe(c).map(str::to_owned)),
         from: Some(m.from.clone()),
-        messaging_service_sid: None,
+        messaging_service_sid: m.messaging_service_sid.clone(),
         num_media: Some("0".into()),
         num_segments: Some(m.num_segments.to_string()),
         price: None,
@@ -777,6 +819,12 @@ fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<Si
         _ => {}
     }
     let mut store = sim.store.lock().unwrap();
+    let service = field(f, "MessagingServiceSid").map(str::to_owned);
+    if let Some(s) = &service
+        && !store.services.iter().any(|x| &x.sid == s && x.account_sid == account)
+    {
+        return Err(twilio_error(400, 21701, "The Messaging Service does not exist"));
+    }
     let owned = from == "+15005550006"
         || store.numbers.iter().any(|n| !n.released && n.account_sid == account && n.phone_number == from);
     if !owned && !from.is_empty() {
@@ -801,15 +849,39 @@ fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<Si
         status_callback: field(f, "StatusCallback").map(str::to_owned),
         date_created: now,
         date_sent: None,
+        messaging_service_sid: service.clone(),
+        error_code: None,
     };
     let idx = store.messages.len();
     store.by_to.entry(m.to.clone()).or_default().push(idx);
     store.by_sid.insert(m.sid.clone(), idx);
     store.messages.push(m.clone());
-    // The simulated carrier hands every message over at once: reads after the create see it as sent.
+    // The simulated carrier hands every message over at once: reads after the create see it as sent. Under A2P
+    // 10DLC, a number in no Messaging Service is an unregistered sender: carriers drop its messages (30034).
+    let registered = store.numbers.iter().any(|n| !n.released && n.phone_number == from && n.service_sid.is_some());
+    let unregistered = sim.config().a2p_required && !registered;
     let stored = &mut store.messages[idx];
-    stored.status = "sent".into();
+    if unregistered {
+        stored.status = "undelivered".into();
+        stored.error_code = Some(shared::twilio::codes::UNREGISTERED_SENDER);
+    } else {
+        stored.status = "sent".into();
+    }
     stored.date_sent = Some(now);
+    let failed = stored.clone();
+    drop(store);
+    if unregistered && let Some(url) = failed.status_callback.clone() {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            send_status_callback(&sim, &failed, &url, "undelivered", Some(shared::twilio::codes::UNREGISTERED_SENDER))
+                .await;
+        });
+    }
+    let mut m = m;
+    if m.messaging_service_sid.is_some() {
+        // Twilio's initial status for a message sent through a Messaging Service.
+        m.status = "accepted".into();
+    }
     Ok(m)
 }
 
@@ -966,6 +1038,8 @@ fn accept_purchase(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<S
         sms_url: field(f, "SmsUrl").map(str::to_owned),
         date_created: Utc::now(),
         released: false,
+        service_sid: None,
+        attached_at: None,
     };
     store.numbers.push(n.clone());
     Ok(n)
@@ -1023,14 +1097,27 @@ async fn release_number(
     if let Err(r) = authorize(&sim, &headers, &account) {
         return r;
     }
-    let sid = sid.trim_end_matches(".json");
-    let mut store = sim.store.lock().unwrap();
-    match store.numbers.iter_mut().find(|n| n.sid == sid && n.account_sid == account && !n.released) {
-        Some(n) => {
-            n.released = true;
-            StatusCode::NO_CONTENT.into_response()
+    // Twilio finishes a DELETE it received even if the client stops waiting: the work runs in its own task.
+    let latency = sim.config().release_latency_ms;
+    let sid = sid.trim_end_matches(".json").to_owned();
+    let work = tokio::spawn(async move {
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
         }
-        None => twilio_error(404, 20404, "The requested resource was not found"),
+        let mut store = sim.store.lock().unwrap();
+        match store.numbers.iter_mut().find(|n| n.sid == sid && n.account_sid == account && !n.released) {
+            Some(n) => {
+                // A released number leaves its Messaging Service too.
+                n.released = true;
+                n.service_sid = None;
+                true
+            }
+            None => false,
+        }
+    });
+    match work.await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        _ => twilio_error(404, 20404, "The requested resource was not found"),
     }
 }
 
@@ -1078,6 +1165,252 @@ async fn available_numbers(
     // Twilio does not page searches: one page of results, no next page.
     meta.next_page_uri = None;
     envelope(AvailablePhoneNumbers { available_phone_numbers: slice }, meta)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Messaging Services (messaging.twilio.com/v1): services and their sender pools
+
+/// The account whose credentials are on the request (the v1 APIs act on the authenticated account), or 401.
+fn v1_account(sim: &Sim, headers: &HeaderMap) -> Result<String, Response> {
+    match basic_auth(headers) {
+        Some((user, pass)) if sim.token_of(&user).is_some_and(|t| t == pass) => Ok(user),
+        _ => Err(unauthorized()),
+    }
+}
+
+/// Dates in the v1 APIs: ISO 8601, UTC, no fraction.
+fn iso(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn v1_not_found(path: &str) -> Response {
+    twilio_error(404, 20404, &format!("The requested resource {path} was not found"))
+}
+
+fn service_json(base: &str, s: &SimService) -> Service {
+    let url = format!("{base}/v1/Services/{}", s.sid);
+    Service {
+        sid: Some(s.sid.clone()),
+        account_sid: Some(s.account_sid.clone()),
+        friendly_name: Some(s.friendly_name.clone()),
+        date_created: Some(iso(&s.date_created)),
+        date_updated: Some(iso(&s.date_created)),
+        status_callback: None,
+        sticky_sender: Some(true),
+        smart_encoding: Some(false),
+        us_app_to_person_registered: Some(true),
+        links: Some(serde_json::json!({
+            "phone_numbers": format!("{url}/PhoneNumbers"),
+            "short_codes": format!("{url}/ShortCodes"),
+            "alpha_senders": format!("{url}/AlphaSenders"),
+            "messages": format!("{url}/Messages"),
+        })),
+        url: Some(url),
+    }
+}
+
+fn service_number_json(base: &str, service: &str, n: &SimNumber) -> ServicePhoneNumber {
+    let at = n.attached_at.unwrap_or(n.date_created);
+    ServicePhoneNumber {
+        sid: Some(n.sid.clone()),
+        account_sid: Some(n.account_sid.clone()),
+        service_sid: Some(service.to_owned()),
+        date_created: Some(iso(&at)),
+        date_updated: Some(iso(&at)),
+        phone_number: Some(n.phone_number.clone()),
+        country_code: Some("US".into()),
+        capabilities: Some(vec!["MMS".into(), "SMS".into(), "Voice".into()]),
+        url: Some(format!("{base}/v1/Services/{service}/PhoneNumbers/{}", n.sid)),
+    }
+}
+
+/// The base URL a client used (v1 resources carry absolute URLs).
+fn request_base(headers: &HeaderMap) -> String {
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("messaging.twilio.com");
+    format!("http://{host}")
+}
+
+/// `POST /v1/Services`.
+async fn create_service(State(sim): State<Sim>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let account = match v1_account(&sim, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let f = form(&body);
+    let s = SimService {
+        sid: new_sid("MG"),
+        account_sid: account,
+        friendly_name: field(&f, "FriendlyName").unwrap_or("Messaging Service").to_owned(),
+        date_created: Utc::now(),
+    };
+    sim.store.lock().unwrap().services.push(s.clone());
+    (StatusCode::CREATED, Json(service_json(&request_base(&headers), &s))).into_response()
+}
+
+/// The service `sid` if it belongs to the authenticated account.
+fn own_service(sim: &Sim, headers: &HeaderMap, sid: &str) -> Result<SimService, Response> {
+    let account = v1_account(sim, headers)?;
+    sim.store
+        .lock()
+        .unwrap()
+        .services
+        .iter()
+        .find(|s| s.sid == sid && s.account_sid == account)
+        .cloned()
+        .ok_or_else(|| v1_not_found(&format!("/Services/{sid}")))
+}
+
+/// `GET /v1/Services/{sid}`.
+async fn fetch_service(State(sim): State<Sim>, Path(service): Path<String>, headers: HeaderMap) -> Response {
+    match own_service(&sim, &headers, &service) {
+        Ok(s) => Json(service_json(&request_base(&headers), &s)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `POST /v1/Services/{sid}/PhoneNumbers` (`PhoneNumberSid`): adds one of the account's numbers to the sender pool.
+async fn attach_number(
+    State(sim): State<Sim>,
+    Path(service): Path<String>,
+    Extension(kill): Extension<ConnKill>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let s = match own_service(&sim, &headers, &service) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let cfg = sim.config();
+    let nth = {
+        let mut store = sim.store.lock().unwrap();
+        store.attach_requests += 1;
+        store.attach_requests
+    };
+    let fault = if nth <= cfg.attach_fail_first { Fault::E500 } else { roll(&cfg.attach_faults) };
+    if let Some(r) = fault_response(&fault) {
+        return r;
+    }
+    if let Fault::Drop = fault {
+        return vanish(&kill, Duration::ZERO).await;
+    }
+    let f = form(&body);
+    let Some(pn) = field(&f, "PhoneNumberSid").map(str::to_owned) else {
+        return twilio_error(400, 21421, "PhoneNumberSid is required");
+    };
+    let result = {
+        let mut store = sim.store.lock().unwrap();
+        let in_pool = store.numbers.iter().filter(|n| !n.released && n.service_sid.as_deref() == Some(&s.sid)).count();
+        match store.numbers.iter_mut().find(|n| n.sid == pn && !n.released && n.account_sid == s.account_sid) {
+            None => Err(twilio_error(400, 21421, "Phone Number is invalid")),
+            Some(n) if n.service_sid.as_deref() == Some(&s.sid) => {
+                Err(twilio_error(409, 21710, "Phone Number or Short Code is already in the Messaging Service."))
+            }
+            Some(n) if n.service_sid.is_some() => Err(twilio_error(
+                409,
+                21712,
+                "Phone Number or Short Code is associated with another Messaging Service.",
+            )),
+            Some(_) if in_pool >= cfg.service_max_numbers => {
+                Err(twilio_error(400, 21714, "Messaging Service Number Pool size limit reached"))
+            }
+            Some(n) => {
+                n.service_sid = Some(s.sid.clone());
+                n.attached_at = Some(Utc::now());
+                Ok(n.clone())
+            }
+        }
+    };
+    if let Fault::AcceptThenTimeout = fault {
+        return vanish(&kill, Duration::from_millis(cfg.hang_ms)).await;
+    }
+    match result {
+        Ok(n) => (StatusCode::CREATED, Json(service_number_json(&request_base(&headers), &s.sid, &n))).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/Services/{sid}/PhoneNumbers`, paged the v1 way (`meta` with absolute URLs).
+async fn list_service_numbers(
+    State(sim): State<Sim>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let s = match own_service(&sim, &headers, &service) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let base = request_base(&headers);
+    let q = parse_query(raw);
+    let size = field(&q, "PageSize").and_then(|v| v.parse::<usize>().ok()).unwrap_or(50).clamp(1, 1000);
+    let page = field(&q, "Page").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+    let all: Vec<ServicePhoneNumber> = sim
+        .store
+        .lock()
+        .unwrap()
+        .numbers
+        .iter()
+        .filter(|n| !n.released && n.service_sid.as_deref() == Some(&s.sid))
+        .map(|n| service_number_json(&base, &s.sid, n))
+        .collect();
+    let url = |p: usize| format!("{base}/v1/Services/{}/PhoneNumbers?PageSize={size}&Page={p}", s.sid);
+    let slice: Vec<_> = all.iter().skip(page * size).take(size).cloned().collect();
+    let meta = V1Meta {
+        page: Some(page as u64),
+        page_size: Some(size as u64),
+        first_page_url: Some(url(0)),
+        previous_page_url: (page > 0).then(|| url(page - 1)),
+        next_page_url: ((page + 1) * size < all.len()).then(|| url(page + 1)),
+        key: Some("phone_numbers".into()),
+        url: Some(url(page)),
+    };
+    Json(ServicePhoneNumbers { meta, phone_numbers: slice }).into_response()
+}
+
+/// `GET /v1/Services/{sid}/PhoneNumbers/{PN…}`.
+async fn fetch_service_number(
+    State(sim): State<Sim>,
+    Path((service, number)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match own_service(&sim, &headers, &service) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let found = sim
+        .store
+        .lock()
+        .unwrap()
+        .numbers
+        .iter()
+        .find(|n| n.sid == number && !n.released && n.service_sid.as_deref() == Some(&s.sid))
+        .cloned();
+    match found {
+        Some(n) => Json(service_number_json(&request_base(&headers), &s.sid, &n)).into_response(),
+        None => v1_not_found(&format!("/Services/{}/PhoneNumbers/{number}", s.sid)),
+    }
+}
+
+/// `DELETE /v1/Services/{sid}/PhoneNumbers/{PN…}`: out of the sender pool (the number stays in the account).
+async fn detach_number(
+    State(sim): State<Sim>,
+    Path((service, number)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let s = match own_service(&sim, &headers, &service) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut store = sim.store.lock().unwrap();
+    match store.numbers.iter_mut().find(|n| n.sid == number && !n.released && n.service_sid.as_deref() == Some(&s.sid))
+    {
+        Some(n) => {
+            n.service_sid = None;
+            n.attached_at = None;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => v1_not_found(&format!("/Services/{}/PhoneNumbers/{number}", s.sid)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

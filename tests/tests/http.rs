@@ -801,3 +801,48 @@ async fn customers_on_subaccounts_get_their_replies_stops_and_delivery_reports()
     assert!(lookups <= bound, "{lookups} look-ups for 1000 forged webhooks");
     assert_eq!(w.redis.digest(), digest, "forged webhooks changed Redis");
 }
+
+/// Issue 10, acceptance 4 (and the API's dry run): on an account that enforces US A2P 10DLC, a customer without a
+/// Messaging Service sends from bare numbers; Twilio accepts the messages, then reports each undelivered with
+/// 30034 through its status callback, and the batch status shows the 30034 failures with what they mean. Before
+/// that, `"dry_run": true` answers 200 with the estimate and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_senders_on_an_a2p_account_show_30034_in_the_batch() {
+    let mut w = World::start(SimConfig { a2p_required: true, ..Default::default() }).await;
+    let api = start_api(&w).await;
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &api.base);
+    assert_eq!(api.call("PUT", "/v1/customers/acme", Some(ADMIN), Some(json!({}))).await.0, StatusCode::CREATED);
+    let to = recipients(10, 0);
+    let before = w.redis.digest();
+    let (s, estimate) = api
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(APP_A),
+            Some(json!({"body": "Rent is due \u{2014} thanks", "recipients": to, "dry_run": true, "smart_encoding": true})),
+        )
+        .await;
+    println!("dry run over the API: {s} {estimate}");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((estimate["encoding"].as_str(), estimate["purchases"].as_u64()), (Some("GSM-7"), Some(1)));
+    assert_eq!(estimate["smart_encoding"]["segments_before"], 1);
+    assert_eq!(w.redis.digest(), before, "the dry run changed Redis");
+
+    let _worker = w.worker(8);
+    let (s, r) = api
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(APP_A),
+            Some(json!({"body": "Rent is due", "recipients": to})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let batch = r["batch_id"].as_str().unwrap().to_owned();
+    let st = wait_batch(&api, &batch, |b| b["undelivered"] == 10).await;
+    let shown = w.producer_ok(&["status", &batch]).await;
+    println!("{shown}");
+    assert_eq!(st["sent"], 10, "Twilio accepted every message");
+    assert_eq!(st["undelivered_reasons"]["30034"], 10);
+    assert!(shown.contains("error 30034 × 10: US A2P 10DLC"), "{shown}");
+}

@@ -164,11 +164,21 @@ impl Purchases {
                 return Capacity::Retry;
             }
         };
-        // A Messaging Service holds a limited number of senders: never buy a number it could not take.
+        // A Messaging Service holds a limited number of senders: never buy a number it could not take. Twilio's
+        // limit is the setting, or the size at which Twilio last refused one more (21714), whichever is lower.
         let room = match &customer.messaging_service {
             None => None,
             Some(service) => match shared.twilio.list_service_numbers(service.as_str()).await {
-                Ok(list) => Some(settings.service_max_numbers.saturating_sub(list.len() as u32)),
+                Ok(list) => {
+                    let refused_at: Option<u32> =
+                        redis::AsyncCommands::get(&mut conn.clone(), CustomerKeys::new(&job.customer).service_full())
+                            .await
+                            .ok()
+                            .flatten();
+                    let limit =
+                        refused_at.map_or(settings.service_max_numbers, |r| r.min(settings.service_max_numbers));
+                    Some(limit.saturating_sub(list.len() as u32))
+                }
                 Err(e) => {
                     lock.release().await;
                     return Capacity::NotBought {
@@ -192,10 +202,7 @@ impl Purchases {
                 lock.release().await;
                 return match (&customer.messaging_service, room) {
                     (Some(service), Some(0)) if !now.at_max() && now.pending_intents == 0 => Capacity::Defer {
-                        reason: format!(
-                            "messaging service {service} holds {} numbers, Twilio's limit (error 21714)",
-                            settings.service_max_numbers
-                        ),
+                        reason: format!("messaging service {service} is full: Twilio's sender limit (error 21714)"),
                     },
                     _ => Capacity::Retry,
                 };
@@ -323,18 +330,17 @@ impl Purchases {
                         tracing::info!(%reason, attempt, "attaching a bought number failed; retrying");
                         shared.pause(wait).await;
                     }
-                    Attach::ServiceFull(reason) | Attach::Refused(reason) => {
-                        // It can never send for this customer: give it back rather than pay for it every month.
-                        let account = purchase::account_for(customer, &shared.twilio);
-                        let released = shared.twilio.release_number(account, &bought.sid).await;
-                        if released.is_ok() {
-                            let _ = purchase::abandon_intent(&mut conn, &customer.id, intent_id, &raw).await;
+                    Attach::ServiceFull(reason) => {
+                        // Remember the size Twilio refused at, so the next decision does not buy again.
+                        if let Ok(list) = shared.twilio.list_service_numbers(service.as_str()).await {
+                            let key = CustomerKeys::new(&customer.id).service_full();
+                            let _: redis::RedisResult<()> =
+                                redis::AsyncCommands::set_ex(&mut conn, key, list.len(), 3600).await;
                         }
-                        tracing::error!(%reason, released = released.is_ok(),
-                            "the Messaging Service refused a bought number");
-                        return Capacity::Defer {
-                            reason: format!("messaging service {service} refused a number ({reason})"),
-                        };
+                        return self.give_back(customer, &bought, intent_id, &raw, &reason).await;
+                    }
+                    Attach::Refused(reason) => {
+                        return self.give_back(customer, &bought, intent_id, &raw, &reason).await;
                     }
                 }
             }
@@ -355,6 +361,27 @@ impl Purchases {
         }
         tracing::error!("bought a number but could not record it; its intent stays until the reconciler adopts it");
         Capacity::Retry
+    }
+
+    /// A bought number its Messaging Service refused can never send for this customer: release it rather than pay
+    /// for it every month (the intent goes once Twilio confirms), and defer the job with the reason.
+    async fn give_back(
+        &self,
+        customer: &Customer,
+        bought: &purchase::Bought,
+        intent_id: &str,
+        raw: &str,
+        reason: &str,
+    ) -> Capacity {
+        let shared = &self.shared;
+        let account = purchase::account_for(customer, &shared.twilio);
+        let released = shared.twilio.release_number(account, &bought.sid).await;
+        if released.is_ok() {
+            let _ = purchase::abandon_intent(&mut shared.ledger.conn(), &customer.id, intent_id, raw).await;
+        }
+        tracing::error!(%reason, released = released.is_ok(), "the Messaging Service refused a bought number");
+        let service = customer.messaging_service.as_ref().map(|s| s.to_string()).unwrap_or_default();
+        Capacity::Defer { reason: format!("messaging service {service} refused a number ({reason})") }
     }
 
     /// Resolves the customer's intents whose purchase has certainly finished: adopt the tagged number if Twilio

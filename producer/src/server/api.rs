@@ -53,6 +53,12 @@ pub struct BulkTextRequest {
     pub recipients: Vec<String>,
     /// Makes the request safe to resubmit: the same key returns (and completes) the same batch.
     pub idempotency_key: Option<String>,
+    /// Validate and estimate only (recipients, encoding, segments, numbers to buy, cost); nothing is written.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Replace Unicode look-alikes with GSM-7 characters (Twilio's Smart Encoding list) before sending.
+    #[serde(default)]
+    pub smart_encoding: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -62,6 +68,8 @@ pub struct BulkTextAccepted {
     pub duplicates: usize,
     /// True if the idempotency key named an existing batch.
     pub existing: bool,
+    /// What Smart Encoding changed, when it was asked for.
+    pub smart_encoding: Option<shared::domain::smart::SmartEncoding>,
 }
 
 /// `POST /v1/customers/{id}/messages` body: one message, queued ahead of the customer's bulk texts.
@@ -123,6 +131,13 @@ pub async fn put_customer(
         .map(|s| ServiceSid::parse(&s))
         .transpose()
         .map_err(|e| ApiError::unprocessable(e.to_string()).field("messaging_service_sid"))?;
+    if messaging_service.is_some() && (account_sid.is_some()) {
+        return Err(ApiError::unprocessable(
+            "a Messaging Service for a customer on a subaccount is not supported yet (Messenger manages services \
+             with the main account's credentials)",
+        )
+        .field("messaging_service_sid"));
+    }
     if let (Some(service), Some(twilio)) = (&messaging_service, &s.twilio) {
         match twilio.fetch_service(service.as_str()).await {
             Ok(_) => {}
@@ -181,6 +196,7 @@ pub async fn put_customer(
     request_body = BulkTextRequest,
     responses(
         (status = 202, description = "Accepted: the batch will be sent", body = BulkTextAccepted),
+        (status = 200, description = "Dry run: what the batch would do and cost; nothing written", body = crate::estimate::Estimate),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "Unknown customer", body = ErrorBody),
         (status = 409, description = "Idempotency key reused for a different request", body = ErrorBody),
@@ -193,7 +209,8 @@ pub async fn post_bulk(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<BulkTextRequest>,
-) -> Result<(StatusCode, Json<BulkTextAccepted>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
     if req.recipients.len() > s.limits.max_recipients {
@@ -208,8 +225,25 @@ pub async fn post_bulk(
         .enumerate()
         .map(|(i, value)| RawRecipient { origin: format!("recipients[{i}]"), value })
         .collect();
-    let bulk =
-        BulkRequest { customer: id.to_string(), body: req.body, recipients, idempotency_key: req.idempotency_key };
+    let bulk = BulkRequest {
+        customer: id.to_string(),
+        body: req.body,
+        recipients,
+        idempotency_key: req.idempotency_key,
+        smart_encoding: req.smart_encoding,
+    };
+    let smart = bulk.smart_report();
+    if req.dry_run {
+        let batch = prepare(bulk, false).await?;
+        let e =
+            crate::estimate::estimate(&mut s.conn.clone(), &batch, smart, &s.settings).await.map_err(|e| match e {
+                crate::estimate::EstimateError::UnknownCustomer(c) => {
+                    ApiError::not_found(format!("unknown customer {c}"))
+                }
+                crate::estimate::EstimateError::Redis(r) => ApiError::redis(&r),
+            })?;
+        return Ok((StatusCode::OK, Json(e)).into_response());
+    }
     let receipt = submit(&s, bulk, false).await?;
     s.metrics.recipients_accepted.inc_by(receipt.accepted as u64);
     let body = BulkTextAccepted {
@@ -217,8 +251,9 @@ pub async fn post_bulk(
         accepted: receipt.accepted,
         duplicates: receipt.duplicates,
         existing: receipt.existing,
+        smart_encoding: smart,
     };
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// Accepts one message, queued ahead of the customer's bulk texts.
@@ -244,18 +279,23 @@ pub async fn post_message(
         body: req.body,
         recipients: vec![RawRecipient { origin: "to".into(), value: req.to }],
         idempotency_key: req.idempotency_key,
+        smart_encoding: false,
     };
     let receipt = submit(&s, bulk, true).await?;
     s.metrics.recipients_accepted.inc();
     Ok((StatusCode::ACCEPTED, Json(MessageAccepted { batch_id: receipt.batch_id })))
 }
 
-async fn submit(s: &AppState, bulk: BulkRequest, priority: bool) -> Result<batches::Receipt, ApiError> {
-    // Validating 100,000 numbers takes a few hundred milliseconds of CPU: keep it off the async workers.
-    let batch = tokio::task::spawn_blocking(move || enqueue::prepare(&bulk, priority))
+/// Validates off the async workers (100,000 numbers take a few hundred milliseconds of CPU).
+async fn prepare(bulk: BulkRequest, priority: bool) -> Result<shared::batches::NewBatch, ApiError> {
+    tokio::task::spawn_blocking(move || enqueue::prepare(&bulk, priority))
         .await
         .map_err(|e| ApiError::internal(&e))?
-        .map_err(bulk_error)?;
+        .map_err(bulk_error)
+}
+
+async fn submit(s: &AppState, bulk: BulkRequest, priority: bool) -> Result<batches::Receipt, ApiError> {
+    let batch = prepare(bulk, priority).await?;
     let mut conn = s.conn.clone();
     enqueue::enqueue(&mut conn, batch, s.settings.batch_retention, 1_000, None).await.map_err(bulk_error)
 }
@@ -308,7 +348,70 @@ pub async fn get_pool(
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
     match customers::pool(&mut s.conn.clone(), &id, &s.settings.quota).await.map_err(|e| ApiError::redis(&e))? {
-        Some(p) => Ok(Json(p)),
+        Some(p) => Ok(Json(p.with_cost(s.settings.pricing.number_monthly))),
         None => Err(ApiError::not_found(format!("unknown customer {id}"))),
     }
+}
+
+/// `POST /v1/customers/{id}/pool/release-idle` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseIdleRequest {
+    /// Days without a send (fractions allowed); default 30.
+    #[schema(minimum = 0, maximum = 3650)]
+    pub idle_days: Option<f64>,
+    /// Only report what would be released.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Releases the customer's idle numbers (admin tokens only), keeping what its backlog and its numbers' sticky
+/// recipients need; or, with `dry_run`, reports which it would release and changes nothing.
+#[utoipa::path(post, path = "/v1/customers/{id}/pool/release-idle", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    request_body = ReleaseIdleRequest,
+    responses(
+        (status = 200, body = shared::release::ReleaseReport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_release_idle(
+    State(s): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ReleaseIdleRequest>,
+) -> Result<Json<shared::release::ReleaseReport>, ApiError> {
+    caller.require_admin()?;
+    let id = customer_id(&id)?;
+    let days = req.idle_days.unwrap_or(30.0);
+    if !(0.0..=3650.0).contains(&days) {
+        return Err(ApiError::unprocessable("idle_days must be between 0 and 3650").field("idle_days"));
+    }
+    if s.twilio.is_none() && !req.dry_run {
+        return Err(ApiError::unavailable("releasing numbers needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"));
+    }
+    release_idle(&s, &id, days, req.dry_run).await.map(Json)
+}
+
+/// Runs a release (or a dry run) for `id`; shared with the dashboard.
+pub async fn release_idle(
+    s: &AppState,
+    id: &CustomerId,
+    days: f64,
+    dry_run: bool,
+) -> Result<shared::release::ReleaseReport, ApiError> {
+    let mut conn = s.conn.clone();
+    let customer = customers::get(&mut conn, id)
+        .await
+        .map_err(|e| ApiError::redis(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("unknown customer {id}")))?;
+    let idle = std::time::Duration::from_secs_f64(days * 86_400.0);
+    let ttl = std::time::Duration::from_secs(10);
+    shared::release::release_idle(&mut conn, s.twilio.as_ref(), &customer, &s.settings.quota, idle, dry_run, ttl)
+        .await
+        .map_err(|e| match e {
+            shared::release::ReleaseError::Busy(_) => ApiError::conflict(e.to_string()),
+            shared::release::ReleaseError::Redis(e) => ApiError::redis(&e),
+        })
 }

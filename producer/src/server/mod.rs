@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
         .route("/v1/customers/{id}/messages", post(api::post_message))
         .route("/v1/customers/{id}/pool", get(api::get_pool))
+        .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     let hooks = Router::new()

@@ -100,6 +100,11 @@ pub struct Segments {
 const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
 const GSM7_EXTENSION: &str = "\u{000C}^{}\\[~]|€";
 
+/// Whether `c` can be sent in GSM-7 (basic table or extension table).
+pub fn is_gsm7(c: char) -> bool {
+    gsm7_septets(c).is_some()
+}
+
 /// Septets a character costs in GSM-7, or `None` if it is outside GSM-7.
 fn gsm7_septets(c: char) -> Option<u32> {
     if GSM7_BASIC.contains(c) {

@@ -3,7 +3,8 @@
 mod body;
 mod ids;
 mod phone;
+pub mod smart;
 
-pub use body::{BodyError, Encoding, MAX_BODY_CHARS, MessageBody, Segments, count_segments};
+pub use body::{BodyError, Encoding, MAX_BODY_CHARS, MessageBody, Segments, count_segments, is_gsm7};
 pub use ids::{AccountSid, BatchId, CustomerId, IdError, IdempotencyKey, ServiceSid};
 pub use phone::{Masked, PhoneError, PhoneNumber};

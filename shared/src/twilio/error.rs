@@ -69,6 +69,38 @@ pub mod codes {
     pub const UNREGISTERED_SENDER: u32 = 30034;
 }
 
+/// What a Twilio error code means, in a few words (for batch status and the dashboard); `None` for codes Messenger
+/// has no description of. From Twilio's error dictionary.
+pub fn describe(code: u32) -> Option<&'static str> {
+    Some(match code {
+        20003 => "authentication failed (account sid or auth token wrong)",
+        20404 => "resource not found",
+        20429 => "too many concurrent requests to Twilio's API",
+        21211 => "invalid 'To' phone number",
+        21212 => "invalid 'From' number",
+        21408 => "sending to this region is not enabled on the account",
+        21606 => "the 'From' number is not a message-capable number of this account",
+        21610 => "the recipient replied STOP (unsubscribed)",
+        21611 => "the 'From' number's message queue is full",
+        21612 => "the 'To' number is not reachable by SMS from this sender",
+        21614 => "the 'To' number is not a valid mobile number",
+        21617 => "the body exceeds 1,600 characters",
+        21635 => "the 'To' number is a landline",
+        21710 => "the number is already in this Messaging Service",
+        21712 => "the number is in another Messaging Service",
+        21714 => "the Messaging Service's sender pool is full (400 numbers)",
+        30001 => "queue overflow",
+        30003 => "unreachable destination handset",
+        30004 => "message blocked (the recipient blocked the sender, or a carrier did)",
+        30005 => "unknown destination handset",
+        30006 => "landline or unreachable carrier",
+        30007 => "filtered by the carrier as spam",
+        30008 => "unknown delivery error",
+        30034 => "US A2P 10DLC: message from an unregistered number (not sent through a registered Messaging Service)",
+        _ => return None,
+    })
+}
+
 /// How a send ended, from the point of view of the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendFailure {

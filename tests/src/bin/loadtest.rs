@@ -195,13 +195,23 @@ async fn main() -> anyhow::Result<()> {
             cfg.prebuy = false;
             let buying = load::bulk_run(&cfg).await?;
             let ratio = buying.sends_per_sec / bought_before.sends_per_sec;
-            let report = serde_json::json!({ "prebought": bought_before, "buying": buying, "ratio": ratio });
+            // How much longer the drain took because the numbers were bought on the way, in purchase latencies.
+            let extra_secs = buying.send_secs - bought_before.send_secs;
+            let latencies = extra_secs * 1000.0 / (cfg.purchase_latency_ms.max(1) as f64);
+            let report = serde_json::json!({
+                "prebought": bought_before, "buying": buying, "ratio": ratio,
+                "extra_secs": extra_secs, "extra_in_purchase_latencies": latencies,
+            });
             print(cli.json, &report, || {
                 println!("numbers bought beforehand:");
                 print_bulk(&bought_before);
                 println!("\nno numbers at start:");
                 print_bulk(&buying);
                 println!("\nthroughput while buying / with numbers bought: {ratio:.2}");
+                println!(
+                    "drain took {extra_secs:.2} s longer while buying = {latencies:.1} purchase latencies of {} ms",
+                    cfg.purchase_latency_ms
+                );
             })
         }
     }
