@@ -373,9 +373,9 @@ mod tests {
         let body = "\u{201C}Water\u{201D} off \u{2014} it\u{2019}s 9\u{2013}11\u{2026}";
         let (out, replaced) = smart_encode(body);
         assert_eq!(out, "\"Water\" off - it's 9-11...");
-        assert_eq!(replaced.len(), 5);
+        assert_eq!(replaced.len(), 6);
         assert_eq!(count_segments(&out).encoding, Encoding::Gsm7);
-        assert_eq!(ucs2_characters(body).len(), 5);
+        assert_eq!(ucs2_characters(body).len(), 6);
         assert!(ucs2_characters(&out).is_empty());
     }
 
