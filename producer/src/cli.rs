@@ -214,8 +214,17 @@ pub async fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// Connects for a one-shot command. A configuration problem (refused credentials, an untrusted certificate) is a
+/// usage error naming the setting to fix (exit 2); Redis being down is a runtime error (exit 1).
 async fn connect(settings: &Settings) -> Result<Conn, Failure> {
-    store::connect(&settings.redis).await.map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))
+    // Long enough to ride out a cluster failover (a few seconds) or a Redis restart.
+    let give_up = Duration::from_secs(30);
+    store::connect_with_retry(&settings.redis, give_up).await.map_err(|e| {
+        match store::config_problem(&e, &settings.redis) {
+            Some(problem) => Failure::Usage(problem),
+            None => Failure::Runtime(format!("cannot connect to Redis: {e}")),
+        }
+    })
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
@@ -487,13 +496,18 @@ async fn release_idle(
         customers::get(&mut conn, &id).await?.ok_or_else(|| Failure::Usage(format!("unknown customer {id}")))?;
     let idle = Duration::from_secs_f64(idle_days * 86_400.0);
     let lock_ttl = Duration::from_secs(10);
-    let report =
-        shared::release::release_idle(&mut conn, twilio.as_ref(), &customer, &settings.quota, idle, dry_run, lock_ttl)
-            .await
-            .map_err(|e| match e {
-                shared::release::ReleaseError::Busy(_) => Failure::Runtime(e.to_string()),
-                shared::release::ReleaseError::Redis(e) => Failure::from(e),
-            })?;
+    let report = shared::release::release_idle(
+        &mut conn,
+        twilio.as_ref(),
+        &customer,
+        &settings.quota,
+        shared::release::ReleaseOptions { idle, dry_run, lock_ttl, acks: settings.redis.acks },
+    )
+    .await
+    .map_err(|e| match e {
+        shared::release::ReleaseError::Busy(_) => Failure::Runtime(e.to_string()),
+        shared::release::ReleaseError::Redis(e) => Failure::from(e),
+    })?;
     let saved = report.released.len() as f64 * settings.pricing.number_monthly;
     if json {
         let mut v = serde_json::to_value(&report).unwrap();
@@ -547,14 +561,33 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure>
     if public_url.is_none() || settings.twilio.auth_token.is_none() {
         tracing::warn!("webhooks disabled: they need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN");
     }
-    let conn = store::connect_with_retry(&settings.redis, Duration::from_secs(60))
-        .await
-        .map_err(|e| Failure::Runtime(format!("cannot connect to Redis: {e}")))?;
+    // A server waits for Redis (a cluster mid-failover, a node restarting) rather than exit; only a configuration
+    // problem stops it.
+    let conn = loop {
+        match store::connect_with_retry(&settings.redis, Duration::from_secs(60)).await {
+            Ok(c) => break c,
+            Err(e) => {
+                if let Some(problem) = store::config_problem(&e, &settings.redis) {
+                    return Err(Failure::Usage(problem));
+                }
+                tracing::warn!(error.message = %e, "redis still not reachable; the server keeps waiting for it");
+            }
+        }
+    };
     let policy = TokenPolicy {
         ttl: Duration::from_secs(args.subaccount_token_ttl_secs.max(1)),
         refresh_every: Duration::from_secs(args.subaccount_token_refresh_secs),
     };
-    let state = AppState::new(conn, settings, tokens, public_url, Limits::default(), policy);
+    let acked = match settings.redis.acks {
+        Some(_) => Some(store::connect_with_retry(&settings.redis, Duration::from_secs(60)).await.map_err(|e| {
+            Failure::Runtime(format!("cannot open the connection for replica-acknowledged enqueues: {e}"))
+        })?),
+        None => None,
+    };
+    let mut state = AppState::new(conn, settings, tokens, public_url, Limits::default(), policy);
+    if let Some(c) = acked {
+        state = state.with_acked_conn(c);
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -616,9 +649,16 @@ async fn bulk(settings: &Settings, args: BulkArgs) -> Result<ExitCode, Failure> 
             b.set_position(done as u64);
         }
     };
-    let receipt = enqueue::enqueue(&mut conn, batch, settings.batch_retention, args.chunk_size, Some(&mut progress))
-        .await
-        .map_err(|e| if e.is_redis() { Failure::Runtime(e.to_string()) } else { Failure::Usage(e.to_string()) })?;
+    let receipt = enqueue::enqueue(
+        &mut conn,
+        batch,
+        settings.batch_retention,
+        args.chunk_size,
+        Some(&mut progress),
+        settings.redis.acks,
+    )
+    .await
+    .map_err(|e| if e.is_redis() { Failure::Runtime(e.to_string()) } else { Failure::Usage(e.to_string()) })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

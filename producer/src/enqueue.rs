@@ -20,7 +20,7 @@ pub enum BulkError {
 impl BulkError {
     /// The request was fine; Redis was not.
     pub fn is_redis(&self) -> bool {
-        matches!(self, BulkError::Submit(SubmitError::Redis(_)))
+        matches!(self, BulkError::Submit(SubmitError::Redis(_) | SubmitError::NotDurable { .. }))
     }
 }
 
@@ -40,6 +40,7 @@ pub async fn enqueue(
     retention: Duration,
     chunk_size: usize,
     progress: Option<Progress<'_>>,
+    acks: Option<shared::scripts::Acks>,
 ) -> Result<Receipt, BulkError> {
-    Ok(batches::submit(conn, &batch, retention, chunk_size, progress).await?)
+    Ok(batches::submit(conn, &batch, retention, chunk_size, progress, acks).await?)
 }

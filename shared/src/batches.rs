@@ -61,6 +61,13 @@ pub enum SubmitError {
          differ); use a new key for a new request"
     )]
     KeyReused { key: String, batch: String },
+    /// Replica acknowledgements are on and the replicas did not confirm a write in time: the request may or may not
+    /// survive a failover of the node that holds it.
+    #[error(
+        "Redis replicas did not confirm the enqueue of batch {batch} in time (MESSENGER_REDIS_REPLICA_ACKS); resubmit \
+         the same request with the same idempotency key: it finishes the batch without queueing anyone twice"
+    )]
+    NotDurable { batch: String },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -76,6 +83,7 @@ pub async fn submit(
     retention: Duration,
     chunk_size: usize,
     progress: Option<Progress<'_>>,
+    acks: Option<scripts::Acks>,
 ) -> Result<Receipt, SubmitError> {
     let k = CustomerKeys::new(&req.customer);
     let fresh = BatchId::new(&req.customer);
@@ -102,7 +110,8 @@ pub async fn submit(
     ] {
         inv.arg(f).arg(v);
     }
-    let reply = strings(inv.invoke_async(conn).await?);
+    let (reply, confirmed): (redis::Value, bool) = inv.run_acked(conn, acks).await?;
+    let reply = strings(reply);
     let (batch, existing) = match reply.first().map(String::as_str) {
         Some("created") => (fresh, false),
         Some("exists") => {
@@ -117,6 +126,9 @@ pub async fn submit(
         }
         _ => return Err(SubmitError::UnknownCustomer(req.customer.clone())),
     };
+    if !confirmed {
+        return Err(SubmitError::NotDurable { batch: batch.to_string() });
+    }
 
     let mut cursor: usize = conn.hget::<_, _, Option<usize>>(k.batch(&batch), "enqueued").await?.unwrap_or(0);
     let start = cursor;
@@ -132,8 +144,9 @@ pub async fn submit(
         // A push that timed out may have been applied; the cursor check in the script makes the retry safe.
         let mut tries = 0;
         let new_cursor: usize = loop {
-            match inv.invoke_async(conn).await {
-                Ok(c) => break c,
+            match inv.run_acked::<usize, _>(conn, acks).await {
+                Ok((c, true)) => break c,
+                Ok((_, false)) => return Err(SubmitError::NotDurable { batch: batch.to_string() }),
                 Err(e) if tries < 5 && (e.is_timeout() || e.is_io_error() || e.is_connection_dropped()) => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(100 << tries)).await;
@@ -141,14 +154,21 @@ pub async fn submit(
                 Err(e) => return Err(e.into()),
             }
         };
-        // Wake idle fetchers; the active set is how they find customers with work.
-        let _: () = redis::pipe()
-            .sadd(keys::ACTIVE, req.customer.as_str())
-            .ignore()
-            .publish(keys::WAKE_CHANNEL, req.customer.as_str())
-            .ignore()
-            .query_async(conn)
-            .await?;
+        // The active set is how fetchers find customers with work (it must survive a failover like the jobs: in the
+        // same pipeline as its WAIT, on the node that holds it); then wake idle fetchers. Separate commands: the set
+        // and the channel live in different slots of a Redis Cluster.
+        let mut pipe = redis::pipe();
+        pipe.sadd(keys::ACTIVE, req.customer.as_str()).ignore();
+        if let Some(a) = acks.filter(|a| a.replicas > 0) {
+            let (confirmed,): (u32,) =
+                pipe.cmd("WAIT").arg(a.replicas).arg(a.timeout.as_millis() as u64).query_async(conn).await?;
+            if confirmed < a.replicas {
+                return Err(SubmitError::NotDurable { batch: batch.to_string() });
+            }
+        } else {
+            let _: () = pipe.query_async(conn).await?;
+        }
+        let _: () = conn.publish(keys::WAKE_CHANNEL, req.customer.as_str()).await?;
         cursor = new_cursor;
         if let Some(p) = progress.as_mut() {
             p(cursor, total);
@@ -296,7 +316,7 @@ pub async fn record_delivery(
             .arg(status)
             .arg(error_code.unwrap_or(""))
             .arg(retention.as_secs())
-            .invoke_async(conn)
+            .run(conn)
             .await?,
     );
     Ok(match reply.first().map(String::as_str) {
@@ -328,11 +348,11 @@ pub async fn cancel(conn: &mut Conn, id: &BatchId, retention: Duration) -> redis
             .key(k.cfg())
             .arg(id.local())
             .arg(retention.as_secs())
-            .invoke_async(conn)
+            .run(conn)
             .await?,
     );
     // Wake fetchers so the queued jobs are drained (and cancelled) promptly.
-    let _: () = redis::cmd("PUBLISH").arg(keys::WAKE_CHANNEL).arg(id.customer().as_str()).query_async(conn).await?;
+    let _: () = conn.publish(keys::WAKE_CHANNEL, id.customer().as_str()).await?;
     Ok(match reply.first().map(String::as_str) {
         Some("ok") => {
             CancelOutcome::Cancelled { cancelled_now: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0) }

@@ -13,9 +13,29 @@ use crate::domain::AccountSid;
 /// Options shared by the producer and the worker.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonArgs {
-    /// Redis to keep queues, windows, pools and locks in.
+    /// Redis to keep queues, windows, pools and locks in: `redis://` or `rediss://` (TLS), with an ACL user and
+    /// password if needed (`rediss://user:pass@host:6380/0`).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379", hide_env_values = true)]
     pub redis_url: String,
+
+    /// Seed nodes of a Redis Cluster, comma-separated (`redis://h1:7000,redis://h2:7000`; `rediss://` for TLS).
+    /// When set, every process runs in cluster mode and `REDIS_URL` is not used.
+    #[arg(long, env = "REDIS_CLUSTER_NODES", hide_env_values = true)]
+    pub redis_cluster_nodes: Option<String>,
+
+    /// PEM file of the CA that signed Redis's TLS certificate (a private CA); default: the system's roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
+    /// Replicas that must confirm, with `WAIT`, the writes whose loss in a failover could text someone twice or buy
+    /// a surplus number (the attempt marker before a send, the purchase intent before a buy, the enqueued jobs), before
+    /// the next irreversible step. 0 = do not wait.
+    #[arg(long, env = "MESSENGER_REDIS_REPLICA_ACKS", default_value_t = 0)]
+    pub redis_replica_acks: u32,
+
+    /// How long to wait for those replicas; past it the step is not taken and the job is retried later.
+    #[arg(long, env = "MESSENGER_REDIS_REPLICA_ACK_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_replica_ack_timeout_ms: u64,
 
     /// How long to wait for any one Redis reply before treating the connection as broken. redis-rs defaults to
     /// 500 ms, which turns a busy Redis into errors; a script reply never takes this long on a healthy server.
@@ -94,7 +114,20 @@ pub struct Pricing {
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
     pub url: SecretString,
+    /// Cluster seed nodes; empty = one node at `url`.
+    pub cluster_nodes: Vec<SecretString>,
+    /// PEM of the CA for `rediss://` (from `REDIS_CA_FILE`).
+    pub ca: Option<Vec<u8>>,
     pub response_timeout: Duration,
+    /// `WAIT` for this many replicas after the writes that must survive a failover.
+    pub acks: Option<crate::scripts::Acks>,
+}
+
+impl RedisSettings {
+    /// One node at `url`, plain, no replica acknowledgements (tests and tools).
+    pub fn node(url: &str, response_timeout: Duration) -> Self {
+        Self { url: url.to_owned().into(), cluster_nodes: Vec::new(), ca: None, response_timeout, acks: None }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +169,37 @@ impl CommonArgs {
         {
             return bad("REDIS_URL must start with redis://, rediss:// or unix://".into());
         }
+        let cluster_nodes: Vec<SecretString> = self
+            .redis_cluster_nodes
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_owned()))
+            .collect();
+        for n in &cluster_nodes {
+            let n = n.expose_secret();
+            if !(n.starts_with("redis://") || n.starts_with("rediss://")) {
+                return bad(format!(
+                    "REDIS_CLUSTER_NODES: {:?} must start with redis:// or rediss://",
+                    crate::store::without_credentials(n)
+                ));
+            }
+        }
+        let ca = match &self.redis_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| ConfigError(format!("REDIS_CA_FILE {}: cannot read it: {e}", path.display())))?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return bad(format!("REDIS_CA_FILE {}: not a PEM certificate", path.display()));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        if self.redis_replica_acks > 0 && self.redis_replica_ack_timeout_ms == 0 {
+            return bad("MESSENGER_REDIS_REPLICA_ACK_TIMEOUT_MS must be positive when replica acks are on".into());
+        }
         for (name, url) in
             [("TWILIO_API_BASE", &self.twilio_api_base), ("TWILIO_MESSAGING_API_BASE", &self.twilio_messaging_api_base)]
         {
@@ -171,7 +235,13 @@ impl CommonArgs {
         Ok(Settings {
             redis: RedisSettings {
                 url: SecretString::from(self.redis_url.clone()),
+                cluster_nodes,
+                ca,
                 response_timeout: Duration::from_millis(self.redis_timeout_ms),
+                acks: (self.redis_replica_acks > 0).then(|| crate::scripts::Acks {
+                    replicas: self.redis_replica_acks,
+                    timeout: Duration::from_millis(self.redis_replica_ack_timeout_ms),
+                }),
             },
             twilio: TwilioSettings {
                 api_base: self.twilio_api_base.trim_end_matches('/').to_owned(),

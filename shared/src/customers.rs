@@ -45,9 +45,10 @@ pub fn parse_area_code(s: &str) -> Result<String, String> {
 pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
     let k = CustomerKeys::new(&c.id);
     // The set entry goes first: a set member without a record is skipped by readers; a record missing from the
-    // set would be invisible to the reconciler.
-    let (added, _): (i64, ()) = redis::pipe()
-        .sadd(keys::CUSTOMERS, c.id.as_str())
+    // set would be invisible to the reconciler. (Two commands: the set and the record live in different slots of a
+    // Redis Cluster.)
+    let added: i64 = conn.sadd(keys::CUSTOMERS, c.id.as_str()).await?;
+    let (): () = redis::pipe()
         .hset_multiple(
             k.cfg(),
             &[
@@ -57,6 +58,7 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("messaging_service", c.messaging_service.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default()),
             ],
         )
+        .ignore()
         .query_async(conn)
         .await?;
     Ok(added == 1)

@@ -5,6 +5,8 @@
 //! with the batch counters updated in the same script. The quota window is part of the same ledger: a slot is
 //! reserved before the send and given back if Twilio refused the message.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -12,7 +14,7 @@ use redis::Value;
 use crate::config::QuotaSettings;
 use crate::domain::{BatchId, CustomerId, PhoneNumber};
 use crate::keys::CustomerKeys;
-use crate::scripts;
+use crate::scripts::{self, Acks};
 use crate::store::{Conn, num, strings};
 
 /// One job: a recipient of a batch.
@@ -87,6 +89,9 @@ impl Full {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reserve {
     Reserved(Slot),
+    /// The slot was reserved but the replicas did not confirm its attempt marker in time: do not send (a failover
+    /// could lose the marker and a later delivery would send again); give the slot back and retry later.
+    Unconfirmed(Slot),
     /// Sent before (e.g. a redelivered job); the sid is the one recorded.
     AlreadySent(String),
     /// Already failed, opted out or cancelled.
@@ -113,6 +118,9 @@ pub enum Reserve {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub intent_ids: Vec<String>,
+    /// False when replica acknowledgements are on and the replicas did not confirm the intents in time: nothing may
+    /// be bought for them (a failover could lose them); the caller drops them.
+    pub confirmed: bool,
     pub now_ms: i64,
     /// Jobs that wanted a slot when the decision was made.
     pub backlog: u64,
@@ -192,11 +200,68 @@ pub struct Ledger {
     quota: QuotaSettings,
     retention_s: u64,
     orphan_after: Duration,
+    /// Replicas that must confirm the writes a failover must not lose (see [`Ledger::with_acks`]).
+    acks: Option<Acks>,
+    /// Connections for the calls followed by `WAIT` (see [`Ledger::with_acks`]), used in turn.
+    acked: Arc<Vec<Conn>>,
+    next_acked: Arc<std::sync::atomic::AtomicUsize>,
+    /// `WAIT`s that returned fewer replicas than asked for.
+    wait_timeouts: Arc<AtomicU64>,
 }
 
 impl Ledger {
     pub fn new(conn: Conn, quota: QuotaSettings, retention: Duration) -> Self {
-        Self { conn, quota, retention_s: retention.as_secs().max(60), orphan_after: Duration::from_secs(15) }
+        Self {
+            conn,
+            quota,
+            retention_s: retention.as_secs().max(60),
+            orphan_after: Duration::from_secs(15),
+            acks: None,
+            acked: Arc::default(),
+            next_acked: Arc::default(),
+            wait_timeouts: Arc::default(),
+        }
+    }
+
+    /// Replica acknowledgements (`MESSENGER_REDIS_REPLICA_ACKS`): a reservation's attempt marker (written before a
+    /// send) and a purchase decision's intents (written before a buy) must be confirmed by `acks.replicas` replicas
+    /// before the caller acts on them — otherwise a failover could lose them and the job could be texted twice, or a
+    /// number bought twice. [`Reserve::Unconfirmed`] and an unconfirmed [`Decision`] say they were not. A recorded
+    /// send is waited for too, but its loss is safe (the attempt marker survives and the next delivery finds the
+    /// message in Twilio), so it only counts a timeout.
+    ///
+    /// `WAIT` blocks the connection it runs on (Redis reads nothing more from it until the replicas answer or the
+    /// timeout passes), so the acknowledged calls run on their own `connections`, in turn, never on the shared
+    /// connection the fetcher and everything else use: a primary that has lost its replica then slows only the
+    /// acknowledged calls of its own customers.
+    pub fn with_acks(mut self, acks: Option<Acks>, connections: Vec<Conn>) -> Self {
+        self.acks = acks.filter(|a| a.replicas > 0);
+        self.acked = Arc::new(connections);
+        self
+    }
+
+    /// The connection for a call followed by `WAIT` (the shared one when there is no dedicated one).
+    fn acked_conn(&self) -> Conn {
+        if self.acks.is_none() || self.acked.is_empty() {
+            return self.conn.clone();
+        }
+        let i = self.next_acked.fetch_add(1, Ordering::Relaxed);
+        self.acked[i % self.acked.len()].clone()
+    }
+
+    /// Counts unconfirmed `WAIT`s in `counter` (shared with whoever reports them).
+    pub fn with_wait_counter(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.wait_timeouts = counter;
+        self
+    }
+
+    /// `WAIT`s that were not confirmed in time so far.
+    pub fn wait_timeouts(&self) -> u64 {
+        self.wait_timeouts.load(Ordering::Relaxed)
+    }
+
+    fn unconfirmed(&self) {
+        self.wait_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How old an unsettled reservation must be to count as orphaned: longer than any live send can take (the
@@ -228,7 +293,7 @@ impl Ledger {
                 ("locked", token, intent_prefix, name_prefix, room.map_or(-1, i64::from))
             }
         };
-        let v: Value = scripts::RESERVE
+        let v: (Value, bool) = scripts::RESERVE
             .key(k.cfg())
             .key(k.pool())
             .key(k.optouts())
@@ -257,8 +322,9 @@ impl Ledger {
             .arg(resolved.map(Slot::marker).unwrap_or_default())
             .arg(self.orphan_after.as_millis() as u64)
             .arg(room)
-            .invoke_async(&mut self.conn.clone())
+            .run_acked(&mut self.acked_conn(), self.acks)
             .await?;
+        let (v, confirmed): (Value, bool) = v;
         let p = strings(v);
         let slot_at = |i: usize| Slot {
             number: p[i].clone(),
@@ -266,13 +332,15 @@ impl Ledger {
             at_ms: num(&p, i + 2),
             attempt: num(&p, i + 3) as u32,
         };
+        if !confirmed {
+            self.unconfirmed();
+        }
         Ok(match p.first().map(String::as_str) {
-            Some("ok") => Reserve::Reserved(Slot {
-                number: p[1].clone(),
-                resid: p[2].clone(),
-                at_ms: num(&p, 3),
-                attempt: num(&p, 4) as u32,
-            }),
+            Some("ok") => {
+                let slot =
+                    Slot { number: p[1].clone(), resid: p[2].clone(), at_ms: num(&p, 3), attempt: num(&p, 4) as u32 };
+                if confirmed { Reserve::Reserved(slot) } else { Reserve::Unconfirmed(slot) }
+            }
             Some("done") => Reserve::AlreadySent(p.get(1).cloned().unwrap_or_default()),
             Some("terminal") => Reserve::Terminal,
             Some("opted_out") => Reserve::OptedOut,
@@ -291,6 +359,7 @@ impl Ledger {
                 orphaned_slots: num(&p, 8) as u32,
             }),
             Some("intents") => Reserve::Intents(Decision {
+                confirmed,
                 now_ms: num(&p, 1),
                 backlog: num(&p, 2).max(0) as u64,
                 free: num(&p, 3).max(0) as u64,
@@ -310,7 +379,7 @@ impl Ledger {
     /// Records a message sent from `from` (idempotent; see commit.lua).
     pub async fn commit_sent(&self, job: &Job, sid: &str, from: &str) -> redis::RedisResult<Commit> {
         let k = CustomerKeys::new(&job.customer);
-        let v: Value = scripts::COMMIT
+        let (v, confirmed): (Value, bool) = scripts::COMMIT
             .key(k.batch(&job.batch))
             .key(k.batch_state(&job.batch))
             .key(k.batch_failures(&job.batch))
@@ -325,8 +394,13 @@ impl Ledger {
             .arg(k.window_prefix())
             .arg(self.quota.window_ms())
             .arg(from)
-            .invoke_async(&mut self.conn.clone())
+            .run_acked(&mut self.acked_conn(), self.acks)
             .await?;
+        if !confirmed {
+            // Safe to go on: the attempt marker was confirmed before the send, so losing this record only makes the
+            // next delivery look the message up in Twilio.
+            self.unconfirmed();
+        }
         let p = strings(v);
         Ok(match p.first().map(String::as_str) {
             Some("ok") => Commit::Recorded { batch_completed: num(&p, 1) == 1 },
@@ -360,7 +434,7 @@ impl Ledger {
             .arg(seen.unwrap_or(""))
             .arg(k.window_prefix())
             .arg(self.retention_s)
-            .invoke_async(&mut self.conn.clone())
+            .run(&mut self.conn.clone())
             .await?;
         Ok(strings(v).first().map(String::as_str) == Some("ok"))
     }
@@ -401,7 +475,7 @@ impl Ledger {
             .arg(seen.unwrap_or(""))
             .arg(k.window_prefix())
             .arg(self.retention_s)
-            .invoke_async(&mut self.conn.clone())
+            .run(&mut self.conn.clone())
             .await?;
         let p = strings(v);
         Ok((p.first().map(String::as_str) == Some("ok")).then(|| num(&p, 1)))
@@ -430,7 +504,7 @@ impl Ledger {
             .arg(lease.as_millis() as u64)
             .arg(1000)
             .arg(&token)
-            .invoke_async(&mut self.conn.clone())
+            .run(&mut self.conn.clone())
             .await?;
         let mut p = strings(v);
         if p.len() < 3 {
@@ -462,7 +536,7 @@ impl Ledger {
         for m in members {
             inv.arg(m);
         }
-        let v: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        let v: Value = inv.run(&mut self.conn.clone()).await?;
         Ok(strings(v).into_iter().filter(|s| !s.is_empty()).collect())
     }
 
@@ -477,7 +551,7 @@ impl Ledger {
         for m in members {
             inv.arg(m);
         }
-        inv.invoke_async(&mut self.conn.clone()).await
+        inv.run(&mut self.conn.clone()).await
     }
 
     /// Credits a message received on `number` (+1 to its limit for one window, up to the cap).
@@ -494,7 +568,7 @@ impl Ledger {
             .arg(message_sid)
             .arg(self.quota.window_ms())
             .arg(number)
-            .invoke_async(&mut self.conn.clone())
+            .run(&mut self.conn.clone())
             .await?;
         let p = strings(v);
         Ok(match p.first().map(String::as_str) {

@@ -107,12 +107,8 @@ impl PurchaseLock {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
                     let sent = Instant::now();
-                    let r: redis::RedisResult<i64> = scripts::LOCK_RENEW
-                        .key(&key)
-                        .arg(&token)
-                        .arg(ttl.as_millis() as u64)
-                        .invoke_async(&mut conn)
-                        .await;
+                    let r: redis::RedisResult<i64> =
+                        scripts::LOCK_RENEW.key(&key).arg(&token).arg(ttl.as_millis() as u64).run(&mut conn).await;
                     match r {
                         Ok(1) => *renewed_at.lock().unwrap() = sent,
                         Ok(_) => {
@@ -149,7 +145,7 @@ impl PurchaseLock {
             r.abort();
         }
         let r: redis::RedisResult<i64> =
-            scripts::LOCK_RELEASE.key(&self.key).arg(&self.token).invoke_async(&mut self.conn).await;
+            scripts::LOCK_RELEASE.key(&self.key).arg(&self.token).run(&mut self.conn).await;
         if let Err(e) = r {
             // It expires on its own within the TTL.
             tracing::warn!(error.message = %e, "could not release purchase lock");
@@ -324,16 +320,12 @@ pub async fn commit_number(
         .arg(&number.number)
         .arg(&number.sid)
         .arg(intent_id)
-        .invoke_async(conn)
+        .run(conn)
         .await?;
-    // Index the number for inbound webhooks, and tell waiting workers in other processes at once.
-    let _: () = redis::pipe()
-        .hset(keys::NUMBERS, &number.number, customer.as_str())
-        .ignore()
-        .publish(keys::POOL_CHANNEL, customer.as_str())
-        .ignore()
-        .query_async(conn)
-        .await?;
+    // Index the number for inbound webhooks, and tell waiting workers in other processes at once (two commands:
+    // the index and the channel live in different slots of a Redis Cluster).
+    let _: () = conn.hset(keys::NUMBERS, &number.number, customer.as_str()).await?;
+    let _: () = conn.publish(keys::POOL_CHANNEL, customer.as_str()).await?;
     Ok(added == 1)
 }
 
@@ -345,7 +337,7 @@ pub async fn abandon_intent(
     value: &str,
 ) -> redis::RedisResult<bool> {
     let k = CustomerKeys::new(customer);
-    let n: i64 = scripts::INTENT_ABANDON.key(k.intents()).arg(intent_id).arg(value).invoke_async(conn).await?;
+    let n: i64 = scripts::INTENT_ABANDON.key(k.intents()).arg(intent_id).arg(value).run(conn).await?;
     Ok(n == 1)
 }
 
@@ -353,7 +345,7 @@ pub async fn abandon_intent(
 /// recorded them, and no purchase was started for any.
 pub async fn abandon_decision(conn: &mut Conn, customer: &CustomerId, prefix: &str) -> redis::RedisResult<u64> {
     let k = CustomerKeys::new(customer);
-    scripts::INTENT_ABANDON.key(k.intents()).arg(prefix).arg("*prefix").invoke_async(conn).await
+    scripts::INTENT_ABANDON.key(k.intents()).arg(prefix).arg("*prefix").run(conn).await
 }
 
 /// Pending intents of a customer: id → (created ms, FriendlyName, raw value).

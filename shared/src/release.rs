@@ -23,7 +23,7 @@ use crate::customers::Customer;
 use crate::domain::CustomerId;
 use crate::keys::{self, CustomerKeys};
 use crate::purchase::{self, PurchaseLock};
-use crate::scripts;
+use crate::scripts::{self, Acks};
 use crate::store::{Conn, num, strings};
 use crate::twilio::{TwilioClient, TwilioError};
 
@@ -64,17 +64,28 @@ pub enum ReleaseError {
     Redis(#[from] redis::RedisError),
 }
 
-/// Releases `customer`'s numbers idle for at least `idle` (or, with `dry_run`, only says which it would release,
-/// writing nothing).
+/// How a release runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ReleaseOptions {
+    /// Numbers idle at least this long are released.
+    pub idle: Duration,
+    /// Only say which numbers would be released; write nothing (not even the lock).
+    pub dry_run: bool,
+    /// TTL of the purchase lock the release holds (renewed while held).
+    pub lock_ttl: Duration,
+    /// Replicas that must confirm the numbers left the pool before Twilio's `DELETE`.
+    pub acks: Option<Acks>,
+}
+
+/// Releases `customer`'s idle numbers (or, with `dry_run`, only says which it would release, writing nothing).
 pub async fn release_idle(
     conn: &mut Conn,
     twilio: Option<&TwilioClient>,
     customer: &Customer,
     quota: &QuotaSettings,
-    idle: Duration,
-    dry_run: bool,
-    lock_ttl: Duration,
+    options: ReleaseOptions,
 ) -> Result<ReleaseReport, ReleaseError> {
+    let ReleaseOptions { idle, dry_run, lock_ttl, acks } = options;
     let lock = if dry_run {
         None
     } else {
@@ -83,9 +94,9 @@ pub async fn release_idle(
             None => return Err(ReleaseError::Busy(customer.id.clone())),
         }
     };
-    let planned = plan(conn, &customer.id, quota, idle, lock.as_ref().map(PurchaseLock::token)).await;
-    let (backlog, kept, picked) = match planned {
-        Ok(Plan::Picked { backlog, kept, numbers }) => (backlog, kept, numbers),
+    let planned = plan(conn, &customer.id, quota, idle, lock.as_ref().map(PurchaseLock::token), acks).await;
+    let (backlog, kept, picked, confirmed) = match planned {
+        Ok(Plan::Picked { backlog, kept, numbers, confirmed }) => (backlog, kept, numbers, confirmed),
         Ok(Plan::Busy) => {
             if let Some(l) = lock {
                 l.release().await;
@@ -120,6 +131,12 @@ pub async fn release_idle(
         let _: redis::RedisResult<()> = pipe.query_async(conn).await;
     }
     for n in picked {
+        if !confirmed {
+            // The replicas did not confirm that the numbers left the pool: a failover could put them back, so
+            // Twilio's DELETE waits for the reconciler (which finds the intents if they survived).
+            report.pending.push(n.number);
+            continue;
+        }
         match delete(conn, twilio, customer, &n.number, &n.sid).await {
             Ok(true) => report.released.push(n),
             Ok(false) | Err(_) => report.pending.push(n.number),
@@ -133,7 +150,7 @@ pub async fn release_idle(
 }
 
 enum Plan {
-    Picked { backlog: u64, kept: u64, numbers: Vec<Releasable> },
+    Picked { backlog: u64, kept: u64, numbers: Vec<Releasable>, confirmed: bool },
     Busy,
 }
 
@@ -143,32 +160,32 @@ async fn plan(
     quota: &QuotaSettings,
     idle: Duration,
     token: Option<&str>,
+    acks: Option<Acks>,
 ) -> redis::RedisResult<Plan> {
     let k = CustomerKeys::new(customer);
-    let reply = strings(
-        scripts::RELEASE_PLAN
-            .key(k.cfg())
-            .key(k.pool())
-            .key(k.pool_meta())
-            .key(k.pool_last())
-            .key(k.unsent())
-            .key(k.intents())
-            .key(k.lock())
-            .key(k.releases())
-            .key(k.queue())
-            .key(k.scheduled())
-            .key(k.inflight())
-            .arg(if token.is_some() { "apply" } else { "dry" })
-            .arg(token.unwrap_or(""))
-            .arg(idle.as_millis() as u64)
-            .arg(quota.window_ms())
-            .arg(quota.daily_quota)
-            .arg(quota.conversational_cap)
-            .arg(k.window_prefix())
-            .arg(k.received_prefix())
-            .invoke_async(conn)
-            .await?,
-    );
+    let (reply, confirmed): (redis::Value, bool) = scripts::RELEASE_PLAN
+        .key(k.cfg())
+        .key(k.pool())
+        .key(k.pool_meta())
+        .key(k.pool_last())
+        .key(k.unsent())
+        .key(k.intents())
+        .key(k.lock())
+        .key(k.releases())
+        .key(k.queue())
+        .key(k.scheduled())
+        .key(k.inflight())
+        .arg(if token.is_some() { "apply" } else { "dry" })
+        .arg(token.unwrap_or(""))
+        .arg(idle.as_millis() as u64)
+        .arg(quota.window_ms())
+        .arg(quota.daily_quota)
+        .arg(quota.conversational_cap)
+        .arg(k.window_prefix())
+        .arg(k.received_prefix())
+        .run_acked(conn, if token.is_some() { acks } else { None })
+        .await?;
+    let reply = strings(reply);
     match reply.first().map(String::as_str) {
         Some("plan") => {
             let numbers = reply[4..]
@@ -180,7 +197,12 @@ async fn plan(
                     idle_ms: c[3].parse().unwrap_or(0),
                 })
                 .collect();
-            Ok(Plan::Picked { backlog: num(&reply, 2).max(0) as u64, kept: num(&reply, 3).max(0) as u64, numbers })
+            Ok(Plan::Picked {
+                backlog: num(&reply, 2).max(0) as u64,
+                kept: num(&reply, 3).max(0) as u64,
+                numbers,
+                confirmed,
+            })
         }
         _ => Ok(Plan::Busy),
     }

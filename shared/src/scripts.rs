@@ -1,18 +1,122 @@
-//! The Lua scripts, loaded once per process.
+//! The Lua scripts, and how they are called.
 //!
 //! Each script lives as a documented file in `shared/lua/` (header: KEYS, ARGV, return value). `common.lua` holds
 //! the helpers for job states and batch counters and is prepended to every script, so those rules exist once.
-//! redis-rs sends `EVALSHA` and falls back to `EVAL` after a `NOSCRIPT` (a restarted Redis has an empty cache).
+//!
+//! A call is one `EVALSHA` round trip. When a node answers `NOSCRIPT` (its script cache is empty: it restarted, or
+//! it is a replica just promoted by a failover), the script is loaded in the same pipeline as the retried call, so
+//! both go to the node that holds the call's keys — in a Redis Cluster too, where a plain `SCRIPT LOAD` would be
+//! sent to every node and fail while any of them is down. [`Call::run_acked`] adds `WAIT n timeout` to the same
+//! pipeline: it runs on the same connection to the same node right after the script, so it confirms exactly the
+//! writes the script made (and any made before them on that connection).
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
+
+/// A script of `shared/lua/`.
+pub struct Lua(Script);
+
+impl Lua {
+    fn new(code: &str) -> Self {
+        Self(Script::new(code))
+    }
+
+    /// A call of this script, starting with its first key.
+    pub fn key<T: ToRedisArgs>(&self, key: T) -> Call<'_> {
+        let mut call = Call { script: &self.0, keys: Vec::new(), args: Vec::new() };
+        call.key(key);
+        call
+    }
+}
+
+/// Replicas that must confirm a write before the caller goes on (`WAIT numreplicas timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acks {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
+/// One call of a script: its keys and arguments.
+pub struct Call<'a> {
+    script: &'a Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call<'_> {
+    pub fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn evalsha(&self) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+
+    /// Runs the script (loading it first on the node that answers `NOSCRIPT`).
+    pub async fn run<T: FromRedisValue, C: ConnectionLike + Send>(&self, conn: &mut C) -> RedisResult<T> {
+        match self.evalsha().query_async(conn).await {
+            Err(e) if no_script(&e) => {
+                let (v,): (T,) = redis::pipe()
+                    .load_script(self.script)
+                    .ignore()
+                    .add_command(self.evalsha())
+                    .query_async(conn)
+                    .await?;
+                Ok(v)
+            }
+            other => other,
+        }
+    }
+
+    /// Runs the script, then `WAIT`s for `acks.replicas` replicas of the node that ran it to confirm its writes.
+    /// Returns the script's reply and whether enough replicas confirmed in time (`true` when `acks` is `None`).
+    pub async fn run_acked<T: FromRedisValue, C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        acks: Option<Acks>,
+    ) -> RedisResult<(T, bool)> {
+        let Some(acks) = acks.filter(|a| a.replicas > 0) else {
+            return Ok((self.run(conn).await?, true));
+        };
+        let wait = |pipe: &mut redis::Pipeline| {
+            pipe.cmd("WAIT").arg(acks.replicas).arg(acks.timeout.as_millis() as u64);
+        };
+        let mut pipe = redis::pipe();
+        pipe.add_command(self.evalsha());
+        wait(&mut pipe);
+        let (v, confirmed): (T, u32) = match pipe.query_async(conn).await {
+            Err(e) if no_script(&e) => {
+                let mut pipe = redis::pipe();
+                pipe.load_script(self.script).ignore().add_command(self.evalsha());
+                wait(&mut pipe);
+                pipe.query_async(conn).await?
+            }
+            other => other?,
+        };
+        Ok((v, confirmed >= acks.replicas))
+    }
+}
+
+fn no_script(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
 
 macro_rules! scripts {
     ($($(#[$doc:meta])* $name:ident => $file:literal;)*) => {$(
         $(#[$doc])*
-        pub static $name: LazyLock<Script> = LazyLock::new(|| {
-            Script::new(concat!(include_str!("../lua/common.lua"), "\n", include_str!(concat!("../lua/", $file))))
+        pub static $name: LazyLock<Lua> = LazyLock::new(|| {
+            Lua::new(concat!(include_str!("../lua/common.lua"), "\n", include_str!(concat!("../lua/", $file))))
         });
     )*};
 }

@@ -85,7 +85,7 @@ fn scripts(c: &mut Criterion) {
             idempotency_key: None,
             priority: false,
         };
-        batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None).await.unwrap();
+        batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None, None).await.unwrap();
         let quota = QuotaSettings {
             window: Duration::from_secs(86_400),
             daily_quota: 1_000_000,

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`sim`]: the Twilio simulator (also the `twilio-sim` binary).
-//! - [`redis_server`]: [`redis_server::TestRedis`], a private `redis-server` on a free loopback port.
+//! - [`redis_server`]: [`redis_server::TestRedis`], a private `redis-server` on a free loopback port (plain or TLS).
+//! - [`redis_cluster`]: [`redis_cluster::TestCluster`], a private Redis Cluster (primaries and replicas) to fail over.
 //! - [`procs`]: locating and running the `worker`, `producer` and `twilio-sim` binaries as child processes.
 //! - [`load`]: the load-test engine behind the `loadtest` binary.
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
@@ -22,5 +23,6 @@ pub fn http_builder() -> reqwest::ClientBuilder {
 pub mod fixtures;
 pub mod load;
 pub mod procs;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod sim;

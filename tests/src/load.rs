@@ -14,7 +14,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::fixtures::{self, max_in_window, recipients};
 use crate::procs::{self, Env, Proc};
-use crate::redis_server::TestRedis;
+use crate::redis_cluster::TestCluster;
+use crate::redis_server::{RedisOptions, TestRedis};
 use crate::sim::{self, Faults, Sim, SimConfig, SimState};
 
 /// Everything a run needs to know.
@@ -37,11 +38,18 @@ pub struct LoadConfig {
     /// Count commands with MONITOR (top-level vs inside scripts). Slows Redis: use on a separate, smaller run.
     pub count_commands: bool,
     pub show_progress: bool,
+    /// Run against a private Redis Cluster (3 primaries, 3 replicas) instead of one node.
+    pub cluster: bool,
+    /// `MESSENGER_REDIS_REPLICA_ACKS` for the workers and the producer; a single node then gets a replica.
+    pub replica_acks: u32,
 }
 
 /// The running pieces of one run.
 pub struct Stack {
     pub redis: Option<TestRedis>,
+    /// The single node's replica (when replica acknowledgements are on).
+    pub replica: Option<TestRedis>,
+    pub cluster: Option<TestCluster>,
     pub redis_url: String,
     pub sim: Option<Sim>,
     pub sim_base: String,
@@ -53,12 +61,26 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(cfg: &LoadConfig) -> anyhow::Result<Self> {
-        let (redis, redis_url) = match &cfg.redis_url {
-            Some(u) => (None, u.clone()),
+        let (mut redis, mut replica, mut cluster) = (None, None, None);
+        let redis_url = match &cfg.redis_url {
+            Some(u) => u.clone(),
+            None if cfg.cluster => {
+                let c = tokio::task::spawn_blocking(|| TestCluster::start(3, 1)).await?;
+                let seeds = c.seeds();
+                cluster = Some(c);
+                seeds
+            }
             None => {
                 let r = TestRedis::start();
                 let u = r.url();
-                (Some(r), u)
+                if cfg.replica_acks > 0 {
+                    let options = RedisOptions { replica_of: Some(r.port()), ..Default::default() };
+                    let rep = TestRedis::start_with(options);
+                    rep.wait_in_sync(Duration::from_secs(10));
+                    replica = Some(rep);
+                }
+                redis = Some(r);
+                u
             }
         };
         let (sim, sim_base) = match &cfg.twilio_api_base {
@@ -75,7 +97,13 @@ impl Stack {
                 (Some(s), format!("http://{addr}"))
             }
         };
-        let env = Env::new(&redis_url, &sim_base)
+        let env = if cluster.is_some() {
+            Env::new("redis://unused", &sim_base).set("REDIS_CLUSTER_NODES", &redis_url)
+        } else {
+            Env::new(&redis_url, &sim_base)
+        };
+        let env = env
+            .set("MESSENGER_REDIS_REPLICA_ACKS", cfg.replica_acks)
             .set("MESSENGER_DAILY_QUOTA", cfg.daily_quota)
             .set("MESSENGER_CONVERSATIONAL_CAP", cfg.daily_quota.max(1_000))
             .set("MESSENGER_WINDOW_SECS", cfg.window_secs)
@@ -84,7 +112,7 @@ impl Stack {
             .set("MESSENGER_AMBIGUOUS_GRACE_MS", 2_000)
             .set("RUST_LOG", "warn");
         let run = format!("lt{}", &ulid::Ulid::new().to_string().to_ascii_lowercase()[20..]);
-        Ok(Self { redis, redis_url, sim, sim_base, env, workers: Vec::new(), run })
+        Ok(Self { redis, replica, cluster, redis_url, sim, sim_base, env, workers: Vec::new(), run })
     }
 
     pub fn start_workers(&mut self, n: usize, concurrency: usize) {
@@ -106,12 +134,52 @@ impl Stack {
         peaks
     }
 
-    pub async fn conn(&self) -> redis::aio::ConnectionManager {
-        let settings = shared::config::RedisSettings {
-            url: secrecy::SecretString::from(self.redis_url.clone()),
-            response_timeout: Duration::from_secs(30),
-        };
+    pub async fn conn(&self) -> shared::store::Conn {
+        let mut settings = shared::config::RedisSettings::node(&self.redis_url, Duration::from_secs(30));
+        if self.cluster.is_some() {
+            settings.cluster_nodes = self.redis_url.split(',').map(|u| u.to_owned().into()).collect();
+        }
         shared::store::connect(&settings).await.expect("connect to redis")
+    }
+
+    /// Direct connections to every node that holds data: the one node, or each primary of the cluster (for INFO,
+    /// SCAN and MEMORY, which a cluster connection would send to one random node).
+    pub async fn data_nodes(&self) -> Vec<(String, shared::store::Conn)> {
+        let urls: Vec<String> = match &self.cluster {
+            Some(c) => c.primaries().into_iter().map(|p| format!("redis://127.0.0.1:{p}")).collect(),
+            None => vec![self.redis_url.clone()],
+        };
+        let mut out = Vec::new();
+        for u in urls {
+            let settings = shared::config::RedisSettings::node(&u, Duration::from_secs(30));
+            if let Ok(c) = shared::store::connect(&settings).await {
+                out.push((u.trim_start_matches("redis://").to_owned(), c));
+            }
+        }
+        out
+    }
+
+    /// `INFO <section>` of every data node.
+    async fn infos(&self, section: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, mut c) in self.data_nodes().await {
+            let info: String = redis::cmd("INFO").arg(section).query_async(&mut c).await.unwrap_or_default();
+            out.push((name, info));
+        }
+        out
+    }
+
+    /// CPU seconds (user + system) each data node has used so far.
+    pub async fn cpu_secs(&self) -> Vec<(String, f64)> {
+        self.infos("cpu")
+            .await
+            .into_iter()
+            .map(|(n, i)| {
+                let cpu =
+                    info_field(&i, "used_cpu_sys").unwrap_or(0.0) + info_field(&i, "used_cpu_user").unwrap_or(0.0);
+                (n, cpu)
+            })
+            .collect()
     }
 
     pub async fn sim_state(&self, with_messages: bool) -> SimState {
@@ -190,29 +258,34 @@ impl Stack {
         Ok(started.elapsed().as_secs_f64())
     }
 
+    /// Memory used by the data nodes, summed.
     pub async fn used_memory(&self) -> i64 {
-        let info: String =
-            redis::cmd("INFO").arg("memory").query_async(&mut self.conn().await).await.unwrap_or_default();
-        info_field(&info, "used_memory").unwrap_or(0.0) as i64
+        self.infos("memory").await.iter().map(|(_, i)| info_field(i, "used_memory").unwrap_or(0.0) as i64).sum()
     }
 
+    /// Calls per command over the data nodes, summed.
     pub async fn commandstats(&self) -> BTreeMap<String, u64> {
-        let info: String =
-            redis::cmd("INFO").arg("commandstats").query_async(&mut self.conn().await).await.unwrap_or_default();
-        info.lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-                let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?.parse().ok()?;
-                Some((name.to_owned(), calls))
-            })
-            .collect()
+        let mut out = BTreeMap::new();
+        for (_, info) in self.infos("commandstats").await {
+            for l in info.lines() {
+                let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else { continue };
+                let Some(calls) =
+                    rest.split(',').find_map(|kv| kv.strip_prefix("calls=")).and_then(|v| v.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                *out.entry(name.to_owned()).or_insert(0) += calls;
+            }
+        }
+        out
     }
 
     /// Resets Redis's bounded bookkeeping (latency histograms, slow log) so memory deltas show Messenger's data.
     pub async fn reset_redis_stats(&self) {
-        let mut c = self.conn().await;
-        let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await;
-        let _: redis::RedisResult<()> = redis::cmd("SLOWLOG").arg("RESET").query_async(&mut c).await;
+        for (_, mut c) in self.data_nodes().await {
+            let _: redis::RedisResult<()> = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut c).await;
+            let _: redis::RedisResult<()> = redis::cmd("SLOWLOG").arg("RESET").query_async(&mut c).await;
+        }
     }
 }
 
@@ -303,6 +376,11 @@ impl Monitor {
 /// The report of a bulk run (`throughput` and `purchases` scenarios).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BulkReport {
+    /// `single node`, `single node + replica` or `cluster 3+3`.
+    pub redis: String,
+    pub replica_acks: u32,
+    /// Redis CPU (user + system) per 1,000 messages sent, per data node, ms.
+    pub redis_cpu_ms_per_1000: Vec<(String, f64)>,
     pub recipients: usize,
     pub customers: usize,
     pub workers: usize,
@@ -388,7 +466,8 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
 
     // Send.
     let stats_before = stack.commandstats().await;
-    let monitor = if cfg.count_commands { Some(Monitor::start(&stack.redis_url).await?) } else { None };
+    let cpu_before = stack.cpu_secs().await;
+    let monitor = if cfg.count_commands && !cfg.cluster { Some(Monitor::start(&stack.redis_url).await?) } else { None };
     let sending_started: DateTime<Utc> = SystemTime::now().into();
     stack.start_workers(cfg.workers, cfg.concurrency);
     stack.wait_all(&batches, cfg.recipients as u64, cfg.show_progress, Duration::from_secs(3600)).await?;
@@ -397,6 +476,7 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
         None => None,
     };
     let stats_after = stack.commandstats().await;
+    let cpu_after = stack.cpu_secs().await;
     report.worker_peak_rss_kib = stack.stop_workers();
 
     let state = stack.sim_state(true).await;
@@ -411,6 +491,19 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     );
     let per = fixtures::per_recipient(&state);
     report.messages = state.messages.len();
+    report.redis = match (&stack.cluster, &stack.replica) {
+        (Some(_), _) => "cluster 3+3".into(),
+        (None, Some(_)) => "single node + replica".into(),
+        (None, None) => "single node".into(),
+    };
+    report.replica_acks = cfg.replica_acks;
+    report.redis_cpu_ms_per_1000 = cpu_after
+        .iter()
+        .map(|(n, after)| {
+            let before = cpu_before.iter().find(|(b, _)| b == n).map_or(0.0, |(_, v)| *v);
+            (n.clone(), (after - before) * 1000.0 * 1000.0 / report.messages.max(1) as f64)
+        })
+        .collect();
     report.recipients_texted_twice = per.values().filter(|n| **n > 1).count();
     report.numbers_bought = fixtures::owned_numbers(&state);
     report.purchase_requests = state.purchase_requests;
@@ -454,17 +547,18 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
 
 /// Every key in Redis by kind (windows, sticky senders, batch records, pools, …) with its memory.
 pub async fn key_inventory(stack: &Stack) -> BTreeMap<String, (u64, u64)> {
-    let mut conn = stack.conn().await;
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (_, mut conn) in stack.data_nodes().await {
+        inventory_of(&mut conn, &mut out).await;
+    }
+    out
+}
+
+async fn inventory_of(conn: &mut shared::store::Conn, out: &mut BTreeMap<String, (u64, u64)>) {
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or((0, Vec::new()));
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(1000).query_async(conn).await.unwrap_or((0, Vec::new()));
         for k in keys {
             let kind = match k.split_once("}:").map(|(_, rest)| rest) {
                 Some(r) if r.starts_with("w:") => "send windows",
@@ -476,7 +570,7 @@ pub async fn key_inventory(stack: &Stack) -> BTreeMap<String, (u64, u64)> {
                 Some(_) => "customer config and queues",
                 None => "global",
             };
-            let bytes: u64 = redis::cmd("MEMORY").arg("USAGE").arg(&k).query_async(&mut conn).await.unwrap_or(0);
+            let bytes: u64 = redis::cmd("MEMORY").arg("USAGE").arg(&k).query_async(conn).await.unwrap_or(0);
             let e = out.entry(kind.to_owned()).or_default();
             e.0 += 1;
             e.1 += bytes;
@@ -486,12 +580,11 @@ pub async fn key_inventory(stack: &Stack) -> BTreeMap<String, (u64, u64)> {
         }
         cursor = next;
     }
-    out
 }
 
 /// Enqueues one single message (front of the queue), as `POST /v1/customers/{id}/messages` does.
 async fn send_single(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut shared::store::Conn,
     customer: &CustomerId,
     to: &str,
     body: &str,
@@ -504,7 +597,7 @@ async fn send_single(
         idempotency_key: None,
         priority: true,
     };
-    batches::submit(conn, &req, Duration::from_secs(3600), 1000, None).await?;
+    batches::submit(conn, &req, Duration::from_secs(3600), 1000, None, None).await?;
     Ok(())
 }
 

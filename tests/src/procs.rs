@@ -50,6 +50,12 @@ impl Env {
         self
     }
 
+    /// This environment without `k`.
+    pub fn without(mut self, k: &str) -> Self {
+        self.vars.remove(k);
+        self
+    }
+
     /// `cmd` with this environment applied.
     pub fn apply<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         cmd.envs(&self.vars)

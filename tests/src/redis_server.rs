@@ -1,4 +1,5 @@
-//! Private `redis-server` processes for tests, on free loopback ports, never anyone else's Redis.
+//! Private `redis-server` processes for tests, on free loopback ports, never anyone else's Redis — plain, or
+//! TLS-only with a password and an ACL user, using a CA and certificate generated for the test (with `openssl`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -10,6 +11,90 @@ use std::time::{Duration, Instant};
 pub struct RedisOptions {
     /// Append-only file with `appendfsync always`: a restart loses nothing acknowledged.
     pub persistence: bool,
+    /// TLS only (no plain port), with a certificate for 127.0.0.1 signed by a CA made for this server; clients
+    /// authenticate as the ACL user `msgr` with [`PASSWORD`].
+    pub tls: bool,
+    /// Start as a replica of the (plain) server on this port.
+    pub replica_of: Option<u16>,
+}
+
+/// The password of the `msgr` ACL user (and `requirepass`) of a TLS test server.
+pub const PASSWORD: &str = "s3cret-test-password";
+
+/// A CA and a server certificate it signed (PEM files in a directory), plus a second CA that signed nothing.
+#[derive(Clone, Debug)]
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCerts {
+    /// Generates the files in `dir` with `openssl` (a CA, a key and certificate for 127.0.0.1 and localhost).
+    pub fn generate(dir: &std::path::Path) -> Self {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run openssl: {e} (install it: apt-get install openssl)"));
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        for ca in ["ca", "other-ca"] {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN=Messenger test {ca}"),
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+            ]);
+        }
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        Self {
+            ca: dir.join("ca.pem"),
+            other_ca: dir.join("other-ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        }
+    }
 }
 
 /// A `redis-server` child process; killed and its directory removed on drop.
@@ -18,6 +103,7 @@ pub struct TestRedis {
     port: u16,
     dir: PathBuf,
     options: RedisOptions,
+    certs: Option<TestCerts>,
 }
 
 fn free_port() -> u16 {
@@ -36,9 +122,10 @@ impl TestRedis {
     pub fn start_with(options: RedisOptions) -> Self {
         let dir = std::env::temp_dir().join(format!("messenger-redis-{}-{}", std::process::id(), ulid::Ulid::new()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
+        let certs = options.tls.then(|| TestCerts::generate(&dir));
         for _ in 0..5 {
             let port = free_port();
-            let mut r = Self { child: None, port, dir: dir.clone(), options: options.clone() };
+            let mut r = Self { child: None, port, dir: dir.clone(), options: options.clone(), certs: certs.clone() };
             if r.spawn().is_ok() {
                 return r;
             }
@@ -50,9 +137,33 @@ impl TestRedis {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let mut args: Vec<String> = vec![
-            "--port".into(),
-            self.port.to_string(),
+        let mut args: Vec<String> = match &self.certs {
+            None => vec!["--port".into(), self.port.to_string()],
+            Some(c) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                self.port.to_string(),
+                "--tls-cert-file".into(),
+                c.cert.display().to_string(),
+                "--tls-key-file".into(),
+                c.key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                c.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+                "--requirepass".into(),
+                PASSWORD.into(),
+                "--user".into(),
+                "msgr".into(),
+                "on".into(),
+                format!(">{PASSWORD}"),
+                "~*".into(),
+                "&*".into(),
+                "+@all".into(),
+            ],
+        };
+        args.extend([
             "--bind".into(),
             "127.0.0.1".into(),
             "--protected-mode".into(),
@@ -66,7 +177,11 @@ impl TestRedis {
             // DEBUG DIGEST lets tests prove that a rejected request changed nothing.
             "--enable-debug-command".into(),
             "local".into(),
-        ];
+        ]);
+        if let Some(primary) = self.options.replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]);
+            args.extend(["--repl-diskless-sync-delay".into(), "0".into()]);
+        }
         if self.options.persistence {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
         } else {
@@ -94,32 +209,48 @@ impl TestRedis {
     }
 
     fn ping(&self) -> bool {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+        self.client()
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(500)))
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
             .is_ok()
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        shared::store::node_client(&self.settings(), &self.url())
+    }
+
+    /// The settings a Messenger process uses for this server (TLS with the test CA, when TLS is on).
+    pub fn settings(&self) -> shared::config::RedisSettings {
+        let mut s = shared::config::RedisSettings::node(&self.url(), Duration::from_secs(10));
+        s.ca = self.certs.as_ref().map(|c| std::fs::read(&c.ca).expect("read the test CA"));
+        s
+    }
+
+    /// The CA and certificates of a TLS server.
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.certs.as_ref()
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// `redis://127.0.0.1:<port>`, or for a TLS server `rediss://msgr:<password>@127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.certs {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(_) => format!("rediss://msgr:{PASSWORD}@127.0.0.1:{}", self.port),
+        }
     }
 
     /// An async managed connection (same settings as the binaries use).
-    pub async fn conn(&self) -> redis::aio::ConnectionManager {
-        let settings = shared::config::RedisSettings {
-            url: secrecy::SecretString::from(self.url()),
-            response_timeout: Duration::from_secs(10),
-        };
-        shared::store::connect(&settings).await.expect("connect to test redis")
+    pub async fn conn(&self) -> shared::store::Conn {
+        shared::store::connect(&self.settings()).await.expect("connect to test redis")
     }
 
     /// A blocking connection for quick checks.
     pub fn sync_conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        self.client().unwrap().get_connection().unwrap()
     }
 
     /// Kills the server (SIGKILL): like a crash, nothing is flushed beyond what `appendfsync` already wrote.
@@ -146,6 +277,19 @@ impl TestRedis {
     /// A digest of the whole dataset (`DEBUG DIGEST`): equal digests mean nothing changed.
     pub fn digest(&self) -> String {
         redis::cmd("DEBUG").arg("DIGEST").query(&mut self.sync_conn()).expect("DEBUG DIGEST")
+    }
+
+    /// Waits until this replica is in sync with its primary.
+    pub fn wait_in_sync(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut self.sync_conn()).unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "replica on port {} did not sync", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `INFO` field as a number (e.g. `used_memory`).

@@ -8,13 +8,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::World;
-use harness::fixtures::{owned_numbers, per_recipient, recipients, wait_until};
+use common::{OPS_LOG, World, assert_exactly_once, get, ops_base, sample};
+use harness::fixtures::{owned_numbers, recipients, wait_until};
 use harness::redis_server::RedisOptions;
-use harness::sim::{Faults, SimConfig, SimState};
-use rand::Rng;
+use harness::sim::{Faults, SimConfig};
 use redis::AsyncCommands;
-use shared::batches::BatchStatus;
 use shared::domain::CustomerId;
 use shared::keys::CustomerKeys;
 
@@ -27,19 +25,6 @@ fn size(ci: usize, soak_size: usize) -> usize {
     if soak() { soak_size } else { ci }
 }
 
-/// Exactly one message per reachable recipient, every job terminal, counts adding up, no duplicate sends.
-fn assert_exactly_once(state: &SimState, reachable: &[String], status: &BatchStatus) {
-    let per = per_recipient(state);
-    let twice: Vec<_> = per.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(twice.is_empty(), "recipients texted more than once: {twice:?}");
-    let missing: Vec<_> = reachable.iter().filter(|r| !per.contains_key(*r)).take(5).collect();
-    assert!(missing.is_empty(), "reachable recipients never texted: {missing:?}");
-    assert!(status.is_complete(), "{status:?}");
-    assert_eq!(status.terminal(), status.total, "{status:?}");
-    assert_eq!(status.sent as usize, reachable.len(), "{status:?}");
-    assert_eq!(status.dup_sends, 0);
-}
-
 fn numbers_needed(recipients: usize) -> usize {
     recipients.div_ceil(250)
 }
@@ -49,41 +34,8 @@ fn numbers_needed(recipients: usize) -> usize {
 /// are resolved against Twilio before any resend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_lose_nothing_and_send_nothing_twice() {
-    let n = size(5_000, 20_000);
     let w = World::start(SimConfig { send_latency_ms: 150, purchase_latency_ms: 100, ..SimConfig::default() }).await;
-    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "100"]).await;
-    let to = recipients(n, 0);
-    let batch = w.bulk("acme", "Chaos: kill -9", &to, &[]).await;
-    let mut workers: Vec<_> = (0..4).map(|_| w.worker(8)).collect();
-
-    let started = Instant::now();
-    let mut kills = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(2_500)).await;
-        let s = w.status(&batch).await;
-        if s.is_complete() {
-            break;
-        }
-        let i = rand::rng().random_range(0..workers.len());
-        workers[i].kill9();
-        workers[i] = w.worker(8);
-        kills += 1;
-        println!("kill #{kills} at {:.1}s: {} of {n} terminal", started.elapsed().as_secs_f64(), s.terminal());
-        assert!(started.elapsed() < Duration::from_secs(600), "too slow: {s:?}");
-    }
-    let status = w.wait_complete(&batch, Duration::from_secs(60)).await;
-    let state = w.state();
-    println!(
-        "{kills} kills; {} messages to {} recipients; {} numbers ({} needed); {:.1}s",
-        state.messages.len(),
-        per_recipient(&state).len(),
-        owned_numbers(&state),
-        numbers_needed(n),
-        started.elapsed().as_secs_f64()
-    );
-    assert!(kills >= 5, "only {kills} kills: the batch finished too fast to prove anything");
-    assert_exactly_once(&state, &to, &status);
-    assert_eq!(owned_numbers(&state), numbers_needed(n), "surplus or missing numbers");
+    common::kill9_churn(&w, size(5_000, 20_000)).await;
 }
 
 /// Acceptance 2: the process holding a customer's purchase lock is stopped (SIGSTOP) in the middle of its purchase,
@@ -276,7 +228,7 @@ async fn workers_ride_out_redis_restarts() {
     let n = size(4_000, 20_000);
     let mut w = World::start_with(
         SimConfig { send_latency_ms: 100, ..SimConfig::default() },
-        RedisOptions { persistence: true },
+        RedisOptions { persistence: true, ..Default::default() },
     )
     .await;
     w.producer_ok(&["customer", "add", "acme", "--max-numbers", "100"]).await;
@@ -477,35 +429,11 @@ async fn a_dead_apalis_worker_is_replaced_under_a_new_name() {
     assert_eq!(sample(&text, "messenger_worker_sent_total"), Some(1000.0), "{text}");
 }
 
-/// Logs the operations endpoint's address (info) and otherwise only warnings.
-const OPS_LOG: &str = "warn,worker::ops=info";
-
-/// The address a worker started with `MESSENGER_WORKER_LISTEN=127.0.0.1:0` serves its operations endpoint on.
-async fn ops_base(worker: &harness::procs::Proc) -> String {
-    wait_until(Duration::from_secs(20), "the worker's operations endpoint", || async {
-        let log = worker.log();
-        let at = log.find("listening on http://")? + "listening on ".len();
-        let end = at + log[at..].find([' ', '"'])?;
-        Some(log[at..end].to_owned())
-    })
-    .await
-}
-
-async fn get(url: &str) -> Option<(u16, String)> {
-    let resp = harness::http().get(url).send().await.ok()?;
-    Some((resp.status().as_u16(), resp.text().await.ok()?))
-}
-
-/// One sample of a Prometheus text exposition, e.g. `messenger_worker_sent_total`.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// A worker's `/healthz` tells an orchestrator when the process is alive but not working (Redis gone for longer
 /// than a lease) and recovers by itself when Redis is back; `/metrics` counts what the process did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_probe_sees_a_redis_outage_and_the_metrics_count_the_work() {
-    let mut w = World::start_with(SimConfig::default(), RedisOptions { persistence: true }).await;
+    let mut w = World::start_with(SimConfig::default(), RedisOptions { persistence: true, ..Default::default() }).await;
     w.producer_ok(&["customer", "add", "acme"]).await;
     let mut worker = w
         .env

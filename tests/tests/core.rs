@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::World;
-use harness::fixtures::{max_in_window, owned_numbers, per_recipient, recipients, wait_until};
+use harness::fixtures::{owned_numbers, per_recipient, recipients, wait_until};
 use harness::sim::SimConfig;
 use redis::AsyncCommands;
 use shared::batches::{self, NewBatch};
@@ -23,7 +22,7 @@ use shared::keys::CustomerKeys;
 use shared::ledger::{Inbound, Job, Ledger, Reserve, ReserveMode};
 use shared::purchase::{self, Bought};
 
-const DAY: Duration = Duration::from_secs(86_400);
+use common::DAY;
 
 /// Acceptance 2: 4 processes × 16 handlers race to buy numbers for 2,000 recipients with a slow Twilio; they buy
 /// exactly ceil(2000 / 250) = 8, send exactly one message per recipient and never exceed 250 per number. Three
@@ -31,36 +30,8 @@ const DAY: Duration = Duration::from_secs(86_400);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_workers_buy_exactly_the_numbers_needed() {
     for round in 1..=3 {
-        // Arrange
         let w = World::start(SimConfig { purchase_latency_ms: 250, ..SimConfig::default() }).await;
-        w.producer_ok(&["customer", "add", "acme", "--max-numbers", "20"]).await;
-        let to = recipients(2_000, round * 10_000);
-        let batch = w.bulk("acme", "Water is off Tuesday 9-11am.", &to, &[]).await;
-
-        // Act: four worker processes start at once against a customer with no numbers.
-        let mut workers: Vec<_> = (0..4).map(|_| w.worker(16)).collect();
-        let status = w.wait_complete(&batch, Duration::from_secs(180)).await;
-
-        // Assert
-        let state = w.state();
-        let per = per_recipient(&state);
-        let busiest = max_in_window(&state, DAY);
-        println!(
-            "round {round}: numbers bought {}, purchase requests {}, messages {}, recipients {}, max per number {busiest}",
-            owned_numbers(&state),
-            state.purchase_requests,
-            state.messages.len(),
-            per.len()
-        );
-        assert_eq!(owned_numbers(&state), 8, "round {round}: numbers bought");
-        assert_eq!(state.purchase_requests, 8, "round {round}: purchase requests");
-        assert_eq!(per.len(), 2_000, "round {round}: recipients reached");
-        assert!(per.values().all(|&n| n == 1), "round {round}: someone got two texts");
-        assert!(busiest <= 250, "round {round}: a number sent {busiest} in the window");
-        assert_eq!((status.sent, status.failed, status.dup_sends), (2_000, 0, 0));
-        for p in &mut workers {
-            assert!(p.is_running(), "a worker died:\n{}", p.log());
-        }
+        common::race_round(&w, round).await;
     }
 }
 
@@ -134,7 +105,7 @@ async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize, number: 
         idempotency_key: None,
         priority: false,
     };
-    batches::submit(&mut conn, &req, DAY, 100, None).await.unwrap();
+    batches::submit(&mut conn, &req, DAY, 100, None, None).await.unwrap();
     let ledger = Ledger::new(conn, quota, DAY);
     let jobs = ledger.fetch(&id, n, Duration::from_secs(60)).await.unwrap().jobs;
     (ledger, jobs)
@@ -229,7 +200,7 @@ async fn a_recipient_keeps_its_sender_while_that_number_has_capacity() {
                 idempotency_key: None,
                 priority: true,
             };
-            batches::submit(&mut conn, &req, DAY, 10, None).await.unwrap();
+            batches::submit(&mut conn, &req, DAY, 10, None, None).await.unwrap();
             let f = ledger.fetch(&id, 1, Duration::from_secs(60)).await.unwrap();
             let job = f.jobs[0].clone();
             match ledger.reserve(&job, ReserveMode::Fast, None).await.unwrap() {
@@ -300,69 +271,11 @@ async fn quota_windows_use_redis_time_not_the_workers_clock() {
 }
 
 /// Acceptance 5: max 2 numbers, quota 5, 15 recipients → 10 sent and 5 deferred, then the 5 go out when the
-/// window frees their slots. Sampled atomically throughout: the counters always add up, and every pending job
-/// is in exactly one of queue, schedule or in-flight.
+/// window frees their slots; the counters add up and every pending job is in exactly one place throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_customer_at_max_numbers_defers_then_sends_when_the_window_frees() {
     let mut w = World::start(SimConfig::default()).await;
-    w.env = w
-        .env
-        .clone()
-        .set("MESSENGER_WINDOW_SECS", 4)
-        .set("MESSENGER_DAILY_QUOTA", 5)
-        .set("MESSENGER_CONVERSATIONAL_CAP", 5);
-    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "2"]).await;
-    let batch = w.bulk("acme", "Capacity test", &recipients(15, 0), &[]).await;
-    let id = BatchId::parse(&batch).unwrap();
-    let k = CustomerKeys::new(id.customer());
-    let _worker = w.worker(4);
-
-    let mut conn = w.redis.conn().await;
-    let mut saw_deferred = false;
-    let mut samples = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (h, q, sched, inflight): (HashMap<String, String>, i64, i64, i64) = redis::pipe()
-            .atomic()
-            .hgetall(k.batch(&id))
-            .llen(k.queue())
-            .zcard(k.scheduled())
-            .zcard(k.inflight())
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let get = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-        let terminal = get("sent") + get("failed") + get("opted_out") + get("cancelled");
-        let pending = get("total") - terminal;
-        samples += 1;
-        assert_eq!(get("total"), 15);
-        assert!(pending >= 0 && get("deferred") >= 0 && get("deferred") <= pending, "{h:?}");
-        assert_eq!(
-            q + sched + inflight,
-            pending,
-            "jobs lost or duplicated: {h:?} q={q} sched={sched} inflight={inflight}"
-        );
-        if get("sent") == 10 && get("deferred") == 5 {
-            saw_deferred = true;
-        }
-        if get("sent") == 15 {
-            assert!(saw_deferred, "never saw 10 sent / 5 deferred");
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not finish: {h:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let status = w.wait_complete(&batch, Duration::from_secs(10)).await;
-    let state = w.state();
-    println!(
-        "{samples} consistent samples; numbers {}; busiest number in any 4 s: {}",
-        owned_numbers(&state),
-        max_in_window(&state, Duration::from_secs(4))
-    );
-    assert_eq!((status.sent, status.deferred, status.failed), (15, 0, 0));
-    assert_eq!(owned_numbers(&state), 2);
-    assert!(max_in_window(&state, Duration::from_secs(4)) <= 5);
-    assert!(per_recipient(&state).values().all(|&n| n == 1));
+    common::deferral_at_max_numbers(&mut w).await;
 }
 
 /// Acceptance 6: the same request with the same idempotency key enqueues once, and the key cannot be reused for
@@ -488,7 +401,7 @@ async fn cancelling_a_half_enqueued_batch_completes_it() {
         idempotency_key: Some(shared::domain::IdempotencyKey::parse("half-1").unwrap()),
         priority: false,
     };
-    let receipt = batches::submit(&mut conn, &req, DAY, 4, None).await.unwrap();
+    let receipt = batches::submit(&mut conn, &req, DAY, 4, None, None).await.unwrap();
     let batch = BatchId::parse(&receipt.batch_id).unwrap();
     // Pretend the producer died after the first chunk: 6 of 10 never enqueued.
     let _: () = redis::cmd("HSET")
@@ -501,7 +414,7 @@ async fn cancelling_a_half_enqueued_batch_completes_it() {
     let _: () =
         redis::cmd("LTRIM").arg(CustomerKeys::new(&id).queue()).arg(0).arg(3).query_async(&mut conn).await.unwrap();
     batches::cancel(&mut conn, &batch, DAY).await.unwrap();
-    assert_eq!(batches::submit(&mut conn, &req, DAY, 4, None).await.unwrap().enqueued_now, 0);
+    assert_eq!(batches::submit(&mut conn, &req, DAY, 4, None, None).await.unwrap().enqueued_now, 0);
     let _worker = w.worker(4);
     let s = w.wait_complete(&batch.to_string(), Duration::from_secs(30)).await;
     assert_eq!((s.cancelled, s.sent, s.total), (10, 0, 10));

@@ -184,6 +184,10 @@ fn next_due(due: &HashMap<CustomerId, Instant>, ring: &mut VecDeque<CustomerId>,
 
 /// Forwards the producer's wake-ups (`PUBLISH msgr:wake <customer>`) to the fetcher and pool changes
 /// (`msgr:pool`) to `on_pool`, reconnecting as needed. Losing this channel only costs latency: both are also polled.
+///
+/// In a Redis Cluster a plain `PUBLISH` reaches every node over the cluster bus, so subscribing on any one node
+/// hears every message. The subscription moves to the next seed node each time its connection ends (the node
+/// died, or a failover), so it survives the loss of any node.
 pub async fn listen_for_wakes(
     settings: Arc<WorkerSettings>,
     tx: mpsc::UnboundedSender<Wake>,
@@ -191,9 +195,17 @@ pub async fn listen_for_wakes(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
+    let redis = &settings.shared.redis;
+    let mut next_seed = 0usize;
     loop {
+        let url = if redis.cluster_nodes.is_empty() {
+            redis.url.expose_secret().to_owned()
+        } else {
+            next_seed += 1;
+            redis.cluster_nodes[next_seed % redis.cluster_nodes.len()].expose_secret().to_owned()
+        };
         let attempt = async {
-            let client = redis::Client::open(settings.shared.redis.url.expose_secret())?;
+            let client = shared::store::node_client(redis, &url)?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&[keys::WAKE_CHANNEL, keys::POOL_CHANNEL]).await?;
             let mut stream = pubsub.on_message();

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shared::config::ConfigError;
@@ -32,6 +33,7 @@ struct Ops {
     registry: Registry,
     in_flight: Gauge,
     redis_reply_age: Gauge<f64, AtomicU64>,
+    wait_timeouts: Counter,
     health: Arc<Health>,
     leases: Arc<leases::Registry>,
     stale: Duration,
@@ -67,6 +69,11 @@ pub async fn serve(
         ("purchase_decisions", "Purchase decisions, each sized to the customer's backlog", &stats.purchase_decisions),
         ("numbers_attached", "Numbers attached to a customer's Messaging Service", &stats.attached),
         ("numbers_released", "Idle numbers released to Twilio", &stats.releases),
+        (
+            "replica_unconfirmed",
+            "Sends and purchases postponed because Redis replicas did not confirm a write in time",
+            &stats.unconfirmed,
+        ),
         ("duplicate_sends", "Sends recorded for a job that was already sent (should stay 0)", &stats.duplicate_sends),
         ("apalis_restarts", "apalis workers replaced by the supervisor", &stats.apalis_restarts),
     ];
@@ -79,13 +86,19 @@ pub async fn serve(
     capacity.set(concurrency as i64);
     registry.register("in_flight", "Jobs this process holds (leased)", in_flight.clone());
     registry.register("concurrency", "Handler slots of this process", capacity);
+    let wait_timeouts = Counter::default();
+    registry.register(
+        "replica_wait_timeouts",
+        "WAITs the Redis replicas did not confirm in time (MESSENGER_REDIS_REPLICA_ACKS)",
+        wait_timeouts.clone(),
+    );
     registry.register(
         "redis_reply_age_seconds",
         "Seconds since Redis last answered this process (-1: never)",
         redis_reply_age.clone(),
     );
 
-    let ops = Arc::new(Ops { registry, in_flight, redis_reply_age, health, leases, stale, worker });
+    let ops = Arc::new(Ops { registry, in_flight, redis_reply_age, wait_timeouts, health, leases, stale, worker });
     let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(ops);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -99,6 +112,8 @@ pub async fn serve(
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
     ops.in_flight.set(ops.leases.len() as i64);
     ops.redis_reply_age.set(ops.health.since_redis_reply().map_or(-1.0, |d| d.as_secs_f64()));
+    let seen = ops.wait_timeouts.get();
+    ops.wait_timeouts.inc_by(ops.health.wait_timeouts.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(seen));
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &ops.registry) {
         tracing::error!(error.message = %e, "could not encode metrics");
@@ -115,6 +130,7 @@ async fn healthz(State(ops): State<Arc<Ops>>) -> Response {
         "worker": ops.worker,
         "in_flight": ops.leases.len(),
         "redis_reply_age_ms": ops.health.since_redis_reply().map(|d| d.as_millis() as u64),
+        "redis": ops.health.redis_health(),
     });
     let code = if problem.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, axum::Json(body)).into_response()

@@ -224,6 +224,14 @@ impl Purchases {
                 return Capacity::Retry;
             }
         };
+        if !decision.confirmed {
+            // The replicas did not confirm the intents: a failover could lose them and let someone buy again. Buy
+            // nothing for them; decide again shortly.
+            shared.stats.unconfirmed.inc();
+            let _ = purchase::abandon_decision(&mut conn.clone(), &job.customer, &prefix).await;
+            lock.release().await;
+            return Capacity::WaitFor(shared.backoff(1));
+        }
         shared.stats.purchase_decisions.inc();
         tracing::info!(
             numbers = decision.intent_ids.len(),

@@ -112,7 +112,10 @@ async fn release_idle_numbers(shared: &Shared, ids: &[shared::domain::CustomerId
         let Ok(Some(customer)) = customers::get(&mut conn, id).await else { continue };
         let quota = shared.ledger.quota();
         let lock_ttl = shared.settings.lock_ttl;
-        match release::release_idle(&mut conn, Some(&shared.twilio), &customer, quota, idle, false, lock_ttl).await {
+        let options =
+            release::ReleaseOptions { idle, dry_run: false, lock_ttl, acks: shared.settings.shared.redis.acks };
+        let r = release::release_idle(&mut conn, Some(&shared.twilio), &customer, quota, options);
+        match r.await {
             Ok(r) => {
                 shared.stats.releases.inc_by(r.released.len() as u64);
             }

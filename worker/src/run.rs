@@ -25,6 +25,10 @@ use crate::send::Sender;
 use crate::settings::WorkerSettings;
 use crate::stats::{Health, Stats};
 
+/// Connections a worker keeps for the calls it follows with `WAIT` (each `WAIT` holds its connection until the
+/// replicas answer: 8 let 8 of them wait at once).
+const ACKED_CONNECTIONS: usize = 8;
+
 /// A unique name per process and per restart: apalis and operators tell workers apart by it, and reusing a name
 /// is what makes apalis-redis fleets lose orphaned jobs.
 pub fn worker_name() -> String {
@@ -58,7 +62,11 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let mut delay = Duration::from_millis(200);
     let mut conn = loop {
         let attempt = async {
-            let mut c = store::connect(&settings.shared.redis).await?;
+            let redis = &settings.shared.redis;
+            let mut c = store::connect(redis).await.map_err(|e| match store::config_problem(&e, redis) {
+                Some(problem) => anyhow::Error::from(ConfigError(problem)),
+                None => anyhow::Error::from(e),
+            })?;
             store::ensure_fleet_settings(&mut c, &settings.shared.quota, false).await.map_err(|e| {
                 match e.downcast::<redis::RedisError>() {
                     Ok(r) => anyhow::Error::from(r),
@@ -76,6 +84,13 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
                 Err(e) => match e.downcast::<ConfigError>() {
                     Ok(config) => return Err(config),
                     Err(e) => {
+                        let redis = &settings.shared.redis;
+                        let target = if redis.cluster_nodes.is_empty() {
+                            shared::store::without_credentials(secrecy::ExposeSecret::expose_secret(&redis.url))
+                        } else {
+                            format!("cluster seeds {}", shared::store::describe_seeds(redis))
+                        };
+                        health.connect_failed(format!("{target}: {e}"));
                         tracing::warn!(error.message = %e, "redis not reachable; retrying in {delay:?}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
@@ -85,8 +100,26 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
             _ = &mut shutdown => return Ok(()),
         }
     };
+    // Replica acknowledgements block the connection their WAIT runs on: they get connections of their own.
+    let acked = match settings.shared.redis.acks {
+        Some(_) => loop {
+            match store::connect_many(&settings.shared.redis, ACKED_CONNECTIONS).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error.message = %e, "redis not reachable for the acknowledged connections; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = &mut shutdown => return Ok(()),
+                    }
+                }
+            }
+        },
+        None => Vec::new(),
+    };
     let ledger = Ledger::new(conn.clone(), settings.shared.quota, settings.shared.batch_retention)
-        .with_orphan_after(settings.shared.twilio.timeout + Duration::from_secs(5));
+        .with_orphan_after(settings.shared.twilio.timeout + Duration::from_secs(5))
+        .with_acks(settings.shared.redis.acks, acked)
+        .with_wait_counter(health.wait_timeouts.clone());
     let twilio = TwilioClient::new(&settings.shared.twilio)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -125,6 +158,9 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         final_rx,
     ));
     tokio::spawn(reconciler::run(shared.clone(), purchases.clone(), stop_rx.clone()));
+    if conn.is_cluster() {
+        tokio::spawn(watch_cluster(conn.clone(), health.clone(), stop_rx.clone()));
+    }
     // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
     let supervisor = supervise(sender, shared.clone(), inbox.clone(), ledger.clone(), stop_rx.clone(), name.clone());
     tokio::pin!(supervisor);
@@ -217,6 +253,18 @@ async fn supervise(
         shared.stats.apalis_restarts.inc();
         tokio::time::sleep(Duration::from_secs(1)).await;
         name = worker_name();
+    }
+}
+
+/// In cluster mode, looks at the cluster every two seconds, so `/healthz` can name the nodes that are down and say
+/// whether every slot still has a primary.
+async fn watch_cluster(mut conn: store::Conn, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => return,
+        }
+        health.redis_checked(store::health(&mut conn).await);
     }
 }
 

@@ -65,6 +65,15 @@ impl Sender {
             };
             let step = match r {
                 Reserve::Reserved(slot) => Step::Send(slot),
+                Reserve::Unconfirmed(slot) => {
+                    // The replicas did not confirm the attempt marker: sending now could text twice after a
+                    // failover. Give the slot back and try again shortly.
+                    self.shared.stats.unconfirmed.inc();
+                    let delay = self.shared.backoff(1);
+                    let marker = slot.marker();
+                    self.requeue(job, Requeue::Release, Due::In(delay), slot.attempt, "replicas", Some(&marker)).await;
+                    Step::Done
+                }
                 Reserve::Lost => {
                     tracing::debug!("lease lost; leaving the job to its new holder");
                     Step::Done

@@ -26,6 +26,8 @@ pub struct Stats {
     /// Numbers attached to a Messaging Service (a retry after a transient failure counts once more).
     pub attached: Counter,
     pub releases: Counter,
+    /// Steps not taken because the replicas did not confirm a write in time (`MESSENGER_REDIS_REPLICA_ACKS`).
+    pub unconfirmed: Counter,
     pub duplicate_sends: Counter,
     pub apalis_restarts: Counter,
 }
@@ -38,6 +40,12 @@ pub struct Health {
     redis_reply: AtomicU64,
     fetcher_running: AtomicBool,
     stopping: AtomicBool,
+    /// What the last look at Redis found (a cluster: which nodes are unreachable, whether every slot is served).
+    redis: std::sync::Mutex<Option<shared::store::RedisHealth>>,
+    /// Why the last attempt to connect failed (shown until Redis first answers).
+    connect_error: std::sync::Mutex<Option<String>>,
+    /// `WAIT`s the replicas did not confirm in time (the ledger counts them here).
+    pub wait_timeouts: Arc<AtomicU64>,
 }
 
 impl Default for Health {
@@ -47,6 +55,9 @@ impl Default for Health {
             redis_reply: AtomicU64::new(0),
             fetcher_running: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            redis: std::sync::Mutex::new(None),
+            connect_error: std::sync::Mutex::new(None),
+            wait_timeouts: Arc::default(),
         }
     }
 }
@@ -71,6 +82,24 @@ impl Health {
         FetcherGuard(self.clone())
     }
 
+    /// Records why connecting failed (until Redis answers).
+    pub fn connect_failed(&self, why: String) {
+        *self.connect_error.lock().unwrap() = Some(why);
+    }
+
+    /// Records what a look at Redis found.
+    pub fn redis_checked(&self, h: shared::store::RedisHealth) {
+        if h.ok {
+            self.redis_replied();
+        }
+        *self.redis.lock().unwrap() = Some(h);
+    }
+
+    /// The last look at Redis (a cluster's nodes), if any.
+    pub fn redis_health(&self) -> Option<shared::store::RedisHealth> {
+        self.redis.lock().unwrap().clone()
+    }
+
     pub fn stopping(&self) {
         self.stopping.store(true, Relaxed);
     }
@@ -81,10 +110,21 @@ impl Health {
             return Some("stopping".into());
         }
         let Some(age) = self.since_redis_reply() else {
-            return Some("no reply from Redis yet".into());
+            return Some(match self.connect_error.lock().unwrap().as_deref() {
+                Some(why) => format!("no reply from Redis yet: {why}"),
+                None => "no reply from Redis yet".into(),
+            });
         };
         if !self.fetcher_running.load(Relaxed) {
             return Some("the fetcher is not running".into());
+        }
+        if let Some(h) = self.redis.lock().unwrap().as_ref().filter(|h| !h.ok) {
+            let nodes = if h.unreachable.is_empty() {
+                String::new()
+            } else {
+                format!("; unreachable: {}", h.unreachable.join(", "))
+            };
+            return Some(format!("redis cluster not serving every slot (state {}){nodes}", h.state));
         }
         (age > stale).then(|| format!("no reply from Redis for {} s", age.as_secs()))
     }

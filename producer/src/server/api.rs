@@ -296,8 +296,10 @@ async fn prepare(bulk: BulkRequest, priority: bool) -> Result<shared::batches::N
 
 async fn submit(s: &AppState, bulk: BulkRequest, priority: bool) -> Result<batches::Receipt, ApiError> {
     let batch = prepare(bulk, priority).await?;
-    let mut conn = s.conn.clone();
-    enqueue::enqueue(&mut conn, batch, s.settings.batch_retention, 1_000, None).await.map_err(bulk_error)
+    let mut conn = s.acked.clone().unwrap_or_else(|| s.conn.clone());
+    enqueue::enqueue(&mut conn, batch, s.settings.batch_retention, 1_000, None, s.settings.redis.acks)
+        .await
+        .map_err(bulk_error)
 }
 
 fn bulk_error(e: BulkError) -> ApiError {
@@ -308,6 +310,7 @@ fn bulk_error(e: BulkError) -> ApiError {
             ApiError::conflict(e.to_string()).field("idempotency_key")
         }
         BulkError::Submit(SubmitError::Redis(r)) => ApiError::redis(&r),
+        BulkError::Submit(e @ SubmitError::NotDurable { .. }) => ApiError::unavailable(e.to_string()),
     }
 }
 
@@ -408,10 +411,11 @@ pub async fn release_idle(
         .ok_or_else(|| ApiError::not_found(format!("unknown customer {id}")))?;
     let idle = std::time::Duration::from_secs_f64(days * 86_400.0);
     let ttl = std::time::Duration::from_secs(10);
-    shared::release::release_idle(&mut conn, s.twilio.as_ref(), &customer, &s.settings.quota, idle, dry_run, ttl)
-        .await
-        .map_err(|e| match e {
+    let options = shared::release::ReleaseOptions { idle, dry_run, lock_ttl: ttl, acks: s.settings.redis.acks };
+    shared::release::release_idle(&mut conn, s.twilio.as_ref(), &customer, &s.settings.quota, options).await.map_err(
+        |e| match e {
             shared::release::ReleaseError::Busy(_) => ApiError::conflict(e.to_string()),
             shared::release::ReleaseError::Redis(e) => ApiError::redis(&e),
-        })
+        },
+    )
 }

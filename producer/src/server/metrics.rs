@@ -170,23 +170,27 @@ async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
     let mut active: Vec<String> = conn.smembers(shared::keys::ACTIVE).await?;
     active.sort();
     active.truncate(500);
-    let mut pipe = redis::pipe();
-    pipe.zcount(shared::keys::WORKERS, now - 60_000, "+inf");
-    let mut ids = Vec::new();
-    for c in &active {
-        let Ok(id) = shared::domain::CustomerId::parse(c) else { continue };
-        let k = shared::keys::CustomerKeys::new(&id);
-        pipe.llen(k.queue()).zcard(k.scheduled()).zcard(k.inflight());
-        ids.push(id);
-    }
-    // The live workers first, then three counts per customer.
-    let counts: Vec<i64> = pipe.query_async(&mut conn).await?;
-    let (alive, counts) = counts.split_first().map(|(a, rest)| (*a, rest)).unwrap_or((0, &[]));
+    let alive: i64 = conn.zcount(shared::keys::WORKERS, now - 60_000, "+inf").await?;
+    // One pipeline per customer (its keys share one slot of a Redis Cluster), all in flight at once.
+    let ids: Vec<_> = active.iter().filter_map(|c| shared::domain::CustomerId::parse(c).ok()).collect();
+    let counts = futures::future::try_join_all(ids.iter().map(|id| {
+        let mut conn = conn.clone();
+        let k = shared::keys::CustomerKeys::new(id);
+        async move {
+            redis::pipe()
+                .llen(k.queue())
+                .zcard(k.scheduled())
+                .zcard(k.inflight())
+                .query_async::<(i64, i64, i64)>(&mut conn)
+                .await
+        }
+    }))
+    .await?;
     s.metrics.queue.clear();
-    for (i, id) in ids.iter().enumerate() {
-        for (j, state) in ["ready", "scheduled", "in_flight"].into_iter().enumerate() {
+    for (id, (ready, scheduled, in_flight)) in ids.iter().zip(counts) {
+        for (state, n) in [("ready", ready), ("scheduled", scheduled), ("in_flight", in_flight)] {
             let labels = QueueLabels { customer: id.to_string(), state: state.to_owned() };
-            s.metrics.queue.get_or_create(&labels).set(counts[3 * i + j]);
+            s.metrics.queue.get_or_create(&labels).set(n);
         }
     }
     s.metrics.workers.set(alive);

@@ -68,6 +68,9 @@ pub struct AppState {
     pub webhook_tokens: Option<Arc<AccountTokens>>,
     /// Customer → the account that owns its numbers, cached briefly (every webhook needs it).
     pub customer_accounts: Arc<webhooks::CustomerAccounts>,
+    /// A connection of its own for enqueues followed by `WAIT` (replica acknowledgements), which blocks the
+    /// connection it runs on; `None` when acknowledgements are off.
+    pub acked: Option<Conn>,
 }
 
 /// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
@@ -111,7 +114,14 @@ impl AppState {
             twilio,
             webhook_tokens,
             customer_accounts: Arc::default(),
+            acked: None,
         }
+    }
+
+    /// Uses `conn` for the enqueues that wait for replicas.
+    pub fn with_acked_conn(mut self, conn: Conn) -> Self {
+        self.acked = Some(conn);
+        self
     }
 }
 
@@ -153,13 +163,17 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
-/// `GET /healthz`: 200 when Redis answers, 503 otherwise.
+/// `GET /healthz`: 200 when Redis answers (a cluster: every slot has a reachable primary), 503 otherwise; the body
+/// names the cluster's nodes that are not online.
 async fn healthz(State(s): State<AppState>) -> Response {
-    let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut s.conn.clone()).await;
-    match pong {
-        Ok(_) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
-        Err(e) => ApiError::redis(&e).into_response(),
-    }
+    let h = shared::store::health(&mut s.conn.clone()).await;
+    let body = serde_json::json!({
+        "status": if h.ok { "ok" } else { "unavailable" },
+        "redis": h.state,
+        "unreachable": h.unreachable,
+    });
+    let code = if h.ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
 }
 
 /// Counts every request by route template, method and status, and times it.

@@ -94,6 +94,12 @@ struct Common {
     /// Count commands with MONITOR (round trips vs commands inside scripts). Slows Redis down: use a separate run.
     #[arg(long)]
     count_commands: bool,
+    /// Run against a private Redis Cluster (3 primaries, 3 replicas on loopback) instead of one node.
+    #[arg(long)]
+    cluster: bool,
+    /// MESSENGER_REDIS_REPLICA_ACKS for the run (a single node then gets a replica to confirm).
+    #[arg(long, default_value_t = 0)]
+    replica_acks: u32,
 }
 
 impl Common {
@@ -120,6 +126,8 @@ impl Common {
             prebuy: self.prebuy,
             count_commands: self.count_commands,
             show_progress: !json,
+            cluster: self.cluster,
+            replica_acks: self.replica_acks,
         }
     }
 }
@@ -227,6 +235,7 @@ fn print<T: Serialize>(json: bool, v: &T, human: impl FnOnce()) -> anyhow::Resul
 }
 
 fn print_bulk(r: &BulkReport) {
+    println!("redis: {}, replica acks {}", r.redis, r.replica_acks);
     println!(
         "{} recipients, {} customers, {} workers × {} concurrency, send latency {} ms, purchase latency {} ms",
         r.recipients, r.customers, r.workers, r.concurrency, r.send_latency_ms, r.purchase_latency_ms
@@ -278,6 +287,8 @@ fn print_bulk(r: &BulkReport) {
     );
     let kinds: Vec<String> = r.redis_keys_after.iter().map(|(k, (n, b))| format!("{k}: {n} keys {b} B")).collect();
     println!("  redis keys after   {}", kinds.join("; "));
+    let cpu: Vec<String> = r.redis_cpu_ms_per_1000.iter().map(|(n, ms)| format!("{n} {ms:.1} ms")).collect();
+    println!("  redis cpu          per 1,000 messages: {}", cpu.join(", "));
     println!("  worker peak RSS    {:?} KiB", r.worker_peak_rss_kib);
 }
 

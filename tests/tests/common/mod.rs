@@ -1,35 +1,100 @@
-//! Shared setup for the integration tests: a private Redis, an in-process Twilio simulator, and the environment
-//! the real `producer` and `worker` binaries run with.
+//! Shared setup for the integration tests: a private Redis (one node, or a cluster), an in-process Twilio
+//! simulator, the environment the real `producer` and `worker` binaries run with — and the scenarios that run the
+//! same way on a single node and on a cluster (the purchase race, the deferral at max numbers, kill -9 churn).
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use harness::fixtures::wait_until;
+use harness::fixtures::{max_in_window, owned_numbers, per_recipient, recipients, wait_until};
 use harness::procs::{Env, Proc, stdout_of};
+use harness::redis_cluster::TestCluster;
 use harness::redis_server::{RedisOptions, TestRedis};
 use harness::sim::{self, Sim, SimConfig, SimState};
+use rand::Rng;
 use shared::batches::{self, BatchStatus};
 use shared::domain::BatchId;
+use shared::keys::CustomerKeys;
+use shared::store::Conn;
 
-pub struct World {
-    pub redis: TestRedis,
+pub const DAY: Duration = Duration::from_secs(86_400);
+
+/// The Redis a test runs against: one node or a cluster.
+pub trait Store {
+    /// Points Messenger's processes at it.
+    fn configure(&self, env: Env) -> Env;
+    fn conn(&self) -> impl std::future::Future<Output = Conn> + Send;
+    /// Equal digests before and after: nothing changed (every primary of a cluster).
+    fn digest(&self) -> String;
+}
+
+impl Store for TestRedis {
+    fn configure(&self, env: Env) -> Env {
+        let env = env.set("REDIS_URL", self.url());
+        match self.certs() {
+            Some(c) => env.set("REDIS_CA_FILE", c.ca.display()),
+            None => env,
+        }
+    }
+    async fn conn(&self) -> Conn {
+        TestRedis::conn(self).await
+    }
+    fn digest(&self) -> String {
+        TestRedis::digest(self)
+    }
+}
+
+impl Store for TestCluster {
+    fn configure(&self, env: Env) -> Env {
+        env.set("REDIS_CLUSTER_NODES", self.seeds())
+    }
+    async fn conn(&self) -> Conn {
+        TestCluster::conn(self).await
+    }
+    fn digest(&self) -> String {
+        TestCluster::digest(self)
+    }
+}
+
+pub struct World<R: Store = TestRedis> {
+    pub redis: R,
     pub sim: Sim,
     pub sim_base: String,
     pub env: Env,
 }
 
-impl World {
+impl World<TestRedis> {
     pub async fn start(config: SimConfig) -> Self {
         Self::start_with(config, RedisOptions::default()).await
     }
 
     pub async fn start_with(config: SimConfig, options: RedisOptions) -> Self {
-        let redis = TestRedis::start_with(options);
+        World::on(TestRedis::start_with(options), config).await
+    }
+}
+
+impl World<TestCluster> {
+    /// A 3-primary, 3-replica cluster.
+    pub async fn start_cluster(config: SimConfig) -> Self {
+        Self::start_cluster_with(config, false).await
+    }
+
+    /// A 3-primary, 3-replica cluster whose nodes keep fsynced append-only files (to be killed and restarted).
+    pub async fn start_cluster_with(config: SimConfig, persistence: bool) -> Self {
+        let cluster = tokio::task::spawn_blocking(move || TestCluster::start_with(3, 1, persistence))
+            .await
+            .expect("cluster start");
+        World::on(cluster, config).await
+    }
+}
+
+impl<R: Store> World<R> {
+    pub async fn on(redis: R, config: SimConfig) -> Self {
         let (sim, addr) = sim::spawn(config).await;
         let sim_base = format!("http://{addr}");
-        let env = Env::new(&redis.url(), &sim_base)
+        let env = Env::new("redis://unused", &sim_base)
             // Fast orphan recovery and quick ambiguity checks keep the tests short.
             .set("MESSENGER_TWILIO_TIMEOUT_MS", 3000)
             .set("MESSENGER_LEASE_SECS", 6)
@@ -39,6 +104,7 @@ impl World {
             .set("MESSENGER_RECONCILE_SECS", 2)
             .set("MESSENGER_BACKOFF_BASE_MS", 100)
             .set("MESSENGER_BACKOFF_MAX_MS", 2000);
+        let env = redis.configure(env);
         Self { redis, sim, sim_base, env }
     }
 
@@ -80,4 +146,176 @@ impl World {
     pub fn state(&self) -> SimState {
         self.sim.state(true)
     }
+}
+
+/// Exactly one message per reachable recipient, every job terminal, counts adding up, no duplicate sends.
+pub fn assert_exactly_once(state: &SimState, reachable: &[String], status: &BatchStatus) {
+    let per = per_recipient(state);
+    let twice: Vec<_> = per.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "recipients texted more than once: {twice:?}");
+    let missing: Vec<_> = reachable.iter().filter(|r| !per.contains_key(*r)).take(5).collect();
+    assert!(missing.is_empty(), "reachable recipients never texted: {missing:?}");
+    assert!(status.is_complete(), "{status:?}");
+    assert_eq!(status.terminal(), status.total, "{status:?}");
+    assert_eq!(status.sent as usize, reachable.len(), "{status:?}");
+    assert_eq!(status.dup_sends, 0);
+}
+
+/// One round of the purchase race: 4 worker processes × 16 handlers start at once against a customer with no
+/// numbers and 2,000 recipients, with a slow Twilio (250 ms a purchase). They must buy exactly ceil(2000 / 250) = 8,
+/// send exactly one message per recipient and never exceed 250 per number.
+pub async fn race_round<R: Store>(w: &World<R>, round: usize) {
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "20"]).await;
+    let to = recipients(2_000, round * 10_000);
+    let batch = w.bulk("acme", "Water is off Tuesday 9-11am.", &to, &[]).await;
+
+    let mut workers: Vec<_> = (0..4).map(|_| w.worker(16)).collect();
+    let status = w.wait_complete(&batch, Duration::from_secs(180)).await;
+
+    let state = w.state();
+    let per = per_recipient(&state);
+    let busiest = max_in_window(&state, DAY);
+    println!(
+        "round {round}: numbers bought {}, purchase requests {}, messages {}, recipients {}, max per number {busiest}",
+        owned_numbers(&state),
+        state.purchase_requests,
+        state.messages.len(),
+        per.len()
+    );
+    assert_eq!(owned_numbers(&state), 8, "round {round}: numbers bought");
+    assert_eq!(state.purchase_requests, 8, "round {round}: purchase requests");
+    assert_eq!(per.len(), 2_000, "round {round}: recipients reached");
+    assert!(per.values().all(|&n| n == 1), "round {round}: someone got two texts");
+    assert!(busiest <= 250, "round {round}: a number sent {busiest} in the window");
+    assert_eq!((status.sent, status.failed, status.dup_sends), (2_000, 0, 0));
+    for p in &mut workers {
+        assert!(p.is_running(), "a worker died:\n{}", p.log());
+    }
+}
+
+/// The deferral at max numbers: max 2 numbers, quota 5, 15 recipients → 10 sent and 5 deferred, then the 5 go out
+/// when the window frees their slots. Sampled atomically throughout: the counters always add up, and every
+/// pending job is in exactly one of queue, schedule or in-flight.
+pub async fn deferral_at_max_numbers<R: Store>(w: &mut World<R>) {
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_WINDOW_SECS", 4)
+        .set("MESSENGER_DAILY_QUOTA", 5)
+        .set("MESSENGER_CONVERSATIONAL_CAP", 5);
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "2"]).await;
+    let batch = w.bulk("acme", "Capacity test", &recipients(15, 0), &[]).await;
+    let id = BatchId::parse(&batch).unwrap();
+    let k = CustomerKeys::new(id.customer());
+    let _worker = w.worker(4);
+
+    let mut conn = w.redis.conn().await;
+    let mut saw_deferred = false;
+    let mut samples = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (h, q, sched, inflight): (HashMap<String, String>, i64, i64, i64) = redis::pipe()
+            .atomic()
+            .hgetall(k.batch(&id))
+            .llen(k.queue())
+            .zcard(k.scheduled())
+            .zcard(k.inflight())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let get = |f: &str| h.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let terminal = get("sent") + get("failed") + get("opted_out") + get("cancelled");
+        let pending = get("total") - terminal;
+        samples += 1;
+        assert_eq!(get("total"), 15);
+        assert!(pending >= 0 && get("deferred") >= 0 && get("deferred") <= pending, "{h:?}");
+        assert_eq!(
+            q + sched + inflight,
+            pending,
+            "jobs lost or duplicated: {h:?} q={q} sched={sched} inflight={inflight}"
+        );
+        if get("sent") == 10 && get("deferred") == 5 {
+            saw_deferred = true;
+        }
+        if get("sent") == 15 {
+            assert!(saw_deferred, "never saw 10 sent / 5 deferred");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not finish: {h:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = w.wait_complete(&batch, Duration::from_secs(10)).await;
+    let state = w.state();
+    println!(
+        "{samples} consistent samples; numbers {}; busiest number in any 4 s: {}",
+        owned_numbers(&state),
+        max_in_window(&state, Duration::from_secs(4))
+    );
+    assert_eq!((status.sent, status.deferred, status.failed), (15, 0, 0));
+    assert_eq!(owned_numbers(&state), 2);
+    assert!(max_in_window(&state, Duration::from_secs(4)) <= 5);
+    assert!(per_recipient(&state).values().all(|&n| n == 1));
+}
+
+/// Kill -9 churn: while a batch of `n` is sending over 4 worker processes, a random worker is killed every 2.5 s
+/// and a new one started. Killed workers' jobs come back when their leases expire; those that were mid-send are
+/// resolved against Twilio before any resend. Every recipient gets exactly one text and no surplus number is bought.
+pub async fn kill9_churn<R: Store>(w: &World<R>, n: usize) {
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "100"]).await;
+    let to = recipients(n, 0);
+    let batch = w.bulk("acme", "Chaos: kill -9", &to, &[]).await;
+    let mut workers: Vec<_> = (0..4).map(|_| w.worker(8)).collect();
+
+    let started = Instant::now();
+    let mut kills = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let s = w.status(&batch).await;
+        if s.is_complete() {
+            break;
+        }
+        let i = rand::rng().random_range(0..workers.len());
+        workers[i].kill9();
+        workers[i] = w.worker(8);
+        kills += 1;
+        println!("kill #{kills} at {:.1}s: {} of {n} terminal", started.elapsed().as_secs_f64(), s.terminal());
+        assert!(started.elapsed() < Duration::from_secs(600), "too slow: {s:?}");
+    }
+    let status = w.wait_complete(&batch, Duration::from_secs(60)).await;
+    let state = w.state();
+    println!(
+        "{kills} kills; {} messages to {} recipients; {} numbers ({} needed); {:.1}s",
+        state.messages.len(),
+        per_recipient(&state).len(),
+        owned_numbers(&state),
+        n.div_ceil(250),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(kills >= 5, "only {kills} kills: the batch finished too fast to prove anything");
+    assert_exactly_once(&state, &to, &status);
+    assert_eq!(owned_numbers(&state), n.div_ceil(250), "surplus or missing numbers");
+}
+
+/// Logs the operations endpoint's address (info) and otherwise only warnings.
+pub const OPS_LOG: &str = "warn,worker::ops=info";
+
+/// The address a worker started with `MESSENGER_WORKER_LISTEN=127.0.0.1:0` serves its operations endpoint on.
+pub async fn ops_base(worker: &harness::procs::Proc) -> String {
+    wait_until(Duration::from_secs(20), "the worker's operations endpoint", || async {
+        let log = worker.log();
+        let at = log.find("listening on http://")? + "listening on ".len();
+        let end = at + log[at..].find([' ', '"'])?;
+        Some(log[at..end].to_owned())
+    })
+    .await
+}
+
+pub async fn get(url: &str) -> Option<(u16, String)> {
+    let resp = harness::http().get(url).send().await.ok()?;
+    Some((resp.status().as_u16(), resp.text().await.ok()?))
+}
+
+/// One sample of a Prometheus text exposition, e.g. `messenger_worker_sent_total`.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
