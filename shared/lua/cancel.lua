@@ -44,7 +44,7 @@ repeat
     if not ambiguous then
       redis.call('ZREM', sched, member)
       if not is_terminal(st) then
-        finish(cfg, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
+        finish(nil, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
         n = n + 1
       end
     end

@@ -25,7 +25,7 @@ if from ~= '' then
   redis.call('HSET', last, from, now)
 end
 
-local b = redis.call('HMGET', batch, 'total', 'state')
+local b = redis.call('HMGET', batch, 'total', 'state', 'cancel')
 if not b[1] then
   redis.call('ZREM', inflight, member)
   return {'orphan'}
@@ -51,4 +51,4 @@ if st and string.sub(st, 1, 1) == 'r' then
   release_slot(wprefix, unsent, st)
   window_push(wprefix .. p[2], now, p[3], window_ms)
 end
-return {'ok', finish(cfg, batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}
+return {'ok', finish(counted_in(cfg, b[3]), batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

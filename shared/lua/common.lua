@@ -72,11 +72,19 @@ end
 -- zero whenever the customer has no job anywhere (which also heals any drift). The purchase decision sizes a
 -- purchase from it: jobs of a cancelled batch still sitting in the queue never make anyone buy a number.
 
+-- The cfg hash whose `open` counter a job of this batch counts in: nil once the batch is cancelled. (The caller
+-- has read the batch's `cancel` field already.)
+local function counted_in(cfg, cancel_flag)
+  if cancel_flag == '1' then return nil end
+  return cfg
+end
+
 -- Moves a job to a terminal state and updates the batch counters in the same atomic step.
 -- kind: 'd' sent (detail = message sid), 'f' failed (detail = reason), 'o' opted out, 'x' cancelled.
-local function finish(cfg, batch, state, failures, inflight, recipient, member, prev, kind, detail, retention_s, now)
-  if redis.call('HGET', batch, 'cancel') ~= '1' then
-    redis.call('HINCRBY', cfg, 'open', -1)
+-- open: counted_in(cfg, <the batch's cancel flag>).
+local function finish(open, batch, state, failures, inflight, recipient, member, prev, kind, detail, retention_s, now)
+  if open then
+    redis.call('HINCRBY', open, 'open', -1)
   end
   leave_deferred(batch, prev)
   redis.call('HSET', state, recipient, kind .. '|' .. detail)

@@ -18,7 +18,8 @@ local recipient, member, kind, reason, expect, wprefix =
 local retention = tonumber(ARGV[7])
 local now = now_ms()
 
-local bstate = redis.call('HGET', batch, 'state')
+local b = redis.call('HMGET', batch, 'state', 'cancel')
+local bstate = b[1]
 if not bstate then
   redis.call('ZREM', inflight, member)
   return {'orphan'}
@@ -35,4 +36,4 @@ release_slot(wprefix, unsent, st)
 if kind == 'o' then
   redis.call('SADD', optouts, recipient)
 end
-return {'ok', finish(cfg, batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}
+return {'ok', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}

@@ -90,10 +90,10 @@ if st then
 end
 
 if b[2] == '1' then
-  return {'cancelled', finish(cfg, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)}
+  return {'cancelled', finish(nil, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)}
 end
 if redis.call('SISMEMBER', optouts, recipient) == 1 then
-  return {'opted_out', finish(cfg, batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
+  return {'opted_out', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
 end
 
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.

@@ -40,7 +40,7 @@ if is_terminal(st) or (st or '') ~= expect then
 end
 if b[2] == '1' and mode ~= 'keep' then
   release_slot(wprefix, unsent, st)
-  finish(cfg, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
+  finish(nil, batch, state, failures, inflight, recipient, member, st, 'x', '', retention, now)
   return {'cancelled'}
 end
 if mode == 'release' then

@@ -162,6 +162,8 @@ struct Store {
     by_to: HashMap<String, Vec<usize>>,
     by_sid: HashMap<String, usize>,
     numbers: Vec<SimNumber>,
+    /// Index into `numbers` of each number not released, by phone number (sends look their sender up here).
+    live: HashMap<String, usize>,
     /// Next line number to hand out per area code.
     next_line: HashMap<String, u32>,
     attempts: Vec<SendAttempt>,
@@ -229,6 +231,13 @@ pub struct SimState {
 pub struct Sim {
     store: Arc<Mutex<Store>>,
     config: Arc<RwLock<SimConfig>>,
+}
+
+impl Store {
+    /// The number not released with this phone number.
+    fn live_number(&self, phone: &str) -> Option<&SimNumber> {
+        self.live.get(phone).map(|&i| &self.numbers[i])
+    }
 }
 
 impl Sim {
@@ -660,7 +669,7 @@ async fn create_message(
     if cfg.send_latency_ms > 0 && !matches!(fault, Fault::AcceptThenTimeout) {
         tokio::time::sleep(Duration::from_millis(cfg.send_latency_ms)).await;
     }
-    let result = accept_message(&sim, &account, &f);
+    let result = accept_message(&sim, &account, &f, cfg.a2p_required);
     if let Fault::AcceptThenTimeout = fault {
         return vanish(&kill, Duration::from_millis(cfg.hang_ms)).await;
     }
@@ -700,7 +709,7 @@ async fn sim_inbound(State(sim): State<Sim>, Json(req): Json<InboundRequest>) ->
     let keyword = req.body.trim().to_ascii_uppercase();
     let (number, sms_url) = {
         let mut store = sim.store.lock().unwrap();
-        let number = store.numbers.iter().find(|n| !n.released && n.phone_number == req.to).cloned();
+        let number = store.live_number(&req.to).cloned();
         let pair = (req.to.clone(), req.from.clone());
         if ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"].contains(&keyword.as_str()) {
             store.opted_out.insert(pair);
@@ -745,7 +754,12 @@ async fn sim_inbound(State(sim): State<Sim>, Json(req): Json<InboundRequest>) ->
 }
 
 /// Validates a create request the way Twilio does and stores the message.
-fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<SimMessage, Response> {
+fn accept_message(
+    sim: &Sim,
+    account: &str,
+    f: &[(String, String)],
+    a2p_required: bool,
+) -> Result<SimMessage, Response> {
     let to = field(f, "To").unwrap_or("");
     let from = field(f, "From").unwrap_or("");
     let body = field(f, "Body").unwrap_or("");
@@ -825,8 +839,7 @@ fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<Si
     {
         return Err(twilio_error(400, 21701, "The Messaging Service does not exist"));
     }
-    let owned = from == "+15005550006"
-        || store.numbers.iter().any(|n| !n.released && n.account_sid == account && n.phone_number == from);
+    let owned = from == "+15005550006" || store.live_number(from).is_some_and(|n| n.account_sid == account);
     if !owned && !from.is_empty() {
         return Err(twilio_error(
             400,
@@ -858,8 +871,8 @@ fn accept_message(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<Si
     store.messages.push(m.clone());
     // The simulated carrier hands every message over at once: reads after the create see it as sent. Under A2P
     // 10DLC, a number in no Messaging Service is an unregistered sender: carriers drop its messages (30034).
-    let registered = store.numbers.iter().any(|n| !n.released && n.phone_number == from && n.service_sid.is_some());
-    let unregistered = sim.config().a2p_required && !registered;
+    let registered = store.live_number(from).is_some_and(|n| n.service_sid.is_some());
+    let unregistered = a2p_required && !registered;
     let stored = &mut store.messages[idx];
     if unregistered {
         stored.status = "undelivered".into();
@@ -953,7 +966,7 @@ fn next_free_number(store: &mut Store, area: &str) -> String {
         *line += 1;
         // Exchange 2xx keeps clear of the 555 range reserved for fiction.
         let candidate = format!("+1{area}2{:06}", *line);
-        if !store.numbers.iter().any(|n| !n.released && n.phone_number == candidate) {
+        if !store.live.contains_key(&candidate) {
             return candidate;
         }
     }
@@ -1011,7 +1024,7 @@ fn accept_purchase(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<S
             if !is_e164(p) {
                 return Err(twilio_error(400, 21421, "PhoneNumber is invalid"));
             }
-            if p != "+15005550006" && store.numbers.iter().any(|n| !n.released && n.phone_number == p) {
+            if p != "+15005550006" && store.live.contains_key(p) {
                 return Err(twilio_error(400, 21422, "PhoneNumber is not available"));
             }
             p.to_owned()
@@ -1041,6 +1054,8 @@ fn accept_purchase(sim: &Sim, account: &str, f: &[(String, String)]) -> Result<S
         service_sid: None,
         attached_at: None,
     };
+    let at = store.numbers.len();
+    store.live.insert(n.phone_number.clone(), at);
     store.numbers.push(n.clone());
     Ok(n)
 }
@@ -1110,6 +1125,8 @@ async fn release_number(
                 // A released number leaves its Messaging Service too.
                 n.released = true;
                 n.service_sid = None;
+                let phone = n.phone_number.clone();
+                store.live.remove(&phone);
                 true
             }
             None => false,
@@ -1141,7 +1158,7 @@ async fn available_numbers(
         while found.len() < size {
             line += 1;
             let candidate = format!("+1{area}2{line:06}");
-            if store.numbers.iter().any(|n| !n.released && n.phone_number == candidate) {
+            if store.live.contains_key(&candidate) {
                 continue;
             }
             found.push(AvailablePhoneNumber {
