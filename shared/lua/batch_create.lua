@@ -4,7 +4,10 @@
 -- with one batch. The caller compares the stored fingerprint (a hash of customer, body and recipients) with its
 -- own: same request → resume or report that batch; different request → reject the reused key.
 --
--- KEYS[1] customer cfg HASH   KEYS[2] idempotency STRING   KEYS[3] batch HASH
+-- A new batch is also added to the customer's batch index (newest first for the dashboard), and index entries
+-- older than the retention (their records have expired) are trimmed on the way.
+--
+-- KEYS[1] customer cfg HASH   KEYS[2] idempotency STRING   KEYS[3] batch HASH   KEYS[4] customer's batch index ZSET
 -- ARGV[1] batch id (full)     ARGV[2] key ttl s            ARGV[3..] field, value pairs of the new record
 -- Returns {'created'} | {'exists', batch id} | {'no_customer'}
 
@@ -20,5 +23,8 @@ redis.call('SET', idem, ARGV[1], 'EX', tonumber(ARGV[2]))
 local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', batch, unpack(fields))
-redis.call('HSET', batch, 'created_ms', now_ms(), 'enqueued', 0, 'state', 'enqueuing')
+local now = now_ms()
+redis.call('HSET', batch, 'created_ms', now, 'enqueued', 0, 'state', 'enqueuing')
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[2]) * 1000)
 return {'created'}

@@ -97,7 +97,7 @@ pub async fn submit(
     let total = req.recipients.len();
 
     let mut inv = scripts::BATCH_CREATE.key(k.cfg());
-    inv.key(k.idempotency(&key)).key(k.batch(&fresh)).arg(fresh.to_string()).arg(retention.as_secs());
+    inv.key(k.idempotency(&key)).key(k.batch(&fresh)).key(k.batches()).arg(fresh.to_string()).arg(retention.as_secs());
     for (f, v) in [
         ("customer", req.customer.as_str().to_owned()),
         ("body", req.body.as_str().to_owned()),
@@ -113,7 +113,20 @@ pub async fn submit(
     let (reply, confirmed): (redis::Value, bool) = inv.run_acked(conn, acks).await?;
     let reply = strings(reply);
     let (batch, existing) = match reply.first().map(String::as_str) {
-        Some("created") => (fresh, false),
+        Some("created") => {
+            // The fleet-wide index of recent batches (the dashboard's list), newest 10,000 kept. A separate command:
+            // in a Redis Cluster the index and the batch live in different slots. Losing an entry only hides the
+            // batch from the list (the customer's own index has it).
+            let created: i64 = crate::customers::redis_now_ms(conn).await?;
+            let _: () = redis::pipe()
+                .zadd(keys::BATCH_INDEX, fresh.to_string(), created)
+                .ignore()
+                .zremrangebyrank(keys::BATCH_INDEX, 0, -10_001)
+                .ignore()
+                .query_async(conn)
+                .await?;
+            (fresh, false)
+        }
         Some("exists") => {
             let id = BatchId::parse(reply.get(1).map(String::as_str).unwrap_or_default()).map_err(|e| {
                 redis::RedisError::from((redis::ErrorKind::Client, "bad batch id stored", e.to_string()))

@@ -14,6 +14,9 @@
 //! | `msgr:numbers` | HASH | E.164 number → customer, to route inbound webhooks |
 //! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
 //! | `msgr:webhook:<token>` | STRING | an `I-Twilio-Idempotency-Token` already processed (24 h) |
+//! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
+//! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
+//! | `{msgr:stats}:workers` | HASH | worker name → `sent|failed|purchases|restarts|started_ms`, refreshed by each worker |
 //! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service; `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
@@ -35,6 +38,7 @@
 //! | `{c:ID}:b:<batch>:fail` | HASH | recipient → failure reason |
 //! | `{c:ID}:b:<batch>:dlr` | HASH | message sid → furthest delivery status reported by Twilio |
 //! | `{c:ID}:idem:<key>` | STRING | idempotency key → batch id |
+//! | `{c:ID}:batches` | ZSET | the customer's batches (id → created ms) within the retention |
 
 use crate::domain::{BatchId, CustomerId};
 
@@ -49,6 +53,20 @@ pub const RECONCILE_LOCK: &str = "msgr:reconcile";
 pub fn webhook_delivery(token: &str) -> String {
     format!("msgr:webhook:{token}")
 }
+/// The newest batches of the fleet, for the dashboard's list.
+pub const BATCH_INDEX: &str = "{msgr:idx}:batches";
+/// Routes the statistics script to the slot of the statistics keys (which share the `{msgr:stats}` tag).
+pub const STATS: &str = "{msgr:stats}";
+/// Prefix of the per-minute statistics hashes: the script appends the minute (Redis time / 60 s).
+pub const STATS_MINUTE_PREFIX: &str = "{msgr:stats}:m:";
+/// Worker name → its totals.
+pub const STATS_WORKERS: &str = "{msgr:stats}:workers";
+
+/// The per-minute statistics hash of `minute` (Redis seconds / 60).
+pub fn stats_minute(minute: i64) -> String {
+    format!("{STATS_MINUTE_PREFIX}{minute}")
+}
+
 /// Pub/sub channel: the producer publishes a customer id when it enqueues, so idle fetchers wake at once.
 pub const WAKE_CHANNEL: &str = "msgr:wake";
 /// Pub/sub channel: a customer id when its pool gained a number, so workers waiting for a purchase resume at once.
@@ -145,6 +163,9 @@ impl CustomerKeys {
     }
     pub fn idempotency(&self, key: &str) -> String {
         self.key(&format!("idem:{key}"))
+    }
+    pub fn batches(&self) -> String {
+        self.key("batches")
     }
 }
 

@@ -158,4 +158,6 @@ scripts! {
     CANCEL => "cancel.lua";
     /// Count a delivery report once per message.
     DELIVERY => "delivery.lua";
+    /// Add a worker's counts to the per-minute statistics.
+    STATS_FLUSH => "stats_flush.lua";
 }

@@ -24,6 +24,7 @@ use shared::purchase::{self, Attach, BuyOutcome, Candidates, PurchaseLock};
 use tokio::sync::{Notify, oneshot};
 
 use crate::context::Shared;
+use crate::stats::Tally;
 
 /// What the purchase path tells the send path about a job that found no capacity.
 #[derive(Debug)]
@@ -356,7 +357,7 @@ impl Purchases {
         for i in 0..8u32 {
             match purchase::commit_number(&mut conn, &customer.id, &bought, intent_id).await {
                 Ok(_) => {
-                    shared.stats.purchases.inc();
+                    shared.stats.tally(&customer.id, Tally::Purchase);
                     tracing::info!(intent = %intent_id, "bought a number");
                     self.pool_changed(&customer.id);
                     return Capacity::Retry;

@@ -85,8 +85,15 @@ pub async fn pass(shared: &Shared, purchases: &Purchases) -> anyhow::Result<()> 
             shared.stats.releases.inc_by(finished as u64);
         }
     }
-    // Forget workers that have not beaten for a day.
+    // Forget workers that have not beaten for a day, and their totals.
     let _: () = conn.zrembyscore(keys::WORKERS, "-inf", now_ms - 86_400_000).await?;
+    let listed: Vec<String> = conn.hkeys(keys::STATS_WORKERS).await?;
+    for name in listed {
+        let alive: Option<f64> = conn.zscore(keys::WORKERS, &name).await?;
+        if alive.is_none() {
+            let _: () = conn.hdel(keys::STATS_WORKERS, &name).await?;
+        }
+    }
 
     let audit: Option<String> = redis::cmd("SET")
         .arg("msgr:audit")

@@ -155,12 +155,13 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         health.clone(),
         settings.lease,
         name.clone(),
-        final_rx,
+        final_rx.clone(),
     ));
     tokio::spawn(reconciler::run(shared.clone(), purchases.clone(), stop_rx.clone()));
     if conn.is_cluster() {
         tokio::spawn(watch_cluster(conn.clone(), health.clone(), stop_rx.clone()));
     }
+    let stats_flusher = tokio::spawn(flush_stats(shared.clone(), name.clone(), final_rx.clone()));
     // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
     let supervisor = supervise(sender, shared.clone(), inbox.clone(), ledger.clone(), stop_rx.clone(), name.clone());
     tokio::pin!(supervisor);
@@ -189,6 +190,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     }
     let _ = final_tx.send(true);
     let _ = heartbeat.await;
+    let _ = stats_flusher.await;
     let _: redis::RedisResult<()> = conn.zrem(keys::WORKERS, &name).await;
     let s = &shared.stats;
     tracing::info!(
@@ -253,6 +255,45 @@ async fn supervise(
         shared.stats.apalis_restarts.inc();
         tokio::time::sleep(Duration::from_secs(1)).await;
         name = worker_name();
+    }
+}
+
+/// Every two seconds, adds what this process did since the last time (sends, failures and purchases, in total and
+/// per customer) to the fleet's per-minute statistics, and records its totals: the dashboard's chart and fleet list.
+async fn flush_stats(shared: Arc<Shared>, name: String, mut stop: watch::Receiver<bool>) {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let mut conn = shared.ledger.conn();
+    let mut pending: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = stop.changed() => true,
+        };
+        let mut totals = [0u64; 3];
+        for (customer, counts) in shared.stats.take_tally() {
+            for (i, n) in counts.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                totals[i] += n;
+                *pending.entry(format!("{}:{customer}", crate::stats::Tally::NAMES[i])).or_default() += n;
+            }
+        }
+        for (i, n) in totals.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+            *pending.entry(crate::stats::Tally::NAMES[i].to_owned()).or_default() += n;
+        }
+        let s = &shared.stats;
+        let line =
+            format!("{}|{}|{}|{}|{started}", s.sent.get(), s.failed.get(), s.purchases.get(), s.apalis_restarts.get());
+        let mut call = shared::scripts::STATS_FLUSH.key(keys::STATS);
+        call.arg(keys::STATS_MINUTE_PREFIX).arg(keys::STATS_WORKERS).arg(&name).arg(line);
+        for (field, n) in &pending {
+            call.arg(field).arg(*n);
+        }
+        // Counts that could not be written are kept for the next flush.
+        if call.run::<i64, _>(&mut conn).await.is_ok() {
+            pending.clear();
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

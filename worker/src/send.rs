@@ -18,6 +18,7 @@ use shared::twilio::{CreateMessage, MessageFilter, SendFailure};
 use crate::backend::{SendTask, Wake};
 use crate::context::Shared;
 use crate::purchase::{Capacity, Purchases};
+use crate::stats::Tally;
 
 /// What to do next with a job.
 enum Step {
@@ -110,7 +111,7 @@ impl Sender {
                 let seen = seen.filter(|s| !s.is_empty());
                 let attempt = f.attempt() + 1;
                 if attempt >= self.shared.settings.max_attempts {
-                    self.shared.stats.failed.inc();
+                    self.shared.stats.tally(&job.customer, Tally::Failed);
                     let _ = self.shared.ledger.finish(job, Ending::Failed, &reason, seen).await;
                 } else {
                     let delay = self.shared.backoff(attempt).max(retry_after.unwrap_or_default());
@@ -171,7 +172,7 @@ impl Sender {
             },
             Err(e) => match e.send_failure() {
                 SendFailure::Recipient { code, .. } => {
-                    self.shared.stats.failed.inc();
+                    self.shared.stats.tally(&job.customer, Tally::Failed);
                     tracing::info!(code, "recipient cannot be texted");
                     let _ =
                         self.shared.ledger.finish(job, Ending::Failed, &format!("twilio {code}"), Some(&marker)).await;
@@ -214,7 +215,7 @@ impl Sender {
                             );
                         }
                         _ => {
-                            self.shared.stats.sent.inc();
+                            self.shared.stats.tally(&job.customer, Tally::Sent);
                         }
                     }
                     return;
@@ -231,7 +232,7 @@ impl Sender {
     async fn retry_later(&self, job: &Job, attempt: u32, reason: &str, retry_after: Option<Duration>, seen: &str) {
         let reason = reason.replace('|', "/");
         if attempt >= self.shared.settings.max_attempts {
-            self.shared.stats.failed.inc();
+            self.shared.stats.tally(&job.customer, Tally::Failed);
             tracing::warn!(%reason, attempt, "giving up after repeated transient failures");
             let _ = self
                 .shared

@@ -30,6 +30,46 @@ pub struct Stats {
     pub unconfirmed: Counter,
     pub duplicate_sends: Counter,
     pub apalis_restarts: Counter,
+    /// Sends, failures and purchases per customer since the last flush to the fleet's statistics.
+    tally: std::sync::Mutex<std::collections::HashMap<shared::domain::CustomerId, [u64; 3]>>,
+}
+
+/// What [`Stats::tally`] counts per customer.
+#[derive(Clone, Copy, Debug)]
+pub enum Tally {
+    Sent = 0,
+    Failed = 1,
+    Purchase = 2,
+}
+
+impl Tally {
+    pub const NAMES: [&'static str; 3] = ["sent", "failed", "purchases"];
+}
+
+impl Stats {
+    /// Counts one send, failure or purchase of `customer`: the process counter, and the customer's share for the
+    /// fleet's per-minute statistics.
+    pub fn tally(&self, customer: &shared::domain::CustomerId, what: Tally) {
+        match what {
+            Tally::Sent => self.sent.inc(),
+            Tally::Failed => self.failed.inc(),
+            Tally::Purchase => self.purchases.inc(),
+        };
+        let mut t = self.tally.lock().unwrap();
+        match t.get_mut(customer) {
+            Some(c) => c[what as usize] += 1,
+            None => {
+                let mut c = [0; 3];
+                c[what as usize] = 1;
+                t.insert(customer.clone(), c);
+            }
+        }
+    }
+
+    /// The per-customer counts since the last call (and starts counting afresh).
+    pub fn take_tally(&self) -> std::collections::HashMap<shared::domain::CustomerId, [u64; 3]> {
+        std::mem::take(&mut *self.tally.lock().unwrap())
+    }
 }
 
 /// What the probe looks at; updated by the fetcher, the heartbeat and shutdown.
