@@ -91,6 +91,13 @@ pub struct ServeArgs {
     /// A file of API tokens, one `NAME:TOKEN:SCOPE` per line (`#` comments).
     #[arg(long, env = "MESSENGER_API_TOKENS_FILE")]
     pub api_tokens_file: Option<PathBuf>,
+    /// Key of the dashboard's session cookies and CSRF tokens (at least 32 characters). Give every `producer serve`
+    /// behind one address the same one; when unset, a random key is used and sessions end with the process.
+    #[arg(long, env = "MESSENGER_DASHBOARD_SECRET", hide_env_values = true)]
+    pub dashboard_secret: Option<String>,
+    /// Show phone numbers in full on the dashboard to customer-scoped tokens too (admins always see them).
+    #[arg(long, env = "MESSENGER_DASHBOARD_SHOW_NUMBERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dashboard_show_numbers: bool,
     /// How long a subaccount's auth token (read from Twilio to verify its webhooks) is used before it is read again.
     #[arg(long, env = "MESSENGER_SUBACCOUNT_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub subaccount_token_ttl_secs: u64,
@@ -584,7 +591,11 @@ async fn serve(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure>
         })?),
         None => None,
     };
-    let mut state = AppState::new(conn, settings, tokens, public_url, Limits::default(), policy);
+    let dashboard =
+        crate::server::dashboard::DashboardConfig::new(args.dashboard_secret.as_deref(), args.dashboard_show_numbers)
+            .map_err(Failure::Usage)?;
+    let mut state =
+        AppState::new(conn, settings, tokens, public_url, Limits::default(), policy).with_dashboard(dashboard);
     if let Some(c) = acked {
         state = state.with_acked_conn(c);
     }

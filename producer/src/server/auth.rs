@@ -77,6 +77,16 @@ impl Tokens {
         self.0.is_empty()
     }
 
+    /// The name of the token `presented` is, if it is one (compared in constant time).
+    pub fn authenticate(&self, presented: &str) -> Option<String> {
+        self.find(presented).map(|t| t.name.clone())
+    }
+
+    /// The scope of the token named `name` (sessions name their token; a removed token ends its sessions).
+    pub fn scope_of(&self, name: &str) -> Option<Scope> {
+        self.0.iter().find(|t| t.name == name).map(|t| t.scope.clone())
+    }
+
     fn find(&self, presented: &str) -> Option<&Token> {
         let d = digest(presented);
         let mut found = None;

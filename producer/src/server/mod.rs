@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`api`]: the `/v1` routes (customers, bulk texts, single messages, batch status, pools).
+//! - [`dashboard`]: `/dashboard`, the web pages support staff use (overview, batches, pools).
 //! - [`webhooks`]: `/twilio/inbound` (replies, STOP/START) and `/twilio/status` (delivery reports), signed by Twilio.
 //! - [`auth`]: bearer tokens, admin or scoped to customers.
 //! - [`error`]: the one error shape every route answers with.
@@ -10,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -71,6 +73,8 @@ pub struct AppState {
     /// A connection of its own for enqueues followed by `WAIT` (replica acknowledgements), which blocks the
     /// connection it runs on; `None` when acknowledgements are off.
     pub acked: Option<Conn>,
+    /// The dashboard's session key and display settings.
+    pub dashboard: Arc<dashboard::DashboardConfig>,
 }
 
 /// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
@@ -115,7 +119,14 @@ impl AppState {
             webhook_tokens,
             customer_accounts: Arc::default(),
             acked: None,
+            dashboard: Arc::new(dashboard::DashboardConfig::new(None, false).expect("a random secret")),
         }
+    }
+
+    /// The dashboard's session key and settings.
+    pub fn with_dashboard(mut self, config: dashboard::DashboardConfig) -> Self {
+        self.dashboard = Arc::new(config);
+        self
     }
 
     /// Uses `conn` for the enqueues that wait for replicas.
@@ -143,6 +154,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(v1)
         .merge(hooks)
+        .merge(dashboard::router().layer(DefaultBodyLimit::max(64 * 1024)))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::document))

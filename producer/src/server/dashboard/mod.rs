@@ -1,0 +1,507 @@
+//! `/dashboard`: what support staff open when a property manager asks "did my notice go out, and why did 12
+//! tenants not get it?" — an overview of the fleet, searchable batches with their failures explained, and number
+//! pools — served by `producer serve`, rendered on the server, with a little JavaScript that refreshes figures while
+//! work runs.
+//!
+//! # Layout
+//! - this module: routes, sign-in, sessions, CSRF tokens, security headers, and the handlers.
+//! - [`data`]: what each page reads from Redis (a bounded number of commands per page, stated there).
+//! - [`pages`]: the HTML.
+//! - `assets/`: the stylesheet and the script, served from `/dashboard/static/`.
+//!
+//! # Sessions and tokens
+//! Staff sign in with the same API tokens as `/v1`, with the same scopes: a token scoped to `acme` sees only acme.
+//! The session cookie names the token (by its configured name), never holds it: `v1.<name>.<expiry>.<nonce>.<mac>`,
+//! MAC'd with HMAC-SHA256 under `MESSENGER_DASHBOARD_SECRET` (random per process when unset). Each request looks the
+//! name up among the configured tokens, so removing a token ends its sessions. The cookie is `HttpOnly; Secure;
+//! SameSite=Strict; Path=/dashboard`. Every state-changing action is a `POST` carrying a CSRF token derived from the
+//! session (HMAC of its nonce); the sign-in form carries one derived from a short-lived pre-session cookie. Every
+//! response carries a strict Content-Security-Policy (no inline script or style) and `no-store`.
+
+pub mod data;
+pub mod pages;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use maud::Markup;
+use serde::Deserialize;
+use sha2::Sha256;
+use shared::domain::{BatchId, CustomerId};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use super::auth::Scope;
+use pages::Viewer;
+
+const SESSION_COOKIE: &str = "msgr_session";
+const LOGIN_COOKIE: &str = "msgr_login";
+/// How long a session lasts.
+const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                       connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The dashboard's settings.
+#[derive(Clone)]
+pub struct DashboardConfig {
+    /// Key of the session and CSRF MACs.
+    secret: Vec<u8>,
+    /// Show phone numbers in full to customer-scoped viewers too.
+    pub show_numbers: bool,
+}
+
+impl DashboardConfig {
+    /// `secret`: at least 32 bytes, shared by every `producer serve` behind one address; `None` = random (sessions
+    /// then last as long as the process, and only on it).
+    pub fn new(secret: Option<&str>, show_numbers: bool) -> Result<Self, String> {
+        let secret = match secret {
+            Some(s) if s.len() >= 32 => s.as_bytes().to_vec(),
+            Some(_) => return Err("MESSENGER_DASHBOARD_SECRET must be at least 32 characters".into()),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        };
+        Ok(Self { secret, show_numbers })
+    }
+
+    fn mac(&self, parts: &[&str]) -> String {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key");
+        for p in parts {
+            m.update(p.as_bytes());
+            m.update(b"\x00");
+        }
+        URL_SAFE_NO_PAD.encode(m.finalize().into_bytes())
+    }
+}
+
+impl std::fmt::Debug for DashboardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashboardConfig").field("show_numbers", &self.show_numbers).finish_non_exhaustive()
+    }
+}
+
+fn equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+fn set_cookie(name: &str, value: &str, max_age: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/dashboard; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    ))
+    .expect("cookie value is ASCII")
+}
+
+/// A signed-in viewer.
+pub struct Session {
+    pub name: String,
+    pub scope: Scope,
+    pub csrf: String,
+}
+
+impl Session {
+    fn viewer<'a>(&'a self, config: &DashboardConfig) -> Viewer<'a> {
+        let admin = self.scope == Scope::Admin;
+        Viewer { name: &self.name, admin, full_numbers: admin || config.show_numbers, csrf: &self.csrf }
+    }
+
+    fn may_see(&self, c: &CustomerId) -> bool {
+        match &self.scope {
+            Scope::Admin => true,
+            Scope::Customers(ids) => ids.contains(c),
+        }
+    }
+}
+
+/// Reads and checks the session cookie; `None` if missing, forged, expired or its token was removed.
+fn session(s: &AppState, headers: &HeaderMap) -> Option<Session> {
+    let raw = cookie(headers, SESSION_COOKIE)?;
+    let parts: Vec<&str> = raw.split('.').collect();
+    let ["v1", name, exp, nonce, mac] = parts.as_slice() else { return None };
+    let cfg = &s.dashboard;
+    if !equal(mac, &cfg.mac(&["session", name, exp, nonce])) || exp.parse::<u64>().ok()? < now_s() {
+        return None;
+    }
+    let name = String::from_utf8(URL_SAFE_NO_PAD.decode(name).ok()?).ok()?;
+    let scope = s.tokens.scope_of(&name)?;
+    Some(Session { csrf: cfg.mac(&["csrf", nonce]), name, scope })
+}
+
+/// What a handler answers: a page, a redirect, or a refusal page with its status.
+enum Outcome {
+    Page(Markup),
+    Status(StatusCode, Markup),
+    Redirect(&'static str),
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Page(m) => Html(m.into_string()).into_response(),
+            Outcome::Status(code, m) => (code, Html(m.into_string())).into_response(),
+            Outcome::Redirect(to) => Redirect::to(to).into_response(),
+        }
+    }
+}
+
+fn forbidden(v: Option<&Viewer<'_>>, why: &str) -> Outcome {
+    Outcome::Status(StatusCode::FORBIDDEN, pages::message("Not allowed", v, why))
+}
+
+fn not_found(v: &Viewer<'_>, what: &str) -> Outcome {
+    Outcome::Status(StatusCode::NOT_FOUND, pages::message("Not found", Some(v), what))
+}
+
+fn unavailable(e: &redis::RedisError) -> Outcome {
+    tracing::warn!(error.message = %e, "dashboard: redis unavailable");
+    Outcome::Status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::message("Unavailable", None, "Redis is not answering; try again shortly."),
+    )
+}
+
+/// Every dashboard route.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/dashboard", get(overview))
+        .route("/dashboard/live/overview", get(overview_live))
+        .route("/dashboard/login", get(login_page).post(login))
+        .route("/dashboard/logout", post(logout))
+        .route("/dashboard/batches", get(batches))
+        .route("/dashboard/batches/{id}", get(batch))
+        .route("/dashboard/batches/{id}/live", get(batch_live))
+        .route("/dashboard/batches/{id}/cancel", post(cancel))
+        .route("/dashboard/pools", get(pools))
+        .route("/dashboard/pools/{customer}", get(pool))
+        .route("/dashboard/pools/{customer}/live", get(pool_live))
+        .route("/dashboard/pools/{customer}/release-idle", post(release_idle))
+        .route("/dashboard/static/{file}", get(asset))
+        .layer(middleware::from_fn(security_headers))
+}
+
+/// Headers on every dashboard response: the Content-Security-Policy, no caching, no framing, no sniffing.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    resp
+}
+
+async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "dashboard.css" => (include_str!("assets/dashboard.css"), "text/css; charset=utf-8"),
+        "dashboard.js" => (include_str!("assets/dashboard.js"), "text/javascript; charset=utf-8"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+async fn login_page(State(s): State<AppState>) -> Response {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let csrf = s.dashboard.mac(&["login", &nonce]);
+    let mut resp = Outcome::Page(pages::login(&csrf, None)).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &nonce, 600));
+    resp
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn login(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    let expected = cookie(&headers, LOGIN_COOKIE).map(|n| s.dashboard.mac(&["login", &n]));
+    if !expected.is_some_and(|e| equal(&e, &f.csrf)) {
+        return forbidden(None, "The sign-in form expired or did not come from this site; open it again.")
+            .into_response();
+    }
+    let Some(name) = s.tokens.authenticate(f.token.trim()) else {
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let csrf = s.dashboard.mac(&["login", &nonce]);
+        let mut resp = Outcome::Status(StatusCode::UNAUTHORIZED, pages::login(&csrf, Some("That token is not valid.")))
+            .into_response();
+        resp.headers_mut().insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &nonce, 600));
+        return resp;
+    };
+    let exp = (now_s() + SESSION_TTL.as_secs()).to_string();
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let name = URL_SAFE_NO_PAD.encode(name.as_bytes());
+    let mac = s.dashboard.mac(&["session", &name, &exp, &nonce]);
+    let value = format!("v1.{name}.{exp}.{nonce}.{mac}");
+    let mut resp = Redirect::to("/dashboard").into_response();
+    let h = resp.headers_mut();
+    h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &value, SESSION_TTL.as_secs()));
+    h.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0));
+    resp
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// The session of a state-changing request, if its CSRF token matches.
+fn checked(s: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, Outcome> {
+    let session = session(s, headers).ok_or(Outcome::Redirect("/dashboard/login"))?;
+    if !equal(&session.csrf, csrf) {
+        return Err(forbidden(None, "This form expired or did not come from this site (missing or wrong CSRF token)."));
+    }
+    Ok(session)
+}
+
+async fn logout(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    if let Err(o) = checked(&s, &headers, &f.csrf) {
+        return o.into_response();
+    }
+    let mut resp = Redirect::to("/dashboard/login").into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+    resp
+}
+
+async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.dashboard);
+    match data::overview(&mut s.conn.clone(), &session.scope).await {
+        Ok(o) => Outcome::Page(pages::overview(&o, &v)),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn overview_live(State(s): State<AppState>, headers: HeaderMap) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return forbidden(None, "Sign in again.") };
+    let v = session.viewer(&s.dashboard);
+    match data::overview(&mut s.conn.clone(), &session.scope).await {
+        Ok(o) => Outcome::Page(pages::overview_live(&o, &v)),
+        Err(e) => unavailable(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    customer: String,
+}
+
+async fn batches(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<BatchQuery>) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.dashboard);
+    let customer = match q.customer.trim() {
+        "" => None,
+        c => match CustomerId::parse(c) {
+            Ok(id) if session.may_see(&id) => Some(id),
+            Ok(_) => return forbidden(Some(&v), "These batches belong to a customer your token may not see."),
+            Err(e) => {
+                return Outcome::Status(
+                    StatusCode::BAD_REQUEST,
+                    pages::message("Bad request", Some(&v), &e.to_string()),
+                );
+            }
+        },
+    };
+    match data::batches(&mut s.conn.clone(), &session.scope, customer.as_ref(), &q.q).await {
+        Ok(list) => Outcome::Page(pages::batches(&list, &q.q, customer.as_ref().map(CustomerId::as_str), &v)),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// The batch `id` if the session may see it, or the page that says why not.
+fn batch_id(session: &Session, v: &Viewer<'_>, id: &str) -> Result<BatchId, Outcome> {
+    let id = BatchId::parse(id).map_err(|e| not_found(v, &e.to_string()))?;
+    if !session.may_see(id.customer()) {
+        return Err(forbidden(Some(v), "This batch belongs to a customer your token may not see."));
+    }
+    Ok(id)
+}
+
+async fn batch(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.dashboard);
+    let id = match batch_id(&session, &v, &id) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    match data::batch(&mut s.conn.clone(), &id).await {
+        Ok(Some((status, failed))) => {
+            let failed: Vec<(String, String)> = failed.into_iter().collect();
+            Outcome::Page(pages::batch(&status, &failed, &v))
+        }
+        Ok(None) => not_found(&v, "No such batch (never created, or its record expired)."),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn batch_live(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return forbidden(None, "Sign in again.") };
+    let v = session.viewer(&s.dashboard);
+    let id = match batch_id(&session, &v, &id) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    match shared::batches::status(&mut s.conn.clone(), &id).await {
+        Ok(Some(status)) => Outcome::Page(pages::batch_live(&status, &v)),
+        Ok(None) => Outcome::Page(pages::nothing()),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn cancel(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Outcome {
+    let session = match checked(&s, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.dashboard);
+    let id = match batch_id(&session, &v, &id) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    match shared::batches::cancel(&mut s.conn.clone(), &id, s.settings.batch_retention).await {
+        Ok(_) => {
+            tracing::info!(batch = %id, by = %session.name, "batch cancelled from the dashboard");
+            Outcome::Page(pages::message(
+                "Batch cancelled",
+                Some(&v),
+                &format!("Batch {id} is cancelled: queued texts end as cancelled."),
+            ))
+        }
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn pools(State(s): State<AppState>, headers: HeaderMap) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.dashboard);
+    let ids: Vec<String> = match &session.scope {
+        Scope::Customers(ids) => {
+            let mut ids: Vec<String> = ids.iter().map(|c| c.to_string()).collect();
+            ids.sort();
+            ids
+        }
+        Scope::Admin => match shared::customers::list(&mut s.conn.clone()).await {
+            Ok(ids) => ids.into_iter().take(500).map(|c| c.to_string()).collect(),
+            Err(e) => return unavailable(&e),
+        },
+    };
+    Outcome::Page(pages::pools(&ids, &v))
+}
+
+/// The customer `c` if the session may see it.
+fn customer_id(session: &Session, v: &Viewer<'_>, c: &str) -> Result<CustomerId, Outcome> {
+    let id = CustomerId::parse(c).map_err(|e| not_found(v, &e.to_string()))?;
+    if !session.may_see(&id) {
+        return Err(forbidden(Some(v), "This pool belongs to a customer your token may not see."));
+    }
+    Ok(id)
+}
+
+async fn pool_page(s: &AppState, headers: &HeaderMap, c: &str, live: bool) -> Outcome {
+    let Some(session) = session(s, headers) else {
+        return if live { forbidden(None, "Sign in again.") } else { Outcome::Redirect("/dashboard/login") };
+    };
+    let v = session.viewer(&s.dashboard);
+    let id = match customer_id(&session, &v, c) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    match data::pool(&mut s.conn.clone(), &id, &s.settings.quota).await {
+        Ok(Some((report, pending))) => {
+            let report = report.with_cost(s.settings.pricing.number_monthly);
+            Outcome::Page(if live {
+                pages::pool_live(&report, &pending, &v)
+            } else {
+                pages::pool(&report, &pending, &v)
+            })
+        }
+        Ok(None) => not_found(&v, "No such customer."),
+        Err(e) => unavailable(&e),
+    }
+}
+
+async fn pool(State(s): State<AppState>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
+    pool_page(&s, &headers, &c, false).await
+}
+
+async fn pool_live(State(s): State<AppState>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
+    pool_page(&s, &headers, &c, true).await
+}
+
+#[derive(Deserialize)]
+struct ReleaseForm {
+    #[serde(default)]
+    csrf: String,
+    idle_days: Option<f64>,
+    dry_run: Option<String>,
+}
+
+async fn release_idle(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(c): Path<String>,
+    Form(f): Form<ReleaseForm>,
+) -> Outcome {
+    let session = match checked(&s, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.dashboard);
+    let id = match customer_id(&session, &v, &c) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    if session.scope != Scope::Admin {
+        return forbidden(Some(&v), "Only an admin token may release numbers.");
+    }
+    let days = f.idle_days.unwrap_or(30.0);
+    if !(0.0..=3650.0).contains(&days) {
+        return Outcome::Status(
+            StatusCode::BAD_REQUEST,
+            pages::message("Bad request", Some(&v), "Idle days must be between 0 and 3650."),
+        );
+    }
+    let dry_run = f.dry_run.is_some();
+    if s.twilio.is_none() && !dry_run {
+        return Outcome::Status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::message(
+                "Unavailable",
+                Some(&v),
+                "Releasing numbers needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
+            ),
+        );
+    }
+    match super::api::release_idle(&s, &id, days, dry_run).await {
+        Ok(report) => Outcome::Page(pages::released(&report, &v)),
+        Err(e) => Outcome::Status(e.status, pages::message("Not released", Some(&v), &e.detail.message)),
+    }
+}

@@ -1,0 +1,471 @@
+//! The dashboard's HTML, rendered on the server (maud escapes everything interpolated). No inline script or style:
+//! the Content-Security-Policy allows only `/dashboard/static/*`. Bars are SVG shapes and `<progress>`/`<meter>`
+//! elements sized by attributes, so they need no style either. Regions that update while a batch runs carry
+//! `data-live` (the URL of their fragment) and are refreshed by `dashboard.js`.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use shared::batches::BatchStatus;
+use shared::customers::PoolReport;
+use shared::domain::Masked;
+use shared::twilio::error::describe;
+
+use super::data::{MAX_BATCHES, Overview, Pending};
+
+/// Who is looking, for the header and what may be shown.
+pub struct Viewer<'a> {
+    pub name: &'a str,
+    pub admin: bool,
+    /// Phone numbers in full (admins, or when `MESSENGER_DASHBOARD_SHOW_NUMBERS` allows it).
+    pub full_numbers: bool,
+    pub csrf: &'a str,
+}
+
+impl Viewer<'_> {
+    pub fn number(&self, n: &str) -> String {
+        if self.full_numbers { n.to_owned() } else { Masked(n).to_string() }
+    }
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_default()
+}
+
+/// The page frame: landmarks, a skip link, the navigation and the sign-out form.
+pub fn layout(title: &str, viewer: Option<&Viewer<'_>>, current: &str, main: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " — Messenger" }
+                link rel="stylesheet" href="/dashboard/static/dashboard.css";
+                // No favicon request (it would 404): an empty one.
+                link rel="icon" href="data:,";
+                script src="/dashboard/static/dashboard.js" defer {}
+            }
+            body {
+                a class="skip" href="#main" { "Skip to content" }
+                header {
+                    p class="brand" { "Messenger" }
+                    @if let Some(v) = viewer {
+                        nav aria-label="Main" {
+                            ul {
+                                @for (href, label) in [("/dashboard", "Overview"), ("/dashboard/batches", "Batches"), ("/dashboard/pools", "Pools")] {
+                                    li {
+                                        @if current == label {
+                                            a href=(href) aria-current="page" { (label) }
+                                        } @else {
+                                            a href=(href) { (label) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        form method="post" action="/dashboard/logout" class="signout" {
+                            input type="hidden" name="csrf" value=(v.csrf);
+                            span { "Signed in as " strong { (v.name) } }
+                            " "
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main id="main" tabindex="-1" { (main) }
+                footer { p { "Messenger dashboard · figures refresh by themselves while work is running" } }
+            }
+        }
+    }
+}
+
+pub fn login(csrf: &str, error: Option<&str>) -> Markup {
+    layout(
+        "Sign in",
+        None,
+        "",
+        html! {
+            h1 { "Sign in" }
+            p { "Use the API token you were given (admin, or scoped to your customers)." }
+            @if let Some(e) = error {
+                p class="error" role="alert" { (e) }
+            }
+            form method="post" action="/dashboard/login" class="login" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="token" { "API token" }
+                input type="password" id="token" name="token" autocomplete="current-password" required;
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+pub fn message(title: &str, viewer: Option<&Viewer<'_>>, text: &str) -> Markup {
+    layout(
+        title,
+        viewer,
+        "",
+        html! { h1 { (title) } p { (text) } p { a href="/dashboard" { "Back to the overview" } } },
+    )
+}
+
+/// A horizontal stacked bar of a batch's states (an SVG sized by attributes), with its text equivalent.
+fn batch_bar(s: &BatchStatus) -> Markup {
+    let total = s.total.max(1) as f64;
+    let parts = [
+        ("sent", s.sent, "bar-sent"),
+        ("failed", s.failed, "bar-failed"),
+        ("opted out", s.opted_out, "bar-optout"),
+        ("cancelled", s.cancelled, "bar-cancelled"),
+        ("deferred", s.deferred, "bar-deferred"),
+        ("queued", s.queued, "bar-queued"),
+    ];
+    let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
+    // Each part starts where the previous ones end.
+    let mut x = 0.0;
+    let rects: Vec<(&str, u64, &str, f64, f64)> = parts
+        .iter()
+        .map(|&(name, v, class)| {
+            let w = v as f64 * 100.0 / total;
+            let at = x;
+            x += w;
+            (name, v, class, at, w)
+        })
+        .filter(|r| r.4 > 0.0)
+        .collect();
+    html! {
+        svg class="bar" viewBox="0 0 100 4" preserveAspectRatio="none" role="img" aria-label=(label) {
+            @for (name, v, class, at, w) in rects {
+                rect class=(class) x=(format!("{at:.3}")) y="0" width=(format!("{w:.3}")) height="4" {
+                    title { (v) " " (name) }
+                }
+            }
+        }
+    }
+}
+
+fn percent(s: &BatchStatus) -> u64 {
+    (s.terminal() * 100).checked_div(s.total).unwrap_or(100)
+}
+
+pub fn overview(o: &Overview, v: &Viewer<'_>) -> Markup {
+    layout(
+        "Overview",
+        Some(v),
+        "Overview",
+        html! {
+            h1 { "Overview" }
+            div data-live="/dashboard/live/overview" data-every="2000" { (overview_live(o, v)) }
+        },
+    )
+}
+
+/// The part of the overview that refreshes itself.
+pub fn overview_live(o: &Overview, v: &Viewer<'_>) -> Markup {
+    let peak = o.minutes.iter().map(|m| m.sent).max().unwrap_or(0).max(1) as f64;
+    html! {
+        section aria-labelledby="activity" {
+            h2 id="activity" { "Last hour" }
+            dl class="figures" {
+                div { dt { "Texts sent" } dd { (o.sent_last_hour()) } }
+                div { dt { "Failed" } dd { (o.failed_last_hour()) } }
+                div { dt { "Numbers bought" } dd { (o.purchases_last_hour()) } }
+            }
+            figure {
+                svg class="chart" viewBox="0 0 600 120" role="img" aria-labelledby="chart-title chart-desc" {
+                    title id="chart-title" { "Texts sent per minute, last 60 minutes" }
+                    desc id="chart-desc" {
+                        (o.sent_last_hour()) " texts in the last hour; busiest minute " (peak as u64)
+                    }
+                    @for (i, m) in o.minutes.iter().enumerate() {
+                        @let h = m.sent as f64 * 110.0 / peak;
+                        rect class="chart-bar" x=(i * 10 + 1) y=(format!("{:.1}", 115.0 - h)) width="8" height=(format!("{h:.1}")) {
+                            title { (time(m.minute * 60_000)) ": " (m.sent) " sent, " (m.failed) " failed" }
+                        }
+                    }
+                    line class="axis" x1="0" y1="115.5" x2="600" y2="115.5" {}
+                }
+                figcaption { "Texts sent per minute over the last 60 minutes (oldest on the left)." }
+            }
+        }
+        section aria-labelledby="queues" {
+            h2 id="queues" { "Queues" }
+            @if o.queues.is_empty() {
+                p { "No customer has work waiting." }
+            } @else {
+                div class="scroll" role="region" aria-label="Queues per customer" tabindex="0" {
+                    table {
+                        caption { "Jobs per customer with work" }
+                        thead { tr { th scope="col" { "Customer" } th scope="col" { "Ready" } th scope="col" { "Scheduled" } th scope="col" { "In flight" } } }
+                        tbody {
+                            @for q in &o.queues {
+                                tr {
+                                    th scope="row" { a href=(format!("/dashboard/batches?customer={}", q.customer)) { (q.customer) } }
+                                    td { (q.ready) } td { (q.scheduled) } td { (q.in_flight) }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if o.more_customers > 0 { p { "…and " (o.more_customers) " more customers with work." } }
+            }
+        }
+        @if let Some(workers) = &o.workers {
+            section aria-labelledby="fleet" {
+                h2 id="fleet" { "Workers" }
+                @if workers.is_empty() {
+                    p { "No worker has reported in." }
+                } @else {
+                    div class="scroll" role="region" aria-label="Worker fleet" tabindex="0" {
+                        table {
+                            caption { "Worker processes and their totals since they started" }
+                            thead { tr { th scope="col" { "Worker" } th scope="col" { "Last heartbeat" } th scope="col" { "Sent" } th scope="col" { "Failed" } th scope="col" { "Bought" } th scope="col" { "Restarts" } } }
+                            tbody {
+                                @for w in workers {
+                                    tr {
+                                        th scope="row" { (w.name) }
+                                        td { (format!("{:.0} s ago", w.heartbeat_age_s)) }
+                                        td { (w.sent) } td { (w.failed) } td { (w.purchases) } td { (w.restarts) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p class="updated" { "Updated " (time(o.now_ms)) }
+        @let _ = v;
+    }
+}
+
+pub fn batches(list: &[BatchStatus], q: &str, customer: Option<&str>, v: &Viewer<'_>) -> Markup {
+    layout(
+        "Batches",
+        Some(v),
+        "Batches",
+        html! {
+            h1 { "Batches" @if let Some(c) = customer { " of " (c) } }
+            form method="get" action="/dashboard/batches" class="search" role="search" {
+                label for="q" { "Batch id contains" }
+                input type="search" id="q" name="q" value=(q);
+                label for="customer" { "Customer" }
+                input type="text" id="customer" name="customer" value=(customer.unwrap_or(""));
+                button type="submit" { "Search" }
+            }
+            @if list.is_empty() {
+                p { "No batches found." }
+            } @else {
+                div class="scroll" role="region" aria-label="Batches" tabindex="0" {
+                    table class="batches" {
+                        caption { "The newest " (list.len()) " batches (at most " (MAX_BATCHES) ")" }
+                        thead { tr { th scope="col" { "Batch" } th scope="col" { "Created" } th scope="col" { "Progress" } th scope="col" { "Sent" } th scope="col" { "Failed" } th scope="col" { "Opted out" } th scope="col" { "Deferred" } th scope="col" { "Queued" } } }
+                        tbody {
+                            @for s in list {
+                                tr {
+                                    th scope="row" { a href=(format!("/dashboard/batches/{}", s.batch_id)) { (s.batch_id) } }
+                                    td { (time(s.created_ms)) }
+                                    td { (batch_bar(s)) span class="pct" { (percent(s)) "%" } }
+                                    td { (s.sent) } td { (s.failed) } td { (s.opted_out) } td { (s.deferred) } td { (s.queued) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub fn batch(s: &BatchStatus, failed: &[(String, String)], v: &Viewer<'_>) -> Markup {
+    let live = format!("/dashboard/batches/{}/live", s.batch_id);
+    layout(
+        &format!("Batch {}", s.batch_id),
+        Some(v),
+        "Batches",
+        html! {
+            h1 { "Batch " (s.batch_id) }
+            p { "Customer " a href=(format!("/dashboard/pools/{}", s.customer)) { (s.customer) } " · created " (time(s.created_ms)) " · " (s.segments) " segment(s) per text, " (s.encoding) }
+            div data-live=(live) data-every="1000" data-done=(if s.is_complete() { "1" } else { "0" }) { (batch_live(s, v)) }
+            @if !s.is_complete() && !s.cancel_requested {
+                form method="post" action=(format!("/dashboard/batches/{}/cancel", s.batch_id)) class="danger" {
+                    input type="hidden" name="csrf" value=(v.csrf);
+                    button type="submit" { "Cancel this batch" }
+                    span class="hint" { " Queued texts end as cancelled; texts already on their way finish." }
+                }
+            }
+            @if !failed.is_empty() {
+                section aria-labelledby="failed-recipients" {
+                    h2 id="failed-recipients" { "Failed recipients" }
+                    div class="scroll" role="region" aria-label="Failed recipients" tabindex="0" {
+                        table {
+                            caption { "Up to 50 recipients that failed, and why" }
+                            thead { tr { th scope="col" { "Recipient" } th scope="col" { "Reason" } } }
+                            tbody { @for (to, why) in failed { tr { th scope="row" { (v.number(to)) } td { (why) } } } }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn code_meaning(reason: &str) -> String {
+    reason
+        .split_whitespace()
+        .find_map(|w| w.parse::<u32>().ok())
+        .and_then(describe)
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
+/// The part of the batch page that refreshes itself while the batch runs.
+pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
+    html! {
+        section aria-labelledby="progress-h" {
+            h2 id="progress-h" { "Progress" }
+            label for="batch-progress" { (percent(s)) "% done: " (s.terminal()) " of " (s.total) " texts settled" }
+            progress id="batch-progress" max=(s.total.max(1)) value=(s.terminal()) { (percent(s)) "%" }
+            (batch_bar(s))
+            p class="state" role="status" { "State: " strong { (s.state) } @if s.cancel_requested { " (cancel requested)" } }
+            dl class="figures" {
+                div { dt { "Sent" } dd { (s.sent) } }
+                div { dt { "Failed" } dd { (s.failed) } }
+                div { dt { "Opted out" } dd { (s.opted_out) } }
+                div { dt { "Cancelled" } dd { (s.cancelled) } }
+                div { dt { "Deferred" } dd { (s.deferred) } }
+                div { dt { "Queued" } dd { (s.queued) } }
+            }
+            @if let (true, Some(why)) = (s.deferred > 0, &s.deferred_reason) { p { "Deferred because " (why) "." } }
+        }
+        @if !s.failure_reasons.is_empty() {
+            section aria-labelledby="failures-h" {
+                h2 id="failures-h" { "Failures by reason" }
+                table {
+                    thead { tr { th scope="col" { "Reason" } th scope="col" { "Texts" } th scope="col" { "What it means" } } }
+                    tbody { @for (r, n) in &s.failure_reasons { tr { th scope="row" { (r) } td { (n) } td { (code_meaning(r)) } } } }
+                }
+            }
+        }
+        section aria-labelledby="delivery-h" {
+            h2 id="delivery-h" { "Delivery reports" }
+            p { (s.delivered) " delivered, " (s.undelivered) " undelivered (reported by Twilio's status callbacks)." }
+            @if !s.undelivered_reasons.is_empty() {
+                table {
+                    thead { tr { th scope="col" { "Twilio error" } th scope="col" { "Texts" } th scope="col" { "What it means" } } }
+                    tbody {
+                        @for (code, n) in &s.undelivered_reasons {
+                            tr { th scope="row" { (code) } td { (n) } td { (code.parse().ok().and_then(describe).unwrap_or("")) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn pools(customers: &[String], v: &Viewer<'_>) -> Markup {
+    layout(
+        "Pools",
+        Some(v),
+        "Pools",
+        html! {
+            h1 { "Number pools" }
+            @if customers.is_empty() { p { "No customers." } }
+            ul class="pools" { @for c in customers { li { a href=(format!("/dashboard/pools/{c}")) { (c) } } } }
+        },
+    )
+}
+
+pub fn pool(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup {
+    layout(
+        &format!("Pool of {}", p.customer),
+        Some(v),
+        "Pools",
+        html! {
+            h1 { "Numbers of " (p.customer) }
+            p {
+                (p.numbers.len()) " of at most " (p.max_numbers) " numbers · " (p.total_available()) " texts available now · window "
+                (p.window_secs) " s, " (p.daily_quota) " per number (+1 per reply, up to " (p.conversational_cap) ")"
+                @if let Some(c) = p.monthly_cost { " · " (format!("${c:.2}")) " a month" }
+                @if let Some(s) = &p.messaging_service_sid { " · Messaging Service " (s) }
+            }
+            div data-live=(format!("/dashboard/pools/{}/live", p.customer)) data-every="2000" { (pool_live(p, pending, v)) }
+            @if v.admin {
+                form method="post" action=(format!("/dashboard/pools/{}/release-idle", p.customer)) class="release" {
+                    input type="hidden" name="csrf" value=(v.csrf);
+                    label for="idle_days" { "Release numbers idle for at least (days)" }
+                    input type="number" id="idle_days" name="idle_days" min="0" max="3650" step="any" value="30" required;
+                    label class="check" { input type="checkbox" name="dry_run" value="1" checked; " Only show what would be released" }
+                    button type="submit" { "Release idle numbers" }
+                }
+            }
+        },
+    )
+}
+
+/// The part of the pool page that refreshes itself.
+pub fn pool_live(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup {
+    html! {
+        div class="scroll" role="region" aria-label="Numbers" tabindex="0" {
+            table class="numbers" {
+                caption { "Use of each number in the current window" }
+                thead { tr { th scope="col" { "Number" } th scope="col" { "Window use" } th scope="col" { "Sent / limit" } th scope="col" { "Replies" } th scope="col" { "Last send" } th scope="col" { "Bought" } } }
+                tbody {
+                    @for n in &p.numbers {
+                        tr {
+                            th scope="row" { (v.number(&n.number)) }
+                            td { meter min="0" max=(n.limit.max(1)) value=(n.sent) aria-label=(format!("{} of {} used", n.sent, n.limit)) { (n.sent) " of " (n.limit) } }
+                            td { (n.sent) " / " (n.limit) }
+                            td { (n.received) }
+                            td { (n.last_send_ms.map(time).unwrap_or_else(|| "never".into())) }
+                            td { (time(n.bought_ms)) }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="pending-h" {
+            h2 id="pending-h" { "Purchases and releases in flight" }
+            @if pending.is_empty() {
+                p { "None: every purchase and release has finished." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "What" } th scope="col" { "Intent" } th scope="col" { "Since" } th scope="col" { "Detail" } } }
+                    tbody {
+                        @for x in pending {
+                            tr {
+                                th scope="row" { (x.what) }
+                                td { @if x.what == "release" { (v.number(&x.id)) } @else { (x.id) } }
+                                td { (time(x.since_ms)) }
+                                td { (x.detail) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The report of a release run from the pool page.
+pub fn released(report: &shared::release::ReleaseReport, v: &Viewer<'_>) -> Markup {
+    let verb = if report.dry_run { "Would release" } else { "Released" };
+    layout(
+        "Idle numbers",
+        Some(v),
+        "Pools",
+        html! {
+            h1 { (verb) " " (report.released.len()) " number(s) of " (report.customer) }
+            p { "Kept " (report.kept) " number(s) for a backlog of " (report.backlog) " texts." }
+            ul { @for n in &report.released { li { (v.number(&n.number)) " — last send " (n.last_send_ms.map(time).unwrap_or_else(|| "never".into())) } } }
+            @if !report.pending.is_empty() { p { (report.pending.len()) " release(s) will be finished by the workers." } }
+            p { a href=(format!("/dashboard/pools/{}", report.customer)) { "Back to the pool" } }
+        },
+    )
+}
+
+/// An empty fragment (for pages whose subject went away).
+pub fn nothing() -> Markup {
+    PreEscaped(String::new())
+}
