@@ -4,6 +4,7 @@
 //! - [`sim`]: the Twilio simulator (also the `twilio-sim` binary).
 //! - [`redis_server`]: [`redis_server::TestRedis`], a private `redis-server` on a free loopback port (plain or TLS).
 //! - [`redis_cluster`]: [`redis_cluster::TestCluster`], a private Redis Cluster (primaries and replicas) to fail over.
+//! - [`dashboard`]: signing in to the dashboard over HTTP and measuring what its pages cost Redis.
 //! - [`procs`]: locating and running the `worker`, `producer` and `twilio-sim` binaries as child processes.
 //! - [`load`]: the load-test engine behind the `loadtest` binary.
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
@@ -20,6 +21,7 @@ pub fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
 }
 
+pub mod dashboard;
 pub mod fixtures;
 pub mod load;
 pub mod procs;

@@ -393,6 +393,8 @@ pub struct BulkReport {
     pub largest_enqueue_secs: f64,
     pub send_secs: f64,
     pub sends_per_sec: f64,
+    /// From starting the workers until every batch was complete (purchases included).
+    pub drain_secs: f64,
     /// From the start of a customer's enqueue to the simulator receiving the send.
     pub enqueue_to_twilio: Percentiles,
     pub numbers_bought: usize,
@@ -470,7 +472,8 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     let monitor = if cfg.count_commands && !cfg.cluster { Some(Monitor::start(&stack.redis_url).await?) } else { None };
     let sending_started: DateTime<Utc> = SystemTime::now().into();
     stack.start_workers(cfg.workers, cfg.concurrency);
-    stack.wait_all(&batches, cfg.recipients as u64, cfg.show_progress, Duration::from_secs(3600)).await?;
+    report.drain_secs =
+        stack.wait_all(&batches, cfg.recipients as u64, cfg.show_progress, Duration::from_secs(3600)).await?;
     let counted = match monitor {
         Some(m) => Some(m.stop().await),
         None => None,
@@ -684,4 +687,68 @@ pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<Fai
         probe_latency: percentiles(lat),
         a_pending_at_last_probe: a_pending,
     })
+}
+
+/// What each dashboard page costs with a big backlog queued (`loadtest dashboard`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DashboardReport {
+    pub queued_jobs: usize,
+    pub customers: usize,
+    pub pages: Vec<crate::dashboard::PageCost>,
+}
+
+#[derive(clap::Parser)]
+struct ServerArgs {
+    #[command(flatten)]
+    common: shared::config::CommonArgs,
+}
+
+/// Queues `cfg.recipients` jobs over `cfg.customers` customers (no workers, so they stay queued), serves the
+/// dashboard in this process, and measures each page: Redis commands for one request, and latency over `rounds`.
+pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<DashboardReport> {
+    let stack = Stack::start(cfg).await?;
+    let ids: Vec<CustomerId> = (0..cfg.customers).map(|i| stack.customer(i)).collect();
+    let mut conn = stack.conn().await;
+    let per_customer = cfg.recipients.div_ceil(cfg.customers);
+    let mut first_batch = None;
+    for (i, id) in ids.iter().enumerate() {
+        stack.add_customer(id, cfg.max_numbers).await?;
+        stack.prebuy(id, 4).await?;
+        let to = recipients(per_customer, i * per_customer);
+        let req = NewBatch {
+            customer: id.clone(),
+            body: MessageBody::parse("Dashboard cost: queued notice")?,
+            recipients: to.iter().map(|r| PhoneNumber::parse(r)).collect::<Result<_, _>>()?,
+            duplicates: 0,
+            idempotency_key: None,
+            priority: false,
+        };
+        let r = batches::submit(&mut conn, &req, Duration::from_secs(3600), 5_000, None, None).await?;
+        first_batch.get_or_insert(r.batch_id);
+    }
+    let token = format!("{:032x}", rand::random::<u128>());
+    let settings =
+        <ServerArgs as clap::Parser>::parse_from(["x", "--redis-url", &stack.redis_url]).common.settings()?;
+    let tokens = producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let state = producer::server::AppState::new(
+        conn.clone(),
+        settings,
+        tokens,
+        None,
+        producer::server::Limits::default(),
+        producer::server::TokenPolicy::default(),
+    );
+    tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
+    let session = crate::dashboard::login(&base, &token).await;
+    let pages = [
+        "/dashboard".to_owned(),
+        "/dashboard/batches".to_owned(),
+        format!("/dashboard/batches/{}", first_batch.unwrap_or_default()),
+        format!("/dashboard/pools/{}", ids[0]),
+    ];
+    let mut node = redis::Client::open(stack.redis_url.as_str())?.get_connection()?;
+    let pages = crate::dashboard::page_costs(&session, &mut node, &pages, rounds).await;
+    Ok(DashboardReport { queued_jobs: cfg.recipients, customers: cfg.customers, pages })
 }

@@ -5,77 +5,16 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
-use common::World;
+use common::{ADMIN, APP_A, APP_B, Api, World, start_api, start_api_with};
 use harness::fixtures::{owned_numbers, recipients, wait_until};
 use harness::sim::{self, SimConfig};
-use producer::server::{AppState, Limits, TokenPolicy, auth::Tokens};
+use producer::server::TokenPolicy;
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shared::domain::CustomerId;
 use shared::purchase::{self, Bought};
 use shared::twilio::signature;
-
-const ADMIN: &str = "admin-token-0123456789";
-const APP_A: &str = "app-a-token-0123456789";
-const APP_B: &str = "app-b-token-0123456789";
-
-/// A producer server (in this process) over the world's Redis, with tokens for an admin and two scoped apps.
-struct Api {
-    base: String,
-    client: reqwest::Client,
-}
-
-#[derive(Parser)]
-struct Common {
-    #[command(flatten)]
-    c: shared::config::CommonArgs,
-}
-
-async fn start_api(w: &World) -> Api {
-    start_api_with(w, TokenPolicy::default()).await
-}
-
-async fn start_api_with(w: &World, policy: TokenPolicy) -> Api {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let settings = Common::parse_from([
-        "x",
-        "--redis-url",
-        &w.redis.url(),
-        "--twilio-auth-token",
-        sim::DEFAULT_AUTH_TOKEN,
-        "--twilio-account-sid",
-        sim::DEFAULT_ACCOUNT_SID,
-        "--twilio-api-base",
-        &w.sim_base,
-    ])
-    .c
-    .settings()
-    .unwrap();
-    let tokens = Tokens::parse(&format!("ops:{ADMIN}:admin,appa:{APP_A}:acme,appb:{APP_B}:globex")).unwrap();
-    let state =
-        AppState::new(w.redis.conn().await, settings, tokens, Some(base.clone().into()), Limits::default(), policy);
-    tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
-    Api { base, client: harness::http() }
-}
-
-impl Api {
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.client.request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-}
 
 /// The error shape every failure must have.
 fn assert_error_shape(status: StatusCode, body: &Value, code: &str) {

@@ -319,3 +319,77 @@ pub async fn get(url: &str) -> Option<(u16, String)> {
 pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+pub const ADMIN: &str = "admin-token-0123456789";
+pub const APP_A: &str = "app-a-token-0123456789";
+pub const APP_B: &str = "app-b-token-0123456789";
+
+/// A producer server (in this process) over the world's Redis, with tokens for an admin and two scoped apps.
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+#[derive(clap::Parser)]
+struct Common {
+    #[command(flatten)]
+    c: shared::config::CommonArgs,
+}
+
+pub async fn start_api(w: &World) -> Api {
+    start_api_with(w, producer::server::TokenPolicy::default()).await
+}
+
+pub async fn start_api_with(w: &World, policy: producer::server::TokenPolicy) -> Api {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let settings = <Common as clap::Parser>::parse_from([
+        "x",
+        "--redis-url",
+        &w.redis.url(),
+        "--twilio-auth-token",
+        sim::DEFAULT_AUTH_TOKEN,
+        "--twilio-account-sid",
+        sim::DEFAULT_ACCOUNT_SID,
+        "--twilio-api-base",
+        &w.sim_base,
+    ])
+    .c
+    .settings()
+    .unwrap();
+    let tokens =
+        producer::server::auth::Tokens::parse(&format!("ops:{ADMIN}:admin,appa:{APP_A}:acme,appb:{APP_B}:globex"))
+            .unwrap();
+    let state = producer::server::AppState::new(
+        w.redis.conn().await,
+        settings,
+        tokens,
+        Some(base.clone().into()),
+        producer::server::Limits::default(),
+        policy,
+    );
+    tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
+    Api { base, client: harness::http() }
+}
+
+impl Api {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut req = self.client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+}
