@@ -362,17 +362,24 @@ async fn wait_confirms_writes_on_the_node_that_holds_them() {
     let mut cluster = tokio::task::spawn_blocking(|| harness::redis_cluster::TestCluster::start(3, 1)).await.unwrap();
     let mut conn = cluster.conn().await;
     let acks = Some(shared::scripts::Acks { replicas: 1, timeout: Duration::from_millis(500) });
-    let quota = shared::config::QuotaSettings::default();
     let key = shared::keys::SETTINGS;
-    let (_, confirmed): (redis::Value, bool) = shared::scripts::FLEET_SETTINGS
-        .key(key)
-        .arg(quota.window_ms())
-        .arg(quota.daily_quota)
-        .arg(quota.conversational_cap)
-        .arg("1")
-        .run_acked(&mut conn, acks)
-        .await
-        .unwrap();
+    // One acknowledged write to the fleet settings (a key on one primary).
+    let write_settings = |conn: &mut shared::store::Conn| {
+        let quota = shared::config::QuotaSettings::default();
+        let mut conn = conn.clone();
+        async move {
+            shared::scripts::FLEET_SETTINGS
+                .key(key)
+                .arg(quota.window_ms())
+                .arg(quota.daily_quota)
+                .arg(quota.conversational_cap)
+                .arg("1")
+                .run_acked::<redis::Value, _>(&mut conn, acks)
+                .await
+                .unwrap()
+        }
+    };
+    let (_, confirmed) = write_settings(&mut conn).await;
     assert!(confirmed, "a primary with a live replica did not confirm");
     // Kill the replica of the key's primary.
     let primary = cluster.primary_of(key);
@@ -383,15 +390,7 @@ async fn wait_confirms_writes_on_the_node_that_holds_them() {
         .expect("the primary's replica");
     cluster.kill(replica);
     let started = Instant::now();
-    let (_, confirmed): (redis::Value, bool) = shared::scripts::FLEET_SETTINGS
-        .key(key)
-        .arg(quota.window_ms())
-        .arg(quota.daily_quota)
-        .arg(quota.conversational_cap)
-        .arg("1")
-        .run_acked(&mut conn, acks)
-        .await
-        .unwrap();
+    let (_, confirmed) = write_settings(&mut conn).await;
     println!("replica {replica} of {primary} killed: confirmed {confirmed} after {:?}", started.elapsed());
     assert!(!confirmed, "a primary without a replica confirmed a WAIT 1");
     assert!(started.elapsed() >= Duration::from_millis(450));

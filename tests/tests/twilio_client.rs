@@ -249,21 +249,7 @@ async fn numbers_are_bought_found_by_friendly_name_and_released() {
 /// simulator exactly as it would from Twilio. The test script prints what the SDK parsed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_sdk_cannot_tell_the_simulator_from_twilio() {
-    let python = sdk_python();
-    let (_s, addr) = sim::spawn(SimConfig::default()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/twilio_sdk_check.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(format!("http://{addr}"))
-        .arg(sim::DEFAULT_ACCOUNT_SID)
-        .arg(sim::DEFAULT_AUTH_TOKEN)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    println!("{v:#}");
+    let v = run_sdk_script("twilio_sdk_check.py").await;
     assert!(v["bought_sid"].as_str().unwrap().starts_with("PN"));
     assert!(v["message_sid"].as_str().unwrap().starts_with("SM"));
     assert_eq!(v["date_created_is_datetime"], true);
@@ -282,21 +268,7 @@ async fn the_official_python_sdk_cannot_tell_the_simulator_from_twilio() {
 /// that subaccount's number, and the main account's token does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_validator_accepts_subaccount_webhooks_with_the_subaccount_token() {
-    let python = sdk_python();
-    let (_s, addr) = sim::spawn(SimConfig::default()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/validate_subaccount_webhooks.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(format!("http://{addr}"))
-        .arg(sim::DEFAULT_ACCOUNT_SID)
-        .arg(sim::DEFAULT_AUTH_TOKEN)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "SDK script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    println!("{v:#}");
+    let v = run_sdk_script("validate_subaccount_webhooks.py").await;
     assert_eq!(v["owner"], sim::DEFAULT_ACCOUNT_SID);
     assert_eq!(v["status"], "active");
     assert_eq!(v["token_differs"], true);
@@ -307,6 +279,26 @@ async fn the_official_validator_accepts_subaccount_webhooks_with_the_subaccount_
 }
 
 /// The Python that has Twilio's official SDK (scripts/test makes a venv and sets `MESSENGER_SDK_PYTHON`).
+/// Runs one of `tests/sdk/*.py` with the official SDK against a fresh simulator (main account's credentials) and
+/// returns the JSON the script printed last.
+async fn run_sdk_script(name: &str) -> serde_json::Value {
+    let (_s, addr) = sim::spawn(SimConfig::default()).await;
+    let script = format!("{}/tests/sdk/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(sdk_python())
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .arg(sim::DEFAULT_ACCOUNT_SID)
+        .arg(sim::DEFAULT_AUTH_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "SDK script {name} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    println!("{v:#}");
+    v
+}
+
 fn sdk_python() -> String {
     let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
     let has_sdk =

@@ -171,24 +171,11 @@ async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
     active.sort();
     active.truncate(500);
     let alive: i64 = conn.zcount(shared::keys::WORKERS, now - 60_000, "+inf").await?;
-    // One pipeline per customer (its keys share one slot of a Redis Cluster), all in flight at once.
     let ids: Vec<_> = active.iter().filter_map(|c| shared::domain::CustomerId::parse(c).ok()).collect();
-    let counts = futures::future::try_join_all(ids.iter().map(|id| {
-        let mut conn = conn.clone();
-        let k = shared::keys::CustomerKeys::new(id);
-        async move {
-            redis::pipe()
-                .llen(k.queue())
-                .zcard(k.scheduled())
-                .zcard(k.inflight())
-                .query_async::<(i64, i64, i64)>(&mut conn)
-                .await
-        }
-    }))
-    .await?;
+    let counts = shared::customers::queue_depths(&conn, &ids).await?;
     s.metrics.queue.clear();
-    for (id, (ready, scheduled, in_flight)) in ids.iter().zip(counts) {
-        for (state, n) in [("ready", ready), ("scheduled", scheduled), ("in_flight", in_flight)] {
+    for (id, d) in ids.iter().zip(counts) {
+        for (state, n) in [("ready", d.ready), ("scheduled", d.scheduled), ("in_flight", d.in_flight)] {
             let labels = QueueLabels { customer: id.to_string(), state: state.to_owned() };
             s.metrics.queue.get_or_create(&labels).set(n);
         }

@@ -125,24 +125,16 @@ pub async fn overview(conn: &mut Conn, scope: &Scope) -> redis::RedisResult<Over
     ids.sort();
     let more_customers = ids.len().saturating_sub(MAX_CUSTOMERS);
     ids.truncate(MAX_CUSTOMERS);
-    // One pipeline per customer (its keys share one slot of a Redis Cluster), all at once.
-    let counts = futures::future::try_join_all(ids.iter().map(|id| {
-        let mut conn = conn.clone();
-        let k = CustomerKeys::new(id);
-        async move {
-            redis::pipe()
-                .llen(k.queue())
-                .zcard(k.scheduled())
-                .zcard(k.inflight())
-                .query_async::<(i64, i64, i64)>(&mut conn)
-                .await
-        }
-    }))
-    .await?;
+    let counts = customers::queue_depths(conn, &ids).await?;
     let queues = ids
         .iter()
         .zip(counts)
-        .map(|(c, (ready, scheduled, in_flight))| QueueRow { customer: c.to_string(), ready, scheduled, in_flight })
+        .map(|(c, d)| QueueRow {
+            customer: c.to_string(),
+            ready: d.ready,
+            scheduled: d.scheduled,
+            in_flight: d.in_flight,
+        })
         .collect();
 
     let workers = match scope {
