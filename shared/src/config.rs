@@ -182,7 +182,7 @@ impl CommonArgs {
             if !(n.starts_with("redis://") || n.starts_with("rediss://")) {
                 return bad(format!(
                     "REDIS_CLUSTER_NODES: {:?} must start with redis:// or rediss://",
-                    crate::store::without_credentials(n)
+                    without_credentials(n)
                 ));
             }
         }
@@ -289,6 +289,14 @@ impl TwilioSettings {
             (None, _) => Err(ConfigError("TWILIO_ACCOUNT_SID is not set".into())),
             _ => Err(ConfigError("TWILIO_AUTH_TOKEN is not set".into())),
         }
+    }
+}
+
+/// `rediss://user:pass@host:6380/0` → `rediss://host:6380/0`.
+pub fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 

@@ -21,7 +21,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisFuture, RedisResult, 
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use crate::config::{QuotaSettings, RedisSettings};
+use crate::config::{QuotaSettings, RedisSettings, without_credentials};
 
 /// A connection to Messenger's Redis: one node, or a cluster.
 #[derive(Clone)]
@@ -135,14 +135,6 @@ pub async fn connect_many(settings: &RedisSettings, n: usize) -> RedisResult<Vec
 /// The seed nodes without credentials, for messages.
 pub fn describe_seeds(settings: &RedisSettings) -> String {
     settings.cluster_nodes.iter().map(|u| without_credentials(u.expose_secret())).collect::<Vec<_>>().join(", ")
-}
-
-/// `rediss://user:pass@host:6380/0` → `rediss://host:6380/0`.
-pub fn without_credentials(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
 }
 
 /// If `e` (from connecting) means the configuration is wrong rather than Redis being down — a refused password or

@@ -86,7 +86,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
                     Err(e) => {
                         let redis = &settings.shared.redis;
                         let target = if redis.cluster_nodes.is_empty() {
-                            shared::store::without_credentials(secrecy::ExposeSecret::expose_secret(&redis.url))
+                            shared::config::without_credentials(secrecy::ExposeSecret::expose_secret(&redis.url))
                         } else {
                             format!("cluster seeds {}", shared::store::describe_seeds(redis))
                         };
