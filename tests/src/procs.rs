@@ -115,13 +115,22 @@ impl Env {
         self.spawn_worker(cmd, args)
     }
 
-    fn spawn_worker(&self, mut cmd: Command, args: &[&str]) -> Proc {
+    fn spawn_worker(&self, cmd: Command, args: &[&str]) -> Proc {
+        self.spawn(cmd, "worker", args)
+    }
+
+    /// Starts `producer <args>` in the background (a server, or a one-shot command to race with something).
+    pub fn spawn_producer(&self, args: &[&str]) -> Proc {
+        self.spawn(Command::new(bin("producer")), "producer", args)
+    }
+
+    fn spawn(&self, mut cmd: Command, what: &str, args: &[&str]) -> Proc {
         self.apply(&mut cmd);
-        let log = std::env::temp_dir().join(format!("messenger-worker-{}.log", ulid::Ulid::new()));
-        let file = std::fs::File::create(&log).expect("worker log");
+        let log = std::env::temp_dir().join(format!("messenger-{what}-{}.log", ulid::Ulid::new()));
+        let file = std::fs::File::create(&log).expect("process log");
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
         let hint = if cmd.get_program() == "faketime" { " (faketime needs `apt-get install faketime`)" } else { "" };
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the worker: {e}{hint}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the {what}: {e}{hint}"));
         Proc { child: Some(child), log: Some(log) }
     }
 }

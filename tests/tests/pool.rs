@@ -121,7 +121,7 @@ async fn idle_numbers_are_released_without_loss_even_when_the_releaser_is_killed
     w.wait_complete(&again, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
     w.sim.set_config(SimConfig { release_latency_ms: 2_000, ..w.sim.config() });
-    let mut releaser = spawn_producer(&w, &["pool", "release-idle", "acme", "--idle-days", "0"]);
+    let mut releaser = w.env.spawn_producer(&["pool", "release-idle", "acme", "--idle-days", "0"]);
     wait_until(Duration::from_secs(10), "the release to start", || {
         let mut conn = conn.clone();
         async move { (conn.hlen::<_, u64>(acme().releases()).await.ok()? > 0).then_some(()) }
@@ -130,7 +130,7 @@ async fn idle_numbers_are_released_without_loss_even_when_the_releaser_is_killed
     let during = recipients(500, 20_000);
     let during_batch = w.bulk("acme", "During release", &during, &[]).await;
     let status = w.wait_complete(&during_batch, Duration::from_secs(60)).await;
-    assert!(releaser.wait().unwrap().success(), "the release failed");
+    assert_eq!(releaser.wait_timeout(Duration::from_secs(60)), Some(Some(0)), "the release failed: {}", releaser.log());
     let state = w.state();
     let texts = per_recipient(&state);
     let twice = during.iter().filter(|r| texts.get(*r).copied().unwrap_or(0) != 1).count();
@@ -147,15 +147,14 @@ async fn idle_numbers_are_released_without_loss_even_when_the_releaser_is_killed
     w.sim.set_config(SimConfig { release_latency_ms: 5_000, ..w.sim.config() });
     let owned_before: HashSet<String> =
         w.state().numbers.iter().filter(|n| !n.released).map(|n| n.phone_number.clone()).collect();
-    let mut releaser = spawn_producer(&w, &["pool", "release-idle", "acme", "--idle-days", "0"]);
+    let mut releaser = w.env.spawn_producer(&["pool", "release-idle", "acme", "--idle-days", "0"]);
     wait_until(Duration::from_secs(10), "the release to start", || {
         let mut conn = conn.clone();
         async move { (conn.hlen::<_, u64>(acme().releases()).await.ok()? > 0).then_some(()) }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    releaser.kill().unwrap();
-    releaser.wait().unwrap();
+    releaser.kill9();
     let pending: u64 = conn.hlen(acme().releases()).await.unwrap();
     println!(
         "producer killed mid-release: {pending} release intents pending, {} numbers owned before",
@@ -180,17 +179,6 @@ async fn idle_numbers_are_released_without_loss_even_when_the_releaser_is_killed
     assert!(both.is_empty(), "released yet in the pool: {both:?}");
     assert!(in_pool_not_owned.is_empty());
     assert!(pool.is_empty(), "every idle number was released: {pool:?}");
-}
-
-fn spawn_producer(w: &World, args: &[&str]) -> std::process::Child {
-    let mut cmd = std::process::Command::new(harness::procs::bin("producer"));
-    w.env
-        .apply(&mut cmd)
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start producer")
 }
 
 /// Creates a Messaging Service in the simulator's main account; returns its sid.
