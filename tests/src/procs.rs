@@ -108,10 +108,13 @@ impl Env {
 
     /// Starts a worker whose clock is shifted by `offset` (libfaketime syntax, e.g. `-1d`): Messenger must not care,
     /// since every quota decision uses Redis's clock.
+    ///
+    /// libfaketime is preloaded into the worker itself rather than run through the `faketime` wrapper: the wrapper
+    /// forks and waits, so killing it (as [`Proc`] does on drop) left the worker running as an orphan.
     pub fn worker_with_clock_offset(&self, offset: &str, args: &[&str]) -> Proc {
-        let mut cmd = Command::new("faketime");
-        cmd.arg("-f").arg(offset).arg(bin("worker"));
-        cmd.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let lib = libfaketime().expect("libfaketime is not installed: apt-get install faketime");
+        let mut cmd = Command::new(bin("worker"));
+        cmd.env("LD_PRELOAD", lib).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         self.spawn_worker(cmd, args)
     }
 
@@ -129,10 +132,18 @@ impl Env {
         let log = std::env::temp_dir().join(format!("messenger-{what}-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("process log");
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(file);
-        let hint = if cmd.get_program() == "faketime" { " (faketime needs `apt-get install faketime`)" } else { "" };
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the {what}: {e}{hint}"));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the {what}: {e}"));
         Proc { child: Some(child), log: Some(log) }
     }
+}
+
+/// Debian's libfaketime (package `faketime`): `/usr/lib/<multiarch>/faketime/libfaketime.so.1`.
+fn libfaketime() -> Option<PathBuf> {
+    let name = "faketime/libfaketime.so.1";
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    dirs.extend([PathBuf::from("/usr/lib"), PathBuf::from("/usr/local/lib")]);
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// A producer run's stdout if it succeeded; otherwise what failed, with its output.

@@ -242,7 +242,22 @@ async fn quota_windows_use_redis_time_not_the_workers_clock() {
         .set("MESSENGER_CONVERSATIONAL_CAP", 5);
     w.producer_ok(&["customer", "add", "acme", "--max-numbers", "1"]).await;
     let batch = w.bulk("acme", "Clock test", &recipients(10, 0), &[]).await;
-    let _worker = w.env.worker_with_clock_offset("-1d", &["--concurrency", "4"]);
+    let worker = w
+        .env
+        .clone()
+        .set("RUST_LOG", "warn,worker::run=info")
+        .set("MESSENGER_LOG_FORMAT", "json")
+        .worker_with_clock_offset("-1d", &["--concurrency", "4"]);
+    // The worker really lives a day behind: its own log's timestamps (its clock) say so.
+    let stamp = wait_until(Duration::from_secs(20), "the worker's first log line", || async {
+        let log = worker.log();
+        let line: serde_json::Value = serde_json::from_str(log.lines().next()?).ok()?;
+        line["timestamp"].as_str()?.parse::<chrono::DateTime<chrono::Utc>>().ok()
+    })
+    .await;
+    let behind = chrono::Utc::now() - stamp;
+    println!("the worker's clock is {:.1} h behind", behind.num_seconds() as f64 / 3600.0);
+    assert!((behind - chrono::TimeDelta::days(1)).num_seconds().abs() < 600, "worker clock behind by {behind}");
 
     let mut conn = w.redis.conn().await;
     let s = wait_until(Duration::from_secs(60), "5 sent and 5 deferred", || {
