@@ -9,7 +9,7 @@
 --
 -- KEYS[1] customer cfg HASH   KEYS[2] idempotency STRING   KEYS[3] batch HASH   KEYS[4] customer's batch index ZSET
 -- ARGV[1] batch id (full)     ARGV[2] key ttl s            ARGV[3..] field, value pairs of the new record
--- Returns {'created'} | {'exists', batch id} | {'no_customer'}
+-- Returns {'created', created ms} | {'exists', batch id} | {'no_customer'}
 
 local cfg, idem, batch = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', cfg) == 0 then
@@ -27,4 +27,4 @@ local now = now_ms()
 redis.call('HSET', batch, 'created_ms', now, 'enqueued', 0, 'state', 'enqueuing')
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[2]) * 1000)
-return {'created'}
+return {'created', tostring(now)}

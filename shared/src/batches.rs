@@ -116,8 +116,8 @@ pub async fn submit(
         Some("created") => {
             // The fleet-wide index of recent batches (the dashboard's list), newest 10,000 kept. A separate command:
             // in a Redis Cluster the index and the batch live in different slots. Losing an entry only hides the
-            // batch from the list (the customer's own index has it).
-            let created: i64 = crate::customers::redis_now_ms(conn).await?;
+            // batch from the list (the customer's own index has it). Scored with the creation time the script read.
+            let created: i64 = reply.get(1).and_then(|ms| ms.parse().ok()).unwrap_or_default();
             let _: () = redis::pipe()
                 .zadd(keys::BATCH_INDEX, fresh.to_string(), created)
                 .ignore()
