@@ -88,10 +88,11 @@ pub async fn pass(shared: &Shared, purchases: &Purchases) -> anyhow::Result<()> 
     // Forget workers that have not beaten for a day, and their totals.
     let _: () = conn.zrembyscore(keys::WORKERS, "-inf", now_ms - 86_400_000).await?;
     let listed: Vec<String> = conn.hkeys(keys::STATS_WORKERS).await?;
-    for name in listed {
-        let alive: Option<f64> = conn.zscore(keys::WORKERS, &name).await?;
-        if alive.is_none() {
-            let _: () = conn.hdel(keys::STATS_WORKERS, &name).await?;
+    if !listed.is_empty() {
+        let beats: Vec<Option<f64>> = conn.zscore_multiple(keys::WORKERS, &listed).await?;
+        let gone: Vec<&String> = listed.iter().zip(beats).filter(|(_, b)| b.is_none()).map(|(n, _)| n).collect();
+        if !gone.is_empty() {
+            let _: () = conn.hdel(keys::STATS_WORKERS, &gone).await?;
         }
     }
 
