@@ -13,6 +13,7 @@
 //! | `msgr:workers` | ZSET | worker name → last heartbeat (Redis ms), for operators |
 //! | `msgr:numbers` | HASH | E.164 number → customer, to route inbound webhooks |
 //! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
+//! | `msgr:audit` | STRING | lock that elects one auditor of the accounts' numbers per audit interval |
 //! | `msgr:webhook:<token>` | STRING | an `I-Twilio-Idempotency-Token` already processed (24 h) |
 //! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
 //! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
@@ -48,6 +49,8 @@ pub const SETTINGS: &str = "msgr:settings";
 pub const WORKERS: &str = "msgr:workers";
 pub const NUMBERS: &str = "msgr:numbers";
 pub const RECONCILE_LOCK: &str = "msgr:reconcile";
+/// Lock that elects one worker per audit of the accounts' numbers.
+pub const AUDIT_LOCK: &str = "msgr:audit";
 
 /// Marks a webhook delivery (by Twilio's `I-Twilio-Idempotency-Token`) as processed.
 pub fn webhook_delivery(token: &str) -> String {

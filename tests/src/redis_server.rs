@@ -18,8 +18,24 @@ pub struct RedisOptions {
     pub replica_of: Option<u16>,
 }
 
-/// Keys that live workers rewrite on a timer (heartbeats, their running totals), left out of [`TestRedis::digest`].
-pub const LIVENESS_KEYS: [&str; 2] = [shared::keys::WORKERS, shared::keys::STATS_WORKERS];
+/// What [`TestRedis::digest`] saw: each key's value digest (and whether it had a TTL).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Digest(std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.len() > 300 {
+            return write!(f, "{} keys", self.0.len());
+        }
+        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, &v[..v.len().min(12)]))).finish()
+    }
+}
+
+/// Keys that live workers write on a timer whatever a test does — heartbeats, their running totals, and the locks
+/// that elect one reconciler per pass and one auditor — left out of [`TestRedis::digest`]. (A reconciler's election
+/// key appearing, or expiring, inside a dry run's "changed nothing" check failed it in CI.)
+pub const LIVENESS_KEYS: [&str; 4] =
+    [shared::keys::WORKERS, shared::keys::STATS_WORKERS, shared::keys::RECONCILE_LOCK, shared::keys::AUDIT_LOCK];
 
 /// The password of the `msgr` ACL user (and `requirepass`) of a TLS test server.
 pub const PASSWORD: &str = "s3cret-test-password";
@@ -280,16 +296,14 @@ impl TestRedis {
     /// A digest of the dataset: equal digests mean nothing changed. Every key counts (its name, `DEBUG
     /// DIGEST-VALUE`, and whether it has a TTL, as `DEBUG DIGEST` counts it) except the fleet's liveness records
     /// ([`LIVENESS_KEYS`]), which running workers rewrite on a timer whatever the test does: with them in, a
-    /// heartbeat that happens to fall inside a "this request changed nothing" check would fail it.
-    pub fn digest(&self) -> String {
-        use std::hash::{Hash, Hasher};
+    /// heartbeat that happens to fall inside a "this request changed nothing" check would fail it. Unequal digests
+    /// print the keys they hold, so a failed check shows what changed.
+    pub fn digest(&self) -> Digest {
         let mut c = self.sync_conn();
         let mut keys: Vec<String> =
             redis::Commands::scan::<String>(&mut c).expect("SCAN").collect::<Result<_, _>>().expect("SCAN");
         keys.retain(|k| !LIVENESS_KEYS.contains(&k.as_str()));
-        keys.sort();
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        keys.len().hash(&mut h);
+        let mut digest = Digest::default();
         for chunk in keys.chunks(1000) {
             let values: Vec<String> =
                 redis::cmd("DEBUG").arg("DIGEST-VALUE").arg(chunk).query(&mut c).expect("DEBUG DIGEST-VALUE");
@@ -299,10 +313,11 @@ impl TestRedis {
             }
             let ttls: Vec<i64> = ttls.query(&mut c).expect("PTTL");
             for ((k, v), ttl) in chunk.iter().zip(values).zip(ttls) {
-                (k, v, ttl >= 0).hash(&mut h);
+                let v = if ttl >= 0 { format!("{v} (ttl)") } else { v };
+                digest.0.insert(k.clone(), v);
             }
         }
-        format!("{:016x}", h.finish())
+        digest
     }
 
     /// Waits until this replica is in sync with its primary.

@@ -97,7 +97,7 @@ pub async fn pass(shared: &Shared, purchases: &Purchases) -> anyhow::Result<()> 
     }
 
     let audit: Option<String> = redis::cmd("SET")
-        .arg("msgr:audit")
+        .arg(keys::AUDIT_LOCK)
         .arg("1")
         .arg("NX")
         .arg("PX")
