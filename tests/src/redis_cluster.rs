@@ -139,15 +139,6 @@ impl TestCluster {
         self.primaries().into_iter().map(|p| (p, redis::cmd("DBSIZE").query(&mut conn(p)).unwrap_or(-1))).collect()
     }
 
-    /// Digests of every primary's data (`DEBUG DIGEST`), joined: equal means nothing changed anywhere.
-    pub fn digest(&self) -> String {
-        self.primaries()
-            .into_iter()
-            .map(|p| redis::cmd("DEBUG").arg("DIGEST").query::<String>(&mut conn(p)).expect("DEBUG DIGEST"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
     /// `INFO <section>` field of one node, as a number.
     pub fn info_field(&self, port: u16, section: &str, field: &str) -> Option<f64> {
         let info: String = redis::cmd("INFO").arg(section).query(&mut conn(port)).ok()?;

@@ -26,14 +26,9 @@ pub trait Store {
     /// Points Messenger's processes at it.
     fn configure(&self, env: Env) -> Env;
     fn conn(&self) -> impl std::future::Future<Output = Conn> + Send;
-    /// What `digest` returns: equal digests before and after mean nothing changed.
-    type Digest: PartialEq + std::fmt::Debug;
-    /// The data's digest (every primary of a cluster).
-    fn digest(&self) -> Self::Digest;
 }
 
 impl Store for TestRedis {
-    type Digest = harness::redis_server::Digest;
     fn configure(&self, env: Env) -> Env {
         let env = env.set("REDIS_URL", self.url());
         match self.certs() {
@@ -44,21 +39,14 @@ impl Store for TestRedis {
     async fn conn(&self) -> Conn {
         TestRedis::conn(self).await
     }
-    fn digest(&self) -> Self::Digest {
-        TestRedis::digest(self)
-    }
 }
 
 impl Store for TestCluster {
-    type Digest = String;
     fn configure(&self, env: Env) -> Env {
         env.set("REDIS_CLUSTER_NODES", self.seeds())
     }
     async fn conn(&self) -> Conn {
         TestCluster::conn(self).await
-    }
-    fn digest(&self) -> Self::Digest {
-        TestCluster::digest(self)
     }
 }
 
