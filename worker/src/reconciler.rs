@@ -40,15 +40,7 @@ pub async fn pass(shared: &Shared, purchases: &Purchases) -> anyhow::Result<()> 
     let mut conn = shared.ledger.conn();
     let settings = &shared.settings;
     let every = settings.reconcile_every;
-    let elected: Option<String> = redis::cmd("SET")
-        .arg(keys::RECONCILE_LOCK)
-        .arg("1")
-        .arg("NX")
-        .arg("PX")
-        .arg(every.as_millis() as u64)
-        .query_async(&mut conn)
-        .await?;
-    if elected.is_none() {
+    if !elect(&mut conn, keys::RECONCILE_LOCK, every).await? {
         return Ok(());
     }
     let now_ms = customers::redis_now_ms(&mut conn).await?;
@@ -96,21 +88,21 @@ pub async fn pass(shared: &Shared, purchases: &Purchases) -> anyhow::Result<()> 
         }
     }
 
-    let audit: Option<String> = redis::cmd("SET")
-        .arg(keys::AUDIT_LOCK)
-        .arg("1")
-        .arg("NX")
-        .arg("PX")
-        .arg(settings.audit_every.as_millis() as u64)
-        .query_async(&mut conn)
-        .await?;
-    if audit.is_some() {
+    if elect(&mut conn, keys::AUDIT_LOCK, settings.audit_every).await? {
         audit_numbers(shared, purchases, &ids).await?;
         if let Some(idle) = settings.release_idle {
             release_idle_numbers(shared, &ids, idle).await;
         }
     }
     Ok(())
+}
+
+/// Elects this process for `key`'s job until `term` has passed (`SET NX PX`; never released: the term is the
+/// interval between runs, so the next one starts when it expires).
+async fn elect(conn: &mut shared::store::Conn, key: &str, term: Duration) -> redis::RedisResult<bool> {
+    let won: Option<String> =
+        redis::cmd("SET").arg(key).arg("1").arg("NX").arg("PX").arg(term.as_millis() as u64).query_async(conn).await?;
+    Ok(won.is_some())
 }
 
 /// Releases every customer's idle numbers (a customer whose purchase lock is held is skipped this time).
