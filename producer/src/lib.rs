@@ -1,19 +1,17 @@
-//! The Messenger producer: validates bulk texts and enqueues one job per recipient.
+//! The Messenger producer: validates bulk texts and enqueues one job per recipient, and reports on them.
 //!
 //! # Layout
-//! - [`validate`]: whole-request validation (all-or-nothing), de-duplication of recipients.
+//! - [`ops`]: the operations — customers, bulk texts and estimates, batches, pools — written once, with one error
+//!   type; every front end below calls them.
+//! - [`cli`]: the `producer` command line, one file per command.
+//! - [`server`]: `producer serve`: the HTTP API, the dashboard, Twilio's webhooks; [`server::Application`] starts it.
+//! - [`validate`]: whole-request validation of a bulk text (all-or-nothing), de-duplication of recipients.
 //! - [`recipients`]: reading recipient files (plain lines or CSV with a `phone` column).
-//! - [`enqueue`]: validate-then-enqueue, shared by the CLI and the HTTP API.
-//! - [`estimate`]: cost before sending (dry runs): recipients, encoding, segments, numbers to buy, price.
-//! - [`server`]: `producer serve`, the HTTP API and Twilio's webhooks.
-//! - [`cli`]: the `producer` command line (customers, bulk, status, pool, cancel, inbound, settings, serve).
 //!
-//! Enqueuing itself (exactly once, resumable) lives in [`shared::batches`] so tests and the HTTP API use the same
-//! code path.
+//! Enqueuing itself (exactly once, resumable) lives in [`shared::batches`], under [`ops::texts`].
 
 pub mod cli;
-pub mod enqueue;
-pub mod estimate;
+pub mod ops;
 pub mod recipients;
 pub mod server;
 pub mod validate;

@@ -60,14 +60,15 @@ pub struct Invalid {
 impl Invalid {
     pub const SHOWN: usize = 20;
 
-    fn one(field: &str, message: impl Into<String>) -> Self {
+    /// One problem with one part of the request.
+    pub fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { problems: vec![Problem { field: field.into(), message: message.into() }], total: 1 }
     }
 }
 
 impl fmt::Display for Invalid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request rejected, nothing was enqueued: ")?;
+        write!(f, "request rejected, nothing was changed: ")?;
         for (i, p) in self.problems.iter().enumerate() {
             if i > 0 {
                 write!(f, "; ")?;
@@ -188,7 +189,7 @@ mod tests {
         let e = validate(&req("", "", &["+14155552671", "nope", "+1415555267x"])).unwrap_err();
         let fields: Vec<_> = e.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["customer", "body", "line 2", "line 3"]);
-        assert!(e.to_string().contains("nothing was enqueued"));
+        assert!(e.to_string().contains("nothing was changed"));
     }
 
     #[test]

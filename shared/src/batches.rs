@@ -341,6 +341,7 @@ pub async fn record_delivery(
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub enum CancelOutcome {
     Cancelled { cancelled_now: u64 },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::AccountSid;
+use crate::domain::{AccountSid, MaxNumbers};
 
 /// Options shared by the producer and the worker.
 #[derive(clap::Args, Clone, Debug)]
@@ -87,6 +87,12 @@ pub struct CommonArgs {
     #[arg(long, env = "MESSENGER_SEGMENT_COST", default_value_t = 0.0083)]
     pub segment_cost: f64,
 
+    /// TTL of a customer's purchase lock, held while a purchase is decided and bought, or idle numbers released.
+    /// Renewed while held, so this only bounds how long a crashed holder blocks the next one; a purchase that
+    /// outlives it is still safe (purchase intents).
+    #[arg(long, env = "MESSENGER_LOCK_TTL_MS", default_value_t = 10_000)]
+    pub lock_ttl_ms: u64,
+
     /// How long finished batch records (counts and failure reasons) and idempotency keys are kept, in seconds.
     #[arg(long, env = "MESSENGER_BATCH_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub batch_retention_secs: u64,
@@ -99,7 +105,9 @@ pub struct Settings {
     pub twilio: TwilioSettings,
     pub quota: QuotaSettings,
     /// Default `max_numbers` for new customers.
-    pub default_max_numbers: u32,
+    pub default_max_numbers: MaxNumbers,
+    /// TTL of the per-customer purchase lock (purchases and idle releases).
+    pub lock_ttl: Duration,
     pub batch_retention: Duration,
     pub pricing: Pricing,
 }
@@ -219,8 +227,10 @@ impl CommonArgs {
             conversational_cap: self.conversational_cap,
         };
         quota.validate()?;
-        if self.max_numbers == 0 {
-            return bad("MESSENGER_MAX_NUMBERS must be at least 1".into());
+        let default_max_numbers =
+            MaxNumbers::new(self.max_numbers).map_err(|e| ConfigError(format!("MESSENGER_MAX_NUMBERS {e}")))?;
+        if self.lock_ttl_ms < 100 {
+            return bad("MESSENGER_LOCK_TTL_MS must be at least 100".into());
         }
         if self.redis_timeout_ms == 0 || self.twilio_timeout_ms == 0 {
             return bad("timeouts must be positive".into());
@@ -251,7 +261,8 @@ impl CommonArgs {
                 timeout: Duration::from_millis(self.twilio_timeout_ms),
             },
             quota,
-            default_max_numbers: self.max_numbers,
+            default_max_numbers,
+            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
             batch_retention: Duration::from_secs(self.batch_retention_secs.max(60)),
             pricing: Pricing { number_monthly: self.number_monthly_cost, segment: self.segment_cost },
         })

@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 
 use crate::config::QuotaSettings;
-use crate::domain::{AccountSid, CustomerId, ServiceSid};
+use crate::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, ServiceSid};
 use crate::keys::{self, CustomerKeys};
 use crate::store::Conn;
 
@@ -16,8 +16,8 @@ pub struct Customer {
     pub id: CustomerId,
     /// Twilio subaccount that owns this customer's numbers; `None` = the main account.
     pub account_sid: Option<AccountSid>,
-    /// Area code to buy numbers in (3 digits); `None` = any US local number.
-    pub area_code: Option<String>,
+    /// Area code to buy numbers in; `None` = any US local number.
+    pub area_code: Option<AreaCode>,
     pub max_numbers: u32,
     /// Messaging Service (A2P 10DLC sender pool) every number of this customer is attached to before it sends;
     /// sends carry it as `MessagingServiceSid`. `None`: numbers send bare.
@@ -31,31 +31,131 @@ impl Customer {
     }
 }
 
-/// A 3-digit North American area code.
-pub fn parse_area_code(s: &str) -> Result<String, String> {
-    if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0') && !s.starts_with('1') {
-        Ok(s.to_owned())
-    } else {
-        Err(format!("area code {s:?} is not 3 digits starting with 2-9"))
+/// A change to one stored setting of a customer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Change<T> {
+    /// Not mentioned: the stored value stays.
+    #[default]
+    Keep,
+    /// Explicitly cleared: back to the default (the main account, any area code, no Messaging Service).
+    Clear,
+    Set(T),
+}
+
+impl<T> Change<T> {
+    /// The value after the change, given the stored one.
+    pub fn apply(self, stored: Option<T>) -> Option<T> {
+        match self {
+            Change::Keep => stored,
+            Change::Clear => None,
+            Change::Set(v) => Some(v),
+        }
+    }
+
+    pub fn is_keep(&self) -> bool {
+        matches!(self, Change::Keep)
+    }
+
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Change<U> {
+        match self {
+            Change::Keep => Change::Keep,
+            Change::Clear => Change::Clear,
+            Change::Set(v) => Change::Set(f(v)),
+        }
     }
 }
 
-/// Creates or updates a customer. Returns true if it was new. Counters (reservation ids, fill cursor) survive an
-/// update.
-pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
-    let k = CustomerKeys::new(&c.id);
+/// What to change in a customer's record. Fields left at [`Change::Keep`] are not written, so two updates of
+/// different fields never undo each other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CustomerUpdate {
+    pub account_sid: Change<AccountSid>,
+    pub area_code: Change<AreaCode>,
+    /// `Clear` = the fleet's default (`MESSENGER_MAX_NUMBERS`).
+    pub max_numbers: Change<MaxNumbers>,
+    pub messaging_service: Change<ServiceSid>,
+}
+
+impl CustomerUpdate {
+    /// `stored` (or a new customer with `default_max` numbers) after this update.
+    pub fn applied_to(&self, id: &CustomerId, stored: Option<&Customer>, default_max: MaxNumbers) -> Customer {
+        let max = match &self.max_numbers {
+            Change::Set(m) => m.get(),
+            Change::Clear => default_max.get(),
+            Change::Keep => stored.map_or(default_max.get(), |c| c.max_numbers),
+        };
+        Customer {
+            id: id.clone(),
+            account_sid: self.account_sid.clone().apply(stored.and_then(|c| c.account_sid.clone())),
+            area_code: self.area_code.clone().apply(stored.and_then(|c| c.area_code.clone())),
+            max_numbers: max,
+            messaging_service: self.messaging_service.clone().apply(stored.and_then(|c| c.messaging_service.clone())),
+        }
+    }
+}
+
+fn stored_field<T: AsRef<str>>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.as_ref().to_owned()).unwrap_or_default()
+}
+
+/// What a change writes to the stored field: nothing (`Keep`), the empty string (`Clear`), or the value.
+fn written<T: std::fmt::Display>(c: &Change<T>) -> Option<String> {
+    match c {
+        Change::Keep => None,
+        Change::Clear => Some(String::new()),
+        Change::Set(v) => Some(v.to_string()),
+    }
+}
+
+/// Writes `update` to the customer's record, creating the customer (with `default_max` numbers unless the update
+/// says otherwise) if it is new. Only the fields the update changes are written. Returns true if it was new.
+/// Counters kept in the same hash (reservation ids, fill cursor, open jobs) are never touched.
+pub async fn update(
+    conn: &mut Conn,
+    id: &CustomerId,
+    update: &CustomerUpdate,
+    default_max: MaxNumbers,
+) -> redis::RedisResult<bool> {
+    let k = CustomerKeys::new(id);
+    let max = match &update.max_numbers {
+        Change::Clear => Change::Set(default_max),
+        other => other.clone(),
+    };
+    let fields: Vec<(&str, String)> = [
+        ("account_sid", written(&update.account_sid)),
+        ("area_code", written(&update.area_code)),
+        ("max_numbers", written(&max)),
+        ("messaging_service", written(&update.messaging_service)),
+    ]
+    .into_iter()
+    .filter_map(|(f, v)| Some((f, v?)))
+    .collect();
     // The set entry goes first: a set member without a record is skipped by readers; a record missing from the
     // set would be invisible to the reconciler. (Two commands: the set and the record live in different slots of a
     // Redis Cluster.)
+    let added: i64 = conn.sadd(keys::CUSTOMERS, id.as_str()).await?;
+    let mut pipe = redis::pipe();
+    // A record is a customer only with a max_numbers; a new one gets the default unless the update sets it.
+    pipe.hset_nx(k.cfg(), "max_numbers", default_max.get()).ignore();
+    if !fields.is_empty() {
+        pipe.hset_multiple(k.cfg(), &fields).ignore();
+    }
+    let (): () = pipe.query_async(conn).await?;
+    Ok(added == 1)
+}
+
+/// Creates or replaces a customer's settings as a whole (tests and tools). Returns true if it was new.
+pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
+    let k = CustomerKeys::new(&c.id);
     let added: i64 = conn.sadd(keys::CUSTOMERS, c.id.as_str()).await?;
     let (): () = redis::pipe()
         .hset_multiple(
             k.cfg(),
             &[
-                ("account_sid", c.account_sid.as_ref().map(|a| a.as_str().to_owned()).unwrap_or_default()),
-                ("area_code", c.area_code.clone().unwrap_or_default()),
+                ("account_sid", stored_field(&c.account_sid)),
+                ("area_code", c.area_code.as_ref().map(|a| a.to_string()).unwrap_or_default()),
                 ("max_numbers", c.max_numbers.to_string()),
-                ("messaging_service", c.messaging_service.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default()),
+                ("messaging_service", stored_field(&c.messaging_service)),
             ],
         )
         .ignore()
@@ -73,7 +173,7 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
     Ok(Some(Customer {
         id: id.clone(),
         account_sid: m.get("account_sid").and_then(|s| AccountSid::parse(s).ok()),
-        area_code: m.get("area_code").filter(|s| !s.is_empty()).cloned(),
+        area_code: m.get("area_code").and_then(|s| AreaCode::parse(s).ok()),
         max_numbers: m.get("max_numbers").and_then(|s| s.parse().ok()).unwrap_or(0),
         messaging_service: m.get("messaging_service").and_then(|s| ServiceSid::parse(s).ok()),
     }))

@@ -23,7 +23,7 @@ use rand::Rng;
 use redis::AsyncCommands;
 
 use crate::customers::Customer;
-use crate::domain::{AccountSid, CustomerId, PhoneNumber, ServiceSid};
+use crate::domain::{AccountSid, AreaCode, CustomerId, PhoneNumber, ServiceSid};
 use crate::keys::{self, CustomerKeys};
 use crate::scripts;
 use crate::store::Conn;
@@ -250,7 +250,7 @@ pub async fn buy(
     if Instant::now() >= deadline {
         return out_of_time();
     }
-    if let Some(area) = customer.area_code.as_deref() {
+    if let Some(area) = customer.area_code.as_ref().map(AreaCode::as_str) {
         let req = BuyNumber { area_code: Some(area), friendly_name: &name, sms_url, ..Default::default() };
         return twilio.buy_number(account, &req).await.map_or_else(classify, done);
     }

@@ -40,7 +40,7 @@ pub struct Releasable {
 }
 
 /// What a release run decided (and, unless it was a dry run, did).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseReport {
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
@@ -53,6 +53,16 @@ pub struct ReleaseReport {
     pub released: Vec<Releasable>,
     /// Numbers taken out of the pool whose `DELETE` did not finish (resolved against Twilio later).
     pub pending: Vec<String>,
+    /// What the released numbers cost a month at `MESSENGER_NUMBER_MONTHLY_COST` (set by the caller).
+    pub monthly_saving: Option<f64>,
+}
+
+impl ReleaseReport {
+    /// Fills in the monthly saving at `per_number` a month.
+    pub fn with_saving(mut self, per_number: f64) -> Self {
+        self.monthly_saving = Some((self.released.len() as f64 * per_number * 100.0).round() / 100.0);
+        self
+    }
 }
 
 /// Why a release did not run.
@@ -117,6 +127,7 @@ pub async fn release_idle(
         kept,
         released: Vec::new(),
         pending: Vec::new(),
+        monthly_saving: None,
     };
     let Some(lock) = lock else {
         report.released = picked;

@@ -730,17 +730,10 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
     let settings =
         <ServerArgs as clap::Parser>::parse_from(["x", "--redis-url", &stack.redis_url]).common.settings()?;
     let tokens = producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let state = producer::server::AppState::new(
-        conn.clone(),
-        settings,
-        tokens,
-        None,
-        producer::server::Limits::default(),
-        producer::server::TokenPolicy::default(),
-    );
-    tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
+    let app = producer::server::Application::build(settings, producer::server::ServeConfig::new(tokens), "127.0.0.1:0")
+        .await?;
+    let base = format!("http://{}", app.addr());
+    tokio::spawn(app.run_until(std::future::pending()));
     let session = crate::dashboard::login(&base, &token).await;
     let pages = [
         "/dashboard".to_owned(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{ADMIN, APP_A, APP_B, Api, World, start_api, start_api_with};
 use harness::fixtures::{owned_numbers, recipients, wait_until};
 use harness::sim::{self, SimConfig};
-use producer::server::TokenPolicy;
+use producer::server::webhooks::TokenPolicy;
 use rand::seq::SliceRandom;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

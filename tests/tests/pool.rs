@@ -7,7 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::World;
+use common::{World, create_service};
 use harness::fixtures::{max_in_window, owned_numbers, per_recipient, recipients, wait_until};
 use harness::sim::{self, Faults, SimConfig};
 use redis::AsyncCommands;
@@ -179,21 +179,6 @@ async fn idle_numbers_are_released_without_loss_even_when_the_releaser_is_killed
     assert!(both.is_empty(), "released yet in the pool: {both:?}");
     assert!(in_pool_not_owned.is_empty());
     assert!(pool.is_empty(), "every idle number was released: {pool:?}");
-}
-
-/// Creates a Messaging Service in the simulator's main account; returns its sid.
-async fn create_service(w: &World) -> String {
-    let v: serde_json::Value = harness::http()
-        .post(format!("{}/v1/Services", w.sim_base))
-        .basic_auth(sim::DEFAULT_ACCOUNT_SID, Some(sim::DEFAULT_AUTH_TOKEN))
-        .form(&[("FriendlyName", "Acme A2P")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["sid"].as_str().unwrap().to_owned()
 }
 
 /// Acceptance 4: a customer with a Messaging Service on an account that enforces A2P: every number is attached

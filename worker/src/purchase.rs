@@ -99,7 +99,7 @@ impl Purchases {
             let mut stop = self.shared.stop.clone();
             tokio::select! {
                 _ = round.changed() => {}
-                _ = tokio::time::sleep(self.shared.settings.lock_ttl.max(Duration::from_secs(2))) => {}
+                _ = tokio::time::sleep(self.shared.settings.shared.lock_ttl.max(Duration::from_secs(2))) => {}
                 _ = stop.changed() => {}
             }
             return Capacity::Retry;
@@ -140,7 +140,9 @@ impl Purchases {
         let shared = &self.shared;
         let settings = &shared.settings;
         let conn = shared.ledger.conn();
-        let lock = match PurchaseLock::try_acquire(&conn, &job.customer, settings.lock_ttl, settings.lock_renew).await {
+        let lock = match PurchaseLock::try_acquire(&conn, &job.customer, settings.shared.lock_ttl, settings.lock_renew)
+            .await
+        {
             Ok(Some(l)) => l,
             Ok(None) => {
                 // Another process is deciding; it will buy or find capacity. Wait for the pool to change.
@@ -431,7 +433,8 @@ impl Purchases {
         let k = CustomerKeys::new(customer);
         let gate = self.gate(customer);
         let settings = &self.shared.settings;
-        let deadline = Instant::now() + settings.lock_ttl.clamp(Duration::from_millis(200), Duration::from_secs(2));
+        let deadline =
+            Instant::now() + settings.shared.lock_ttl.clamp(Duration::from_millis(200), Duration::from_secs(2));
         let mut conn = self.shared.ledger.conn();
         let mut stop = self.shared.stop.clone();
         while Instant::now() < deadline {

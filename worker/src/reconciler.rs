@@ -44,7 +44,8 @@ pub async fn pass(shared: &Shared, purchases: &Purchases) -> anyhow::Result<()> 
         return Ok(());
     }
     let now_ms = customers::redis_now_ms(&mut conn).await?;
-    let settle = (settings.shared.twilio.timeout + settings.lock_ttl + Duration::from_secs(2)).as_millis() as i64;
+    let settle =
+        (settings.shared.twilio.timeout + settings.shared.lock_ttl + Duration::from_secs(2)).as_millis() as i64;
     let ids = customers::list(&mut conn).await?;
     for id in &ids {
         let intents = purchase::pending_intents(&mut conn, id).await?;
@@ -111,7 +112,7 @@ async fn release_idle_numbers(shared: &Shared, ids: &[shared::domain::CustomerId
     for id in ids {
         let Ok(Some(customer)) = customers::get(&mut conn, id).await else { continue };
         let quota = shared.ledger.quota();
-        let lock_ttl = shared.settings.lock_ttl;
+        let lock_ttl = shared.settings.shared.lock_ttl;
         let options =
             release::ReleaseOptions { idle, dry_run: false, lock_ttl, acks: shared.settings.shared.redis.acks };
         let r = release::release_idle(&mut conn, Some(&shared.twilio), &customer, quota, options);

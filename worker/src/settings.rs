@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use shared::config::{CommonArgs, ConfigError, Settings};
+use shared::domain::IdleDays;
 
 /// Sends queued texts through Twilio, keeping every number under its quota and buying numbers when needed.
 #[derive(clap::Parser, Clone, Debug)]
@@ -35,10 +36,6 @@ pub struct WorkerArgs {
     #[arg(long, env = "MESSENGER_AMBIGUOUS_GRACE_MS", default_value_t = 10_000)]
     pub ambiguous_grace_ms: u64,
 
-    /// Purchase lock TTL. Renewed while held; a purchase that outlives it is still safe (purchase intents).
-    #[arg(long, env = "MESSENGER_LOCK_TTL_MS", default_value_t = 10_000)]
-    pub lock_ttl_ms: u64,
-
     /// Renew the purchase lock while a purchase runs. Turning it off lets tests watch the lock expire mid-purchase.
     #[arg(long, env = "MESSENGER_LOCK_RENEW", default_value_t = true, action = clap::ArgAction::Set)]
     pub lock_renew: bool,
@@ -61,8 +58,8 @@ pub struct WorkerArgs {
 
     /// Release numbers that sent nothing for this many days (the reconciler checks every customer once per audit
     /// interval), keeping what the backlog and the numbers' sticky recipients need. Off unless set.
-    #[arg(long, env = "MESSENGER_RELEASE_IDLE_DAYS")]
-    pub release_idle_days: Option<f64>,
+    #[arg(long, env = "MESSENGER_RELEASE_IDLE_DAYS", value_parser = IdleDays::parse)]
+    pub release_idle_days: Option<IdleDays>,
 
     /// How often one worker of the fleet resolves stale purchase intents and cleans up.
     #[arg(long, env = "MESSENGER_RECONCILE_SECS", default_value_t = 15)]
@@ -102,7 +99,6 @@ pub struct WorkerSettings {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub ambiguous_grace: Duration,
-    pub lock_ttl: Duration,
     pub lock_renew: bool,
     pub intent_stale: Duration,
     pub purchase_concurrency: usize,
@@ -136,9 +132,6 @@ impl WorkerArgs {
         if self.max_attempts == 0 {
             return bad("MESSENGER_MAX_ATTEMPTS must be at least 1");
         }
-        if self.lock_ttl_ms < 100 {
-            return bad("MESSENGER_LOCK_TTL_MS must be at least 100");
-        }
         let twilio_timeout = shared.twilio.timeout;
         let lease = Duration::from_secs(self.lease_secs);
         if lease <= twilio_timeout {
@@ -150,7 +143,7 @@ impl WorkerArgs {
             )));
         }
         let intent_stale = Duration::from_secs(self.intent_stale_secs);
-        if intent_stale <= twilio_timeout + Duration::from_millis(self.lock_ttl_ms) {
+        if intent_stale <= twilio_timeout + shared.lock_ttl {
             return Err(ConfigError(
                 "MESSENGER_INTENT_STALE_SECS must exceed the Twilio timeout plus the lock TTL, or a purchase still on \
                  the wire could outlive its intent"
@@ -159,9 +152,6 @@ impl WorkerArgs {
         }
         if self.purchase_concurrency == 0 || self.purchase_concurrency > 100 {
             return bad("MESSENGER_PURCHASE_CONCURRENCY must be between 1 and 100");
-        }
-        if self.release_idle_days.is_some_and(|d| !(0.0..=3650.0).contains(&d)) {
-            return bad("MESSENGER_RELEASE_IDLE_DAYS must be between 0 and 3650");
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))
@@ -176,12 +166,11 @@ impl WorkerArgs {
             backoff_base: Duration::from_millis(self.backoff_base_ms.max(1)),
             backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_base_ms.max(1))),
             ambiguous_grace: Duration::from_millis(self.ambiguous_grace_ms),
-            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
             lock_renew: self.lock_renew,
             intent_stale,
             purchase_concurrency: self.purchase_concurrency,
             service_max_numbers: self.service_max_numbers,
-            release_idle: self.release_idle_days.map(|d| Duration::from_secs_f64(d * 86_400.0)),
+            release_idle: self.release_idle_days.map(IdleDays::duration),
             reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),
             audit_every: Duration::from_secs(self.audit_secs.max(1)),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),

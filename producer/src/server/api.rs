@@ -1,37 +1,73 @@
-//! The `/v1` routes: the same validation and enqueue path as the CLI, behind bearer tokens.
+//! The `/v1` routes: JSON in and out over [`crate::ops`], behind bearer tokens. Each handler checks who may call
+//! it, turns the JSON into the operation's input, and answers what the operation returns.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use shared::batches::{self, BatchStatus, SubmitError};
-use shared::customers::{self, Customer, PoolReport};
-use shared::domain::{AccountSid, BatchId, CustomerId, ServiceSid};
-use shared::twilio::accounts::{TokenError, check_subaccount};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer, Serialize};
+use shared::batches::{BatchStatus, CancelOutcome};
+use shared::customers::{Change, Customer, PoolReport};
+use shared::domain::{BatchId, CustomerId};
+use shared::release::ReleaseReport;
 use utoipa::ToSchema;
 
-use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
-use crate::enqueue::{self, BulkError};
+use super::metrics::Metrics;
+use crate::ops::customers::{self as customer_ops, CustomerInput};
+use crate::ops::texts::{self, Accepted, Enqueue};
+use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
 use crate::validate::BulkRequest;
 
-/// `PUT /v1/customers/{id}` body. Omitted fields keep their current value (or the default for a new customer).
+/// Documented request limits: the API's, and the webhooks' body size.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Recipients in one `POST …/bulk-texts`.
+    pub max_recipients: usize,
+    /// Bytes of a `/v1` request body.
+    pub max_body_bytes: usize,
+    /// Bytes of a webhook body (Twilio's are a few kilobytes).
+    pub max_webhook_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_recipients: 100_000, max_body_bytes: 8 * 1024 * 1024, max_webhook_bytes: 64 * 1024 }
+    }
+}
+
+/// A JSON field that may be absent (keep the stored value), `null` (clear it) or a value (set it).
+fn change<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Change<T>, D::Error> {
+    Option::<T>::deserialize(d).map(|v| v.map_or(Change::Clear, Change::Set))
+}
+
+/// `PUT /v1/customers/{id}` body. A field left out keeps its stored value (a new customer: the default); `null`
+/// clears it back to the default.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerRequest {
-    /// Twilio subaccount that owns this customer's numbers (`AC` + 32 hex); default: the main account.
-    pub account_sid: Option<String>,
-    /// Area code to buy numbers in (3 digits); default: any US local number.
-    pub area_code: Option<String>,
-    /// Most numbers this customer may own; default: `MESSENGER_MAX_NUMBERS`.
-    #[schema(minimum = 1)]
-    pub max_numbers: Option<u32>,
-    /// Messaging Service (`MG` + 32 hex, A2P 10DLC) every number of this customer is attached to before it sends.
-    pub messaging_service_sid: Option<String>,
+    /// Twilio subaccount that owns this customer's numbers (`AC` + 32 hex); `null` = the main account (default).
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub account_sid: Change<String>,
+    /// Area code to buy numbers in (3 digits); `null` = any US local number (default).
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub area_code: Change<String>,
+    /// Most numbers this customer may own, 1 to 10,000; `null` = `MESSENGER_MAX_NUMBERS` (default).
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<u32>, nullable, minimum = 1, maximum = 10000)]
+    pub max_numbers: Change<u32>,
+    /// Messaging Service (`MG` + 32 hex, A2P 10DLC) every number of this customer is attached to before it sends;
+    /// `null` = none (default).
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub messaging_service_sid: Change<String>,
 }
 
+/// A customer's settings.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CustomerResponse {
     pub id: String,
@@ -39,8 +75,26 @@ pub struct CustomerResponse {
     pub area_code: Option<String>,
     pub max_numbers: u32,
     pub messaging_service_sid: Option<String>,
-    /// True if this request created the customer.
-    pub created: bool,
+    /// `PUT` only: true if the request created the customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// `PUT` only: what could not be checked with Twilio (the change was saved anyway).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl From<Customer> for CustomerResponse {
+    fn from(c: Customer) -> Self {
+        Self {
+            id: c.id.to_string(),
+            account_sid: c.account_sid.map(|a| a.to_string()),
+            area_code: c.area_code.map(|a| a.to_string()),
+            max_numbers: c.max_numbers,
+            messaging_service_sid: c.messaging_service.map(|m| m.to_string()),
+            created: None,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// `POST /v1/customers/{id}/bulk-texts` body.
@@ -59,17 +113,6 @@ pub struct BulkTextRequest {
     /// Replace Unicode look-alikes with GSM-7 characters (Twilio's Smart Encoding list) before sending.
     #[serde(default)]
     pub smart_encoding: bool,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BulkTextAccepted {
-    pub batch_id: String,
-    pub accepted: usize,
-    pub duplicates: usize,
-    /// True if the idempotency key named an existing batch.
-    pub existing: bool,
-    /// What Smart Encoding changed, when it was asked for.
-    pub smart_encoding: Option<shared::domain::smart::SmartEncoding>,
 }
 
 /// `POST /v1/customers/{id}/messages` body: one message, queued ahead of the customer's bulk texts.
@@ -93,11 +136,57 @@ pub struct MessageAccepted {
     pub batch_id: String,
 }
 
+/// `POST /v1/customers/{id}/pool/release-idle` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseIdleRequest {
+    /// Days without a send (fractions allowed); default 30.
+    #[schema(minimum = 0, maximum = 3650)]
+    pub idle_days: Option<f64>,
+    /// Only report what would be released.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).field("id"))
 }
 
-/// Creates or updates a customer (admin tokens only).
+fn batch_id(raw: &str) -> Result<BatchId, ApiError> {
+    BatchId::parse(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).field("id"))
+}
+
+/// Every customer (admin tokens only).
+#[utoipa::path(get, path = "/v1/customers", tag = "customers",
+    responses(
+        (status = 200, body = Vec<CustomerResponse>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_customers(State(ops): State<Deps>, caller: Caller) -> Result<Json<Vec<CustomerResponse>>, ApiError> {
+    caller.require_admin()?;
+    let all = customer_ops::list(&ops).await?;
+    Ok(Json(all.into_iter().map(CustomerResponse::from).collect()))
+}
+
+/// One customer's settings.
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer id: 1-32 of [A-Za-z0-9_-]")),
+    responses(
+        (status = 200, body = CustomerResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_customer(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CustomerResponse>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(customer_ops::get(&ops, &id).await?.into()))
+}
+
+/// Creates a customer, or changes the settings the body gives (admin tokens only).
 #[utoipa::path(put, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path, description = "Customer id: 1-32 of [A-Za-z0-9_-]")),
     request_body = CustomerRequest,
@@ -109,84 +198,27 @@ fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
         (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn put_customer(
-    State(s): State<AppState>,
+    State(ops): State<Deps>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CustomerRequest>,
 ) -> Result<(StatusCode, Json<CustomerResponse>), ApiError> {
     caller.require_admin()?;
     let id = customer_id(&id)?;
-    let account_sid = req
-        .account_sid
-        .map(|a| AccountSid::parse(&a))
-        .transpose()
-        .map_err(|e| ApiError::unprocessable(e.to_string()).field("account_sid"))?;
-    let area_code = req
-        .area_code
-        .map(|a| customers::parse_area_code(&a))
-        .transpose()
-        .map_err(|e| ApiError::unprocessable(e).field("area_code"))?;
-    let messaging_service = req
-        .messaging_service_sid
-        .map(|s| ServiceSid::parse(&s))
-        .transpose()
-        .map_err(|e| ApiError::unprocessable(e.to_string()).field("messaging_service_sid"))?;
-    if messaging_service.is_some() && (account_sid.is_some()) {
-        return Err(ApiError::unprocessable(
-            "a Messaging Service for a customer on a subaccount is not supported yet (Messenger manages services \
-             with the main account's credentials)",
-        )
-        .field("messaging_service_sid"));
-    }
-    if let (Some(service), Some(twilio)) = (&messaging_service, &s.twilio) {
-        match twilio.fetch_service(service.as_str()).await {
-            Ok(_) => {}
-            Err(shared::twilio::TwilioError::Api { status: 404, .. }) => {
-                return Err(ApiError::unprocessable(format!("Twilio has no Messaging Service {service}"))
-                    .field("messaging_service_sid"));
-            }
-            Err(e) => tracing::warn!(error.message = %e, "messaging service not checked"),
-        }
-    }
-    if req.max_numbers == Some(0) {
-        return Err(ApiError::unprocessable("max_numbers must be at least 1").field("max_numbers"));
-    }
-    if let (Some(account), Some(twilio)) = (&account_sid, &s.twilio) {
-        match check_subaccount(twilio, account).await {
-            Ok(_) => {}
-            Err(TokenError::NotOurs(_)) => {
-                return Err(ApiError::unprocessable(format!(
-                    "{account} is not an active subaccount of the main Twilio account"
-                ))
-                .field("account_sid"));
-            }
-            // Twilio could not be asked: store it; webhooks for it are verified once its token can be read.
-            Err(e) => tracing::warn!(error.message = %e, "subaccount not checked"),
-        }
-    }
-    let mut conn = s.conn.clone();
-    let existing = customers::get(&mut conn, &id).await.map_err(|e| ApiError::redis(&e))?;
-    let c = Customer {
-        id: id.clone(),
-        account_sid: account_sid.or_else(|| existing.as_ref().and_then(|e| e.account_sid.clone())),
-        area_code: area_code.or_else(|| existing.as_ref().and_then(|e| e.area_code.clone())),
-        max_numbers: req
-            .max_numbers
-            .or(existing.as_ref().map(|e| e.max_numbers))
-            .unwrap_or(s.settings.default_max_numbers),
-        messaging_service: messaging_service.or_else(|| existing.as_ref().and_then(|e| e.messaging_service.clone())),
+    let input = CustomerInput {
+        account_sid: req.account_sid,
+        area_code: req.area_code,
+        max_numbers: req.max_numbers,
+        messaging_service_sid: req.messaging_service_sid,
     };
-    customers::upsert(&mut conn, &c).await.map_err(|e| ApiError::redis(&e))?;
-    let created = existing.is_none();
-    let body = CustomerResponse {
-        id: id.to_string(),
-        account_sid: c.account_sid.map(|a| a.to_string()),
-        area_code: c.area_code,
-        max_numbers: c.max_numbers,
-        messaging_service_sid: c.messaging_service.map(|m| m.to_string()),
-        created,
-    };
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(body)))
+    let saved = customer_ops::save(&ops, &id, input).await?;
+    for w in &saved.warnings {
+        tracing::warn!(customer = %id, warning = %w, "customer saved with a warning");
+    }
+    let mut body = CustomerResponse::from(saved.customer);
+    body.created = Some(saved.created);
+    body.warnings = saved.warnings;
+    Ok((if saved.created { StatusCode::CREATED } else { StatusCode::OK }, Json(body)))
 }
 
 /// Accepts a bulk text: validated whole (any invalid part rejects it, naming the part), then one job per distinct
@@ -195,8 +227,8 @@ pub async fn put_customer(
     params(("id" = String, Path, description = "Customer id")),
     request_body = BulkTextRequest,
     responses(
-        (status = 202, description = "Accepted: the batch will be sent", body = BulkTextAccepted),
-        (status = 200, description = "Dry run: what the batch would do and cost; nothing written", body = crate::estimate::Estimate),
+        (status = 202, description = "Accepted: the batch will be sent", body = Accepted),
+        (status = 200, description = "Dry run: what the batch would do and cost; nothing written", body = texts::Estimate),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "Unknown customer", body = ErrorBody),
         (status = 409, description = "Idempotency key reused for a different request", body = ErrorBody),
@@ -205,18 +237,19 @@ pub async fn put_customer(
         (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn post_bulk(
-    State(s): State<AppState>,
+    State(ops): State<Deps>,
+    State(limits): State<Limits>,
+    State(metrics): State<std::sync::Arc<Metrics>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<BulkTextRequest>,
-) -> Result<axum::response::Response, ApiError> {
-    use axum::response::IntoResponse;
+) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    if req.recipients.len() > s.limits.max_recipients {
+    if req.recipients.len() > limits.max_recipients {
         let mut e = too_large();
         e.detail.message =
-            format!("{} recipients; one request may carry at most {}", req.recipients.len(), s.limits.max_recipients);
+            format!("{} recipients; one request may carry at most {}", req.recipients.len(), limits.max_recipients);
         return Err(e.field("recipients"));
     }
     let recipients = req
@@ -232,28 +265,13 @@ pub async fn post_bulk(
         idempotency_key: req.idempotency_key,
         smart_encoding: req.smart_encoding,
     };
-    let smart = bulk.smart_report();
+    let prepared = texts::prepare_blocking(bulk).await?;
     if req.dry_run {
-        let batch = prepare(bulk, false).await?;
-        let e =
-            crate::estimate::estimate(&mut s.conn.clone(), &batch, smart, &s.settings).await.map_err(|e| match e {
-                crate::estimate::EstimateError::UnknownCustomer(c) => {
-                    ApiError::not_found(format!("unknown customer {c}"))
-                }
-                crate::estimate::EstimateError::Redis(r) => ApiError::redis(&r),
-            })?;
-        return Ok((StatusCode::OK, Json(e)).into_response());
+        return Ok((StatusCode::OK, Json(texts::estimate(&ops, &prepared).await?)).into_response());
     }
-    let receipt = submit(&s, bulk, false).await?;
-    s.metrics.recipients_accepted.inc_by(receipt.accepted as u64);
-    let body = BulkTextAccepted {
-        batch_id: receipt.batch_id,
-        accepted: receipt.accepted,
-        duplicates: receipt.duplicates,
-        existing: receipt.existing,
-        smart_encoding: smart,
-    };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let accepted = texts::enqueue(&ops, prepared, Enqueue::BULK, None).await?;
+    metrics.recipients_accepted.inc_by(accepted.accepted as u64);
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 /// Accepts one message, queued ahead of the customer's bulk texts.
@@ -267,7 +285,8 @@ pub async fn post_bulk(
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn post_message(
-    State(s): State<AppState>,
+    State(ops): State<Deps>,
+    State(metrics): State<std::sync::Arc<Metrics>>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<MessageRequest>,
@@ -281,37 +300,9 @@ pub async fn post_message(
         idempotency_key: req.idempotency_key,
         smart_encoding: false,
     };
-    let receipt = submit(&s, bulk, true).await?;
-    s.metrics.recipients_accepted.inc();
-    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { batch_id: receipt.batch_id })))
-}
-
-/// Validates off the async workers (100,000 numbers take a few hundred milliseconds of CPU).
-async fn prepare(bulk: BulkRequest, priority: bool) -> Result<shared::batches::NewBatch, ApiError> {
-    tokio::task::spawn_blocking(move || enqueue::prepare(&bulk, priority))
-        .await
-        .map_err(|e| ApiError::internal(&e))?
-        .map_err(bulk_error)
-}
-
-async fn submit(s: &AppState, bulk: BulkRequest, priority: bool) -> Result<batches::Receipt, ApiError> {
-    let batch = prepare(bulk, priority).await?;
-    let mut conn = s.acked.clone().unwrap_or_else(|| s.conn.clone());
-    enqueue::enqueue(&mut conn, batch, s.settings.batch_retention, 1_000, None, s.settings.redis.acks)
-        .await
-        .map_err(bulk_error)
-}
-
-fn bulk_error(e: BulkError) -> ApiError {
-    match e {
-        BulkError::Invalid(invalid) => ApiError::invalid(invalid.problems, invalid.total),
-        BulkError::Submit(SubmitError::UnknownCustomer(c)) => ApiError::not_found(format!("unknown customer {c}")),
-        BulkError::Submit(e @ SubmitError::KeyReused { .. }) => {
-            ApiError::conflict(e.to_string()).field("idempotency_key")
-        }
-        BulkError::Submit(SubmitError::Redis(r)) => ApiError::redis(&r),
-        BulkError::Submit(e @ SubmitError::NotDurable { .. }) => ApiError::unavailable(e.to_string()),
-    }
+    let accepted = texts::enqueue(&ops, texts::prepare(&bulk)?, Enqueue::SINGLE, None).await?;
+    metrics.recipients_accepted.inc();
+    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { batch_id: accepted.batch_id })))
 }
 
 /// A batch's counts per state (the same as `producer status --json`).
@@ -323,16 +314,34 @@ fn bulk_error(e: BulkError) -> ApiError {
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_batch(
-    State(s): State<AppState>,
+    State(ops): State<Deps>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BatchStatus>, ApiError> {
-    let id = BatchId::parse(&id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()).field("id"))?;
+    let id = batch_id(&id)?;
     caller.require_customer(id.customer())?;
-    match batches::status(&mut s.conn.clone(), &id).await.map_err(|e| ApiError::redis(&e))? {
-        Some(status) => Ok(Json(status)),
-        None => Err(ApiError::not_found(format!("unknown batch {id} (never created, or expired)"))),
-    }
+    Ok(Json(batches::status(&ops, &id).await?))
+}
+
+/// Cancels a batch: queued and parked texts end as cancelled, sends already under way finish.
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "texts",
+    params(("id" = String, Path, description = "Batch id, `<customer>.<id>`")),
+    responses(
+        (status = 200, description = "`cancelled` (with how many parked texts ended now) or `already_complete`",
+            body = CancelOutcome),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_cancel(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CancelOutcome>, ApiError> {
+    let id = batch_id(&id)?;
+    caller.require_customer(id.customer())?;
+    let outcome = batches::cancel(&ops, &id).await?;
+    tracing::info!(batch = %id, "batch cancelled through the API");
+    Ok(Json(outcome))
 }
 
 /// A customer's numbers with their use of the current window.
@@ -344,28 +353,13 @@ pub async fn get_batch(
         (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get_pool(
-    State(s): State<AppState>,
+    State(ops): State<Deps>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<PoolReport>, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    match customers::pool(&mut s.conn.clone(), &id, &s.settings.quota).await.map_err(|e| ApiError::redis(&e))? {
-        Some(p) => Ok(Json(p.with_cost(s.settings.pricing.number_monthly))),
-        None => Err(ApiError::not_found(format!("unknown customer {id}"))),
-    }
-}
-
-/// `POST /v1/customers/{id}/pool/release-idle` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReleaseIdleRequest {
-    /// Days without a send (fractions allowed); default 30.
-    #[schema(minimum = 0, maximum = 3650)]
-    pub idle_days: Option<f64>,
-    /// Only report what would be released.
-    #[serde(default)]
-    pub dry_run: bool,
+    Ok(Json(pools::pool(&ops, &id).await?))
 }
 
 /// Releases the customer's idle numbers (admin tokens only), keeping what its backlog and its numbers' sticky
@@ -374,48 +368,18 @@ pub struct ReleaseIdleRequest {
     params(("id" = String, Path, description = "Customer id")),
     request_body = ReleaseIdleRequest,
     responses(
-        (status = 200, body = shared::release::ReleaseReport),
+        (status = 200, body = ReleaseReport),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn post_release_idle(
-    State(s): State<AppState>,
+    State(ops): State<Deps>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ReleaseIdleRequest>,
-) -> Result<Json<shared::release::ReleaseReport>, ApiError> {
+) -> Result<Json<ReleaseReport>, ApiError> {
     caller.require_admin()?;
     let id = customer_id(&id)?;
-    let days = req.idle_days.unwrap_or(30.0);
-    if !(0.0..=3650.0).contains(&days) {
-        return Err(ApiError::unprocessable("idle_days must be between 0 and 3650").field("idle_days"));
-    }
-    if s.twilio.is_none() && !req.dry_run {
-        return Err(ApiError::unavailable("releasing numbers needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"));
-    }
-    release_idle(&s, &id, days, req.dry_run).await.map(Json)
-}
-
-/// Runs a release (or a dry run) for `id`; shared with the dashboard.
-pub async fn release_idle(
-    s: &AppState,
-    id: &CustomerId,
-    days: f64,
-    dry_run: bool,
-) -> Result<shared::release::ReleaseReport, ApiError> {
-    let mut conn = s.conn.clone();
-    let customer = customers::get(&mut conn, id)
-        .await
-        .map_err(|e| ApiError::redis(&e))?
-        .ok_or_else(|| ApiError::not_found(format!("unknown customer {id}")))?;
-    let idle = std::time::Duration::from_secs_f64(days * 86_400.0);
-    let ttl = std::time::Duration::from_secs(10);
-    let options = shared::release::ReleaseOptions { idle, dry_run, lock_ttl: ttl, acks: s.settings.redis.acks };
-    shared::release::release_idle(&mut conn, s.twilio.as_ref(), &customer, &s.settings.quota, options).await.map_err(
-        |e| match e {
-            shared::release::ReleaseError::Busy(_) => ApiError::conflict(e.to_string()),
-            shared::release::ReleaseError::Redis(e) => ApiError::redis(&e),
-        },
-    )
+    Ok(Json(pools::release_idle(&ops, &id, req.idle_days, req.dry_run).await?))
 }

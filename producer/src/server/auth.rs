@@ -6,14 +6,14 @@
 //! compared with every configured one in constant time, so neither timing nor length reveals anything.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use shared::domain::CustomerId;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::error::ApiError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,10 +122,14 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Tokens>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let presented = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -134,7 +138,8 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(ApiError::unauthorized)?;
-        let t = state.tokens.find(presented).ok_or_else(ApiError::unauthorized)?;
+        let tokens = Arc::<Tokens>::from_ref(state);
+        let t = tokens.find(presented).ok_or_else(ApiError::unauthorized)?;
         Ok(Caller { scope: t.scope.clone() })
     }
 }

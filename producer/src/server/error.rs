@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::ops::OpsError;
 use crate::validate::Problem;
 
 /// The body of every error response.
@@ -85,9 +86,26 @@ impl ApiError {
         let first = problems.first().map(|p| (p.field.clone(), format!("{}: {}", p.field, p.message)));
         let (field, message) = first.unwrap_or_default();
         let more = if total > 1 { format!(" (and {} more problems)", total - 1) } else { String::new() };
-        let mut e = Self::unprocessable(format!("{message}{more}; nothing was enqueued")).field(field);
+        let mut e = Self::unprocessable(format!("{message}{more}; nothing was changed")).field(field);
         e.detail.problems = problems;
         e
+    }
+}
+
+/// The one mapping of an operation's failure to HTTP (the API answers it as JSON, the dashboard as a page).
+impl From<OpsError> for ApiError {
+    fn from(e: OpsError) -> Self {
+        match e {
+            OpsError::Invalid(invalid) => ApiError::invalid(invalid.problems, invalid.total),
+            OpsError::NotFound(m) => ApiError::not_found(m),
+            OpsError::Conflict { field, message } => {
+                let e = ApiError::conflict(message);
+                if let Some(f) = field { e.field(f) } else { e }
+            }
+            OpsError::Busy(m) => ApiError::conflict(m),
+            OpsError::NotConfigured(m) | OpsError::Unavailable(m) => ApiError::unavailable(m),
+            OpsError::Storage(r) => ApiError::redis(&r),
+        }
     }
 }
 

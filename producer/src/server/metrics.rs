@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition of the API's and webhooks' counters.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,7 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use super::AppState;
+use shared::store::Conn;
+use shared::twilio::accounts::AccountTokens;
+
+use crate::ops::Deps;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -51,8 +54,9 @@ pub struct Metrics {
     pub opt_outs: Counter,
     pub opt_ins: Counter,
     pub webhook_rejected: Counter,
-    /// Mirrors [`shared::twilio::accounts::AccountTokens::lookups`] at each scrape.
+    /// Mirrors [`AccountTokens::lookups`] of `account_tokens` at each scrape.
     token_lookups: Counter,
+    account_tokens: Option<Arc<AccountTokens>>,
     deliveries: Family<StatusLabels, Counter>,
     /// Read from Redis at each scrape.
     queue: Family<QueueLabels, Gauge>,
@@ -61,6 +65,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl Metrics {
+    /// The metrics of a server whose webhooks look subaccounts' tokens up with `account_tokens`.
+    pub fn new(account_tokens: Option<Arc<AccountTokens>>) -> Self {
         let mut registry = Registry::with_prefix("messenger");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
@@ -120,14 +131,13 @@ impl Default for Metrics {
             opt_ins,
             webhook_rejected,
             token_lookups,
+            account_tokens,
             deliveries,
             queue,
             workers,
         }
     }
-}
 
-impl Metrics {
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {
         self.requests
             .get_or_create(&RequestLabels { route: route.to_owned(), method: method.to_owned(), status })
@@ -163,9 +173,8 @@ impl Metrics {
 
 /// Refreshes the queue gauges from Redis: per active customer (at most 500), jobs ready, scheduled and in flight;
 /// and the live workers. A Redis error leaves the gauges as they were rather than failing the scrape.
-async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
+async fn refresh_queues(metrics: &Metrics, mut conn: Conn) -> redis::RedisResult<()> {
     use redis::AsyncCommands;
-    let mut conn = s.conn.clone();
     let now = shared::customers::redis_now_ms(&mut conn).await?;
     let mut active: Vec<String> = conn.smembers(shared::keys::ACTIVE).await?;
     active.sort();
@@ -173,26 +182,26 @@ async fn refresh_queues(s: &AppState) -> redis::RedisResult<()> {
     let alive: i64 = conn.zcount(shared::keys::WORKERS, now - 60_000, "+inf").await?;
     let ids: Vec<_> = active.iter().filter_map(|c| shared::domain::CustomerId::parse(c).ok()).collect();
     let counts = shared::customers::queue_depths(&conn, &ids).await?;
-    s.metrics.queue.clear();
+    metrics.queue.clear();
     for (id, d) in ids.iter().zip(counts) {
         for (state, n) in [("ready", d.ready), ("scheduled", d.scheduled), ("in_flight", d.in_flight)] {
             let labels = QueueLabels { customer: id.to_string(), state: state.to_owned() };
-            s.metrics.queue.get_or_create(&labels).set(n);
+            metrics.queue.get_or_create(&labels).set(n);
         }
     }
-    s.metrics.workers.set(alive);
+    metrics.workers.set(alive);
     Ok(())
 }
 
 /// `GET /metrics`.
-pub async fn render(State(s): State<AppState>) -> Response {
-    if let Err(e) = refresh_queues(&s).await {
+pub async fn render(State(ops): State<Deps>, State(metrics): State<Arc<Metrics>>) -> Response {
+    if let Err(e) = refresh_queues(&metrics, ops.conn()).await {
         tracing::warn!(error.message = %e, "queue gauges not refreshed");
     }
-    if let Some(t) = &s.webhook_tokens {
-        let seen = s.metrics.token_lookups.get();
-        s.metrics.token_lookups.inc_by(t.lookups().saturating_sub(seen));
+    if let Some(t) = &metrics.account_tokens {
+        let seen = metrics.token_lookups.get();
+        metrics.token_lookups.inc_by(t.lookups().saturating_sub(seen));
     }
     let ct = HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
-    ([(header::CONTENT_TYPE, ct)], s.metrics.encode()).into_response()
+    ([(header::CONTENT_TYPE, ct)], metrics.encode()).into_response()
 }

@@ -1,11 +1,19 @@
-//! `producer serve`: Messenger's HTTP API for property apps, and Twilio's webhooks.
+//! `producer serve`: Messenger's HTTP API for property apps, the dashboard, and Twilio's webhooks.
+//!
+//! [`Application::build`] does the whole start-up — checks the configuration, connects to Redis (waiting for it),
+//! binds — and [`Application::run_until`] serves until a shutdown future resolves; `producer serve`, the tests and
+//! the load-test tool all start the server this way.
+//!
+//! Each route takes only the state it uses: the operations' dependencies ([`Deps`]), the tokens, the metrics, the
+//! webhooks' verification state, the dashboard's. They are parts of one private [`AppState`], handed out with
+//! axum's `FromRef`, so no child module names (or depends on) the whole.
 //!
 //! # Layout
-//! - [`api`]: the `/v1` routes (customers, bulk texts, single messages, batch status, pools).
-//! - [`dashboard`]: `/dashboard`, the web pages support staff use (overview, batches, pools).
+//! - [`api`]: the `/v1` routes (customers, bulk texts, single messages, batches, pools), over [`crate::ops`].
+//! - [`dashboard`]: `/dashboard`, the web pages support staff use (overview, batches, pools), over [`crate::ops`].
 //! - [`webhooks`]: `/twilio/inbound` (replies, STOP/START) and `/twilio/status` (delivery reports), signed by Twilio.
 //! - [`auth`]: bearer tokens, admin or scoped to customers.
-//! - [`error`]: the one error shape every route answers with.
+//! - [`error`]: the one error shape every route answers with, and the one mapping of [`crate::ops::OpsError`].
 //! - [`metrics`]: Prometheus counters and histograms behind `/metrics`.
 //! - [`openapi`]: the OpenAPI 3 document generated from the route annotations, served at `/openapi.json`.
 
@@ -18,134 +26,186 @@ pub mod openapi;
 pub mod webhooks;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use shared::config::Settings;
-use shared::store::Conn;
-use shared::twilio::TwilioClient;
-use shared::twilio::accounts::AccountTokens;
+use shared::store;
+use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use self::api::Limits;
 use self::auth::Tokens;
+use self::dashboard::{Dashboard, DashboardConfig};
 use self::error::ApiError;
 use self::metrics::Metrics;
+use self::webhooks::{TokenPolicy, Webhooks};
 
-/// Documented request limits.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Recipients in one `POST …/bulk-texts`.
-    pub max_recipients: usize,
-    /// Bytes of a `/v1` request body.
-    pub max_body_bytes: usize,
-    /// Bytes of a webhook body (Twilio's are a few kilobytes).
-    pub max_webhook_bytes: usize,
-}
+use crate::ops::Deps;
 
-impl Default for Limits {
-    fn default() -> Self {
-        Self { max_recipients: 100_000, max_body_bytes: 8 * 1024 * 1024, max_webhook_bytes: 64 * 1024 }
-    }
-}
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState {
-    pub conn: Conn,
-    pub settings: Arc<Settings>,
-    pub tokens: Arc<Tokens>,
-    /// The public base URL Twilio calls (`https://messenger.example.com`): webhook signatures are computed over it.
-    pub public_url: Option<Arc<str>>,
-    pub metrics: Arc<Metrics>,
+/// How the server runs, beyond the settings every process shares.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub tokens: Tokens,
+    /// The public base URL Twilio calls (`https://messenger.example.com`): webhook signatures are computed over it,
+    /// so behind a proxy it is the outside URL, not the listening address. `None`: webhooks are refused.
+    pub public_url: Option<String>,
+    pub dashboard: DashboardConfig,
+    pub token_policy: TokenPolicy,
     pub limits: Limits,
-    /// Twilio with the main account's credentials, when they are configured: checks customers' subaccounts and
-    /// reads their webhook tokens.
-    pub twilio: Option<TwilioClient>,
-    /// The tokens that sign webhooks, per account (the main one, and subaccounts' looked up in Twilio).
-    pub webhook_tokens: Option<Arc<AccountTokens>>,
-    /// Customer → the account that owns its numbers, cached briefly (every webhook needs it).
-    pub customer_accounts: Arc<webhooks::CustomerAccounts>,
-    /// A connection of its own for enqueues followed by `WAIT` (replica acknowledgements), which blocks the
-    /// connection it runs on; `None` when acknowledgements are off.
-    pub acked: Option<Conn>,
-    /// The dashboard's session key and display settings.
-    pub dashboard: Arc<dashboard::DashboardConfig>,
 }
 
-/// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenPolicy {
-    pub ttl: Duration,
-    pub refresh_every: Duration,
-}
-
-impl Default for TokenPolicy {
-    fn default() -> Self {
-        Self { ttl: Duration::from_secs(3600), refresh_every: Duration::from_secs(30) }
-    }
-}
-
-impl AppState {
-    /// The state for `settings`; Twilio calls (subaccount checks and tokens) are enabled when the main account's
-    /// credentials are configured.
-    pub fn new(
-        conn: Conn,
-        settings: Settings,
-        tokens: Tokens,
-        public_url: Option<Arc<str>>,
-        limits: Limits,
-        policy: TokenPolicy,
-    ) -> Self {
-        let twilio = TwilioClient::new(&settings.twilio).ok();
-        let webhook_tokens = match (&twilio, &settings.twilio.auth_token) {
-            (Some(client), Some(token)) => {
-                Some(Arc::new(AccountTokens::new(client.clone(), token.clone(), policy.ttl, policy.refresh_every)))
-            }
-            _ => None,
-        };
+impl ServeConfig {
+    /// `tokens`, no public URL, a dashboard with a random session key, default limits.
+    pub fn new(tokens: Tokens) -> Self {
         Self {
-            conn,
-            settings: Arc::new(settings),
-            tokens: Arc::new(tokens),
-            public_url,
-            metrics: Arc::new(Metrics::default()),
-            limits,
-            twilio,
-            webhook_tokens,
-            customer_accounts: Arc::default(),
-            acked: None,
-            dashboard: Arc::new(dashboard::DashboardConfig::new(None, false).expect("a random secret")),
+            tokens,
+            public_url: None,
+            dashboard: DashboardConfig::new(None, false).expect("a random key is long enough"),
+            token_policy: TokenPolicy::default(),
+            limits: Limits::default(),
         }
     }
+}
 
-    /// The dashboard's session key and settings.
-    pub fn with_dashboard(mut self, config: dashboard::DashboardConfig) -> Self {
-        self.dashboard = Arc::new(config);
-        self
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting cannot work (named); fix it and start again.
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+/// Every part of the server's state; handlers take the parts they use.
+#[derive(Clone)]
+struct AppState {
+    ops: Deps,
+    tokens: Arc<Tokens>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    webhooks: Webhooks,
+    dashboard: Dashboard,
+}
+
+macro_rules! part {
+    ($t:ty, $field:ident) => {
+        impl FromRef<AppState> for $t {
+            fn from_ref(s: &AppState) -> Self {
+                s.$field.clone()
+            }
+        }
+    };
+}
+part!(Deps, ops);
+part!(Arc<Tokens>, tokens);
+part!(Arc<Metrics>, metrics);
+part!(Limits, limits);
+part!(Webhooks, webhooks);
+part!(Dashboard, dashboard);
+
+/// A server ready to serve: configured, connected, bound.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+}
+
+impl Application {
+    /// Starts a server on `listen` (port 0 picks a free one; see [`Application::addr`]).
+    pub async fn build(settings: Settings, config: ServeConfig, listen: &str) -> Result<Self, StartError> {
+        let listener =
+            TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen.to_owned(), source })?;
+        Self::build_on(listener, settings, config).await
     }
 
-    /// Uses `conn` for the enqueues that wait for replicas.
-    pub fn with_acked_conn(mut self, conn: Conn) -> Self {
-        self.acked = Some(conn);
-        self
+    /// Starts a server on a listener the caller bound (tests that must know the address before the server exists:
+    /// it is the public URL Twilio's webhooks are signed over).
+    pub async fn build_on(listener: TcpListener, settings: Settings, config: ServeConfig) -> Result<Self, StartError> {
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: "?".into(), source })?;
+        let public_url = match config.public_url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.trim_end_matches('/').into()),
+            Some(u) => return Err(StartError::Config(format!("MESSENGER_PUBLIC_URL {u:?} must be an http(s) URL"))),
+            None => None,
+        };
+        if config.tokens.is_empty() {
+            tracing::warn!(
+                "no API tokens configured (MESSENGER_API_TOKENS or MESSENGER_API_TOKENS_FILE): /v1 answers 401"
+            );
+        }
+        if public_url.is_none() || settings.twilio.auth_token.is_none() {
+            tracing::warn!("webhooks disabled: they need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN");
+        }
+        let conn = connect_waiting(&settings).await?;
+        let acked = match settings.redis.acks {
+            Some(_) => Some(connect_waiting(&settings).await?),
+            None => None,
+        };
+        let mut ops = Deps::new(conn, settings);
+        if let Some(c) = acked {
+            ops = ops.with_acked(c);
+        }
+        let account_tokens = webhooks::account_tokens(&ops, config.token_policy);
+        let metrics = Arc::new(Metrics::new(account_tokens.clone()));
+        let tokens = Arc::new(config.tokens);
+        let state = AppState {
+            dashboard: Dashboard::new(ops.clone(), tokens.clone(), config.dashboard),
+            webhooks: Webhooks::new(&ops, public_url, account_tokens, metrics.clone()),
+            ops,
+            tokens,
+            metrics,
+            limits: config.limits,
+        };
+        Ok(Self { listener, addr, router: router(state) })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` resolves, then drains open requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(addr = %self.addr, "producer serving");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+    }
+}
+
+/// A server waits for Redis (a cluster mid-failover, a node restarting) rather than exit; only a configuration
+/// problem stops it.
+async fn connect_waiting(settings: &Settings) -> Result<shared::store::Conn, StartError> {
+    loop {
+        match store::connect_with_retry(&settings.redis, Duration::from_secs(60)).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if let Some(problem) = store::config_problem(&e, &settings.redis) {
+                    return Err(StartError::Config(problem));
+                }
+                tracing::warn!(error.message = %e, "redis still not reachable; the server keeps waiting for it");
+            }
+        }
     }
 }
 
 /// Every route.
-pub fn router(state: AppState) -> Router {
+fn router(state: AppState) -> Router {
     let limits = state.limits;
     let v1 = Router::new()
-        .route("/v1/customers/{id}", put(api::put_customer))
+        .route("/v1/customers", get(api::list_customers))
+        .route("/v1/customers/{id}", put(api::put_customer).get(api::get_customer))
         .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
         .route("/v1/customers/{id}/messages", post(api::post_message))
         .route("/v1/customers/{id}/pool", get(api::get_pool))
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
+        .route("/v1/batches/{id}/cancel", post(api::post_cancel))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     let hooks = Router::new()
         .route("/twilio/inbound", post(webhooks::inbound))
@@ -160,25 +220,16 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track))
         // A bug must never take the server down or leak a backtrace: the panic is logged, the client gets a 500.
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves, then drains open requests.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
-}
-
 /// `GET /healthz`: 200 when Redis answers (a cluster: every slot has a reachable primary), 503 otherwise; the body
 /// names the cluster's nodes that are not online.
-async fn healthz(State(s): State<AppState>) -> Response {
-    let h = shared::store::health(&mut s.conn.clone()).await;
+async fn healthz(State(ops): State<Deps>) -> Response {
+    let h = store::health(&mut ops.conn()).await;
     let body = serde_json::json!({
         "status": if h.ok { "ok" } else { "unavailable" },
         "redis": h.state,
@@ -189,12 +240,12 @@ async fn healthz(State(s): State<AppState>) -> Response {
 }
 
 /// Counts every request by route template, method and status, and times it.
-async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+async fn track(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let started = Instant::now();
     let resp = next.run(req).await;
-    s.metrics.request(&route, &method, resp.status().as_u16(), started.elapsed());
+    metrics.request(&route, &method, resp.status().as_u16(), started.elapsed());
     resp
 }

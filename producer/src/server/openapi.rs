@@ -11,13 +11,16 @@ use super::error::{ErrorBody, ErrorDetail};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Messenger", description = "Bulk texts through Twilio for property-management apps."),
-    paths(api::put_customer, api::post_bulk, api::post_message, api::get_batch, api::get_pool, api::post_release_idle),
+    paths(
+        api::list_customers, api::get_customer, api::put_customer, api::post_bulk, api::post_message, api::get_batch,
+        api::post_cancel, api::get_pool, api::post_release_idle
+    ),
     components(schemas(
-        api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::BulkTextAccepted, api::MessageRequest,
-        api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem, shared::batches::BatchStatus,
-        shared::customers::PoolReport, shared::customers::NumberUsage, api::ReleaseIdleRequest,
-        shared::release::ReleaseReport, shared::release::Releasable, crate::estimate::Estimate,
-        shared::domain::smart::SmartEncoding
+        api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, crate::ops::texts::Accepted,
+        api::MessageRequest, api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem,
+        shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::customers::PoolReport,
+        shared::customers::NumberUsage, api::ReleaseIdleRequest, shared::release::ReleaseReport,
+        shared::release::Releasable, crate::ops::texts::Estimate, shared::domain::smart::SmartEncoding
     )),
     modifiers(&Bearer),
     tags((name = "texts", description = "Bulk texts, single messages and their status"),

@@ -6,7 +6,7 @@
 //! message sid, opt-outs are set operations, delivery reports are counted once per message).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -14,22 +14,85 @@ use axum::extract::{FromRequest, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use redis::AsyncCommands;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use shared::batches::{self, Delivery};
+use shared::config::Settings;
 use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
 use shared::keys::{self, CustomerKeys};
 use shared::ledger::{Inbound, Ledger};
 use shared::store::Conn;
+use shared::twilio::accounts::AccountTokens;
 use shared::twilio::signature;
 
-use super::AppState;
 use super::error::{ApiError, too_large};
+use super::metrics::Metrics;
+use crate::ops::Deps;
 
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
 /// Keywords that opt a recipient out of (or back into) a customer's texts, as Twilio and carriers define them.
 const STOP_WORDS: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
 const START_WORDS: [&str; 3] = ["START", "YES", "UNSTOP"];
+
+/// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenPolicy {
+    pub ttl: Duration,
+    pub refresh_every: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(3600), refresh_every: Duration::from_secs(30) }
+    }
+}
+
+/// The tokens that sign subaccounts' webhooks, read from Twilio with the main account's credentials; `None` when
+/// those are not configured.
+pub fn account_tokens(ops: &Deps, policy: TokenPolicy) -> Option<Arc<AccountTokens>> {
+    let (Some(client), Some(token)) = (&ops.twilio, &ops.settings.twilio.auth_token) else { return None };
+    Some(Arc::new(AccountTokens::new(
+        client.clone(),
+        token.clone(),
+        policy.ttl.max(Duration::from_secs(1)),
+        policy.refresh_every,
+    )))
+}
+
+/// What verifying and recording webhooks needs.
+#[derive(Clone)]
+pub struct Webhooks {
+    conn: Conn,
+    settings: Arc<Settings>,
+    /// The public base URL Twilio calls: signatures are computed over it. `None`: webhooks are refused.
+    public_url: Option<Arc<str>>,
+    /// The main account's token (it signs webhooks about the main account's numbers).
+    main_token: Option<SecretString>,
+    /// Subaccounts' tokens, looked up in Twilio.
+    account_tokens: Option<Arc<AccountTokens>>,
+    /// Customer → the account that owns its numbers, cached briefly (every webhook needs it).
+    customer_accounts: Arc<CustomerAccounts>,
+    metrics: Arc<Metrics>,
+}
+
+impl Webhooks {
+    pub fn new(
+        ops: &Deps,
+        public_url: Option<Arc<str>>,
+        account_tokens: Option<Arc<AccountTokens>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            conn: ops.conn(),
+            settings: ops.settings.clone(),
+            public_url,
+            main_token: ops.settings.twilio.auth_token.clone(),
+            account_tokens,
+            customer_accounts: Arc::default(),
+            metrics,
+        }
+    }
+}
 
 /// The raw body, with a too-large body answered in our error shape.
 pub struct RawBody(pub Bytes);
@@ -108,14 +171,14 @@ struct Webhook {
 /// against, and a valid signature from one account never acts on another account's customers. Nothing is written
 /// before the signature checks out.
 async fn accept(
-    s: &AppState,
+    s: &Webhooks,
     path: &str,
     query: &Option<String>,
     headers: &HeaderMap,
     body: &[u8],
     subject: Subject,
 ) -> Result<Option<Webhook>, ApiError> {
-    let (Some(base), Some(main_token)) = (&s.public_url, &s.settings.twilio.auth_token) else {
+    let (Some(base), Some(main_token)) = (&s.public_url, &s.main_token) else {
         return Err(ApiError::unavailable("webhooks need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN"));
     };
     let header = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -173,7 +236,7 @@ async fn accept(
                 }
             }
             Some(sub) => {
-                let Some(tokens) = &s.webhook_tokens else {
+                let Some(tokens) = &s.account_tokens else {
                     tracing::warn!(customer = ?customer.as_ref().map(|c| c.to_string()),
                         "a webhook for a subaccount's number, but TWILIO_ACCOUNT_SID is not set: cannot look up \
                          the subaccount's token");
@@ -204,7 +267,7 @@ async fn accept(
     Ok(Some(Webhook { params: Signed(params), customer, token: token.map(str::to_owned) }))
 }
 
-async fn remember(s: &AppState, token: Option<String>) {
+async fn remember(s: &Webhooks, token: Option<String>) {
     if let Some(t) = token {
         let _: redis::RedisResult<()> = s.conn.clone().set_ex(keys::webhook_delivery(&t), 1, 86_400).await;
     }
@@ -217,7 +280,7 @@ fn twiml() -> Response {
 /// `POST /twilio/inbound`: a reply to one of our numbers. Credits the number (+1 to its limit for a window, up to
 /// the cap), and handles STOP / START keywords. Answers an empty TwiML `<Response/>` (no auto-reply).
 pub async fn inbound(
-    State(s): State<AppState>,
+    State(s): State<Webhooks>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
@@ -265,7 +328,7 @@ pub async fn inbound(
 /// `POST /twilio/status?b=<batch>`: a delivery report. Counted once per message in its batch's `delivered` or
 /// `undelivered` (with Twilio's error code), however often and in whatever order reports arrive.
 pub async fn status(
-    State(s): State<AppState>,
+    State(s): State<Webhooks>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,

@@ -288,6 +288,21 @@ pub async fn kill9_churn<R: Store>(w: &World<R>, n: usize) {
     assert_eq!(owned_numbers(&state), n.div_ceil(250), "surplus or missing numbers");
 }
 
+/// Creates a Messaging Service in the simulator's main account; returns its sid.
+pub async fn create_service(w: &World) -> String {
+    let v: serde_json::Value = harness::http()
+        .post(format!("{}/v1/Services", w.sim_base))
+        .basic_auth(sim::DEFAULT_ACCOUNT_SID, Some(sim::DEFAULT_AUTH_TOKEN))
+        .form(&[("FriendlyName", "Acme A2P")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["sid"].as_str().unwrap().to_owned()
+}
+
 /// Logs the operations endpoint's address (info) and otherwise only warnings.
 pub const OPS_LOG: &str = "warn,worker::ops=info";
 
@@ -329,10 +344,12 @@ struct Common {
 }
 
 pub async fn start_api(w: &World) -> Api {
-    start_api_with(w, producer::server::TokenPolicy::default()).await
+    start_api_with(w, producer::server::webhooks::TokenPolicy::default()).await
 }
 
-pub async fn start_api_with(w: &World, policy: producer::server::TokenPolicy) -> Api {
+/// Started the way `producer serve` starts ([`producer::server::Application`]), on a port bound first: the
+/// address is the public URL the simulator signs webhooks for.
+pub async fn start_api_with(w: &World, policy: producer::server::webhooks::TokenPolicy) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let settings = <Common as clap::Parser>::parse_from([
@@ -345,6 +362,8 @@ pub async fn start_api_with(w: &World, policy: producer::server::TokenPolicy) ->
         sim::DEFAULT_ACCOUNT_SID,
         "--twilio-api-base",
         &w.sim_base,
+        "--twilio-messaging-api-base",
+        &w.sim_base,
     ])
     .c
     .settings()
@@ -352,15 +371,13 @@ pub async fn start_api_with(w: &World, policy: producer::server::TokenPolicy) ->
     let tokens =
         producer::server::auth::Tokens::parse(&format!("ops:{ADMIN}:admin,appa:{APP_A}:acme,appb:{APP_B}:globex"))
             .unwrap();
-    let state = producer::server::AppState::new(
-        w.redis.conn().await,
-        settings,
-        tokens,
-        Some(base.clone().into()),
-        producer::server::Limits::default(),
-        policy,
-    );
-    tokio::spawn(producer::server::serve(listener, state, std::future::pending()));
+    let config = producer::server::ServeConfig {
+        public_url: Some(base.clone()),
+        token_policy: policy,
+        ..producer::server::ServeConfig::new(tokens)
+    };
+    let app = producer::server::Application::build_on(listener, settings, config).await.unwrap();
+    tokio::spawn(app.run_until(std::future::pending()));
     Api { base, client: harness::http() }
 }
 

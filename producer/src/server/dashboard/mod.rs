@@ -23,8 +23,10 @@ pub mod pages;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::{Form, Path, Query, Request, State};
+use axum::extract::{Form, FromRef, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -38,8 +40,9 @@ use sha2::Sha256;
 use shared::domain::{BatchId, CustomerId};
 use subtle::ConstantTimeEq;
 
-use super::AppState;
-use super::auth::Scope;
+use super::auth::{Scope, Tokens};
+use super::error::ApiError;
+use crate::ops::{Deps, OpsError, batches, pools};
 use pages::Viewer;
 
 const SESSION_COOKIE: &str = "msgr_session";
@@ -109,6 +112,24 @@ fn set_cookie(name: &str, value: &str, max_age: u64) -> HeaderValue {
     .expect("cookie value is ASCII")
 }
 
+/// What the dashboard's handlers use.
+#[derive(Clone)]
+pub struct Dashboard {
+    ops: Deps,
+    tokens: Arc<Tokens>,
+    config: Arc<DashboardConfig>,
+}
+
+impl Dashboard {
+    pub fn new(ops: Deps, tokens: Arc<Tokens>, config: DashboardConfig) -> Self {
+        Self { ops, tokens, config: Arc::new(config) }
+    }
+
+    fn conn(&self) -> shared::store::Conn {
+        self.ops.conn()
+    }
+}
+
 /// A signed-in viewer.
 pub struct Session {
     pub name: String,
@@ -131,11 +152,11 @@ impl Session {
 }
 
 /// Reads and checks the session cookie; `None` if missing, forged, expired or its token was removed.
-fn session(s: &AppState, headers: &HeaderMap) -> Option<Session> {
+fn session(s: &Dashboard, headers: &HeaderMap) -> Option<Session> {
     let raw = cookie(headers, SESSION_COOKIE)?;
     let parts: Vec<&str> = raw.split('.').collect();
     let ["v1", name, exp, nonce, mac] = parts.as_slice() else { return None };
-    let cfg = &s.dashboard;
+    let cfg = &s.config;
     if !equal(mac, &cfg.mac(&["session", name, exp, nonce])) || exp.parse::<u64>().ok()? < now_s() {
         return None;
     }
@@ -169,6 +190,12 @@ fn not_found(v: &Viewer<'_>, what: &str) -> Outcome {
     Outcome::Status(StatusCode::NOT_FOUND, pages::message("Not found", Some(v), what))
 }
 
+/// The page for an operation that did not happen, with the status the API would answer.
+fn failed(v: Option<&Viewer<'_>>, title: &str, e: OpsError) -> Outcome {
+    let e = ApiError::from(e);
+    Outcome::Status(e.status, pages::message(title, v, &e.detail.message))
+}
+
 fn unavailable(e: &redis::RedisError) -> Outcome {
     tracing::warn!(error.message = %e, "dashboard: redis unavailable");
     Outcome::Status(
@@ -177,8 +204,12 @@ fn unavailable(e: &redis::RedisError) -> Outcome {
     )
 }
 
-/// Every dashboard route.
-pub fn router() -> Router<AppState> {
+/// Every dashboard route, over any state the dashboard's part can be taken from.
+pub fn router<S>() -> Router<S>
+where
+    Dashboard: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/dashboard", get(overview))
         .route("/dashboard/live/overview", get(overview_live))
@@ -217,9 +248,9 @@ async fn asset(Path(file): Path<String>) -> Response {
     ([(header::CONTENT_TYPE, kind)], body).into_response()
 }
 
-async fn login_page(State(s): State<AppState>) -> Response {
+async fn login_page(State(s): State<Dashboard>) -> Response {
     let nonce = hex::encode(rand::random::<[u8; 16]>());
-    let csrf = s.dashboard.mac(&["login", &nonce]);
+    let csrf = s.config.mac(&["login", &nonce]);
     let mut resp = Outcome::Page(pages::login(&csrf, None)).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &nonce, 600));
     resp
@@ -233,15 +264,15 @@ struct LoginForm {
     csrf: String,
 }
 
-async fn login(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
-    let expected = cookie(&headers, LOGIN_COOKIE).map(|n| s.dashboard.mac(&["login", &n]));
+async fn login(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    let expected = cookie(&headers, LOGIN_COOKIE).map(|n| s.config.mac(&["login", &n]));
     if !expected.is_some_and(|e| equal(&e, &f.csrf)) {
         return forbidden(None, "The sign-in form expired or did not come from this site; open it again.")
             .into_response();
     }
     let Some(name) = s.tokens.authenticate(f.token.trim()) else {
         let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let csrf = s.dashboard.mac(&["login", &nonce]);
+        let csrf = s.config.mac(&["login", &nonce]);
         let mut resp = Outcome::Status(StatusCode::UNAUTHORIZED, pages::login(&csrf, Some("That token is not valid.")))
             .into_response();
         resp.headers_mut().insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &nonce, 600));
@@ -250,7 +281,7 @@ async fn login(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<Logi
     let exp = (now_s() + SESSION_TTL.as_secs()).to_string();
     let nonce = hex::encode(rand::random::<[u8; 16]>());
     let name = URL_SAFE_NO_PAD.encode(name.as_bytes());
-    let mac = s.dashboard.mac(&["session", &name, &exp, &nonce]);
+    let mac = s.config.mac(&["session", &name, &exp, &nonce]);
     let value = format!("v1.{name}.{exp}.{nonce}.{mac}");
     let mut resp = Redirect::to("/dashboard").into_response();
     let h = resp.headers_mut();
@@ -266,7 +297,7 @@ struct CsrfForm {
 }
 
 /// The session of a state-changing request, if its CSRF token matches.
-fn checked(s: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, Outcome> {
+fn checked(s: &Dashboard, headers: &HeaderMap, csrf: &str) -> Result<Session, Outcome> {
     let session = session(s, headers).ok_or(Outcome::Redirect("/dashboard/login"))?;
     if !equal(&session.csrf, csrf) {
         return Err(forbidden(None, "This form expired or did not come from this site (missing or wrong CSRF token)."));
@@ -274,7 +305,7 @@ fn checked(s: &AppState, headers: &HeaderMap, csrf: &str) -> Result<Session, Out
     Ok(session)
 }
 
-async fn logout(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+async fn logout(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     if let Err(o) = checked(&s, &headers, &f.csrf) {
         return o.into_response();
     }
@@ -283,19 +314,19 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap, Form(f): Form<Csr
     resp
 }
 
-async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Outcome {
+async fn overview(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
     let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
-    let v = session.viewer(&s.dashboard);
-    match data::overview(&mut s.conn.clone(), &session.scope).await {
+    let v = session.viewer(&s.config);
+    match data::overview(&mut s.conn(), &session.scope).await {
         Ok(o) => Outcome::Page(pages::overview(&o, &v)),
         Err(e) => unavailable(&e),
     }
 }
 
-async fn overview_live(State(s): State<AppState>, headers: HeaderMap) -> Outcome {
+async fn overview_live(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
     let Some(session) = session(&s, &headers) else { return forbidden(None, "Sign in again.") };
-    let v = session.viewer(&s.dashboard);
-    match data::overview(&mut s.conn.clone(), &session.scope).await {
+    let v = session.viewer(&s.config);
+    match data::overview(&mut s.conn(), &session.scope).await {
         Ok(o) => Outcome::Page(pages::overview_live(&o, &v)),
         Err(e) => unavailable(&e),
     }
@@ -309,9 +340,9 @@ struct BatchQuery {
     customer: String,
 }
 
-async fn batches(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<BatchQuery>) -> Outcome {
+async fn batches(State(s): State<Dashboard>, headers: HeaderMap, Query(q): Query<BatchQuery>) -> Outcome {
     let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let customer = match q.customer.trim() {
         "" => None,
         c => match CustomerId::parse(c) {
@@ -325,7 +356,7 @@ async fn batches(State(s): State<AppState>, headers: HeaderMap, Query(q): Query<
             }
         },
     };
-    match data::batches(&mut s.conn.clone(), &session.scope, customer.as_ref(), &q.q).await {
+    match data::batches(&mut s.conn(), &session.scope, customer.as_ref(), &q.q).await {
         Ok(list) => Outcome::Page(pages::batches(&list, &q.q, customer.as_ref().map(CustomerId::as_str), &v)),
         Err(e) => unavailable(&e),
     }
@@ -340,14 +371,14 @@ fn batch_id(session: &Session, v: &Viewer<'_>, id: &str) -> Result<BatchId, Outc
     Ok(id)
 }
 
-async fn batch(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
+async fn batch(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
     let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let id = match batch_id(&session, &v, &id) {
         Ok(id) => id,
         Err(o) => return o,
     };
-    match data::batch(&mut s.conn.clone(), &id).await {
+    match data::batch(&mut s.conn(), &id).await {
         Ok(Some((status, failed))) => {
             let failed: Vec<(String, String)> = failed.into_iter().collect();
             Outcome::Page(pages::batch(&status, &failed, &v))
@@ -357,14 +388,14 @@ async fn batch(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<Str
     }
 }
 
-async fn batch_live(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
+async fn batch_live(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
     let Some(session) = session(&s, &headers) else { return forbidden(None, "Sign in again.") };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let id = match batch_id(&session, &v, &id) {
         Ok(id) => id,
         Err(o) => return o,
     };
-    match shared::batches::status(&mut s.conn.clone(), &id).await {
+    match shared::batches::status(&mut s.conn(), &id).await {
         Ok(Some(status)) => Outcome::Page(pages::batch_live(&status, &v)),
         Ok(None) => Outcome::Page(pages::nothing()),
         Err(e) => unavailable(&e),
@@ -372,7 +403,7 @@ async fn batch_live(State(s): State<AppState>, headers: HeaderMap, Path(id): Pat
 }
 
 async fn cancel(
-    State(s): State<AppState>,
+    State(s): State<Dashboard>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
@@ -381,12 +412,12 @@ async fn cancel(
         Ok(s) => s,
         Err(o) => return o,
     };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let id = match batch_id(&session, &v, &id) {
         Ok(id) => id,
         Err(o) => return o,
     };
-    match shared::batches::cancel(&mut s.conn.clone(), &id, s.settings.batch_retention).await {
+    match batches::cancel(&s.ops, &id).await {
         Ok(_) => {
             tracing::info!(batch = %id, by = %session.name, "batch cancelled from the dashboard");
             Outcome::Page(pages::message(
@@ -395,20 +426,20 @@ async fn cancel(
                 &format!("Batch {id} is cancelled: queued texts end as cancelled."),
             ))
         }
-        Err(e) => unavailable(&e),
+        Err(e) => failed(Some(&v), "Not cancelled", e),
     }
 }
 
-async fn pools(State(s): State<AppState>, headers: HeaderMap) -> Outcome {
+async fn pools(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
     let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let ids: Vec<String> = match &session.scope {
         Scope::Customers(ids) => {
             let mut ids: Vec<String> = ids.iter().map(|c| c.to_string()).collect();
             ids.sort();
             ids
         }
-        Scope::Admin => match shared::customers::list(&mut s.conn.clone()).await {
+        Scope::Admin => match shared::customers::list(&mut s.conn()).await {
             Ok(ids) => ids.into_iter().take(500).map(|c| c.to_string()).collect(),
             Err(e) => return unavailable(&e),
         },
@@ -425,18 +456,19 @@ fn customer_id(session: &Session, v: &Viewer<'_>, c: &str) -> Result<CustomerId,
     Ok(id)
 }
 
-async fn pool_page(s: &AppState, headers: &HeaderMap, c: &str, live: bool) -> Outcome {
+async fn pool_page(s: &Dashboard, headers: &HeaderMap, c: &str, live: bool) -> Outcome {
     let Some(session) = session(s, headers) else {
         return if live { forbidden(None, "Sign in again.") } else { Outcome::Redirect("/dashboard/login") };
     };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let id = match customer_id(&session, &v, c) {
         Ok(id) => id,
         Err(o) => return o,
     };
-    match data::pool(&mut s.conn.clone(), &id, &s.settings.quota).await {
+    let settings = &s.ops.settings;
+    match data::pool(&mut s.conn(), &id, &settings.quota).await {
         Ok(Some((report, pending))) => {
-            let report = report.with_cost(s.settings.pricing.number_monthly);
+            let report = report.with_cost(settings.pricing.number_monthly);
             Outcome::Page(if live {
                 pages::pool_live(&report, &pending, &v)
             } else {
@@ -448,11 +480,11 @@ async fn pool_page(s: &AppState, headers: &HeaderMap, c: &str, live: bool) -> Ou
     }
 }
 
-async fn pool(State(s): State<AppState>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
+async fn pool(State(s): State<Dashboard>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
     pool_page(&s, &headers, &c, false).await
 }
 
-async fn pool_live(State(s): State<AppState>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
+async fn pool_live(State(s): State<Dashboard>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
     pool_page(&s, &headers, &c, true).await
 }
 
@@ -465,7 +497,7 @@ struct ReleaseForm {
 }
 
 async fn release_idle(
-    State(s): State<AppState>,
+    State(s): State<Dashboard>,
     headers: HeaderMap,
     Path(c): Path<String>,
     Form(f): Form<ReleaseForm>,
@@ -474,7 +506,7 @@ async fn release_idle(
         Ok(s) => s,
         Err(o) => return o,
     };
-    let v = session.viewer(&s.dashboard);
+    let v = session.viewer(&s.config);
     let id = match customer_id(&session, &v, &c) {
         Ok(id) => id,
         Err(o) => return o,
@@ -482,26 +514,8 @@ async fn release_idle(
     if session.scope != Scope::Admin {
         return forbidden(Some(&v), "Only an admin token may release numbers.");
     }
-    let days = f.idle_days.unwrap_or(30.0);
-    if !(0.0..=3650.0).contains(&days) {
-        return Outcome::Status(
-            StatusCode::BAD_REQUEST,
-            pages::message("Bad request", Some(&v), "Idle days must be between 0 and 3650."),
-        );
-    }
-    let dry_run = f.dry_run.is_some();
-    if s.twilio.is_none() && !dry_run {
-        return Outcome::Status(
-            StatusCode::SERVICE_UNAVAILABLE,
-            pages::message(
-                "Unavailable",
-                Some(&v),
-                "Releasing numbers needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
-            ),
-        );
-    }
-    match super::api::release_idle(&s, &id, days, dry_run).await {
+    match pools::release_idle(&s.ops, &id, f.idle_days, f.dry_run.is_some()).await {
         Ok(report) => Outcome::Page(pages::released(&report, &v)),
-        Err(e) => Outcome::Status(e.status, pages::message("Not released", Some(&v), &e.detail.message)),
+        Err(e) => failed(Some(&v), "Not released", e),
     }
 }

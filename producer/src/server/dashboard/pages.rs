@@ -6,7 +6,7 @@
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use shared::batches::BatchStatus;
 use shared::customers::PoolReport;
-use shared::domain::Masked;
+use shared::domain::{IdleDays, Masked};
 use shared::twilio::error::describe;
 
 use super::data::{MAX_BATCHES, Overview, Pending};
@@ -395,7 +395,8 @@ pub fn pool(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup {
                 form method="post" action=(format!("/dashboard/pools/{}/release-idle", p.customer)) class="release" {
                     input type="hidden" name="csrf" value=(v.csrf);
                     label for="idle_days" { "Release numbers idle for at least (days)" }
-                    input type="number" id="idle_days" name="idle_days" min="0" max="3650" step="any" value="30" required;
+                    input type="number" id="idle_days" name="idle_days" min="0" max=(IdleDays::MAX) step="any"
+                        value=(IdleDays::DEFAULT) required;
                     label class="check" { input type="checkbox" name="dry_run" value="1" checked; " Only show what would be released" }
                     button type="submit" { "Release idle numbers" }
                 }

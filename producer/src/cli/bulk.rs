@@ -1,0 +1,174 @@
+//! `producer bulk`: validate a bulk text and enqueue it, or estimate it (`--dry-run`).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use shared::config::Settings;
+
+use super::{Failure, connect, print_json};
+use crate::ops::texts::{self, Accepted, Enqueue, Estimate};
+use crate::recipients::{self, RawRecipient};
+use crate::validate::BulkRequest;
+
+#[derive(clap::Args, Debug)]
+pub struct BulkArgs {
+    #[arg(long)]
+    pub customer: String,
+    /// The message text (up to 1,600 characters).
+    #[arg(long, required_unless_present = "body_file")]
+    pub body: Option<String>,
+    /// Read the message text from a file.
+    #[arg(long, conflicts_with = "body")]
+    pub body_file: Option<PathBuf>,
+    /// A recipient in E.164 form; repeat for several.
+    #[arg(long = "to", required_unless_present = "recipients")]
+    pub to: Vec<String>,
+    /// A file with one number per line, or CSV with a `phone` column.
+    #[arg(long, conflicts_with = "to")]
+    pub recipients: Option<PathBuf>,
+    /// Makes the request safe to resubmit: the same key returns (and completes) the same batch.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+    /// Validate and estimate only: recipients after de-duplication and opt-outs, encoding and segments, numbers to
+    /// buy, and the cost. Writes nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Replace Unicode look-alikes (curly quotes, long dashes, non-breaking spaces, …) with GSM-7 characters, as
+    /// Twilio's Smart Encoding does, and report the segments saved.
+    #[arg(long)]
+    pub smart_encoding: bool,
+    /// Jobs per Redis round trip while enqueuing.
+    #[arg(long, default_value_t = 1_000, hide = true)]
+    pub chunk_size: usize,
+}
+
+/// The request as the flags and files give it.
+fn request(args: &BulkArgs) -> Result<BulkRequest, Failure> {
+    let body = match (&args.body, &args.body_file) {
+        (Some(b), _) => b.clone(),
+        (None, Some(p)) => {
+            std::fs::read_to_string(p).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?
+        }
+        (None, None) => return Err(Failure::Usage("--body or --body-file is required".into())),
+    };
+    let recipients = match &args.recipients {
+        Some(path) => recipients::read_file(path).map_err(|e| Failure::Usage(e.to_string()))?,
+        None => args
+            .to
+            .iter()
+            .enumerate()
+            .map(|(i, v)| RawRecipient { origin: format!("--to #{}", i + 1), value: v.clone() })
+            .collect(),
+    };
+    Ok(BulkRequest {
+        customer: args.customer.clone(),
+        body,
+        recipients,
+        idempotency_key: args.idempotency_key.clone(),
+        smart_encoding: args.smart_encoding,
+    })
+}
+
+pub async fn run(settings: Settings, args: BulkArgs) -> Result<ExitCode, Failure> {
+    // Validation first: bad input is reported before (and without) touching Redis.
+    let prepared = texts::prepare(&request(&args)?)?;
+    let deps = connect(settings).await?;
+    if args.dry_run {
+        let e = texts::estimate(&deps, &prepared).await?;
+        if args.json {
+            print_json(&e)
+        } else {
+            print_estimate(&e)
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let total = prepared.batch.recipients.len();
+    let bar = (total >= 10_000 && std::io::stderr().is_terminal() && !args.json).then(|| {
+        let b = ProgressBar::new(total as u64);
+        b.set_style(ProgressStyle::with_template("enqueuing {bar:40} {pos}/{len} ({per_sec})").expect("template"));
+        b
+    });
+    let mut progress = |done: usize, _total: usize| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    };
+    let how = Enqueue { chunk_size: args.chunk_size, ..Enqueue::BULK };
+    let accepted = texts::enqueue(&deps, prepared, how, Some(&mut progress)).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if args.json {
+        print_json(&accepted)
+    } else {
+        print_accepted(&accepted)
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_accepted(a: &Accepted) {
+    println!("batch {}", a.batch_id);
+    println!("  accepted {} recipients, {} duplicates removed", a.accepted, a.duplicates);
+    if let Some(s) = &a.smart_encoding {
+        println!(
+            "  smart encoding: {} {} -> {} {} segment(s) per message; saves {} segments",
+            s.encoding_before,
+            s.segments_before,
+            s.encoding_after,
+            s.segments_after,
+            s.saved() as u64 * a.accepted as u64
+        );
+    }
+    if a.existing {
+        println!(
+            "  (idempotency key already used: this is the existing batch; {} jobs were enqueued now)",
+            a.enqueued_now
+        );
+    }
+    println!("  follow it with: producer status {} --wait", a.batch_id);
+}
+
+fn print_estimate(e: &Estimate) {
+    println!("dry run for {}: nothing was written", e.customer);
+    println!(
+        "  recipients: {} submitted, {} duplicates, {} opted out -> {} to text",
+        e.recipients_submitted, e.duplicates, e.opted_out, e.recipients
+    );
+    println!("  body: {} characters, {}, {} segment(s) per message", e.characters, e.encoding, e.segments_per_message);
+    if !e.ucs2_characters.is_empty() {
+        println!("    characters that force UCS-2: {}", e.ucs2_characters.join(", "));
+    }
+    match &e.smart_encoding {
+        Some(s) => println!(
+            "  smart encoding: {} {} -> {} {} segment(s) per message ({} replaced: {}); saves {} segments",
+            s.encoding_before,
+            s.segments_before,
+            s.encoding_after,
+            s.segments_after,
+            s.replaced.len(),
+            s.replaced.join(", "),
+            s.saved() as u64 * e.recipients as u64
+        ),
+        None if !e.ucs2_characters.is_empty() => {
+            println!("    (--smart-encoding replaces look-alikes such as curly quotes and long dashes with GSM-7)")
+        }
+        None => {}
+    }
+    let waiting = if e.deferred > 0 {
+        format!("; {} recipients would wait for the next window", e.deferred)
+    } else {
+        String::new()
+    };
+    println!(
+        "  numbers: {} owned with {} free slot(s); this send needs {}; would buy {} (max {}){waiting}",
+        e.numbers_owned, e.slots_available, e.numbers_needed, e.purchases, e.max_numbers,
+    );
+    println!(
+        "  estimated cost: {} segments x ${} = ${:.2}, plus ${:.2} a month for {} new number(s)",
+        e.segments_total, e.segment_cost, e.messages_cost, e.numbers_monthly_cost, e.purchases
+    );
+}

@@ -1,0 +1,120 @@
+//! `producer pool`: a customer's numbers; `producer pool release-idle`: release the ones that sit idle.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use shared::config::Settings;
+use shared::customers::PoolReport;
+use shared::domain::{CustomerId, IdleDays};
+use shared::release::ReleaseReport;
+
+use super::{Failure, connect, format_ms, parse_id, print_json};
+use crate::ops::pools;
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    pub action: Option<PoolCommand>,
+    #[arg(required = true)]
+    pub customer: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// Release numbers that sent nothing for `--idle-days` (Twilio DELETE), keeping what the customer's backlog and
+    /// its numbers' sticky recipients need and never a number with a send in progress.
+    ReleaseIdle {
+        customer: String,
+        /// Days without a send (fractions allowed; 0 = any number that is not busy).
+        #[arg(long, default_value_t = IdleDays::DEFAULT.days())]
+        idle_days: f64,
+        /// Only list what would be released; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(settings: Settings, args: PoolArgs) -> Result<ExitCode, Failure> {
+    let number_monthly = settings.pricing.number_monthly;
+    match args {
+        PoolArgs { action: Some(PoolCommand::ReleaseIdle { customer, idle_days, dry_run, json }), .. } => {
+            let id = parse_id(CustomerId::parse, &customer)?;
+            let report = pools::release_idle(&connect(settings).await?, &id, Some(idle_days), dry_run).await?;
+            if json { print_json(&report) } else { print_released(&report, idle_days) }
+        }
+        PoolArgs { action: None, customer, json } => {
+            let id = parse_id(CustomerId::parse, customer.as_deref().unwrap_or_default())?;
+            let report = pools::pool(&connect(settings).await?, &id).await?;
+            if json { print_json(&report) } else { print_pool(&report, number_monthly) }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pool(report: &PoolReport, number_monthly: f64) {
+    println!(
+        "customer {}: {} of {} numbers; window {}s, quota {} per number (+1 per reply, cap {})",
+        report.customer,
+        report.numbers.len(),
+        report.max_numbers,
+        report.window_secs,
+        report.daily_quota,
+        report.conversational_cap
+    );
+    println!("  {:<16} {:>6} {:>6} {:>6} {:>9}  LAST SEND", "NUMBER", "SENT", "RECV", "LIMIT", "AVAILABLE");
+    for n in &report.numbers {
+        println!(
+            "  {:<16} {:>6} {:>6} {:>6} {:>9}  {}",
+            n.number,
+            n.sent,
+            n.received,
+            n.limit,
+            n.available,
+            n.last_send_ms.map(format_ms).unwrap_or_else(|| "never".into())
+        );
+    }
+    println!(
+        "  available now: {}; purchases in flight: {}; releases in flight: {}",
+        report.total_available(),
+        report.pending_purchases,
+        report.pending_releases
+    );
+    println!(
+        "  monthly cost: ${:.2} ({} numbers at ${number_monthly:.2}){}",
+        report.monthly_cost.unwrap_or_default(),
+        report.numbers.len(),
+        report.messaging_service_sid.as_ref().map(|s| format!("; messaging service {s}")).unwrap_or_default()
+    );
+}
+
+fn print_released(report: &ReleaseReport, idle_days: f64) {
+    let verb = if report.dry_run { "would release" } else { "released" };
+    println!(
+        "customer {}: {verb} {} number(s) idle for {idle_days} day(s) or more; keeps {} (backlog: {} jobs); saves \
+         ${:.2} a month",
+        report.customer,
+        report.released.len(),
+        report.kept,
+        report.backlog,
+        report.monthly_saving.unwrap_or_default()
+    );
+    for n in &report.released {
+        println!(
+            "  {:<16} {}  last send {}",
+            n.number,
+            n.sid,
+            n.last_send_ms.map(format_ms).unwrap_or_else(|| "never".into())
+        );
+    }
+    if !report.pending.is_empty() {
+        println!(
+            "  {} number(s) left the pool but Twilio did not confirm the release yet; workers will finish it",
+            report.pending.len()
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! Batches: status, failed recipients, cancelling.
+
+use std::collections::BTreeMap;
+
+use shared::batches::{self, BatchStatus, CancelOutcome};
+use shared::domain::BatchId;
+
+use super::{Deps, OpsError};
+
+fn unknown(id: &BatchId) -> OpsError {
+    OpsError::NotFound(format!("unknown batch {id} (never created, or expired)"))
+}
+
+/// A batch's counts per state, one consistent snapshot.
+pub async fn status(deps: &Deps, id: &BatchId) -> Result<BatchStatus, OpsError> {
+    batches::status(&mut deps.conn(), id).await?.ok_or_else(|| unknown(id))
+}
+
+/// The recipients of a batch that failed, and why.
+pub async fn failures(deps: &Deps, id: &BatchId) -> Result<BTreeMap<String, String>, OpsError> {
+    Ok(batches::failures(&mut deps.conn(), id).await?)
+}
+
+/// Cancels a batch: parked jobs end now, queued ones as workers reach them, in-flight sends finish. Cancelling a
+/// complete batch changes nothing and says so.
+pub async fn cancel(deps: &Deps, id: &BatchId) -> Result<CancelOutcome, OpsError> {
+    match batches::cancel(&mut deps.conn(), id, deps.settings.batch_retention).await? {
+        CancelOutcome::NotFound => Err(unknown(id)),
+        done => Ok(done),
+    }
+}

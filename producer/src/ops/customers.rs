@@ -1,0 +1,167 @@
+//! Customers: one update rule for every front end. A field the caller does not mention keeps its stored value;
+//! clearing one is explicit ([`Change::Clear`]: the CLI's `--account-sid main`, JSON `"account_sid": null`).
+
+use shared::customers::{self, Change, Customer, CustomerUpdate};
+use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, ServiceSid};
+use shared::twilio::TwilioError;
+use shared::twilio::accounts::{TokenError, check_subaccount};
+
+use super::{Deps, OpsError, Problems};
+
+/// A change to a customer as the caller wrote it, not yet parsed. Field names in errors: `account_sid`,
+/// `area_code`, `max_numbers`, `messaging_service_sid`.
+#[derive(Clone, Debug, Default)]
+pub struct CustomerInput {
+    pub account_sid: Change<String>,
+    pub area_code: Change<String>,
+    /// `Clear`: back to the fleet's default (`MESSENGER_MAX_NUMBERS`).
+    pub max_numbers: Change<u32>,
+    pub messaging_service_sid: Change<String>,
+}
+
+/// A saved customer.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub customer: Customer,
+    pub created: bool,
+    /// What could not be checked (Twilio unreachable or not configured) or deserves attention (a suspended
+    /// subaccount). The change was saved anyway.
+    pub warnings: Vec<String>,
+}
+
+/// Parses `input` into an update; every problem is named.
+fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
+    let mut p = Problems::default();
+    let update = CustomerUpdate {
+        account_sid: parse_change(&mut p, "account_sid", input.account_sid, AccountSid::parse),
+        area_code: parse_change(&mut p, "area_code", input.area_code, AreaCode::parse),
+        max_numbers: match input.max_numbers {
+            Change::Set(n) => p.check("max_numbers", MaxNumbers::new(n)).map_or(Change::Keep, Change::Set),
+            Change::Clear => Change::Clear,
+            Change::Keep => Change::Keep,
+        },
+        messaging_service: parse_change(
+            &mut p,
+            "messaging_service_sid",
+            input.messaging_service_sid,
+            ServiceSid::parse,
+        ),
+    };
+    p.finish()?;
+    Ok(update)
+}
+
+/// A set value parsed with `parse` (its problem noted under `field`); `Keep` and `Clear` as they are.
+fn parse_change<T, E: std::fmt::Display>(
+    p: &mut Problems,
+    field: &str,
+    change: Change<String>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Change<T> {
+    match change {
+        Change::Set(v) => p.check(field, parse(&v)).map_or(Change::Keep, Change::Set),
+        Change::Clear => Change::Clear,
+        Change::Keep => Change::Keep,
+    }
+}
+
+/// Creates or updates customer `id`: parses the input, applies it to the stored record, checks the result (a
+/// subaccount and a Messaging Service together are not supported) and what it newly names with Twilio (a definite
+/// "no" rejects the request), then writes only the fields that change.
+pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<Saved, OpsError> {
+    let update = parse(input)?;
+    let mut conn = deps.conn();
+    let stored = customers::get(&mut conn, id).await?;
+    let after = update.applied_to(id, stored.as_ref(), deps.settings.default_max_numbers);
+    if after.account_sid.is_some() && after.messaging_service.is_some() {
+        let field = if update.messaging_service.is_keep() { "account_sid" } else { "messaging_service_sid" };
+        return Err(OpsError::invalid(
+            field,
+            "a Messaging Service for a customer on a subaccount is not supported yet: Messenger manages Messaging \
+             Services with the main account's credentials, and Twilio lets those reach only the main account's \
+             services",
+        ));
+    }
+    let mut warnings = Vec::new();
+    if let Change::Set(account) = &update.account_sid {
+        check_account(deps, account, &mut warnings).await?;
+    }
+    if let Change::Set(service) = &update.messaging_service {
+        check_service(deps, service, &mut warnings).await?;
+    }
+    let created = customers::update(&mut conn, id, &update, deps.settings.default_max_numbers).await?;
+    Ok(Saved { customer: after, created, warnings })
+}
+
+const NOT_CHECKED: &str = "not checked with Twilio (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set)";
+
+/// Checks with Twilio that `account` is a subaccount of the main account (or that account itself).
+async fn check_account(deps: &Deps, account: &AccountSid, warnings: &mut Vec<String>) -> Result<(), OpsError> {
+    let Some(twilio) = &deps.twilio else {
+        warnings.push(format!("account_sid {account} {NOT_CHECKED}"));
+        return Ok(());
+    };
+    match check_subaccount(twilio, account).await {
+        Ok(a) => {
+            if a.status.as_deref() == Some("suspended") {
+                warnings.push(format!("subaccount {account} is suspended: Twilio refuses its sends until reactivated"));
+            }
+            Ok(())
+        }
+        Err(TokenError::NotOurs(_)) => Err(OpsError::invalid(
+            "account_sid",
+            format!(
+                "{account} is not an active subaccount of TWILIO_ACCOUNT_SID {}: Twilio does not list it under that \
+                 account (check the sid, or create it under this account first)",
+                twilio.account()
+            ),
+        )),
+        // Twilio could not be asked: store it; webhooks for it are verified once its token can be read.
+        Err(e) => {
+            warnings.push(format!("{e}; the account was stored without being checked"));
+            Ok(())
+        }
+    }
+}
+
+/// Checks with Twilio that the Messaging Service exists in the main account.
+async fn check_service(deps: &Deps, service: &ServiceSid, warnings: &mut Vec<String>) -> Result<(), OpsError> {
+    let Some(twilio) = &deps.twilio else {
+        warnings.push(format!("messaging_service_sid {service} {NOT_CHECKED}"));
+        return Ok(());
+    };
+    match twilio.fetch_service(service.as_str()).await {
+        Ok(_) => Ok(()),
+        Err(TwilioError::Api { status: 404, .. }) => Err(OpsError::invalid(
+            "messaging_service_sid",
+            format!("Twilio has no Messaging Service {service} in account {}", twilio.account()),
+        )),
+        Err(e) => {
+            warnings
+                .push(format!("could not check {service} with Twilio ({}); it was stored unchecked", e.short_reason()));
+            Ok(())
+        }
+    }
+}
+
+/// Every customer, by id.
+pub async fn list(deps: &Deps) -> Result<Vec<Customer>, OpsError> {
+    let mut conn = deps.conn();
+    let mut all = Vec::new();
+    for id in customers::list(&mut conn).await? {
+        if let Some(c) = customers::get(&mut conn, &id).await? {
+            all.push(c);
+        }
+    }
+    Ok(all)
+}
+
+/// One customer.
+pub async fn get(deps: &Deps, id: &CustomerId) -> Result<Customer, OpsError> {
+    customers::get(&mut deps.conn(), id).await?.ok_or_else(|| unknown(id))
+}
+
+/// The error for a customer that does not exist.
+pub fn unknown(id: &CustomerId) -> OpsError {
+    OpsError::NotFound(format!("unknown customer {id}: create it first with `producer customer add {id}`"))
+}
