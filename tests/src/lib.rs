@@ -1,7 +1,7 @@
 //! Test support for Messenger: private Redis servers, the Twilio simulator, and spawning the real binaries.
 //!
 //! # Layout
-//! - [`sim`]: the Twilio simulator (also the `twilio-sim` binary).
+//! - [`sim`]: the Twilio simulator (the crate in `tests/sim`, also the `twilio-sim` binary), re-exported.
 //! - [`redis_server`]: [`redis_server::TestRedis`], a private `redis-server` on a free loopback port (plain or TLS).
 //! - [`redis_cluster`]: [`redis_cluster::TestCluster`], a private Redis Cluster (primaries and replicas) to fail over.
 //! - [`dashboard`]: signing in to the dashboard over HTTP and measuring what its pages cost Redis.
@@ -27,4 +27,4 @@ pub mod load;
 pub mod procs;
 pub mod redis_cluster;
 pub mod redis_server;
-pub mod sim;
+pub use twilio_sim as sim;

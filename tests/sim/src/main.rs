@@ -1,7 +1,7 @@
 //! `twilio-sim`: the Twilio simulator as a standalone server (demo, docker-compose, load tests).
 
 use clap::Parser;
-use harness::sim::{self, Faults, SimConfig};
+use twilio_sim::{self as sim, Faults, SimConfig};
 
 /// Imitates Twilio's 2010-04-01 REST API (Messages, IncomingPhoneNumbers, AvailablePhoneNumbers) on a local port.
 #[derive(Parser)]
