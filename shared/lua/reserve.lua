@@ -1,4 +1,4 @@
--- reserve.lua: the fast path, and the re-check inside the purchase lock (DESIGN.md, purchase protocol 1 and 3).
+-- reserve.lua: the fast path, and the re-check inside the purchase lock (docs/DESIGN.md, section 5, steps 1 and 3).
 --
 -- Atomically: look at the job's state, honour cancellation and opt-outs, pick a number with capacity (the
 -- recipient's sticky sender first, then the customer's numbers in purchase order starting at the fill cursor),

@@ -149,7 +149,8 @@ pub struct TwilioSettings {
     pub timeout: Duration,
 }
 
-/// The quota model of DESIGN.md: `limit(N) = min(daily_quota + received(N), conversational_cap)` over `window`.
+/// The quota model of `docs/DESIGN.md` (section 3): `limit(N) = min(daily_quota + received(N), conversational_cap)`
+/// over `window`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuotaSettings {
     pub window: Duration,

@@ -1,4 +1,4 @@
-//! The purchase lock and the steps of the purchase protocol (DESIGN.md).
+//! The purchase lock and the steps of the purchase protocol (`docs/DESIGN.md`, section 5).
 //!
 //! Why not just the seed's fix (re-check inside the lock)? Because a lock can expire during a slow purchase, and a
 //! worker can die after Twilio bought a number but before it was recorded: both double-buy. Here the decision to

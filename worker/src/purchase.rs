@@ -5,7 +5,7 @@
 //! One task per customer per process works this path at a time (the others wait for its step to end), so a full
 //! customer costs one Redis poller per process, not one per handler. Across processes the purchase lock
 //! (`SET NX`) elects one decider; inside it, `reserve.lua` re-checks capacity and pending intents and sizes the
-//! decision to the backlog, recording one intent per number in the same script (DESIGN.md, purchase protocol). The
+//! decision to the backlog, recording one intent per number in the same script (`docs/DESIGN.md`, section 5). The
 //! decided purchases then run concurrently (at most `MESSENGER_PURCHASE_CONCURRENCY`) in a task that holds the lock
 //! until the last one ends; each number is attached to the customer's Messaging Service (if any) and committed as
 //! it lands, and the jobs waiting for capacity resume on the first one.
