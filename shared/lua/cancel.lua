@@ -1,6 +1,6 @@
 -- cancel.lua: cancels a batch. Jobs still in the queue are cancelled when a worker picks them up (reserve.lua
--- sees the flag and ends them without calling Twilio); jobs parked in the schedule (retries, deferrals) are
--- cancelled here at once, so a batch deferred for hours completes now. Jobs in flight finish their current attempt.
+-- sees the flag and ends them without calling Twilio); jobs parked in the schedule (retries, deferrals, quiet
+-- hours, a batch scheduled for later) are cancelled here at once, so a batch waiting for hours completes now. Jobs in flight finish their current attempt.
 --
 -- The batch's jobs stop counting in the customer's `open` counter at once (common.lua): whatever it still had
 -- pending is taken off when the flag is set, and its jobs that end later no longer decrement it.
@@ -12,12 +12,13 @@
 
 local batch, state, failures, inflight, sched, cfg = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local local_id, retention = ARGV[1], tonumber(ARGV[2])
-local f = redis.call('HMGET', batch, 'total', 'state', 'enqueued', 'cancel', 'sent', 'failed', 'opted_out', 'cancelled')
+local f = redis.call('HMGET', batch, 'total', 'state', 'enqueued', 'cancel', 'sent', 'failed', 'opted_out', 'cancelled',
+  'expired')
 if not f[1] then return {'missing'} end
 if f[2] == 'complete' then return {'complete'} end
 if f[4] ~= '1' then
-  local pending = (tonumber(f[3]) or 0) - (tonumber(f[5]) or 0) - (tonumber(f[6]) or 0) - (tonumber(f[7]) or 0)
-    - (tonumber(f[8]) or 0)
+  local pending = tonumber(f[3]) or 0
+  for i = 5, 9 do pending = pending - (tonumber(f[i]) or 0) end
   if pending > 0 then redis.call('HINCRBY', cfg, 'open', -pending) end
 end
 redis.call('HSET', batch, 'cancel', '1')
@@ -37,7 +38,7 @@ repeat
   cursor = r[1]
   for i = 1, #r[2], 2 do
     local member = r[2][i]
-    local recipient = string.sub(member, #prefix + 1)
+    local recipient = recipient_of(member)
     local st = redis.call('HGET', state, recipient)
     -- An ambiguous attempt (r|...) may have been delivered: leave it to be resolved against Twilio first.
     local ambiguous = st and string.sub(st, 1, 1) == 'r'

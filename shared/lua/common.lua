@@ -7,10 +7,12 @@
 --                                  delivery of the job it is *ambiguous* and must be resolved against Twilio
 --   w|<n>|<reason>                 waiting for a retry; holds no quota slot
 --   D|<n>                          deferred: the customer is at max numbers and every number is full
+--   Q|<n>|<until ms>|<zone>        waiting for the end of quiet hours in the recipient's zone (reserve.lua)
 --   d|<sid>                        sent (terminal)
 --   f|<reason>                     failed (terminal)
 --   o|                             opted out (terminal)
 --   x|                             cancelled (terminal)
+--   e|                             expired: not sent by the batch's expiry (terminal)
 -- <n> counts transient failures so far.
 --
 -- A job in flight is the member `<job>#<lease token>` of the customer's in-flight set: every fetch hands a job out
@@ -18,9 +20,18 @@
 -- matches, and scripts that act for it change nothing (renew reports the job lost, reserve says 'lost', retry
 -- says 'stale').
 
--- The job member of an in-flight member (`<job>#<token>` → `<job>`).
+-- A job member is `<batch local id>|<recipient>`, or `<batch local id>|<recipient>|<values>` for a personalised
+-- batch (the merge-field values, in the batch's order of variables; they may contain any character but the unit
+-- separator, including `|` and `#`).
+
+-- The job member of an in-flight member (`<job>#<token>` → `<job>`; the token holds no `#`).
 local function job_of(lease)
   return string.match(lease, '^(.*)#[^#]*$') or lease
+end
+
+-- The recipient of a job member.
+local function recipient_of(job)
+  return string.match(job, '^[^|]*|([^|]*)')
 end
 
 local function now_ms()
@@ -41,22 +52,30 @@ local function split(s)
   end
 end
 
-local COUNTER = { d = 'sent', f = 'failed', o = 'opted_out', x = 'cancelled' }
+local COUNTER = { d = 'sent', f = 'failed', o = 'opted_out', x = 'cancelled', e = 'expired' }
 
--- A job leaving the deferred state stops counting as deferred.
+-- A job leaving the deferred state stops counting as deferred; one leaving quiet hours stops counting as waiting
+-- for them (in total and in its zone).
 local function leave_deferred(batch, prev)
-  if prev and string.sub(prev, 1, 1) == 'D' then
+  if not prev then return end
+  local kind = string.sub(prev, 1, 1)
+  if kind == 'D' then
     redis.call('HINCRBY', batch, 'deferred', -1)
+  elseif kind == 'Q' then
+    redis.call('HINCRBY', batch, 'quiet', -1)
+    redis.call('HINCRBY', batch, 'quiet:' .. (split(prev)[4] or ''), -1)
   end
 end
 
 -- Finalises the batch when every accepted job is terminal: the per-recipient states are dropped and the record
 -- (counts and failure reasons) is kept for `retention_s`. Returns 1 if this call completed the batch.
 local function maybe_complete(batch, state, failures, retention_s, now)
-  local f = redis.call('HMGET', batch, 'total', 'enqueued', 'sent', 'failed', 'opted_out', 'cancelled', 'state')
+  local f = redis.call('HMGET', batch, 'total', 'enqueued', 'sent', 'failed', 'opted_out', 'cancelled', 'expired',
+    'state')
   local total = tonumber(f[1]) or 0
-  local done = (tonumber(f[3]) or 0) + (tonumber(f[4]) or 0) + (tonumber(f[5]) or 0) + (tonumber(f[6]) or 0)
-  if total > 0 and tonumber(f[2]) == total and done >= total and f[7] ~= 'complete' then
+  local done = 0
+  for i = 3, 7 do done = done + (tonumber(f[i]) or 0) end
+  if total > 0 and tonumber(f[2]) == total and done >= total and f[8] ~= 'complete' then
     redis.call('HSET', batch, 'state', 'complete', 'completed_ms', now)
     redis.call('DEL', state)
     redis.call('EXPIRE', batch, retention_s)
@@ -80,7 +99,7 @@ local function counted_in(cfg, cancel_flag)
 end
 
 -- Moves a job to a terminal state and updates the batch counters in the same atomic step.
--- kind: 'd' sent (detail = message sid), 'f' failed (detail = reason), 'o' opted out, 'x' cancelled.
+-- kind: 'd' sent (detail = message sid), 'f' failed (detail = reason), 'o' opted out, 'x' cancelled, 'e' expired.
 -- open: counted_in(cfg, <the batch's cancel flag>).
 local function finish(open, batch, state, failures, inflight, recipient, member, prev, kind, detail, retention_s, now)
   if open then
@@ -165,5 +184,5 @@ end
 local function is_terminal(st)
   if not st then return false end
   local k = string.sub(st, 1, 1)
-  return k == 'd' or k == 'f' or k == 'o' or k == 'x'
+  return k == 'd' or k == 'f' or k == 'o' or k == 'x' or k == 'e'
 end

@@ -25,11 +25,23 @@
 -- ARGV[14] the ambiguous marker the caller proved was never delivered, or ''
 -- ARGV[15] ms after which an unsettled reservation is presumed orphaned (its worker died mid-send)
 -- ARGV[16] (locked mode) most numbers the customer may still add besides max_numbers, or -1 for no such limit
+-- ARGV[17] quiet periods of the recipient's zones as instants, `start,end,zone` entries joined by `;` ('' = none:
+--          quiet hours off, or an urgent batch); computed by the worker from the tz database, compared here with
+--          Redis's clock (quiet.rs)
+-- ARGV[18] ms after a quiet period's end at which this job comes due (spreads a morning's jobs, no herd at 08:00)
+--
+-- Before a number is chosen, two rules of the tenant's clock, both on Redis time: a job of a batch whose `expires`
+-- (ms) has passed ends `expired` (e|) without a send; a job inside a quiet period is parked until the period ends
+-- (state Q|<attempt>|<due>|<zone>, counted in the batch's `quiet` and `quiet:<zone>`, the latest due kept in
+-- `quiet_until:<zone>`), due no later than the batch's expiry. An ambiguous earlier attempt is resolved first: it
+-- may have been sent.
 -- Returns one of:
 --   {'ok', number, resid, now, attempt}        slot reserved; state is now r|number|resid|now|attempt
 --   {'done', sid} | {'terminal', kind}         nothing to do (job removed from in-flight)
 --   {'lost'}                                   the caller's lease is gone: another worker may have the job
 --   {'opted_out'} | {'cancelled'} | {'orphan'} job finished here (orphan: its batch no longer exists)
+--   {'expired'}                                job finished here: the batch's expiry passed
+--   {'quiet', due, zone}                       job parked until quiet hours end in `zone`
 --   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
 --   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
 --                                              orphans: old unsettled reservations; while there are any, nobody
@@ -46,13 +58,14 @@ local wprefix, rprefix, sprefix = ARGV[6], ARGV[7], ARGV[8]
 local retention = tonumber(ARGV[9])
 local mode, token, intent_prefix, name_prefix, expect = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 local orphan_ms, room = tonumber(ARGV[15]), tonumber(ARGV[16] or '-1')
+local quiet, spread = ARGV[17] or '', tonumber(ARGV[18] or '0')
 
 local now = now_ms()
 
 if not redis.call('ZSCORE', inflight, member) then
   return {'lost'}
 end
-local b = redis.call('HMGET', batch, 'total', 'cancel', 'state')
+local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires')
 if not b[1] then
   redis.call('ZREM', inflight, member)
   return {'orphan'}
@@ -94,6 +107,28 @@ if b[2] == '1' then
 end
 if redis.call('SISMEMBER', optouts, recipient) == 1 then
   return {'opted_out', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
+end
+local expires = tonumber(b[4])
+if expires and now >= expires then
+  finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'e', '', retention, now)
+  return {'expired'}
+end
+for qs, qe, zone in string.gmatch(quiet, '(%d+),(%d+),([^;]+)') do
+  qs, qe = tonumber(qs), tonumber(qe)
+  if qs <= now and now < qe then
+    local due = qe + spread
+    if expires and due > expires then due = expires end
+    leave_deferred(batch, st)
+    redis.call('HSET', state, recipient, 'Q|' .. attempt .. '|' .. due .. '|' .. zone)
+    redis.call('HINCRBY', batch, 'quiet', 1)
+    redis.call('HINCRBY', batch, 'quiet:' .. zone, 1)
+    if (tonumber(redis.call('HGET', batch, 'quiet_until:' .. zone)) or 0) < due then
+      redis.call('HSET', batch, 'quiet_until:' .. zone, due)
+    end
+    redis.call('ZREM', inflight, member)
+    redis.call('ZADD', KEYS[12], due, job_of(member))
+    return {'quiet', due, zone}
+  end
 end
 
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.

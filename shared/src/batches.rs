@@ -7,7 +7,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::domain::{BatchId, CustomerId, IdempotencyKey, MessageBody, PhoneNumber};
+use crate::domain::{BatchId, CustomerId, Encoding, IdempotencyKey, MessageBody, PhoneNumber, Template};
 use crate::keys::{self, CustomerKeys};
 use crate::scripts;
 use crate::store::{Conn, strings};
@@ -16,25 +16,115 @@ use crate::store::{Conn, strings};
 #[derive(Clone, Debug)]
 pub struct NewBatch {
     pub customer: CustomerId,
-    pub body: MessageBody,
+    /// The body, with merge fields (`{{first_name}}`) when it is personalised; stored once for the batch.
+    pub body: Template,
     pub recipients: Vec<PhoneNumber>,
+    /// Merge-field values, when the body has fields: the variables' names, and per recipient (same order as
+    /// `recipients`) its values joined by [`crate::domain::template::VALUE_SEPARATOR`], carried in its job.
+    pub personal: Option<Personal>,
     /// How many input lines repeated an earlier recipient (reported, not enqueued).
     pub duplicates: usize,
     pub idempotency_key: Option<IdempotencyKey>,
     /// Queue at the front (single messages, usually awaited by a person) instead of the back.
     pub priority: bool,
+    pub timing: Timing,
+    /// The segments the texts take (each rendered text counted for itself).
+    pub segments: SegmentTotals,
+}
+
+/// The variables of a personalised batch and each recipient's values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Personal {
+    pub names: Vec<String>,
+    pub values: Vec<String>,
+}
+
+/// When a batch's texts may go (Redis ms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// Not before this: the jobs wait in the schedule until then.
+    pub send_at_ms: Option<i64>,
+    /// A job not sent by then ends `expired`; Twilio is told the seconds left (`ValidityPeriod`).
+    pub expires_at_ms: Option<i64>,
+    /// Sent whatever the hour (a burst pipe at 2 a.m.): quiet hours do not apply.
+    pub urgent: bool,
+}
+
+/// Segments over a batch's texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SegmentTotals {
+    pub min: u32,
+    pub max: u32,
+    pub total: u64,
+    /// GSM-7 for every text, UCS-2 for every text, or some of each (`mixed`).
+    pub encoding: &'static str,
+}
+
+impl SegmentTotals {
+    /// No text yet.
+    pub const EMPTY: SegmentTotals = SegmentTotals { min: 0, max: 0, total: 0, encoding: "" };
+
+    /// `n` copies of one text.
+    pub fn uniform(body: &MessageBody, n: usize) -> Self {
+        let s = body.segments();
+        Self { min: s.segments, max: s.segments, total: s.segments as u64 * n as u64, encoding: s.encoding.as_str() }
+    }
+
+    /// Adds one text's segments (every text has at least one).
+    pub fn add(&mut self, segments: u32, encoding: Encoding) {
+        if self.max == 0 {
+            *self = Self { min: segments, max: segments, total: 0, encoding: encoding.as_str() };
+        }
+        self.min = self.min.min(segments);
+        self.max = self.max.max(segments);
+        self.total += segments as u64;
+        if self.encoding != encoding.as_str() {
+            self.encoding = "mixed";
+        }
+    }
 }
 
 impl NewBatch {
+    /// A plain batch: one body for every recipient, sent now (tests and tools).
+    pub fn plain(customer: CustomerId, body: MessageBody, recipients: Vec<PhoneNumber>) -> Self {
+        let segments = SegmentTotals::uniform(&body, recipients.len());
+        Self {
+            customer,
+            body: Template::parse(body.as_str()).expect("a message body is a valid template"),
+            recipients,
+            personal: None,
+            duplicates: 0,
+            idempotency_key: None,
+            priority: false,
+            timing: Timing::default(),
+            segments,
+        }
+    }
+
+    /// The values of the `i`-th recipient, if the batch is personalised.
+    pub fn values(&self, i: usize) -> Option<&str> {
+        self.personal.as_ref().and_then(|p| p.values.get(i)).map(String::as_str)
+    }
+
     /// Identifies the request's content, so a reused idempotency key with a different request is caught.
     pub fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
         h.update(self.customer.as_str());
         h.update(b"\n");
         h.update(self.body.as_str());
-        for r in &self.recipients {
+        let t = &self.timing;
+        h.update(format!("\n{:?}|{:?}|{}", t.send_at_ms, t.expires_at_ms, t.urgent).as_bytes());
+        if let Some(p) = &self.personal {
+            h.update(p.names.join(",").as_bytes());
+        }
+        for (i, r) in self.recipients.iter().enumerate() {
             h.update(b"\n");
             h.update(r.as_str());
+            if let Some(v) = self.values(i) {
+                h.update(b"|");
+                h.update(v.as_bytes());
+            }
         }
         hex::encode(h.finalize())
     }
@@ -93,21 +183,37 @@ pub async fn submit(
         .map(|k| k.as_str().to_owned())
         .unwrap_or_else(|| format!("auto:{}", fresh.local()));
     let fingerprint = req.fingerprint();
-    let segments = req.body.segments();
+    let segments = req.segments;
     let total = req.recipients.len();
 
     let mut inv = scripts::BATCH_CREATE.key(k.cfg());
     inv.key(k.idempotency(&key)).key(k.batch(&fresh)).key(k.batches()).arg(fresh.to_string()).arg(retention.as_secs());
-    for (f, v) in [
+    let mut fields = vec![
         ("customer", req.customer.as_str().to_owned()),
         ("body", req.body.as_str().to_owned()),
         ("total", total.to_string()),
         ("duplicates", req.duplicates.to_string()),
         ("fingerprint", fingerprint.clone()),
         ("idempotency_key", key.clone()),
-        ("segments", segments.segments.to_string()),
-        ("encoding", segments.encoding.as_str().to_owned()),
-    ] {
+        ("segments", segments.max.to_string()),
+        ("segments_min", segments.min.to_string()),
+        ("segments_total", segments.total.to_string()),
+        ("encoding", segments.encoding.to_owned()),
+    ];
+    if let Some(p) = &req.personal {
+        fields.push(("vars", p.names.join(",")));
+    }
+    let t = req.timing;
+    if let Some(at) = t.send_at_ms {
+        fields.push(("send_at", at.to_string()));
+    }
+    if let Some(at) = t.expires_at_ms {
+        fields.push(("expires", at.to_string()));
+    }
+    if t.urgent {
+        fields.push(("urgent", "1".to_owned()));
+    }
+    for (f, v) in fields {
         inv.arg(f).arg(v);
     }
     let (reply, confirmed): (redis::Value, bool) = inv.run_acked(conn, acks).await?;
@@ -150,9 +256,14 @@ pub async fn submit(
         // Bounded: each chunk is one script call whose arguments Lua unpacks (at most ~8,000).
         let end = (cursor + chunk_size.clamp(1, 5_000)).min(total);
         let mut inv = scripts::ENQUEUE_CHUNK.key(k.batch(&batch));
-        inv.key(k.queue()).key(k.cfg()).arg(cursor).arg(if req.priority { "front" } else { "back" });
-        for r in &req.recipients[cursor..end] {
-            inv.arg(keys::job_member(&batch, r.as_str()));
+        let place = match (req.timing.send_at_ms, req.priority) {
+            (Some(at), _) => format!("at:{at}"),
+            (None, true) => "front".to_owned(),
+            (None, false) => "back".to_owned(),
+        };
+        inv.key(k.queue()).key(k.cfg()).key(k.scheduled()).arg(cursor).arg(place);
+        for (i, r) in req.recipients[cursor..end].iter().enumerate() {
+            inv.arg(keys::job_member(&batch, r.as_str(), req.values(cursor + i)));
         }
         // A push that timed out may have been applied; the cursor check in the script makes the retry safe.
         let mut tries = 0;
@@ -196,8 +307,8 @@ pub async fn submit(
     })
 }
 
-/// A batch's counts. At every moment `sent + failed + opted_out + cancelled + pending == total`, and
-/// `queued + deferred == pending`: the counters move in the same scripts as the job states.
+/// A batch's counts. At every moment `sent + failed + opted_out + cancelled + expired + pending == total`, and
+/// `queued + deferred + quiet_hours == pending`: the counters move in the same scripts as the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStatus {
@@ -214,10 +325,16 @@ pub struct BatchStatus {
     pub deferred: u64,
     /// Why the latest deferral could not buy a number (`max_numbers`, or a Messaging Service's sender limit).
     pub deferred_reason: Option<String>,
+    /// Waiting for quiet hours to end in their recipients' time zones.
+    pub quiet_hours: u64,
+    /// Per zone: how many wait for its quiet hours to end, and until when (Redis ms).
+    pub quiet_by_zone: BTreeMap<String, QuietWait>,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
     pub cancelled: u64,
+    /// Not sent by the batch's expiry (terminal).
+    pub expired: u64,
     /// Texts sent twice (a worker paused past its lease). Should always be 0.
     pub dup_sends: u64,
     pub failure_reasons: BTreeMap<String, u64>,
@@ -227,15 +344,36 @@ pub struct BatchStatus {
     pub undelivered: u64,
     pub undelivered_reasons: BTreeMap<String, u64>,
     pub cancel_requested: bool,
+    /// Segments of the longest text (every text, when the body has no merge fields).
     pub segments: u64,
+    /// Segments of all texts together.
+    pub segments_total: u64,
+    /// `GSM-7`, `UCS-2`, or `mixed` (personalised texts of both).
     pub encoding: String,
+    /// The batch's merge-field variables (empty: one body for everyone).
+    pub variables: Vec<String>,
+    /// Not sent before this (Redis ms): a scheduled batch.
+    pub send_at_ms: Option<i64>,
+    /// Texts not sent by then end `expired` (Redis ms).
+    pub expires_at_ms: Option<i64>,
+    /// Quiet hours do not apply to this batch.
+    pub urgent: bool,
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
 }
 
+/// Jobs waiting for one zone's quiet hours to end.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QuietWait {
+    pub count: u64,
+    /// When the latest of them comes due (Redis ms).
+    pub until_ms: i64,
+}
+
 impl BatchStatus {
     pub fn terminal(&self) -> u64 {
-        self.sent + self.failed + self.opted_out + self.cancelled
+        self.sent + self.failed + self.opted_out + self.cancelled + self.expired
     }
     pub fn pending(&self) -> u64 {
         self.total.saturating_sub(self.terminal())
@@ -258,9 +396,20 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     }
     let n = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0).max(0) as u64;
     let total = n("total");
-    let terminal = n("sent") + n("failed") + n("opted_out") + n("cancelled");
+    let terminal = n("sent") + n("failed") + n("opted_out") + n("cancelled") + n("expired");
     let pending = total.saturating_sub(terminal);
     let deferred = n("deferred").min(pending);
+    let quiet = n("quiet").min(pending - deferred);
+    let opt = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok());
+    let quiet_by_zone = m
+        .iter()
+        .filter_map(|(f, v)| Some((f.strip_prefix("quiet:")?, v.parse::<i64>().ok()?)))
+        .filter(|(_, count)| *count > 0)
+        .map(|(zone, count)| {
+            let until_ms = opt(&format!("quiet_until:{zone}")).unwrap_or_default();
+            (zone.to_owned(), QuietWait { count: count as u64, until_ms })
+        })
+        .collect();
     // Counts kept under `<prefix><code>` fields: failure reasons, undelivered error codes.
     let by = |prefix: &str| {
         m.iter().filter_map(|(f, v)| f.strip_prefix(prefix).map(|r| (r.to_owned(), v.parse().unwrap_or(0)))).collect()
@@ -272,13 +421,16 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         total,
         enqueued: n("enqueued"),
         duplicates: n("duplicates"),
-        queued: pending - deferred,
+        queued: pending - deferred - quiet,
         deferred,
         deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
+        quiet_hours: quiet,
+        quiet_by_zone,
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),
         cancelled: n("cancelled"),
+        expired: n("expired"),
         dup_sends: n("dup_sends"),
         failure_reasons: by("reason:"),
         delivered: n("delivered"),
@@ -286,7 +438,12 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         undelivered_reasons: by("dlr:"),
         cancel_requested: m.get("cancel").map(String::as_str) == Some("1"),
         segments: n("segments"),
+        segments_total: opt("segments_total").map_or(n("segments") * total, |t| t.max(0) as u64),
         encoding: m.get("encoding").cloned().unwrap_or_default(),
+        variables: m.get("vars").map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default(),
+        send_at_ms: opt("send_at"),
+        expires_at_ms: opt("expires"),
+        urgent: m.get("urgent").map(String::as_str) == Some("1"),
         created_ms: n("created_ms") as i64,
         completed_ms: m.get("completed_ms").and_then(|v| v.parse().ok()),
     }))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::{AccountSid, MaxNumbers};
+use crate::domain::{AccountSid, MaxNumbers, QuietSetting};
 
 /// Options shared by the producer and the worker.
 #[derive(clap::Args, Clone, Debug)]
@@ -93,6 +93,16 @@ pub struct CommonArgs {
     #[arg(long, env = "MESSENGER_LOCK_TTL_MS", default_value_t = 10_000)]
     pub lock_ttl_ms: u64,
 
+    /// Quiet hours in the recipient's local time, when no text may reach them: `21:00-08:00` (the TCPA's 8 a.m. to
+    /// 9 p.m.), another window, or `off`. A customer's own setting (`customer add --quiet-hours`) wins.
+    #[arg(long, env = "MESSENGER_QUIET_HOURS", default_value = "21:00-08:00", value_parser = QuietSetting::parse)]
+    pub quiet_hours: QuietSetting,
+
+    /// Texts held for quiet hours come due over this many seconds after the window ends (each recipient at its own
+    /// offset), so a morning's backlog does not all wake at 08:00:00.
+    #[arg(long, env = "MESSENGER_QUIET_SPREAD_SECS", default_value_t = 600)]
+    pub quiet_spread_secs: u64,
+
     /// How long finished batch records (counts and failure reasons) and idempotency keys are kept, in seconds.
     #[arg(long, env = "MESSENGER_BATCH_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub batch_retention_secs: u64,
@@ -108,6 +118,10 @@ pub struct Settings {
     pub default_max_numbers: MaxNumbers,
     /// TTL of the per-customer purchase lock (purchases and idle releases).
     pub lock_ttl: Duration,
+    /// The fleet's quiet hours (a customer's own setting wins).
+    pub quiet_hours: QuietSetting,
+    /// How long after quiet hours end the held texts come due, spread over.
+    pub quiet_spread: Duration,
     pub batch_retention: Duration,
     pub pricing: Pricing,
 }
@@ -264,6 +278,8 @@ impl CommonArgs {
             quota,
             default_max_numbers,
             lock_ttl: Duration::from_millis(self.lock_ttl_ms),
+            quiet_hours: self.quiet_hours,
+            quiet_spread: Duration::from_secs(self.quiet_spread_secs),
             batch_retention: Duration::from_secs(self.batch_retention_secs.max(60)),
             pricing: Pricing { number_monthly: self.number_monthly_cost, segment: self.segment_cost },
         })

@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 
 use crate::config::QuotaSettings;
-use crate::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, ServiceSid};
+use crate::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use crate::keys::{self, CustomerKeys};
 use crate::store::Conn;
 
@@ -22,12 +22,39 @@ pub struct Customer {
     /// Messaging Service (A2P 10DLC sender pool) every number of this customer is attached to before it sends;
     /// sends carry it as `MessagingServiceSid`. `None`: numbers send bare.
     pub messaging_service: Option<ServiceSid>,
+    /// The customer's quiet hours (a window, or `off`); `None`: the fleet's (`MESSENGER_QUIET_HOURS`).
+    #[serde(serialize_with = "as_text")]
+    pub quiet_hours: Option<QuietSetting>,
+    /// Where the customer's tenants live when nothing else says: quiet hours apply in this zone too.
+    #[serde(serialize_with = "as_text")]
+    pub time_zone: Option<TimeZone>,
+}
+
+fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_str(&v.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 impl Customer {
-    /// A customer on the main account, buying any US local number, without a Messaging Service.
+    /// A customer on the main account, buying any US local number, without a Messaging Service, on the fleet's
+    /// quiet hours.
     pub fn new(id: CustomerId, max_numbers: u32) -> Self {
-        Self { id, account_sid: None, area_code: None, max_numbers, messaging_service: None }
+        Self {
+            id,
+            account_sid: None,
+            area_code: None,
+            max_numbers,
+            messaging_service: None,
+            quiet_hours: None,
+            time_zone: None,
+        }
+    }
+
+    /// The quiet hours that apply to this customer's texts, given the fleet's.
+    pub fn quiet_window(&self, fleet: QuietSetting) -> Option<crate::domain::QuietHours> {
+        self.quiet_hours.unwrap_or(fleet).window()
     }
 }
 
@@ -74,6 +101,9 @@ pub struct CustomerUpdate {
     /// `Clear` = the fleet's default (`MESSENGER_MAX_NUMBERS`).
     pub max_numbers: Change<MaxNumbers>,
     pub messaging_service: Change<ServiceSid>,
+    /// `Clear` = the fleet's quiet hours.
+    pub quiet_hours: Change<QuietSetting>,
+    pub time_zone: Change<TimeZone>,
 }
 
 impl CustomerUpdate {
@@ -90,6 +120,8 @@ impl CustomerUpdate {
             area_code: self.area_code.clone().apply(stored.and_then(|c| c.area_code.clone())),
             max_numbers: max,
             messaging_service: self.messaging_service.clone().apply(stored.and_then(|c| c.messaging_service.clone())),
+            quiet_hours: self.quiet_hours.clone().apply(stored.and_then(|c| c.quiet_hours)),
+            time_zone: self.time_zone.clone().apply(stored.and_then(|c| c.time_zone)),
         }
     }
 }
@@ -126,6 +158,8 @@ pub async fn update(
         ("area_code", written(&update.area_code)),
         ("max_numbers", written(&max)),
         ("messaging_service", written(&update.messaging_service)),
+        ("quiet_hours", written(&update.quiet_hours)),
+        ("time_zone", written(&update.time_zone)),
     ]
     .into_iter()
     .filter_map(|(f, v)| Some((f, v?)))
@@ -156,6 +190,8 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("area_code", c.area_code.as_ref().map(|a| a.to_string()).unwrap_or_default()),
                 ("max_numbers", c.max_numbers.to_string()),
                 ("messaging_service", stored_field(&c.messaging_service)),
+                ("quiet_hours", c.quiet_hours.map(|q| q.to_string()).unwrap_or_default()),
+                ("time_zone", stored_field(&c.time_zone)),
             ],
         )
         .ignore()
@@ -176,6 +212,8 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         area_code: m.get("area_code").and_then(|s| AreaCode::parse(s).ok()),
         max_numbers: m.get("max_numbers").and_then(|s| s.parse().ok()).unwrap_or(0),
         messaging_service: m.get("messaging_service").and_then(|s| ServiceSid::parse(s).ok()),
+        quiet_hours: m.get("quiet_hours").and_then(|s| QuietSetting::parse(s).ok()),
+        time_zone: m.get("time_zone").and_then(|s| TimeZone::parse(s).ok()),
     }))
 }
 

@@ -172,14 +172,21 @@ impl CustomerKeys {
     }
 }
 
-/// A job as stored in the queue: `<batch local id>|<recipient E.164>`, about 40 bytes.
+/// A job as stored in the queue: `<batch local id>|<recipient E.164>`, about 40 bytes, and for a personalised batch
+/// `|<values>` after it (the recipient's merge-field values in the batch's order of variables).
 ///
-/// The body lives once in the batch record; the customer is implied by the queue the member sits in.
-pub fn job_member(batch: &BatchId, recipient: &str) -> String {
-    let mut m = String::with_capacity(batch.local().len() + 1 + recipient.len());
+/// The body lives once in the batch record; the customer is implied by the queue the member sits in. A job's values
+/// live only in its member, so they leave Redis with the job.
+pub fn job_member(batch: &BatchId, recipient: &str, values: Option<&str>) -> String {
+    let extra = values.map_or(0, |v| v.len() + 1);
+    let mut m = String::with_capacity(batch.local().len() + 1 + recipient.len() + extra);
     m.push_str(batch.local());
     m.push('|');
     m.push_str(recipient);
+    if let Some(v) = values {
+        m.push('|');
+        m.push_str(v);
+    }
     m
 }
 

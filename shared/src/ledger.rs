@@ -23,19 +23,41 @@ pub struct Job {
     pub customer: CustomerId,
     pub batch: BatchId,
     pub recipient: PhoneNumber,
-    /// The in-flight member, `<queue member>#<lease token>` (queue member: `<batch local id>|<recipient>`): who
-    /// holds the job (a fresh token per fetch).
+    /// The recipient's merge-field values (personalised batches), as [`crate::keys::job_member`] stores them.
+    pub values: Option<String>,
+    /// The in-flight member, `<queue member>#<lease token>` (queue member: `<batch local id>|<recipient>`, then
+    /// `|<values>` when personalised): who holds the job (a fresh token per fetch).
     pub lease: String,
 }
 
 impl Job {
     /// Decodes a queue member fetched from `customer`'s queue under lease `token`.
     pub fn leased(customer: &CustomerId, member: &str, token: &str) -> Option<Self> {
-        let (local, recipient) = member.split_once('|')?;
+        let (local, rest) = member.split_once('|')?;
+        let (recipient, values) = match rest.split_once('|') {
+            Some((r, v)) => (r, Some(v.to_owned())),
+            None => (rest, None),
+        };
         let batch = BatchId::from_parts(customer, local).ok()?;
         let recipient = PhoneNumber::from_trusted(recipient).ok()?;
         let lease = format!("{member}#{token}");
-        Some(Self { customer: customer.clone(), batch, recipient, lease })
+        Some(Self { customer: customer.clone(), batch, recipient, values, lease })
+    }
+}
+
+/// What the reserve script needs to know of the tenant's clock for one job: the quiet periods of the recipient's
+/// zones as instants ([`crate::quiet::encode`]; empty when quiet hours are off or the batch is urgent), and when
+/// after a period's end this job comes due (spreads a morning's jobs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Clock {
+    pub quiet: Arc<str>,
+    pub spread_ms: u64,
+}
+
+impl Default for Clock {
+    /// No quiet hours.
+    fn default() -> Self {
+        Self { quiet: Arc::from(""), spread_ms: 0 }
     }
 }
 
@@ -102,6 +124,13 @@ pub enum Reserve {
     OptedOut,
     Cancelled,
     Orphan,
+    /// Ended here: the batch's expiry passed before the text could go.
+    Expired,
+    /// Parked until quiet hours end in `zone` (Redis ms).
+    Quiet {
+        due_ms: i64,
+        zone: String,
+    },
     /// An earlier attempt reserved `slot` and may have reached Twilio.
     Ambiguous {
         slot: Slot,
@@ -285,6 +314,7 @@ impl Ledger {
         job: &Job,
         mode: ReserveMode<'_>,
         resolved: Option<&Slot>,
+        clock: &Clock,
     ) -> redis::RedisResult<Reserve> {
         let k = CustomerKeys::new(&job.customer);
         let (mode_s, token, intent, name, room) = match mode {
@@ -322,6 +352,8 @@ impl Ledger {
             .arg(resolved.map(Slot::marker).unwrap_or_default())
             .arg(self.orphan_after.as_millis() as u64)
             .arg(room)
+            .arg(&*clock.quiet)
+            .arg(clock.spread_ms)
             .run_acked(&mut self.acked_conn(), self.acks)
             .await?;
         let (v, confirmed): (Value, bool) = v;
@@ -346,6 +378,8 @@ impl Ledger {
             Some("opted_out") => Reserve::OptedOut,
             Some("cancelled") => Reserve::Cancelled,
             Some("orphan") => Reserve::Orphan,
+            Some("expired") => Reserve::Expired,
+            Some("quiet") => Reserve::Quiet { due_ms: num(&p, 1), zone: p.get(2).cloned().unwrap_or_default() },
             Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
             Some("full") => Reserve::Full(Full {

@@ -11,6 +11,7 @@
 //! - [`customers`]: customer records and number pools.
 //! - [`batches`]: creating and enqueuing batches exactly once, status, cancel.
 //! - [`purchase`]: the purchase lock, intents, buying and resolving numbers.
+//! - [`quiet`]: quiet hours in the recipient's local time: zones of a number, quiet periods as instants.
 //! - [`twilio`]: the REST client and the wire types the simulator shares.
 //! - [`telemetry`]: logging setup and error formatting.
 
@@ -21,6 +22,7 @@ pub mod domain;
 pub mod keys;
 pub mod ledger;
 pub mod purchase;
+pub mod quiet;
 pub mod release;
 pub mod scripts;
 pub mod store;

@@ -12,7 +12,7 @@ use shared::config::QuotaSettings;
 use shared::customers::{self, Customer};
 use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber, count_segments};
 use shared::keys::{self, CustomerKeys};
-use shared::ledger::{Ledger, Reserve, ReserveMode};
+use shared::ledger::{Clock, Ledger, Reserve, ReserveMode};
 use shared::purchase::{self, Bought};
 use shared::twilio::signature;
 
@@ -56,7 +56,13 @@ fn pure(c: &mut Criterion) {
     c.bench_function("keys/customer keys for one job", |b| {
         b.iter(|| {
             let k = CustomerKeys::new(std::hint::black_box(&customer));
-            (k.batch(&batch), k.batch_state(&batch), k.inflight(), k.unsent(), keys::job_member(&batch, "+14155552671"))
+            (
+                k.batch(&batch),
+                k.batch_state(&batch),
+                k.inflight(),
+                k.unsent(),
+                keys::job_member(&batch, "+14155552671", None),
+            )
         })
     });
 }
@@ -77,14 +83,7 @@ fn scripts(c: &mut Criterion) {
         }
         let to: Vec<PhoneNumber> =
             harness::fixtures::recipients(n, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
-        let req = NewBatch {
-            customer: id.clone(),
-            body: MessageBody::parse("bench").unwrap(),
-            recipients: to,
-            duplicates: 0,
-            idempotency_key: None,
-            priority: false,
-        };
+        let req = NewBatch::plain(id.clone(), MessageBody::parse("bench").unwrap(), to);
         batches::submit(&mut conn, &req, Duration::from_secs(3600), 1000, None, None).await.unwrap();
         let quota = QuotaSettings {
             window: Duration::from_secs(86_400),
@@ -110,7 +109,9 @@ fn scripts(c: &mut Criterion) {
             let job = &jobs[i % jobs.len()];
             i += 1;
             rt.block_on(async {
-                if let Reserve::Reserved(_) = ledger.reserve(job, ReserveMode::Fast, None).await.unwrap() {
+                if let Reserve::Reserved(_) =
+                    ledger.reserve(job, ReserveMode::Fast, None, &Clock::default()).await.unwrap()
+                {
                     ledger.commit_sent(job, "SMbench", "+14152000000").await.unwrap();
                 }
             })

@@ -42,6 +42,18 @@ pub struct LoadConfig {
     pub cluster: bool,
     /// `MESSENGER_REDIS_REPLICA_ACKS` for the workers and the producer; a single node then gets a replica.
     pub replica_acks: u32,
+    /// Personalised texts: a template with three merge fields, and a CSV of recipients with three variables.
+    pub personalise: bool,
+    /// `MESSENGER_QUIET_HOURS` for the run (`off`, or a window such as `21:00-08:00`).
+    pub quiet_hours: String,
+}
+
+/// The template of personalised load-test texts, and one recipient's CSV row for it.
+pub const PERSONAL_BODY: &str = "Hi {{first_name|there}}, water is off in unit {{unit}} of {{building}} on Tuesday.";
+
+fn personal_row(number: &str, i: usize) -> String {
+    const NAMES: [&str; 5] = ["Ana", "Bo", "Chen", "Dara", ""];
+    format!("{number},{},{}{},Building {}", NAMES[i % NAMES.len()], i % 30 + 1, ["A", "B", "C"][i % 3], i % 12 + 1)
 }
 
 /// The running pieces of one run.
@@ -110,6 +122,7 @@ impl Stack {
             .set("MESSENGER_MAX_NUMBERS", cfg.max_numbers)
             .set("MESSENGER_TWILIO_TIMEOUT_MS", 5_000)
             .set("MESSENGER_AMBIGUOUS_GRACE_MS", 2_000)
+            .set("MESSENGER_QUIET_HOURS", &cfg.quiet_hours)
             .set("RUST_LOG", "warn");
         let run = format!("lt{}", &ulid::Ulid::new().to_string().to_ascii_lowercase()[20..]);
         Ok(Self { redis, replica, cluster, redis_url, sim, sim_base, env, workers: Vec::new(), run })
@@ -217,6 +230,19 @@ impl Stack {
     pub async fn bulk(&self, id: &CustomerId, to: &[String], body: &str) -> anyhow::Result<(String, f64)> {
         let started = Instant::now();
         let receipt = self.env.bulk(id.as_str(), body, to, &[]).await.map_err(anyhow::Error::msg)?;
+        Ok((receipt["batch_id"].as_str().unwrap_or_default().to_owned(), started.elapsed().as_secs_f64()))
+    }
+
+    /// `producer bulk` of [`PERSONAL_BODY`] for one customer, from a CSV with three variables; returns (batch id,
+    /// seconds).
+    pub async fn bulk_personal(&self, id: &CustomerId, to: &[String]) -> anyhow::Result<(String, f64)> {
+        let rows: Vec<String> = to.iter().enumerate().map(|(i, n)| personal_row(n, i)).collect();
+        let path = std::env::temp_dir().join(format!("recipients-{}.csv", ulid::Ulid::new()));
+        std::fs::write(&path, format!("phone,first_name,unit,building\n{}\n", rows.join("\n")))?;
+        let started = Instant::now();
+        let receipt = self.env.bulk_file(id.as_str(), PERSONAL_BODY, &path, &[]).await;
+        let _ = std::fs::remove_file(&path);
+        let receipt = receipt.map_err(anyhow::Error::msg)?;
         Ok((receipt["batch_id"].as_str().unwrap_or_default().to_owned(), started.elapsed().as_secs_f64()))
     }
 
@@ -455,7 +481,11 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
         let n = per_customer.min(cfg.recipients - i * per_customer);
         let to = recipients(n, i * per_customer);
         let t = SystemTime::now();
-        let (batch, secs) = stack.bulk(id, &to, "Load test: building notice").await?;
+        let (batch, secs) = if cfg.personalise {
+            stack.bulk_personal(id, &to).await?
+        } else {
+            stack.bulk(id, &to, "Load test: building notice").await?
+        };
         report.largest_enqueue_secs = report.largest_enqueue_secs.max(secs);
         for r in to {
             enqueued_at.insert(r, t);
@@ -593,12 +623,8 @@ async fn send_single(
     body: &str,
 ) -> anyhow::Result<()> {
     let req = NewBatch {
-        customer: customer.clone(),
-        body: MessageBody::parse(body)?,
-        recipients: vec![PhoneNumber::parse(to)?],
-        duplicates: 0,
-        idempotency_key: None,
         priority: true,
+        ..NewBatch::plain(customer.clone(), MessageBody::parse(body)?, vec![PhoneNumber::parse(to)?])
     };
     batches::submit(conn, &req, Duration::from_secs(3600), 1000, None, None).await?;
     Ok(())
@@ -715,14 +741,11 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
         stack.add_customer(id, cfg.max_numbers).await?;
         stack.prebuy(id, 4).await?;
         let to = recipients(per_customer, i * per_customer);
-        let req = NewBatch {
-            customer: id.clone(),
-            body: MessageBody::parse("Dashboard cost: queued notice")?,
-            recipients: to.iter().map(|r| PhoneNumber::parse(r)).collect::<Result<_, _>>()?,
-            duplicates: 0,
-            idempotency_key: None,
-            priority: false,
-        };
+        let req = NewBatch::plain(
+            id.clone(),
+            MessageBody::parse("Dashboard cost: queued notice")?,
+            to.iter().map(|r| PhoneNumber::parse(r)).collect::<Result<_, _>>()?,
+        );
         let r = batches::submit(&mut conn, &req, Duration::from_secs(3600), 5_000, None, None).await?;
         first_batch.get_or_insert(r.batch_id);
     }

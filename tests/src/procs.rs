@@ -41,6 +41,9 @@ impl Env {
         e.vars.insert("TWILIO_ACCOUNT_SID".into(), crate::sim::DEFAULT_ACCOUNT_SID.into());
         e.vars.insert("TWILIO_AUTH_TOKEN".into(), crate::sim::DEFAULT_AUTH_TOKEN.into());
         e.vars.insert("MESSENGER_LOG_FORMAT".into(), "text".into());
+        // Quiet hours are on by default and would hold texts at night in the recipients' zones: tests send in real
+        // time at any hour, so they say explicitly that none apply; the tests of quiet hours set their own.
+        e.vars.insert("MESSENGER_QUIET_HOURS".into(), "off".into());
         e.vars.insert("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()));
         e
     }
@@ -93,11 +96,23 @@ impl Env {
         extra: &[&str],
     ) -> Result<serde_json::Value, String> {
         let file = crate::fixtures::write_recipients(recipients);
+        let out = self.bulk_file(customer, body, &file, extra).await;
+        let _ = std::fs::remove_file(file);
+        out
+    }
+
+    /// `producer bulk --customer C --body B --recipients <file> --json <extra>`; returns the receipt.
+    pub async fn bulk_file(
+        &self,
+        customer: &str,
+        body: &str,
+        file: &std::path::Path,
+        extra: &[&str],
+    ) -> Result<serde_json::Value, String> {
         let path = file.display().to_string();
         let mut args = vec!["bulk", "--customer", customer, "--body", body, "--recipients", path.as_str(), "--json"];
         args.extend_from_slice(extra);
         let out = stdout_of(&args, self.producer_async(&args).await);
-        let _ = std::fs::remove_file(file);
         serde_json::from_str(&out?).map_err(|e| format!("producer bulk --json printed no receipt: {e}"))
     }
 

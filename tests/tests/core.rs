@@ -19,7 +19,7 @@ use shared::config::QuotaSettings;
 use shared::customers::{self, Customer};
 use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber};
 use shared::keys::CustomerKeys;
-use shared::ledger::{Inbound, Job, Ledger, Reserve, ReserveMode};
+use shared::ledger::{Clock, Inbound, Job, Ledger, Reserve, ReserveMode};
 use shared::purchase::{self, Bought};
 
 use common::DAY;
@@ -97,14 +97,7 @@ async fn one_number_customer(w: &World, quota: QuotaSettings, n: usize, number: 
     customers::upsert(&mut conn, &Customer::new(id.clone(), 1)).await.unwrap();
     purchase::commit_number(&mut conn, &id, number, "").await.unwrap();
     let to: Vec<PhoneNumber> = recipients(n, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
-    let req = NewBatch {
-        customer: id.clone(),
-        body: MessageBody::parse("window test").unwrap(),
-        recipients: to,
-        duplicates: 0,
-        idempotency_key: None,
-        priority: false,
-    };
+    let req = NewBatch::plain(id.clone(), MessageBody::parse("window test").unwrap(), to);
     batches::submit(&mut conn, &req, DAY, 100, None, None).await.unwrap();
     let ledger = Ledger::new(conn, quota, DAY);
     let jobs = ledger.fetch(&id, n, Duration::from_secs(60)).await.unwrap().jobs;
@@ -131,10 +124,10 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
 
     // Three fit; the fourth finds the only number full (and the customer at max numbers).
     for j in &jobs[..3] {
-        assert_eq!(reserved_on(&ledger.reserve(j, fast, None).await.unwrap()), Some(number));
+        assert_eq!(reserved_on(&ledger.reserve(j, fast, None, &Clock::default()).await.unwrap()), Some(number));
     }
     let started = Instant::now();
-    match ledger.reserve(&jobs[3], fast, None).await.unwrap() {
+    match ledger.reserve(&jobs[3], fast, None, &Clock::default()).await.unwrap() {
         Reserve::Full(f) => {
             assert!(f.at_max());
             let until_free = f.earliest_free_ms.unwrap() - f.now_ms;
@@ -152,15 +145,15 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
         ledger.record_inbound(&id, number, "SMreply1").await.unwrap(),
         Inbound::Duplicate { received_in_window: 1 }
     );
-    assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None).await.unwrap()).is_some());
-    assert!(matches!(ledger.reserve(&jobs[4], fast, None).await.unwrap(), Reserve::Full(_)));
+    assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None, &Clock::default()).await.unwrap()).is_some());
+    assert!(matches!(ledger.reserve(&jobs[4], fast, None, &Clock::default()).await.unwrap(), Reserve::Full(_)));
 
     // Three more replies would make 3 + 4 = 7, but the cap is 5: only one more send fits.
     for sid in ["SMreply2", "SMreply3", "SMreply4"] {
         ledger.record_inbound(&id, number, sid).await.unwrap();
     }
-    assert!(reserved_on(&ledger.reserve(&jobs[4], fast, None).await.unwrap()).is_some());
-    assert!(matches!(ledger.reserve(&jobs[5], fast, None).await.unwrap(), Reserve::Full(_)));
+    assert!(reserved_on(&ledger.reserve(&jobs[4], fast, None, &Clock::default()).await.unwrap()).is_some());
+    assert!(matches!(ledger.reserve(&jobs[5], fast, None, &Clock::default()).await.unwrap(), Reserve::Full(_)));
     let pool = customers::pool(&mut ledger.conn(), &id, &quota).await.unwrap().unwrap();
     assert_eq!((pool.numbers[0].sent, pool.numbers[0].received, pool.numbers[0].limit), (5, 4, 5));
 
@@ -170,9 +163,12 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
     // Once the window has passed, every entry (sends and replies) has aged out: the quota is back to 3.
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(1_200)).await;
     for j in &jobs[5..8] {
-        assert!(reserved_on(&ledger.reserve(j, fast, None).await.unwrap()).is_some(), "capacity did not return");
+        assert!(
+            reserved_on(&ledger.reserve(j, fast, None, &Clock::default()).await.unwrap()).is_some(),
+            "capacity did not return"
+        );
     }
-    assert!(matches!(ledger.reserve(&jobs[8], fast, None).await.unwrap(), Reserve::Full(_)));
+    assert!(matches!(ledger.reserve(&jobs[8], fast, None, &Clock::default()).await.unwrap(), Reserve::Full(_)));
 }
 
 /// Sticky senders: a recipient keeps hearing from the number that last texted them while it has capacity (so replies
@@ -193,17 +189,13 @@ async fn a_recipient_keeps_its_sender_while_that_number_has_capacity() {
         let (mut conn, ledger, id) = (conn.clone(), ledger.clone(), id.clone());
         async move {
             let req = NewBatch {
-                customer: id.clone(),
-                body: MessageBody::parse(body).unwrap(),
-                recipients: vec![PhoneNumber::parse(&to).unwrap()],
-                duplicates: 0,
-                idempotency_key: None,
                 priority: true,
+                ..NewBatch::plain(id.clone(), MessageBody::parse(body).unwrap(), vec![PhoneNumber::parse(&to).unwrap()])
             };
             batches::submit(&mut conn, &req, DAY, 10, None, None).await.unwrap();
             let f = ledger.fetch(&id, 1, Duration::from_secs(60)).await.unwrap();
             let job = f.jobs[0].clone();
-            match ledger.reserve(&job, ReserveMode::Fast, None).await.unwrap() {
+            match ledger.reserve(&job, ReserveMode::Fast, None, &Clock::default()).await.unwrap() {
                 Reserve::Reserved(s) => s.number,
                 other => panic!("{other:?}"),
             }
@@ -351,7 +343,10 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
     let b = Bought { number: bought.phone_number.clone().unwrap(), sid: bought.sid.clone().unwrap() };
     let (ledger, jobs) = one_number_customer(&w, QuotaSettings::default(), 2, &b).await;
     let (a, b) = (&jobs[0], &jobs[1]);
-    assert!(matches!(ledger.reserve(a, ReserveMode::Fast, None).await.unwrap(), Reserve::Reserved(_)));
+    assert!(matches!(
+        ledger.reserve(a, ReserveMode::Fast, None, &Clock::default()).await.unwrap(),
+        Reserve::Reserved(_)
+    ));
     ledger.commit_sent(a, "SMrecordedbeforethecrash", bought.phone_number.as_deref().unwrap()).await.unwrap();
     // Both jobs come back, as they would after a crash or a duplicate delivery.
     ledger.release(&a.customer, &[a.lease.clone(), b.lease.clone()]).await.unwrap();
@@ -385,7 +380,7 @@ async fn a_worker_that_lost_its_lease_cannot_act_for_the_job() {
         ledger.renew(&id, Duration::from_secs(60), std::slice::from_ref(&stale.lease)).await.unwrap(),
         vec![stale.lease.clone()]
     );
-    assert_eq!(ledger.reserve(&stale, ReserveMode::Fast, None).await.unwrap(), Reserve::Lost);
+    assert_eq!(ledger.reserve(&stale, ReserveMode::Fast, None, &Clock::default()).await.unwrap(), Reserve::Lost);
     let requeued = ledger
         .requeue(&stale, shared::ledger::Requeue::Wait, shared::ledger::Due::In(Duration::ZERO), 0, "", None)
         .await
@@ -396,7 +391,10 @@ async fn a_worker_that_lost_its_lease_cannot_act_for_the_job() {
         redis::pipe().llen(k.queue()).zcard(k.scheduled()).query_async(&mut conn).await.unwrap();
     assert_eq!((queued, scheduled), (0, 0), "a second copy of the job was queued");
     // B still holds it and can send it.
-    assert!(matches!(ledger.reserve(&b.jobs[0], ReserveMode::Fast, None).await.unwrap(), Reserve::Reserved(_)));
+    assert!(matches!(
+        ledger.reserve(&b.jobs[0], ReserveMode::Fast, None, &Clock::default()).await.unwrap(),
+        Reserve::Reserved(_)
+    ));
 }
 
 /// Cancelling a batch whose producer died mid-enqueue ends it: the jobs never enqueued count as cancelled, and a
@@ -409,12 +407,8 @@ async fn cancelling_a_half_enqueued_batch_completes_it() {
     let id = CustomerId::parse("acme").unwrap();
     let to: Vec<PhoneNumber> = recipients(10, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect();
     let req = NewBatch {
-        customer: id.clone(),
-        body: MessageBody::parse("half").unwrap(),
-        recipients: to,
-        duplicates: 0,
         idempotency_key: Some(shared::domain::IdempotencyKey::parse("half-1").unwrap()),
-        priority: false,
+        ..NewBatch::plain(id.clone(), MessageBody::parse("half").unwrap(), to)
     };
     let receipt = batches::submit(&mut conn, &req, DAY, 4, None, None).await.unwrap();
     let batch = BatchId::parse(&receipt.batch_id).unwrap();

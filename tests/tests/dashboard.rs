@@ -200,14 +200,11 @@ async fn each_page_costs_a_bounded_number_of_redis_commands() {
         assert_eq!(s, StatusCode::CREATED);
     }
     let mut conn = w.redis.conn().await;
-    let req = NewBatch {
-        customer: CustomerId::parse("acme").unwrap(),
-        body: MessageBody::parse("Queued for the page-cost test").unwrap(),
-        recipients: recipients(100_000, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect(),
-        duplicates: 0,
-        idempotency_key: None,
-        priority: false,
-    };
+    let req = NewBatch::plain(
+        CustomerId::parse("acme").unwrap(),
+        MessageBody::parse("Queued for the page-cost test").unwrap(),
+        recipients(100_000, 0).iter().map(|r| PhoneNumber::parse(r).unwrap()).collect(),
+    );
     let receipt = batches::submit(&mut conn, &req, Duration::from_secs(3600), 5_000, None, None).await.unwrap();
     let queued: u64 = redis::cmd("LLEN").arg("{c:acme}:q").query(&mut w.redis.sync_conn()).unwrap();
     assert_eq!(queued, 100_000);

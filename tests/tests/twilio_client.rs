@@ -54,7 +54,7 @@ async fn a_send_is_a_basic_auth_form_post_and_the_documented_reply_parses() {
         from: "+14155550100",
         body: "Hi & bye = 100%",
         status_callback: None,
-        messaging_service: None,
+        ..Default::default()
     };
     let m = c.create_message(c.account(), &req).await.unwrap();
 
@@ -84,7 +84,7 @@ async fn the_simulator_accepts_a_send_and_lists_it_back_across_pages() {
                 from: &from,
                 body: "Hello! 👍",
                 status_callback: None,
-                messaging_service: None,
+                ..Default::default()
             },
         )
         .await
@@ -104,7 +104,7 @@ async fn the_simulator_accepts_a_send_and_lists_it_back_across_pages() {
                 from: &from,
                 body: &body,
                 status_callback: None,
-                messaging_service: None,
+                ..Default::default()
             },
         )
         .await
@@ -130,7 +130,7 @@ async fn twilio_errors_become_typed_and_classified() {
         async move {
             c.create_message(
                 c.account(),
-                &CreateMessage { to, from: &from, body: &body, status_callback: None, messaging_service: None },
+                &CreateMessage { to, from: &from, body: &body, status_callback: None, ..Default::default() },
             )
             .await
         }
@@ -150,7 +150,7 @@ async fn twilio_errors_become_typed_and_classified() {
     let e = wrong
         .create_message(
             wrong.account(),
-            &CreateMessage { to: "+1", from: "+1", body: "x", status_callback: None, messaging_service: None },
+            &CreateMessage { to: "+1", from: "+1", body: "x", status_callback: None, ..Default::default() },
         )
         .await
         .unwrap_err();
@@ -186,7 +186,7 @@ async fn injected_faults_are_classified_by_what_twilio_may_have_done() {
                     from: &from,
                     body: "x",
                     status_callback: None,
-                    messaging_service: None,
+                    ..Default::default()
                 },
             )
             .await

@@ -1,15 +1,16 @@
 //! What the send path, the purchase path and the reconciler of one process share: Redis (the ledger), Twilio, the
-//! settings, the counters, the stop signal, and read-through caches of the records jobs need (batch bodies,
-//! customers). Nothing here decides anything about a job or a number.
+//! settings, the counters, the stop signal, and read-through caches of the records jobs need (batches' bodies and
+//! timing, customers, quiet periods). Nothing here decides anything about a job or a number.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
+use chrono_tz::Tz;
 use rand::Rng;
-use redis::AsyncCommands;
 use shared::customers::{self, Customer};
-use shared::domain::{BatchId, CustomerId};
+use shared::domain::{BatchId, CustomerId, QuietHours, Template};
 use shared::keys::CustomerKeys;
 use shared::ledger::Ledger;
 use shared::twilio::TwilioClient;
@@ -27,8 +28,43 @@ pub struct Shared {
     /// Tells the fetcher to look at a customer (a job was rescheduled).
     pub wake: mpsc::UnboundedSender<Wake>,
     pub stop: watch::Receiver<bool>,
-    bodies: Mutex<HashMap<BatchId, Arc<str>>>,
+    batches: Mutex<HashMap<BatchId, Arc<BatchInfo>>>,
     customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
+    /// Quiet periods (encoded for the reserve script) per set of zones and window, computed once an hour.
+    quiet: Mutex<HashMap<QuietKey, (i64, Arc<str>)>>,
+}
+
+/// A recipient's zones and the window that applies.
+type QuietKey = (Vec<Tz>, QuietHours);
+
+/// What a job needs of its batch; it never changes once the batch exists.
+#[derive(Debug)]
+pub struct BatchInfo {
+    /// The body, with merge fields when personalised.
+    pub body: Template,
+    /// The variables whose values each job carries, in order.
+    pub variables: Vec<String>,
+    /// Quiet hours do not apply.
+    pub urgent: bool,
+    /// Texts not sent by then end `expired` (Redis ms).
+    pub expires_ms: Option<i64>,
+}
+
+impl BatchInfo {
+    /// A job's text: the body with its values filled in. `Err(name)`: a value the job lacks (its batch was validated,
+    /// so only a job written by hand can lack one).
+    pub fn text(&self, values: Option<&str>) -> Result<String, String> {
+        if self.variables.is_empty() {
+            return Ok(self.body.as_str().to_owned());
+        }
+        self.body.render_encoded(&self.variables, values)
+    }
+
+    /// A job's value of `name`, if it has one.
+    pub fn value<'a>(&self, values: Option<&'a str>, name: &str) -> Option<&'a str> {
+        let i = self.variables.iter().position(|v| v == name)?;
+        values?.split(shared::domain::template::VALUE_SEPARATOR).nth(i).filter(|v| !v.is_empty())
+    }
 }
 
 impl Shared {
@@ -40,7 +76,17 @@ impl Shared {
         wake: mpsc::UnboundedSender<Wake>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        Self { ledger, twilio, settings, stats, wake, stop, bodies: Mutex::default(), customers: Mutex::default() }
+        Self {
+            ledger,
+            twilio,
+            settings,
+            stats,
+            wake,
+            stop,
+            batches: Mutex::default(),
+            customers: Mutex::default(),
+            quiet: Mutex::default(),
+        }
     }
 
     pub fn stopping(&self) -> bool {
@@ -64,21 +110,60 @@ impl Shared {
         half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis() as u64))
     }
 
-    /// The batch's body, cached: it never changes. `Ok(None)`: the batch is gone.
-    pub async fn body(&self, batch: &BatchId) -> redis::RedisResult<Option<Arc<str>>> {
-        if let Some(b) = self.bodies.lock().unwrap().get(batch) {
+    /// What jobs need of their batch, cached: it never changes. `Ok(None)`: the batch is gone.
+    pub async fn batch(&self, batch: &BatchId) -> redis::RedisResult<Option<Arc<BatchInfo>>> {
+        if let Some(b) = self.batches.lock().unwrap().get(batch) {
             return Ok(Some(b.clone()));
         }
         let k = CustomerKeys::new(batch.customer());
-        let body: Option<String> = self.ledger.conn().hget(k.batch(batch), "body").await?;
+        let (body, vars, urgent, expires): (Option<String>, Option<String>, Option<String>, Option<i64>) =
+            redis::cmd("HMGET")
+                .arg(k.batch(batch))
+                .arg(&["body", "vars", "urgent", "expires"])
+                .query_async(&mut self.ledger.conn())
+                .await?;
         let Some(body) = body else { return Ok(None) };
-        let body: Arc<str> = body.into();
-        let mut cache = self.bodies.lock().unwrap();
+        let Ok(body) = Template::parse(&body) else {
+            return Err(redis::RedisError::from((redis::ErrorKind::Client, "batch body is not a template")));
+        };
+        let info = Arc::new(BatchInfo {
+            body,
+            variables: vars
+                .filter(|v| !v.is_empty())
+                .map(|v| v.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            urgent: urgent.as_deref() == Some("1"),
+            expires_ms: expires,
+        });
+        let mut cache = self.batches.lock().unwrap();
         if cache.len() > 4096 {
             cache.clear();
         }
-        cache.insert(batch.clone(), body.clone());
-        Ok(Some(body))
+        cache.insert(batch.clone(), info.clone());
+        Ok(Some(info))
+    }
+
+    /// The quiet periods of `window` in `zones` around now, encoded for the reserve script. Computed from this
+    /// process's clock once an hour (they span a day back and two ahead, far more than any clock skew); the
+    /// script compares them with Redis's clock.
+    pub fn quiet_periods(&self, zones: Vec<Tz>, window: QuietHours) -> Arc<str> {
+        let now = Utc::now();
+        let hour = now.timestamp() / 3600;
+        let key = (zones, window);
+        if let Some((h, p)) = self.quiet.lock().unwrap().get(&key)
+            && *h == hour
+        {
+            return p.clone();
+        }
+        let day = chrono::Duration::days(1);
+        let periods: Arc<str> =
+            shared::quiet::encode(&shared::quiet::quiet_intervals(&key.0, window, now - day, now + day * 2)).into();
+        let mut cache = self.quiet.lock().unwrap();
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, (hour, periods.clone()));
+        periods
     }
 
     /// The customer's record, cached for 30 s. `Ok(None)`: the customer is gone.

@@ -62,6 +62,8 @@ pub async fn serve(
         ("opted_out", "Jobs that ended opted out (no Twilio call, or Twilio error 21610)", &stats.opted_out),
         ("retries", "Transient failures scheduled for another attempt", &stats.retried),
         ("deferrals", "Jobs deferred because every number was full at max numbers", &stats.deferred),
+        ("quiet_hours_waits", "Jobs parked until quiet hours end in their recipients' time zones", &stats.quiet),
+        ("expired", "Jobs that ended expired: their batch's expiry passed before they could go", &stats.expired),
         ("ambiguous_sends", "Sends whose outcome was unknown (timeout, dropped connection)", &stats.ambiguous),
         ("ambiguous_found", "Ambiguous sends Twilio showed had gone out (not resent)", &stats.resolved_found),
         ("ambiguous_unsent", "Ambiguous sends Twilio showed had not arrived (sent again)", &stats.resolved_unsent),

@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use shared::ledger::{Commit, Due, Ending, Full, Job, Requeue, Reserve, ReserveMode, Slot};
+use shared::customers::Customer;
+use shared::domain::TimeZone;
+use shared::ledger::{Clock, Commit, Due, Ending, Full, Job, Requeue, Reserve, ReserveMode, Slot};
 use shared::purchase;
+use shared::quiet::{self, TZ_VARIABLE};
 use shared::twilio::{CreateMessage, MessageFilter, SendFailure};
 
 use crate::backend::{SendTask, Wake};
-use crate::context::Shared;
+use crate::context::{BatchInfo, Shared};
 use crate::purchase::{Capacity, Purchases};
 use crate::stats::Tally;
 
@@ -40,17 +43,52 @@ impl Sender {
         Self { shared, purchases }
     }
 
+    /// What the job needs of its batch and customer (cached), retrying through a few Redis errors. `None`: give
+    /// the job up to its lease (Redis keeps failing, or the process stops).
+    async fn records(&self, job: &Job) -> Option<(Option<Arc<BatchInfo>>, Option<Customer>)> {
+        for errors in 1..=6u32 {
+            match (self.shared.batch(&job.batch).await, self.shared.customer(&job.customer).await) {
+                (Ok(b), Ok(c)) => return Some((b, c)),
+                (Err(e), _) | (_, Err(e)) => {
+                    if errors > 5 || self.shared.stopping() {
+                        tracing::warn!(error.message = %e, "giving the job up to its lease: redis keeps failing");
+                        return None;
+                    }
+                    self.shared.pause(Duration::from_millis(100 << errors)).await;
+                }
+            }
+        }
+        None
+    }
+
+    /// The tenant's clock for this job: the quiet periods of its recipient's zones (none for an urgent batch or
+    /// when quiet hours are off), and its offset after a period's end.
+    fn clock(&self, job: &Job, batch: &BatchInfo, customer: Option<&Customer>) -> Clock {
+        let s = &self.shared.settings.shared;
+        let window = customer.map_or(s.quiet_hours.window(), |c| c.quiet_window(s.quiet_hours));
+        let Some(window) = window.filter(|_| !batch.urgent) else { return Clock::default() };
+        let tz = batch.value(job.values.as_deref(), TZ_VARIABLE).and_then(|v| TimeZone::parse(v).ok());
+        let zones = quiet::recipient_zones(&job.recipient, tz, customer.and_then(|c| c.time_zone));
+        Clock {
+            quiet: self.shared.quiet_periods(zones, window),
+            spread_ms: quiet::spread_offset(&job.recipient, s.quiet_spread.as_millis() as u64),
+        }
+    }
+
     /// Processes one job to a recorded outcome.
     #[tracing::instrument(name = "job", skip_all, fields(customer = %task.job.customer, batch = %task.job.batch.local(), to = %task.job.recipient.masked()))]
     pub async fn process(&self, task: &SendTask) {
         let job = &task.job;
+        let Some((batch, customer)) = self.records(job).await else { return };
+        // A batch that is gone: the reserve script ends the job (it finds no batch record).
+        let clock = batch.as_ref().map(|b| self.clock(job, b, customer.as_ref())).unwrap_or_default();
         let mut unsent: Option<Slot> = None;
         let mut redis_errors = 0u32;
         loop {
             if task.lease.is_lost() {
                 return;
             }
-            let reserved = self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref()).await;
+            let reserved = self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref(), &clock).await;
             unsent = None;
             let r = match reserved {
                 Ok(r) => r,
@@ -79,26 +117,47 @@ impl Sender {
                     tracing::debug!("lease lost; leaving the job to its new holder");
                     Step::Done
                 }
-                Reserve::Ambiguous { slot, now_ms } => self.resolve_ambiguous(task, slot, now_ms).await,
-                Reserve::Full(f) => self.no_capacity(job, f).await,
+                Reserve::Ambiguous { slot, now_ms } => {
+                    self.resolve_ambiguous(task, slot, now_ms, batch.as_deref(), customer.as_ref()).await
+                }
+                Reserve::Full(f) => self.no_capacity(job, f, &clock, batch.as_deref()).await,
+                Reserve::Quiet { due_ms, zone } => {
+                    self.shared.stats.quiet.inc();
+                    tracing::debug!(zone, due_ms, "quiet hours in the recipient's zone; waiting");
+                    let after = Duration::from_millis(self.shared.settings.idle_poll.as_millis() as u64);
+                    let _ = self.shared.wake.send(Wake { customer: job.customer.clone(), after: Some(after) });
+                    Step::Done
+                }
+                Reserve::Expired => {
+                    self.shared.stats.expired.inc();
+                    Step::Done
+                }
                 _ => Step::Done,
             };
             match step {
                 Step::Again => continue,
                 Step::Unsent(slot) => unsent = Some(slot),
-                Step::Send(slot) => return self.send(task, slot).await,
+                Step::Send(slot) => {
+                    let (Some(batch), Some(customer)) = (batch, customer) else {
+                        // The batch or customer vanished (deleted by an operator): give the slot back and stop.
+                        let why = "batch or customer missing";
+                        let _ = self.shared.ledger.finish(job, Ending::Failed, why, Some(&slot.marker())).await;
+                        return;
+                    };
+                    return self.send(task, slot, &batch, &customer).await;
+                }
                 Step::Done => return,
             }
         }
     }
 
     /// Acts on what the purchase path says about a job that found no capacity.
-    async fn no_capacity(&self, job: &Job, f: Full) -> Step {
+    async fn no_capacity(&self, job: &Job, f: Full, clock: &Clock, batch: Option<&BatchInfo>) -> Step {
         let seen = f.state.as_deref();
-        match self.purchases.need_capacity(job, &f).await {
+        match self.purchases.need_capacity(job, &f, clock).await {
             Capacity::Retry => Step::Again,
             Capacity::Reserved(slot) => Step::Send(slot),
-            Capacity::Defer { reason } => self.defer(job, &f, &reason).await,
+            Capacity::Defer { reason } => self.defer(job, &f, &reason, batch.and_then(|b| b.expires_ms)).await,
             Capacity::WaitFor(delay) => {
                 self.requeue(job, Requeue::Wait, Due::In(delay), f.attempt(), "", seen).await;
                 Step::Done
@@ -123,21 +182,14 @@ impl Sender {
         }
     }
 
-    async fn send(&self, task: &SendTask, slot: Slot) {
+    async fn send(&self, task: &SendTask, slot: Slot, batch: &BatchInfo, customer: &Customer) {
         let job = &task.job;
         let marker = slot.marker();
-        let (body, customer) = match (self.shared.body(&job.batch).await, self.shared.customer(&job.customer).await) {
-            (Ok(Some(b)), Ok(Some(c))) => (b, c),
-            (Ok(None), _) | (_, Ok(None)) => {
-                // The batch or customer vanished (deleted by an operator): give the slot back and stop.
-                let _ =
-                    self.shared.ledger.finish(job, Ending::Failed, "batch or customer missing", Some(&marker)).await;
-                return;
-            }
-            _ => {
-                // Redis failed: nothing was sent; give the slot back and try again shortly.
-                let delay = self.shared.backoff(1);
-                self.requeue(job, Requeue::Release, Due::In(delay), slot.attempt, "redis", Some(&marker)).await;
+        let body = match batch.text(job.values.as_deref()) {
+            Ok(b) => b,
+            Err(missing) => {
+                let why = format!("no value for {{{{{missing}}}}}");
+                let _ = self.shared.ledger.finish(job, Ending::Failed, &why, Some(&marker)).await;
                 return;
             }
         };
@@ -147,13 +199,16 @@ impl Sender {
             return;
         }
         let callback = self.shared.settings.public_url.as_ref().map(|u| format!("{u}/twilio/status?b={}", job.batch));
-        let account = purchase::account_for(&customer, &self.shared.twilio);
+        let account = purchase::account_for(customer, &self.shared.twilio);
+        // Twilio keeps a message queued no longer than the batch's expiry leaves (its clock: seconds from now).
+        let validity = batch.expires_ms.map(|e| ((e - slot.at_ms).max(1) as u64).div_ceil(1000).min(36_000) as u32);
         let req = CreateMessage {
             to: job.recipient.as_str(),
             from: &slot.number,
             body: &body,
             status_callback: callback.as_deref(),
             messaging_service: customer.messaging_service.as_ref().map(|s| s.as_str()),
+            validity_period: validity,
         };
         match self.shared.twilio.send_message(account, &req).await {
             Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
@@ -265,7 +320,14 @@ impl Sender {
     /// An earlier attempt reserved `slot` and may have reached Twilio. After a grace period (so a request still on
     /// the wire has landed), list the messages to the recipient from that number, newest first: found → record it;
     /// not found → it never arrived, reserve again.
-    async fn resolve_ambiguous(&self, task: &SendTask, slot: Slot, now_ms: i64) -> Step {
+    async fn resolve_ambiguous(
+        &self,
+        task: &SendTask,
+        slot: Slot,
+        now_ms: i64,
+        batch: Option<&BatchInfo>,
+        customer: Option<&Customer>,
+    ) -> Step {
         let job = &task.job;
         let marker = slot.marker();
         let grace = self.shared.settings.ambiguous_grace.as_millis() as i64;
@@ -282,9 +344,7 @@ impl Sender {
             .await;
             return Step::Done;
         }
-        let (Ok(Some(body)), Ok(Some(customer))) =
-            (self.shared.body(&job.batch).await, self.shared.customer(&job.customer).await)
-        else {
+        let (Some(Ok(body)), Some(customer)) = (batch.map(|b| b.text(job.values.as_deref())), customer) else {
             self.requeue(job, Requeue::Keep, Due::In(self.shared.backoff(1)), slot.attempt, "ambiguous", Some(&marker))
                 .await;
             return Step::Done;
@@ -293,7 +353,7 @@ impl Sender {
         let since = chrono::DateTime::from_timestamp_millis(slot.at_ms - 10_000).unwrap_or_default();
         let filter =
             MessageFilter { to: Some(job.recipient.as_str()), from: Some(&slot.number), date_sent_after: None };
-        let account = purchase::account_for(&customer, &self.shared.twilio);
+        let account = purchase::account_for(customer, &self.shared.twilio);
         let listed = self
             .shared
             .twilio
@@ -348,14 +408,18 @@ impl Sender {
     }
 
     /// No number can be added: park the job until the earliest slot of any number frees (`reason` says why no
-    /// number can be added, for the batch status).
-    async fn defer(&self, job: &Job, f: &Full, reason: &str) -> Step {
+    /// number can be added, for the batch status), or until the batch expires if that is sooner (it then ends
+    /// `expired`).
+    async fn defer(&self, job: &Job, f: &Full, reason: &str, expires_ms: Option<i64>) -> Step {
         self.shared.stats.deferred.inc();
         let jitter: i64 = rand::rng().random_range(0..50);
         let mut due = f.earliest_free_ms.map(|t| t + jitter).unwrap_or(f.now_ms + 1_000);
         if f.orphaned_slots > 0 {
             // Orphaned reservations may free slots as soon as their leases expire.
             due = due.min(f.now_ms + self.shared.settings.lease.as_millis() as i64 + jitter);
+        }
+        if let Some(e) = expires_ms {
+            due = due.min(e);
         }
         tracing::debug!(in_ms = due - f.now_ms, reason, "no capacity and no number can be added; deferring");
         let reason = reason.replace('|', "/");

@@ -17,6 +17,10 @@ pub struct Stats {
     pub opted_out: Counter,
     pub retried: Counter,
     pub deferred: Counter,
+    /// Jobs parked until quiet hours end in their recipients' zones.
+    pub quiet: Counter,
+    /// Jobs that ended expired (their batch's expiry passed before they could go).
+    pub expired: Counter,
     pub ambiguous: Counter,
     pub resolved_found: Counter,
     pub resolved_unsent: Counter,

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::config::Settings;
 
-use super::{Failure, connect, print_json};
-use crate::ops::texts::{self, Accepted, Enqueue, Estimate};
+use super::{Failure, connect, format_ms, print_json};
+use crate::ops::estimate::{Estimate, Timeline};
+use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::recipients::{self, RawRecipient};
-use crate::validate::BulkRequest;
+use crate::validate::{BulkRequest, Expiry};
 
 #[derive(clap::Args, Debug)]
 pub struct BulkArgs {
@@ -25,7 +26,8 @@ pub struct BulkArgs {
     /// A recipient in E.164 form; repeat for several.
     #[arg(long = "to", required_unless_present = "recipients")]
     pub to: Vec<String>,
-    /// A file with one number per line, or CSV with a `phone` column.
+    /// A file with one number per line, or CSV with a `phone` column; the CSV's other columns are variables for the
+    /// body's merge fields (`Hi {{first_name|there}}, unit {{unit}}`), and a `tz` column names a recipient's zone.
     #[arg(long, conflicts_with = "to")]
     pub recipients: Option<PathBuf>,
     /// Makes the request safe to resubmit: the same key returns (and completes) the same batch.
@@ -41,6 +43,15 @@ pub struct BulkArgs {
     /// Twilio's Smart Encoding does, and report the segments saved.
     #[arg(long)]
     pub smart_encoding: bool,
+    /// Send at this time, not now: RFC 3339 with an offset (`2026-12-04T09:00:00-05:00`), up to 35 days ahead.
+    #[arg(long)]
+    pub send_at: Option<String>,
+    /// Texts not sent within this long (`90s`, `20m`, `2h`, `1d`) end `expired`; Twilio is told the time left.
+    #[arg(long)]
+    pub expires_in: Option<String>,
+    /// Send whatever the hour in the recipients' zones (a burst pipe at 2 a.m.): quiet hours do not apply.
+    #[arg(long)]
+    pub urgent: bool,
     /// Jobs per Redis round trip while enqueuing.
     #[arg(long, default_value_t = 1_000, hide = true)]
     pub chunk_size: usize,
@@ -61,7 +72,7 @@ fn request(args: &BulkArgs) -> Result<BulkRequest, Failure> {
             .to
             .iter()
             .enumerate()
-            .map(|(i, v)| RawRecipient { origin: format!("--to #{}", i + 1), value: v.clone() })
+            .map(|(i, v)| RawRecipient { origin: format!("--to #{}", i + 1), value: v.clone(), vars: Vec::new() })
             .collect(),
     };
     Ok(BulkRequest {
@@ -70,6 +81,9 @@ fn request(args: &BulkArgs) -> Result<BulkRequest, Failure> {
         recipients,
         idempotency_key: args.idempotency_key.clone(),
         smart_encoding: args.smart_encoding,
+        send_at: args.send_at.clone(),
+        expiry: args.expires_in.clone().map(Expiry::In),
+        urgent: args.urgent,
     })
 }
 
@@ -138,7 +152,23 @@ fn print_estimate(e: &Estimate) {
         "  recipients: {} submitted, {} duplicates, {} opted out -> {} to text",
         e.recipients_submitted, e.duplicates, e.opted_out, e.recipients
     );
-    println!("  body: {} characters, {}, {} segment(s) per message", e.characters, e.encoding, e.segments_per_message);
+    if e.segments_min == e.segments_per_message {
+        println!(
+            "  body: {} characters, {}, {} segment(s) per message",
+            e.characters, e.encoding, e.segments_per_message
+        );
+    } else {
+        println!(
+            "  body: {} characters (a template), {}, {} to {} segments per message, {} in all",
+            e.characters, e.encoding, e.segments_min, e.segments_per_message, e.segments_total
+        );
+    }
+    for (name, n) in &e.ucs2_variables {
+        println!("    {{{{{name}}}}} forces UCS-2 for {n} recipient(s)");
+    }
+    for (name, n) in &e.segment_variables {
+        println!("    {{{{{name}}}}} adds a segment for {n} recipient(s)");
+    }
     if !e.ucs2_characters.is_empty() {
         println!("    characters that force UCS-2: {}", e.ucs2_characters.join(", "));
     }
@@ -171,4 +201,28 @@ fn print_estimate(e: &Estimate) {
         "  estimated cost: {} segments x ${} = ${:.2}, plus ${:.2} a month for {} new number(s)",
         e.segments_total, e.segment_cost, e.messages_cost, e.numbers_monthly_cost, e.purchases
     );
+    print_timeline(&e.timeline);
+}
+
+fn print_timeline(t: &Timeline) {
+    let when = if t.starts_ms > t.now_ms { format!("at {}", format_ms(t.starts_ms)) } else { "now".to_owned() };
+    let quiet = match (&t.quiet_hours, t.urgent) {
+        (_, true) => "urgent: quiet hours do not apply".to_owned(),
+        (Some(q), _) => format!("quiet hours {q} in each recipient's zone"),
+        (None, _) => "quiet hours off".to_owned(),
+    };
+    println!("  timeline ({quiet}):");
+    println!("    {} can be texted {when}", t.sendable_at_start);
+    for g in &t.quiet {
+        println!("    {} wait for quiet hours to end in {} until {}", g.recipients, g.zone, format_ms(g.until_ms));
+    }
+    if t.beyond_capacity > 0 {
+        println!(
+            "    {} wait for the pool's next window (beyond its free slots and the numbers it may buy)",
+            t.beyond_capacity
+        );
+    }
+    if let Some(e) = t.expires_at_ms {
+        println!("    expires {}: {} would expire unsent", format_ms(e), t.would_expire);
+    }
 }

@@ -29,6 +29,14 @@ pub enum CustomerCommand {
         /// `none` = no service (the default for a new customer).
         #[arg(long)]
         messaging_service: Option<String>,
+        /// Quiet hours in the recipient's local time, e.g. `20:00-09:00`, or `off`; `default` = the fleet's
+        /// (MESSENGER_QUIET_HOURS, 21:00-08:00 unless changed).
+        #[arg(long)]
+        quiet_hours: Option<String>,
+        /// Where this customer's tenants live when their number does not say (IANA, e.g. America/New_York); quiet
+        /// hours apply in it too. `none` = no default zone.
+        #[arg(long)]
+        time_zone: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -50,13 +58,24 @@ fn change(value: Option<String>, clear_word: &str) -> Change<String> {
 
 pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCode, Failure> {
     match command {
-        CustomerCommand::Add { id, account_sid, area_code, max_numbers, messaging_service, json } => {
+        CustomerCommand::Add {
+            id,
+            account_sid,
+            area_code,
+            max_numbers,
+            messaging_service,
+            quiet_hours,
+            time_zone,
+            json,
+        } => {
             let id = parse_id(CustomerId::parse, &id)?;
             let input = CustomerInput {
                 account_sid: change(account_sid, "main"),
                 area_code: change(area_code, "any"),
                 max_numbers: max_numbers.map_or(Change::Keep, Change::Set),
                 messaging_service_sid: change(messaging_service, "none"),
+                quiet_hours: change(quiet_hours, "default"),
+                time_zone: change(time_zone, "none"),
             };
             let deps = connect(settings).await?;
             let saved = customers::save(&deps, &id, input).await?;
@@ -89,10 +108,12 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
 /// One line of a customer's settings.
 fn describe(c: &Customer) -> String {
     format!(
-        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}",
+        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}",
         c.max_numbers,
         c.area_code.as_ref().map_or("any", |a| a.as_str()),
         c.account_sid.as_ref().map_or("(main)", |a| a.as_str()),
         c.messaging_service.as_ref().map_or("none", |s| s.as_str()),
+        c.quiet_hours.map_or("the fleet's".to_owned(), |q| q.to_string()),
+        c.time_zone.as_ref().map_or("none", |z| z.name()),
     )
 }

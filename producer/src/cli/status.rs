@@ -9,7 +9,7 @@ use shared::batches::BatchStatus;
 use shared::config::Settings;
 use shared::domain::BatchId;
 
-use super::{Failure, connect, parse_id, print_json};
+use super::{Failure, connect, format_ms, parse_id, print_json};
 use crate::ops::{Deps, batches};
 
 #[derive(clap::Args, Debug)]
@@ -86,10 +86,33 @@ async fn wait_for(deps: &Deps, id: &BatchId, timeout: Option<Duration>, quiet: b
 
 pub fn print_status(s: &BatchStatus) {
     println!("batch {}  (customer {})  state: {}", s.batch_id, s.customer, s.state);
-    println!(
-        "  total {} recipients ({} duplicates removed), {} segments each ({})",
-        s.total, s.duplicates, s.segments, s.encoding
-    );
+    if s.variables.is_empty() {
+        println!(
+            "  total {} recipients ({} duplicates removed), {} segments each ({})",
+            s.total, s.duplicates, s.segments, s.encoding
+        );
+    } else {
+        println!(
+            "  total {} recipients ({} duplicates removed), personalised ({}): {} segments in all, at most {} each ({})",
+            s.total,
+            s.duplicates,
+            s.variables.join(", "),
+            s.segments_total,
+            s.segments,
+            s.encoding
+        );
+    }
+    if let Some(at) = s.send_at_ms {
+        let now = chrono::Utc::now().timestamp_millis();
+        let when = if at > now { "scheduled for" } else { "scheduled, from" };
+        println!("  {when} {}", format_ms(at));
+    }
+    if let Some(at) = s.expires_at_ms {
+        println!("  texts not sent by {} expire", format_ms(at));
+    }
+    if s.urgent {
+        println!("  urgent: sent whatever the hour (quiet hours do not apply)");
+    }
     if s.enqueue_incomplete() {
         println!(
             "  ENQUEUE INCOMPLETE: {} of {} jobs enqueued. If the producer stopped, resubmit the same request with the \
@@ -103,6 +126,14 @@ pub fn print_status(s: &BatchStatus) {
         0 => println!("  deferred   {:>8}", 0),
         n => println!("  deferred   {n:>8}   ({why}; waiting for the window to free a slot)"),
     }
+    println!(
+        "  quiet hrs  {:>8}{}",
+        s.quiet_hours,
+        if s.quiet_hours > 0 { "   (waiting for quiet hours to end in the recipients' zones)" } else { "" }
+    );
+    for (zone, w) in &s.quiet_by_zone {
+        println!("    {} wait until {} ({zone})", w.count, format_ms(w.until_ms));
+    }
     println!("  sent       {:>8}", s.sent);
     let reasons: Vec<String> = s.failure_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
     if reasons.is_empty() {
@@ -112,6 +143,7 @@ pub fn print_status(s: &BatchStatus) {
     }
     println!("  opted out  {:>8}", s.opted_out);
     println!("  cancelled  {:>8}{}", s.cancelled, if s.cancel_requested { "   (cancel requested)" } else { "" });
+    println!("  expired    {:>8}", s.expired);
     if s.delivered + s.undelivered > 0 {
         println!("  delivery reports: {} delivered, {} undelivered", s.delivered, s.undelivered);
         for (code, n) in &s.undelivered_reasons {

@@ -2,14 +2,14 @@
 //! clearing one is explicit ([`Change::Clear`]: the CLI's `--account-sid main`, JSON `"account_sid": null`).
 
 use shared::customers::{self, Change, Customer, CustomerUpdate};
-use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, ServiceSid};
+use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use shared::twilio::TwilioError;
 use shared::twilio::accounts::{TokenError, check_subaccount};
 
 use super::{Deps, OpsError, Problems};
 
 /// A change to a customer as the caller wrote it, not yet parsed. Field names in errors: `account_sid`,
-/// `area_code`, `max_numbers`, `messaging_service_sid`.
+/// `area_code`, `max_numbers`, `messaging_service_sid`, `quiet_hours`, `time_zone`.
 #[derive(Clone, Debug, Default)]
 pub struct CustomerInput {
     pub account_sid: Change<String>,
@@ -17,6 +17,10 @@ pub struct CustomerInput {
     /// `Clear`: back to the fleet's default (`MESSENGER_MAX_NUMBERS`).
     pub max_numbers: Change<u32>,
     pub messaging_service_sid: Change<String>,
+    /// A window such as `20:00-09:00`, or `off`; `Clear`: the fleet's (`MESSENGER_QUIET_HOURS`).
+    pub quiet_hours: Change<String>,
+    /// An IANA zone such as `America/New_York`: quiet hours apply there too, and for numbers whose zone is unknown.
+    pub time_zone: Change<String>,
 }
 
 /// A saved customer.
@@ -46,6 +50,8 @@ fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
             input.messaging_service_sid,
             ServiceSid::parse,
         ),
+        quiet_hours: parse_change(&mut p, "quiet_hours", input.quiet_hours, QuietSetting::parse),
+        time_zone: parse_change(&mut p, "time_zone", input.time_zone, TimeZone::parse),
     };
     p.finish()?;
     Ok(update)

@@ -10,12 +10,14 @@
 //!
 //! # Layout
 //! - [`customers`]: create or update a customer (one update rule), list, get.
-//! - [`texts`]: bulk texts and single messages — validate, then enqueue — and the dry run's estimate.
+//! - [`texts`]: bulk texts and single messages — validate, then enqueue.
+//! - [`estimate`]: the dry run — what a bulk text would cost, and when its texts would go.
 //! - [`batches`]: a batch's status and failures, cancelling it.
 //! - [`pools`]: a customer's numbers, releasing idle ones, crediting an inbound message, the fleet's quota settings.
 
 pub mod batches;
 pub mod customers;
+pub mod estimate;
 pub mod pools;
 pub mod texts;
 

@@ -19,7 +19,7 @@ use crate::ops::customers::{self as customer_ops, CustomerInput};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
-use crate::validate::BulkRequest;
+use crate::validate::{BulkRequest, Expiry};
 
 /// Documented request limits: the API's, and the webhooks' body size.
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +65,15 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<String>, nullable)]
     pub messaging_service_sid: Change<String>,
+    /// Quiet hours in the recipient's local time (`20:00-09:00`), or `off`; `null` = the fleet's (default).
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub quiet_hours: Change<String>,
+    /// Where the customer's tenants live when their number does not say (IANA, `America/New_York`); quiet hours
+    /// apply there too. `null` = none (default).
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub time_zone: Change<String>,
 }
 
 /// A customer's settings.
@@ -75,6 +84,9 @@ pub struct CustomerResponse {
     pub area_code: Option<String>,
     pub max_numbers: u32,
     pub messaging_service_sid: Option<String>,
+    /// The customer's quiet hours (`20:00-09:00` or `off`); `null`: the fleet's.
+    pub quiet_hours: Option<String>,
+    pub time_zone: Option<String>,
     /// `PUT` only: true if the request created the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
@@ -91,20 +103,49 @@ impl From<Customer> for CustomerResponse {
             area_code: c.area_code.map(|a| a.to_string()),
             max_numbers: c.max_numbers,
             messaging_service_sid: c.messaging_service.map(|m| m.to_string()),
+            quiet_hours: c.quiet_hours.map(|q| q.to_string()),
+            time_zone: c.time_zone.map(|z| z.to_string()),
             created: None,
             warnings: Vec::new(),
         }
     }
 }
 
+/// A recipient: an E.164 number, or a number with its merge-field variables.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Recipient {
+    Number(String),
+    Personal(PersonalRecipient),
+}
+
+/// A recipient with variables: `{"to": "+14155550123", "vars": {"first_name": "Ana", "unit": "4B"}}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalRecipient {
+    pub to: String,
+    /// Values for the body's merge fields (strings or numbers); `tz` names the recipient's time zone (IANA).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub vars: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
 /// `POST /v1/customers/{id}/bulk-texts` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkTextRequest {
-    /// The text, 1 to 1,600 characters.
+    /// The text: a template with merge fields (`Hi {{first_name|there}}`); each rendered text 1 to 1,600
+    /// characters.
     pub body: String,
-    /// E.164 numbers, at most 100,000; duplicates are removed and counted.
-    pub recipients: Vec<String>,
+    /// At most 100,000 numbers, each an E.164 string or `{"to", "vars"}`; duplicates are removed and counted.
+    pub recipients: Vec<Recipient>,
+    /// Not before this: RFC 3339 with an offset, from now to 35 days ahead.
+    pub send_at: Option<String>,
+    /// Texts not sent by then end `expired` (RFC 3339 with an offset); Twilio is told the time left.
+    pub expires_at: Option<String>,
+    /// Ignore quiet hours (a burst pipe at 2 a.m.).
+    #[serde(default)]
+    pub urgent: bool,
     /// Makes the request safe to resubmit: the same key returns (and completes) the same batch.
     pub idempotency_key: Option<String>,
     /// Validate and estimate only (recipients, encoding, segments, numbers to buy, cost); nothing is written.
@@ -129,6 +170,13 @@ pub struct MessageRequest {
     pub ignore_sending_limit: Option<bool>,
     /// As for bulk texts.
     pub idempotency_key: Option<String>,
+    /// As for bulk texts.
+    pub send_at: Option<String>,
+    /// As for bulk texts.
+    pub expires_at: Option<String>,
+    /// As for bulk texts.
+    #[serde(default)]
+    pub urgent: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -210,6 +258,8 @@ pub async fn put_customer(
         area_code: req.area_code,
         max_numbers: req.max_numbers,
         messaging_service_sid: req.messaging_service_sid,
+        quiet_hours: req.quiet_hours,
+        time_zone: req.time_zone,
     };
     let saved = customer_ops::save(&ops, &id, input).await?;
     for w in &saved.warnings {
@@ -228,7 +278,7 @@ pub async fn put_customer(
     request_body = BulkTextRequest,
     responses(
         (status = 202, description = "Accepted: the batch will be sent", body = Accepted),
-        (status = 200, description = "Dry run: what the batch would do and cost; nothing written", body = texts::Estimate),
+        (status = 200, description = "Dry run: what the batch would do and cost, and when; nothing written", body = texts::Estimate),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "Unknown customer", body = ErrorBody),
         (status = 409, description = "Idempotency key reused for a different request", body = ErrorBody),
@@ -252,18 +302,39 @@ pub async fn post_bulk(
             format!("{} recipients; one request may carry at most {}", req.recipients.len(), limits.max_recipients);
         return Err(e.field("recipients"));
     }
-    let recipients = req
-        .recipients
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| RawRecipient { origin: format!("recipients[{i}]"), value })
-        .collect();
+    let mut recipients = Vec::with_capacity(req.recipients.len());
+    for (i, item) in req.recipients.into_iter().enumerate() {
+        recipients.push(match item {
+            Recipient::Number(n) => RawRecipient::json(i, &n),
+            Recipient::Personal(p) => {
+                let mut r = RawRecipient::json(i, &p.to);
+                for (k, v) in p.vars {
+                    let text = match v {
+                        serde_json::Value::String(s) => s,
+                        serde_json::Value::Number(n) => n.to_string(),
+                        serde_json::Value::Bool(b) => b.to_string(),
+                        serde_json::Value::Null => String::new(),
+                        _ => {
+                            let field = r.var_origin(&k);
+                            return Err(ApiError::unprocessable(format!("{field}: a value is a string or a number"))
+                                .field(field));
+                        }
+                    };
+                    r.vars.push((k, text));
+                }
+                r
+            }
+        });
+    }
     let bulk = BulkRequest {
         customer: id.to_string(),
         body: req.body,
         recipients,
         idempotency_key: req.idempotency_key,
         smart_encoding: req.smart_encoding,
+        send_at: req.send_at,
+        expiry: req.expires_at.map(Expiry::At),
+        urgent: req.urgent,
     };
     let prepared = texts::prepare_blocking(bulk).await?;
     if req.dry_run {
@@ -296,9 +367,12 @@ pub async fn post_message(
     let bulk = BulkRequest {
         customer: id.to_string(),
         body: req.body,
-        recipients: vec![RawRecipient { origin: "to".into(), value: req.to }],
+        recipients: vec![RawRecipient { origin: "to".into(), value: req.to, vars: Vec::new() }],
         idempotency_key: req.idempotency_key,
         smart_encoding: false,
+        send_at: req.send_at,
+        expiry: req.expires_at.map(Expiry::At),
+        urgent: req.urgent,
     };
     let accepted = texts::enqueue(&ops, texts::prepare(&bulk)?, Enqueue::SINGLE, None).await?;
     metrics.recipients_accepted.inc();

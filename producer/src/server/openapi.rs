@@ -16,7 +16,9 @@ use super::error::{ErrorBody, ErrorDetail};
         api::post_cancel, api::get_pool, api::post_release_idle
     ),
     components(schemas(
-        api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, crate::ops::texts::Accepted,
+        api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::Recipient, api::PersonalRecipient,
+        crate::ops::texts::Accepted, crate::ops::estimate::Timeline, crate::ops::estimate::QuietGroup,
+        shared::batches::QuietWait,
         api::MessageRequest, api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem,
         shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::customers::PoolReport,
         shared::customers::NumberUsage, api::ReleaseIdleRequest, shared::release::ReleaseReport,

@@ -34,7 +34,7 @@ impl std::fmt::Debug for TwilioClient {
 }
 
 /// Parameters of `POST …/Messages.json`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateMessage<'a> {
     pub to: &'a str,
     pub from: &'a str,
@@ -42,6 +42,9 @@ pub struct CreateMessage<'a> {
     pub status_callback: Option<&'a str>,
     /// The customer's Messaging Service (A2P 10DLC): sent with `From`, which must be in its sender pool.
     pub messaging_service: Option<&'a str>,
+    /// Seconds Twilio may keep the message queued before giving up on it (1 to 36,000; 30036 after): the time left
+    /// before the batch's expiry.
+    pub validity_period: Option<u32>,
 }
 
 /// Parameters of `POST …/IncomingPhoneNumbers.json`: exactly one of `phone_number` and `area_code`.
@@ -128,12 +131,16 @@ impl TwilioClient {
         account: &AccountSid,
         m: &CreateMessage<'_>,
     ) -> Result<T, TwilioError> {
+        let validity = m.validity_period.map(|v| v.clamp(1, 36_000).to_string());
         let mut form = vec![("To", m.to), ("From", m.from), ("Body", m.body)];
         if let Some(cb) = m.status_callback {
             form.push(("StatusCallback", cb));
         }
         if let Some(s) = m.messaging_service {
             form.push(("MessagingServiceSid", s));
+        }
+        if let Some(v) = &validity {
+            form.push(("ValidityPeriod", v));
         }
         self.execute(self.http.post(self.url(account, "Messages.json")).form(&form)).await
     }

@@ -150,6 +150,9 @@ pub struct SimMessage {
     pub messaging_service_sid: Option<String>,
     /// Set when the carrier reported a failure (e.g. 30034 for an unregistered sender under A2P).
     pub error_code: Option<u32>,
+    /// `ValidityPeriod`: seconds the message may wait in Twilio's queue (1 to 36,000), when the request gave one.
+    #[serde(default)]
+    pub validity_period: Option<u32>,
 }
 
 /// A number the simulator sold.

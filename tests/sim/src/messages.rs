@@ -109,6 +109,13 @@ pub(crate) fn accept_message(
     if body.is_empty() && field(f, "MediaUrl").is_none() && field(f, "ContentSid").is_none() {
         return Err(twilio_error(400, 21602, "Message body is required."));
     }
+    let validity = match field(f, "ValidityPeriod") {
+        None => None,
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (1..=36_000).contains(&n) => Some(n),
+            _ => return Err(twilio_error(400, 21624, "Invalid validity period value")),
+        },
+    };
     if body.chars().count() > 1600 {
         return Err(twilio_error(400, 21617, "The concatenated message body exceeds the 1600 character limit."));
     }
@@ -201,6 +208,7 @@ pub(crate) fn accept_message(
         date_sent: None,
         messaging_service_sid: service.clone(),
         error_code: None,
+        validity_period: validity,
     };
     let idx = store.messages.len();
     store.by_to.entry(m.to.clone()).or_default().push(idx);

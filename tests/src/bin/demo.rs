@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let base = format!("http://{addr}");
     let env = Env::new(&redis.url(), &base);
     println!("▶ private Redis on {} · Twilio simulator on {base}", redis.url());
+    println!("▶ quiet hours off for the demo (MESSENGER_QUIET_HOURS=off), so it sends at any hour of the night");
 
     let run = async |args: &[&str]| stdout_of(args, env.producer_async(args).await).map_err(anyhow::Error::msg);
 

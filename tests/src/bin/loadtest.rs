@@ -108,6 +108,12 @@ struct Common {
     /// MESSENGER_REDIS_REPLICA_ACKS for the run (a single node then gets a replica to confirm).
     #[arg(long, default_value_t = 0)]
     replica_acks: u32,
+    /// Personalised texts: a template with three merge fields filled from a three-variable CSV.
+    #[arg(long)]
+    personalise: bool,
+    /// MESSENGER_QUIET_HOURS for the run: `off` (so a run at night still sends), or a window such as 21:00-08:00.
+    #[arg(long, default_value = "off")]
+    quiet_hours: String,
 }
 
 impl Common {
@@ -133,6 +139,8 @@ impl Common {
             max_numbers: self.max_numbers,
             prebuy: self.prebuy,
             count_commands: self.count_commands,
+            personalise: self.personalise,
+            quiet_hours: self.quiet_hours.clone(),
             show_progress: !json,
             cluster: self.cluster,
             replica_acks: self.replica_acks,

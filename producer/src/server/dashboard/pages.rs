@@ -117,7 +117,9 @@ fn batch_bar(s: &BatchStatus) -> Markup {
         ("failed", s.failed, "bar-failed"),
         ("opted out", s.opted_out, "bar-optout"),
         ("cancelled", s.cancelled, "bar-cancelled"),
+        ("expired", s.expired, "bar-cancelled"),
         ("deferred", s.deferred, "bar-deferred"),
+        ("waiting for quiet hours", s.quiet_hours, "bar-deferred"),
         ("queued", s.queued, "bar-queued"),
     ];
     let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
@@ -333,10 +335,18 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
                 div { dt { "Failed" } dd { (s.failed) } }
                 div { dt { "Opted out" } dd { (s.opted_out) } }
                 div { dt { "Cancelled" } dd { (s.cancelled) } }
+                div { dt { "Expired" } dd { (s.expired) } }
                 div { dt { "Deferred" } dd { (s.deferred) } }
+                div { dt { "Quiet hours" } dd { (s.quiet_hours) } }
                 div { dt { "Queued" } dd { (s.queued) } }
             }
             @if let (true, Some(why)) = (s.deferred > 0, &s.deferred_reason) { p { "Deferred because " (why) "." } }
+            @if let Some(at) = s.send_at_ms { p { "Scheduled for " (time(at)) "." } }
+            @if let Some(at) = s.expires_at_ms { p { "Texts not sent by " (time(at)) " expire." } }
+            @if s.urgent { p { "Urgent: sent whatever the hour (quiet hours do not apply)." } }
+            @for (zone, w) in &s.quiet_by_zone {
+                p { (w.count) " waiting for quiet hours to end in " (zone) " (until " (time(w.until_ms)) ")." }
+            }
         }
         @if !s.failure_reasons.is_empty() {
             section aria-labelledby="failures-h" {

@@ -1,0 +1,283 @@
+//! The dry run: what a bulk text would do and cost, and when its texts would go — from the validated request and
+//! read-only Redis queries (the customer's record, its pool, its opt-out list, Redis's clock). Nothing is written,
+//! not even the purchase lock.
+//!
+//! The timeline is a forecast on the tenant's clock: who can be texted when the batch starts, who waits for quiet
+//! hours in their zone and until when, how many are beyond what the pool can send in this window (its free slots
+//! plus the numbers it could still buy) and so wait for the next one, and how many of those waits would outlast the
+//! batch's expiry.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use shared::customers;
+use shared::domain::smart::{SmartEncoding, describe_char, ucs2_characters};
+use shared::domain::{TimeZone, count_segments, is_gsm7};
+use shared::keys::CustomerKeys;
+use shared::quiet::{self, TZ_VARIABLE};
+use utoipa::ToSchema;
+
+use super::texts::Prepared;
+use super::{Deps, OpsError};
+
+/// What a bulk text would do and cost.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Estimate {
+    /// Always true: nothing was written.
+    pub dry_run: bool,
+    pub customer: String,
+    /// Recipients in the request, before de-duplication.
+    pub recipients_submitted: usize,
+    pub duplicates: usize,
+    /// Recipients who replied STOP to this customer: their jobs would end `opted_out` without a Twilio call.
+    pub opted_out: usize,
+    /// Recipients who would be texted.
+    pub recipients: usize,
+    /// Characters of the body (the template, for a personalised body).
+    pub characters: usize,
+    /// `GSM-7`, `UCS-2`, or `mixed` (personalised texts of both).
+    pub encoding: String,
+    /// Segments of the longest text.
+    pub segments_per_message: u32,
+    /// Segments of the shortest text (the same as the longest unless the body is personalised).
+    pub segments_min: u32,
+    /// The characters of the body that force UCS-2 (`U+2019 ’`); empty for GSM-7.
+    pub ucs2_characters: Vec<String>,
+    /// Variable → recipients whose value of it forces UCS-2 (the template alone would be GSM-7).
+    pub ucs2_variables: BTreeMap<String, usize>,
+    /// Variable → recipients whose text needs an extra segment because of that variable's value.
+    pub segment_variables: BTreeMap<String, usize>,
+    /// What Smart Encoding changed, when it was asked for.
+    pub smart_encoding: Option<SmartEncoding>,
+    pub numbers_owned: u32,
+    /// Free slots over the owned numbers in the current window.
+    pub slots_available: u32,
+    /// Numbers the whole send needs in one window (recipients / daily quota).
+    pub numbers_needed: u32,
+    /// Numbers the workers would buy for it now.
+    pub purchases: u32,
+    pub max_numbers: u32,
+    /// Recipients that would wait for a later window (the customer would reach max_numbers).
+    pub deferred: u64,
+    /// Segments of every text that would be sent, each counted for itself.
+    pub segments_total: u64,
+    pub segment_cost: f64,
+    /// Segments × segment cost.
+    pub messages_cost: f64,
+    /// What the numbers bought for it would add per month.
+    pub numbers_monthly_cost: f64,
+    pub timeline: Timeline,
+}
+
+/// When the texts would go.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Timeline {
+    /// Redis's clock when the forecast was made (ms).
+    pub now_ms: i64,
+    /// When the batch starts: its `send_at`, or now (ms).
+    pub starts_ms: i64,
+    /// The quiet hours that apply (`21:00-08:00`), or `None`: off for this customer, or the batch is urgent.
+    pub quiet_hours: Option<String>,
+    pub urgent: bool,
+    /// Recipients who can be texted when the batch starts (before the pool's limits).
+    pub sendable_at_start: usize,
+    /// Recipients in quiet hours when the batch starts, by the zone they wait for and until when.
+    pub quiet: Vec<QuietGroup>,
+    /// Recipients beyond what the pool can send in this window (free slots plus numbers it may still buy): they
+    /// wait for the window to free slots.
+    pub beyond_capacity: u64,
+    /// The batch's expiry (ms), if it has one.
+    pub expires_at_ms: Option<i64>,
+    /// Recipients the forecast says would end `expired`: their quiet hours, or the pool's next window, end after
+    /// the batch's expiry.
+    pub would_expire: u64,
+}
+
+/// Recipients waiting for quiet hours to end in one zone.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct QuietGroup {
+    pub zone: String,
+    pub recipients: usize,
+    /// When they may be texted (ms), before each one's spread.
+    pub until_ms: i64,
+}
+
+fn cents(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+/// Estimates a prepared request for its customer.
+pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsError> {
+    let batch = &prepared.batch;
+    let settings = &deps.settings;
+    let mut conn = deps.conn();
+    let id = batch.customer.clone();
+    let record = customers::get(&mut conn, &id).await?.ok_or_else(|| super::customers::unknown(&id))?;
+    let pool = customers::pool(&mut conn, &id, &settings.quota).await?.ok_or_else(|| super::customers::unknown(&id))?;
+    let now_ms = customers::redis_now_ms(&mut conn).await?;
+    // Opted-out recipients, in chunks (SMISMEMBER reads many members in one command).
+    let optouts = CustomerKeys::new(&id).optouts();
+    let mut opted: Vec<bool> = Vec::with_capacity(batch.recipients.len());
+    for chunk in batch.recipients.chunks(1_000) {
+        let mut cmd = redis::cmd("SMISMEMBER");
+        cmd.arg(&optouts);
+        for r in chunk {
+            cmd.arg(r.as_str());
+        }
+        let flags: Vec<bool> = cmd.query_async(&mut conn).await?;
+        opted.extend(flags);
+    }
+    let opted_out = opted.iter().filter(|f| **f).count();
+    let to_send = batch.recipients.len() - opted_out;
+
+    // Each text that would go, counted for itself; and what its variables do to it.
+    let names = batch.personal.as_ref().map(|p| p.names.clone()).unwrap_or_default();
+    let body = batch.body.as_str();
+    let template_gsm = ucs2_characters(body).is_empty();
+    let mut segments = (u32::MAX, 0u32, 0u64);
+    let mut ucs2_variables: BTreeMap<String, usize> = BTreeMap::new();
+    let mut segment_variables: BTreeMap<String, usize> = BTreeMap::new();
+    let mut encodings = (false, false);
+    for (i, _) in batch.recipients.iter().enumerate().filter(|(i, _)| !opted[*i]) {
+        let values = batch.values(i);
+        let text = batch.body.render_encoded(&names, values).unwrap_or_default();
+        let s = count_segments(&text);
+        segments = (segments.0.min(s.segments), segments.1.max(s.segments), segments.2 + s.segments as u64);
+        match s.encoding {
+            shared::domain::Encoding::Gsm7 => encodings.0 = true,
+            shared::domain::Encoding::Ucs2 => encodings.1 = true,
+        }
+        if names.is_empty() {
+            continue;
+        }
+        let parts: Vec<&str> =
+            values.map(|v| v.split(shared::domain::template::VALUE_SEPARATOR).collect()).unwrap_or_default();
+        for (n, name) in names.iter().enumerate() {
+            let value = parts.get(n).copied().unwrap_or("");
+            if value.is_empty() || name == TZ_VARIABLE {
+                continue;
+            }
+            if template_gsm && !value.chars().all(is_gsm7) {
+                *ucs2_variables.entry(name.clone()).or_default() += 1;
+            }
+            // The same text with a one-letter value instead: fewer segments means this value added one.
+            let without = batch
+                .body
+                .render(|f| if f == name { Some("x") } else { parts.get(names.iter().position(|x| x == f)?).copied() });
+            if without.is_ok_and(|t| count_segments(&t).segments < s.segments) {
+                *segment_variables.entry(name.clone()).or_default() += 1;
+            }
+        }
+    }
+    if segments.0 == u32::MAX {
+        segments.0 = 0;
+    }
+    let encoding = match encodings {
+        (true, true) => "mixed",
+        (false, true) => "UCS-2",
+        _ => "GSM-7",
+    };
+
+    let quota = settings.quota.daily_quota as u64;
+    let owned = pool.numbers.len() as u32;
+    let available = pool.total_available();
+    let short = (to_send as u64).saturating_sub(available as u64);
+    let room = pool.max_numbers.saturating_sub(owned);
+    let purchases = (short.div_ceil(quota) as u32).min(room);
+    let deferred = short.saturating_sub(purchases as u64 * quota);
+
+    let timeline = timeline(deps, prepared, &record, &opted, now_ms, deferred);
+    let segments_total = segments.2;
+    Ok(Estimate {
+        dry_run: true,
+        customer: id.to_string(),
+        recipients_submitted: batch.recipients.len() + batch.duplicates,
+        duplicates: batch.duplicates,
+        opted_out,
+        recipients: to_send,
+        characters: body.chars().count(),
+        encoding: encoding.to_owned(),
+        segments_per_message: segments.1,
+        segments_min: segments.0,
+        ucs2_characters: ucs2_characters(body).into_iter().map(describe_char).collect(),
+        ucs2_variables,
+        segment_variables,
+        smart_encoding: prepared.smart_encoding.clone(),
+        numbers_owned: owned,
+        slots_available: available,
+        numbers_needed: (to_send as u64).div_ceil(quota) as u32,
+        purchases,
+        max_numbers: pool.max_numbers,
+        deferred,
+        segments_total,
+        segment_cost: settings.pricing.segment,
+        messages_cost: cents(segments_total as f64 * settings.pricing.segment),
+        numbers_monthly_cost: cents(purchases as f64 * settings.pricing.number_monthly),
+        timeline,
+    })
+}
+
+/// Who can go when the batch starts, who waits for quiet hours (and until when), who would expire.
+fn timeline(
+    deps: &Deps,
+    prepared: &Prepared,
+    customer: &customers::Customer,
+    opted: &[bool],
+    now_ms: i64,
+    beyond_capacity: u64,
+) -> Timeline {
+    let batch = &prepared.batch;
+    let timing = batch.timing;
+    let starts_ms = timing.send_at_ms.unwrap_or(now_ms).max(now_ms);
+    let window = customer.quiet_window(deps.settings.quiet_hours).filter(|_| !timing.urgent);
+    let start = DateTime::<Utc>::from_timestamp_millis(starts_ms).unwrap_or_default();
+    let names = batch.personal.as_ref().map(|p| p.names.clone()).unwrap_or_default();
+    let tz_at = names.iter().position(|n| n == TZ_VARIABLE);
+    let mut waits: HashMap<Vec<Tz>, Option<(DateTime<Utc>, Tz)>> = HashMap::new();
+    let mut groups: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    let mut sendable = 0usize;
+    let mut would_expire = 0u64;
+    for (i, number) in batch.recipients.iter().enumerate().filter(|(i, _)| !opted[*i]) {
+        let Some(window) = window else {
+            sendable += 1;
+            continue;
+        };
+        let tz = tz_at
+            .and_then(|t| batch.values(i)?.split(shared::domain::template::VALUE_SEPARATOR).nth(t))
+            .filter(|v| !v.is_empty())
+            .and_then(|v| TimeZone::parse(v).ok());
+        let zones = quiet::recipient_zones(number, tz, customer.time_zone);
+        let wait = *waits.entry(zones).or_insert_with_key(|z| quiet::quiet_until(z, window, start));
+        match wait {
+            None => sendable += 1,
+            Some((until, zone)) => {
+                let until_ms = until.timestamp_millis();
+                *groups.entry((zone.name().to_owned(), until_ms)).or_default() += 1;
+                if timing.expires_at_ms.is_some_and(|e| e <= until_ms) {
+                    would_expire += 1;
+                }
+            }
+        }
+    }
+    // Those beyond the pool's capacity wait a window for slots to free: past the expiry, they would expire too.
+    let window_ms = deps.settings.quota.window_ms() as i64;
+    if timing.expires_at_ms.is_some_and(|e| e <= starts_ms + window_ms) {
+        would_expire += beyond_capacity;
+    }
+    Timeline {
+        now_ms,
+        starts_ms,
+        quiet_hours: window.map(|w| w.to_string()),
+        urgent: timing.urgent,
+        sendable_at_start: sendable,
+        quiet: groups
+            .into_iter()
+            .map(|((zone, until_ms), recipients)| QuietGroup { zone, recipients, until_ms })
+            .collect(),
+        beyond_capacity,
+        expires_at_ms: timing.expires_at_ms,
+        would_expire,
+    }
+}
