@@ -8,6 +8,7 @@
 --   w|<n>|<reason>                 waiting for a retry; holds no quota slot
 --   D|<n>                          deferred: the customer is at max numbers and every number is full
 --   Q|<n>|<until ms>|<zone>        waiting for the end of quiet hours in the recipient's zone (reserve.lua)
+--   C|<n>|<until ms>|<cap>         waiting for a carrier cap to renew (reserve.lua)
 --   d|<sid>                        sent (terminal)
 --   f|<reason>                     failed (terminal)
 --   o|                             opted out (terminal)
@@ -54,8 +55,8 @@ end
 
 local COUNTER = { d = 'sent', f = 'failed', o = 'opted_out', x = 'cancelled', e = 'expired' }
 
--- A job leaving the deferred state stops counting as deferred; one leaving quiet hours stops counting as waiting
--- for them (in total and in its zone).
+-- A job leaving the deferred state stops counting as deferred; one leaving quiet hours or a carrier cap stops
+-- counting as waiting for them (in total, and in its zone or cap).
 local function leave_deferred(batch, prev)
   if not prev then return end
   local kind = string.sub(prev, 1, 1)
@@ -64,6 +65,9 @@ local function leave_deferred(batch, prev)
   elseif kind == 'Q' then
     redis.call('HINCRBY', batch, 'quiet', -1)
     redis.call('HINCRBY', batch, 'quiet:' .. (split(prev)[4] or ''), -1)
+  elseif kind == 'C' then
+    redis.call('HINCRBY', batch, 'capped', -1)
+    redis.call('HINCRBY', batch, 'capped:' .. (split(prev)[4] or ''), -1)
   end
 end
 

@@ -8,9 +8,12 @@
 -- In 'locked' mode the caller holds the customer's purchase lock. If there is still no capacity, no purchase in
 -- flight, no orphaned reservation and room under max_numbers, the script sizes the purchase to the backlog and
 -- records that many purchase intents in the same step, so the decision to buy reads exactly the keys a purchase
--- commit writes (invariant 1). The backlog is the jobs that want a slot now (common.lua, backlog_now). Numbers
--- needed = ceil((backlog - free capacity) / daily quota), capped by max_numbers and by the room the caller reports
--- (a Messaging Service's sender limit).
+-- commit writes (invariant 1). The backlog is the jobs that want a slot now (common.lua, backlog_now), and for a
+-- customer whose lines are looked up, only the share of them that carriers would take now. Numbers needed =
+-- floor((backlog - free capacity) / daily quota), at least one, capped by max_numbers and by the room the caller
+-- reports (a Messaging Service's sender limit): the last, partial number is bought by a later decision, once the
+-- whole ones are full and jobs still wait — the tail waits one purchase, and no number is bought for jobs that
+-- fail before it would fill.
 --
 -- KEYS[1] cfg HASH          KEYS[2] pool ZSET        KEYS[3] optouts SET
 -- KEYS[4] batch HASH        KEYS[5] batch state HASH KEYS[6] batch failures HASH
@@ -29,6 +32,23 @@
 --          quiet hours off, or an urgent batch); computed by the worker from the tz database, compared here with
 --          Redis's clock (quiet.rs)
 -- ARGV[18] ms after a quiet period's end at which this job comes due (spreads a morning's jobs, no herd at 08:00)
+-- ARGV[19] the recipient's line just looked up by the caller (carriers.rs codes: t a v o u l i n), or ''
+-- ARGV[20] prefix of the lookup cache (`{c:ID}:lt:`): `<prefix><30-day epoch>:<last 3 digits>`, field = the rest
+-- ARGV[21] prefix of the carrier caps' keys (`{c:ID}:cap:`): `mps` and `att` (LISTs like send windows), `tmo:<day>`
+-- ARGV[22] the T-Mobile day as instants: three consecutive day starts (ms), the first at or before now by the
+--          caller's clock, the day ending at midnight Pacific (computed by the caller with the tz database)
+-- ARGV[23] segments of this job's text (T-Mobile counts segments)
+--
+-- The carriers' limits (carriers.rs), read from the customer's cfg: when the customer looks lines up (`lookup`, or
+-- a T-Mobile or AT&T cap), the recipient's line comes from the cache — none cached: {'lookup'}, the caller looks it
+-- up and calls again with it; a landline or invalid number ends `failed` ('unreachable: …') without a slot. Then the
+-- caps: the campaign's messages per second (`cap_mps`), AT&T's per minute (`cap_att`), T-Mobile's segments per day
+-- (`cap_tmo`), and caps Twilio reported spent (`spent_tmo`, `spent_att`, `spent_all`: until when). An unknown line
+-- counts against every carrier cap. A job a cap holds is parked (state C|<attempt>|<due>|<cap>, counted in
+-- `capped`, `capped:<cap>`, latest due in `capped_until:<cap>`) until the cap renews, paced (`pace:<cap>` in cfg)
+-- so held jobs come back at the cap's own rate rather than all at once. A reservation counts in the caps it is
+-- under; one made in the last 10 s of a T-Mobile day (a send may still be on its way at midnight) counts in the
+-- next day too.
 --
 -- Before a number is chosen, two rules of the tenant's clock, both on Redis time: a job of a batch whose `expires`
 -- (ms) has passed ends `expired` (e|) without a send; a job inside a quiet period is parked until the period ends
@@ -42,6 +62,9 @@
 --   {'opted_out'} | {'cancelled'} | {'orphan'} job finished here (orphan: its batch no longer exists)
 --   {'expired'}                                job finished here: the batch's expiry passed
 --   {'quiet', due, zone}                       job parked until quiet hours end in `zone`
+--   {'lookup'}                                 the recipient's line is needed and not cached (nothing changed)
+--   {'unreachable', reason}                    job failed here: a landline or invalid number
+--   {'capped', due, cap}                       job parked until the carrier cap `cap` renews
 --   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
 --   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
 --                                              orphans: old unsettled reservations; while there are any, nobody
@@ -59,6 +82,10 @@ local retention = tonumber(ARGV[9])
 local mode, token, intent_prefix, name_prefix, expect = ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 local orphan_ms, room = tonumber(ARGV[15]), tonumber(ARGV[16] or '-1')
 local quiet, spread = ARGV[17] or '', tonumber(ARGV[18] or '0')
+local hint, lprefix, cprefix = ARGV[19] or '', ARGV[20] or '', ARGV[21] or ''
+local days, segments = ARGV[22] or '', tonumber(ARGV[23] or '1') or 1
+local LOOKUP_EPOCH_MS = 30 * 86400000
+local UNREACHABLE = { l = 'unreachable: landline', i = 'unreachable: invalid number', n = 'unreachable: not a messaging line' }
 
 local now = now_ms()
 
@@ -131,6 +158,110 @@ for qs, qe, zone in string.gmatch(quiet, '(%d+),(%d+),([^;]+)') do
   end
 end
 
+-- The carriers' limits.
+local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_tmo', 'spent_att', 'spent_all')
+local cap_tmo, cap_att, cap_mps = tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
+local line = nil
+if c[1] == '1' or cap_tmo or cap_att then
+  local lepoch = math.floor(now / LOOKUP_EPOCH_MS)
+  local lbucket, lfield = string.sub(recipient, -3), string.sub(recipient, 1, -4)
+  local lcur = lprefix .. lepoch .. ':' .. lbucket
+  if hint ~= '' then
+    line = hint
+    -- An unknown line is not kept: a later batch asks again.
+    if hint ~= 'u' then
+      if redis.call('HSET', lcur, lfield, hint) == 1 then
+        redis.call('HINCRBY', cfg, 'mix:' .. hint, 1)
+        redis.call('HINCRBY', cfg, 'mix', 1)
+      end
+      redis.call('PEXPIRE', lcur, 2 * LOOKUP_EPOCH_MS + 1000)
+    end
+  else
+    line = redis.call('HGET', lcur, lfield) or redis.call('HGET', lprefix .. (lepoch - 1) .. ':' .. lbucket, lfield)
+    if not line then return {'lookup'} end
+  end
+  if UNREACHABLE[line] then
+    release_slot(wprefix, unsent, st)
+    return {'unreachable', UNREACHABLE[line], finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'f', UNREACHABLE[line], retention, now)}
+  end
+end
+local is_tmo, is_att = line == 't' or line == 'u', line == 'a' or line == 'u'
+local day_start, day_end, next_end = nil, nil, nil
+do
+  local d = {}
+  for v in string.gmatch(days, '%d+') do d[#d + 1] = tonumber(v) end
+  if #d == 3 then
+    if now >= d[2] then day_start, day_end = d[2], d[3] else day_start, day_end, next_end = d[1], d[2], d[3] end
+  end
+end
+local hold, hold_cap, hold_step = nil, nil, 0
+-- step: pacing of held jobs (ms between two); 0: they come due at `until` plus their spread (a day's renewal) or
+-- a part of it (a short hold Twilio reported).
+local hold_spread = 0
+local function held(until_ms, name, step, spread_ms)
+  if not hold or until_ms > hold then hold, hold_cap, hold_step, hold_spread = until_ms, name, step, spread_ms end
+end
+local mps_key, att_key = cprefix .. 'mps', cprefix .. 'att'
+local spent_all = tonumber(c[7])
+if spent_all and spent_all > now then held(spent_all, 'campaign throughput (Twilio 30022)', 0, spread % 2000) end
+if cap_mps and window_count(mps_key, now - 1000) >= cap_mps then
+  held(window_oldest(mps_key) + 1000, 'per-second cap', math.floor(1000 / cap_mps), 0)
+end
+if is_att then
+  local spent = tonumber(c[6])
+  if spent and spent > now then held(spent, 'AT&T per-minute cap (Twilio 30022)', 0, spread % 2000) end
+  if cap_att and window_count(att_key, now - 60000) >= cap_att then
+    held(window_oldest(att_key) + 60000, 'AT&T per-minute cap', math.floor(60000 / cap_att), 0)
+  end
+end
+if is_tmo then
+  local spent = tonumber(c[5])
+  if spent and spent > now then held(spent, 'T-Mobile daily cap (Twilio 30023)', 0, spread) end
+  if cap_tmo and day_start then
+    local used = tonumber(redis.call('GET', cprefix .. 'tmo:' .. day_start)) or 0
+    if used + segments > cap_tmo then held(day_end, 'T-Mobile daily cap', 0, spread) end
+  end
+end
+if hold then
+  -- Held jobs come back at the cap's rate (`pace`), or spread after a day's renewal, not all at once.
+  local pace_field = 'pace:' .. hold_cap
+  local due = hold
+  if hold_step > 0 then
+    due = math.max(hold, tonumber(redis.call('HGET', cfg, pace_field)) or 0)
+    redis.call('HSET', cfg, pace_field, due + hold_step)
+  else
+    due = hold + hold_spread
+  end
+  if expires and due > expires then due = expires end
+  leave_deferred(batch, st)
+  redis.call('HSET', state, recipient, 'C|' .. attempt .. '|' .. due .. '|' .. hold_cap)
+  redis.call('HINCRBY', batch, 'capped', 1)
+  redis.call('HINCRBY', batch, 'capped:' .. hold_cap, 1)
+  if (tonumber(redis.call('HGET', batch, 'capped_until:' .. hold_cap)) or 0) < due then
+    redis.call('HSET', batch, 'capped_until:' .. hold_cap, due)
+  end
+  redis.call('ZREM', inflight, member)
+  redis.call('ZADD', KEYS[12], due, job_of(member))
+  return {'capped', due, hold_cap}
+end
+
+-- A reservation counts in the caps it is under (commit.lua re-stamps the per-second and per-minute entries when
+-- Twilio accepts the text, as for the quota windows).
+local function count_caps(resid)
+  if cap_mps then window_push(mps_key, now, resid, 1000) end
+  if is_att and cap_att then window_push(att_key, now, resid, 60000) end
+  if is_tmo and cap_tmo and day_start then
+    local k = cprefix .. 'tmo:' .. day_start
+    redis.call('INCRBY', k, segments)
+    redis.call('PEXPIREAT', k, day_end + 3600000)
+    if next_end and now >= day_end - 10000 then
+      local nk = cprefix .. 'tmo:' .. day_end
+      redis.call('INCRBY', nk, segments)
+      redis.call('PEXPIREAT', nk, next_end + 3600000)
+    end
+  end
+end
+
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.
 local horizon = now - window_ms
 local function available(number)
@@ -177,6 +308,7 @@ end
 if chosen then
   local resid = redis.call('HINCRBY', cfg, 'resseq', 1)
   window_push(wprefix .. chosen, now, resid, window_ms)
+  count_caps(resid)
   redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
   redis.call('HSET', sticky_cur, field, chosen)
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
@@ -216,11 +348,36 @@ if mode == 'locked' then
   if #pending == 0 and orphans == 0 and allowed > 0 then
     -- This job wants a slot whatever the counts say (it is in flight without one).
     local backlog = math.max(backlog_now(cfg, KEYS[11], KEYS[12], inflight, unsent, now), 1)
+    if line then
+      -- Only messages that could go now need a number: of the jobs not yet looked at, leave out the share the
+      -- customer's looked-up recipients say are unreachable, and T-Mobile's beyond what is left of its day. With too
+      -- few looked up to know the share, count only this job: the pool grows one number at a time until they are.
+      local m = redis.call('HMGET', cfg, 'mix', 'mix:t', 'mix:l', 'mix:i', 'mix:n')
+      local total = tonumber(m[1]) or 0
+      if total < 20 then
+        backlog = 1
+      else
+        local share = function(i) return (tonumber(m[i]) or 0) / total end
+        local sendable = backlog * (1 - share(3) - share(4) - share(5))
+        local tmo = backlog * share(2)
+        local room = nil
+        local spent = tonumber(c[5])
+        if spent and spent > now then room = 0
+        elseif cap_tmo and day_start then
+          room = math.max(cap_tmo - (tonumber(redis.call('GET', cprefix .. 'tmo:' .. day_start)) or 0), 0) / segments
+        end
+        if room and tmo > room then sendable = sendable - (tmo - room) end
+        backlog = math.max(math.floor(sendable + 0.5), 1)
+      end
+    end
     local free = 0
     for i = 1, #numbers do
       free = free + math.max(available(numbers[i]), 0)
     end
-    local need = math.ceil((backlog - free) / quota)
+    -- Whole numbers now; the last, partial one only once nothing else is left to wait for (the pool is full here, so
+    -- a backlog under one number's quota buys it): a number is never bought for jobs that may fail before it fills.
+    local need = math.floor((backlog - free) / quota)
+    if need < 1 and backlog > free then need = 1 end
     if need > allowed then need = allowed end
     if need >= 1 then
       local out = {'intents', now, backlog, free}

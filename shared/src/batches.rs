@@ -308,7 +308,7 @@ pub async fn submit(
 }
 
 /// A batch's counts. At every moment `sent + failed + opted_out + cancelled + expired + pending == total`, and
-/// `queued + deferred + quiet_hours == pending`: the counters move in the same scripts as the job states.
+/// `queued + deferred + quiet_hours + capped == pending`: the counters move in the same scripts as the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStatus {
@@ -329,6 +329,10 @@ pub struct BatchStatus {
     pub quiet_hours: u64,
     /// Per zone: how many wait for its quiet hours to end, and until when (Redis ms).
     pub quiet_by_zone: BTreeMap<String, QuietWait>,
+    /// Waiting for a carrier cap to renew (T-Mobile's day, AT&T's minute, the campaign's second).
+    pub capped: u64,
+    /// Per cap: how many wait for it, and until when (Redis ms).
+    pub capped_by_cap: BTreeMap<String, QuietWait>,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
@@ -362,7 +366,7 @@ pub struct BatchStatus {
     pub completed_ms: Option<i64>,
 }
 
-/// Jobs waiting for one zone's quiet hours to end.
+/// Jobs waiting for one zone's quiet hours to end, or for one carrier cap to renew.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuietWait {
@@ -400,16 +404,21 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let pending = total.saturating_sub(terminal);
     let deferred = n("deferred").min(pending);
     let quiet = n("quiet").min(pending - deferred);
+    let capped = n("capped").min(pending - deferred - quiet);
     let opt = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok());
-    let quiet_by_zone = m
-        .iter()
-        .filter_map(|(f, v)| Some((f.strip_prefix("quiet:")?, v.parse::<i64>().ok()?)))
-        .filter(|(_, count)| *count > 0)
-        .map(|(zone, count)| {
-            let until_ms = opt(&format!("quiet_until:{zone}")).unwrap_or_default();
-            (zone.to_owned(), QuietWait { count: count as u64, until_ms })
-        })
-        .collect();
+    // Jobs waiting per reason (`<kind>:<reason>` counts, `<kind>_until:<reason>` latest due).
+    let waits = |kind: &str| -> BTreeMap<String, QuietWait> {
+        m.iter()
+            .filter_map(|(f, v)| Some((f.strip_prefix(kind)?.strip_prefix(':')?, v.parse::<i64>().ok()?)))
+            .filter(|(_, count)| *count > 0)
+            .map(|(why, count)| {
+                let until_ms = opt(&format!("{kind}_until:{why}")).unwrap_or_default();
+                (why.to_owned(), QuietWait { count: count as u64, until_ms })
+            })
+            .collect()
+    };
+    let quiet_by_zone = waits("quiet");
+    let capped_by_cap = waits("capped");
     // Counts kept under `<prefix><code>` fields: failure reasons, undelivered error codes.
     let by = |prefix: &str| {
         m.iter().filter_map(|(f, v)| f.strip_prefix(prefix).map(|r| (r.to_owned(), v.parse().unwrap_or(0)))).collect()
@@ -421,11 +430,13 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         total,
         enqueued: n("enqueued"),
         duplicates: n("duplicates"),
-        queued: pending - deferred - quiet,
+        queued: pending - deferred - quiet - capped,
         deferred,
         deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
         quiet_hours: quiet,
         quiet_by_zone,
+        capped,
+        capped_by_cap,
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),

@@ -50,6 +50,10 @@ pub struct CommonArgs {
     #[arg(long, env = "TWILIO_MESSAGING_API_BASE", default_value = "https://messaging.twilio.com")]
     pub twilio_messaging_api_base: String,
 
+    /// Base URL of Twilio's Lookup API (line type and carrier of recipients, for carrier caps).
+    #[arg(long, env = "TWILIO_LOOKUPS_API_BASE", default_value = "https://lookups.twilio.com")]
+    pub twilio_lookups_api_base: String,
+
     /// The Twilio account (or parent account) whose credentials sign every request.
     #[arg(long, env = "TWILIO_ACCOUNT_SID")]
     pub twilio_account_sid: Option<String>,
@@ -103,6 +107,15 @@ pub struct CommonArgs {
     #[arg(long, env = "MESSENGER_QUIET_SPREAD_SECS", default_value_t = 600)]
     pub quiet_spread_secs: u64,
 
+    /// What one Lookup (line type intelligence) costs, for dry-run estimates ($0.008 on Twilio's price list).
+    #[arg(long, env = "MESSENGER_LOOKUP_COST", default_value_t = 0.008)]
+    pub lookup_cost: f64,
+
+    /// Tests: the length of a carrier's "day" in seconds (T-Mobile's day otherwise ends at midnight Pacific), so a
+    /// daily cap's renewal can be brought forward.
+    #[arg(long, env = "MESSENGER_CAP_DAY_SECS", hide = true)]
+    pub cap_day_secs: Option<u64>,
+
     /// How long finished batch records (counts and failure reasons) and idempotency keys are kept, in seconds.
     #[arg(long, env = "MESSENGER_BATCH_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub batch_retention_secs: u64,
@@ -122,6 +135,8 @@ pub struct Settings {
     pub quiet_hours: QuietSetting,
     /// How long after quiet hours end the held texts come due, spread over.
     pub quiet_spread: Duration,
+    /// See [`CommonArgs::cap_day_secs`].
+    pub cap_day: Option<Duration>,
     pub batch_retention: Duration,
     pub pricing: Pricing,
 }
@@ -131,6 +146,7 @@ pub struct Settings {
 pub struct Pricing {
     pub number_monthly: f64,
     pub segment: f64,
+    pub lookup: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -157,6 +173,8 @@ pub struct TwilioSettings {
     pub api_base: String,
     /// Messaging API base (`https://messaging.twilio.com`).
     pub messaging_api_base: String,
+    /// Lookup API base (`https://lookups.twilio.com`).
+    pub lookups_api_base: String,
     /// `None` in processes that never call Twilio (the producer's CLI).
     pub account_sid: Option<AccountSid>,
     pub auth_token: Option<SecretString>,
@@ -223,9 +241,11 @@ impl CommonArgs {
         if self.redis_replica_acks > 0 && self.redis_replica_ack_timeout_ms == 0 {
             return bad("MESSENGER_REDIS_REPLICA_ACK_TIMEOUT_MS must be positive when replica acks are on".into());
         }
-        for (name, url) in
-            [("TWILIO_API_BASE", &self.twilio_api_base), ("TWILIO_MESSAGING_API_BASE", &self.twilio_messaging_api_base)]
-        {
+        for (name, url) in [
+            ("TWILIO_API_BASE", &self.twilio_api_base),
+            ("TWILIO_MESSAGING_API_BASE", &self.twilio_messaging_api_base),
+            ("TWILIO_LOOKUPS_API_BASE", &self.twilio_lookups_api_base),
+        ] {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return bad(format!("{name} {url:?} must be an http(s) URL"));
             }
@@ -250,9 +270,11 @@ impl CommonArgs {
         if self.redis_timeout_ms == 0 || self.twilio_timeout_ms == 0 {
             return bad("timeouts must be positive".into());
         }
-        for (name, v) in
-            [("MESSENGER_NUMBER_MONTHLY_COST", self.number_monthly_cost), ("MESSENGER_SEGMENT_COST", self.segment_cost)]
-        {
+        for (name, v) in [
+            ("MESSENGER_NUMBER_MONTHLY_COST", self.number_monthly_cost),
+            ("MESSENGER_SEGMENT_COST", self.segment_cost),
+            ("MESSENGER_LOOKUP_COST", self.lookup_cost),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("{name} must be a price of 0 or more, not {v}"));
             }
@@ -271,6 +293,7 @@ impl CommonArgs {
             twilio: TwilioSettings {
                 api_base: self.twilio_api_base.trim_end_matches('/').to_owned(),
                 messaging_api_base: self.twilio_messaging_api_base.trim_end_matches('/').to_owned(),
+                lookups_api_base: self.twilio_lookups_api_base.trim_end_matches('/').to_owned(),
                 account_sid,
                 auth_token: self.twilio_auth_token.clone().filter(|t| !t.is_empty()).map(SecretString::from),
                 timeout: Duration::from_millis(self.twilio_timeout_ms),
@@ -280,8 +303,13 @@ impl CommonArgs {
             lock_ttl: Duration::from_millis(self.lock_ttl_ms),
             quiet_hours: self.quiet_hours,
             quiet_spread: Duration::from_secs(self.quiet_spread_secs),
+            cap_day: self.cap_day_secs.filter(|d| *d > 0).map(Duration::from_secs),
             batch_retention: Duration::from_secs(self.batch_retention_secs.max(60)),
-            pricing: Pricing { number_monthly: self.number_monthly_cost, segment: self.segment_cost },
+            pricing: Pricing {
+                number_monthly: self.number_monthly_cost,
+                segment: self.segment_cost,
+                lookup: self.lookup_cost,
+            },
         })
     }
 }

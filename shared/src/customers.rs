@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use redis::AsyncCommands;
 use serde::Serialize;
 
+use crate::carriers::Caps;
 use crate::config::QuotaSettings;
 use crate::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use crate::keys::{self, CustomerKeys};
@@ -28,6 +29,12 @@ pub struct Customer {
     /// Where the customer's tenants live when nothing else says: quiet hours apply in this zone too.
     #[serde(serialize_with = "as_text")]
     pub time_zone: Option<TimeZone>,
+    /// Look recipients' lines up (Twilio Lookup) before texting them: landlines and invalid numbers are skipped.
+    /// Always on when a carrier cap needs the carrier.
+    pub lookup: bool,
+    /// The brand's and campaign's carrier caps.
+    #[serde(flatten)]
+    pub caps: Caps,
 }
 
 fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -49,7 +56,14 @@ impl Customer {
             messaging_service: None,
             quiet_hours: None,
             time_zone: None,
+            lookup: false,
+            caps: Caps::default(),
         }
+    }
+
+    /// Whether its recipients' lines are looked up (asked for, or needed by a carrier cap).
+    pub fn looks_up(&self) -> bool {
+        self.lookup || self.caps.need_lookups()
     }
 
     /// The quiet hours that apply to this customer's texts, given the fleet's.
@@ -104,6 +118,12 @@ pub struct CustomerUpdate {
     /// `Clear` = the fleet's quiet hours.
     pub quiet_hours: Change<QuietSetting>,
     pub time_zone: Change<TimeZone>,
+    /// `Clear` = off.
+    pub lookup: Change<bool>,
+    /// `Clear` = no cap.
+    pub tmobile_daily_cap: Change<u32>,
+    pub att_per_minute: Change<u32>,
+    pub per_second: Change<u32>,
 }
 
 impl CustomerUpdate {
@@ -122,6 +142,12 @@ impl CustomerUpdate {
             messaging_service: self.messaging_service.clone().apply(stored.and_then(|c| c.messaging_service.clone())),
             quiet_hours: self.quiet_hours.clone().apply(stored.and_then(|c| c.quiet_hours)),
             time_zone: self.time_zone.clone().apply(stored.and_then(|c| c.time_zone)),
+            lookup: self.lookup.clone().apply(stored.map(|c| c.lookup)).unwrap_or(false),
+            caps: Caps {
+                tmobile_daily: self.tmobile_daily_cap.clone().apply(stored.and_then(|c| c.caps.tmobile_daily)),
+                att_per_minute: self.att_per_minute.clone().apply(stored.and_then(|c| c.caps.att_per_minute)),
+                per_second: self.per_second.clone().apply(stored.and_then(|c| c.caps.per_second)),
+            },
         }
     }
 }
@@ -160,6 +186,10 @@ pub async fn update(
         ("messaging_service", written(&update.messaging_service)),
         ("quiet_hours", written(&update.quiet_hours)),
         ("time_zone", written(&update.time_zone)),
+        ("lookup", written(&update.lookup.clone().map(|on| if on { "1" } else { "" }))),
+        ("cap_tmo", written(&update.tmobile_daily_cap)),
+        ("cap_att", written(&update.att_per_minute)),
+        ("cap_mps", written(&update.per_second)),
     ]
     .into_iter()
     .filter_map(|(f, v)| Some((f, v?)))
@@ -192,6 +222,10 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("messaging_service", stored_field(&c.messaging_service)),
                 ("quiet_hours", c.quiet_hours.map(|q| q.to_string()).unwrap_or_default()),
                 ("time_zone", stored_field(&c.time_zone)),
+                ("lookup", if c.lookup { "1".into() } else { String::new() }),
+                ("cap_tmo", c.caps.tmobile_daily.map(|v| v.to_string()).unwrap_or_default()),
+                ("cap_att", c.caps.att_per_minute.map(|v| v.to_string()).unwrap_or_default()),
+                ("cap_mps", c.caps.per_second.map(|v| v.to_string()).unwrap_or_default()),
             ],
         )
         .ignore()
@@ -214,6 +248,12 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         messaging_service: m.get("messaging_service").and_then(|s| ServiceSid::parse(s).ok()),
         quiet_hours: m.get("quiet_hours").and_then(|s| QuietSetting::parse(s).ok()),
         time_zone: m.get("time_zone").and_then(|s| TimeZone::parse(s).ok()),
+        lookup: m.get("lookup").map(String::as_str) == Some("1"),
+        caps: Caps {
+            tmobile_daily: m.get("cap_tmo").and_then(|s| s.parse().ok()),
+            att_per_minute: m.get("cap_att").and_then(|s| s.parse().ok()),
+            per_second: m.get("cap_mps").and_then(|s| s.parse().ok()),
+        },
     }))
 }
 
@@ -253,6 +293,8 @@ pub struct PoolReport {
     pub messaging_service_sid: Option<String>,
     /// What the numbers cost per month at `MESSENGER_NUMBER_MONTHLY_COST` (set by the caller).
     pub monthly_cost: Option<f64>,
+    /// The customer's carrier caps and today's use (set by the caller, when it has caps or looks lines up).
+    pub carriers: Option<crate::carriers::CapUse>,
     pub window_secs: u64,
     pub daily_quota: u32,
     pub conversational_cap: u32,
@@ -319,6 +361,7 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         pending_releases: releases as u32,
         messaging_service_sid: customer.messaging_service.map(|s| s.to_string()),
         monthly_cost: None,
+        carriers: None,
         window_secs: quota.window.as_secs(),
         daily_quota: quota.daily_quota,
         conversational_cap: quota.conversational_cap,

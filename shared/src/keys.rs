@@ -18,7 +18,7 @@
 //! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
 //! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
 //! | `{msgr:stats}:workers` | HASH | worker name → `sent|failed|purchases|restarts|started_ms`, refreshed by each worker |
-//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service; `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
 //! | `{c:ID}:pool:last` | HASH | number → Redis ms of its last send (idle numbers are released) |
@@ -28,6 +28,10 @@
 //! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them; one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
+//! | `{c:ID}:lt:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits) → its line as Lookup said (carriers.rs code); one set of 1,000 buckets per 30-day epoch, two epochs kept |
+//! | `{c:ID}:cap:mps` | LIST | the customer's sends in the last second, `<Redis ms>:<reservation id>` (per-second cap) |
+//! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 60 s (AT&T's per-minute cap) |
+//! | `{c:ID}:cap:tmo:<day start ms>` | STRING | T-Mobile segments that carrier day (its daily cap) |
 //! | `{c:ID}:lock` | STRING | purchase lock token |
 //! | `{c:ID}:intents` | HASH | purchase intent id → `created_ms|friendly_name` |
 //! | `{c:ID}:q` | LIST | ready jobs, `<batch>|<recipient>` |
@@ -130,6 +134,14 @@ impl CustomerKeys {
     /// Prefix of the sticky-sender hashes: the script appends `<epoch>:<last three digits of the recipient>`.
     pub fn sticky_prefix(&self) -> String {
         self.key("sticky:")
+    }
+    /// Prefix of the lookup cache: the script appends `<30-day epoch>:<last three digits of the recipient>`.
+    pub fn lookup_prefix(&self) -> String {
+        self.key("lt:")
+    }
+    /// Prefix of the carrier caps' keys: `mps`, `att` (send logs) and `tmo:<day start ms>` (segments that day).
+    pub fn caps_prefix(&self) -> String {
+        self.key("cap:")
     }
     pub fn optouts(&self) -> String {
         self.key("optout")

@@ -45,19 +45,26 @@ impl Job {
     }
 }
 
-/// What the reserve script needs to know of the tenant's clock for one job: the quiet periods of the recipient's
-/// zones as instants ([`crate::quiet::encode`]; empty when quiet hours are off or the batch is urgent), and when
-/// after a period's end this job comes due (spreads a morning's jobs).
+/// What the reserve script needs to know, beyond Redis, of the rules one job is under: the tenant's clock — the
+/// quiet periods of the recipient's zones as instants ([`crate::quiet::encode`]; empty when quiet hours are off or
+/// the batch is urgent) and when after a period's end this job comes due (spreads a morning's jobs) — and the
+/// carriers' — the recipient's line when the caller just looked it up, the T-Mobile day as instants, and the
+/// segments of the job's text.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Clock {
+pub struct Rules {
     pub quiet: Arc<str>,
     pub spread_ms: u64,
+    /// The line Lookup just gave (the script caches it), or `None`: the script reads its cache.
+    pub line: Option<crate::carriers::Line>,
+    /// Three consecutive starts of the carriers' day (ms, see [`crate::carriers::day_starts`]).
+    pub days: Arc<str>,
+    pub segments: u32,
 }
 
-impl Default for Clock {
-    /// No quiet hours.
+impl Default for Rules {
+    /// No quiet hours, no looked-up line, one segment.
     fn default() -> Self {
-        Self { quiet: Arc::from(""), spread_ms: 0 }
+        Self { quiet: Arc::from(""), spread_ms: 0, line: None, days: Arc::from(""), segments: 1 }
     }
 }
 
@@ -130,6 +137,16 @@ pub enum Reserve {
     Quiet {
         due_ms: i64,
         zone: String,
+    },
+    /// The recipient's line is needed (a carrier cap, or lookups asked for) and not cached: look it up, then call
+    /// again with [`Rules::line`]. Nothing changed.
+    Lookup,
+    /// Ended here: the recipient cannot take a text (a landline, an invalid number), with the reason.
+    Unreachable(String),
+    /// Parked until the carrier cap `cap` renews (Redis ms).
+    Capped {
+        due_ms: i64,
+        cap: String,
     },
     /// An earlier attempt reserved `slot` and may have reached Twilio.
     Ambiguous {
@@ -314,7 +331,7 @@ impl Ledger {
         job: &Job,
         mode: ReserveMode<'_>,
         resolved: Option<&Slot>,
-        clock: &Clock,
+        rules: &Rules,
     ) -> redis::RedisResult<Reserve> {
         let k = CustomerKeys::new(&job.customer);
         let (mode_s, token, intent, name, room) = match mode {
@@ -352,8 +369,13 @@ impl Ledger {
             .arg(resolved.map(Slot::marker).unwrap_or_default())
             .arg(self.orphan_after.as_millis() as u64)
             .arg(room)
-            .arg(&*clock.quiet)
-            .arg(clock.spread_ms)
+            .arg(&*rules.quiet)
+            .arg(rules.spread_ms)
+            .arg(rules.line.map_or("", crate::carriers::Line::code))
+            .arg(k.lookup_prefix())
+            .arg(k.caps_prefix())
+            .arg(&*rules.days)
+            .arg(rules.segments)
             .run_acked(&mut self.acked_conn(), self.acks)
             .await?;
         let (v, confirmed): (Value, bool) = v;
@@ -379,6 +401,9 @@ impl Ledger {
             Some("cancelled") => Reserve::Cancelled,
             Some("orphan") => Reserve::Orphan,
             Some("expired") => Reserve::Expired,
+            Some("lookup") => Reserve::Lookup,
+            Some("unreachable") => Reserve::Unreachable(p.get(1).cloned().unwrap_or_default()),
+            Some("capped") => Reserve::Capped { due_ms: num(&p, 1), cap: p.get(2).cloned().unwrap_or_default() },
             Some("quiet") => Reserve::Quiet { due_ms: num(&p, 1), zone: p.get(2).cloned().unwrap_or_default() },
             Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
@@ -428,6 +453,7 @@ impl Ledger {
             .arg(k.window_prefix())
             .arg(self.quota.window_ms())
             .arg(from)
+            .arg(k.caps_prefix())
             .run_acked(&mut self.acked_conn(), self.acks)
             .await?;
         if !confirmed {

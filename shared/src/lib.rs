@@ -10,12 +10,14 @@
 //! - [`ledger`]: job states and quota windows — reserve, commit, fail, requeue, fetch, lease renewal.
 //! - [`customers`]: customer records and number pools.
 //! - [`batches`]: creating and enqueuing batches exactly once, status, cancel.
+//! - [`carriers`]: recipients' lines (Lookup) and the carriers' A2P caps per brand and campaign.
 //! - [`purchase`]: the purchase lock, intents, buying and resolving numbers.
 //! - [`quiet`]: quiet hours in the recipient's local time: zones of a number, quiet periods as instants.
 //! - [`twilio`]: the REST client and the wire types the simulator shares.
 //! - [`telemetry`]: logging setup and error formatting.
 
 pub mod batches;
+pub mod carriers;
 pub mod config;
 pub mod customers;
 pub mod domain;

@@ -160,4 +160,6 @@ scripts! {
     DELIVERY => "delivery.lua";
     /// Add a worker's counts to the per-minute statistics.
     STATS_FLUSH => "stats_flush.lua";
+    /// Hold a carrier's texts until a cap Twilio reported spent renews.
+    CAP_SPENT => "cap_spent.lua";
 }

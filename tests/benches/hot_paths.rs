@@ -12,7 +12,7 @@ use shared::config::QuotaSettings;
 use shared::customers::{self, Customer};
 use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber, count_segments};
 use shared::keys::{self, CustomerKeys};
-use shared::ledger::{Clock, Ledger, Reserve, ReserveMode};
+use shared::ledger::{Ledger, Reserve, ReserveMode, Rules};
 use shared::purchase::{self, Bought};
 use shared::twilio::signature;
 
@@ -110,7 +110,7 @@ fn scripts(c: &mut Criterion) {
             i += 1;
             rt.block_on(async {
                 if let Reserve::Reserved(_) =
-                    ledger.reserve(job, ReserveMode::Fast, None, &Clock::default()).await.unwrap()
+                    ledger.reserve(job, ReserveMode::Fast, None, &Rules::default()).await.unwrap()
                 {
                     ledger.commit_sent(job, "SMbench", "+14152000000").await.unwrap();
                 }

@@ -46,6 +46,9 @@ pub struct LoadConfig {
     pub personalise: bool,
     /// `MESSENGER_QUIET_HOURS` for the run (`off`, or a window such as `21:00-08:00`).
     pub quiet_hours: String,
+    /// Customers with carrier caps high enough never to hold a text (lookups on, every cap checked): what the
+    /// caps cost per message.
+    pub caps: bool,
 }
 
 /// The template of personalised load-test texts, and one recipient's CSV row for it.
@@ -207,7 +210,16 @@ impl Stack {
     }
 
     pub async fn add_customer(&self, id: &CustomerId, max_numbers: u32) -> anyhow::Result<()> {
-        let args = ["customer", "add", id.as_str(), "--max-numbers", &max_numbers.to_string()];
+        self.add_customer_with(id, max_numbers, false).await
+    }
+
+    /// [`Stack::add_customer`], with (`caps`) carrier caps that check every send and never hold one.
+    pub async fn add_customer_with(&self, id: &CustomerId, max_numbers: u32, caps: bool) -> anyhow::Result<()> {
+        let max = max_numbers.to_string();
+        let mut args = vec!["customer", "add", id.as_str(), "--max-numbers", &max];
+        if caps {
+            args.extend(["--tmobile-daily-cap", "200000", "--att-per-minute", "4500", "--per-second", "2000"]);
+        }
         procs::stdout_of(&args, self.env.producer_async(&args).await).map_err(anyhow::Error::msg)?;
         Ok(())
     }
@@ -462,7 +474,7 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     let per_customer = cfg.recipients.div_ceil(cfg.customers);
     let ids: Vec<CustomerId> = (0..cfg.customers).map(|i| stack.customer(i)).collect();
     for id in &ids {
-        stack.add_customer(id, cfg.max_numbers).await?;
+        stack.add_customer_with(id, cfg.max_numbers, cfg.caps).await?;
     }
     report.numbers_minimum = ids.len() * per_customer.div_ceil(cfg.daily_quota as usize);
     if cfg.prebuy {

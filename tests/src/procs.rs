@@ -38,6 +38,8 @@ impl Env {
         e.vars.insert("TWILIO_API_BASE".into(), twilio_base.into());
         // The simulator serves the Messaging API (Messaging Services) on the same address.
         e.vars.insert("TWILIO_MESSAGING_API_BASE".into(), twilio_base.into());
+        // ... and the Lookup API (recipients' line types).
+        e.vars.insert("TWILIO_LOOKUPS_API_BASE".into(), twilio_base.into());
         e.vars.insert("TWILIO_ACCOUNT_SID".into(), crate::sim::DEFAULT_ACCOUNT_SID.into());
         e.vars.insert("TWILIO_AUTH_TOKEN".into(), crate::sim::DEFAULT_AUTH_TOKEN.into());
         e.vars.insert("MESSENGER_LOG_FORMAT".into(), "text".into());

@@ -19,7 +19,7 @@ use shared::config::QuotaSettings;
 use shared::customers::{self, Customer};
 use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber};
 use shared::keys::CustomerKeys;
-use shared::ledger::{Clock, Inbound, Job, Ledger, Reserve, ReserveMode};
+use shared::ledger::{Inbound, Job, Ledger, Reserve, ReserveMode, Rules};
 use shared::purchase::{self, Bought};
 
 use common::DAY;
@@ -124,10 +124,10 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
 
     // Three fit; the fourth finds the only number full (and the customer at max numbers).
     for j in &jobs[..3] {
-        assert_eq!(reserved_on(&ledger.reserve(j, fast, None, &Clock::default()).await.unwrap()), Some(number));
+        assert_eq!(reserved_on(&ledger.reserve(j, fast, None, &Rules::default()).await.unwrap()), Some(number));
     }
     let started = Instant::now();
-    match ledger.reserve(&jobs[3], fast, None, &Clock::default()).await.unwrap() {
+    match ledger.reserve(&jobs[3], fast, None, &Rules::default()).await.unwrap() {
         Reserve::Full(f) => {
             assert!(f.at_max());
             let until_free = f.earliest_free_ms.unwrap() - f.now_ms;
@@ -145,15 +145,15 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
         ledger.record_inbound(&id, number, "SMreply1").await.unwrap(),
         Inbound::Duplicate { received_in_window: 1 }
     );
-    assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None, &Clock::default()).await.unwrap()).is_some());
-    assert!(matches!(ledger.reserve(&jobs[4], fast, None, &Clock::default()).await.unwrap(), Reserve::Full(_)));
+    assert!(reserved_on(&ledger.reserve(&jobs[3], fast, None, &Rules::default()).await.unwrap()).is_some());
+    assert!(matches!(ledger.reserve(&jobs[4], fast, None, &Rules::default()).await.unwrap(), Reserve::Full(_)));
 
     // Three more replies would make 3 + 4 = 7, but the cap is 5: only one more send fits.
     for sid in ["SMreply2", "SMreply3", "SMreply4"] {
         ledger.record_inbound(&id, number, sid).await.unwrap();
     }
-    assert!(reserved_on(&ledger.reserve(&jobs[4], fast, None, &Clock::default()).await.unwrap()).is_some());
-    assert!(matches!(ledger.reserve(&jobs[5], fast, None, &Clock::default()).await.unwrap(), Reserve::Full(_)));
+    assert!(reserved_on(&ledger.reserve(&jobs[4], fast, None, &Rules::default()).await.unwrap()).is_some());
+    assert!(matches!(ledger.reserve(&jobs[5], fast, None, &Rules::default()).await.unwrap(), Reserve::Full(_)));
     let pool = customers::pool(&mut ledger.conn(), &id, &quota).await.unwrap().unwrap();
     assert_eq!((pool.numbers[0].sent, pool.numbers[0].received, pool.numbers[0].limit), (5, 4, 5));
 
@@ -164,11 +164,11 @@ async fn windows_return_capacity_and_credit_replies_up_to_the_cap() {
     tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(1_200)).await;
     for j in &jobs[5..8] {
         assert!(
-            reserved_on(&ledger.reserve(j, fast, None, &Clock::default()).await.unwrap()).is_some(),
+            reserved_on(&ledger.reserve(j, fast, None, &Rules::default()).await.unwrap()).is_some(),
             "capacity did not return"
         );
     }
-    assert!(matches!(ledger.reserve(&jobs[8], fast, None, &Clock::default()).await.unwrap(), Reserve::Full(_)));
+    assert!(matches!(ledger.reserve(&jobs[8], fast, None, &Rules::default()).await.unwrap(), Reserve::Full(_)));
 }
 
 /// Sticky senders: a recipient keeps hearing from the number that last texted them while it has capacity (so replies
@@ -195,7 +195,7 @@ async fn a_recipient_keeps_its_sender_while_that_number_has_capacity() {
             batches::submit(&mut conn, &req, DAY, 10, None, None).await.unwrap();
             let f = ledger.fetch(&id, 1, Duration::from_secs(60)).await.unwrap();
             let job = f.jobs[0].clone();
-            match ledger.reserve(&job, ReserveMode::Fast, None, &Clock::default()).await.unwrap() {
+            match ledger.reserve(&job, ReserveMode::Fast, None, &Rules::default()).await.unwrap() {
                 Reserve::Reserved(s) => s.number,
                 other => panic!("{other:?}"),
             }
@@ -344,7 +344,7 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
     let (ledger, jobs) = one_number_customer(&w, QuotaSettings::default(), 2, &b).await;
     let (a, b) = (&jobs[0], &jobs[1]);
     assert!(matches!(
-        ledger.reserve(a, ReserveMode::Fast, None, &Clock::default()).await.unwrap(),
+        ledger.reserve(a, ReserveMode::Fast, None, &Rules::default()).await.unwrap(),
         Reserve::Reserved(_)
     ));
     ledger.commit_sent(a, "SMrecordedbeforethecrash", bought.phone_number.as_deref().unwrap()).await.unwrap();
@@ -380,7 +380,7 @@ async fn a_worker_that_lost_its_lease_cannot_act_for_the_job() {
         ledger.renew(&id, Duration::from_secs(60), std::slice::from_ref(&stale.lease)).await.unwrap(),
         vec![stale.lease.clone()]
     );
-    assert_eq!(ledger.reserve(&stale, ReserveMode::Fast, None, &Clock::default()).await.unwrap(), Reserve::Lost);
+    assert_eq!(ledger.reserve(&stale, ReserveMode::Fast, None, &Rules::default()).await.unwrap(), Reserve::Lost);
     let requeued = ledger
         .requeue(&stale, shared::ledger::Requeue::Wait, shared::ledger::Due::In(Duration::ZERO), 0, "", None)
         .await
@@ -392,7 +392,7 @@ async fn a_worker_that_lost_its_lease_cannot_act_for_the_job() {
     assert_eq!((queued, scheduled), (0, 0), "a second copy of the job was queued");
     // B still holds it and can send it.
     assert!(matches!(
-        ledger.reserve(&b.jobs[0], ReserveMode::Fast, None, &Clock::default()).await.unwrap(),
+        ledger.reserve(&b.jobs[0], ReserveMode::Fast, None, &Rules::default()).await.unwrap(),
         Reserve::Reserved(_)
     ));
 }

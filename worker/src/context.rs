@@ -28,6 +28,8 @@ pub struct Shared {
     /// Tells the fetcher to look at a customer (a job was rescheduled).
     pub wake: mpsc::UnboundedSender<Wake>,
     pub stop: watch::Receiver<bool>,
+    /// Bounds the Twilio Lookups in flight (`MESSENGER_LOOKUP_CONCURRENCY`).
+    pub lookups: tokio::sync::Semaphore,
     batches: Mutex<HashMap<BatchId, Arc<BatchInfo>>>,
     customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
     /// Quiet periods (encoded for the reserve script) per set of zones and window, computed once an hour.
@@ -76,6 +78,7 @@ impl Shared {
         wake: mpsc::UnboundedSender<Wake>,
         stop: watch::Receiver<bool>,
     ) -> Self {
+        let lookups = tokio::sync::Semaphore::new(settings.lookup_concurrency);
         Self {
             ledger,
             twilio,
@@ -83,6 +86,7 @@ impl Shared {
             stats,
             wake,
             stop,
+            lookups,
             batches: Mutex::default(),
             customers: Mutex::default(),
             quiet: Mutex::default(),

@@ -64,6 +64,13 @@ pub async fn serve(
         ("deferrals", "Jobs deferred because every number was full at max numbers", &stats.deferred),
         ("quiet_hours_waits", "Jobs parked until quiet hours end in their recipients' time zones", &stats.quiet),
         ("expired", "Jobs that ended expired: their batch's expiry passed before they could go", &stats.expired),
+        (
+            "carrier_cap_waits",
+            "Jobs parked until a carrier cap (T-Mobile's day, AT&T's minute, per second) renews",
+            &stats.capped,
+        ),
+        ("lookups", "Twilio Lookup requests for recipients' line types (retries included)", &stats.lookups),
+        ("lookup_failures", "Twilio Lookup requests that failed", &stats.lookup_failures),
         ("ambiguous_sends", "Sends whose outcome was unknown (timeout, dropped connection)", &stats.ambiguous),
         ("ambiguous_found", "Ambiguous sends Twilio showed had gone out (not resent)", &stats.resolved_found),
         ("ambiguous_unsent", "Ambiguous sends Twilio showed had not arrived (sent again)", &stats.resolved_unsent),

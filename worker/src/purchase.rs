@@ -19,7 +19,7 @@ use rand::Rng;
 use shared::customers::Customer;
 use shared::domain::CustomerId;
 use shared::keys::CustomerKeys;
-use shared::ledger::{Clock, Decision, Full, Job, Reserve, ReserveMode, Slot};
+use shared::ledger::{Decision, Full, Job, Reserve, ReserveMode, Rules, Slot};
 use shared::purchase::{self, Attach, BuyOutcome, Candidates, PurchaseLock};
 use tokio::sync::{Notify, oneshot};
 
@@ -88,7 +88,7 @@ impl Purchases {
     /// No number of the job's customer has capacity (`f`, fresh from the reserve script). Defer at max numbers;
     /// otherwise, one task per process per customer at a time waits for a purchase in flight (resolving it if its
     /// outcome is unknown) or makes a decision.
-    pub async fn need_capacity(self: &Arc<Self>, job: &Job, f: &Full, clock: &Clock) -> Capacity {
+    pub async fn need_capacity(self: &Arc<Self>, job: &Job, f: &Full, rules: &Rules) -> Capacity {
         if f.at_max() && f.pending_intents == 0 {
             return Capacity::Defer { reason: at_max_reason(f) };
         }
@@ -131,12 +131,12 @@ impl Purchases {
             tracing::info!(orphaned = f.orphaned_slots, "not buying while orphaned reservations are unresolved");
             return Capacity::WaitFor((self.shared.settings.lease / 3).min(Duration::from_secs(5)));
         }
-        self.decide(job, f, clock).await
+        self.decide(job, f, rules).await
     }
 
     /// Steps 2–4 of the purchase protocol, called with the customer's gate held: take the lock, re-check and size
     /// the decision, then buy in the background and return once the first number is in the pool.
-    async fn decide(self: &Arc<Self>, job: &Job, f: &Full, clock: &Clock) -> Capacity {
+    async fn decide(self: &Arc<Self>, job: &Job, f: &Full, rules: &Rules) -> Capacity {
         let shared = &self.shared;
         let settings = &shared.settings;
         let conn = shared.ledger.conn();
@@ -195,7 +195,7 @@ impl Purchases {
         let names = purchase::name_prefix(&job.customer);
         let decided_at = Instant::now();
         let mode = ReserveMode::Locked { token: lock.token(), intent_prefix: &prefix, name_prefix: &names, room };
-        let decision = match shared.ledger.reserve(job, mode, None, clock).await {
+        let decision = match shared.ledger.reserve(job, mode, None, rules).await {
             Ok(Reserve::Intents(d)) => d,
             Ok(Reserve::Reserved(s)) => {
                 lock.release().await;
@@ -210,7 +210,7 @@ impl Purchases {
                     _ => Capacity::Retry,
                 };
             }
-            Ok(Reserve::LostLock) | Ok(Reserve::Ambiguous { .. }) => {
+            Ok(Reserve::LostLock) | Ok(Reserve::Ambiguous { .. }) | Ok(Reserve::Lookup) => {
                 lock.release().await;
                 return Capacity::Retry;
             }

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use shared::carriers::{self, Line};
 use shared::customers::Customer;
 use shared::domain::TimeZone;
-use shared::ledger::{Clock, Commit, Due, Ending, Full, Job, Requeue, Reserve, ReserveMode, Slot};
+use shared::domain::count_segments;
+use shared::ledger::{Commit, Due, Ending, Full, Job, Requeue, Reserve, ReserveMode, Rules, Slot};
 use shared::purchase;
 use shared::quiet::{self, TZ_VARIABLE};
-use shared::twilio::{CreateMessage, MessageFilter, SendFailure};
+use shared::twilio::{CreateMessage, Disposition, MessageFilter, SendFailure};
 
 use crate::backend::{SendTask, Wake};
 use crate::context::{BatchInfo, Shared};
@@ -61,18 +63,50 @@ impl Sender {
         None
     }
 
-    /// The tenant's clock for this job: the quiet periods of its recipient's zones (none for an urgent batch or
-    /// when quiet hours are off), and its offset after a period's end.
-    fn clock(&self, job: &Job, batch: &BatchInfo, customer: Option<&Customer>) -> Clock {
+    /// The rules this job is under, for the reserve script: the quiet periods of its recipient's zones (none for
+    /// an urgent batch or when quiet hours are off) and its offset after a period's end; for a customer with a
+    /// T-Mobile cap, the carrier's day and the segments of the job's text.
+    fn rules(&self, job: &Job, batch: &BatchInfo, customer: Option<&Customer>) -> Rules {
         let s = &self.shared.settings.shared;
-        let window = customer.map_or(s.quiet_hours.window(), |c| c.quiet_window(s.quiet_hours));
-        let Some(window) = window.filter(|_| !batch.urgent) else { return Clock::default() };
-        let tz = batch.value(job.values.as_deref(), TZ_VARIABLE).and_then(|v| TimeZone::parse(v).ok());
-        let zones = quiet::recipient_zones(&job.recipient, tz, customer.and_then(|c| c.time_zone));
-        Clock {
-            quiet: self.shared.quiet_periods(zones, window),
+        let mut rules = Rules {
             spread_ms: quiet::spread_offset(&job.recipient, s.quiet_spread.as_millis() as u64),
+            ..Rules::default()
+        };
+        let window = customer.map_or(s.quiet_hours.window(), |c| c.quiet_window(s.quiet_hours));
+        if let Some(window) = window.filter(|_| !batch.urgent) {
+            let tz = batch.value(job.values.as_deref(), TZ_VARIABLE).and_then(|v| TimeZone::parse(v).ok());
+            let zones = quiet::recipient_zones(&job.recipient, tz, customer.and_then(|c| c.time_zone));
+            rules.quiet = self.shared.quiet_periods(zones, window);
         }
+        if customer.is_some_and(|c| c.caps.tmobile_daily.is_some()) {
+            rules.days = carriers::encode_days(carriers::day_starts(chrono::Utc::now(), s.cap_day)).into();
+            rules.segments = batch.text(job.values.as_deref()).map_or(1, |t| count_segments(&t).segments);
+        }
+        rules
+    }
+
+    /// The recipient's line from Twilio Lookup, retried with backoff through transient failures; after the last
+    /// attempt, [`Line::Unknown`] (texted, and counted against every carrier cap: see `shared::carriers`).
+    async fn look_up(&self, job: &Job) -> Line {
+        let _permit = self.shared.lookups.acquire().await.expect("the semaphore is never closed");
+        for attempt in 1..=4u32 {
+            self.shared.stats.lookups.inc();
+            match self.shared.twilio.lookup_line(job.recipient.as_str()).await {
+                Ok(line) => return line,
+                Err(e) => {
+                    self.shared.stats.lookup_failures.inc();
+                    let retry_after = match e.disposition() {
+                        Disposition::Transient { retry_after } if attempt < 4 && !self.shared.stopping() => retry_after,
+                        _ => {
+                            tracing::warn!(error.message = %e, "no line type for the recipient; counting it against every carrier cap");
+                            return Line::Unknown;
+                        }
+                    };
+                    self.shared.pause(self.shared.backoff(attempt).max(retry_after.unwrap_or_default())).await;
+                }
+            }
+        }
+        Line::Unknown
     }
 
     /// Processes one job to a recorded outcome.
@@ -81,14 +115,14 @@ impl Sender {
         let job = &task.job;
         let Some((batch, customer)) = self.records(job).await else { return };
         // A batch that is gone: the reserve script ends the job (it finds no batch record).
-        let clock = batch.as_ref().map(|b| self.clock(job, b, customer.as_ref())).unwrap_or_default();
+        let mut rules = batch.as_ref().map(|b| self.rules(job, b, customer.as_ref())).unwrap_or_default();
         let mut unsent: Option<Slot> = None;
         let mut redis_errors = 0u32;
         loop {
             if task.lease.is_lost() {
                 return;
             }
-            let reserved = self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref(), &clock).await;
+            let reserved = self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref(), &rules).await;
             unsent = None;
             let r = match reserved {
                 Ok(r) => r,
@@ -120,7 +154,23 @@ impl Sender {
                 Reserve::Ambiguous { slot, now_ms } => {
                     self.resolve_ambiguous(task, slot, now_ms, batch.as_deref(), customer.as_ref()).await
                 }
-                Reserve::Full(f) => self.no_capacity(job, f, &clock, batch.as_deref()).await,
+                Reserve::Full(f) => self.no_capacity(job, f, &rules, batch.as_deref()).await,
+                Reserve::Lookup => {
+                    rules.line = Some(self.look_up(job).await);
+                    Step::Again
+                }
+                Reserve::Unreachable(reason) => {
+                    self.shared.stats.tally(&job.customer, Tally::Failed);
+                    tracing::info!(reason, "recipient cannot take a text; not sent");
+                    Step::Done
+                }
+                Reserve::Capped { due_ms, cap } => {
+                    self.shared.stats.capped.inc();
+                    tracing::debug!(cap, due_ms, "a carrier cap holds the job");
+                    let after = Duration::from_millis(self.shared.settings.idle_poll.as_millis() as u64);
+                    let _ = self.shared.wake.send(Wake { customer: job.customer.clone(), after: Some(after) });
+                    Step::Done
+                }
                 Reserve::Quiet { due_ms, zone } => {
                     self.shared.stats.quiet.inc();
                     tracing::debug!(zone, due_ms, "quiet hours in the recipient's zone; waiting");
@@ -152,9 +202,9 @@ impl Sender {
     }
 
     /// Acts on what the purchase path says about a job that found no capacity.
-    async fn no_capacity(&self, job: &Job, f: Full, clock: &Clock, batch: Option<&BatchInfo>) -> Step {
+    async fn no_capacity(&self, job: &Job, f: Full, rules: &Rules, batch: Option<&BatchInfo>) -> Step {
         let seen = f.state.as_deref();
-        match self.purchases.need_capacity(job, &f, clock).await {
+        match self.purchases.need_capacity(job, &f, rules).await {
             Capacity::Retry => Step::Again,
             Capacity::Reserved(slot) => Step::Send(slot),
             Capacity::Defer { reason } => self.defer(job, &f, &reason, batch.and_then(|b| b.expires_ms)).await,

@@ -51,6 +51,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "MESSENGER_PURCHASE_CONCURRENCY", default_value_t = 32)]
     pub purchase_concurrency: usize,
 
+    /// Twilio Lookups this process runs at once (recipients' line types, for carrier caps and skipping landlines);
+    /// each recipient is looked up once and cached for 30 days.
+    #[arg(long, env = "MESSENGER_LOOKUP_CONCURRENCY", default_value_t = 16)]
+    pub lookup_concurrency: usize,
+
     /// Senders a Messaging Service may hold (Twilio's default limit is 400; error 21714 past it). A customer with a
     /// service never gets a number its service could not take.
     #[arg(long, env = "MESSENGER_SERVICE_MAX_NUMBERS", default_value_t = 400)]
@@ -102,6 +107,7 @@ pub struct WorkerSettings {
     pub lock_renew: bool,
     pub intent_stale: Duration,
     pub purchase_concurrency: usize,
+    pub lookup_concurrency: usize,
     pub service_max_numbers: u32,
     /// Idle numbers are released after this long (`None`: never, by the worker).
     pub release_idle: Option<Duration>,
@@ -169,6 +175,7 @@ impl WorkerArgs {
             lock_renew: self.lock_renew,
             intent_stale,
             purchase_concurrency: self.purchase_concurrency,
+            lookup_concurrency: self.lookup_concurrency.clamp(1, 1_000),
             service_max_numbers: self.service_max_numbers,
             release_idle: self.release_idle_days.map(IdleDays::duration),
             reconcile_every: Duration::from_secs(self.reconcile_secs.max(1)),

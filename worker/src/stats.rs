@@ -21,6 +21,11 @@ pub struct Stats {
     pub quiet: Counter,
     /// Jobs that ended expired (their batch's expiry passed before they could go).
     pub expired: Counter,
+    /// Jobs parked until a carrier cap renews.
+    pub capped: Counter,
+    /// Lookup requests to Twilio (retries included), and those that failed.
+    pub lookups: Counter,
+    pub lookup_failures: Counter,
     pub ambiguous: Counter,
     pub resolved_found: Counter,
     pub resolved_unsent: Counter,

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use shared::config::Settings;
 
 use super::{Failure, connect, format_ms, print_json};
-use crate::ops::estimate::{Estimate, Timeline};
+use crate::ops::estimate::{CarrierForecast, Estimate, Timeline};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::recipients::{self, RawRecipient};
 use crate::validate::{BulkRequest, Expiry};
@@ -202,6 +202,29 @@ fn print_estimate(e: &Estimate) {
         e.segments_total, e.segment_cost, e.messages_cost, e.numbers_monthly_cost, e.purchases
     );
     print_timeline(&e.timeline);
+    if let Some(c) = &e.carriers {
+        print_carriers(c);
+    }
+}
+
+fn print_carriers(c: &CarrierForecast) {
+    let lines: Vec<String> = c.by_line.iter().map(|(l, n)| format!("{n} {l}")).collect();
+    println!("  carriers: {}", lines.join(", "));
+    if c.lookups_needed > 0 {
+        println!("    {} lookup(s) needed, about ${:.2}", c.lookups_needed, c.lookups_cost);
+    }
+    if c.unreachable > 0 {
+        println!("    {} landline(s) or invalid number(s) would fail without a send", c.unreachable);
+    }
+    if let (Some(today), Some(after), Some(ends)) = (c.tmobile_today, c.tmobile_after, c.tmobile_day_ends_ms) {
+        println!("    T-Mobile: {today} today, {after} after the brand's day ends at {}", format_ms(ends));
+    }
+    if let Some(m) = c.att_minutes {
+        println!("    AT&T: spread over about {m} minute(s) by its per-minute cap");
+    }
+    if let Some(m) = c.per_second_minutes {
+        println!("    the per-second cap spreads the batch over about {m} minute(s)");
+    }
 }
 
 fn print_timeline(t: &Timeline) {

@@ -13,38 +13,54 @@ use crate::ops::customers::{self, CustomerInput};
 #[derive(Subcommand, Debug)]
 pub enum CustomerCommand {
     /// Create a customer, or change the settings given (the others keep their stored values).
-    Add {
-        id: String,
-        /// Twilio subaccount that owns this customer's numbers; `main` = the main account (TWILIO_ACCOUNT_SID,
-        /// the default for a new customer).
-        #[arg(long)]
-        account_sid: Option<String>,
-        /// Buy numbers in this area code; `any` = any US local number (the default for a new customer).
-        #[arg(long)]
-        area_code: Option<String>,
-        /// Most numbers this customer may own (a new customer: MESSENGER_MAX_NUMBERS).
-        #[arg(long)]
-        max_numbers: Option<u32>,
-        /// Messaging Service (`MG…`, A2P 10DLC) to attach every number of this customer to before it sends;
-        /// `none` = no service (the default for a new customer).
-        #[arg(long)]
-        messaging_service: Option<String>,
-        /// Quiet hours in the recipient's local time, e.g. `20:00-09:00`, or `off`; `default` = the fleet's
-        /// (MESSENGER_QUIET_HOURS, 21:00-08:00 unless changed).
-        #[arg(long)]
-        quiet_hours: Option<String>,
-        /// Where this customer's tenants live when their number does not say (IANA, e.g. America/New_York); quiet
-        /// hours apply in it too. `none` = no default zone.
-        #[arg(long)]
-        time_zone: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Add(Box<AddArgs>),
     /// List customers.
     List {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    id: String,
+    /// Twilio subaccount that owns this customer's numbers; `main` = the main account (TWILIO_ACCOUNT_SID,
+    /// the default for a new customer).
+    #[arg(long)]
+    account_sid: Option<String>,
+    /// Buy numbers in this area code; `any` = any US local number (the default for a new customer).
+    #[arg(long)]
+    area_code: Option<String>,
+    /// Most numbers this customer may own (a new customer: MESSENGER_MAX_NUMBERS).
+    #[arg(long)]
+    max_numbers: Option<u32>,
+    /// Messaging Service (`MG…`, A2P 10DLC) to attach every number of this customer to before it sends;
+    /// `none` = no service (the default for a new customer).
+    #[arg(long)]
+    messaging_service: Option<String>,
+    /// Quiet hours in the recipient's local time, e.g. `20:00-09:00`, or `off`; `default` = the fleet's
+    /// (MESSENGER_QUIET_HOURS, 21:00-08:00 unless changed).
+    #[arg(long)]
+    quiet_hours: Option<String>,
+    /// Where this customer's tenants live when their number does not say (IANA, e.g. America/New_York); quiet
+    /// hours apply in it too. `none` = no default zone.
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Look recipients' lines up (Twilio Lookup, cached 30 days) before texting them, skipping landlines and
+    /// invalid numbers: `on` or `off`. Always on while a T-Mobile or AT&T cap is set.
+    #[arg(long, value_parser = ["on", "off"])]
+    lookup: Option<String>,
+    /// The brand's T-Mobile segments per day (the day ends at midnight Pacific); `none` = no cap.
+    #[arg(long)]
+    tmobile_daily_cap: Option<String>,
+    /// The campaign's AT&T messages per minute (75, 240, 2400, 4500 by class); `none` = no cap.
+    #[arg(long)]
+    att_per_minute: Option<String>,
+    /// The campaign's messages per second over every carrier; `none` = no cap.
+    #[arg(long)]
+    per_second: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 /// A flag's value as a change: absent keeps the stored value, `clear_word` clears it.
@@ -58,16 +74,21 @@ fn change(value: Option<String>, clear_word: &str) -> Change<String> {
 
 pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCode, Failure> {
     match command {
-        CustomerCommand::Add {
-            id,
-            account_sid,
-            area_code,
-            max_numbers,
-            messaging_service,
-            quiet_hours,
-            time_zone,
-            json,
-        } => {
+        CustomerCommand::Add(args) => {
+            let AddArgs {
+                id,
+                account_sid,
+                area_code,
+                max_numbers,
+                messaging_service,
+                quiet_hours,
+                time_zone,
+                lookup,
+                tmobile_daily_cap,
+                att_per_minute,
+                per_second,
+                json,
+            } = *args;
             let id = parse_id(CustomerId::parse, &id)?;
             let input = CustomerInput {
                 account_sid: change(account_sid, "main"),
@@ -76,6 +97,10 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 messaging_service_sid: change(messaging_service, "none"),
                 quiet_hours: change(quiet_hours, "default"),
                 time_zone: change(time_zone, "none"),
+                lookup: lookup.map_or(Change::Keep, |v| Change::Set(v == "on")),
+                tmobile_daily_cap: change(tmobile_daily_cap, "none"),
+                att_per_minute: change(att_per_minute, "none"),
+                per_second: change(per_second, "none"),
             };
             let deps = connect(settings).await?;
             let saved = customers::save(&deps, &id, input).await?;
@@ -108,12 +133,26 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
 /// One line of a customer's settings.
 fn describe(c: &Customer) -> String {
     format!(
-        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}",
+        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}",
         c.max_numbers,
         c.area_code.as_ref().map_or("any", |a| a.as_str()),
         c.account_sid.as_ref().map_or("(main)", |a| a.as_str()),
         c.messaging_service.as_ref().map_or("none", |s| s.as_str()),
         c.quiet_hours.map_or("the fleet's".to_owned(), |q| q.to_string()),
         c.time_zone.as_ref().map_or("none", |z| z.name()),
+        if c.looks_up() { "on" } else { "off" },
+        caps(&c.caps),
     )
+}
+
+fn caps(c: &shared::carriers::Caps) -> String {
+    let parts: Vec<String> = [
+        c.tmobile_daily.map(|n| format!("T-Mobile {n}/day")),
+        c.att_per_minute.map(|n| format!("AT&T {n}/min")),
+        c.per_second.map(|n| format!("{n}/s")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
 }

@@ -84,6 +84,22 @@ fn print_pool(report: &PoolReport, number_monthly: f64) {
         report.pending_purchases,
         report.pending_releases
     );
+    if let Some(c) = &report.carriers {
+        let cap = |n: Option<u32>| n.map_or("no cap".to_owned(), |n| n.to_string());
+        println!(
+            "  carrier caps: T-Mobile {} of {} segments today; AT&T {} of {} in the last minute; {} of {} in the last second; lookups {}",
+            c.tmobile_today,
+            cap(c.caps.tmobile_daily),
+            c.att_last_minute,
+            cap(c.caps.att_per_minute),
+            c.last_second,
+            cap(c.caps.per_second),
+            if c.lookup { "on" } else { "off" }
+        );
+        for (what, until) in &c.spent_until {
+            println!("    Twilio reported the {what} cap spent: those texts wait until {}", format_ms(*until));
+        }
+    }
     println!(
         "  monthly cost: ${:.2} ({} numbers at ${number_monthly:.2}){}",
         report.monthly_cost.unwrap_or_default(),

@@ -134,6 +134,14 @@ pub fn print_status(s: &BatchStatus) {
     for (zone, w) in &s.quiet_by_zone {
         println!("    {} wait until {} ({zone})", w.count, format_ms(w.until_ms));
     }
+    println!(
+        "  capped     {:>8}{}",
+        s.capped,
+        if s.capped > 0 { "   (waiting for a carrier cap to renew)" } else { "" }
+    );
+    for (cap, w) in &s.capped_by_cap {
+        println!("    {} wait until {} ({cap})", w.count, format_ms(w.until_ms));
+    }
     println!("  sent       {:>8}", s.sent);
     let reasons: Vec<String> = s.failure_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
     if reasons.is_empty() {

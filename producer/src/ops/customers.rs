@@ -1,6 +1,7 @@
 //! Customers: one update rule for every front end. A field the caller does not mention keeps its stored value;
 //! clearing one is explicit ([`Change::Clear`]: the CLI's `--account-sid main`, JSON `"account_sid": null`).
 
+use shared::carriers::Caps;
 use shared::customers::{self, Change, Customer, CustomerUpdate};
 use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use shared::twilio::TwilioError;
@@ -9,7 +10,8 @@ use shared::twilio::accounts::{TokenError, check_subaccount};
 use super::{Deps, OpsError, Problems};
 
 /// A change to a customer as the caller wrote it, not yet parsed. Field names in errors: `account_sid`,
-/// `area_code`, `max_numbers`, `messaging_service_sid`, `quiet_hours`, `time_zone`.
+/// `area_code`, `max_numbers`, `messaging_service_sid`, `quiet_hours`, `time_zone`, `lookup`, `tmobile_daily_cap`,
+/// `att_per_minute`, `per_second`.
 #[derive(Clone, Debug, Default)]
 pub struct CustomerInput {
     pub account_sid: Change<String>,
@@ -21,6 +23,13 @@ pub struct CustomerInput {
     pub quiet_hours: Change<String>,
     /// An IANA zone such as `America/New_York`: quiet hours apply there too, and for numbers whose zone is unknown.
     pub time_zone: Change<String>,
+    /// Look recipients' lines up before texting them (always, when a carrier cap needs their carriers).
+    pub lookup: Change<bool>,
+    /// Carrier caps: whole numbers; `Clear` = no cap. Field names `tmobile_daily_cap`, `att_per_minute`,
+    /// `per_second`.
+    pub tmobile_daily_cap: Change<String>,
+    pub att_per_minute: Change<String>,
+    pub per_second: Change<String>,
 }
 
 /// A saved customer.
@@ -52,9 +61,24 @@ fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
         ),
         quiet_hours: parse_change(&mut p, "quiet_hours", input.quiet_hours, QuietSetting::parse),
         time_zone: parse_change(&mut p, "time_zone", input.time_zone, TimeZone::parse),
+        lookup: input.lookup,
+        tmobile_daily_cap: parse_change(&mut p, "tmobile_daily_cap", input.tmobile_daily_cap, |v| {
+            cap(v, Caps::TMOBILE_DAILY_MAX)
+        }),
+        att_per_minute: parse_change(&mut p, "att_per_minute", input.att_per_minute, |v| {
+            cap(v, Caps::ATT_PER_MINUTE_MAX)
+        }),
+        per_second: parse_change(&mut p, "per_second", input.per_second, |v| cap(v, Caps::PER_SECOND_MAX)),
     };
     p.finish()?;
     Ok(update)
+}
+
+/// A carrier cap: a whole number within `1..=max`.
+fn cap(v: &str, max: u32) -> Result<u32, String> {
+    let n: i64 = v.trim().parse().map_err(|_| format!("{v:?} is not a whole number (or `none` for no cap)"))?;
+    let n = u32::try_from(n).map_err(|_| format!("must be between 1 and {max}, not {n}"))?;
+    Caps::bound(n, max).map_err(|e| e.0)
 }
 
 /// A set value parsed with `parse` (its problem noted under `field`); `Keep` and `Clear` as they are.

@@ -69,6 +69,30 @@ pub struct Estimate {
     /// What the numbers bought for it would add per month.
     pub numbers_monthly_cost: f64,
     pub timeline: Timeline,
+    /// Per carrier, for a customer whose recipients' lines are looked up (its carrier caps need them).
+    pub carriers: Option<CarrierForecast>,
+}
+
+/// What the carriers' limits do to a batch, from the lines already looked up (cached) for its recipients.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CarrierForecast {
+    /// Recipients whose line is not known yet: each is looked up once when its text comes up.
+    pub lookups_needed: usize,
+    /// Those lookups at `MESSENGER_LOOKUP_COST` each.
+    pub lookups_cost: f64,
+    /// Recipients by line as looked up (`tmobile`, `att`, `verizon`, `other`, `landline`, `invalid`, `unknown`).
+    pub by_line: BTreeMap<String, usize>,
+    /// Landlines and invalid numbers: they would end `failed` without a send.
+    pub unreachable: usize,
+    /// Known T-Mobile recipients that fit in what is left of the brand's T-Mobile day, and those that would go
+    /// after it ends (at `tmobile_day_ends_ms`).
+    pub tmobile_today: Option<usize>,
+    pub tmobile_after: Option<usize>,
+    pub tmobile_day_ends_ms: Option<i64>,
+    /// Minutes AT&T's per-minute cap spreads the known AT&T recipients over.
+    pub att_minutes: Option<u64>,
+    /// Minutes the per-second cap spreads the whole batch over.
+    pub per_second_minutes: Option<u64>,
 }
 
 /// When the texts would go.
@@ -189,6 +213,11 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
     let deferred = short.saturating_sub(purchases as u64 * quota);
 
     let timeline = timeline(deps, prepared, &record, &opted, now_ms, deferred);
+    let carriers = if record.looks_up() || record.caps.any() {
+        Some(carrier_forecast(deps, prepared, &record, &opted, now_ms, segments).await?)
+    } else {
+        None
+    };
     let segments_total = segments.2;
     Ok(Estimate {
         dry_run: true,
@@ -216,6 +245,81 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
         messages_cost: cents(segments_total as f64 * settings.pricing.segment),
         numbers_monthly_cost: cents(purchases as f64 * settings.pricing.number_monthly),
         timeline,
+        carriers,
+    })
+}
+
+/// The carriers' view of a batch: lines from the lookup cache (two reads per recipient, pipelined), caps from the
+/// customer, today's use from Redis.
+async fn carrier_forecast(
+    deps: &Deps,
+    prepared: &Prepared,
+    customer: &customers::Customer,
+    opted: &[bool],
+    now_ms: i64,
+    segments: (u32, u32, u64),
+) -> Result<CarrierForecast, OpsError> {
+    use shared::carriers::{Line, Unreachable};
+    let batch = &prepared.batch;
+    let mut conn = deps.conn();
+    let mut by_line: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut tmo, mut att, mut unreachable, mut unknown) = (0usize, 0usize, 0usize, 0usize);
+    let to: Vec<&str> =
+        batch.recipients.iter().enumerate().filter(|(i, _)| !opted[*i]).map(|(_, r)| r.as_str()).collect();
+    for chunk in to.chunks(1_000) {
+        let lines = shared::carriers::cached_lines(&mut conn, &customer.id, chunk, now_ms).await?;
+        for line in lines {
+            let name = match line {
+                None => {
+                    unknown += 1;
+                    "not looked up yet"
+                }
+                Some(Line::TMobile) => {
+                    tmo += 1;
+                    "tmobile"
+                }
+                Some(Line::Att) => {
+                    att += 1;
+                    "att"
+                }
+                Some(Line::Verizon) => "verizon",
+                Some(Line::Other) => "other",
+                Some(Line::Unknown) => "unknown",
+                Some(Line::Unreachable(u)) => {
+                    unreachable += 1;
+                    match u {
+                        Unreachable::Landline => "landline",
+                        Unreachable::Invalid => "invalid",
+                        Unreachable::NotMessaging => "not messaging",
+                    }
+                }
+            };
+            *by_line.entry(name.to_owned()).or_default() += 1;
+        }
+    }
+    let caps = customer.caps;
+    let cap_use = shared::carriers::cap_use(&mut conn, customer, now_ms, deps.settings.cap_day).await?;
+    let per_text = (segments.2 as f64 / to.len().max(1) as f64).max(1.0);
+    let (tmobile_today, tmobile_after, tmobile_day_ends_ms) = match caps.tmobile_daily {
+        Some(cap) => {
+            let room = (cap as f64 - cap_use.tmobile_today as f64).max(0.0) / per_text;
+            let today = tmo.min(room as usize);
+            let now = DateTime::<Utc>::from_timestamp_millis(now_ms).unwrap_or_default();
+            let ends = shared::carriers::day_starts(now, deps.settings.cap_day)[1];
+            (Some(today), Some(tmo - today), Some(ends))
+        }
+        None => (None, None, None),
+    };
+    Ok(CarrierForecast {
+        lookups_needed: unknown,
+        lookups_cost: cents(unknown as f64 * deps.settings.pricing.lookup),
+        by_line,
+        unreachable,
+        tmobile_today,
+        tmobile_after,
+        tmobile_day_ends_ms,
+        att_minutes: caps.att_per_minute.map(|cap| (att as u64).div_ceil(cap as u64)),
+        per_second_minutes: caps.per_second.map(|cap| (to.len() as u64).div_ceil(cap as u64 * 60)),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Pools: a customer's numbers and their use of the window, releasing idle numbers, crediting an inbound message,
 //! and the fleet's quota settings.
 
+use shared::carriers::{self, CapUse};
 use shared::customers::{self, PoolReport};
 use shared::domain::{CustomerId, IdleDays, PhoneNumber};
 use shared::ledger::{Inbound, Ledger};
@@ -9,11 +10,26 @@ use shared::store;
 
 use super::{Deps, OpsError};
 
-/// The customer's numbers with their use of the current window, last sends and monthly cost.
+/// The customer's numbers with their use of the current window, last sends and monthly cost, and its carrier caps
+/// with today's use.
 pub async fn pool(deps: &Deps, id: &CustomerId) -> Result<PoolReport, OpsError> {
     let s = &deps.settings;
-    let report = customers::pool(&mut deps.conn(), id, &s.quota).await?.ok_or_else(|| super::customers::unknown(id))?;
-    Ok(report.with_cost(s.pricing.number_monthly))
+    let mut conn = deps.conn();
+    let report = customers::pool(&mut conn, id, &s.quota).await?.ok_or_else(|| super::customers::unknown(id))?;
+    let mut report = report.with_cost(s.pricing.number_monthly);
+    report.carriers = cap_use(deps, id).await?;
+    Ok(report)
+}
+
+/// A customer's carrier caps and today's use, when it has caps or looks lines up.
+pub async fn cap_use(deps: &Deps, id: &CustomerId) -> Result<Option<CapUse>, OpsError> {
+    let mut conn = deps.conn();
+    let Some(c) = customers::get(&mut conn, id).await? else { return Ok(None) };
+    if !(c.looks_up() || c.caps.any()) {
+        return Ok(None);
+    }
+    let now = customers::redis_now_ms(&mut conn).await?;
+    Ok(Some(carriers::cap_use(&mut conn, &c, now, deps.settings.cap_day).await?))
 }
 
 /// Releases the customer's numbers idle for `idle_days` (default [`IdleDays::DEFAULT`]), keeping what its backlog

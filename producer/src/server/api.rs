@@ -74,6 +74,23 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<String>, nullable)]
     pub time_zone: Change<String>,
+    /// Look recipients' lines up (Twilio Lookup) before texting them; `null` = off (default). Always on while a
+    /// T-Mobile or AT&T cap is set.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<bool>, nullable)]
+    pub lookup: Change<bool>,
+    /// The brand's T-Mobile segments per day (1 to 200,000; the day ends at midnight Pacific); `null` = no cap.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<i64>, nullable)]
+    pub tmobile_daily_cap: Change<i64>,
+    /// The campaign's AT&T messages per minute (1 to 4,500); `null` = no cap.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<i64>, nullable)]
+    pub att_per_minute: Change<i64>,
+    /// The campaign's messages per second (1 to 2,000); `null` = no cap.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<i64>, nullable)]
+    pub per_second: Change<i64>,
 }
 
 /// A customer's settings.
@@ -87,6 +104,11 @@ pub struct CustomerResponse {
     /// The customer's quiet hours (`20:00-09:00` or `off`); `null`: the fleet's.
     pub quiet_hours: Option<String>,
     pub time_zone: Option<String>,
+    /// Recipients' lines are looked up (asked for, or needed by a carrier cap).
+    pub lookup: bool,
+    pub tmobile_daily_cap: Option<u32>,
+    pub att_per_minute: Option<u32>,
+    pub per_second: Option<u32>,
     /// `PUT` only: true if the request created the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
@@ -97,6 +119,7 @@ pub struct CustomerResponse {
 
 impl From<Customer> for CustomerResponse {
     fn from(c: Customer) -> Self {
+        let lookup = c.looks_up();
         Self {
             id: c.id.to_string(),
             account_sid: c.account_sid.map(|a| a.to_string()),
@@ -105,6 +128,10 @@ impl From<Customer> for CustomerResponse {
             messaging_service_sid: c.messaging_service.map(|m| m.to_string()),
             quiet_hours: c.quiet_hours.map(|q| q.to_string()),
             time_zone: c.time_zone.map(|z| z.to_string()),
+            lookup,
+            tmobile_daily_cap: c.caps.tmobile_daily,
+            att_per_minute: c.caps.att_per_minute,
+            per_second: c.caps.per_second,
             created: None,
             warnings: Vec::new(),
         }
@@ -260,6 +287,10 @@ pub async fn put_customer(
         messaging_service_sid: req.messaging_service_sid,
         quiet_hours: req.quiet_hours,
         time_zone: req.time_zone,
+        lookup: req.lookup,
+        tmobile_daily_cap: req.tmobile_daily_cap.map(|n| n.to_string()),
+        att_per_minute: req.att_per_minute.map(|n| n.to_string()),
+        per_second: req.per_second.map(|n| n.to_string()),
     };
     let saved = customer_ops::save(&ops, &id, input).await?;
     for w in &saved.warnings {

@@ -18,7 +18,8 @@ use super::error::{ErrorBody, ErrorDetail};
     components(schemas(
         api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::Recipient, api::PersonalRecipient,
         crate::ops::texts::Accepted, crate::ops::estimate::Timeline, crate::ops::estimate::QuietGroup,
-        shared::batches::QuietWait,
+        shared::batches::QuietWait, shared::carriers::CapUse, shared::carriers::Caps,
+        crate::ops::estimate::CarrierForecast,
         api::MessageRequest, api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem,
         shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::customers::PoolReport,
         shared::customers::NumberUsage, api::ReleaseIdleRequest, shared::release::ReleaseReport,

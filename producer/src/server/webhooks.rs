@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
 use shared::batches::{self, Delivery};
+use shared::carriers;
 use shared::config::Settings;
 use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
 use shared::keys::{self, CustomerKeys};
@@ -325,6 +326,27 @@ pub async fn inbound(
     Ok(twiml())
 }
 
+/// A carrier refused a text Twilio had accepted because a cap was spent (30022, 30023, 30027): hold that carrier's
+/// texts of the customer until the cap renews, instead of sending them to be refused too.
+async fn spent_cap(s: &Webhooks, customer: &CustomerId, code: u32, to: Option<&str>) -> Result<(), ApiError> {
+    if !matches!(code, 30022 | 30023 | 30027) {
+        return Ok(());
+    }
+    let mut conn = s.conn.clone();
+    let line = match (code, to) {
+        (30022, Some(to)) => {
+            let now = shared::customers::redis_now_ms(&mut conn).await.map_err(|e| ApiError::redis(&e))?;
+            carriers::cached_line(&mut conn, customer, to, now).await.map_err(|e| ApiError::redis(&e))?
+        }
+        _ => None,
+    };
+    let Some(spent) = carriers::Spent::of(code, line) else { return Ok(()) };
+    let until =
+        carriers::mark_spent(&mut conn, customer, spent, s.settings.cap_day).await.map_err(|e| ApiError::redis(&e))?;
+    tracing::info!(customer = %customer, code, ?spent, until_ms = until, "a carrier cap is spent: holding those texts");
+    Ok(())
+}
+
 /// `POST /twilio/status?b=<batch>`: a delivery report. Counted once per message in its batch's `delivered` or
 /// `undelivered` (with Twilio's error code), however often and in whatever order reports arrive.
 pub async fn status(
@@ -357,6 +379,9 @@ pub async fn status(
         .await
         .map_err(|e| ApiError::redis(&e))?;
     s.metrics.delivery(status, d == Delivery::Counted);
+    if let Some(code) = code.and_then(|c| c.parse::<u32>().ok()) {
+        spent_cap(&s, batch.customer(), code, p.get("To")).await?;
+    }
     remember(&s, token).await;
     Ok(StatusCode::NO_CONTENT)
 }

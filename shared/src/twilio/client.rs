@@ -23,6 +23,7 @@ pub struct TwilioClient {
     http: reqwest::Client,
     base: Arc<str>,
     messaging_base: Arc<str>,
+    lookups_base: Arc<str>,
     account: AccountSid,
     token: SecretString,
 }
@@ -82,6 +83,7 @@ impl TwilioClient {
             http,
             base: settings.api_base.clone().into(),
             messaging_base: settings.messaging_api_base.clone().into(),
+            lookups_base: settings.lookups_api_base.clone().into(),
             account,
             token,
         })
@@ -110,6 +112,21 @@ impl TwilioClient {
                 .map_err(|e| TwilioError::Malformed { status, detail: e.to_string() });
         }
         Err(api_error(status, &bytes, retry_after))
+    }
+
+    /// What Lookup v2 says a number's line is (`GET /v2/PhoneNumbers/{n}?Fields=line_type_intelligence`). An invalid
+    /// number is an answer (HTTP 200, `valid: false`), not an error.
+    pub async fn lookup_line(&self, number: &str) -> Result<crate::carriers::Line, TwilioError> {
+        // E.164 needs no escaping in a path but its `+`, which is a literal in paths (Twilio takes it as such).
+        let url = format!("{}/v2/PhoneNumbers/{number}", self.lookups_base);
+        let v: super::types::LookupResult =
+            self.execute(self.http.get(url).query(&[("Fields", "line_type_intelligence")])).await?;
+        let lti = v.line_type_intelligence.as_ref();
+        Ok(crate::carriers::Line::of_lookup(
+            v.valid.unwrap_or(false),
+            lti.and_then(|l| l.kind.as_deref()),
+            lti.and_then(|l| l.carrier_name.as_deref()),
+        ))
     }
 
     /// Sends one message. A 201 returns the created message (its `sid` is what to record).

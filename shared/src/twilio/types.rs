@@ -265,6 +265,28 @@ pub struct ServicePhoneNumbers {
     pub phone_numbers: Vec<ServicePhoneNumber>,
 }
 
+/// `lookups.v2.phone_number` (the fields Messenger uses).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LookupResult {
+    pub phone_number: Option<String>,
+    pub country_code: Option<String>,
+    pub valid: Option<bool>,
+    pub validation_errors: Option<Vec<String>>,
+    pub line_type_intelligence: Option<LineTypeIntelligence>,
+}
+
+/// `line_type_intelligence` of a Lookup v2 answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LineTypeIntelligence {
+    pub carrier_name: Option<String>,
+    pub mobile_country_code: Option<String>,
+    pub mobile_network_code: Option<String>,
+    /// `mobile`, `landline`, `fixedVoip`, `nonFixedVoip`, `tollFree`, …
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub error_code: Option<i64>,
+}
+
 /// Twilio's legacy error body: `{"code", "message", "more_info", "status"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

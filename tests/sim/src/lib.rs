@@ -21,6 +21,7 @@
 //! - [`messages`]: `Messages` (create with Twilio's validation and magic numbers, list with filters, fetch).
 //! - [`services`]: Messaging Services (`messaging.twilio.com/v1`) and their sender pools (A2P 10DLC).
 //! - [`webhooks`]: what the simulator sends: inbound messages and status callbacks, signed as Twilio signs them.
+//! - [`carriers`]: Lookup v2 (line type and carrier per number) and carriers' A2P limits (30022, 30023, 30006).
 //! - [`faults`]: injected failures (500, 429, dropped connections, accept then time out).
 //! - [`control`]: `/_sim/state` and `/_sim/config`, for tests (not Twilio).
 //! - `wire`: Twilio's error body, Basic auth, form fields, list paging.
@@ -29,6 +30,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod accounts;
+pub mod carriers;
 pub mod control;
 pub mod faults;
 pub mod messages;
@@ -64,6 +66,7 @@ pub fn client(base: &str, token: &str, timeout: Duration) -> shared::twilio::Twi
     shared::twilio::TwilioClient::new(&shared::config::TwilioSettings {
         api_base: base.to_owned(),
         messaging_api_base: base.to_owned(),
+        lookups_api_base: base.to_owned(),
         account_sid: Some(shared::domain::AccountSid::parse(DEFAULT_ACCOUNT_SID).expect("default account sid")),
         auth_token: Some(token.to_owned().into()),
         timeout,
@@ -111,6 +114,18 @@ pub struct SimConfig {
     pub service_max_numbers: usize,
     /// How long an "accept then time out" request is held open before the connection is closed.
     pub hang_ms: u64,
+    /// Carriers act on what Twilio accepted: texts to landlines fail (30006), and the caps below apply.
+    pub carriers: bool,
+    /// A brand's T-Mobile segments per day (the day ends at midnight Pacific); beyond it, 30023.
+    pub tmobile_daily_cap: Option<u64>,
+    /// A brand's AT&T messages in any 60 s; beyond it, 30022.
+    pub att_per_minute: Option<u64>,
+    /// Numbers whose line Lookup reports as given (otherwise a hash of the number decides).
+    pub line_overrides: HashMap<String, carriers::Line>,
+    pub lookup_latency_ms: u64,
+    pub lookup_faults: Faults,
+    /// Recipients Twilio refuses for good (21614, not a mobile number), as if they had been reassigned.
+    pub refuse_recipients: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -129,6 +144,13 @@ impl Default for SimConfig {
             a2p_required: false,
             service_max_numbers: 400,
             hang_ms: 120_000,
+            carriers: false,
+            tmobile_daily_cap: None,
+            att_per_minute: None,
+            line_overrides: HashMap::new(),
+            lookup_latency_ms: 0,
+            lookup_faults: Faults::default(),
+            refuse_recipients: Vec::new(),
         }
     }
 }
@@ -199,6 +221,8 @@ pub(crate) struct Store {
     pub(crate) attach_requests: u64,
     /// `GET /Accounts/{sid}.json` requests (how often a client looked an account up).
     pub(crate) account_fetches: u64,
+    /// Lookup v2 requests, faults included.
+    pub(crate) lookup_requests: u64,
 }
 
 /// A Messaging Service (its sender pool is the numbers whose `service_sid` names it).
@@ -245,6 +269,9 @@ pub struct SimState {
     pub services: Vec<SimService>,
     /// `POST /v1/Services/{sid}/PhoneNumbers` requests, faults included.
     pub attach_requests: u64,
+    /// Lookup v2 requests, faults included.
+    #[serde(default)]
+    pub lookup_requests: u64,
     pub config: SimConfig,
 }
 
@@ -287,6 +314,7 @@ impl Sim {
             account_fetches: s.account_fetches,
             services: s.services.clone(),
             attach_requests: s.attach_requests,
+            lookup_requests: s.lookup_requests,
             config: self.config(),
         }
     }
@@ -326,6 +354,7 @@ impl Sim {
             .route("/_sim/state", get(c::sim_state))
             .route("/_sim/config", get(c::sim_config).post(c::set_sim_config))
             .route("/_sim/inbound", post(w::sim_inbound))
+            .route("/v2/PhoneNumbers/{number}", get(carriers::lookup))
             .route("/healthz", get(|| async { "ok" }))
             .fallback(|| async { twilio_error(404, 20404, "The requested resource was not found") })
             .with_state(self.clone())

@@ -176,6 +176,9 @@ pub(crate) fn accept_message(
         }
         _ => {}
     }
+    if sim.config().refuse_recipients.iter().any(|r| r == to) {
+        return Err(twilio_error(400, 21614, "'To' number is not a valid mobile number"));
+    }
     let mut store = sim.store.lock().unwrap();
     let service = field(f, "MessagingServiceSid").map(str::to_owned);
     if let Some(s) = &service
@@ -217,22 +220,26 @@ pub(crate) fn accept_message(
     // The simulated carrier hands every message over at once: reads after the create see it as sent. Under A2P
     // 10DLC, a number in no Messaging Service is an unregistered sender: carriers drop its messages (30034).
     let registered = store.live_number(from).is_some_and(|n| n.service_sid.is_some());
-    let unregistered = a2p_required && !registered;
-    let stored = &mut store.messages[idx];
-    if unregistered {
-        stored.status = "undelivered".into();
-        stored.error_code = Some(shared::twilio::codes::UNREGISTERED_SENDER);
+    let refusal = if a2p_required && !registered {
+        Some(shared::twilio::codes::UNREGISTERED_SENDER)
     } else {
-        stored.status = "sent".into();
+        crate::carriers::carrier_refusal(sim, &m, &store.messages[..idx])
+    };
+    let stored = &mut store.messages[idx];
+    match refusal {
+        Some(code) => {
+            stored.status = "undelivered".into();
+            stored.error_code = Some(code);
+        }
+        None => stored.status = "sent".into(),
     }
     stored.date_sent = Some(now);
     let failed = stored.clone();
     drop(store);
-    if unregistered && let Some(url) = failed.status_callback.clone() {
+    if let (Some(code), Some(url)) = (refusal, failed.status_callback.clone()) {
         let sim = sim.clone();
         tokio::spawn(async move {
-            send_status_callback(&sim, &failed, &url, "undelivered", Some(shared::twilio::codes::UNREGISTERED_SENDER))
-                .await;
+            send_status_callback(&sim, &failed, &url, "undelivered", Some(code)).await;
         });
     }
     let mut m = m;

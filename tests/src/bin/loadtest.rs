@@ -114,6 +114,10 @@ struct Common {
     /// MESSENGER_QUIET_HOURS for the run: `off` (so a run at night still sends), or a window such as 21:00-08:00.
     #[arg(long, default_value = "off")]
     quiet_hours: String,
+    /// Customers with carrier caps (T-Mobile 200,000 a day, AT&T 4,500 a minute, 2,000 a second: checked on every
+    /// send, never reached) and so lookups of every recipient.
+    #[arg(long)]
+    caps: bool,
 }
 
 impl Common {
@@ -141,6 +145,7 @@ impl Common {
             count_commands: self.count_commands,
             personalise: self.personalise,
             quiet_hours: self.quiet_hours.clone(),
+            caps: self.caps,
             show_progress: !json,
             cluster: self.cluster,
             replica_acks: self.replica_acks,

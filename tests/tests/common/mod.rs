@@ -364,6 +364,8 @@ pub async fn start_api_with(w: &World, policy: producer::server::webhooks::Token
         &w.sim_base,
         "--twilio-messaging-api-base",
         &w.sim_base,
+        "--twilio-lookups-api-base",
+        &w.sim_base,
     ])
     .c
     .settings()

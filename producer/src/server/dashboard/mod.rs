@@ -468,7 +468,11 @@ async fn pool_page(s: &Dashboard, headers: &HeaderMap, c: &str, live: bool) -> O
     let settings = &s.ops.settings;
     match data::pool(&mut s.conn(), &id, &settings.quota).await {
         Ok(Some((report, pending))) => {
-            let report = report.with_cost(settings.pricing.number_monthly);
+            let mut report = report.with_cost(settings.pricing.number_monthly);
+            match pools::cap_use(&s.ops, &id).await {
+                Ok(c) => report.carriers = c,
+                Err(e) => return failed(Some(&v), "Unavailable", e),
+            }
             Outcome::Page(if live {
                 pages::pool_live(&report, &pending, &v)
             } else {

@@ -120,6 +120,7 @@ fn batch_bar(s: &BatchStatus) -> Markup {
         ("expired", s.expired, "bar-cancelled"),
         ("deferred", s.deferred, "bar-deferred"),
         ("waiting for quiet hours", s.quiet_hours, "bar-deferred"),
+        ("waiting for a carrier cap", s.capped, "bar-deferred"),
         ("queued", s.queued, "bar-queued"),
     ];
     let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
@@ -338,6 +339,7 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
                 div { dt { "Expired" } dd { (s.expired) } }
                 div { dt { "Deferred" } dd { (s.deferred) } }
                 div { dt { "Quiet hours" } dd { (s.quiet_hours) } }
+                div { dt { "Carrier caps" } dd { (s.capped) } }
                 div { dt { "Queued" } dd { (s.queued) } }
             }
             @if let (true, Some(why)) = (s.deferred > 0, &s.deferred_reason) { p { "Deferred because " (why) "." } }
@@ -346,6 +348,9 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
             @if s.urgent { p { "Urgent: sent whatever the hour (quiet hours do not apply)." } }
             @for (zone, w) in &s.quiet_by_zone {
                 p { (w.count) " waiting for quiet hours to end in " (zone) " (until " (time(w.until_ms)) ")." }
+            }
+            @for (cap, w) in &s.capped_by_cap {
+                p { (w.count) " waiting for the " (cap) " to renew (until " (time(w.until_ms)) ")." }
             }
         }
         @if !s.failure_reasons.is_empty() {
@@ -415,9 +420,32 @@ pub fn pool(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup {
     )
 }
 
+/// A customer's carrier caps and today's use.
+fn carrier_caps(c: &shared::carriers::CapUse) -> Markup {
+    let cap = |n: Option<u32>| n.map_or("no cap".to_owned(), |n| n.to_string());
+    html! {
+        section aria-labelledby="caps-h" {
+            h2 id="caps-h" { "Carrier caps" }
+            dl class="figures" {
+                div { dt { "T-Mobile today (segments)" } dd { (c.tmobile_today) " of " (cap(c.caps.tmobile_daily)) } }
+                div { dt { "AT&T in the last minute" } dd { (c.att_last_minute) " of " (cap(c.caps.att_per_minute)) } }
+                div { dt { "In the last second" } dd { (c.last_second) " of " (cap(c.caps.per_second)) } }
+                div { dt { "Line lookups" } dd { @if c.lookup { "on" } @else { "off" } } }
+            }
+            @for (what, until) in &c.spent_until {
+                p { "Twilio reported the " (what) " cap spent: those texts wait until " (time(*until)) "." }
+            }
+            @if !c.lines.is_empty() {
+                p { "Looked-up recipients: " (c.lines.iter().map(|(l, n)| format!("{n} {l}")).collect::<Vec<_>>().join(", ")) "." }
+            }
+        }
+    }
+}
+
 /// The part of the pool page that refreshes itself.
 pub fn pool_live(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup {
     html! {
+        @if let Some(c) = &p.carriers { (carrier_caps(c)) }
         div class="scroll" role="region" aria-label="Numbers" tabindex="0" {
             table class="numbers" {
                 caption { "Use of each number in the current window" }
