@@ -350,11 +350,12 @@ if mode == 'locked' then
     local backlog = math.max(backlog_now(cfg, KEYS[11], KEYS[12], inflight, unsent, now), 1)
     if line then
       -- Only messages that could go now need a number: of the jobs not yet looked at, leave out the share the
-      -- customer's looked-up recipients say are unreachable, and T-Mobile's beyond what is left of its day. With too
-      -- few looked up to know the share, count only this job: the pool grows one number at a time until they are.
+      -- customer's looked-up recipients say are unreachable, and T-Mobile's beyond what is left of its day. With
+      -- fewer than 100 looked up, the share is too rough to buy on (one number's quota of error is a surplus
+      -- number): only this job counts, and the pool grows a number at a time until the share is known.
       local m = redis.call('HMGET', cfg, 'mix', 'mix:t', 'mix:l', 'mix:i', 'mix:n')
       local total = tonumber(m[1]) or 0
-      if total < 20 then
+      if total < 100 then
         backlog = 1
       else
         local share = function(i) return (tonumber(m[i]) or 0) / total end

@@ -132,6 +132,20 @@ impl LeaseGuard {
     pub fn is_lost(&self) -> bool {
         self.lease.lost.load(Ordering::SeqCst)
     }
+
+    /// Renews this job's lease now (one round trip), for a handler that waited (for a purchase, say) and must not
+    /// start a send its lease might not cover. False if Redis failed or the job is no longer ours.
+    pub async fn renew_now(&self, ledger: &Ledger) -> bool {
+        let sent_at = Instant::now();
+        let members = [self.member.clone()];
+        match ledger.renew(&self.customer, self.registry.lease, &members).await {
+            Ok(lost) => {
+                self.registry.renewed(&self.customer, &members, &lost, sent_at);
+                lost.is_empty()
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl Drop for LeaseGuard {

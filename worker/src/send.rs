@@ -89,14 +89,17 @@ impl Sender {
     /// attempt, [`Line::Unknown`] (texted, and counted against every carrier cap: see `shared::carriers`).
     async fn look_up(&self, job: &Job) -> Line {
         let _permit = self.shared.lookups.acquire().await.expect("the semaphore is never closed");
-        for attempt in 1..=4u32 {
+        const ATTEMPTS: u32 = 6;
+        for attempt in 1..=ATTEMPTS {
             self.shared.stats.lookups.inc();
             match self.shared.twilio.lookup_line(job.recipient.as_str()).await {
                 Ok(line) => return line,
                 Err(e) => {
                     self.shared.stats.lookup_failures.inc();
                     let retry_after = match e.disposition() {
-                        Disposition::Transient { retry_after } if attempt < 4 && !self.shared.stopping() => retry_after,
+                        Disposition::Transient { retry_after } if attempt < ATTEMPTS && !self.shared.stopping() => {
+                            retry_after
+                        }
                         _ => {
                             tracing::warn!(error.message = %e, "no line type for the recipient; counting it against every carrier cap");
                             return Line::Unknown;
@@ -243,8 +246,12 @@ impl Sender {
                 return;
             }
         };
-        // Never start a send that could outlive our lease: past it another worker may own the job.
-        if task.lease.remaining() < self.shared.settings.shared.twilio.timeout + Duration::from_secs(2) {
+        // Never start a send that could outlive our lease: past it another worker may own the job. A job that waited
+        // (for a purchase) renews its lease first rather than wait for it to expire and be fetched again.
+        let needed = self.shared.settings.shared.twilio.timeout + Duration::from_secs(2);
+        if task.lease.remaining() < needed
+            && !(task.lease.renew_now(&self.shared.ledger).await && task.lease.remaining() >= needed)
+        {
             tracing::warn!("lease too close to expiry to send; leaving the job to be redelivered");
             return;
         }
