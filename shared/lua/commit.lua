@@ -15,19 +15,14 @@
 -- KEYS[5] unsent ZSET  KEYS[6] customer cfg HASH  KEYS[7] pool last-send HASH
 -- ARGV[1] recipient    ARGV[2] in-flight member   ARGV[3] message sid           ARGV[4] batch retention s
 -- ARGV[5] window key prefix   ARGV[6] window ms   ARGV[7] the number the message was sent from
--- ARGV[8] prefix of the carrier caps' keys (reserve.lua): their per-second and per-minute entries for this
---         reservation are re-stamped like the window's, so those caps hold by the time Twilio took the text
+-- ARGV[8] prefix of the carrier caps' keys (reserve.lua): this reservation's entry in AT&T's per-minute log is
+--         re-stamped like the window's, so that cap holds by the time Twilio took the text (the per-second log is
+--         counted at reservation: a second is shorter than the send itself)
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
 local batch, state, failures, inflight, unsent, cfg, last = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local window_ms, from, cprefix = tonumber(ARGV[6]), ARGV[7], ARGV[8] or ''
--- Re-stamps a reservation's entry in a carrier cap's list (when it is there) to now.
-local function restamp(key, ms, resid, span_ms)
-  if redis.call('LREM', key, -1, window_entry(ms, resid)) > 0 then
-    window_push(key, now_ms(), resid, span_ms)
-  end
-end
 local now = now_ms()
 if from ~= '' then
   redis.call('HSET', last, from, now)
@@ -58,9 +53,9 @@ if st and string.sub(st, 1, 1) == 'r' then
   local p = split(st)
   release_slot(wprefix, unsent, st)
   window_push(wprefix .. p[2], now, p[3], window_ms)
-  if cprefix ~= '' then
-    restamp(cprefix .. 'mps', p[4], p[3], 1000)
-    restamp(cprefix .. 'att', p[4], p[3], 60000)
+  -- The reservation's entry in AT&T's per-minute log (when it is there) moves to now as well.
+  if cprefix ~= '' and redis.call('LREM', cprefix .. 'att', -1, window_entry(p[4], p[3])) > 0 then
+    window_push(cprefix .. 'att', now, p[3], 60000)
   end
 end
 return {'ok', finish(counted_in(cfg, b[3]), batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

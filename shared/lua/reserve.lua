@@ -34,7 +34,8 @@
 -- ARGV[18] ms after a quiet period's end at which this job comes due (spreads a morning's jobs, no herd at 08:00)
 -- ARGV[19] the recipient's line just looked up by the caller (carriers.rs codes: t a v o u l i n), or ''
 -- ARGV[20] prefix of the lookup cache (`{c:ID}:lt:`): `<prefix><30-day epoch>:<last 3 digits>`, field = the rest
--- ARGV[21] prefix of the carrier caps' keys (`{c:ID}:cap:`): `mps` and `att` (LISTs like send windows), `tmo:<day>`
+-- ARGV[21] prefix of the carrier caps' keys (`{c:ID}:cap:`): `att` (a LIST like send windows), `mps:<second>` and
+--         `tmo:<day>`
 -- ARGV[22] the T-Mobile day as instants: three consecutive day starts (ms), the first at or before now by the
 --          caller's clock, the day ending at midnight Pacific (computed by the caller with the tz database)
 -- ARGV[23] segments of this job's text (T-Mobile counts segments)
@@ -201,16 +202,20 @@ local hold_spread = 0
 local function held(until_ms, name, step, spread_ms)
   if not hold or until_ms > hold then hold, hold_cap, hold_step, hold_spread = until_ms, name, step, spread_ms end
 end
-local mps_key, att_key = cprefix .. 'mps', cprefix .. 'att'
+local mps_key, att_key = cprefix .. 'mps:', cprefix .. 'att'
 local spent_all = tonumber(c[7])
 if spent_all and spent_all > now then held(spent_all, 'campaign throughput (Twilio 30022)', 0, spread % 2000) end
-if cap_mps and window_count(mps_key, now - 1000) >= cap_mps then
-  held(window_oldest(mps_key) + 1000, 'per-second cap', math.floor(1000 / cap_mps), 0)
+-- The per-second cap counts whole seconds of Redis's clock (a counter per second: two commands a send, where a log
+-- would take six; Twilio queues a burst across a second's boundary rather than refusing it).
+local second = math.floor(now / 1000)
+if cap_mps and (tonumber(redis.call('GET', mps_key .. second)) or 0) >= cap_mps then
+  held((second + 1) * 1000, 'per-second cap', math.floor(1000 / cap_mps), 0)
 end
 if is_att then
   local spent = tonumber(c[6])
   if spent and spent > now then held(spent, 'AT&T per-minute cap (Twilio 30022)', 0, spread % 2000) end
-  if cap_att and window_count(att_key, now - 60000) >= cap_att then
+  -- A log shorter than the cap cannot be at it: it is trimmed only when it might be (one command a send).
+  if cap_att and redis.call('LLEN', att_key) >= cap_att and window_count(att_key, now - 60000) >= cap_att then
     held(window_oldest(att_key) + 60000, 'AT&T per-minute cap', math.floor(60000 / cap_att), 0)
   end
 end
@@ -245,15 +250,14 @@ if hold then
   return {'capped', due, hold_cap}
 end
 
--- A reservation counts in the caps it is under (commit.lua re-stamps the per-second and per-minute entries when
+-- A reservation counts in the caps it is under (commit.lua re-stamps the per-minute entry when
 -- Twilio accepts the text, as for the quota windows).
 local function count_caps(resid)
-  if cap_mps then window_push(mps_key, now, resid, 1000) end
+  if cap_mps and redis.call('INCR', mps_key .. second) == 1 then redis.call('PEXPIRE', mps_key .. second, 2000) end
   if is_att and cap_att then window_push(att_key, now, resid, 60000) end
   if is_tmo and cap_tmo and day_start then
     local k = cprefix .. 'tmo:' .. day_start
-    redis.call('INCRBY', k, segments)
-    redis.call('PEXPIREAT', k, day_end + 3600000)
+    if redis.call('INCRBY', k, segments) == segments then redis.call('PEXPIREAT', k, day_end + 3600000) end
     if next_end and now >= day_end - 10000 then
       local nk = cprefix .. 'tmo:' .. day_end
       redis.call('INCRBY', nk, segments)

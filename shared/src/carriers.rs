@@ -255,7 +255,7 @@ pub struct CapUse {
     pub tmobile_today: u64,
     /// AT&T texts in the last 60 s.
     pub att_last_minute: u64,
-    /// Texts in the last second.
+    /// Texts in the current second of Redis's clock.
     pub last_second: u64,
     /// Caps Twilio reported spent, and until when (Redis ms): `tmobile`, `att`, `all`.
     pub spent_until: std::collections::BTreeMap<String, i64>,
@@ -263,7 +263,7 @@ pub struct CapUse {
     pub lines: std::collections::BTreeMap<String, u64>,
 }
 
-/// Reads a customer's caps and their use now: one pipeline of five commands (the send logs are at most a cap long).
+/// Reads a customer's caps and their use now: one pipeline of four commands (AT&T's log is at most a cap long).
 pub async fn cap_use(
     conn: &mut crate::store::Conn,
     customer: &crate::customers::Customer,
@@ -275,11 +275,11 @@ pub async fn cap_use(
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let start = day_starts(now, day)[0];
     let fields = ["spent_tmo", "spent_att", "spent_all", "mix:t", "mix:a", "mix:v", "mix:o", "mix:l", "mix:i", "mix:n"];
-    type Read = (Option<u64>, Vec<String>, Vec<String>, Vec<Option<i64>>);
+    type Read = (Option<u64>, Vec<String>, Option<u64>, Vec<Option<i64>>);
     let (tmo, att, mps, f): Read = redis::pipe()
         .get(format!("{prefix}tmo:{start}"))
         .lrange(format!("{prefix}att"), 0, -1)
-        .lrange(format!("{prefix}mps"), 0, -1)
+        .get(format!("{prefix}mps:{}", now_ms.div_euclid(1000)))
         .cmd("HMGET")
         .arg(k.cfg())
         .arg(&fields)
@@ -292,7 +292,7 @@ pub async fn cap_use(
         caps: customer.caps,
         tmobile_today: tmo.unwrap_or(0),
         att_last_minute: recent(&att, 60_000),
-        last_second: recent(&mps, 1_000),
+        last_second: mps.unwrap_or(0),
         ..CapUse::default()
     };
     for (i, v) in f.into_iter().enumerate() {
@@ -307,6 +307,28 @@ pub async fn cap_use(
         }
     }
     Ok(out)
+}
+
+/// Writes looked-up lines into a customer's cache as the reserve script would (tools and tests: a cache that is
+/// already warm), in one pipeline.
+pub async fn cache_lines(
+    conn: &mut crate::store::Conn,
+    customer: &crate::domain::CustomerId,
+    lines: &[(&str, Line)],
+    now_ms: i64,
+) -> redis::RedisResult<()> {
+    let k = crate::keys::CustomerKeys::new(customer);
+    let prefix = k.lookup_prefix();
+    let ttl = LOOKUP_TTL.as_millis() as i64;
+    let epoch = now_ms.div_euclid(ttl);
+    let mut pipe = redis::pipe();
+    for (n, line) in lines {
+        let (field, bucket) = n.split_at(n.len().saturating_sub(3));
+        let key = format!("{prefix}{epoch}:{bucket}");
+        pipe.hset(&key, field, line.code()).ignore().pexpire(&key, 2 * ttl + 1_000).ignore();
+        pipe.hincr(k.cfg(), format!("mix:{}", line.code()), 1).ignore().hincr(k.cfg(), "mix", 1).ignore();
+    }
+    pipe.query_async(conn).await
 }
 
 /// The caps' names, as batches count jobs held by them.

@@ -29,7 +29,7 @@
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them; one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
 //! | `{c:ID}:lt:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits) → its line as Lookup said (carriers.rs code); one set of 1,000 buckets per 30-day epoch, two epochs kept |
-//! | `{c:ID}:cap:mps` | LIST | the customer's sends in the last second, `<Redis ms>:<reservation id>` (per-second cap) |
+//! | `{c:ID}:cap:mps:<second>` | STRING | the customer's sends in one second of Redis's clock (per-second cap); expires after 2 s |
 //! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 60 s (AT&T's per-minute cap) |
 //! | `{c:ID}:cap:tmo:<day start ms>` | STRING | T-Mobile segments that carrier day (its daily cap) |
 //! | `{c:ID}:lock` | STRING | purchase lock token |
@@ -139,7 +139,7 @@ impl CustomerKeys {
     pub fn lookup_prefix(&self) -> String {
         self.key("lt:")
     }
-    /// Prefix of the carrier caps' keys: `mps`, `att` (send logs) and `tmo:<day start ms>` (segments that day).
+    /// Prefix of the carrier caps' keys: `att` (AT&T's send log), `mps:<second>` and `tmo:<day start ms>` (counters).
     pub fn caps_prefix(&self) -> String {
         self.key("cap:")
     }

@@ -238,6 +238,31 @@ impl Stack {
         Ok(())
     }
 
+    /// Fills a customer's lookup cache with the simulator's lines for `to`, as if they had been looked up before
+    /// (so a run measures the caps, not first-time lookups).
+    pub async fn warm_lookups(&self, id: &CustomerId, to: &[String]) -> anyhow::Result<()> {
+        let Some(sim) = &self.sim else { return Ok(()) };
+        let mut conn = self.conn().await;
+        let now = shared::customers::redis_now_ms(&mut conn).await?;
+        let lines: Vec<(&str, shared::carriers::Line)> = to
+            .iter()
+            .map(|n| {
+                let line = match sim::carriers::Line::of(sim, n) {
+                    sim::carriers::Line::TMobile => shared::carriers::Line::TMobile,
+                    sim::carriers::Line::Att => shared::carriers::Line::Att,
+                    sim::carriers::Line::Verizon => shared::carriers::Line::Verizon,
+                    // A landline would end failed without a send: the throughput runs count sends, so not here.
+                    sim::carriers::Line::Landline => shared::carriers::Line::Other,
+                };
+                (n.as_str(), line)
+            })
+            .collect();
+        for chunk in lines.chunks(5_000) {
+            shared::carriers::cache_lines(&mut conn, id, chunk, now).await?;
+        }
+        Ok(())
+    }
+
     /// `producer bulk` for one customer from a file; returns (batch id, seconds).
     pub async fn bulk(&self, id: &CustomerId, to: &[String], body: &str) -> anyhow::Result<(String, f64)> {
         let started = Instant::now();
@@ -480,6 +505,12 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     if cfg.prebuy {
         for id in &ids {
             stack.prebuy(id, per_customer.div_ceil(cfg.daily_quota as usize)).await?;
+        }
+    }
+    if cfg.caps {
+        for (i, id) in ids.iter().enumerate() {
+            let n = per_customer.min(cfg.recipients - i * per_customer);
+            stack.warm_lookups(id, &recipients(n, i * per_customer)).await?;
         }
     }
     stack.reset_redis_stats().await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, World, start_api};
@@ -238,6 +238,26 @@ async fn racing_workers_buy_exactly_the_numbers_needed_with_caps_on() {
             assert!(p.is_running());
         }
     }
+}
+
+/// Issue 19, acceptance 3: the kill -9 chaos test with caps on (caps high enough not to hold texts back, so every
+/// reachable recipient is texted during the churn): a random worker of four is killed every 2.5 s and replaced;
+/// every mobile recipient gets exactly one text, no landline any, and the numbers are what the sendable texts needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_and_send_nothing_twice_with_caps_on() {
+    let w = World::start(SimConfig {
+        send_latency_ms: 150,
+        purchase_latency_ms: 100,
+        carriers: true,
+        ..SimConfig::default()
+    })
+    .await;
+    let to = recipients(5_000, 0);
+    let landlines: HashSet<String> =
+        lines(&w, &to).into_iter().filter(|(_, l)| *l == Line::Landline).map(|(n, _)| n).collect();
+    assert!(!landlines.is_empty(), "the sample should hold landlines");
+    let caps = ["--tmobile-daily-cap", "200000", "--att-per-minute", "4500", "--per-second", "2000"];
+    common::kill9_churn_with(&w, 5_000, &caps, &landlines).await;
 }
 
 /// Issue 19, acceptance 4: lookups that fail (500s, dropped connections) are retried; a second batch to the same

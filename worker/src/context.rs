@@ -34,6 +34,8 @@ pub struct Shared {
     customers: Mutex<HashMap<CustomerId, (Customer, Instant)>>,
     /// Quiet periods (encoded for the reserve script) per set of zones and window, computed once an hour.
     quiet: Mutex<HashMap<QuietKey, (i64, Arc<str>)>>,
+    /// The carriers' day starts (encoded for the reserve script), recomputed once a minute.
+    days: Mutex<(i64, Arc<str>)>,
 }
 
 /// A recipient's zones and the window that applies.
@@ -90,6 +92,7 @@ impl Shared {
             batches: Mutex::default(),
             customers: Mutex::default(),
             quiet: Mutex::default(),
+            days: Mutex::new((i64::MIN, Arc::from(""))),
         }
     }
 
@@ -145,6 +148,19 @@ impl Shared {
         }
         cache.insert(batch.clone(), info.clone());
         Ok(Some(info))
+    }
+
+    /// Three consecutive starts of the carriers' day around now, encoded for the reserve script (computed from this
+    /// process's clock once a minute; the script picks the day Redis's clock is in).
+    pub fn carrier_days(&self) -> Arc<str> {
+        let now = Utc::now();
+        let minute = now.timestamp() / 60;
+        let mut days = self.days.lock().unwrap();
+        if days.0 != minute {
+            let starts = shared::carriers::day_starts(now, self.settings.shared.cap_day);
+            *days = (minute, shared::carriers::encode_days(starts).into());
+        }
+        days.1.clone()
     }
 
     /// The quiet periods of `window` in `zones` around now, encoded for the reserve script. Computed from this

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use shared::carriers::{self, Line};
+use shared::carriers::Line;
 use shared::customers::Customer;
 use shared::domain::TimeZone;
 use shared::domain::count_segments;
@@ -79,7 +79,7 @@ impl Sender {
             rules.quiet = self.shared.quiet_periods(zones, window);
         }
         if customer.is_some_and(|c| c.caps.tmobile_daily.is_some()) {
-            rules.days = carriers::encode_days(carriers::day_starts(chrono::Utc::now(), s.cap_day)).into();
+            rules.days = self.shared.carrier_days();
             rules.segments = batch.text(job.values.as_deref()).map_or(1, |t| count_segments(&t).segments);
         }
         rules
