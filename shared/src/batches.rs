@@ -173,7 +173,7 @@ pub async fn submit(
     retention: Duration,
     chunk_size: usize,
     progress: Option<Progress<'_>>,
-    acks: Option<scripts::Acks>,
+    acks: Option<&scripts::Acks>,
 ) -> Result<Receipt, SubmitError> {
     let k = CustomerKeys::new(&req.customer);
     let fresh = BatchId::new(&req.customer);
@@ -283,14 +283,21 @@ pub async fn submit(
         // and the channel live in different slots of a Redis Cluster.
         let mut pipe = redis::pipe();
         pipe.sadd(keys::ACTIVE, req.customer.as_str()).ignore();
-        if let Some(a) = acks.filter(|a| a.replicas > 0) {
-            let (confirmed,): (u32,) =
-                pipe.cmd("WAIT").arg(a.replicas).arg(a.timeout.as_millis() as u64).query_async(conn).await?;
-            if confirmed < a.replicas {
-                return Err(SubmitError::NotDurable { batch: batch.to_string() });
+        match acks.filter(|a| a.replicas > 0).map(|a| (a, a.needed(keys::ACTIVE.as_bytes()))) {
+            Some((a, need)) if need.replicas > 0 => {
+                let (confirmed,): (u32,) =
+                    pipe.cmd("WAIT").arg(need.replicas).arg(a.timeout.as_millis() as u64).query_async(conn).await?;
+                a.observe(&need, Some(confirmed >= need.replicas));
+                if confirmed < need.replicas {
+                    return Err(SubmitError::NotDurable { batch: batch.to_string() });
+                }
             }
-        } else {
-            let _: () = pipe.query_async(conn).await?;
+            other => {
+                let _: () = pipe.query_async(conn).await?;
+                if let Some((a, need)) = other {
+                    a.observe(&need, None);
+                }
+            }
         }
         let _: () = conn.publish(keys::WAKE_CHANNEL, req.customer.as_str()).await?;
         cursor = new_cursor;

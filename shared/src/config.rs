@@ -285,9 +285,11 @@ impl CommonArgs {
                 cluster_nodes,
                 ca,
                 response_timeout: Duration::from_millis(self.redis_timeout_ms),
-                acks: (self.redis_replica_acks > 0).then(|| crate::scripts::Acks {
-                    replicas: self.redis_replica_acks,
-                    timeout: Duration::from_millis(self.redis_replica_ack_timeout_ms),
+                acks: (self.redis_replica_acks > 0).then(|| {
+                    crate::scripts::Acks::new(
+                        self.redis_replica_acks,
+                        Duration::from_millis(self.redis_replica_ack_timeout_ms),
+                    )
                 }),
             },
             twilio: TwilioSettings {

@@ -376,7 +376,7 @@ impl Ledger {
             .arg(k.caps_prefix())
             .arg(&*rules.days)
             .arg(rules.segments)
-            .run_acked(&mut self.acked_conn(), self.acks)
+            .run_acked(&mut self.acked_conn(), self.acks.as_ref())
             .await?;
         let (v, confirmed): (Value, bool) = v;
         let p = strings(v);
@@ -454,7 +454,7 @@ impl Ledger {
             .arg(self.quota.window_ms())
             .arg(from)
             .arg(k.caps_prefix())
-            .run_acked(&mut self.acked_conn(), self.acks)
+            .run_acked(&mut self.acked_conn(), self.acks.as_ref())
             .await?;
         if !confirmed {
             // Safe to go on: the attempt marker was confirmed before the send, so losing this record only makes the

@@ -7,6 +7,7 @@
 //! - [`keys`]: every Redis key, with a per-customer hash tag.
 //! - [`scripts`]: the Lua scripts (documented files in `shared/lua/`).
 //! - [`store`]: Redis connections with explicit timeouts, fleet settings check, reply decoding.
+//! - [`replication`]: replica acknowledgements per shard (how many replicas a write waits for, paused shards).
 //! - [`ledger`]: job states and quota windows — reserve, commit, fail, requeue, fetch, lease renewal.
 //! - [`customers`]: customer records and number pools.
 //! - [`batches`]: creating and enqueuing batches exactly once, status, cancel.
@@ -26,6 +27,7 @@ pub mod ledger;
 pub mod purchase;
 pub mod quiet;
 pub mod release;
+pub mod replication;
 pub mod scripts;
 pub mod store;
 pub mod telemetry;

@@ -75,7 +75,7 @@ pub enum ReleaseError {
 }
 
 /// How a release runs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ReleaseOptions {
     /// Numbers idle at least this long are released.
     pub idle: Duration,
@@ -104,7 +104,7 @@ pub async fn release_idle(
             None => return Err(ReleaseError::Busy(customer.id.clone())),
         }
     };
-    let planned = plan(conn, &customer.id, quota, idle, lock.as_ref().map(PurchaseLock::token), acks).await;
+    let planned = plan(conn, &customer.id, quota, idle, lock.as_ref().map(PurchaseLock::token), acks.as_ref()).await;
     let (backlog, kept, picked, confirmed) = match planned {
         Ok(Plan::Picked { backlog, kept, numbers, confirmed }) => (backlog, kept, numbers, confirmed),
         Ok(Plan::Busy) => {
@@ -171,7 +171,7 @@ async fn plan(
     quota: &QuotaSettings,
     idle: Duration,
     token: Option<&str>,
-    acks: Option<Acks>,
+    acks: Option<&Acks>,
 ) -> redis::RedisResult<Plan> {
     let k = CustomerKeys::new(customer);
     let (reply, confirmed): (redis::Value, bool) = scripts::RELEASE_PLAN

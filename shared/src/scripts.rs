@@ -10,11 +10,9 @@
 //! pipeline: it runs on the same connection to the same node right after the script, so it confirms exactly the
 //! writes the script made (and any made before them on that connection).
 
-use std::sync::LazyLock;
-use std::time::Duration;
-
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, Script, ServerErrorKind, ToRedisArgs};
+use std::sync::LazyLock;
 
 /// A script of `shared/lua/`.
 pub struct Lua(Script);
@@ -32,12 +30,7 @@ impl Lua {
     }
 }
 
-/// Replicas that must confirm a write before the caller goes on (`WAIT numreplicas timeout`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Acks {
-    pub replicas: u32,
-    pub timeout: Duration,
-}
+pub use crate::replication::Acks;
 
 /// One call of a script: its keys and arguments.
 pub struct Call<'a> {
@@ -79,18 +72,25 @@ impl Call<'_> {
         }
     }
 
-    /// Runs the script, then `WAIT`s for `acks.replicas` replicas of the node that ran it to confirm its writes.
-    /// Returns the script's reply and whether enough replicas confirmed in time (`true` when `acks` is `None`).
+    /// Runs the script, then `WAIT`s for the replicas of the node that ran it to confirm its writes — as many as
+    /// [`Acks::needed`] says for the shard of the call's first key (none when that shard has no replica). Returns
+    /// the script's reply and whether enough replicas confirmed in time (`true` when `acks` is `None`).
     pub async fn run_acked<T: FromRedisValue, C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        acks: Option<Acks>,
+        acks: Option<&Acks>,
     ) -> RedisResult<(T, bool)> {
         let Some(acks) = acks.filter(|a| a.replicas > 0) else {
             return Ok((self.run(conn).await?, true));
         };
+        let need = acks.needed(self.keys.first().map(Vec::as_slice).unwrap_or_default());
+        if need.replicas == 0 {
+            let v = self.run(conn).await?;
+            acks.observe(&need, None);
+            return Ok((v, true));
+        }
         let wait = |pipe: &mut redis::Pipeline| {
-            pipe.cmd("WAIT").arg(acks.replicas).arg(acks.timeout.as_millis() as u64);
+            pipe.cmd("WAIT").arg(need.replicas).arg(acks.timeout.as_millis() as u64);
         };
         let mut pipe = redis::pipe();
         pipe.add_command(self.evalsha());
@@ -104,7 +104,9 @@ impl Call<'_> {
             }
             other => other?,
         };
-        Ok((v, confirmed >= acks.replicas))
+        let ok = confirmed >= need.replicas;
+        acks.observe(&need, Some(ok));
+        Ok((v, ok))
     }
 }
 

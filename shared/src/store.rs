@@ -259,6 +259,16 @@ pub async fn health(conn: &mut Conn) -> RedisHealth {
     }
 }
 
+/// Reads the cluster's topology into `acks` (which shards have replicas) unless it was read in the last two seconds;
+/// nothing for a single node or without acknowledgements. A failed look keeps the last topology.
+pub async fn refresh_topology(conn: &mut Conn, acks: Option<&crate::scripts::Acks>) {
+    let Some(acks) = acks.filter(|_| conn.is_cluster()) else { return };
+    if acks.shards.age().is_some_and(|a| a < Duration::from_secs(2)) {
+        return;
+    }
+    acks.shards.update(&health(conn).await.nodes);
+}
+
 /// Reads `CLUSTER SHARDS` (RESP2: arrays of alternating names and values).
 fn parse_shards(v: Value) -> Vec<NodeHealth> {
     fn pairs(v: &Value) -> Vec<(String, &Value)> {

@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`sim`]: the Twilio simulator (the crate in `tests/sim`, also the `twilio-sim` binary), re-exported.
 //! - [`redis_server`]: [`redis_server::TestRedis`], a private `redis-server` on a free loopback port (plain or TLS).
-//! - [`redis_cluster`]: [`redis_cluster::TestCluster`], a private Redis Cluster (primaries and replicas) to fail over.
+//! - [`redis_cluster`]: [`redis_cluster::TestCluster`], a private Redis Cluster (primaries and replicas) to fail over,
+//!   on loopback or in a network test bed.
+//! - [`netbed`]: [`netbed::Bed`], hosts in network namespaces on one bridge, with cuts, loss and latency between them.
+//! - [`partition`]: the partition scenarios and the checker that judges them from the simulator's log.
 //! - [`dashboard`]: signing in to the dashboard over HTTP and measuring what its pages cost Redis.
 //! - [`procs`]: locating and running the `worker`, `producer` and `twilio-sim` binaries as child processes.
 //! - [`load`]: the load-test engine behind the `loadtest` binary.
@@ -24,6 +27,8 @@ pub fn http_builder() -> reqwest::ClientBuilder {
 pub mod dashboard;
 pub mod fixtures;
 pub mod load;
+pub mod netbed;
+pub mod partition;
 pub mod procs;
 pub mod redis_cluster;
 pub mod redis_server;

@@ -144,7 +144,9 @@ impl Env {
         self.spawn(Command::new(bin("producer")), "producer", args)
     }
 
-    fn spawn(&self, mut cmd: Command, what: &str, args: &[&str]) -> Proc {
+    /// Starts `cmd <args>` (a Messenger binary, possibly behind a wrapper such as `ip netns exec`) in the background
+    /// with this environment; `what` names its log.
+    pub fn spawn(&self, mut cmd: Command, what: &str, args: &[&str]) -> Proc {
         self.apply(&mut cmd);
         let log = std::env::temp_dir().join(format!("messenger-{what}-{}.log", ulid::Ulid::new()));
         let file = std::fs::File::create(&log).expect("process log");

@@ -391,7 +391,7 @@ async fn workers_and_producers_wait_for_a_down_cluster_and_healthz_names_the_unr
 async fn wait_confirms_writes_on_the_node_that_holds_them() {
     let mut cluster = tokio::task::spawn_blocking(|| harness::redis_cluster::TestCluster::start(3, 1)).await.unwrap();
     let mut conn = cluster.conn().await;
-    let acks = |ms| Some(shared::scripts::Acks { replicas: 1, timeout: Duration::from_millis(ms) });
+    let acks = |ms| Some(shared::scripts::Acks::new(1, Duration::from_millis(ms)));
     let key = shared::keys::SETTINGS;
     // One acknowledged write to the fleet settings (a key on one primary).
     let write_settings = |conn: &mut shared::store::Conn, acks: Option<shared::scripts::Acks>| {
@@ -404,7 +404,7 @@ async fn wait_confirms_writes_on_the_node_that_holds_them() {
                 .arg(quota.daily_quota)
                 .arg(quota.conversational_cap)
                 .arg("1")
-                .run_acked::<redis::Value, _>(&mut conn, acks)
+                .run_acked::<redis::Value, _>(&mut conn, acks.as_ref())
                 .await
                 .unwrap()
         }

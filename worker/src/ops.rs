@@ -7,7 +7,10 @@
 //!   but not working — no Redis reply for longer than one lease, or the fetcher gone — which is exactly the failure
 //!   apalis-redis fleets hide (a pool that looks alive and does nothing). The worker already reconnects by itself;
 //!   the probe is the second line, for an orchestrator that restarts what stays unhealthy. During shutdown it
-//!   answers `503 stopping`.
+//!   answers `503 stopping`. With replica acknowledgements on, `"replication"` gives every shard's state (see
+//!   `shared::replication`); a shard *paused* (its replicas do not confirm) or running *without a replica* makes
+//!   the answer `200` with `"status": "degraded"` and a `"reason"` naming the shard and what is done about it —
+//!   restarting the worker would not help, an alert should (`messenger_worker_redis_shard_state`).
 //!
 //! Off by default because many workers usually share a machine and could not share a port.
 
@@ -21,10 +24,13 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use shared::config::ConfigError;
+use shared::scripts::Acks;
 
 use crate::leases;
 use crate::stats::{Health, Stats};
@@ -34,10 +40,27 @@ struct Ops {
     in_flight: Gauge,
     redis_reply_age: Gauge<f64, AtomicU64>,
     wait_timeouts: Counter,
+    shards: Family<ShardLabels, Gauge>,
     health: Arc<Health>,
     leases: Arc<leases::Registry>,
-    stale: Duration,
-    worker: String,
+    endpoint: Endpoint,
+}
+
+/// What the endpoint reports besides the counters.
+pub struct Endpoint {
+    /// How long without a Redis reply is unhealthy (one lease).
+    pub stale: Duration,
+    pub concurrency: usize,
+    /// This worker's name.
+    pub worker: String,
+    /// Replica acknowledgements, whose state per shard `/healthz` and `/metrics` report.
+    pub acks: Option<Acks>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: String,
+    state: String,
 }
 
 /// Binds `addr` now (a port in use is a configuration error, exit 2) and serves the endpoint in the background.
@@ -46,9 +69,7 @@ pub async fn serve(
     stats: &Stats,
     health: Arc<Health>,
     leases: Arc<leases::Registry>,
-    stale: Duration,
-    concurrency: usize,
-    worker: String,
+    endpoint: Endpoint,
 ) -> Result<SocketAddr, ConfigError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -92,7 +113,7 @@ pub async fn serve(
     let in_flight = Gauge::default();
     let redis_reply_age = Gauge::<f64, AtomicU64>::default();
     let capacity = Gauge::<i64>::default();
-    capacity.set(concurrency as i64);
+    capacity.set(endpoint.concurrency as i64);
     registry.register("in_flight", "Jobs this process holds (leased)", in_flight.clone());
     registry.register("concurrency", "Handler slots of this process", capacity);
     let wait_timeouts = Counter::default();
@@ -107,7 +128,14 @@ pub async fn serve(
         redis_reply_age.clone(),
     );
 
-    let ops = Arc::new(Ops { registry, in_flight, redis_reply_age, wait_timeouts, health, leases, stale, worker });
+    let shards = Family::<ShardLabels, Gauge>::default();
+    registry.register(
+        "redis_shard_state",
+        "1 for each Redis shard's replication state as this process sees it: confirming, paused (replicas exist but \
+         did not confirm: its customers' sends and purchases wait) or no_replica (writes go on unconfirmed)",
+        shards.clone(),
+    );
+    let ops = Arc::new(Ops { registry, in_flight, redis_reply_age, wait_timeouts, shards, health, leases, endpoint });
     let app = Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).with_state(ops);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -123,6 +151,13 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
     ops.redis_reply_age.set(ops.health.since_redis_reply().map_or(-1.0, |d| d.as_secs_f64()));
     let seen = ops.wait_timeouts.get();
     ops.wait_timeouts.inc_by(ops.health.wait_timeouts.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(seen));
+    if let Some(acks) = &ops.endpoint.acks {
+        ops.shards.clear();
+        for s in acks.report().shards {
+            let shard = s.primary.unwrap_or_else(|| "redis".into());
+            ops.shards.get_or_create(&ShardLabels { shard, state: s.state.to_owned() }).set(1);
+        }
+    }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &ops.registry) {
         tracing::error!(error.message = %e, "could not encode metrics");
@@ -132,14 +167,25 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
 }
 
 async fn healthz(State(ops): State<Arc<Ops>>) -> Response {
-    let problem = ops.health.problem(ops.stale);
+    let problem = ops.health.problem(ops.endpoint.stale);
+    let replication = ops.endpoint.acks.as_ref().map(Acks::report);
+    // Shards paused or running without a replica: the process works (restarting it would change nothing), so the
+    // answer stays 200 and says what is degraded.
+    let degraded = replication.as_ref().map(|r| r.problems()).unwrap_or_default();
+    let status = match (&problem, degraded.is_empty()) {
+        (Some(_), _) => "unhealthy",
+        (None, false) => "degraded",
+        (None, true) => "ok",
+    };
+    let reason = problem.clone().or_else(|| (!degraded.is_empty()).then(|| degraded.join("; ")));
     let body = serde_json::json!({
-        "status": if problem.is_some() { "unhealthy" } else { "ok" },
-        "reason": problem,
-        "worker": ops.worker,
+        "status": status,
+        "reason": reason,
+        "worker": ops.endpoint.worker,
         "in_flight": ops.leases.len(),
         "redis_reply_age_ms": ops.health.since_redis_reply().map(|d| d.as_millis() as u64),
         "redis": ops.health.redis_health(),
+        "replication": replication,
     });
     let code = if problem.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (code, axum::Json(body)).into_response()

@@ -114,7 +114,7 @@ async fn release_idle_numbers(shared: &Shared, ids: &[shared::domain::CustomerId
         let quota = shared.ledger.quota();
         let lock_ttl = shared.settings.shared.lock_ttl;
         let options =
-            release::ReleaseOptions { idle, dry_run: false, lock_ttl, acks: shared.settings.shared.redis.acks };
+            release::ReleaseOptions { idle, dry_run: false, lock_ttl, acks: shared.settings.shared.redis.acks.clone() };
         let r = release::release_idle(&mut conn, Some(&shared.twilio), &customer, quota, options);
         match r.await {
             Ok(r) => {

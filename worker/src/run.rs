@@ -54,8 +54,10 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     let registry = Registry::new(settings.lease);
     if let Some(addr) = settings.listen {
         // Before connecting, so a probe sees "no reply from Redis yet" while Redis is down at start.
-        ops::serve(addr, &stats, health.clone(), registry.clone(), settings.lease, settings.concurrency, name.clone())
-            .await?;
+        let acks = settings.shared.redis.acks.clone();
+        let endpoint =
+            ops::Endpoint { stale: settings.lease, concurrency: settings.concurrency, worker: name.clone(), acks };
+        ops::serve(addr, &stats, health.clone(), registry.clone(), endpoint).await?;
     }
 
     // Connect, waiting out a Redis that is not up yet, then check the fleet's quota settings.
@@ -101,7 +103,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
         }
     };
     // Replica acknowledgements block the connection their WAIT runs on: they get connections of their own.
-    let acked = match settings.shared.redis.acks {
+    let acked = match &settings.shared.redis.acks {
         Some(_) => loop {
             match store::connect_many(&settings.shared.redis, ACKED_CONNECTIONS).await {
                 Ok(c) => break c,
@@ -118,7 +120,7 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     };
     let ledger = Ledger::new(conn.clone(), settings.shared.quota, settings.shared.batch_retention)
         .with_orphan_after(settings.shared.twilio.timeout + Duration::from_secs(5))
-        .with_acks(settings.shared.redis.acks, acked)
+        .with_acks(settings.shared.redis.acks.clone(), acked)
         .with_wait_counter(health.wait_timeouts.clone());
     let twilio = TwilioClient::new(&settings.shared.twilio)?;
 
@@ -159,7 +161,8 @@ pub async fn run(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -
     ));
     tokio::spawn(reconciler::run(shared.clone(), purchases.clone(), stop_rx.clone()));
     if conn.is_cluster() {
-        tokio::spawn(watch_cluster(conn.clone(), health.clone(), stop_rx.clone()));
+        let acks = settings.shared.redis.acks.clone();
+        tokio::spawn(watch_cluster(conn.clone(), health.clone(), acks, stop_rx.clone()));
     }
     let stats_flusher = tokio::spawn(flush_stats(shared.clone(), name.clone(), final_rx.clone()));
     // The apalis worker runs on this task (its future is not `Send` for every lifetime, so it is not spawned).
@@ -298,14 +301,23 @@ async fn flush_stats(shared: Arc<Shared>, name: String, mut stop: watch::Receive
 }
 
 /// In cluster mode, looks at the cluster every two seconds, so `/healthz` can name the nodes that are down and say
-/// whether every slot still has a primary.
-async fn watch_cluster(mut conn: store::Conn, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
+/// whether every slot still has a primary, and replica acknowledgements know which shards have replicas.
+async fn watch_cluster(
+    mut conn: store::Conn,
+    health: Arc<Health>,
+    acks: Option<shared::scripts::Acks>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
+        let h = store::health(&mut conn).await;
+        if let Some(a) = &acks {
+            a.shards.update(&h.nodes);
+        }
+        health.redis_checked(h);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = stop.changed() => return,
         }
-        health.redis_checked(store::health(&mut conn).await);
     }
 }
 

@@ -54,7 +54,7 @@ pub async fn release_idle(
     let s = &deps.settings;
     let mut conn = deps.conn();
     let customer = customers::get(&mut conn, id).await?.ok_or_else(|| super::customers::unknown(id))?;
-    let options = ReleaseOptions { idle: idle.duration(), dry_run, lock_ttl: s.lock_ttl, acks: s.redis.acks };
+    let options = ReleaseOptions { idle: idle.duration(), dry_run, lock_ttl: s.lock_ttl, acks: s.redis.acks.clone() };
     let report = release::release_idle(&mut conn, deps.twilio.as_ref(), &customer, &s.quota, options).await.map_err(
         |e| match e {
             ReleaseError::Busy(_) => OpsError::Busy(e.to_string()),

@@ -8,6 +8,7 @@
 use serde::Serialize;
 use shared::batches::{self, NewBatch, Progress, SubmitError};
 use shared::domain::smart::SmartEncoding;
+use shared::store;
 use utoipa::ToSchema;
 
 pub use super::estimate::{Estimate, estimate};
@@ -73,16 +74,19 @@ pub async fn enqueue(
     batch.priority = how.priority;
     let s = &deps.settings;
     let mut conn = deps.acked.clone().unwrap_or_else(|| deps.conn());
-    let receipt = batches::submit(&mut conn, &batch, s.batch_retention, how.chunk_size, progress, s.redis.acks)
-        .await
-        .map_err(|e| match e {
-        SubmitError::UnknownCustomer(c) => super::customers::unknown(&c),
-        e @ SubmitError::KeyReused { .. } => {
-            OpsError::Conflict { field: Some("idempotency_key"), message: e.to_string() }
-        }
-        e @ SubmitError::NotDurable { .. } => OpsError::Unavailable(e.to_string()),
-        SubmitError::Redis(r) => OpsError::Storage(r),
-    })?;
+    // How many replicas each write waits for depends on the shards' topology: read it unless it is fresh.
+    store::refresh_topology(&mut conn, s.redis.acks.as_ref()).await;
+    let receipt =
+        batches::submit(&mut conn, &batch, s.batch_retention, how.chunk_size, progress, s.redis.acks.as_ref())
+            .await
+            .map_err(|e| match e {
+                SubmitError::UnknownCustomer(c) => super::customers::unknown(&c),
+                e @ SubmitError::KeyReused { .. } => {
+                    OpsError::Conflict { field: Some("idempotency_key"), message: e.to_string() }
+                }
+                e @ SubmitError::NotDurable { .. } => OpsError::Unavailable(e.to_string()),
+                SubmitError::Redis(r) => OpsError::Storage(r),
+            })?;
     Ok(Accepted {
         batch_id: receipt.batch_id,
         accepted: receipt.accepted,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use shared::store::Conn;
+use shared::store::{self, Conn};
 use shared::twilio::accounts::AccountTokens;
 
 use crate::ops::Deps;
@@ -61,6 +61,13 @@ pub struct Metrics {
     /// Read from Redis at each scrape.
     queue: Family<QueueLabels, Gauge>,
     workers: Gauge,
+    shards: Family<ShardLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+    pub state: String,
 }
 
 impl Default for Metrics {
@@ -86,6 +93,13 @@ impl Metrics {
         let deliveries = Family::<StatusLabels, Counter>::default();
         let queue = Family::<QueueLabels, Gauge>::default();
         let workers = Gauge::default();
+        let shards = Family::<ShardLabels, Gauge>::default();
+        registry.register(
+            "redis_shard_state",
+            "1 for each Redis shard's replication state as the producer sees it (replica acknowledgements on): \
+             confirming, paused (replicas exist but did not confirm: enqueues there answer 503) or no_replica",
+            shards.clone(),
+        );
         registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
         registry.register(
@@ -135,6 +149,7 @@ impl Metrics {
             deliveries,
             queue,
             workers,
+            shards,
         }
     }
 
@@ -197,6 +212,14 @@ async fn refresh_queues(metrics: &Metrics, mut conn: Conn) -> redis::RedisResult
 pub async fn render(State(ops): State<Deps>, State(metrics): State<Arc<Metrics>>) -> Response {
     if let Err(e) = refresh_queues(&metrics, ops.conn()).await {
         tracing::warn!(error.message = %e, "queue gauges not refreshed");
+    }
+    if let Some(acks) = &ops.settings.redis.acks {
+        store::refresh_topology(&mut ops.conn(), Some(acks)).await;
+        metrics.shards.clear();
+        for s in acks.report().shards {
+            let shard = s.primary.unwrap_or_else(|| "redis".into());
+            metrics.shards.get_or_create(&ShardLabels { shard, state: s.state.to_owned() }).set(1);
+        }
     }
     if let Some(t) = &metrics.account_tokens {
         let seen = metrics.token_lookups.get();

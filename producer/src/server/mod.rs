@@ -144,7 +144,7 @@ impl Application {
             tracing::warn!("webhooks disabled: they need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN");
         }
         let conn = connect_waiting(&settings).await?;
-        let acked = match settings.redis.acks {
+        let acked = match &settings.redis.acks {
             Some(_) => Some(connect_waiting(&settings).await?),
             None => None,
         };
@@ -227,13 +227,37 @@ fn router(state: AppState) -> Router {
 }
 
 /// `GET /healthz`: 200 when Redis answers (a cluster: every slot has a reachable primary), 503 otherwise; the body
-/// names the cluster's nodes that are not online.
+/// names the cluster's nodes that are not online. With replica acknowledgements on, `"replication"` gives each
+/// shard's state, and a shard paused (replicas that do not confirm: enqueues there answer 503) or without a replica
+/// (writes go on unconfirmed) makes it `200` with `"status": "degraded"` and a `"reason"` naming it.
 async fn healthz(State(ops): State<Deps>) -> Response {
     let h = store::health(&mut ops.conn()).await;
+    let acks = ops.settings.redis.acks.as_ref();
+    if let Some(a) = acks.filter(|_| h.ok) {
+        a.shards.update(&h.nodes);
+    }
+    let replication = acks.map(|a| a.report());
+    let degraded = replication.as_ref().map(|r| r.problems()).unwrap_or_default();
+    let status = match (h.ok, degraded.is_empty()) {
+        (false, _) => "unavailable",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
+    // Unavailable: what Redis said and which nodes it cannot reach (a shard failing over: enqueues for its
+    // customers are refused until a replica serves its slots).
+    let reason = if h.ok {
+        (!degraded.is_empty()).then(|| degraded.join("; "))
+    } else if h.unreachable.is_empty() {
+        Some(format!("redis: {}", h.state))
+    } else {
+        Some(format!("redis cluster state {}; not online: {}", h.state, h.unreachable.join(", ")))
+    };
     let body = serde_json::json!({
-        "status": if h.ok { "ok" } else { "unavailable" },
+        "status": status,
+        "reason": reason,
         "redis": h.state,
         "unreachable": h.unreachable,
+        "replication": replication,
     });
     let code = if h.ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()

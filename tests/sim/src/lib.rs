@@ -408,7 +408,12 @@ pub async fn serve(listener: TcpListener, sim: Sim, shutdown: impl std::future::
 
 /// Starts a simulator on a free loopback port in this process; returns its base URL.
 pub async fn spawn(config: SimConfig) -> (Sim, SocketAddr) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind simulator");
+    spawn_on(std::net::Ipv4Addr::LOCALHOST, config).await
+}
+
+/// Starts a simulator on a free port of `ip` (an address of this machine) in this process.
+pub async fn spawn_on(ip: std::net::Ipv4Addr, config: SimConfig) -> (Sim, SocketAddr) {
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind simulator");
     let addr = listener.local_addr().unwrap();
     let sim = Sim::new(config);
     tokio::spawn(serve(listener, sim.clone(), std::future::pending()));
