@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use crate::domain::BoundError;
+use crate::domain::{BoundError, CustomerId};
 
 /// How long a lookup's answer is kept.
 pub const LOOKUP_TTL: Duration = Duration::from_secs(30 * 86_400);
@@ -266,11 +266,13 @@ pub struct CapUse {
 /// Reads a customer's caps and their use now: one pipeline of four commands (AT&T's log is at most a cap long).
 pub async fn cap_use(
     conn: &mut crate::store::Conn,
-    customer: &crate::customers::Customer,
+    customer: &CustomerId,
+    caps: Caps,
+    lookup: bool,
     now_ms: i64,
     day: Option<Duration>,
 ) -> redis::RedisResult<CapUse> {
-    let k = crate::keys::CustomerKeys::new(&customer.id);
+    let k = crate::keys::CustomerKeys::new(customer);
     let prefix = k.caps_prefix();
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let start = day_starts(now, day)[0];
@@ -285,11 +287,11 @@ pub async fn cap_use(
         .arg(&fields)
         .query_async(conn)
         .await?;
-    let recent = |log: &[String], span: i64| crate::customers::window_entries_after(log, now_ms - span) as u64;
+    let recent = |log: &[String], span: i64| crate::keys::window_entries_after(log, now_ms - span) as u64;
     let names = ["tmobile", "att", "all", "tmobile", "att", "verizon", "other", "landline", "invalid", "not messaging"];
     let mut out = CapUse {
-        lookup: customer.looks_up(),
-        caps: customer.caps,
+        lookup,
+        caps,
         tmobile_today: tmo.unwrap_or(0),
         att_last_minute: recent(&att, 60_000),
         last_second: mps.unwrap_or(0),

@@ -339,7 +339,7 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         .iter()
         .zip(counts)
         .map(|((n, bought), (window, received))| {
-            let sent = window_entries_after(&window, horizon) as u32;
+            let sent = keys::window_entries_after(&window, horizon) as u32;
             let limit = (quota.daily_quota + received).min(quota.conversational_cap);
             NumberUsage {
                 number: n.clone(),
@@ -366,14 +366,6 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         daily_quota: quota.daily_quota,
         conversational_cap: quota.conversational_cap,
     }))
-}
-
-/// Entries (`<ms>:<resid>`) of a send window newer than `horizon`.
-pub fn window_entries_after(window: &[String], horizon: i64) -> usize {
-    window
-        .iter()
-        .filter(|e| e.split(':').next().and_then(|t| t.parse::<i64>().ok()).is_some_and(|t| t > horizon))
-        .count()
 }
 
 /// How many of a customer's jobs are ready, scheduled (retries and deferrals) and in flight.

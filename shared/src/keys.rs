@@ -202,6 +202,15 @@ pub fn job_member(batch: &BatchId, recipient: &str, values: Option<&str>) -> Str
     m
 }
 
+/// Entries (`<ms>:<resid>`, the format of a send window and of AT&T's per-minute log) of a list newer than
+/// `horizon` (Redis ms).
+pub fn window_entries_after(window: &[String], horizon: i64) -> usize {
+    window
+        .iter()
+        .filter(|e| e.split(':').next().and_then(|t| t.parse::<i64>().ok()).is_some_and(|t| t > horizon))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -298,7 +298,9 @@ async fn carrier_forecast(
         }
     }
     let caps = customer.caps;
-    let cap_use = shared::carriers::cap_use(&mut conn, customer, now_ms, deps.settings.cap_day).await?;
+    let cap_use =
+        shared::carriers::cap_use(&mut conn, &customer.id, caps, customer.looks_up(), now_ms, deps.settings.cap_day)
+            .await?;
     let per_text = (segments.2 as f64 / to.len().max(1) as f64).max(1.0);
     let (tmobile_today, tmobile_after, tmobile_day_ends_ms) = match caps.tmobile_daily {
         Some(cap) => {

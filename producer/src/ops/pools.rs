@@ -29,7 +29,7 @@ pub async fn cap_use(deps: &Deps, id: &CustomerId) -> Result<Option<CapUse>, Ops
         return Ok(None);
     }
     let now = customers::redis_now_ms(&mut conn).await?;
-    Ok(Some(carriers::cap_use(&mut conn, &c, now, deps.settings.cap_day).await?))
+    Ok(Some(carriers::cap_use(&mut conn, &c.id, c.caps, c.looks_up(), now, deps.settings.cap_day).await?))
 }
 
 /// Releases the customer's numbers idle for `idle_days` (default [`IdleDays::DEFAULT`]), keeping what its backlog
