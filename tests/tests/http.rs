@@ -741,6 +741,100 @@ async fn customers_on_subaccounts_get_their_replies_stops_and_delivery_reports()
     assert_eq!(w.redis.digest(), digest, "forged webhooks changed Redis");
 }
 
+/// Issue 20, acceptance 6: replies to numbers in no pool (bought by hand in a subaccount; the same holds for one not
+/// yet adopted or whose pool entry a failover lost). Twilio signs them with the subaccount's token and the pool
+/// cannot name their customer: 20 such webhooks with a customer's subaccount are accepted and attributed to it — a
+/// STOP and a REVOKE among them opt those tenants out of every number of the customer, including one bought after —
+/// while 20 naming a subaccount no customer is stored with are refused (403) and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_numbers_in_no_pool_are_attributed_by_the_subaccount_that_signed_them() {
+    let mut w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &api.base);
+    let twilio = sim::client(&w.sim_base, sim::DEFAULT_AUTH_TOKEN, Duration::from_secs(5));
+    let sub = twilio.create_subaccount("Globex Property Co").await.unwrap().sid.unwrap();
+    let stranger = twilio.create_subaccount("Not a customer").await.unwrap().sid.unwrap();
+    let (s, e) =
+        api.call("PUT", "/v1/customers/globex", Some(ADMIN), Some(json!({"max_numbers": 3, "account_sid": sub}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let inbound_url = format!("{}/twilio/inbound", api.base);
+    let by_hand = |account: String| {
+        let twilio = &twilio;
+        let url = inbound_url.clone();
+        async move {
+            let account = shared::domain::AccountSid::parse(&account).unwrap();
+            let b = shared::twilio::BuyNumber {
+                phone_number: None,
+                area_code: Some("415"),
+                friendly_name: "bought by hand",
+                sms_url: Some(&url),
+            };
+            twilio.buy_number(&account, &b).await.unwrap().phone_number.unwrap()
+        }
+    };
+    let hand_number = by_hand(sub.clone()).await;
+    let stranger_number = by_hand(stranger.clone()).await;
+    let tenants = recipients(20, 500);
+
+    // The stranger's number first: every webhook refused, Redis unchanged.
+    let digest = w.redis.digest();
+    for (i, t) in tenants.iter().enumerate() {
+        let body = if i == 0 { "STOP" } else { "Is the water back on?" };
+        let r: Value = harness::http()
+            .post(format!("{}/_sim/inbound", w.sim_base))
+            .json(&json!({"from": t, "to": stranger_number, "body": body}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["webhook_status"], 403, "a subaccount no customer is stored with: {r}");
+    }
+    assert_eq!(w.redis.digest(), digest, "refused webhooks changed Redis");
+    println!("20 webhooks signed by a subaccount no customer has: 403 each, digest unchanged");
+
+    // The customer's hand-bought number: all accepted; STOP and REVOKE opt out.
+    for (i, t) in tenants.iter().enumerate() {
+        let body = match i {
+            3 => "STOP",
+            7 => "revoke",
+            _ => "Is the water back on?",
+        };
+        inbound(&w, t, &hand_number, body).await;
+    }
+    let mut conn = w.redis.conn().await;
+    let optouts: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(shared::keys::CustomerKeys::new(&CustomerId::parse("globex").unwrap()).optouts())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut expected = vec![tenants[3].clone(), tenants[7].clone()];
+    expected.sort();
+    let mut got = optouts.clone();
+    got.sort();
+    println!("20 webhooks to a number in no pool, signed by globex's subaccount: accepted; opted out {}", got.len());
+    assert_eq!(got, expected, "the STOP and the REVOKE opt exactly those tenants out");
+
+    // The opt-out covers the numbers the pool buys later: a text to each of the 20 tenants buys one and skips two.
+    let _worker = w.worker(4);
+    let (s, r) = api
+        .call(
+            "POST",
+            "/v1/customers/globex/bulk-texts",
+            Some(APP_B),
+            Some(json!({"body": "Globex: the water is back", "recipients": tenants})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let st = wait_batch(&api, r["batch_id"].as_str().unwrap(), |b| b["state"] == "complete").await;
+    println!("then a batch to all 20: sent {}, opted_out {}", st["sent"], st["opted_out"]);
+    assert_eq!((st["sent"].as_u64(), st["opted_out"].as_u64()), (Some(18), Some(2)));
+    let texted: Vec<String> =
+        w.state().messages.into_iter().filter(|m| m.body == "Globex: the water is back").map(|m| m.to).collect();
+    assert!(!texted.contains(&tenants[3]) && !texted.contains(&tenants[7]), "an opted-out tenant was texted");
+}
+
 /// Issue 10, acceptance 4 (and the API's dry run): on an account that enforces US A2P 10DLC, a customer without a
 /// Messaging Service sends from bare numbers; Twilio accepts the messages, then reports each undelivered with
 /// 30034 through its status callback, and the batch status shows the 30034 failures with what they mean. Before

@@ -31,8 +31,9 @@ use crate::ops::Deps;
 
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
-/// Keywords that opt a recipient out of (or back into) a customer's texts, as Twilio and carriers define them.
-const STOP_WORDS: [&str; 6] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"];
+/// Keywords that opt a recipient out of (or back into) a customer's texts: Twilio's default lists for long codes
+/// and toll-free numbers (only a reply that is exactly one of these words counts).
+const STOP_WORDS: [&str; 8] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"];
 const START_WORDS: [&str; 3] = ["START", "YES", "UNSTOP"];
 
 /// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
@@ -73,6 +74,8 @@ pub struct Webhooks {
     account_tokens: Option<Arc<AccountTokens>>,
     /// Customer → the account that owns its numbers, cached briefly (every webhook needs it).
     customer_accounts: Arc<CustomerAccounts>,
+    /// Subaccount → its customers, for webhooks about numbers in no pool.
+    account_owners: Arc<AccountOwners>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,6 +93,7 @@ impl Webhooks {
             main_token: ops.settings.twilio.auth_token.clone(),
             account_tokens,
             customer_accounts: Arc::default(),
+            account_owners: Arc::default(),
             metrics,
         }
     }
@@ -154,11 +158,63 @@ impl CustomerAccounts {
     }
 }
 
+/// Subaccount → the customers stored with it, for a webhook about a number that is in no pool: bought by hand in
+/// the subaccount, not yet adopted by the reconciler, or whose pool entry a failover lost. Its sender can only be
+/// found through the subaccount that signed it — and a STOP in it must not be lost.
+///
+/// Built from every customer's record (one read each) at most every [`Self::FRESH`], or after [`Self::RETRY`] when
+/// an account is not in it (a customer just added). The lock is held while it is rebuilt, so a flood of webhooks
+/// naming unknown accounts costs one rebuild per [`Self::RETRY`], not one per webhook.
+#[derive(Default)]
+pub struct AccountOwners(tokio::sync::Mutex<(Owners, Option<Instant>)>);
+
+/// Subaccount → the customers stored with it (sorted).
+type Owners = HashMap<AccountSid, Vec<CustomerId>>;
+
+impl AccountOwners {
+    const FRESH: Duration = Duration::from_secs(60);
+    const RETRY: Duration = Duration::from_secs(5);
+
+    async fn owners(&self, conn: &mut Conn, account: &AccountSid) -> redis::RedisResult<Vec<CustomerId>> {
+        let mut guard = self.0.lock().await;
+        let (map, built) = &mut *guard;
+        let age = built.map(|at| at.elapsed());
+        let stale =
+            age.is_none_or(|a| a > Self::FRESH) || (!map.contains_key(account) && age.is_some_and(|a| a > Self::RETRY));
+        if stale {
+            use futures::StreamExt;
+            let ids = shared::customers::list(conn).await?;
+            let reads = futures::stream::iter(ids.into_iter().map(|id| {
+                let mut conn = conn.clone();
+                async move {
+                    let raw: Option<String> = conn.hget(CustomerKeys::new(&id).cfg(), "account_sid").await?;
+                    Ok::<_, redis::RedisError>(raw.and_then(|a| AccountSid::parse(&a).ok()).map(|a| (a, id)))
+                }
+            }))
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+            let mut fresh = Owners::new();
+            for r in reads {
+                if let Some((a, id)) = r? {
+                    fresh.entry(a).or_default().push(id);
+                }
+            }
+            fresh.values_mut().for_each(|v| v.sort());
+            *map = fresh;
+            *built = Some(Instant::now());
+        }
+        Ok(map.get(account).cloned().unwrap_or_default())
+    }
+}
+
 /// A signed webhook seen for the first time: process it, then [`remember`] its token.
 struct Webhook {
     params: Signed,
     /// The customer it concerns, when known (inbound: the owner of `To`).
     customer: Option<CustomerId>,
+    /// Inbound to a number in no pool, signed by a subaccount: the customers stored with that subaccount.
+    by_account: Vec<CustomerId>,
     token: Option<String>,
 }
 
@@ -168,7 +224,9 @@ struct Webhook {
 ///
 /// The parameters are read before they are trusted only to find that account: the number or batch they name leads
 /// to a customer, and the customer's record (not the request) names the account. The request's `AccountSid` must
-/// agree with it. A forged request can therefore only choose which of our own accounts' tokens it is checked
+/// agree with it. An inbound message to a number in no pool leads nowhere; then the `AccountSid` it names is
+/// accepted only if it is a customer's subaccount, and the signature must be that subaccount's — any other account
+/// (an unknown one included) is checked against the main token, which a webhook naming it cannot carry. A forged request can therefore only choose which of our own accounts' tokens it is checked
 /// against, and a valid signature from one account never acts on another account's customers. Nothing is written
 /// before the signature checks out.
 async fn accept(
@@ -198,7 +256,7 @@ async fn accept(
         if !signature::validate_json(main_token.expose_secret(), &url, body, header) {
             return Err(reject("json signature"));
         }
-        (Vec::new(), None)
+        (Vec::new(), (None, Vec::new()))
     } else {
         let Some(params) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body).ok() else {
             return Err(reject("unreadable form"));
@@ -218,11 +276,21 @@ async fn accept(
             },
             Subject::Batch(b) => b.as_ref().map(|b| b.customer().clone()),
         };
-        let account = match &customer {
-            Some(c) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
-            None => None,
-        };
         let main = s.settings.twilio.account_sid.as_ref();
+        // A number in no pool: its owner can only be the subaccount the request names, if a customer is stored
+        // with it (the signature is then checked with that subaccount's token).
+        let claimed = unverified.get("AccountSid").and_then(|a| AccountSid::parse(a).ok()).filter(|a| Some(a) != main);
+        let by_account = match (&subject, &customer, claimed) {
+            (Subject::Inbound, None, Some(claimed)) => {
+                s.account_owners.owners(&mut conn, &claimed).await.map_err(|e| ApiError::redis(&e))?
+            }
+            _ => Vec::new(),
+        };
+        let account = match (&customer, by_account.first()) {
+            (Some(c), _) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
+            (None, Some(c)) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
+            (None, None) => None,
+        };
         let account = account.filter(|a| Some(a) != main);
         if let Some(claimed) = unverified.get("AccountSid") {
             let expected = account.as_ref().or(main).map(AccountSid::as_str);
@@ -253,8 +321,9 @@ async fn accept(
                 }
             }
         }
-        (unverified.0, customer)
+        (unverified.0, (customer, by_account))
     };
+    let (customer, by_account) = customer;
     let token = headers
         .get("i-twilio-idempotency-token")
         .and_then(|v| v.to_str().ok())
@@ -265,7 +334,7 @@ async fn accept(
             return Ok(None);
         }
     }
-    Ok(Some(Webhook { params: Signed(params), customer, token: token.map(str::to_owned) }))
+    Ok(Some(Webhook { params: Signed(params), customer, by_account, token: token.map(str::to_owned) }))
 }
 
 async fn remember(s: &Webhooks, token: Option<String>) {
@@ -280,13 +349,16 @@ fn twiml() -> Response {
 
 /// `POST /twilio/inbound`: a reply to one of our numbers. Credits the number (+1 to its limit for a window, up to
 /// the cap), and handles STOP / START keywords. Answers an empty TwiML `<Response/>` (no auto-reply).
+///
+/// A reply to a number in no pool, signed by a customer's subaccount, is that customer's (every customer's stored
+/// with that subaccount, if several share it): its keywords count, though no pool number is credited.
 pub async fn inbound(
     State(s): State<Webhooks>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let Some(Webhook { params: p, customer, token }) =
+    let Some(Webhook { params: p, customer, by_account, token }) =
         accept(&s, "/twilio/inbound", &query, &headers, &body, Subject::Inbound).await?
     else {
         return Ok(twiml());
@@ -296,30 +368,40 @@ pub async fn inbound(
     };
     let sid = p.get("MessageSid").or(p.get("SmsMessageSid")).or(p.get("SmsSid")).unwrap_or_default();
     let mut conn = s.conn.clone();
-    let Some(customer) = customer else {
-        tracing::warn!(to = %shared::domain::Masked(to), "inbound message to a number no customer owns");
-        return Ok(twiml());
+    let customers = match (&customer, by_account.is_empty()) {
+        (Some(c), _) => vec![c.clone()],
+        (None, false) => {
+            tracing::info!(to = %shared::domain::Masked(to), customers = ?by_account.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+                "inbound message to a number in no pool, attributed by the subaccount that signed it");
+            by_account
+        }
+        (None, true) => {
+            tracing::warn!(to = %shared::domain::Masked(to), "inbound message to a number no customer owns");
+            return Ok(twiml());
+        }
     };
     s.metrics.inbound.inc();
-    if !sid.is_empty() {
+    if let (Some(customer), false) = (&customer, sid.is_empty()) {
         let ledger = Ledger::new(conn.clone(), s.settings.quota, s.settings.batch_retention);
         if let Inbound::UnknownNumber =
-            ledger.record_inbound(&customer, to, sid).await.map_err(|e| ApiError::redis(&e))?
+            ledger.record_inbound(customer, to, sid).await.map_err(|e| ApiError::redis(&e))?
         {
             tracing::warn!(customer = %customer, "inbound message to a number missing from its pool");
         }
     }
     let keyword = p.get("Body").unwrap_or_default().trim().to_ascii_uppercase();
     if let Ok(sender) = PhoneNumber::from_trusted(from) {
-        let optouts = CustomerKeys::new(&customer).optouts();
-        if STOP_WORDS.contains(&keyword.as_str()) {
-            let _: () = conn.sadd(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
-            s.metrics.opt_outs.inc();
-            tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted out");
-        } else if START_WORDS.contains(&keyword.as_str()) {
-            let _: () = conn.srem(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
-            s.metrics.opt_ins.inc();
-            tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted back in");
+        for customer in &customers {
+            let optouts = CustomerKeys::new(customer).optouts();
+            if STOP_WORDS.contains(&keyword.as_str()) {
+                let _: () = conn.sadd(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
+                s.metrics.opt_outs.inc();
+                tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted out");
+            } else if START_WORDS.contains(&keyword.as_str()) {
+                let _: () = conn.srem(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
+                s.metrics.opt_ins.inc();
+                tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted back in");
+            }
         }
     }
     remember(&s, token).await;

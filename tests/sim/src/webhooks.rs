@@ -42,7 +42,7 @@ pub(crate) async fn sim_inbound(State(sim): State<Sim>, Json(req): Json<InboundR
         let mut store = sim.store.lock().unwrap();
         let number = store.live_number(&req.to).cloned();
         let pair = (req.to.clone(), req.from.clone());
-        if ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"].contains(&keyword.as_str()) {
+        if ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"].contains(&keyword.as_str()) {
             store.opted_out.insert(pair);
         } else if ["START", "YES", "UNSTOP"].contains(&keyword.as_str()) {
             store.opted_out.remove(&pair);
