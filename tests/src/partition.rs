@@ -32,6 +32,8 @@ pub enum Scenario {
     WorkerCut,
     /// That primary killed and never brought back: after the failover its shard has no replica.
     Lost,
+    /// No fault: the baseline for "recover", which includes sending what was still queued when the fault began.
+    Calm,
     /// That primary's replica cut off from everyone for 12 s: the shard's replica exists but cannot confirm.
     ReplicaCut,
 }
@@ -45,6 +47,7 @@ impl Scenario {
             Scenario::WorkerCut => "d: worker cut off".into(),
             Scenario::Lost => "primary killed, not back".into(),
             Scenario::ReplicaCut => "replica cut off".into(),
+            Scenario::Calm => "no fault (baseline)".into(),
         }
     }
 }
@@ -278,6 +281,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Verdict, String> {
             let until = fault_at + Duration::from_secs(12);
             v.failover_s = watch(&mut cluster, victim, until, &w_ips, &mut v.health).await;
         }
+        Scenario::Calm => {}
         Scenario::ReplicaCut => {
             let replica = victim_replicas[0].as_str();
             let rest: Vec<&str> = names.iter().copied().filter(|h| *h != replica).collect();
@@ -304,6 +308,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Verdict, String> {
                 .ok()
                 .and_then(|r| r.ok())
                 .flatten();
+            // A failover may also come after the heal (the election outlasting a short cut).
+            if v.failover_s.is_none() && promoted(&cluster, victim) {
+                v.failover_s = Some(fault_at.elapsed().as_secs_f64());
+                v.notes.push(format!(
+                    "failover after the heal, {:.1} s after the fault",
+                    fault_at.elapsed().as_secs_f64()
+                ));
+            }
             if s.as_ref().is_some_and(|s| s.is_complete()) || Instant::now() > deadline {
                 statuses.push(s);
                 break;
