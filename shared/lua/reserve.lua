@@ -1,7 +1,7 @@
 -- reserve.lua: the fast path, and the re-check inside the purchase lock (docs/DESIGN.md, section 5, steps 1 and 3).
 --
 -- Atomically: look at the job's state, honour cancellation and opt-outs, pick a number with capacity (the
--- recipient's sticky sender first, then the customer's numbers in purchase order starting at the fill cursor),
+-- recipient's sticky sender first, then the number being filled (cfg `current`), then the pool in purchase order),
 -- and reserve one slot in that number's window at Redis time. A separate read-then-write would over-admit under
 -- concurrency; doing it all here is what keeps invariant 2 (no quota overrun).
 --

@@ -1,10 +1,10 @@
 //! An apalis [`Backend`] fed by Messenger's own Redis fetcher.
 //!
-//! apalis-redis 1.0 cannot meet Messenger's needs (see `APALIS-REDIS.md`: it dies on backlogs of ~8,000 due jobs,
-//! locks tasks in O(n²), has no per-customer fairness and keeps every finished job), so the queue lives in
-//! Messenger's own Lua scripts and apalis stays the worker framework: concurrency, panics caught, graceful drain
-//! of in-flight tasks. The [`crate::fetcher`] pulls jobs from Redis into a bounded channel; this backend hands them
-//! to apalis; on shutdown it gives every job that never started back to the queue.
+//! apalis-redis 1.0 cannot meet Messenger's needs (measured before this backend was written: it dies on backlogs
+//! of ~8,000 due jobs, locks tasks in O(n²), has no per-customer fairness and keeps every finished job), so the
+//! queue lives in Messenger's own Lua scripts and apalis stays the worker framework: concurrency, panics caught,
+//! graceful drain of in-flight tasks. The [`crate::fetcher`] pulls jobs from Redis into a bounded channel; this
+//! backend hands them to apalis; on shutdown it gives every job that never started back to the queue.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
