@@ -5,9 +5,10 @@
 -- was paused past its lease, then resumed). That cannot be undone, so it is counted in the batch's `dup_sends`
 -- for operators to see, and the window entry stays (the message did go out).
 --
--- The window entry reserved for the send is re-stamped (removed, and pushed again with the commit time): the message went out some time after its slot was
--- reserved, and the quota must hold by the time Twilio saw it, so the slot stays taken for a full window after
--- Twilio accepted the message (commit time is later than that), never less.
+-- The window entry reserved for the send is re-stamped (removed, and pushed again with the commit time): the
+-- message went out some time after its slot was reserved, and the quota must hold by the time Twilio saw it, so
+-- the slot stays taken for a full window after Twilio accepted the message (commit time is later than that),
+-- never less.
 --
 -- The number's last send time is kept in the pool's `last` hash, for releasing numbers that have gone idle.
 --

@@ -194,7 +194,14 @@ async fn texts_replies_opt_outs_and_delivery_reports_over_http() {
 }
 
 async fn inbound(w: &World, from: &str, to: &str, body: &str) {
-    let r: Value = harness::http()
+    let r = handset_texts(w, from, to, body).await;
+    assert_eq!(r["webhook_status"], 200, "the inbound webhook was not accepted: {r}");
+}
+
+/// A handset texts `to` through the simulator, which signs and sends the inbound webhook; its answer (with the
+/// webhook's `webhook_status`).
+async fn handset_texts(w: &World, from: &str, to: &str, body: &str) -> Value {
+    harness::http()
         .post(format!("{}/_sim/inbound", w.sim_base))
         .json(&json!({"from": from, "to": to, "body": body}))
         .send()
@@ -202,8 +209,7 @@ async fn inbound(w: &World, from: &str, to: &str, body: &str) {
         .unwrap()
         .json()
         .await
-        .unwrap();
-    assert_eq!(r["webhook_status"], 200, "the inbound webhook was not accepted: {r}");
+        .unwrap()
 }
 
 async fn wait_batch(api: &Api, batch: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -780,15 +786,7 @@ async fn replies_to_numbers_in_no_pool_are_attributed_by_the_subaccount_that_sig
     let digest = w.redis.digest();
     for (i, t) in tenants.iter().enumerate() {
         let body = if i == 0 { "STOP" } else { "Is the water back on?" };
-        let r: Value = harness::http()
-            .post(format!("{}/_sim/inbound", w.sim_base))
-            .json(&json!({"from": t, "to": stranger_number, "body": body}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = handset_texts(&w, t, &stranger_number, body).await;
         assert_eq!(r["webhook_status"], 403, "a subaccount no customer is stored with: {r}");
     }
     assert_eq!(w.redis.digest(), digest, "refused webhooks changed Redis");

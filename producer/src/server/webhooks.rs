@@ -226,9 +226,9 @@ struct Webhook {
 /// to a customer, and the customer's record (not the request) names the account. The request's `AccountSid` must
 /// agree with it. An inbound message to a number in no pool leads nowhere; then the `AccountSid` it names is
 /// accepted only if it is a customer's subaccount, and the signature must be that subaccount's — any other account
-/// (an unknown one included) is checked against the main token, which a webhook naming it cannot carry. A forged request can therefore only choose which of our own accounts' tokens it is checked
-/// against, and a valid signature from one account never acts on another account's customers. Nothing is written
-/// before the signature checks out.
+/// (an unknown one included) is checked against the main token, which a webhook naming it cannot carry. A forged
+/// request can therefore only choose which of our own accounts' tokens it is checked against, and a valid signature
+/// from one account never acts on another account's customers. Nothing is written before the signature checks out.
 async fn accept(
     s: &Webhooks,
     path: &str,
@@ -251,7 +251,7 @@ async fn accept(
         ApiError::forbidden("missing or invalid X-Twilio-Signature")
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let (params, customer) = if content_type.starts_with("application/json") {
+    let (params, (customer, by_account)) = if content_type.starts_with("application/json") {
         // Twilio's messaging webhooks are forms; a JSON body names no number, so only the main account can sign it.
         if !signature::validate_json(main_token.expose_secret(), &url, body, header) {
             return Err(reject("json signature"));
@@ -286,10 +286,9 @@ async fn accept(
             }
             _ => Vec::new(),
         };
-        let account = match (&customer, by_account.first()) {
-            (Some(c), _) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
-            (None, Some(c)) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
-            (None, None) => None,
+        let account = match customer.as_ref().or(by_account.first()) {
+            Some(c) => s.customer_accounts.get(&mut conn, c).await.map_err(|e| ApiError::redis(&e))?,
+            None => None,
         };
         let account = account.filter(|a| Some(a) != main);
         if let Some(claimed) = unverified.get("AccountSid") {
@@ -323,7 +322,6 @@ async fn accept(
         }
         (unverified.0, (customer, by_account))
     };
-    let (customer, by_account) = customer;
     let token = headers
         .get("i-twilio-idempotency-token")
         .and_then(|v| v.to_str().ok())
@@ -371,7 +369,8 @@ pub async fn inbound(
     let customers = match (&customer, by_account.is_empty()) {
         (Some(c), _) => vec![c.clone()],
         (None, false) => {
-            tracing::info!(to = %shared::domain::Masked(to), customers = ?by_account.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            let names: Vec<&str> = by_account.iter().map(CustomerId::as_str).collect();
+            tracing::info!(to = %shared::domain::Masked(to), customers = ?names,
                 "inbound message to a number in no pool, attributed by the subaccount that signed it");
             by_account
         }
