@@ -17,8 +17,8 @@
 -- ARGV[1] recipient    ARGV[2] in-flight member   ARGV[3] message sid           ARGV[4] batch retention s
 -- ARGV[5] window key prefix   ARGV[6] window ms   ARGV[7] the number the message was sent from
 -- ARGV[8] prefix of the carrier caps' keys (reserve.lua): this reservation's entry in AT&T's per-minute log is
---         re-stamped like the window's, so that cap holds by the time Twilio took the text (the per-second log is
---         counted at reservation: a second is shorter than the send itself)
+--         re-stamped like the window's when the send took longer than the log's slack, so that cap holds by the time
+--         Twilio took the text (the per-second cap is counted at reservation: a second is shorter than the send)
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
 local batch, state, failures, inflight, unsent, cfg, last = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -54,9 +54,11 @@ if st and string.sub(st, 1, 1) == 'r' then
   local p = split(st)
   release_slot(wprefix, unsent, st)
   window_push(wprefix .. p[2], now, p[3], window_ms)
-  -- The reservation's entry in AT&T's per-minute log (when it is there) moves to now as well.
-  if cprefix ~= '' and redis.call('LREM', cprefix .. 'att', -1, window_entry(p[4], p[3])) > 0 then
-    window_push(cprefix .. 'att', now, p[3], 60000)
+  -- The reservation's entry in AT&T's per-minute log (when it is there) moves to now as well if the send took
+  -- longer than the log's slack (common.lua); a quicker one is already counted for long enough.
+  if cprefix ~= '' and now - (tonumber(p[4]) or now) > CAP_MINUTE_SLACK_MS
+    and redis.call('LREM', cprefix .. 'att', -1, window_entry(p[4], p[3])) > 0 then
+    window_push(cprefix .. 'att', now, p[3], 60000 + CAP_MINUTE_SLACK_MS)
   end
 end
 return {'ok', finish(counted_in(cfg, b[3]), batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

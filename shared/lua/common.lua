@@ -1,5 +1,6 @@
 -- common.lua: helpers prepended to every Messenger script (scripts.rs concatenates them), so the rules for job
--- states and batch counters are written once. Defines functions only; touches no key of its own.
+-- states and batch counters are written once. Defines functions and constants only; touches no key of
+-- its own.
 --
 -- Job states, stored in the batch's state hash (`{c:ID}:b:<batch>:st`, field = recipient E.164):
 --   (absent)                       never attempted
@@ -154,6 +155,11 @@ local function window_oldest(wk)
   if head then return entry_time(head) end
   return nil
 end
+
+-- AT&T's per-minute log keeps an entry's reservation time unless its send took longer than this (commit.lua
+-- re-stamps only those), and the reserve counts a minute plus this: a send that reaches Twilio up to this long after
+-- its reservation still counts in every 60 s of Twilio's clock it falls in, without two commands a commit.
+local CAP_MINUTE_SLACK_MS = 1000
 
 -- A reserved slot lives in two places: an entry in the number's window (what counts against the quota) and an
 -- entry `<number>|<resid>` in the customer's `unsent` set, until the send's outcome is known. An old entry in

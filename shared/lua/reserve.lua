@@ -34,8 +34,8 @@
 -- ARGV[18] ms after a quiet period's end at which this job comes due (spreads a morning's jobs, no herd at 08:00)
 -- ARGV[19] the recipient's line just looked up by the caller (carriers.rs codes: t a v o u l i n), or ''
 -- ARGV[20] prefix of the lookup cache (`{c:ID}:lt:`): `<prefix><30-day epoch>:<last 3 digits>`, field = the rest
--- ARGV[21] prefix of the carrier caps' keys (`{c:ID}:cap:`): `att` (a LIST like send windows), `mps:<second>` and
---         `tmo:<day>`
+-- ARGV[21] prefix of the carrier caps' keys (`{c:ID}:cap:`): `att` (AT&T's log, a LIST like send windows); the
+--         per-second and T-Mobile counters are fields of cfg (`mps_s`/`mps_n`, `tmo_day`/`tmo_used`/`tmo_nday`/`tmo_next`)
 -- ARGV[22] the T-Mobile day as instants: three consecutive day starts (ms), the first at or before now by the
 --          caller's clock, the day ending at midnight Pacific (computed by the caller with the tz database)
 -- ARGV[23] segments of this job's text (T-Mobile counts segments)
@@ -159,8 +159,10 @@ for qs, qe, zone in string.gmatch(quiet, '(%d+),(%d+),([^;]+)') do
   end
 end
 
--- The carriers' limits.
-local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_tmo', 'spent_att', 'spent_all')
+-- The customer's settings a send needs, and the caps' counters, in one read; what a reservation changes in them is
+-- written back in one command (`put`, below).
+local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_tmo', 'spent_att', 'spent_all',
+  'mps_s', 'mps_n', 'tmo_day', 'tmo_used', 'tmo_nday', 'tmo_next', 'att_x', 'current', 'resseq')
 local cap_tmo, cap_att, cap_mps = tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
 local line = nil
 if c[1] == '1' or cap_tmo or cap_att then
@@ -202,30 +204,40 @@ local hold_spread = 0
 local function held(until_ms, name, step, spread_ms)
   if not hold or until_ms > hold then hold, hold_cap, hold_step, hold_spread = until_ms, name, step, spread_ms end
 end
-local mps_key, att_key = cprefix .. 'mps:', cprefix .. 'att'
+local att_key = cprefix .. 'att'
 local spent_all = tonumber(c[7])
 if spent_all and spent_all > now then held(spent_all, 'campaign throughput (Twilio 30022)', 0, spread % 2000) end
--- The per-second cap counts whole seconds of Redis's clock (a counter per second: two commands a send, where a log
--- would take six; Twilio queues a burst across a second's boundary rather than refusing it).
+-- The per-second cap counts whole seconds of Redis's clock in two cfg fields (`mps_s` the second, `mps_n` its sends):
+-- read with the settings and written back with the reservation, no command of its own (Twilio queues a burst across
+-- a second's boundary rather than refusing it).
 local second = math.floor(now / 1000)
-if cap_mps and (tonumber(redis.call('GET', mps_key .. second)) or 0) >= cap_mps then
+local mps_used = 0
+if tonumber(c[8]) == second then mps_used = tonumber(c[9]) or 0 end
+if cap_mps and mps_used >= cap_mps then
   held((second + 1) * 1000, 'per-second cap', math.floor(1000 / cap_mps), 0)
 end
 if is_att then
   local spent = tonumber(c[6])
   if spent and spent > now then held(spent, 'AT&T per-minute cap (Twilio 30022)', 0, spread % 2000) end
-  -- A log shorter than the cap cannot be at it: it is trimmed only when it might be (one command a send).
-  if cap_att and redis.call('LLEN', att_key) >= cap_att and window_count(att_key, now - 60000) >= cap_att then
-    held(window_oldest(att_key) + 60000, 'AT&T per-minute cap', math.floor(60000 / cap_att), 0)
+  -- A log shorter than the cap cannot be at it: it is trimmed only when it might be (one command a send). Entries
+  -- keep their reservation time unless the send took longer than the slack (commit.lua), so the log counts a
+  -- minute and the slack.
+  local span = 60000 + CAP_MINUTE_SLACK_MS
+  if cap_att and redis.call('LLEN', att_key) >= cap_att and window_count(att_key, now - span) >= cap_att then
+    held(window_oldest(att_key) + span, 'AT&T per-minute cap', math.floor(60000 / cap_att), 0)
   end
+end
+-- T-Mobile's day in cfg fields: `tmo_day` (a day's start, ms) and `tmo_used` (its segments), and `tmo_nday` /
+-- `tmo_next`: segments already counted in the day after (a reservation in a day's last 10 s counts in both).
+local tmo_used = 0
+if day_start then
+  if tonumber(c[10]) == day_start then tmo_used = tonumber(c[11]) or 0
+  elseif tonumber(c[12]) == day_start then tmo_used = tonumber(c[13]) or 0 end
 end
 if is_tmo then
   local spent = tonumber(c[5])
   if spent and spent > now then held(spent, 'T-Mobile daily cap (Twilio 30023)', 0, spread) end
-  if cap_tmo and day_start then
-    local used = tonumber(redis.call('GET', cprefix .. 'tmo:' .. day_start)) or 0
-    if used + segments > cap_tmo then held(day_end, 'T-Mobile daily cap', 0, spread) end
-  end
+  if cap_tmo and day_start and tmo_used + segments > cap_tmo then held(day_end, 'T-Mobile daily cap', 0, spread) end
 end
 if hold then
   -- Held jobs come back at the cap's rate (`pace`), or spread after a day's renewal, not all at once.
@@ -250,20 +262,29 @@ if hold then
   return {'capped', due, hold_cap}
 end
 
--- A reservation counts in the caps it is under (commit.lua re-stamps the per-minute entry when
--- Twilio accepts the text, as for the quota windows).
-local function count_caps(resid)
-  if cap_mps and redis.call('INCR', mps_key .. second) == 1 then redis.call('PEXPIRE', mps_key .. second, 2000) end
-  if is_att and cap_att then window_push(att_key, now, resid, 60000) end
-  if is_tmo and cap_tmo and day_start then
-    local k = cprefix .. 'tmo:' .. day_start
-    if redis.call('INCRBY', k, segments) == segments then redis.call('PEXPIREAT', k, day_end + 3600000) end
-    if next_end and now >= day_end - 10000 then
-      local nk = cprefix .. 'tmo:' .. day_end
-      redis.call('INCRBY', nk, segments)
-      redis.call('PEXPIREAT', nk, next_end + 3600000)
+-- What a reservation changes in cfg, as field/value pairs for one HSET: the reservation id, the number being
+-- filled, and the caps it counts in.
+local function put(resid, current_now)
+  local f = {'resseq', resid}
+  if current_now then f[#f + 1] = 'current'; f[#f + 1] = current_now end
+  if cap_mps then f[#f + 1] = 'mps_s'; f[#f + 1] = second; f[#f + 1] = 'mps_n'; f[#f + 1] = mps_used + 1 end
+  if is_att and cap_att then
+    redis.call('RPUSH', att_key, window_entry(now, resid))
+    -- The log's expiry is refreshed once a second (`att_x`), to outlive every entry pushed in that second.
+    if tonumber(c[14]) ~= second then
+      redis.call('PEXPIRE', att_key, 60000 + CAP_MINUTE_SLACK_MS + 1000)
+      f[#f + 1] = 'att_x'; f[#f + 1] = second
     end
   end
+  if is_tmo and cap_tmo and day_start then
+    f[#f + 1] = 'tmo_day'; f[#f + 1] = day_start; f[#f + 1] = 'tmo_used'; f[#f + 1] = tmo_used + segments
+    if next_end and now >= day_end - 10000 then
+      local next_used = 0
+      if tonumber(c[12]) == day_end then next_used = tonumber(c[13]) or 0 end
+      f[#f + 1] = 'tmo_nday'; f[#f + 1] = day_end; f[#f + 1] = 'tmo_next'; f[#f + 1] = next_used + segments
+    end
+  end
+  redis.call('HSET', cfg, unpack(f))
 end
 
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.
@@ -283,7 +304,7 @@ local bucket, field = string.sub(recipient, -3), string.sub(recipient, 1, -4)
 local sticky_cur = sprefix .. epoch .. ':' .. bucket
 local sticky_prev = sprefix .. (epoch - 1) .. ':' .. bucket
 
-local chosen = nil
+local chosen, new_current = nil, nil
 local numbers = nil -- the pool, once read
 local sticky = redis.call('HGET', sticky_cur, field) or redis.call('HGET', sticky_prev, field)
 if sticky and redis.call('ZSCORE', pool, sticky) and available(sticky) > 0 then
@@ -293,7 +314,7 @@ end
 if not chosen then
   -- Numbers fill one after another, so the current number almost always has room: try it alone first, and scan
   -- the pool only when it is full.
-  local current = redis.call('HGET', cfg, 'current')
+  local current = c[15]
   if current and current ~= sticky and available(current) > 0 then
     chosen = current
   else
@@ -302,7 +323,7 @@ if not chosen then
       local n = numbers[i]
       if n ~= current and n ~= sticky and available(n) > 0 then
         chosen = n
-        redis.call('HSET', cfg, 'current', n)
+        new_current = n
         break
       end
     end
@@ -310,9 +331,9 @@ if not chosen then
 end
 
 if chosen then
-  local resid = redis.call('HINCRBY', cfg, 'resseq', 1)
+  local resid = (tonumber(c[16]) or 0) + 1
   window_push(wprefix .. chosen, now, resid, window_ms)
-  count_caps(resid)
+  put(resid, new_current)
   redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
   redis.call('HSET', sticky_cur, field, chosen)
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
@@ -369,7 +390,7 @@ if mode == 'locked' then
         local spent = tonumber(c[5])
         if spent and spent > now then room = 0
         elseif cap_tmo and day_start then
-          room = math.max(cap_tmo - (tonumber(redis.call('GET', cprefix .. 'tmo:' .. day_start)) or 0), 0) / segments
+          room = math.max(cap_tmo - tmo_used, 0) / segments
         end
         if room and tmo > room then sendable = sendable - (tmo - room) end
         backlog = math.max(math.floor(sendable + 0.5), 1)

@@ -263,7 +263,8 @@ pub struct CapUse {
     pub lines: std::collections::BTreeMap<String, u64>,
 }
 
-/// Reads a customer's caps and their use now: one pipeline of four commands (AT&T's log is at most a cap long).
+/// Reads a customer's caps and their use now: one pipeline of two commands (AT&T's log is at most a cap long; the
+/// per-second and T-Mobile counters are fields of the customer's cfg, as reserve.lua keeps them).
 pub async fn cap_use(
     conn: &mut crate::store::Conn,
     customer: &CustomerId,
@@ -273,28 +274,31 @@ pub async fn cap_use(
     day: Option<Duration>,
 ) -> redis::RedisResult<CapUse> {
     let k = crate::keys::CustomerKeys::new(customer);
-    let prefix = k.caps_prefix();
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let start = day_starts(now, day)[0];
-    let fields = ["spent_tmo", "spent_att", "spent_all", "mix:t", "mix:a", "mix:v", "mix:o", "mix:l", "mix:i", "mix:n"];
-    type Read = (Option<u64>, Vec<String>, Option<u64>, Vec<Option<i64>>);
-    let (tmo, att, mps, f): Read = redis::pipe()
-        .get(format!("{prefix}tmo:{start}"))
-        .lrange(format!("{prefix}att"), 0, -1)
-        .get(format!("{prefix}mps:{}", now_ms.div_euclid(1000)))
+    let fields = [
+        "spent_tmo", "spent_att", "spent_all", "mix:t", "mix:a", "mix:v", "mix:o", "mix:l", "mix:i", "mix:n", "mps_s",
+        "mps_n", "tmo_day", "tmo_used", "tmo_nday", "tmo_next",
+    ];
+    let (att, mut f): (Vec<String>, Vec<Option<i64>>) = redis::pipe()
+        .lrange(format!("{}att", k.caps_prefix()), 0, -1)
         .cmd("HMGET")
         .arg(k.cfg())
         .arg(&fields)
         .query_async(conn)
         .await?;
+    let counters = f.split_off(10);
+    // A counter is a pair of fields (what it counts for: a second, a day's start; and its count).
+    let counter = |at: usize, of: i64| (counters[at] == Some(of)).then(|| counters[at + 1].unwrap_or(0));
+    let tmo = counter(2, start).or_else(|| counter(4, start)).unwrap_or(0);
     let recent = |log: &[String], span: i64| crate::keys::window_entries_after(log, now_ms - span) as u64;
     let names = ["tmobile", "att", "all", "tmobile", "att", "verizon", "other", "landline", "invalid", "not messaging"];
     let mut out = CapUse {
         lookup,
         caps,
-        tmobile_today: tmo.unwrap_or(0),
+        tmobile_today: tmo.max(0) as u64,
         att_last_minute: recent(&att, 60_000),
-        last_second: mps.unwrap_or(0),
+        last_second: counter(0, now_ms.div_euclid(1000)).unwrap_or(0).max(0) as u64,
         ..CapUse::default()
     };
     for (i, v) in f.into_iter().enumerate() {

@@ -18,7 +18,7 @@
 //! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
 //! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
 //! | `{msgr:stats}:workers` | HASH | worker name → `sent|failed|purchases|restarts|started_ms`, refreshed by each worker |
-//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`) and their counters (`mps_s`/`mps_n`: the current second of Redis's clock and its sends; `tmo_day`/`tmo_used`: a T-Mobile day's start and its segments, `tmo_nday`/`tmo_next`: the same for the next day, counted in the last 10 s of a day; `att_x`: the second AT&T's log expiry was last refreshed), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
 //! | `{c:ID}:pool:last` | HASH | number → Redis ms of its last send (idle numbers are released) |
@@ -29,9 +29,7 @@
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them; one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
 //! | `{c:ID}:lt:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits) → its line as Lookup said (carriers.rs code); one set of 1,000 buckets per 30-day epoch, two epochs kept |
-//! | `{c:ID}:cap:mps:<second>` | STRING | the customer's sends in one second of Redis's clock (per-second cap); expires after 2 s |
-//! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 60 s (AT&T's per-minute cap) |
-//! | `{c:ID}:cap:tmo:<day start ms>` | STRING | T-Mobile segments that carrier day (its daily cap) |
+//! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 61 s, `<Redis ms>:<reservation id>` (AT&T's per-minute cap) |
 //! | `{c:ID}:lock` | STRING | purchase lock token |
 //! | `{c:ID}:intents` | HASH | purchase intent id → `created_ms|friendly_name` |
 //! | `{c:ID}:q` | LIST | ready jobs, `<batch>|<recipient>` |
@@ -139,7 +137,7 @@ impl CustomerKeys {
     pub fn lookup_prefix(&self) -> String {
         self.key("lt:")
     }
-    /// Prefix of the carrier caps' keys: `att` (AT&T's send log), `mps:<second>` and `tmo:<day start ms>` (counters).
+    /// Prefix of the carrier caps' keys: `att` (AT&T's send log; the other caps count in the customer's cfg).
     pub fn caps_prefix(&self) -> String {
         self.key("cap:")
     }
