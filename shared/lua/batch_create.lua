@@ -4,6 +4,9 @@
 -- with one batch. The caller compares the stored fingerprint (a hash of customer, body and recipients) with its
 -- own: same request → resume or report that batch; different request → reject the reused key.
 --
+-- A batch of a customer that records events (cfg `events`) records them too (`ev`), for its whole life: a change of
+-- the setting applies to batches made after it. The record keeps its own id (`id`) for its events.
+--
 -- A new batch is also added to the customer's batch index (newest first for the dashboard), and index entries
 -- older than the retention (their records have expired) are trimmed on the way.
 --
@@ -24,7 +27,8 @@ local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', batch, unpack(fields))
 local now = now_ms()
-redis.call('HSET', batch, 'created_ms', now, 'enqueued', 0, 'state', 'enqueuing')
+redis.call('HSET', batch, 'created_ms', now, 'enqueued', 0, 'state', 'enqueuing', 'id', ARGV[1])
+if redis.call('HGET', cfg, 'events') == '1' then redis.call('HSET', batch, 'ev', '1') end
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[2]) * 1000)
 return {'created', tostring(now)}

@@ -6,14 +6,15 @@
 -- pending is taken off when the flag is set, and its jobs that end later no longer decrement it.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] failures HASH  KEYS[4] inflight ZSET  KEYS[5] scheduled ZSET
--- KEYS[6] customer cfg HASH
+-- KEYS[6] customer cfg HASH  KEYS[7] events STREAM
 -- ARGV[1] batch local id   ARGV[2] batch retention s
 -- Returns {'ok', cancelled_now} | {'missing'} | {'complete'}
 
 local batch, state, failures, inflight, sched, cfg = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local local_id, retention = ARGV[1], tonumber(ARGV[2])
 local f = redis.call('HMGET', batch, 'total', 'state', 'enqueued', 'cancel', 'sent', 'failed', 'opted_out', 'cancelled',
-  'expired')
+  'expired', 'ev', 'id')
+events_for(KEYS[7], f[10], f[11])
 if not f[1] then return {'missing'} end
 if f[2] == 'complete' then return {'complete'} end
 if f[4] ~= '1' then

@@ -13,7 +13,7 @@
 -- The number's last send time is kept in the pool's `last` hash, for releasing numbers that have gone idle.
 --
 -- KEYS[1] batch HASH   KEYS[2] batch state HASH   KEYS[3] batch failures HASH   KEYS[4] inflight ZSET
--- KEYS[5] unsent ZSET  KEYS[6] customer cfg HASH  KEYS[7] pool last-send HASH
+-- KEYS[5] unsent ZSET  KEYS[6] customer cfg HASH  KEYS[7] pool last-send HASH  KEYS[8] events STREAM
 -- ARGV[1] recipient    ARGV[2] in-flight member   ARGV[3] message sid           ARGV[4] batch retention s
 -- ARGV[5] window key prefix   ARGV[6] window ms   ARGV[7] the number the message was sent from
 -- ARGV[8] prefix of the carrier caps' keys (reserve.lua): this reservation's entry in AT&T's per-minute log is
@@ -29,7 +29,9 @@ if from ~= '' then
   redis.call('HSET', last, from, now)
 end
 
-local b = redis.call('HMGET', batch, 'total', 'state', 'cancel')
+local b = redis.call('HMGET', batch, 'total', 'state', 'cancel', 'ev', 'id')
+events_for(KEYS[8], b[4], b[5])
+if EV then EV.from = from end
 if not b[1] then
   redis.call('ZREM', inflight, member)
   return {'orphan'}

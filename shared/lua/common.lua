@@ -72,6 +72,35 @@ local function leave_deferred(batch, prev)
   end
 end
 
+-- Events (docs/DESIGN.md, "Events"): what happened, for the customer's app, appended to the customer's stream
+-- (`{c:ID}:events`) in the same atomic step as the change it reports, so an event is never lost and never
+-- invented. A script that may report one calls events_for() with the stream key and the batch's `ev` and `id`
+-- fields (set at creation when the customer records events); emit() does nothing otherwise. An entry is `t` (the
+-- type) and fields of its data (`b` batch id, `r` recipient, `sid`, …); its stream id is its event id and time.
+-- The stream keeps about EVENTS_MAX entries (trimmed by whole nodes as it grows) and EVENTS_RETENTION_MS of time
+-- (trimmed when a batch completes).
+local EVENTS_MAX, EVENTS_RETENTION_MS = 200000, 7 * 86400000
+local EV = nil
+
+local function events_for(stream, flag, batch_id)
+  if flag == '1' and stream and stream ~= '' then EV = { key = stream, batch = batch_id or '' } end
+end
+
+local function emit(kind, ...)
+  if EV then redis.call('XADD', EV.key, 'MAXLEN', '~', EVENTS_MAX, '*', 't', kind, ...) end
+end
+
+-- Appends an opt-out or opt-in to the tenant's record (the last 20 kept): the evidence of what they asked, when,
+-- and of which number. kind: 'opt_out' | 'opt_in'; how: the keyword as written, or what reported it.
+local function record_opt(records, tenant, kind, how, number, now, sid)
+  local history = {}
+  local stored = redis.call('HGET', records, tenant)
+  if stored then history = cjson.decode(stored) end
+  history[#history + 1] = { kind = kind, keyword = how, number = number, at_ms = now, sid = sid }
+  while #history > 20 do table.remove(history, 1) end
+  redis.call('HSET', records, tenant, cjson.encode(history))
+end
+
 -- Finalises the batch when every accepted job is terminal: the per-recipient states are dropped and the record
 -- (counts and failure reasons) is kept for `retention_s`. Returns 1 if this call completed the batch.
 local function maybe_complete(batch, state, failures, retention_s, now)
@@ -85,6 +114,11 @@ local function maybe_complete(batch, state, failures, retention_s, now)
     redis.call('DEL', state)
     redis.call('EXPIRE', batch, retention_s)
     redis.call('EXPIRE', failures, retention_s)
+    if EV then
+      emit('batch.completed', 'b', EV.batch, 'total', total, 'sent', f[3] or 0, 'failed', f[4] or 0,
+        'opted_out', f[5] or 0, 'cancelled', f[6] or 0, 'expired', f[7] or 0)
+      redis.call('XTRIM', EV.key, 'MINID', '~', now - EVENTS_RETENTION_MS)
+    end
     return 1
   end
   return 0
@@ -116,6 +150,11 @@ local function finish(open, batch, state, failures, inflight, recipient, member,
   if kind == 'f' then
     redis.call('HINCRBY', batch, 'reason:' .. detail, 1)
     redis.call('HSET', failures, recipient, detail)
+  end
+  if EV then
+    if kind == 'd' then emit('message.sent', 'b', EV.batch, 'r', recipient, 'sid', detail, 'from', EV.from or '')
+    elseif kind == 'f' then emit('message.failed', 'b', EV.batch, 'r', recipient, 'reason', detail)
+    elseif kind == 'e' then emit('message.expired', 'b', EV.batch, 'r', recipient) end
   end
   redis.call('ZREM', inflight, member)
   return maybe_complete(batch, state, failures, retention_s, now)

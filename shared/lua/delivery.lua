@@ -5,8 +5,12 @@
 -- callbacks arrive out of order and are retried. The furthest status seen per message is kept; a report that does
 -- not move it forward changes nothing, and a message is counted exactly once, when it first reaches a final status.
 --
--- KEYS[1] batch HASH   KEYS[2] delivery HASH (message sid → furthest status)
+-- When the batch records events, the first final status is reported as `message.delivered` or `message.failed`
+-- (with Twilio's error code), once, like the count.
+--
+-- KEYS[1] batch HASH   KEYS[2] delivery HASH (message sid → furthest status)   KEYS[3] events STREAM
 -- ARGV[1] message sid  ARGV[2] status  ARGV[3] error code ('' if none)  ARGV[4] retention s
+-- ARGV[5] the recipient (the callback's `To`), for the event
 -- Returns {'counted', status} | {'advanced', status} | {'ignored', furthest status} | {'orphan'} | {'unknown_status'}
 
 local batch, dlr = KEYS[1], KEYS[2]
@@ -18,9 +22,11 @@ local FINAL = { delivered = 'delivered', read = 'delivered', undelivered = 'unde
 if not RANK[status] then
   return {'unknown_status'}
 end
-if redis.call('EXISTS', batch) == 0 then
+local b = redis.call('HMGET', batch, 'total', 'ev', 'id')
+if not b[1] then
   return {'orphan'}
 end
+events_for(KEYS[3], b[2], b[3])
 local prev = redis.call('HGET', dlr, sid)
 if prev and RANK[prev] and RANK[prev] >= RANK[status] then
   return {'ignored', prev}
@@ -32,6 +38,11 @@ if FINAL[status] and not (prev and FINAL[prev]) then
   redis.call('HINCRBY', batch, FINAL[status], 1)
   if FINAL[status] == 'undelivered' and code ~= '' then
     redis.call('HINCRBY', batch, 'dlr:' .. code, 1)
+  end
+  if FINAL[status] == 'delivered' then
+    emit('message.delivered', 'b', EV and EV.batch or '', 'r', ARGV[5] or '', 'sid', sid, 'status', status)
+  else
+    emit('message.failed', 'b', EV and EV.batch or '', 'r', ARGV[5] or '', 'sid', sid, 'status', status, 'code', code)
   end
   return {'counted', status}
 end

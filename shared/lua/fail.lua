@@ -6,7 +6,8 @@
 -- caller cannot overwrite a newer outcome.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] batch failures HASH  KEYS[4] inflight ZSET
--- KEYS[5] optouts SET  KEYS[6] unsent ZSET  KEYS[7] customer cfg HASH
+-- KEYS[5] optouts SET  KEYS[6] unsent ZSET  KEYS[7] customer cfg HASH  KEYS[8] events STREAM
+-- KEYS[9] opt-out records HASH (a 21610 is recorded there as an opt-out Twilio reported)
 -- ARGV[1] recipient   ARGV[2] in-flight member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
 -- ARGV[5] state value the caller saw ('' = any non-terminal)   ARGV[6] window key prefix
 -- ARGV[7] batch retention s
@@ -18,7 +19,8 @@ local recipient, member, kind, reason, expect, wprefix =
 local retention = tonumber(ARGV[7])
 local now = now_ms()
 
-local b = redis.call('HMGET', batch, 'state', 'cancel')
+local b = redis.call('HMGET', batch, 'state', 'cancel', 'ev', 'id')
+events_for(KEYS[8], b[3], b[4])
 local bstate = b[1]
 if not bstate then
   redis.call('ZREM', inflight, member)
@@ -33,7 +35,10 @@ if is_terminal(st) or (expect ~= '' and st ~= expect) then
   return {'stale'}
 end
 release_slot(wprefix, unsent, st)
-if kind == 'o' then
-  redis.call('SADD', optouts, recipient)
+if kind == 'o' and redis.call('SADD', optouts, recipient) == 1 then
+  local from = ''
+  if st and string.sub(st, 1, 1) == 'r' then from = split(st)[2] end
+  record_opt(KEYS[9], recipient, 'opt_out', 'twilio 21610', from, now, '')
+  emit('recipient.opted_out', 'r', recipient, 'keyword', 'twilio 21610', 'number', from)
 end
 return {'ok', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}

@@ -19,7 +19,7 @@
 -- KEYS[4] batch HASH        KEYS[5] batch state HASH KEYS[6] batch failures HASH
 -- KEYS[7] inflight ZSET     KEYS[8] intents HASH     KEYS[9] purchase lock STRING
 -- KEYS[10] unsent ZSET (reserved slots whose outcome is not known yet)
--- KEYS[11] queue LIST       KEYS[12] scheduled ZSET
+-- KEYS[11] queue LIST       KEYS[12] scheduled ZSET     KEYS[13] events STREAM
 -- ARGV[1] recipient         ARGV[2] in-flight member (`<job>#<token>`)   ARGV[3] window ms
 -- ARGV[4] daily quota       ARGV[5] conversational cap
 -- ARGV[6] window key prefix ARGV[7] received key prefix ARGV[8] sticky key prefix
@@ -93,7 +93,8 @@ local now = now_ms()
 if not redis.call('ZSCORE', inflight, member) then
   return {'lost'}
 end
-local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires')
+local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires', 'ev', 'id')
+events_for(KEYS[13], b[5], b[6])
 if not b[1] then
   redis.call('ZREM', inflight, member)
   return {'orphan'}
@@ -306,7 +307,10 @@ local sticky_prev = sprefix .. (epoch - 1) .. ':' .. bucket
 
 local chosen, new_current = nil, nil
 local numbers = nil -- the pool, once read
+-- A sticky entry is the number, or `<number>|<batch id>` for a batch that records events (a reply names the batch it
+-- most likely answers: record_inbound.lua).
 local sticky = redis.call('HGET', sticky_cur, field) or redis.call('HGET', sticky_prev, field)
+if sticky then sticky = string.match(sticky, '^[^|]*') end
 if sticky and redis.call('ZSCORE', pool, sticky) and available(sticky) > 0 then
   chosen = sticky
 end
@@ -335,7 +339,8 @@ if chosen then
   window_push(wprefix .. chosen, now, resid, window_ms)
   put(resid, new_current)
   redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
-  redis.call('HSET', sticky_cur, field, chosen)
+  if EV then redis.call('HSET', sticky_cur, field, chosen .. '|' .. EV.batch)
+  else redis.call('HSET', sticky_cur, field, chosen) end
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'r|' .. chosen .. '|' .. resid .. '|' .. now .. '|' .. attempt)

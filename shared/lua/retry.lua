@@ -12,7 +12,7 @@
 -- as cancelled instead of parking it.
 --
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] inflight ZSET  KEYS[4] scheduled ZSET
--- KEYS[5] unsent ZSET KEYS[6] batch failures HASH  KEYS[7] customer cfg HASH
+-- KEYS[5] unsent ZSET KEYS[6] batch failures HASH  KEYS[7] customer cfg HASH  KEYS[8] events STREAM
 -- ARGV[1] recipient   ARGV[2] in-flight member   ARGV[3] mode   ARGV[4] delay ms (from Redis now), or -1
 -- ARGV[5] absolute due ms (used when delay is -1)   ARGV[6] attempt   ARGV[7] reason
 -- ARGV[8] state value the caller saw ('' = none)    ARGV[9] window key prefix   ARGV[10] batch retention s
@@ -29,7 +29,8 @@ local now = now_ms()
 if not redis.call('ZSCORE', inflight, member) then
   return {'stale'}
 end
-local b = redis.call('HMGET', batch, 'state', 'cancel')
+local b = redis.call('HMGET', batch, 'state', 'cancel', 'ev', 'id')
+events_for(KEYS[8], b[3], b[4])
 if not b[1] or b[1] == 'complete' then
   redis.call('ZREM', inflight, member)
   return {'stale'}

@@ -491,6 +491,7 @@ pub async fn record_delivery(
     conn: &mut Conn,
     batch: &BatchId,
     message_sid: &str,
+    recipient: Option<&str>,
     status: &str,
     error_code: Option<&str>,
     retention: Duration,
@@ -500,10 +501,12 @@ pub async fn record_delivery(
         scripts::DELIVERY
             .key(k.batch(batch))
             .key(k.batch_deliveries(batch))
+            .key(k.events())
             .arg(message_sid)
             .arg(status)
             .arg(error_code.unwrap_or(""))
             .arg(retention.as_secs())
+            .arg(recipient.unwrap_or(""))
             .run(conn)
             .await?,
     );
@@ -535,6 +538,7 @@ pub async fn cancel(conn: &mut Conn, id: &BatchId, retention: Duration) -> redis
             .key(k.inflight())
             .key(k.scheduled())
             .key(k.cfg())
+            .key(k.events())
             .arg(id.local())
             .arg(retention.as_secs())
             .run(conn)

@@ -277,8 +277,22 @@ pub async fn cap_use(
     let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
     let start = day_starts(now, day)[0];
     let fields = [
-        "spent_tmo", "spent_att", "spent_all", "mix:t", "mix:a", "mix:v", "mix:o", "mix:l", "mix:i", "mix:n", "mps_s",
-        "mps_n", "tmo_day", "tmo_used", "tmo_nday", "tmo_next",
+        "spent_tmo",
+        "spent_att",
+        "spent_all",
+        "mix:t",
+        "mix:a",
+        "mix:v",
+        "mix:o",
+        "mix:l",
+        "mix:i",
+        "mix:n",
+        "mps_s",
+        "mps_n",
+        "tmo_day",
+        "tmo_used",
+        "tmo_nday",
+        "tmo_next",
     ];
     let (att, mut f): (Vec<String>, Vec<Option<i64>>) = redis::pipe()
         .lrange(format!("{}att", k.caps_prefix()), 0, -1)

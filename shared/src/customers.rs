@@ -35,6 +35,11 @@ pub struct Customer {
     /// The brand's and campaign's carrier caps.
     #[serde(flatten)]
     pub caps: Caps,
+    /// Record events for the customer's app (`GET …/events`): batches created while this is on report their
+    /// messages, and replies and opt-outs are reported.
+    pub events: bool,
+    /// The answer to a tenant's HELP or INFO (CTIA expects one: who is texting, how to stop).
+    pub help_text: Option<String>,
 }
 
 fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -58,6 +63,8 @@ impl Customer {
             time_zone: None,
             lookup: false,
             caps: Caps::default(),
+            events: false,
+            help_text: None,
         }
     }
 
@@ -124,6 +131,9 @@ pub struct CustomerUpdate {
     pub tmobile_daily_cap: Change<u32>,
     pub att_per_minute: Change<u32>,
     pub per_second: Change<u32>,
+    /// `Clear` = off.
+    pub events: Change<bool>,
+    pub help_text: Change<String>,
 }
 
 impl CustomerUpdate {
@@ -148,6 +158,8 @@ impl CustomerUpdate {
                 att_per_minute: self.att_per_minute.clone().apply(stored.and_then(|c| c.caps.att_per_minute)),
                 per_second: self.per_second.clone().apply(stored.and_then(|c| c.caps.per_second)),
             },
+            events: self.events.clone().apply(stored.map(|c| c.events)).unwrap_or(false),
+            help_text: self.help_text.clone().apply(stored.and_then(|c| c.help_text.clone())),
         }
     }
 }
@@ -190,6 +202,8 @@ pub async fn update(
         ("cap_tmo", written(&update.tmobile_daily_cap)),
         ("cap_att", written(&update.att_per_minute)),
         ("cap_mps", written(&update.per_second)),
+        ("events", written(&update.events.clone().map(|on| if on { "1" } else { "" }))),
+        ("help_text", written(&update.help_text)),
     ]
     .into_iter()
     .filter_map(|(f, v)| Some((f, v?)))
@@ -226,6 +240,8 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("cap_tmo", c.caps.tmobile_daily.map(|v| v.to_string()).unwrap_or_default()),
                 ("cap_att", c.caps.att_per_minute.map(|v| v.to_string()).unwrap_or_default()),
                 ("cap_mps", c.caps.per_second.map(|v| v.to_string()).unwrap_or_default()),
+                ("events", if c.events { "1".into() } else { String::new() }),
+                ("help_text", c.help_text.clone().unwrap_or_default()),
             ],
         )
         .ignore()
@@ -254,6 +270,8 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
             att_per_minute: m.get("cap_att").and_then(|s| s.parse().ok()),
             per_second: m.get("cap_mps").and_then(|s| s.parse().ok()),
         },
+        events: m.get("events").map(String::as_str) == Some("1"),
+        help_text: m.get("help_text").filter(|s| !s.is_empty()).cloned(),
     }))
 }
 

@@ -26,8 +26,10 @@
 //! | `{c:ID}:releases` | HASH | release intents: number → `created_ms|PNsid` (removed from the pool, Twilio DELETE pending) |
 //! | `{c:ID}:w:<number>` | LIST | sends of one number in the window, `<Redis ms>:<reservation id>`, oldest first |
 //! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
-//! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them; one set of 1,000 buckets per window-long epoch |
+//! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them (`<number>|<batch id>` for a batch recording events); one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
+//! | `{c:ID}:optrec` | HASH | recipient → its opt-outs and opt-ins (`[{"kind","keyword","number","at_ms"}…]`, the last 20), the evidence of consent |
+//! | `{c:ID}:events` | STREAM | the customer's events (`t` type and data fields), about 200,000 and 7 days kept; written only when the customer records events |
 //! | `{c:ID}:lt:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits) → its line as Lookup said (carriers.rs code); one set of 1,000 buckets per 30-day epoch, two epochs kept |
 //! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 61 s, `<Redis ms>:<reservation id>` (AT&T's per-minute cap) |
 //! | `{c:ID}:lock` | STRING | purchase lock token |
@@ -143,6 +145,14 @@ impl CustomerKeys {
     }
     pub fn optouts(&self) -> String {
         self.key("optout")
+    }
+    /// The customer's events (a STREAM; common.lua writes it, the events API reads it).
+    pub fn events(&self) -> String {
+        self.key("events")
+    }
+    /// Opt-out records: recipient → its opt-outs and opt-ins, newest last (JSON).
+    pub fn optout_records(&self) -> String {
+        self.key("optrec")
     }
     pub fn lock(&self) -> String {
         self.key("lock")

@@ -353,6 +353,7 @@ impl Ledger {
             .key(k.unsent())
             .key(k.queue())
             .key(k.scheduled())
+            .key(k.events())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(self.quota.window_ms())
@@ -446,6 +447,7 @@ impl Ledger {
             .key(k.unsent())
             .key(k.cfg())
             .key(k.pool_last())
+            .key(k.events())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(sid)
@@ -487,6 +489,8 @@ impl Ledger {
             .key(k.optouts())
             .key(k.unsent())
             .key(k.cfg())
+            .key(k.events())
+            .key(k.optout_records())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(ending.as_str())
@@ -525,6 +529,7 @@ impl Ledger {
             .key(k.unsent())
             .key(k.batch_failures(&job.batch))
             .key(k.cfg())
+            .key(k.events())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(how.as_str())
@@ -637,6 +642,112 @@ impl Ledger {
             _ => Inbound::UnknownNumber,
         })
     }
+
+    /// Records a tenant's reply to `number` in one step (record_inbound.lua): the credit (a number of the pool),
+    /// an opt-out or opt-in and its record, and the customer's events. Once per message sid.
+    pub async fn record_reply(
+        &self,
+        customer: &CustomerId,
+        number: &str,
+        message_sid: &str,
+        reply: &Reply<'_>,
+    ) -> redis::RedisResult<ReplyOutcome> {
+        let k = CustomerKeys::new(customer);
+        let v: Value = scripts::RECORD_INBOUND
+            .key(k.received(number))
+            .key(k.pool())
+            .key(k.cfg())
+            .key(k.optouts())
+            .key(k.optout_records())
+            .key(k.events())
+            .arg(message_sid)
+            .arg(self.quota.window_ms())
+            .arg(number)
+            .arg(reply.from.as_str())
+            .arg(reply.body)
+            .arg(reply.keyword.action())
+            .arg(reply.keyword_as_written)
+            .arg(k.sticky_prefix())
+            .run(&mut self.conn.clone())
+            .await?;
+        let p = strings(v);
+        let change = match p.get(2).map(String::as_str) {
+            Some("out") => Some(OptChange::OptedOut),
+            Some("in") => Some(OptChange::OptedIn),
+            _ => None,
+        };
+        Ok(ReplyOutcome {
+            duplicate: p.first().map(String::as_str) == Some("duplicate"),
+            change,
+            help_text: p.get(3).filter(|h| !h.is_empty()).cloned(),
+        })
+    }
+}
+
+/// What a tenant's reply asks for: Twilio's default keyword lists (only a reply that is exactly one of the words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keyword {
+    Stop,
+    Start,
+    Help,
+    None,
+}
+
+impl Keyword {
+    /// Opt-out keywords for long codes and toll-free numbers.
+    pub const STOP: [&str; 8] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"];
+    pub const START: [&str; 3] = ["START", "YES", "UNSTOP"];
+    pub const HELP: [&str; 2] = ["HELP", "INFO"];
+
+    /// The keyword of a reply's body (trimmed, any case).
+    pub fn of(body: &str) -> Self {
+        let word = body.trim().to_ascii_uppercase();
+        if Self::STOP.contains(&word.as_str()) {
+            Keyword::Stop
+        } else if Self::START.contains(&word.as_str()) {
+            Keyword::Start
+        } else if Self::HELP.contains(&word.as_str()) {
+            Keyword::Help
+        } else {
+            Keyword::None
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Keyword::Stop => "stop",
+            Keyword::Start => "start",
+            Keyword::Help => "help",
+            Keyword::None => "",
+        }
+    }
+}
+
+/// A tenant's reply, as a webhook brought it.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply<'a> {
+    pub from: &'a crate::domain::PhoneNumber,
+    pub body: &'a str,
+    pub keyword: Keyword,
+    /// The keyword as the tenant wrote it (trimmed), for the opt-out record.
+    pub keyword_as_written: &'a str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptChange {
+    OptedOut,
+    OptedIn,
+}
+
+/// What recording a reply did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyOutcome {
+    /// The message sid was recorded before: nothing changed.
+    pub duplicate: bool,
+    /// The tenant's opt-out state moved.
+    pub change: Option<OptChange>,
+    /// The customer's answer to HELP / INFO, when it asked and one is set.
+    pub help_text: Option<String>,
 }
 
 /// The failure count stored in a job state (`w|n|…`, `D|n`, `r|…|n`).

@@ -59,6 +59,13 @@ pub struct AddArgs {
     /// The campaign's messages per second over every carrier; `none` = no cap.
     #[arg(long)]
     per_second: Option<String>,
+    /// Record events for the app (`GET /v1/customers/{id}/events`): each message's outcome, replies, opt-outs,
+    /// batches completed: `on` or `off`. Applies to batches created after it is turned on.
+    #[arg(long, value_parser = ["on", "off"])]
+    events: Option<String>,
+    /// What a tenant who texts HELP or INFO is sent back (who is texting and how to stop); `none` = no answer.
+    #[arg(long)]
+    help_text: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -87,6 +94,8 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 tmobile_daily_cap,
                 att_per_minute,
                 per_second,
+                events,
+                help_text,
                 json,
             } = *args;
             let id = parse_id(CustomerId::parse, &id)?;
@@ -101,6 +110,8 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 tmobile_daily_cap: change(tmobile_daily_cap, "none"),
                 att_per_minute: change(att_per_minute, "none"),
                 per_second: change(per_second, "none"),
+                events: events.map_or(Change::Keep, |v| Change::Set(v == "on")),
+                help_text: change(help_text, "none"),
             };
             let deps = connect(settings).await?;
             let saved = customers::save(&deps, &id, input).await?;
@@ -133,7 +144,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
 /// One line of a customer's settings.
 fn describe(c: &Customer) -> String {
     format!(
-        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}",
+        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tevents {}\thelp text {}",
         c.max_numbers,
         c.area_code.as_ref().map_or("any", |a| a.as_str()),
         c.account_sid.as_ref().map_or("(main)", |a| a.as_str()),
@@ -142,6 +153,8 @@ fn describe(c: &Customer) -> String {
         c.time_zone.as_ref().map_or("none", |z| z.name()),
         if c.looks_up() { "on" } else { "off" },
         caps(&c.caps),
+        if c.events { "on" } else { "off" },
+        if c.help_text.is_some() { "set" } else { "none" },
     )
 }
 

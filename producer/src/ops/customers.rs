@@ -11,7 +11,7 @@ use super::{Deps, OpsError, Problems};
 
 /// A change to a customer as the caller wrote it, not yet parsed. Field names in errors: `account_sid`,
 /// `area_code`, `max_numbers`, `messaging_service_sid`, `quiet_hours`, `time_zone`, `lookup`, `tmobile_daily_cap`,
-/// `att_per_minute`, `per_second`.
+/// `att_per_minute`, `per_second`, `events`, `help_text`.
 #[derive(Clone, Debug, Default)]
 pub struct CustomerInput {
     pub account_sid: Change<String>,
@@ -30,6 +30,10 @@ pub struct CustomerInput {
     pub tmobile_daily_cap: Change<String>,
     pub att_per_minute: Change<String>,
     pub per_second: Change<String>,
+    /// Record events (replies, opt-outs, each message's outcome) for the app's `GET …/events`.
+    pub events: Change<bool>,
+    /// The answer to HELP / INFO: 1 to 320 characters, no control characters.
+    pub help_text: Change<String>,
 }
 
 /// A saved customer.
@@ -69,9 +73,24 @@ fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
             cap(v, Caps::ATT_PER_MINUTE_MAX)
         }),
         per_second: parse_change(&mut p, "per_second", input.per_second, |v| cap(v, Caps::PER_SECOND_MAX)),
+        events: input.events,
+        help_text: parse_change(&mut p, "help_text", input.help_text, help_text),
     };
     p.finish()?;
     Ok(update)
+}
+
+/// A HELP answer: what a tenant is sent back, so short enough for two segments and plain text.
+fn help_text(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let n = v.chars().count();
+    if n == 0 || n > 320 {
+        return Err(format!("must be 1 to 320 characters, not {n}"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err("may not contain control characters (line breaks included)".into());
+    }
+    Ok(v.to_owned())
 }
 
 /// A carrier cap: a whole number within `1..=max`.

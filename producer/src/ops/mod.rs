@@ -13,11 +13,13 @@
 //! - [`texts`]: bulk texts and single messages — validate, then enqueue.
 //! - [`estimate`]: the dry run — what a bulk text would cost, and when its texts would go.
 //! - [`batches`]: a batch's status and failures, cancelling it.
+//! - [`events`]: answering back — a customer's events (pull API) and a tenant's opt-out record.
 //! - [`pools`]: a customer's numbers, releasing idle ones, crediting an inbound message, the fleet's quota settings.
 
 pub mod batches;
 pub mod customers;
 pub mod estimate;
+pub mod events;
 pub mod pools;
 pub mod texts;
 

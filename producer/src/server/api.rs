@@ -2,7 +2,7 @@
 //! it, turns the JSON into the operation's input, and answers what the operation returns.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -16,6 +16,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
 use super::metrics::Metrics;
 use crate::ops::customers::{self as customer_ops, CustomerInput};
+use crate::ops::events::{self, EventPage, OptOutRecord};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
@@ -91,6 +92,14 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<i64>, nullable)]
     pub per_second: Change<i64>,
+    /// Record events for `GET /v1/customers/{id}/events` (batches created from now on); `null` = off.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<bool>, nullable)]
+    pub events: Change<bool>,
+    /// The answer to a tenant's HELP or INFO (1 to 320 characters); `null` = none.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub help_text: Change<String>,
 }
 
 /// A customer's settings.
@@ -109,6 +118,9 @@ pub struct CustomerResponse {
     pub tmobile_daily_cap: Option<u32>,
     pub att_per_minute: Option<u32>,
     pub per_second: Option<u32>,
+    /// Events are recorded (`GET …/events`).
+    pub events: bool,
+    pub help_text: Option<String>,
     /// `PUT` only: true if the request created the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
@@ -132,6 +144,8 @@ impl From<Customer> for CustomerResponse {
             tmobile_daily_cap: c.caps.tmobile_daily,
             att_per_minute: c.caps.att_per_minute,
             per_second: c.caps.per_second,
+            events: c.events,
+            help_text: c.help_text,
             created: None,
             warnings: Vec::new(),
         }
@@ -291,6 +305,8 @@ pub async fn put_customer(
         tmobile_daily_cap: req.tmobile_daily_cap.map(|n| n.to_string()),
         att_per_minute: req.att_per_minute.map(|n| n.to_string()),
         per_second: req.per_second.map(|n| n.to_string()),
+        events: req.events,
+        help_text: req.help_text,
     };
     let saved = customer_ops::save(&ops, &id, input).await?;
     for w in &saved.warnings {
@@ -465,6 +481,49 @@ pub async fn get_pool(
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
     Ok(Json(pools::pool(&ops, &id).await?))
+}
+
+/// The customer's events after a cursor, oldest first: every event once, in order, without gaps (ids are stable;
+/// pass `next` as `after` to continue, across restarts of any server).
+#[utoipa::path(get, path = "/v1/customers/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "Customer id"),
+           ("after" = Option<String>, Query, description = "An event id (`next` of the previous page); none: the oldest kept"),
+           ("limit" = Option<u32>, Query, description = "At most this many events (1 to 1,000; 100)")),
+    responses(
+        (status = 200, body = EventPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_events(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EventPage>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let q: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|_| ApiError::bad_request("invalid_query", "the query string could not be read"))?;
+    let param = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    Ok(Json(events::list(&ops, &id, param("after"), param("limit")).await?))
+}
+
+/// A tenant's opt-out state and record: every opt-out and opt-in (keyword, number, time), the evidence of consent.
+#[utoipa::path(get, path = "/v1/customers/{id}/opt-outs/{phone}", tag = "events",
+    params(("id" = String, Path, description = "Customer id"), ("phone" = String, Path, description = "E.164")),
+    responses(
+        (status = 200, body = OptOutRecord),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_opt_out(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath((id, phone)): ApiPath<(String, String)>,
+) -> Result<Json<OptOutRecord>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(events::opt_out_record(&ops, &id, &phone).await?))
 }
 
 /// Releases the customer's idle numbers (admin tokens only), keeping what its backlog and its numbers' sticky

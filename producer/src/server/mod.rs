@@ -203,6 +203,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
         .route("/v1/customers/{id}/messages", post(api::post_message))
         .route("/v1/customers/{id}/pool", get(api::get_pool))
+        .route("/v1/customers/{id}/events", get(api::get_events))
+        .route("/v1/customers/{id}/opt-outs/{phone}", get(api::get_opt_out))
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
         .route("/v1/batches/{id}/cancel", post(api::post_cancel))

@@ -13,7 +13,7 @@ use super::error::{ErrorBody, ErrorDetail};
     info(title = "Messenger", description = "Bulk texts through Twilio for property-management apps."),
     paths(
         api::list_customers, api::get_customer, api::put_customer, api::post_bulk, api::post_message, api::get_batch,
-        api::post_cancel, api::get_pool, api::post_release_idle
+        api::post_cancel, api::get_pool, api::post_release_idle, api::get_events, api::get_opt_out
     ),
     components(schemas(
         api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::Recipient, api::PersonalRecipient,
@@ -23,11 +23,14 @@ use super::error::{ErrorBody, ErrorDetail};
         api::MessageRequest, api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem,
         shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::customers::PoolReport,
         shared::customers::NumberUsage, api::ReleaseIdleRequest, shared::release::ReleaseReport,
-        shared::release::Releasable, crate::ops::texts::Estimate, shared::domain::smart::SmartEncoding
+        shared::release::Releasable, crate::ops::texts::Estimate, shared::domain::smart::SmartEncoding,
+        crate::ops::events::Event, crate::ops::events::EventPage, crate::ops::events::OptOutRecord,
+        crate::ops::events::OptOutEntry
     )),
     modifiers(&Bearer),
     tags((name = "texts", description = "Bulk texts, single messages and their status"),
-         (name = "customers", description = "Customers and their number pools"))
+         (name = "customers", description = "Customers and their number pools"),
+         (name = "events", description = "What happened: message outcomes, replies, opt-outs"))
 )]
 pub struct ApiDoc;
 

@@ -20,7 +20,7 @@ use shared::carriers;
 use shared::config::Settings;
 use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
 use shared::keys::{self, CustomerKeys};
-use shared::ledger::{Inbound, Ledger};
+use shared::ledger::{Keyword, Ledger, OptChange, Reply};
 use shared::store::Conn;
 use shared::twilio::accounts::AccountTokens;
 use shared::twilio::signature;
@@ -30,11 +30,6 @@ use super::metrics::Metrics;
 use crate::ops::Deps;
 
 const TWIML_EMPTY: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
-
-/// Keywords that opt a recipient out of (or back into) a customer's texts: Twilio's default lists for long codes
-/// and toll-free numbers (only a reply that is exactly one of these words counts).
-const STOP_WORDS: [&str; 8] = ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"];
-const START_WORDS: [&str; 3] = ["START", "YES", "UNSTOP"];
 
 /// How long subaccount webhook tokens are kept, and how often one account may be looked up again.
 #[derive(Clone, Copy, Debug)]
@@ -345,8 +340,26 @@ fn twiml() -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], TWIML_EMPTY).into_response()
 }
 
+/// TwiML that answers the tenant with `text`.
+fn twiml_message(text: &str) -> Response {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&apos;"),
+            c => escaped.push(c),
+        }
+    }
+    let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>{escaped}</Message></Response>");
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"))], xml).into_response()
+}
+
 /// `POST /twilio/inbound`: a reply to one of our numbers. Credits the number (+1 to its limit for a window, up to
-/// the cap), and handles STOP / START keywords. Answers an empty TwiML `<Response/>` (no auto-reply).
+/// the cap), handles STOP / START keywords (with the tenant's opt-out record) and records the customer's events, in
+/// one script per customer. Answers an empty TwiML `<Response/>`, or for HELP / INFO the customer's help text.
 ///
 /// A reply to a number in no pool, signed by a customer's subaccount, is that customer's (every customer's stored
 /// with that subaccount, if several share it): its keywords count, though no pool number is credited.
@@ -365,7 +378,6 @@ pub async fn inbound(
         return Err(ApiError::unprocessable("inbound webhook without To and From"));
     };
     let sid = p.get("MessageSid").or(p.get("SmsMessageSid")).or(p.get("SmsSid")).unwrap_or_default();
-    let mut conn = s.conn.clone();
     let customers = match (&customer, by_account.is_empty()) {
         (Some(c), _) => vec![c.clone()],
         (None, false) => {
@@ -380,30 +392,40 @@ pub async fn inbound(
         }
     };
     s.metrics.inbound.inc();
-    if let (Some(customer), false) = (&customer, sid.is_empty()) {
-        let ledger = Ledger::new(conn.clone(), s.settings.quota, s.settings.batch_retention);
-        if let Inbound::UnknownNumber =
-            ledger.record_inbound(customer, to, sid).await.map_err(|e| ApiError::redis(&e))?
-        {
-            tracing::warn!(customer = %customer, "inbound message to a number missing from its pool");
-        }
-    }
-    let keyword = p.get("Body").unwrap_or_default().trim().to_ascii_uppercase();
-    if let Ok(sender) = PhoneNumber::from_trusted(from) {
-        for customer in &customers {
-            let optouts = CustomerKeys::new(customer).optouts();
-            if STOP_WORDS.contains(&keyword.as_str()) {
-                let _: () = conn.sadd(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
+    let Ok(sender) = PhoneNumber::from_trusted(from) else {
+        tracing::warn!(customer = ?customers.first().map(CustomerId::as_str), "inbound message from a malformed number");
+        return Ok(twiml());
+    };
+    // Twilio always sends a sid; without one the message still counts once per webhook delivery.
+    let sid = match (sid.is_empty(), &token) {
+        (false, _) => sid.to_owned(),
+        (true, Some(t)) => format!("idem:{t}"),
+        (true, None) => format!("local:{}", ulid::Ulid::new()),
+    };
+    let body = p.get("Body").unwrap_or_default();
+    let reply = Reply { from: &sender, body, keyword: Keyword::of(body), keyword_as_written: body.trim() };
+    let ledger = Ledger::new(s.conn.clone(), s.settings.quota, s.settings.batch_retention);
+    let mut help = None;
+    for customer in &customers {
+        let done = ledger.record_reply(customer, to, &sid, &reply).await.map_err(|e| ApiError::redis(&e))?;
+        match done.change {
+            Some(OptChange::OptedOut) => {
                 s.metrics.opt_outs.inc();
                 tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted out");
-            } else if START_WORDS.contains(&keyword.as_str()) {
-                let _: () = conn.srem(optouts, sender.as_str()).await.map_err(|e| ApiError::redis(&e))?;
+            }
+            Some(OptChange::OptedIn) => {
                 s.metrics.opt_ins.inc();
                 tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted back in");
             }
+            None => {}
         }
+        help = help.or(done.help_text);
     }
     remember(&s, token).await;
+    // HELP / INFO: the customer's help text as the reply (CTIA); Twilio sends a TwiML <Message> back to the tenant.
+    if let Some(text) = help {
+        return Ok(twiml_message(&text));
+    }
     Ok(twiml())
 }
 
@@ -456,9 +478,18 @@ pub async fn status(
         .or(p.get("SmsStatus"))
         .ok_or_else(|| ApiError::unprocessable("no MessageStatus").field("MessageStatus"))?;
     let code = p.get("ErrorCode").filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) && c.len() <= 6);
-    let d = batches::record_delivery(&mut s.conn.clone(), &batch, sid, status, code, s.settings.batch_retention)
-        .await
-        .map_err(|e| ApiError::redis(&e))?;
+    let to = p.get("To").and_then(|t| PhoneNumber::from_trusted(t).ok());
+    let d = batches::record_delivery(
+        &mut s.conn.clone(),
+        &batch,
+        sid,
+        to.as_ref().map(PhoneNumber::as_str),
+        status,
+        code,
+        s.settings.batch_retention,
+    )
+    .await
+    .map_err(|e| ApiError::redis(&e))?;
     s.metrics.delivery(status, d == Delivery::Counted);
     if let Some(code) = code.and_then(|c| c.parse::<u32>().ok()) {
         spent_cap(&s, batch.customer(), code, p.get("To")).await?;

@@ -1,0 +1,188 @@
+//! Answering back: a customer's events (what happened to its messages, its tenants' replies and opt-outs) and a
+//! tenant's opt-out record.
+//!
+//! The events are written by the scripts that make the changes they report (`shared/lua/common.lua`), into the
+//! customer's stream; this module only reads it. An event's id is its stream id (`<ms>-<n>`): stable, strictly
+//! increasing, the cursor of the pull API — reading from a cursor returns every later event once, in order, with
+//! no gap, whichever server answers and however often it restarted.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use shared::domain::{CustomerId, PhoneNumber};
+use shared::keys::CustomerKeys;
+
+use super::{Deps, OpsError, Problems, customers};
+
+/// Most events one page returns, and how many when the caller does not say.
+pub const PAGE_MAX: usize = 1_000;
+pub const PAGE_DEFAULT: usize = 100;
+
+/// One event, in the shape Standard Webhooks payloads have (`type`, `timestamp`, `data`), with its id.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Event {
+    /// `evt_<stream id>`: the same event always has the same id.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// When it happened (Redis's clock), RFC 3339 with milliseconds.
+    pub timestamp: String,
+    /// `customer`, and where they apply `batch`, `recipient`, `message_sid`, …
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// A page of events after a cursor.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Pass as `after` for the next page: the last event's cursor, or the one given when there is nothing newer.
+    pub next: Option<String>,
+    /// Whether the customer records events (`events` setting); when off, no new events appear.
+    pub recording: bool,
+}
+
+/// The events of customer `id` after cursor `after` (an event id, or its stream id; none: from the oldest kept),
+/// at most `limit` of them.
+pub async fn list(
+    deps: &Deps,
+    id: &CustomerId,
+    after: Option<&str>,
+    limit: Option<&str>,
+) -> Result<EventPage, OpsError> {
+    let mut p = Problems::default();
+    let after = after.and_then(|a| p.check("after", cursor(a)));
+    let limit = match limit {
+        None => Some(PAGE_DEFAULT),
+        Some(l) => p.check("limit", page_size(l)),
+    };
+    p.finish()?;
+    let customer = customers::get(deps, id).await?;
+    let start = after.as_ref().map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+    let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(CustomerKeys::new(id).events())
+        .arg(&start)
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit.unwrap_or(PAGE_DEFAULT))
+        .query_async(&mut deps.conn())
+        .await
+        .map_err(OpsError::from)?;
+    let events: Vec<Event> = rows.into_iter().map(|(sid, fields)| event(id, &sid, fields)).collect();
+    let next = events.last().map(|e| e.id.clone()).or(after.map(|a| format!("evt_{a}")));
+    Ok(EventPage { events, next, recording: customer.events })
+}
+
+/// A cursor: `evt_<ms>-<n>` or `<ms>-<n>`.
+fn cursor(v: &str) -> Result<String, String> {
+    let raw = v.strip_prefix("evt_").unwrap_or(v);
+    let ok = raw.split_once('-').is_some_and(|(ms, n)| {
+        !ms.is_empty()
+            && !n.is_empty()
+            && ms.len() <= 20
+            && n.len() <= 20
+            && (ms.bytes().chain(n.bytes())).all(|b| b.is_ascii_digit())
+    });
+    if ok { Ok(raw.to_owned()) } else { Err(format!("{v:?} is not an event id (evt_<ms>-<n>, as `next` gives)")) }
+}
+
+fn page_size(v: &str) -> Result<usize, String> {
+    match v.trim().parse::<i64>() {
+        Ok(n) if (1..=PAGE_MAX as i64).contains(&n) => Ok(n as usize),
+        Ok(n) => Err(format!("must be between 1 and {PAGE_MAX}, not {n}")),
+        Err(_) => Err(format!("{v:?} is not a whole number")),
+    }
+}
+
+/// An event from its stream entry (`t` and the data fields the scripts wrote).
+fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String)>) -> Event {
+    let ms: i64 = stream_id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    let timestamp = chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut kind = String::new();
+    let mut data = serde_json::Map::new();
+    data.insert("customer".into(), customer.as_str().into());
+    for (f, v) in fields {
+        let (name, value): (&str, serde_json::Value) = match f.as_str() {
+            "t" => {
+                kind = v;
+                continue;
+            }
+            "b" if v.is_empty() => continue,
+            "b" => ("batch", v.into()),
+            "r" => ("recipient", v.into()),
+            "sid" if v.is_empty() => continue,
+            "sid" => ("message_sid", v.into()),
+            "code" if v.is_empty() => continue,
+            "code" => {
+                if let Some(meaning) = v.parse().ok().and_then(shared::twilio::error::describe) {
+                    data.insert("error_message".into(), meaning.into());
+                }
+                ("error_code", v.parse::<u64>().map_or(v.clone().into(), Into::into))
+            }
+            "total" | "sent" | "failed" | "opted_out" | "cancelled" | "expired" => {
+                (f.as_str(), v.parse::<u64>().map_or(v.clone().into(), Into::into))
+            }
+            other => (other, v.into()),
+        };
+        data.insert(name.to_owned(), value);
+    }
+    Event { id: format!("evt_{stream_id}"), kind, timestamp, data: serde_json::Value::Object(data) }
+}
+
+/// A tenant's opt-out state and every opt-out and opt-in on record (the last 20), oldest first.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct OptOutRecord {
+    pub phone: String,
+    /// Messenger texts this tenant nothing from any of the customer's numbers.
+    pub opted_out: bool,
+    pub history: Vec<OptOutEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct OptOutEntry {
+    /// `opt_out` or `opt_in`.
+    pub kind: String,
+    /// The keyword as the tenant wrote it, or what reported it (`twilio 21610`).
+    pub keyword: String,
+    /// The customer's number it concerned ('' when not known).
+    pub number: String,
+    pub at: String,
+    /// The reply's message sid, when it came from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_sid: Option<String>,
+}
+
+/// Customer `id`'s opt-out record of `phone`.
+pub async fn opt_out_record(deps: &Deps, id: &CustomerId, phone: &str) -> Result<OptOutRecord, OpsError> {
+    let phone = PhoneNumber::parse(phone).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
+    customers::get(deps, id).await?;
+    let k = CustomerKeys::new(id);
+    let (member, stored): (bool, Option<String>) = redis::pipe()
+        .sismember(k.optouts(), phone.as_str())
+        .hget(k.optout_records(), phone.as_str())
+        .query_async(&mut deps.conn())
+        .await
+        .map_err(OpsError::from)?;
+    let rows: Vec<BTreeMap<String, serde_json::Value>> =
+        stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    let text =
+        |r: &BTreeMap<String, serde_json::Value>, f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let history = rows
+        .iter()
+        .map(|r| OptOutEntry {
+            kind: text(r, "kind"),
+            keyword: text(r, "keyword"),
+            number: text(r, "number"),
+            at: r
+                .get("at_ms")
+                .and_then(serde_json::Value::as_i64)
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                .unwrap_or_default(),
+            message_sid: Some(text(r, "sid")).filter(|s| !s.is_empty()),
+        })
+        .collect();
+    Ok(OptOutRecord { phone: phone.to_string(), opted_out: member, history })
+}

@@ -1,0 +1,309 @@
+//! Answering back: the events a customer's app reads (`GET /v1/customers/{id}/events`), written in the same script
+//! as each change they report; replies with the batch they answer; opt-outs and their records; HELP answered.
+//! Everything through a real `producer serve` process, killed and restarted while the app pages through.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::{ADMIN, World};
+use harness::fixtures::{recipients, wait_until};
+use harness::procs::Proc;
+use harness::sim::{self, SimConfig};
+use rand::seq::SliceRandom;
+use serde_json::{Value, json};
+
+struct Server {
+    base: String,
+    port: u16,
+}
+
+impl Server {
+    fn start(w: &World, port: u16) -> Proc {
+        let listen = format!("127.0.0.1:{port}");
+        let public = format!("http://{listen}");
+        w.env.spawn_producer(&[
+            "serve",
+            "--listen",
+            &listen,
+            "--public-url",
+            &public,
+            "--api-tokens",
+            &format!("ops:{ADMIN}:admin"),
+        ])
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req =
+            harness::http().request(method.parse().unwrap(), format!("{}{path}", self.base)).bearer_auth(ADMIN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            }
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    async fn up(&self) {
+        wait_until(Duration::from_secs(60), "producer serve to answer", || async {
+            let (s, _) = self.call("GET", "/healthz", None).await;
+            (s == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+/// A signed inbound webhook as Twilio sends it; the status and body of the answer.
+async fn reply(server: &Server, from: &str, to: &str, body: &str, sid: &str) -> (u16, String) {
+    let params: Vec<(String, String)> = [
+        ("AccountSid", sim::DEFAULT_ACCOUNT_SID),
+        ("Body", body),
+        ("From", from),
+        ("MessageSid", sid),
+        ("SmsStatus", "received"),
+        ("To", to),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    sim::post_signed(sim::DEFAULT_AUTH_TOKEN, &format!("{}/twilio/inbound", server.base), &params).await.unwrap()
+}
+
+/// Every event of `customer` from the start, `page` at a time (the server may be restarted between pages by
+/// `between`).
+async fn all_events(server: &Server, customer: &str, page: usize, mut between: impl FnMut(usize)) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for i in 0.. {
+        let q = after.as_ref().map_or(String::new(), |a| format!("&after={a}"));
+        let (s, body) = loop {
+            let (s, body) = server.call("GET", &format!("/v1/customers/{customer}/events?limit={page}{q}"), None).await;
+            if s != 0 {
+                break (s, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(s, 200, "{body}");
+        let events = body["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            assert_eq!(body["next"].as_str(), after.as_deref(), "the cursor stays put at the end");
+            break;
+        }
+        after = body["next"].as_str().map(str::to_owned);
+        out.extend(events);
+        between(i);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_report_every_outcome_reply_and_opt_out_once_in_order_across_server_restarts() {
+    let mut w = World::start(SimConfig::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &server.base);
+    let mut serve = Some(Server::start(&w, server.port));
+    server.up().await;
+    let help = "Acme Property: notices about your building. Reply STOP to end.";
+    let (s, c) = server
+        .call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": 3, "events": true, "help_text": help})))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!((c["events"].as_bool(), c["help_text"].as_str()), (Some(true), Some(help)));
+    // A customer that does not record events: nothing of its batch appears anywhere.
+    let (s, _) = server.call("PUT", "/v1/customers/beta", Some(json!({"max_numbers": 1}))).await;
+    assert_eq!(s, 201);
+
+    let _workers: Vec<_> = (0..2).map(|_| w.worker(8)).collect();
+    let to = recipients(40, 0);
+    let (s, accepted) = server
+        .call("POST", "/v1/customers/acme/bulk-texts", Some(json!({"body": "Water off 9-11", "recipients": to})))
+        .await;
+    assert_eq!(s, 202, "{accepted}");
+    let batch = accepted["batch_id"].as_str().unwrap().to_owned();
+    let (s, _) = server
+        .call("POST", "/v1/customers/beta/bulk-texts", Some(json!({"body": "Hello", "recipients": recipients(5, 500)})))
+        .await;
+    assert_eq!(s, 202);
+    let status = wait_until(Duration::from_secs(60), "the batch to complete", || async {
+        let (_, b) = server.call("GET", &format!("/v1/batches/{batch}"), None).await;
+        (b["state"] == "complete").then_some(b)
+    })
+    .await;
+    assert_eq!(status["sent"], 40);
+
+    // Delivery reports: 30 delivered, 10 undelivered (30007), each status three times, shuffled.
+    let messages: Vec<_> = w.state().messages.into_iter().filter(|m| m.body == "Water off 9-11").collect();
+    assert_eq!(messages.len(), 40);
+    let mut callbacks = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let url = m.status_callback.clone().expect("status callbacks asked for");
+        let last = if i < 30 { "delivered" } else { "undelivered" };
+        for status in ["sent", last] {
+            let mut p = vec![
+                ("MessageSid".to_owned(), m.sid.clone()),
+                ("MessageStatus".to_owned(), status.to_owned()),
+                ("To".to_owned(), m.to.clone()),
+            ];
+            if status == "undelivered" {
+                p.push(("ErrorCode".to_owned(), "30007".to_owned()));
+            }
+            callbacks.extend(std::iter::repeat_n((url.clone(), p), 3));
+        }
+    }
+    callbacks.shuffle(&mut rand::rng());
+    for (url, p) in &callbacks {
+        let (code, _) = sim::post_signed(sim::DEFAULT_AUTH_TOKEN, url, p).await.unwrap();
+        assert!(code < 300, "callback answered {code}");
+    }
+    let undelivered: HashSet<&str> = messages[30..].iter().map(|m| m.to.as_str()).collect();
+
+    // Replies: five answers, three STOPs (one tenant twice), one START, one HELP; and one reply retried by Twilio.
+    let from_of = |r: &str| messages.iter().find(|m| m.to == r).unwrap().from.clone();
+    let mut replies = Vec::new();
+    for (i, r) in to[..5].iter().enumerate() {
+        replies.push((r.clone(), format!("Is the water back on? #{i}")));
+    }
+    for r in &to[5..8] {
+        replies.push((r.clone(), "STOP".to_owned()));
+    }
+    replies.push((to[5].clone(), "stop".to_owned()));
+    replies.push((to[6].clone(), " Start ".to_owned()));
+    for (i, (r, body)) in replies.iter().enumerate() {
+        let (code, _) = reply(&server, r, &from_of(r), body, &format!("SMreply{i:030}")).await;
+        assert_eq!(code, 200);
+    }
+    let (code, twiml) = reply(&server, &to[9], &from_of(&to[9]), "help", "SMhelp000000000000000000000000001").await;
+    println!("HELP answered {code}: {twiml}");
+    assert!(twiml.contains(&format!("<Message>{}</Message>", help.replace('\'', "&apos;"))), "{twiml}");
+    let (code, _) =
+        reply(&server, &to[0], &from_of(&to[0]), "Is the water back on? #0", &format!("SMreply{:030}", 0)).await;
+    assert_eq!(code, 200, "a retried webhook is accepted (and recorded once)");
+
+    // The app pages through 9 events at a time; the server is killed (-9) and restarted after the second page.
+    let mut restarts = 0;
+    let events = all_events(&server, "acme", 9, |page| {
+        if page == 1 {
+            drop(serve.take());
+            serve = Some(Server::start(&w, server.port));
+            restarts += 1;
+        }
+    })
+    .await;
+    assert_eq!(restarts, 1);
+
+    let ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let distinct: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), ids.len(), "an event came twice");
+    let key = |id: &str| -> (u64, u64) {
+        let (ms, n) = id.trim_start_matches("evt_").split_once('-').unwrap();
+        (ms.parse().unwrap(), n.parse().unwrap())
+    };
+    assert!(ids.windows(2).all(|p| key(p[0]) < key(p[1])), "events out of order");
+    let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &events {
+        *by_type.entry(e["type"].as_str().unwrap()).or_default() += 1;
+        assert_eq!(e["data"]["customer"], "acme");
+        assert!(e["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    println!("{} events over 1 server restart, by type: {by_type:?}", events.len());
+    let expected: BTreeMap<&str, usize> = [
+        ("batch.completed", 1),
+        ("message.delivered", 30),
+        ("message.failed", 10),
+        ("message.received", replies.len() + 1),
+        ("message.sent", 40),
+        ("recipient.opted_in", 1),
+        ("recipient.opted_out", 3),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(by_type, expected);
+
+    // Their data: each message's sid and recipient; the failure's code and meaning; a reply's body and batch.
+    let sent: HashSet<(String, String)> = events
+        .iter()
+        .filter(|e| e["type"] == "message.sent")
+        .map(|e| {
+            (e["data"]["recipient"].as_str().unwrap().to_owned(), e["data"]["message_sid"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let truth: HashSet<(String, String)> = messages.iter().map(|m| (m.to.clone(), m.sid.clone())).collect();
+    assert_eq!(sent, truth);
+    for e in events.iter().filter(|e| e["type"] == "message.failed") {
+        assert_eq!(e["data"]["error_code"], 30007, "{e}");
+        assert!(e["data"]["error_message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+        assert!(undelivered.contains(e["data"]["recipient"].as_str().unwrap()), "{e}");
+    }
+    let received: Vec<&Value> = events.iter().filter(|e| e["type"] == "message.received").collect();
+    for (e, (r, body)) in received.iter().zip(&replies) {
+        assert_eq!(
+            (e["data"]["recipient"].as_str(), e["data"]["body"].as_str()),
+            (Some(r.as_str()), Some(body.as_str()))
+        );
+        assert_eq!(e["data"]["batch"], batch.as_str(), "a reply names the batch it answers: {e}");
+        assert_eq!(e["data"]["to"], from_of(r).as_str());
+    }
+    let completed = events.iter().find(|e| e["type"] == "batch.completed").unwrap();
+    assert_eq!(
+        (completed["data"]["batch"].as_str(), completed["data"]["sent"].as_u64()),
+        (Some(batch.as_str()), Some(40))
+    );
+    let last_sent = events.iter().rposition(|e| e["type"] == "message.sent").unwrap();
+    let completed_at = events.iter().position(|e| e["type"] == "batch.completed").unwrap();
+    assert!(completed_at > last_sent, "batch.completed comes after its last message.sent");
+    let stops: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "recipient.opted_out")
+        .map(|e| e["data"]["recipient"].as_str().unwrap())
+        .collect();
+    assert_eq!(stops, to[5..8].iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Reading again from the middle returns exactly the rest.
+    let (_, page) = server.call("GET", &format!("/v1/customers/acme/events?after={}&limit=1000", ids[20]), None).await;
+    let rest: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(rest, ids[21..].to_vec());
+    // The customer without events has none.
+    let (_, beta) = server.call("GET", "/v1/customers/beta/events", None).await;
+    assert_eq!(
+        (beta["events"].as_array().map(Vec::len), beta["recording"].as_bool()),
+        (Some(0), Some(false)),
+        "{beta}"
+    );
+
+    // Opt-out records: the tenant who stopped twice, and the one who stopped and started again.
+    let (_, twice) = server.call("GET", &format!("/v1/customers/acme/opt-outs/{}", to[5]), None).await;
+    println!("opt-out record: {twice}");
+    assert_eq!(twice["opted_out"], true);
+    let kw: Vec<&str> = twice["history"].as_array().unwrap().iter().map(|h| h["keyword"].as_str().unwrap()).collect();
+    assert_eq!(kw, ["STOP", "stop"]);
+    assert_eq!(twice["history"][0]["number"], from_of(&to[5]).as_str());
+    let (_, back) = server.call("GET", &format!("/v1/customers/acme/opt-outs/{}", to[6]), None).await;
+    assert_eq!(back["opted_out"], false);
+    let kinds: Vec<&str> = back["history"].as_array().unwrap().iter().map(|h| h["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["opt_out", "opt_in"]);
+    let (_, none) = server.call("GET", &format!("/v1/customers/acme/opt-outs/{}", to[20]), None).await;
+    assert_eq!((none["opted_out"].as_bool(), none["history"].as_array().map(Vec::len)), (Some(false), Some(0)));
+
+    // Bad input names the problem.
+    for (path, field) in [
+        ("/v1/customers/acme/events?after=yesterday", "after"),
+        ("/v1/customers/acme/events?limit=0", "limit"),
+        ("/v1/customers/acme/events?limit=5000", "limit"),
+        ("/v1/customers/acme/opt-outs/not-a-phone", "phone"),
+    ] {
+        let (s, body) = server.call("GET", path, None).await;
+        println!("{path}: {s} {body}");
+        assert_eq!(s, 422, "{path}: {body}");
+        assert!(body.to_string().contains(field), "{path}: {body}");
+    }
+    let (s, body) = server.call("PUT", "/v1/customers/acme", Some(json!({"help_text": "x".repeat(400)}))).await;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.to_string().contains("help_text"), "{body}");
+}
