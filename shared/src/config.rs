@@ -119,6 +119,63 @@ pub struct CommonArgs {
     /// How long finished batch records (counts and failure reasons) and idempotency keys are kept, in seconds.
     #[arg(long, env = "MESSENGER_BATCH_RETENTION_SECS", default_value_t = 7 * 86_400)]
     pub batch_retention_secs: u64,
+
+    /// Let customers' event endpoints be plain `http` and on private, loopback or link-local addresses (tests, an
+    /// on-premise app). Off: `https` to public addresses only (a URL a customer gives is untrusted).
+    #[arg(long, env = "MESSENGER_EVENTS_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub events_allow_private: bool,
+
+    /// When an event whose delivery failed is tried again: delays after each failed attempt, e.g.
+    /// `5s,5m,30m,2h,5h,10h,14h,20h,24h` (about 3 days in all); after the last it is dead-lettered.
+    #[arg(long, env = "MESSENGER_EVENTS_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,14h,20h,24h",
+        value_parser = parse_schedule)]
+    pub events_retry_schedule: RetrySchedule,
+
+    /// How long one delivery of an event may take, in ms (connect, send, answer).
+    #[arg(long, env = "MESSENGER_EVENTS_TIMEOUT_MS", default_value_t = 10_000)]
+    pub events_timeout_ms: u64,
+
+    /// Deliveries in flight to one customer's endpoint at once (events of one recipient always go one at a time,
+    /// in order).
+    #[arg(long, env = "MESSENGER_EVENTS_CONCURRENCY", default_value_t = 8)]
+    pub events_concurrency: u16,
+}
+
+/// The delays between delivery attempts of an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+fn parse_schedule(v: &str) -> Result<RetrySchedule, String> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
+        let (n, unit) = part.split_at(split);
+        let n: u64 = n.parse().map_err(|_| format!("{part:?} is not a delay such as 5s, 5m, 2h or 500ms"))?;
+        let ms = match unit {
+            "ms" => n,
+            "s" | "" => n * 1_000,
+            "m" => n * 60_000,
+            "h" => n * 3_600_000,
+            _ => return Err(format!("{part:?}: the unit must be ms, s, m or h")),
+        };
+        out.push(Duration::from_millis(ms));
+    }
+    if out.is_empty() {
+        return Err("the schedule needs at least one delay".into());
+    }
+    if out.len() > 50 {
+        return Err(format!("at most 50 attempts, not {}", out.len()));
+    }
+    Ok(RetrySchedule(out))
+}
+
+/// Delivery of customers' events to their endpoints.
+#[derive(Clone, Debug)]
+pub struct EventsSettings {
+    pub allow_private: bool,
+    pub retry_schedule: RetrySchedule,
+    pub timeout: Duration,
+    pub concurrency: u16,
 }
 
 /// Validated settings.
@@ -139,6 +196,7 @@ pub struct Settings {
     pub cap_day: Option<Duration>,
     pub batch_retention: Duration,
     pub pricing: Pricing,
+    pub events: EventsSettings,
 }
 
 /// Prices used for estimates (Messenger never reads a bill; Twilio's prices vary by country and contract).
@@ -311,6 +369,12 @@ impl CommonArgs {
                 number_monthly: self.number_monthly_cost,
                 segment: self.segment_cost,
                 lookup: self.lookup_cost,
+            },
+            events: EventsSettings {
+                allow_private: self.events_allow_private,
+                retry_schedule: self.events_retry_schedule.clone(),
+                timeout: Duration::from_millis(self.events_timeout_ms.max(100)),
+                concurrency: self.events_concurrency.clamp(1, 256),
             },
         })
     }

@@ -40,6 +40,36 @@ pub struct Customer {
     pub events: bool,
     /// The answer to a tenant's HELP or INFO (CTIA expects one: who is texting, how to stop).
     pub help_text: Option<String>,
+    /// Where its events are delivered (Standard Webhooks), checked against the SSRF rule when saved.
+    pub events_url: Option<String>,
+    /// The `whsec_…` secret events are signed with; never serialised.
+    #[serde(skip)]
+    pub events_secret: Option<EventsSecret>,
+    /// Why delivery to `events_url` stopped (the endpoint answered 410 Gone), until the URL is saved again.
+    pub events_disabled: Option<String>,
+}
+
+/// A webhook signing secret (`whsec_` and base64): shown once when generated, never in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventsSecret(pub String);
+
+impl std::fmt::Debug for EventsSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventsSecret(…)")
+    }
+}
+
+impl AsRef<str> for EventsSecret {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventsSecret {
+    /// The secret itself: only for storing it and showing it once.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 fn as_text<T: std::fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
@@ -65,6 +95,9 @@ impl Customer {
             caps: Caps::default(),
             events: false,
             help_text: None,
+            events_url: None,
+            events_secret: None,
+            events_disabled: None,
         }
     }
 
@@ -134,6 +167,9 @@ pub struct CustomerUpdate {
     /// `Clear` = off.
     pub events: Change<bool>,
     pub help_text: Change<String>,
+    /// Saving a URL turns events on and re-enables delivery stopped by a 410.
+    pub events_url: Change<String>,
+    pub events_secret: Change<EventsSecret>,
 }
 
 impl CustomerUpdate {
@@ -160,6 +196,13 @@ impl CustomerUpdate {
             },
             events: self.events.clone().apply(stored.map(|c| c.events)).unwrap_or(false),
             help_text: self.help_text.clone().apply(stored.and_then(|c| c.help_text.clone())),
+            events_url: self.events_url.clone().apply(stored.and_then(|c| c.events_url.clone())),
+            events_secret: self.events_secret.clone().apply(stored.and_then(|c| c.events_secret.clone())),
+            events_disabled: if self.events_url.is_keep() {
+                stored.and_then(|c| c.events_disabled.clone())
+            } else {
+                None
+            },
         }
     }
 }
@@ -204,6 +247,9 @@ pub async fn update(
         ("cap_mps", written(&update.per_second)),
         ("events", written(&update.events.clone().map(|on| if on { "1" } else { "" }))),
         ("help_text", written(&update.help_text)),
+        ("events_url", written(&update.events_url)),
+        ("events_secret", written(&update.events_secret)),
+        ("events_disabled", (!update.events_url.is_keep()).then(String::new)),
     ]
     .into_iter()
     .filter_map(|(f, v)| Some((f, v?)))
@@ -242,6 +288,8 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("cap_mps", c.caps.per_second.map(|v| v.to_string()).unwrap_or_default()),
                 ("events", if c.events { "1".into() } else { String::new() }),
                 ("help_text", c.help_text.clone().unwrap_or_default()),
+                ("events_url", c.events_url.clone().unwrap_or_default()),
+                ("events_secret", c.events_secret.as_ref().map(|s| s.0.clone()).unwrap_or_default()),
             ],
         )
         .ignore()
@@ -272,6 +320,9 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         },
         events: m.get("events").map(String::as_str) == Some("1"),
         help_text: m.get("help_text").filter(|s| !s.is_empty()).cloned(),
+        events_url: m.get("events_url").filter(|s| !s.is_empty()).cloned(),
+        events_secret: m.get("events_secret").filter(|s| !s.is_empty()).map(|s| EventsSecret(s.clone())),
+        events_disabled: m.get("events_disabled").filter(|s| !s.is_empty()).cloned(),
     }))
 }
 

@@ -29,6 +29,10 @@
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them (`<number>|<batch id>` for a batch recording events); one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
 //! | `{c:ID}:optrec` | HASH | recipient → its opt-outs and opt-ins (`[{"kind","keyword","number","at_ms"}…]`, the last 20), the evidence of consent |
+//! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`, 15 s) |
+//! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
+//! | `{c:ID}:events:retry` | HASH | lane → its failing head event `<id>|<attempts>|<due ms>` |
+//! | `{c:ID}:events:dead` | ZSET | events given up after every attempt (id → ms); `:dead:why` HASH id → attempts and last error |
 //! | `{c:ID}:events` | STREAM | the customer's events (`t` type and data fields), about 200,000 and 7 days kept; written only when the customer records events |
 //! | `{c:ID}:lt:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits) → its line as Lookup said (carriers.rs code); one set of 1,000 buckets per 30-day epoch, two epochs kept |
 //! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 61 s, `<Redis ms>:<reservation id>` (AT&T's per-minute cap) |
@@ -149,6 +153,26 @@ impl CustomerKeys {
     /// The customer's events (a STREAM; common.lua writes it, the events API reads it).
     pub fn events(&self) -> String {
         self.key("events")
+    }
+    /// The lease of the server delivering the customer's events (STRING, `SET NX PX`).
+    pub fn events_lease(&self) -> String {
+        self.key("events:lease")
+    }
+    /// Delivery progress: lane → id of the last event handled, and `start` (HASH).
+    pub fn events_lanes(&self) -> String {
+        self.key("events:lanes")
+    }
+    /// Lanes held by a failing event: lane → `<id>|<attempts>|<due ms>` (HASH).
+    pub fn events_retry(&self) -> String {
+        self.key("events:retry")
+    }
+    /// Dead-lettered events: id → when recorded (ZSET).
+    pub fn events_dead(&self) -> String {
+        self.key("events:dead")
+    }
+    /// Why each dead-lettered event was given up: id → attempts and last error (HASH).
+    pub fn events_dead_why(&self) -> String {
+        self.key("events:dead:why")
     }
     /// Opt-out records: recipient → its opt-outs and opt-ins, newest last (JSON).
     pub fn optout_records(&self) -> String {

@@ -307,3 +307,213 @@ async fn events_report_every_outcome_reply_and_opt_out_once_in_order_across_serv
     assert_eq!(s, 422, "{body}");
     assert!(body.to_string().contains("help_text"), "{body}");
 }
+
+/// One request an endpoint received: its headers and body.
+type Request = (BTreeMap<String, String>, String);
+
+/// What the app's endpoint received, in arrival order.
+#[derive(Clone, Default)]
+struct Inbox(std::sync::Arc<std::sync::Mutex<Vec<Request>>>);
+
+/// An app's endpoint on loopback: 503 for the first `down`, then every tenth request answered only after `slow`
+/// (longer than Messenger waits: it times out and delivers again); `gone`: 410 to everything.
+async fn endpoint(down: Duration, slow: Duration, gone: bool) -> (String, Inbox) {
+    use axum::http::{HeaderMap, StatusCode};
+    let inbox = Inbox::default();
+    let started = std::time::Instant::now();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/hooks/messenger",
+        axum::routing::post({
+            let inbox = inbox.clone();
+            move |headers: HeaderMap, body: String| {
+                let (inbox, count) = (inbox.clone(), count.clone());
+                async move {
+                    let h = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
+                    inbox.0.lock().unwrap().push((h, body));
+                    if gone {
+                        return StatusCode::GONE;
+                    }
+                    if started.elapsed() < down {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10 == 9 {
+                        tokio::time::sleep(slow).await;
+                    }
+                    StatusCode::NO_CONTENT
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks/messenger", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, inbox)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outages_and_a_killed_server() {
+    let mut w = World::start(SimConfig::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_PUBLIC_URL", &server.base)
+        .set("MESSENGER_EVENTS_ALLOW_PRIVATE", "true")
+        .set("MESSENGER_EVENTS_RETRY_SCHEDULE", "300ms,500ms,1s,1s,2s,2s,2s,2s,2s,2s,2s,2s")
+        .set("MESSENGER_EVENTS_TIMEOUT_MS", 400)
+        .set("MESSENGER_EVENTS_CONCURRENCY", 8);
+    let mut serve = Server::start(&w, server.port);
+    server.up().await;
+    let (url, inbox) = endpoint(Duration::from_secs(5), Duration::from_millis(900), false).await;
+    let (s, c) = server.call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": 3, "events_url": url}))).await;
+    assert_eq!(s, 201, "{c}");
+    let secret = c["events_secret"].as_str().expect("a generated secret, shown once").to_owned();
+    assert!(secret.starts_with("whsec_") && c["events"] == true, "{c}");
+    let (_, again) = server.call("GET", "/v1/customers/acme", None).await;
+    assert!(again.get("events_secret").is_none() && !again.to_string().contains(&secret), "the secret is shown once");
+    // An endpoint that answers 410 Gone is not called again.
+    let (gone_url, gone_inbox) = endpoint(Duration::ZERO, Duration::ZERO, true).await;
+    let (s, _) =
+        server.call("PUT", "/v1/customers/beta", Some(json!({"max_numbers": 1, "events_url": gone_url}))).await;
+    assert_eq!(s, 201);
+
+    let _workers: Vec<_> = (0..2).map(|_| w.worker(16)).collect();
+    let to = recipients(200, 0);
+    let (s, accepted) = server
+        .call("POST", "/v1/customers/acme/bulk-texts", Some(json!({"body": "Boiler service", "recipients": to})))
+        .await;
+    assert_eq!(s, 202, "{accepted}");
+    let batch = accepted["batch_id"].as_str().unwrap().to_owned();
+    server
+        .call("POST", "/v1/customers/beta/bulk-texts", Some(json!({"body": "Hi", "recipients": recipients(3, 900)})))
+        .await;
+    wait_until(Duration::from_secs(60), "the batch to complete", || async {
+        let (_, b) = server.call("GET", &format!("/v1/batches/{batch}"), None).await;
+        (b["state"] == "complete").then_some(())
+    })
+    .await;
+    let messages: Vec<_> = w.state().messages.into_iter().filter(|m| m.body == "Boiler service").collect();
+    // Delivery reports for every text, then replies (20, of which 5 STOP), while the endpoint is still down.
+    for m in &messages {
+        let p = vec![
+            ("MessageSid".to_owned(), m.sid.clone()),
+            ("MessageStatus".to_owned(), "delivered".to_owned()),
+            ("To".to_owned(), m.to.clone()),
+        ];
+        sim::post_signed(sim::DEFAULT_AUTH_TOKEN, m.status_callback.as_ref().unwrap(), &p).await.unwrap();
+    }
+    for (i, r) in to[..20].iter().enumerate() {
+        let from = messages.iter().find(|m| &m.to == r).unwrap().from.clone();
+        let body = if i < 5 { "STOP".to_owned() } else { format!("Thanks #{i}") };
+        assert_eq!(reply(&server, r, &from, &body, &format!("SMr{i:031}")).await.0, 200);
+    }
+    // Once the endpoint is up and taking events, the server is killed (-9) and started again.
+    wait_until(Duration::from_secs(30), "the endpoint to take a few events", || async {
+        let n = inbox.0.lock().unwrap().len();
+        (n > 80).then_some(())
+    })
+    .await;
+    drop(serve);
+    serve = Server::start(&w, server.port);
+    server.up().await;
+
+    let truth = all_events(&server, "acme", 1000, |_| {}).await;
+    let truth_ids: Vec<String> = truth.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    let delivered = wait_until(Duration::from_secs(120), "every event delivered", || async {
+        let got = inbox.0.lock().unwrap().clone();
+        let ids: HashSet<String> = got.iter().filter_map(|(h, _)| h.get("webhook-id").cloned()).collect();
+        truth_ids.iter().all(|id| ids.contains(id)).then_some(got)
+    })
+    .await;
+    assert!(serve.is_running());
+    let ids: HashSet<&str> = delivered.iter().map(|(h, _)| h["webhook-id"].as_str()).collect();
+    let mut by_type: BTreeMap<String, HashSet<&str>> = BTreeMap::new();
+    for (h, body) in &delivered {
+        let v: Value = serde_json::from_str(body).unwrap();
+        by_type.entry(v["type"].as_str().unwrap().to_owned()).or_default().insert(h["webhook-id"].as_str());
+    }
+    let counts: BTreeMap<&str, usize> = by_type.iter().map(|(t, s)| (t.as_str(), s.len())).collect();
+    println!(
+        "{} requests for {} distinct events (503 for 5 s, every tenth slower than the timeout, a kill -9): {counts:?}",
+        delivered.len(),
+        ids.len()
+    );
+    assert_eq!(ids.len(), truth_ids.len(), "an event the stream does not have was delivered");
+    let expected: BTreeMap<&str, usize> = [
+        ("batch.completed", 1),
+        ("message.delivered", 200),
+        ("message.received", 20),
+        ("message.sent", 200),
+        ("recipient.opted_out", 5),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(counts, expected);
+    // The same event always carries the same body (one occurrence, one id).
+    let mut bodies: BTreeMap<&str, String> = BTreeMap::new();
+    for (h, body) in &delivered {
+        let data = serde_json::from_str::<Value>(body).unwrap()["data"].to_string();
+        let prev = bodies.insert(h["webhook-id"].as_str(), data.clone());
+        assert!(prev.is_none_or(|p| p == data), "an id carried two different events");
+    }
+    // Per recipient, events were first delivered in the order they happened.
+    let mut first_seen: Vec<&str> = Vec::new();
+    let mut seen = HashSet::new();
+    for (h, _) in &delivered {
+        if seen.insert(h["webhook-id"].as_str()) {
+            first_seen.push(h["webhook-id"].as_str());
+        }
+    }
+    let recipient_of: BTreeMap<&str, String> =
+        truth.iter().filter_map(|e| Some((e["id"].as_str()?, e["data"]["recipient"].as_str()?.to_owned()))).collect();
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    let position: BTreeMap<&str, usize> = truth_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    for id in &first_seen {
+        if let Some(r) = recipient_of.get(id) {
+            if let Some(prev) = last.insert(r.as_str(), id) {
+                assert!(position[prev] < position[id], "{r}: {id} left before {prev}");
+            }
+        }
+    }
+    // Every signature verifies with Standard Webhooks' own Python library.
+    let dump = std::env::temp_dir().join(format!("deliveries-{}.json", ulid::Ulid::new()));
+    std::fs::write(
+        &dump,
+        serde_json::to_string(&delivered.iter().map(|(h, b)| json!({"headers": h, "body": b})).collect::<Vec<_>>())
+            .unwrap(),
+    )
+    .unwrap();
+    let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json,sys\nfrom standardwebhooks.webhooks import Webhook\nwh=Webhook(sys.argv[2])\nn=0\n\
+             for d in json.load(open(sys.argv[1])):\n    wh.verify(d['body'], d['headers']); n+=1\nprint(n)",
+        ])
+        .arg(&dump)
+        .arg(&secret)
+        .output()
+        .expect("python with standardwebhooks (scripts/test installs it)");
+    let _ = std::fs::remove_file(&dump);
+    assert!(out.status.success(), "a signature did not verify: {}", String::from_utf8_lossy(&out.stderr));
+    println!(
+        "signatures verified by the Python standardwebhooks library: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), delivered.len().to_string());
+
+    // 410: called once per lane at most (they run side by side), then never again; the customer says why.
+    let (_, beta) = server.call("GET", "/v1/customers/beta", None).await;
+    println!(
+        "after a 410: {} call(s); events_disabled {}",
+        gone_inbox.0.lock().unwrap().len(),
+        beta["events_disabled"]
+    );
+    assert!(beta["events_disabled"].as_str().is_some_and(|w| w.contains("410")), "{beta}");
+    let calls = gone_inbox.0.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(gone_inbox.0.lock().unwrap().len(), calls, "a gone endpoint was called again");
+    assert!((1..=8).contains(&calls), "{calls} calls");
+}

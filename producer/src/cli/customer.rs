@@ -66,6 +66,14 @@ pub struct AddArgs {
     /// What a tenant who texts HELP or INFO is sent back (who is texting and how to stop); `none` = no answer.
     #[arg(long)]
     help_text: Option<String>,
+    /// Deliver the customer's events to this https URL, signed per Standard Webhooks (turns events on); `none` =
+    /// stop delivering. Private, loopback and link-local addresses are refused unless
+    /// MESSENGER_EVENTS_ALLOW_PRIVATE=true.
+    #[arg(long)]
+    events_url: Option<String>,
+    /// The signing secret (`whsec_…`); without one, a secret is generated and printed once.
+    #[arg(long)]
+    events_secret: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -96,6 +104,8 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 per_second,
                 events,
                 help_text,
+                events_url,
+                events_secret,
                 json,
             } = *args;
             let id = parse_id(CustomerId::parse, &id)?;
@@ -112,6 +122,8 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 per_second: change(per_second, "none"),
                 events: events.map_or(Change::Keep, |v| Change::Set(v == "on")),
                 help_text: change(help_text, "none"),
+                events_url: change(events_url, "none"),
+                events_secret: change(events_secret, "none"),
             };
             let deps = connect(settings).await?;
             let saved = customers::save(&deps, &id, input).await?;
@@ -121,10 +133,16 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
             if json {
                 let mut v = serde_json::to_value(&saved.customer).expect("serialisable");
                 v["created"] = saved.created.into();
+                if let Some(s) = &saved.generated_secret {
+                    v["events_secret"] = s.to_string().into();
+                }
                 print_json(&v);
             } else {
                 let verb = if saved.created { "created" } else { "updated" };
                 println!("customer {id} {verb}: {}", describe(&saved.customer));
+                if let Some(s) = &saved.generated_secret {
+                    println!("events secret (shown this once; the app verifies signatures with it): {s}");
+                }
             }
         }
         CustomerCommand::List { json } => {

@@ -2,7 +2,7 @@
 //! clearing one is explicit ([`Change::Clear`]: the CLI's `--account-sid main`, JSON `"account_sid": null`).
 
 use shared::carriers::Caps;
-use shared::customers::{self, Change, Customer, CustomerUpdate};
+use shared::customers::{self, Change, Customer, CustomerUpdate, EventsSecret};
 use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use shared::twilio::TwilioError;
 use shared::twilio::accounts::{TokenError, check_subaccount};
@@ -11,7 +11,7 @@ use super::{Deps, OpsError, Problems};
 
 /// A change to a customer as the caller wrote it, not yet parsed. Field names in errors: `account_sid`,
 /// `area_code`, `max_numbers`, `messaging_service_sid`, `quiet_hours`, `time_zone`, `lookup`, `tmobile_daily_cap`,
-/// `att_per_minute`, `per_second`, `events`, `help_text`.
+/// `att_per_minute`, `per_second`, `events`, `help_text`, `events_url`, `events_secret`.
 #[derive(Clone, Debug, Default)]
 pub struct CustomerInput {
     pub account_sid: Change<String>,
@@ -34,6 +34,10 @@ pub struct CustomerInput {
     pub events: Change<bool>,
     /// The answer to HELP / INFO: 1 to 320 characters, no control characters.
     pub help_text: Change<String>,
+    /// Where events are delivered: an https URL of a public address (`crate::ssrf`). Setting it turns events on.
+    pub events_url: Change<String>,
+    /// `whsec_` and base64 of 24 to 64 bytes; generated (and shown once) when a URL is set and none is stored.
+    pub events_secret: Change<String>,
 }
 
 /// A saved customer.
@@ -44,6 +48,8 @@ pub struct Saved {
     /// What could not be checked (Twilio unreachable or not configured) or deserves attention (a suspended
     /// subaccount). The change was saved anyway.
     pub warnings: Vec<String>,
+    /// The events secret Messenger generated for this save: shown to the caller this once, never again.
+    pub generated_secret: Option<EventsSecret>,
 }
 
 /// Parses `input` into an update; every problem is named.
@@ -75,6 +81,9 @@ fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
         per_second: parse_change(&mut p, "per_second", input.per_second, |v| cap(v, Caps::PER_SECOND_MAX)),
         events: input.events,
         help_text: parse_change(&mut p, "help_text", input.help_text, help_text),
+        // Checked (with a DNS lookup) in `save`.
+        events_url: input.events_url,
+        events_secret: parse_change(&mut p, "events_secret", input.events_secret, events_secret),
     };
     p.finish()?;
     Ok(update)
@@ -91,6 +100,24 @@ fn help_text(v: &str) -> Result<String, String> {
         return Err("may not contain control characters (line breaks included)".into());
     }
     Ok(v.to_owned())
+}
+
+/// A webhook signing secret as Standard Webhooks writes them.
+fn events_secret(v: &str) -> Result<EventsSecret, String> {
+    use base64::Engine;
+    let raw = v.trim().strip_prefix("whsec_").ok_or("must start with whsec_ (Standard Webhooks' form)")?;
+    let key = base64::engine::general_purpose::STANDARD.decode(raw).map_err(|_| "is not whsec_ and base64")?;
+    if !(24..=64).contains(&key.len()) {
+        return Err(format!("must hold 24 to 64 bytes, not {}", key.len()));
+    }
+    Ok(EventsSecret(format!("whsec_{raw}")))
+}
+
+/// A new signing secret: 32 random bytes.
+fn new_secret() -> EventsSecret {
+    use base64::Engine;
+    let key: [u8; 32] = rand::random();
+    EventsSecret(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)))
 }
 
 /// A carrier cap: a whole number within `1..=max`.
@@ -118,9 +145,25 @@ fn parse_change<T, E: std::fmt::Display>(
 /// subaccount and a Messaging Service together are not supported) and what it newly names with Twilio (a definite
 /// "no" rejects the request), then writes only the fields that change.
 pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<Saved, OpsError> {
-    let update = parse(input)?;
+    let mut update = parse(input)?;
+    if let Change::Set(url) = &update.events_url {
+        let url = crate::ssrf::check_url(url, deps.settings.events.allow_private)
+            .await
+            .map_err(|e| OpsError::invalid("events_url", e))?;
+        update.events_url = Change::Set(url.to_string());
+        if update.events.is_keep() {
+            update.events = Change::Set(true);
+        }
+    }
     let mut conn = deps.conn();
     let stored = customers::get(&mut conn, id).await?;
+    let mut generated_secret = None;
+    let has_secret = stored.as_ref().is_some_and(|c| c.events_secret.is_some());
+    if matches!(update.events_url, Change::Set(_)) && update.events_secret.is_keep() && !has_secret {
+        let secret = new_secret();
+        update.events_secret = Change::Set(secret.clone());
+        generated_secret = Some(secret);
+    }
     let after = update.applied_to(id, stored.as_ref(), deps.settings.default_max_numbers);
     if after.account_sid.is_some() && after.messaging_service.is_some() {
         let field = if update.messaging_service.is_keep() { "account_sid" } else { "messaging_service_sid" };
@@ -138,8 +181,16 @@ pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<
     if let Change::Set(service) = &update.messaging_service {
         check_service(deps, service, &mut warnings).await?;
     }
+    let new_url = match &update.events_url {
+        Change::Set(url) => stored.as_ref().and_then(|c| c.events_url.as_deref()) != Some(url.as_str()),
+        _ => false,
+    };
+    if new_url {
+        // Before the URL is stored, so no deliverer sees it without a starting point.
+        super::events::start_delivery_here(deps, id).await?;
+    }
     let created = customers::update(&mut conn, id, &update, deps.settings.default_max_numbers).await?;
-    Ok(Saved { customer: after, created, warnings })
+    Ok(Saved { customer: after, created, warnings, generated_secret })
 }
 
 const NOT_CHECKED: &str = "not checked with Twilio (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set)";

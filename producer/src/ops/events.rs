@@ -95,7 +95,7 @@ fn page_size(v: &str) -> Result<usize, String> {
 }
 
 /// An event from its stream entry (`t` and the data fields the scripts wrote).
-fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String)>) -> Event {
+pub fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String)>) -> Event {
     let ms: i64 = stream_id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     let timestamp = chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -185,4 +185,32 @@ pub async fn opt_out_record(deps: &Deps, id: &CustomerId, phone: &str) -> Result
         })
         .collect();
     Ok(OptOutRecord { phone: phone.to_string(), opted_out: member, history })
+}
+
+/// Marks where delivery to a newly set URL starts: the events recorded from now on (the stream's last id now);
+/// earlier ones stay available to the pull API.
+pub async fn start_delivery_here(deps: &Deps, id: &CustomerId) -> Result<(), OpsError> {
+    let k = CustomerKeys::new(id);
+    let mut conn = deps.conn();
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(k.events())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .map_err(OpsError::from)?;
+    let from = last.first().map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone());
+    let (): () = redis::pipe()
+        .del(k.events_lanes())
+        .ignore()
+        .del(k.events_retry())
+        .ignore()
+        .hset(k.events_lanes(), "start", from)
+        .ignore()
+        .query_async(&mut conn)
+        .await
+        .map_err(OpsError::from)?;
+    Ok(())
 }

@@ -100,6 +100,14 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<String>, nullable)]
     pub help_text: Change<String>,
+    /// Deliver events to this https URL (public addresses only), signed per Standard Webhooks; `null` = stop.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub events_url: Change<String>,
+    /// `whsec_…`; without one a secret is generated and returned once, in this response.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub events_secret: Change<String>,
 }
 
 /// A customer's settings.
@@ -121,6 +129,12 @@ pub struct CustomerResponse {
     /// Events are recorded (`GET …/events`).
     pub events: bool,
     pub help_text: Option<String>,
+    pub events_url: Option<String>,
+    /// Why delivery stopped (the endpoint answered 410 Gone); saving the URL again resumes it.
+    pub events_disabled: Option<String>,
+    /// `PUT` only, once: the signing secret Messenger generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_secret: Option<String>,
     /// `PUT` only: true if the request created the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
@@ -146,6 +160,9 @@ impl From<Customer> for CustomerResponse {
             per_second: c.caps.per_second,
             events: c.events,
             help_text: c.help_text,
+            events_url: c.events_url,
+            events_disabled: c.events_disabled,
+            events_secret: None,
             created: None,
             warnings: Vec::new(),
         }
@@ -307,6 +324,8 @@ pub async fn put_customer(
         per_second: req.per_second.map(|n| n.to_string()),
         events: req.events,
         help_text: req.help_text,
+        events_url: req.events_url,
+        events_secret: req.events_secret,
     };
     let saved = customer_ops::save(&ops, &id, input).await?;
     for w in &saved.warnings {
@@ -314,6 +333,7 @@ pub async fn put_customer(
     }
     let mut body = CustomerResponse::from(saved.customer);
     body.created = Some(saved.created);
+    body.events_secret = saved.generated_secret.map(|s| s.to_string());
     body.warnings = saved.warnings;
     Ok((if saved.created { StatusCode::CREATED } else { StatusCode::OK }, Json(body)))
 }

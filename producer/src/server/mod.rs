@@ -12,6 +12,7 @@
 //! - [`api`]: the `/v1` routes (customers, bulk texts, single messages, batches, pools), over [`crate::ops`].
 //! - [`dashboard`]: `/dashboard`, the web pages support staff use (overview, batches, pools), over [`crate::ops`].
 //! - [`webhooks`]: `/twilio/inbound` (replies, STOP/START) and `/twilio/status` (delivery reports), signed by Twilio.
+//! - [`deliver`]: customers' events to their endpoints, signed per Standard Webhooks, beside the API.
 //! - [`auth`]: bearer tokens, admin or scoped to customers.
 //! - [`error`]: the one error shape every route answers with, and the one mapping of [`crate::ops::OpsError`].
 //! - [`metrics`]: Prometheus counters and histograms behind `/metrics`.
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod auth;
 pub mod dashboard;
+pub mod deliver;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
@@ -116,6 +118,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     router: Router,
+    ops: Deps,
 }
 
 impl Application {
@@ -158,12 +161,12 @@ impl Application {
         let state = AppState {
             dashboard: Dashboard::new(ops.clone(), tokens.clone(), config.dashboard),
             webhooks: Webhooks::new(&ops, public_url, account_tokens, metrics.clone()),
-            ops,
+            ops: ops.clone(),
             tokens,
             metrics,
             limits: config.limits,
         };
-        Ok(Self { listener, addr, router: router(state) })
+        Ok(Self { listener, addr, router: router(state), ops })
     }
 
     /// The address it listens on.
@@ -174,7 +177,11 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains open requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(addr = %self.addr, "producer serving");
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await
+        // Event delivery runs beside the API, and stops with it.
+        let delivery = tokio::spawn(deliver::run(self.ops));
+        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        delivery.abort();
+        served
     }
 }
 

@@ -1,0 +1,324 @@
+//! Delivery of customers' events to their endpoints (`events_url`), signed per Standard Webhooks; runs inside every
+//! `producer serve`, apart from sending (workers never wait for an endpoint, however slow or dead it is).
+//!
+//! # What it keeps in Redis (per customer, `keys.rs`)
+//! - a lease (`{c:ID}:events:lease`, `SET NX PX`): one server delivers a customer's events at a time;
+//! - `{c:ID}:events:lanes`: per lane, the id of the last event handled (delivered or dead-lettered), and `start`
+//!   (events before it, recorded before the URL was set, are not delivered);
+//! - `{c:ID}:events:retry`: per lane, its failing head event `<id>|<attempts>|<due ms>`;
+//! - `{c:ID}:events:dead` (ZSET, id → when) and `{c:ID}:events:dead:why` (id → attempts and last error).
+//!
+//! # How
+//! Events are split into lanes by recipient (or batch), `MESSENGER_EVENTS_CONCURRENCY` of them: a lane delivers
+//! its events one at a time in stream order, lanes run side by side. So a recipient's events leave in the order
+//! they happened, and an event that fails holds back only its lane: it is tried again on the retry schedule, and
+//! after the last attempt dead-lettered (listed in the API) and its lane moves on. An event is marked handled only
+//! after the endpoint answered 2xx (at least once: a server killed mid-delivery delivers it again, same
+//! `webhook-id`). `410 Gone` stops delivery to the URL (`events_disabled` in the customer's record) until it is
+//! saved again; events are still recorded and can be pulled.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use shared::customers::Customer;
+use shared::keys::CustomerKeys;
+
+use crate::ops::Deps;
+use crate::ops::events::{Event, event};
+
+/// Events read per lane-pass, and how often a server looks for work.
+const PAGE: usize = 500;
+const TICK: Duration = Duration::from_millis(200);
+const LEASE: Duration = Duration::from_secs(15);
+/// How often the list of customers with an endpoint is re-read.
+const CUSTOMERS_EVERY: Duration = Duration::from_secs(3);
+
+/// Runs until the task is dropped (the server shutting down).
+pub async fn run(deps: Deps) {
+    let d = match Deliverer::new(deps) {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            tracing::error!(error = %e, "event delivery disabled: cannot build its HTTP client");
+            return;
+        }
+    };
+    let mut targets: Vec<Customer> = Vec::new();
+    let mut listed = Instant::now() - CUSTOMERS_EVERY;
+    loop {
+        if listed.elapsed() >= CUSTOMERS_EVERY {
+            match crate::ops::customers::list(&d.deps).await {
+                Ok(all) => {
+                    targets = all
+                        .into_iter()
+                        .filter(|c| c.events_url.is_some() && c.events_secret.is_some() && c.events_disabled.is_none())
+                        .collect();
+                }
+                Err(e) => tracing::warn!(error = %e, "event delivery: cannot list customers"),
+            }
+            listed = Instant::now();
+        }
+        let passes = targets.iter().map(|c| {
+            let d = d.clone();
+            async move {
+                match d.pass(c).await {
+                    Ok(stopped) => stopped,
+                    Err(e) => {
+                        tracing::warn!(customer = %c.id, error = %e, "event delivery pass failed; retried shortly");
+                        false
+                    }
+                }
+            }
+        });
+        // A customer whose endpoint answered 410 is dropped at once, not at the next listing.
+        let stopped = futures::future::join_all(passes).await;
+        let mut i = 0;
+        targets.retain(|_| {
+            i += 1;
+            !stopped[i - 1]
+        });
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+struct Deliverer {
+    deps: Deps,
+    http: reqwest::Client,
+    /// This server's lease token.
+    token: String,
+}
+
+/// One delivery's outcome.
+enum Outcome {
+    Delivered,
+    Failed(String),
+    Gone,
+}
+
+impl Deliverer {
+    fn new(deps: Deps) -> Result<Self, reqwest::Error> {
+        shared::twilio::client::ensure_tls_provider();
+        let events = &deps.settings.events;
+        let http = reqwest::Client::builder()
+            .timeout(events.timeout)
+            .connect_timeout(events.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(crate::ssrf::GuardedResolver { allow_private: events.allow_private })
+            .no_proxy()
+            .user_agent(concat!("messenger-events/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { deps, http, token: ulid::Ulid::new().to_string() })
+    }
+
+    /// Takes or renews the customer's lease; false when another server holds it.
+    async fn lease(&self, k: &CustomerKeys) -> redis::RedisResult<bool> {
+        let mut conn = self.deps.conn();
+        let key = k.events_lease();
+        let got: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&self.token)
+            .arg("NX")
+            .arg("PX")
+            .arg(LEASE.as_millis() as u64)
+            .query_async(&mut conn)
+            .await?;
+        if got.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = conn.get(&key).await?;
+        if holder.as_deref() == Some(self.token.as_str()) {
+            let _: () = conn.pexpire(&key, LEASE.as_millis() as i64).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// One round of deliveries for customer `c`; true when its endpoint answered 410 Gone (delivery stopped).
+    async fn pass(&self, c: &Customer) -> redis::RedisResult<bool> {
+        let k = CustomerKeys::new(&c.id);
+        if !self.lease(&k).await? {
+            return Ok(false);
+        }
+        let (Some(url), Some(secret)) = (&c.events_url, &c.events_secret) else { return Ok(false) };
+        let Ok(signer) = standardwebhooks::Webhook::new(&secret.0) else {
+            tracing::warn!(customer = %c.id, "event delivery: the stored secret is not whsec_ and base64");
+            return Ok(false);
+        };
+        let lanes = self.deps.settings.events.concurrency as usize;
+        let mut conn = self.deps.conn();
+        let (done, retry, now): (HashMap<String, String>, HashMap<String, String>, (i64, i64)) = redis::pipe()
+            .hgetall(k.events_lanes())
+            .hgetall(k.events_retry())
+            .cmd("TIME")
+            .query_async(&mut conn)
+            .await?;
+        let now_ms = now.0 * 1000 + now.1 / 1000;
+        let start = done.get("start").cloned().unwrap_or_else(|| "0-0".into());
+        let done_of = |lane: usize| done.get(&lane.to_string()).cloned().unwrap_or_else(|| start.clone());
+
+        // Each lane: its queue of events to deliver now, in order. A blocked lane gets its head event when due.
+        let mut queues: Vec<Vec<Event>> = vec![Vec::new(); lanes];
+        let mut heads: Vec<Option<(String, u32)>> = vec![None; lanes];
+        for (lane, v) in &retry {
+            let Ok(lane) = lane.parse::<usize>() else { continue };
+            if lane >= lanes {
+                continue;
+            }
+            let mut p = v.split('|');
+            let (id, attempts, due) = (p.next().unwrap_or(""), p.next().unwrap_or("0"), p.next().unwrap_or("0"));
+            heads[lane] = Some((id.to_owned(), attempts.parse().unwrap_or(0)));
+            if due.parse::<i64>().unwrap_or(0) <= now_ms {
+                let rows: Vec<(String, Vec<(String, String)>)> =
+                    redis::cmd("XRANGE").arg(k.events()).arg(id).arg(id).query_async(&mut conn).await?;
+                match rows.into_iter().next() {
+                    Some((sid, fields)) => queues[lane].push(event(&c.id, &sid, fields)),
+                    // Trimmed away meanwhile (retention): nothing left to deliver.
+                    None => self.handled(&k, lane, id, None).await?,
+                }
+            }
+        }
+        let open: Vec<usize> = (0..lanes).filter(|l| heads[*l].is_none()).collect();
+        if let Some(from) = open.iter().map(|l| done_of(*l)).min_by_key(|id| stream_key(id)) {
+            let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(k.events())
+                .arg(format!("({from}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut conn)
+                .await?;
+            for (sid, fields) in rows {
+                let e = event(&c.id, &sid, fields);
+                let lane = lane_of(&e, lanes);
+                if heads[lane].is_none() && stream_key(&sid) > stream_key(&done_of(lane)) {
+                    queues[lane].push(e);
+                }
+            }
+        }
+
+        let schedule = &self.deps.settings.events.retry_schedule.0;
+        let gone = std::sync::atomic::AtomicBool::new(false);
+        let work = queues.into_iter().enumerate().filter(|(_, q)| !q.is_empty()).map(|(lane, queue)| {
+            let head = heads[lane].clone();
+            let (signer, gone, k) = (&signer, &gone, &k);
+            async move {
+                for e in queue {
+                    if gone.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    match self.deliver(url, signer, &e).await {
+                        Outcome::Delivered => self.handled(k, lane, e.id.trim_start_matches("evt_"), None).await?,
+                        Outcome::Gone => {
+                            gone.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Ok(());
+                        }
+                        Outcome::Failed(why) => {
+                            let raw = e.id.trim_start_matches("evt_");
+                            let attempts = match &head {
+                                Some((id, n)) if id == raw => n + 1,
+                                _ => 1,
+                            };
+                            match schedule.get(attempts as usize - 1) {
+                                Some(wait) => {
+                                    let due = now_ms + wait.as_millis() as i64;
+                                    let _: () = self
+                                        .deps
+                                        .conn()
+                                        .hset(k.events_retry(), lane, format!("{raw}|{attempts}|{due}"))
+                                        .await?;
+                                    tracing::info!(customer = %c.id, event = %e.id, attempts, error = %why,
+                                        "event delivery failed; tried again later");
+                                }
+                                None => {
+                                    tracing::warn!(customer = %c.id, event = %e.id, attempts, error = %why,
+                                        "event delivery failed on every attempt: dead-lettered");
+                                    self.handled(k, lane, raw, Some(format!("{attempts} attempts; last: {why}")))
+                                        .await?;
+                                    continue;
+                                }
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok::<(), redis::RedisError>(())
+            }
+        });
+        for r in futures::future::join_all(work).await {
+            r?;
+        }
+        if gone.load(std::sync::atomic::Ordering::Relaxed) {
+            let why = format!("the endpoint answered 410 Gone at {}; save the URL again to resume", now_iso(now_ms));
+            tracing::warn!(customer = %c.id, "event endpoint answered 410 Gone: delivery stopped");
+            let _: () = conn.hset(k.cfg(), "events_disabled", why).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Marks an event of `lane` handled: delivered, or dead-lettered with `dead`.
+    async fn handled(&self, k: &CustomerKeys, lane: usize, id: &str, dead: Option<String>) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.hset(k.events_lanes(), lane, id).ignore().hdel(k.events_retry(), lane).ignore();
+        if let Some(why) = dead {
+            let ms: i64 = id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+            pipe.zadd(k.events_dead(), id, ms).ignore().hset(k.events_dead_why(), id, why).ignore();
+        }
+        pipe.query_async(&mut self.deps.conn()).await
+    }
+
+    async fn deliver(&self, url: &str, signer: &standardwebhooks::Webhook, e: &Event) -> Outcome {
+        let body = serde_json::to_vec(&serde_json::json!({"type": e.kind, "timestamp": e.timestamp, "data": e.data}))
+            .expect("serialisable");
+        let ts = chrono::Utc::now().timestamp();
+        let Ok(signature) = signer.sign(&e.id, ts, &body) else { return Outcome::Failed("cannot sign".into()) };
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header(standardwebhooks::HEADER_WEBHOOK_ID, &e.id)
+            .header(standardwebhooks::HEADER_WEBHOOK_TIMESTAMP, ts.to_string())
+            .header(standardwebhooks::HEADER_WEBHOOK_SIGNATURE, signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Outcome::Delivered,
+            Ok(r) if r.status() == reqwest::StatusCode::GONE => Outcome::Gone,
+            Ok(r) => Outcome::Failed(format!("answered {}", r.status().as_u16())),
+            Err(e) if e.is_timeout() => Outcome::Failed("timed out".into()),
+            Err(e) => Outcome::Failed(format!("could not be reached ({})", short(&e))),
+        }
+    }
+}
+
+/// The innermost cause of a request error, without the URL (it may carry a customer's path).
+fn short(e: &reqwest::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}
+
+fn now_iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A stream id as numbers, for comparing (`<ms>-<n>`).
+fn stream_key(id: &str) -> (u64, u64) {
+    let (ms, n) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), n.parse().unwrap_or(0))
+}
+
+/// The lane of an event: by recipient, else by batch, else by id (FNV-1a, stable across servers and restarts).
+fn lane_of(e: &Event, lanes: usize) -> usize {
+    let key = ["recipient", "batch"].iter().find_map(|f| e.data.get(*f).and_then(|v| v.as_str())).unwrap_or(&e.id);
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in key.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % lanes.max(1) as u64) as usize
+}
