@@ -87,10 +87,11 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, String> {
     let port = url.port_or_known_default().unwrap_or(443);
     for addr in resolve(&host, port).await? {
         if let Some(why) = forbidden(addr.ip()) {
+            let ip = addr.ip().to_string();
+            let what = if host.trim_matches(['[', ']']) == ip { ip } else { format!("{host} resolves to {ip}, which") };
             return Err(format!(
-                "{host} is {ip}, a {why} address: Messenger only calls public addresses (set \
-                 MESSENGER_EVENTS_ALLOW_PRIVATE=true for an endpoint on the deployment's own network)",
-                ip = addr.ip()
+                "{what} is a {why} address: Messenger only calls public addresses (set \
+                 MESSENGER_EVENTS_ALLOW_PRIVATE=true for an endpoint on the deployment's own network)"
             ));
         }
     }

@@ -32,7 +32,7 @@
 //! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`, 15 s) |
 //! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
 //! | `{c:ID}:events:retry` | HASH | lane → its failing head event `<id>|<attempts>|<due ms>` |
-//! | `{c:ID}:events:dead` | ZSET | events given up after every attempt (id → ms); `:dead:why` HASH id → attempts and last error |
+//! | `{c:ID}:events:dead` | ZSET | events given up after every attempt (id → ms); `:dead:why` HASH id → attempts and last error; `:replay` ZSET: the ones queued to be sent once more |
 //! | `{c:ID}:events` | STREAM | the customer's events (`t` type and data fields), about 200,000 and 7 days kept; written only when the customer records events |
 //! | `{c:ID}:lt:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits) → its line as Lookup said (carriers.rs code); one set of 1,000 buckets per 30-day epoch, two epochs kept |
 //! | `{c:ID}:cap:att` | LIST | its AT&T sends in the last 61 s, `<Redis ms>:<reservation id>` (AT&T's per-minute cap) |
@@ -169,6 +169,10 @@ impl CustomerKeys {
     /// Dead-lettered events: id → when recorded (ZSET).
     pub fn events_dead(&self) -> String {
         self.key("events:dead")
+    }
+    /// Dead-lettered events queued for one more delivery: id → when recorded (ZSET).
+    pub fn events_replay(&self) -> String {
+        self.key("events:replay")
     }
     /// Why each dead-lettered event was given up: id → attempts and last error (HASH).
     pub fn events_dead_why(&self) -> String {

@@ -154,6 +154,8 @@ scripts! {
     LOCK_RELEASE => "lock_release.lua";
     /// Credit an inbound message to a number's limit.
     RECORD_INBOUND => "record_inbound.lua";
+    /// Queue dead-lettered events for one more delivery.
+    EVENTS_REPLAY => "events_replay.lua";
     /// Store or compare the fleet's quota settings.
     FLEET_SETTINGS => "fleet_settings.lua";
     /// Cancel a batch.

@@ -517,3 +517,121 @@ async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outa
     assert_eq!(gone_inbox.0.lock().unwrap().len(), calls, "a gone endpoint was called again");
     assert!((1..=8).contains(&calls), "{calls} calls");
 }
+
+/// Acceptance 4: with the guard on, an endpoint on loopback, a private network, the metadata address, IPv6 loopback
+/// or a name that resolves to loopback is refused with a clear error — exit 2 from the CLI, 422 from the API — and
+/// nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_on_private_addresses_are_refused_and_change_nothing() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "2"]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
+    let _serve = Server::start(&w, port);
+    server.up().await;
+    let before = w.redis.digest();
+    for (url, words) in [
+        ("https://127.0.0.1/hooks", "loopback"),
+        ("https://10.20.30.40/hooks", "private"),
+        ("https://169.254.169.254/latest/meta-data/", "link-local"),
+        ("https://[::1]:8443/hooks", "loopback"),
+        ("https://localhost/hooks", "loopback"),
+        ("http://93.184.216.34/hooks", "https"),
+        ("ftp://example.com/x", "https"),
+    ] {
+        let out = w.producer(&["customer", "add", "acme", "--events-url", url]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{url}: exit {:?}: {}", out.status.code(), err.trim());
+        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains("--events-url") && err.contains(words), "{url}: {err}");
+        let (s, body) = server.call("PUT", "/v1/customers/acme", Some(json!({"events_url": url}))).await;
+        assert_eq!(s, 422, "{url}: {body}");
+        assert_eq!(body["error"]["field"], "events_url", "{body}");
+        assert!(body.to_string().contains(words), "{url}: {body}");
+    }
+    let bad_secret = w.producer(&["customer", "add", "acme", "--events-secret", "hunter2"]).await;
+    assert_eq!(bad_secret.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_secret.stderr).contains("whsec_"));
+    assert_eq!(w.redis.digest(), before, "a refused endpoint changed something");
+}
+
+/// Events that fail every attempt are dead-lettered — listed with why — while their lane goes on; a replay sends
+/// them once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_fail_every_attempt_are_dead_lettered_and_can_be_replayed() {
+    use axum::http::StatusCode;
+    let mut w = World::start(SimConfig::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_PUBLIC_URL", &server.base)
+        .set("MESSENGER_EVENTS_ALLOW_PRIVATE", "true")
+        .set("MESSENGER_EVENTS_RETRY_SCHEDULE", "100ms,200ms");
+    let _serve = Server::start(&w, port);
+    server.up().await;
+    // An endpoint that refuses (500) until told otherwise.
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let (up, received) = (up.clone(), received.clone());
+            move |headers: axum::http::HeaderMap| {
+                let (up, received) = (up.clone(), received.clone());
+                async move {
+                    if !up.load(std::sync::atomic::Ordering::Relaxed) {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    received.lock().unwrap().push(id);
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (s, _) = server.call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": 1, "events_url": url}))).await;
+    assert_eq!(s, 201);
+    let _worker = w.worker(4);
+    let (_, accepted) = server
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(json!({"body": "Fire drill", "recipients": recipients(6, 0)})),
+        )
+        .await;
+    let batch = accepted["batch_id"].as_str().unwrap().to_owned();
+    // 6 sent and the batch's completion: 7 events, each tried three times (the first and two retries).
+    let dead = wait_until(Duration::from_secs(60), "every event dead-lettered", || async {
+        let (_, d) = server.call("GET", "/v1/customers/acme/events/dead", None).await;
+        (d.as_array().map(Vec::len) == Some(7)).then_some(d)
+    })
+    .await;
+    println!("dead letters: {} — first: {}", dead.as_array().unwrap().len(), dead[0]);
+    assert!(dead[0]["why"].as_str().unwrap().contains("3 attempts; last: answered 500"), "{}", dead[0]);
+    assert!(
+        dead.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["event"]["type"] == "batch.completed" && d["event"]["data"]["batch"] == batch.as_str())
+    );
+    let (s, body) = server.call("POST", "/v1/customers/acme/events/dead/replay", Some(json!({"ids": ["nope"]}))).await;
+    assert_eq!(s, 422, "{body}");
+    up.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (s, q) = server.call("POST", "/v1/customers/acme/events/dead/replay", Some(json!({}))).await;
+    assert_eq!((s, q["queued"].as_u64()), (202, Some(7)), "{q}");
+    let ids: Vec<String> =
+        dead.as_array().unwrap().iter().map(|d| d["event"]["id"].as_str().unwrap().to_owned()).collect();
+    wait_until(Duration::from_secs(30), "the replays to arrive", || async {
+        let got = received.lock().unwrap().clone();
+        ids.iter().all(|i| got.contains(i)).then_some(())
+    })
+    .await;
+    let (_, after) = server.call("GET", "/v1/customers/acme/events/dead", None).await;
+    assert_eq!(after.as_array().map(Vec::len), Some(0), "{after}");
+    println!("replayed {} dead letters; none left", ids.len());
+}

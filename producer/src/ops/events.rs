@@ -214,3 +214,66 @@ pub async fn start_delivery_here(deps: &Deps, id: &CustomerId) -> Result<(), Ops
         .map_err(OpsError::from)?;
     Ok(())
 }
+
+/// An event given up after every delivery attempt.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    pub event: Event,
+    /// How many attempts, and the last failure.
+    pub why: String,
+}
+
+/// Most dead letters one call lists or replays.
+pub const DEAD_MAX: usize = 1_000;
+
+/// Customer `id`'s dead-lettered events, oldest first (at most [`DEAD_MAX`]); events the stream no longer keeps
+/// (retention) are left out.
+pub async fn dead_letters(deps: &Deps, id: &CustomerId) -> Result<Vec<DeadLetter>, OpsError> {
+    customers::get(deps, id).await?;
+    let k = CustomerKeys::new(id);
+    let mut conn = deps.conn();
+    let ids: Vec<String> =
+        redis::cmd("ZRANGE").arg(k.events_dead()).arg(0).arg(DEAD_MAX as i64 - 1).query_async(&mut conn).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for i in &ids {
+        pipe.cmd("XRANGE").arg(k.events()).arg(i).arg(i).hget(k.events_dead_why(), i);
+    }
+    let rows: Vec<(Vec<(String, Vec<(String, String)>)>, Option<String>)> = pipe.query_async(&mut conn).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(found, why)| {
+            let (sid, fields) = found.into_iter().next()?;
+            Some(DeadLetter { event: event(id, &sid, fields), why: why.unwrap_or_default() })
+        })
+        .collect())
+}
+
+/// Queues customer `id`'s dead-lettered events (all, or those of `only`) for one more delivery each; returns how
+/// many were queued. The deliverer sends them apart from the lanes (a replay is out of order by nature); one that
+/// fails again goes back to the dead letters.
+pub async fn replay_dead(deps: &Deps, id: &CustomerId, only: Option<&[String]>) -> Result<u64, OpsError> {
+    customers::get(deps, id).await?;
+    let ids: Vec<String> = match only {
+        Some(list) => {
+            let mut p = Problems::default();
+            let parsed: Vec<String> = list.iter().filter_map(|e| p.check("ids", cursor(e))).collect();
+            if list.len() > DEAD_MAX {
+                p.push("ids", format!("at most {DEAD_MAX} at once, not {}", list.len()));
+            }
+            p.finish()?;
+            parsed
+        }
+        None => Vec::new(),
+    };
+    let n: u64 = shared::scripts::EVENTS_REPLAY
+        .key(CustomerKeys::new(id).events_dead())
+        .key(CustomerKeys::new(id).events_replay())
+        .arg(DEAD_MAX)
+        .arg(&ids)
+        .run(&mut deps.conn())
+        .await?;
+    Ok(n)
+}

@@ -16,7 +16,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
 use super::metrics::Metrics;
 use crate::ops::customers::{self as customer_ops, CustomerInput};
-use crate::ops::events::{self, EventPage, OptOutRecord};
+use crate::ops::events::{self, DeadLetter, EventPage, OptOutRecord};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
@@ -526,6 +526,62 @@ pub async fn get_events(
         .map_err(|_| ApiError::bad_request("invalid_query", "the query string could not be read"))?;
     let param = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     Ok(Json(events::list(&ops, &id, param("after"), param("limit")).await?))
+}
+
+/// The customer's events given up after every delivery attempt, oldest first (at most 1,000).
+#[utoipa::path(get, path = "/v1/customers/{id}/events/dead", tag = "events",
+    params(("id" = String, Path, description = "Customer id")),
+    responses(
+        (status = 200, body = Vec<DeadLetter>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_dead_letters(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(events::dead_letters(&ops, &id).await?))
+}
+
+/// `POST …/events/dead/replay` body: the dead letters to send once more (none: all, oldest first, up to 1,000).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayQueued {
+    /// Dead letters queued for one more delivery.
+    pub queued: u64,
+}
+
+/// Sends dead-lettered events once more (each out of its original order); one that fails again is a dead letter
+/// again.
+#[utoipa::path(post, path = "/v1/customers/{id}/events/dead/replay", tag = "events",
+    params(("id" = String, Path, description = "Customer id")),
+    request_body = ReplayRequest,
+    responses(
+        (status = 202, body = ReplayQueued),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_replay(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ReplayRequest>,
+) -> Result<(StatusCode, Json<ReplayQueued>), ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let queued = events::replay_dead(&ops, &id, req.ids.as_deref()).await?;
+    tracing::info!(customer = %id, queued, "dead-lettered events queued for replay");
+    Ok((StatusCode::ACCEPTED, Json(ReplayQueued { queued })))
 }
 
 /// A tenant's opt-out state and record: every opt-out and opt-in (keyword, number, time), the evidence of consent.

@@ -6,7 +6,8 @@
 //! - `{c:ID}:events:lanes`: per lane, the id of the last event handled (delivered or dead-lettered), and `start`
 //!   (events before it, recorded before the URL was set, are not delivered);
 //! - `{c:ID}:events:retry`: per lane, its failing head event `<id>|<attempts>|<due ms>`;
-//! - `{c:ID}:events:dead` (ZSET, id → when) and `{c:ID}:events:dead:why` (id → attempts and last error).
+//! - `{c:ID}:events:dead` (ZSET, id → when) and `{c:ID}:events:dead:why` (id → attempts and last error);
+//!   `{c:ID}:events:replay`: dead letters queued (API) to be sent once more.
 //!
 //! # How
 //! Events are split into lanes by recipient (or batch), `MESSENGER_EVENTS_CONCURRENCY` of them: a lane delivers
@@ -195,6 +196,34 @@ impl Deliverer {
                     queues[lane].push(e);
                 }
             }
+        }
+
+        // Replays asked for through the API: once each, apart from the lanes.
+        let replays: Vec<String> =
+            redis::cmd("ZRANGE").arg(k.events_replay()).arg(0).arg(49).query_async(&mut conn).await?;
+        for id in replays {
+            let rows: Vec<(String, Vec<(String, String)>)> =
+                redis::cmd("XRANGE").arg(k.events()).arg(&id).arg(&id).query_async(&mut conn).await?;
+            let mut pipe = redis::pipe();
+            pipe.zrem(k.events_replay(), &id).ignore();
+            if let Some((sid, fields)) = rows.into_iter().next() {
+                let why = match self.deliver(url, &signer, &event(&c.id, &sid, fields)).await {
+                    Outcome::Delivered => None,
+                    Outcome::Failed(why) => Some(why),
+                    Outcome::Gone => Some("answered 410 Gone".to_owned()),
+                };
+                match why {
+                    None => {
+                        pipe.hdel(k.events_dead_why(), &id).ignore();
+                    }
+                    Some(why) => {
+                        let ms: i64 = id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+                        pipe.zadd(k.events_dead(), &id, ms).ignore();
+                        pipe.hset(k.events_dead_why(), &id, format!("replayed at {}: {why}", now_iso(now_ms))).ignore();
+                    }
+                }
+            }
+            let (): () = pipe.query_async(&mut conn).await?;
         }
 
         let schedule = &self.deps.settings.events.retry_schedule.0;

@@ -211,6 +211,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/messages", post(api::post_message))
         .route("/v1/customers/{id}/pool", get(api::get_pool))
         .route("/v1/customers/{id}/events", get(api::get_events))
+        .route("/v1/customers/{id}/events/dead", get(api::get_dead_letters))
+        .route("/v1/customers/{id}/events/dead/replay", post(api::post_replay))
         .route("/v1/customers/{id}/opt-outs/{phone}", get(api::get_opt_out))
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
