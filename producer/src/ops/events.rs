@@ -14,6 +14,9 @@ use shared::keys::CustomerKeys;
 
 use super::{Deps, OpsError, Problems, customers};
 
+/// A stream entry as Redis returns it: its id and its field/value pairs.
+pub type StreamEntry = (String, Vec<(String, String)>);
+
 /// Most events one page returns, and how many when the caller does not say.
 pub const PAGE_MAX: usize = 1_000;
 pub const PAGE_DEFAULT: usize = 100;
@@ -59,7 +62,7 @@ pub async fn list(
     p.finish()?;
     let customer = customers::get(deps, id).await?;
     let start = after.as_ref().map_or_else(|| "-".to_owned(), |a| format!("({a}"));
-    let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+    let rows: Vec<StreamEntry> = redis::cmd("XRANGE")
         .arg(CustomerKeys::new(id).events())
         .arg(&start)
         .arg("+")
@@ -192,7 +195,7 @@ pub async fn opt_out_record(deps: &Deps, id: &CustomerId, phone: &str) -> Result
 pub async fn start_delivery_here(deps: &Deps, id: &CustomerId) -> Result<(), OpsError> {
     let k = CustomerKeys::new(id);
     let mut conn = deps.conn();
-    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+    let last: Vec<StreamEntry> = redis::cmd("XREVRANGE")
         .arg(k.events())
         .arg("+")
         .arg("-")
@@ -241,7 +244,7 @@ pub async fn dead_letters(deps: &Deps, id: &CustomerId) -> Result<Vec<DeadLetter
     for i in &ids {
         pipe.cmd("XRANGE").arg(k.events()).arg(i).arg(i).hget(k.events_dead_why(), i);
     }
-    let rows: Vec<(Vec<(String, Vec<(String, String)>)>, Option<String>)> = pipe.query_async(&mut conn).await?;
+    let rows: Vec<(Vec<StreamEntry>, Option<String>)> = pipe.query_async(&mut conn).await?;
     Ok(rows
         .into_iter()
         .filter_map(|(found, why)| {

@@ -27,7 +27,7 @@ use shared::customers::Customer;
 use shared::keys::CustomerKeys;
 
 use crate::ops::Deps;
-use crate::ops::events::{Event, event};
+use crate::ops::events::{Event, StreamEntry, event};
 
 /// Events read per lane-pass, and how often a server looks for work.
 const PAGE: usize = 500;
@@ -170,7 +170,7 @@ impl Deliverer {
             let (id, attempts, due) = (p.next().unwrap_or(""), p.next().unwrap_or("0"), p.next().unwrap_or("0"));
             heads[lane] = Some((id.to_owned(), attempts.parse().unwrap_or(0)));
             if due.parse::<i64>().unwrap_or(0) <= now_ms {
-                let rows: Vec<(String, Vec<(String, String)>)> =
+                let rows: Vec<StreamEntry> =
                     redis::cmd("XRANGE").arg(k.events()).arg(id).arg(id).query_async(&mut conn).await?;
                 match rows.into_iter().next() {
                     Some((sid, fields)) => queues[lane].push(event(&c.id, &sid, fields)),
@@ -181,7 +181,7 @@ impl Deliverer {
         }
         let open: Vec<usize> = (0..lanes).filter(|l| heads[*l].is_none()).collect();
         if let Some(from) = open.iter().map(|l| done_of(*l)).min_by_key(|id| stream_key(id)) {
-            let rows: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            let rows: Vec<StreamEntry> = redis::cmd("XRANGE")
                 .arg(k.events())
                 .arg(format!("({from}"))
                 .arg("+")
@@ -202,7 +202,7 @@ impl Deliverer {
         let replays: Vec<String> =
             redis::cmd("ZRANGE").arg(k.events_replay()).arg(0).arg(49).query_async(&mut conn).await?;
         for id in replays {
-            let rows: Vec<(String, Vec<(String, String)>)> =
+            let rows: Vec<StreamEntry> =
                 redis::cmd("XRANGE").arg(k.events()).arg(&id).arg(&id).query_async(&mut conn).await?;
             let mut pipe = redis::pipe();
             pipe.zrem(k.events_replay(), &id).ignore();
