@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shared::batches::{self, NewBatch};
 use shared::domain::{BatchId, CustomerId, MessageBody, PhoneNumber};
+use shared::keys::CustomerKeys;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::fixtures::{self, max_in_window, recipients};
@@ -49,6 +50,9 @@ pub struct LoadConfig {
     /// Customers with carrier caps high enough never to hold a text (lookups on, every cap checked): what the
     /// caps cost per message.
     pub caps: bool,
+    /// Events: `off`; `pull` (customers record events, nobody is sent them); `dead` (recorded and delivered by a
+    /// `producer serve` to an endpoint that refuses connections): what events cost sending.
+    pub events: String,
 }
 
 /// The template of personalised load-test texts, and one recipient's CSV row for it.
@@ -72,6 +76,8 @@ pub struct Stack {
     pub workers: Vec<Proc>,
     /// Prefix of this run's customer ids, so runs against a shared Redis never collide.
     pub run: String,
+    /// `producer serve` processes of the run (event delivery).
+    pub servers: Vec<Proc>,
 }
 
 impl Stack {
@@ -128,7 +134,18 @@ impl Stack {
             .set("MESSENGER_QUIET_HOURS", &cfg.quiet_hours)
             .set("RUST_LOG", "warn");
         let run = format!("lt{}", &ulid::Ulid::new().to_string().to_ascii_lowercase()[20..]);
-        Ok(Self { redis, replica, cluster, redis_url, sim, sim_base, env, workers: Vec::new(), run })
+        Ok(Self {
+            redis,
+            replica,
+            cluster,
+            redis_url,
+            sim,
+            sim_base,
+            env,
+            workers: Vec::new(),
+            run,
+            servers: Vec::new(),
+        })
     }
 
     pub fn start_workers(&mut self, n: usize, concurrency: usize) {
@@ -210,16 +227,23 @@ impl Stack {
     }
 
     pub async fn add_customer(&self, id: &CustomerId, max_numbers: u32) -> anyhow::Result<()> {
-        self.add_customer_with(id, max_numbers, false).await
+        self.add_customer_with(id, max_numbers, false, &[]).await
     }
 
     /// [`Stack::add_customer`], with (`caps`) carrier caps that check every send and never hold one.
-    pub async fn add_customer_with(&self, id: &CustomerId, max_numbers: u32, caps: bool) -> anyhow::Result<()> {
+    pub async fn add_customer_with(
+        &self,
+        id: &CustomerId,
+        max_numbers: u32,
+        caps: bool,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let max = max_numbers.to_string();
         let mut args = vec!["customer", "add", id.as_str(), "--max-numbers", &max];
         if caps {
             args.extend(["--tmobile-daily-cap", "200000", "--att-per-minute", "4500", "--per-second", "2000"]);
         }
+        args.extend(extra);
         procs::stdout_of(&args, self.env.producer_async(&args).await).map_err(anyhow::Error::msg)?;
         Ok(())
     }
@@ -481,6 +505,9 @@ pub struct BulkReport {
     /// What Redis holds after completion, by kind of key: (keys, bytes).
     pub redis_keys_after: BTreeMap<String, (u64, u64)>,
     pub worker_peak_rss_kib: Vec<u64>,
+    /// Events the customers' streams hold after the run, and their memory per event.
+    pub events_recorded: u64,
+    pub redis_bytes_per_event: f64,
 }
 
 /// Sends `cfg.recipients` spread over `cfg.customers`: enqueue everything, then start the workers and time the
@@ -498,8 +525,21 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     };
     let per_customer = cfg.recipients.div_ceil(cfg.customers);
     let ids: Vec<CustomerId> = (0..cfg.customers).map(|i| stack.customer(i)).collect();
+    // Events delivered to a dead endpoint: a port nothing listens on, and a `producer serve` delivering to it.
+    let dead_url =
+        format!("http://127.0.0.1:{}/hook", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    let events_args: Vec<&str> = match cfg.events.as_str() {
+        "pull" => vec!["--events", "on"],
+        "dead" => vec!["--events-url", &dead_url],
+        _ => Vec::new(),
+    };
+    if cfg.events == "dead" {
+        stack.env = stack.env.clone().set("MESSENGER_EVENTS_ALLOW_PRIVATE", "true");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        stack.servers.push(stack.env.spawn_producer(&["serve", "--listen", &format!("127.0.0.1:{port}")]));
+    }
     for id in &ids {
-        stack.add_customer_with(id, cfg.max_numbers, cfg.caps).await?;
+        stack.add_customer_with(id, cfg.max_numbers, cfg.caps, &events_args).await?;
     }
     report.numbers_minimum = ids.len() * per_customer.div_ceil(cfg.daily_quota as usize);
     if cfg.prebuy {
@@ -618,6 +658,16 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     report.redis_bytes_after_completion = after - mem_before;
     report.redis_bytes_per_window_entry = (after - mem_before) as f64 / msgs;
     report.redis_keys_after = key_inventory(&stack).await;
+    if cfg.events != "off" {
+        let mut conn = stack.conn().await;
+        for id in &ids {
+            let n: u64 =
+                redis::cmd("XLEN").arg(CustomerKeys::new(id).events()).query_async(&mut conn).await.unwrap_or(0);
+            report.events_recorded += n;
+        }
+        let bytes = report.redis_keys_after.get("events").map_or(0, |e| e.1);
+        report.redis_bytes_per_event = bytes as f64 / report.events_recorded.max(1) as f64;
+    }
     Ok(report)
 }
 
@@ -643,6 +693,7 @@ async fn inventory_of(conn: &mut shared::store::Conn, out: &mut BTreeMap<String,
                 Some(r) if r.starts_with("b:") => "batch records",
                 Some(r) if r.starts_with("pool") => "pools",
                 Some(r) if r.starts_with("idem:") => "idempotency keys",
+                Some("events") => "events",
                 Some(_) => "customer config and queues",
                 None => "global",
             };

@@ -118,6 +118,10 @@ struct Common {
     /// send, never reached) and so lookups of every recipient.
     #[arg(long)]
     caps: bool,
+    /// Events: `off`, `pull` (recorded, not delivered) or `dead` (recorded and delivered by a `producer serve` to
+    /// an endpoint that refuses connections).
+    #[arg(long, default_value = "off", value_parser = ["off", "pull", "dead"])]
+    events: String,
 }
 
 impl Common {
@@ -146,6 +150,7 @@ impl Common {
             personalise: self.personalise,
             quiet_hours: self.quiet_hours.clone(),
             caps: self.caps,
+            events: self.events.clone(),
             show_progress: !json,
             cluster: self.cluster,
             replica_acks: self.replica_acks,
