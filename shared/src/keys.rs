@@ -29,7 +29,7 @@
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them (`<number>|<batch id>` for a batch recording events); one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
 //! | `{c:ID}:optrec` | HASH | recipient → its opt-outs and opt-ins (`[{"kind","keyword","number","at_ms"}…]`, the last 20), the evidence of consent |
-//! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`, 15 s) |
+//! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`; 3 s + the delivery timeout + 5 s) |
 //! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
 //! | `{c:ID}:events:retry` | HASH | lane → its failing head event `<id>|<attempts>|<due ms>` |
 //! | `{c:ID}:events:dead` | ZSET | events given up after every attempt (id → ms); `:dead:why` HASH id → attempts and last error; `:replay` ZSET: the ones queued to be sent once more |

@@ -2,7 +2,8 @@
 //! `producer serve`, apart from sending (workers never wait for an endpoint, however slow or dead it is).
 //!
 //! # What it keeps in Redis (per customer, `keys.rs`)
-//! - a lease (`{c:ID}:events:lease`, `SET NX PX`): one server delivers a customer's events at a time;
+//! - a lease (`{c:ID}:events:lease`, `SET NX PX`): one server delivers a customer's events at a time (a pass
+//!   starts no delivery after 3 s, and the lease lasts that plus a delivery's timeout plus 5 s);
 //! - `{c:ID}:events:lanes`: per lane, the id of the last event handled (delivered or dead-lettered), and `start`
 //!   (events before it, recorded before the URL was set, are not delivered);
 //! - `{c:ID}:events:retry`: per lane, its failing head event `<id>|<attempts>|<due ms>`;
@@ -32,7 +33,10 @@ use crate::ops::events::{Event, StreamEntry, event};
 /// Events read per lane-pass, and how often a server looks for work.
 const PAGE: usize = 500;
 const TICK: Duration = Duration::from_millis(200);
-const LEASE: Duration = Duration::from_secs(15);
+/// A pass starts no delivery after this long; the lease outlives a pass (this, plus one delivery's timeout, plus a
+/// margin), so two servers never deliver one customer's lanes at once.
+const PASS: Duration = Duration::from_secs(3);
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How often the list of customers with an endpoint is re-read.
 const CUSTOMERS_EVERY: Duration = Duration::from_secs(3);
 
@@ -112,6 +116,10 @@ impl Deliverer {
         Ok(Self { deps, http, token: ulid::Ulid::new().to_string() })
     }
 
+    fn lease_ms(&self) -> u64 {
+        (PASS + self.deps.settings.events.timeout + LEASE_MARGIN).as_millis() as u64
+    }
+
     /// Takes or renews the customer's lease; false when another server holds it.
     async fn lease(&self, k: &CustomerKeys) -> redis::RedisResult<bool> {
         let mut conn = self.deps.conn();
@@ -121,7 +129,7 @@ impl Deliverer {
             .arg(&self.token)
             .arg("NX")
             .arg("PX")
-            .arg(LEASE.as_millis() as u64)
+            .arg(self.lease_ms())
             .query_async(&mut conn)
             .await?;
         if got.is_some() {
@@ -129,7 +137,7 @@ impl Deliverer {
         }
         let holder: Option<String> = conn.get(&key).await?;
         if holder.as_deref() == Some(self.token.as_str()) {
-            let _: () = conn.pexpire(&key, LEASE.as_millis() as i64).await?;
+            let _: () = conn.pexpire(&key, self.lease_ms() as i64).await?;
             return Ok(true);
         }
         Ok(false)
@@ -227,13 +235,14 @@ impl Deliverer {
         }
 
         let schedule = &self.deps.settings.events.retry_schedule.0;
+        let deadline = Instant::now() + PASS;
         let gone = std::sync::atomic::AtomicBool::new(false);
         let work = queues.into_iter().enumerate().filter(|(_, q)| !q.is_empty()).map(|(lane, queue)| {
             let head = heads[lane].clone();
             let (signer, gone, k) = (&signer, &gone, &k);
             async move {
                 for e in queue {
-                    if gone.load(std::sync::atomic::Ordering::Relaxed) {
+                    if gone.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() >= deadline {
                         return Ok(());
                     }
                     match self.deliver(url, signer, &e).await {
