@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{ADMIN, World};
+use common::{ADMIN, World, inbound_params};
 use harness::fixtures::{recipients, wait_until};
 use harness::procs::Proc;
 use harness::sim::{self, SimConfig};
@@ -20,6 +20,18 @@ struct Server {
 }
 
 impl Server {
+    /// A server's address for `w` (a free port), with the workers' public URL pointing at it and `env` set.
+    fn for_world(w: &mut World, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let server = Server { base: format!("http://127.0.0.1:{port}"), port };
+        let mut e = w.env.clone().set("MESSENGER_PUBLIC_URL", &server.base);
+        for (k, v) in env {
+            e = e.set(k, v);
+        }
+        w.env = e;
+        server
+    }
+
     fn start(w: &World, port: u16) -> Proc {
         let listen = format!("127.0.0.1:{port}");
         let public = format!("http://{listen}");
@@ -61,17 +73,7 @@ impl Server {
 
 /// A signed inbound webhook as Twilio sends it; the status and body of the answer.
 async fn reply(server: &Server, from: &str, to: &str, body: &str, sid: &str) -> (u16, String) {
-    let params: Vec<(String, String)> = [
-        ("AccountSid", sim::DEFAULT_ACCOUNT_SID),
-        ("Body", body),
-        ("From", from),
-        ("MessageSid", sid),
-        ("SmsStatus", "received"),
-        ("To", to),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let params = inbound_params(from, to, body, sid);
     sim::post_signed(sim::DEFAULT_AUTH_TOKEN, &format!("{}/twilio/inbound", server.base), &params).await.unwrap()
 }
 
@@ -105,9 +107,7 @@ async fn all_events(server: &Server, customer: &str, page: usize, mut between: i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_report_every_outcome_reply_and_opt_out_once_in_order_across_server_restarts() {
     let mut w = World::start(SimConfig::default()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
-    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &server.base);
+    let server = Server::for_world(&mut w, &[]);
     let mut serve = Some(Server::start(&w, server.port));
     server.up().await;
     let help = "Acme Property: notices about your building. Reply STOP to end.";
@@ -354,16 +354,15 @@ async fn endpoint(down: Duration, slow: Duration, gone: bool) -> (String, Inbox)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outages_and_a_killed_server() {
     let mut w = World::start(SimConfig::default()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
-    w.env = w
-        .env
-        .clone()
-        .set("MESSENGER_PUBLIC_URL", &server.base)
-        .set("MESSENGER_EVENTS_ALLOW_PRIVATE", "true")
-        .set("MESSENGER_EVENTS_RETRY_SCHEDULE", "300ms,500ms,1s,1s,2s,2s,2s,2s,2s,2s,2s,2s")
-        .set("MESSENGER_EVENTS_TIMEOUT_MS", 400)
-        .set("MESSENGER_EVENTS_CONCURRENCY", 8);
+    let server = Server::for_world(
+        &mut w,
+        &[
+            ("MESSENGER_EVENTS_ALLOW_PRIVATE", "true"),
+            ("MESSENGER_EVENTS_RETRY_SCHEDULE", "300ms,500ms,1s,1s,2s,2s,2s,2s,2s,2s,2s,2s"),
+            ("MESSENGER_EVENTS_TIMEOUT_MS", "400"),
+            ("MESSENGER_EVENTS_CONCURRENCY", "8"),
+        ],
+    );
     let mut serve = Server::start(&w, server.port);
     server.up().await;
     let (url, inbox) = endpoint(Duration::from_secs(5), Duration::from_millis(900), false).await;
@@ -523,11 +522,10 @@ async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outa
 /// nothing changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_on_private_addresses_are_refused_and_change_nothing() {
-    let w = World::start(SimConfig::default()).await;
+    let mut w = World::start(SimConfig::default()).await;
     w.producer_ok(&["customer", "add", "acme", "--max-numbers", "2"]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
-    let _serve = Server::start(&w, port);
+    let server = Server::for_world(&mut w, &[]);
+    let _serve = Server::start(&w, server.port);
     server.up().await;
     let before = w.redis.digest();
     for (url, words) in [
@@ -561,15 +559,11 @@ async fn endpoints_on_private_addresses_are_refused_and_change_nothing() {
 async fn events_that_fail_every_attempt_are_dead_lettered_and_can_be_replayed() {
     use axum::http::StatusCode;
     let mut w = World::start(SimConfig::default()).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server { base: format!("http://127.0.0.1:{port}"), port };
-    w.env = w
-        .env
-        .clone()
-        .set("MESSENGER_PUBLIC_URL", &server.base)
-        .set("MESSENGER_EVENTS_ALLOW_PRIVATE", "true")
-        .set("MESSENGER_EVENTS_RETRY_SCHEDULE", "100ms,200ms");
-    let _serve = Server::start(&w, port);
+    let server = Server::for_world(
+        &mut w,
+        &[("MESSENGER_EVENTS_ALLOW_PRIVATE", "true"), ("MESSENGER_EVENTS_RETRY_SCHEDULE", "100ms,200ms")],
+    );
+    let _serve = Server::start(&w, server.port);
     server.up().await;
     // An endpoint that refuses (500) until told otherwise.
     let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

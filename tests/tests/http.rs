@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN, APP_A, APP_B, Api, World, start_api, start_api_with};
+use common::{ADMIN, APP_A, APP_B, Api, World, inbound_params, start_api, start_api_with};
 use harness::fixtures::{owned_numbers, recipients, wait_until};
 use harness::sim::{self, SimConfig};
 use producer::server::webhooks::TokenPolicy;
@@ -29,20 +29,6 @@ async fn customer_with_number(w: &World, id: &str, number: &str) {
     let c = CustomerId::parse(id).unwrap();
     shared::customers::upsert(&mut conn, &shared::customers::Customer::new(c.clone(), 5)).await.unwrap();
     purchase::commit_number(&mut conn, &c, &Bought { number: number.into(), sid: "PN1".into() }, "").await.unwrap();
-}
-
-fn inbound_params(from: &str, to: &str, body: &str, sid: &str) -> Vec<(String, String)> {
-    [
-        ("AccountSid", sim::DEFAULT_ACCOUNT_SID),
-        ("Body", body),
-        ("From", from),
-        ("MessageSid", sid),
-        ("SmsStatus", "received"),
-        ("To", to),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
 }
 
 /// Acceptance 1: the webhook accepts Twilio's signature over the URL with or without its port, and rejects tampered

@@ -415,3 +415,18 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 }
+
+/// The form parameters of an inbound-message webhook as Twilio sends them (main account).
+pub fn inbound_params(from: &str, to: &str, body: &str, sid: &str) -> Vec<(String, String)> {
+    [
+        ("AccountSid", sim::DEFAULT_ACCOUNT_SID),
+        ("Body", body),
+        ("From", from),
+        ("MessageSid", sid),
+        ("SmsStatus", "received"),
+        ("To", to),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
