@@ -19,11 +19,13 @@
 -- ARGV[8] prefix of the carrier caps' keys (reserve.lua): this reservation's entry in AT&T's per-minute log is
 --         re-stamped like the window's when the send took longer than the log's slack, so that cap holds by the time
 --         Twilio took the text (the per-second cap is counted at reservation: a second is shorter than the send)
+-- KEYS[9] the recipient's conversation LIST (common.lua)   ARGV[9] the text as sent: kept in the conversation when
+--         the batch records events ('' = not kept)
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
 local batch, state, failures, inflight, unsent, cfg, last = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local window_ms, from, cprefix = tonumber(ARGV[6]), ARGV[7], ARGV[8] or ''
+local window_ms, from, cprefix, body = tonumber(ARGV[6]), ARGV[7], ARGV[8] or '', ARGV[9] or ''
 local now = now_ms()
 if from ~= '' then
   redis.call('HSET', last, from, now)
@@ -63,4 +65,5 @@ if st and string.sub(st, 1, 1) == 'r' then
     window_push(cprefix .. 'att', now, p[3], 60000 + CAP_MINUTE_SLACK_MS)
   end
 end
+if EV and body ~= '' and KEYS[9] then converse(KEYS[9], 'out', now, from, body, sid, EV.batch) end
 return {'ok', finish(counted_in(cfg, b[3]), batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

@@ -101,6 +101,20 @@ local function record_opt(records, tenant, kind, how, number, now, sid)
   redis.call('HSET', records, tenant, cjson.encode(history))
 end
 
+-- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept when the customer
+-- records events: `{c:ID}:conv:<tenant E.164>`, a LIST of JSON entries `{dir: 'out'|'in', at_ms, number (ours),
+-- body, sid, batch}`, oldest first; the last CONV_MAX kept, and the whole thread dropped CONV_TTL_MS after its
+-- last message. Written by the script that records the message (commit.lua for a text sent, record_inbound.lua
+-- for a reply), so the thread and the events agree.
+local CONV_MAX, CONV_TTL_MS = 50, 30 * 86400000
+
+local function converse(key, dir, at_ms, number, body, sid, batch)
+  redis.call('RPUSH', key, cjson.encode({ dir = dir, at_ms = at_ms, number = number, body = body, sid = sid,
+    batch = batch }))
+  redis.call('LTRIM', key, -CONV_MAX, -1)
+  redis.call('PEXPIRE', key, CONV_TTL_MS)
+end
+
 -- Finalises the batch when every accepted job is terminal: the per-recipient states are dropped and the record
 -- (counts and failure reasons) is kept for `retention_s`. Returns 1 if this call completed the batch.
 local function maybe_complete(batch, state, failures, retention_s, now)

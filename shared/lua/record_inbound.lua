@@ -9,10 +9,14 @@
 -- 3. When the customer records events (cfg `events`): `message.received` (from, to, body, sid, and the batch it most
 --    likely answers: the tenant's last text, from the sticky-sender entry, when it came from this number), then
 --    `recipient.opted_out` / `recipient.opted_in` when the keyword changed the tenant's state.
+-- 4. The tenant's sticky sender (reserve.lua) becomes the number they wrote to, when it is in the pool: the app's
+--    answer (`POST …/messages`) goes out from the number the tenant is talking to. With events, the reply is also
+--    appended to the tenant's conversation (KEYS[7], common.lua).
 -- Idempotent per message sid (Twilio retries webhooks): a repeat changes nothing and reports nothing.
 --
 -- KEYS[1] received window ZSET of the number   KEYS[2] pool ZSET
 -- KEYS[3] customer cfg HASH   KEYS[4] optouts SET   KEYS[5] opt-out records HASH   KEYS[6] events STREAM
+-- KEYS[7] the tenant's conversation LIST
 -- ARGV[1] message sid   ARGV[2] window ms   ARGV[3] number (To)
 -- ARGV[4] the tenant (From, E.164), or '' to credit only   ARGV[5] body   ARGV[6] 'stop' | 'start' | 'help' | ''
 -- ARGV[7] the keyword as the tenant wrote it   ARGV[8] sticky-sender key prefix (reserve.lua)
@@ -46,16 +50,28 @@ if tenant == '' then
 end
 
 if redis.call('HGET', cfg, 'events') == '1' then EV = { key = KEYS[6], batch = '' } end
+-- The tenant's last text (reserve.lua: `<number>` or `<number>|<batch id>` in the sticky-sender hashes of this epoch
+-- and the last): the batch the reply most likely answers, when it came from the number the reply went to.
+local epoch = math.floor(now / window_ms)
+local bucket, field = string.sub(tenant, -3), string.sub(tenant, 1, -4)
+local sticky_cur = sprefix .. epoch .. ':' .. bucket
+local last = redis.call('HGET', sticky_cur, field)
+  or redis.call('HGET', sprefix .. (epoch - 1) .. ':' .. bucket, field) or ''
+local from_number, batch = string.match(last, '^([^|]*)|(.*)$')
+if from_number ~= number then batch = '' end
+batch = batch or ''
+if in_pool and sprefix ~= '' then
+  if EV then redis.call('HSET', sticky_cur, field, number .. '|' .. batch)
+  else redis.call('HSET', sticky_cur, field, number) end
+  redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
+end
 if EV then
-  -- The tenant's last text (reserve.lua: `<number>|<batch id>` in the sticky-sender hashes of this epoch and the
-  -- last), when it came from the number the reply went to.
-  local epoch = math.floor(now / window_ms)
-  local bucket, field = string.sub(tenant, -3), string.sub(tenant, 1, -4)
-  local last = redis.call('HGET', sprefix .. epoch .. ':' .. bucket, field)
-    or redis.call('HGET', sprefix .. (epoch - 1) .. ':' .. bucket, field) or ''
-  local from_number, batch = string.match(last, '^([^|]*)|(.*)$')
-  if from_number ~= number then batch = '' end
-  emit('message.received', 'b', batch or '', 'r', tenant, 'to', number, 'sid', sid, 'body', body)
+  emit('message.received', 'b', batch, 'r', tenant, 'to', number, 'sid', sid, 'body', body)
+  if KEYS[7] then
+    converse(KEYS[7], 'in', now, number, body, sid, batch)
+    -- The HELP answer goes back in the webhook's reply (TwiML): the thread shows it too.
+    if help ~= '' then converse(KEYS[7], 'out', now, number, help, '', '') end
+  end
 end
 
 local change = ''

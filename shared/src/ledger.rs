@@ -354,6 +354,7 @@ impl Ledger {
             .key(k.queue())
             .key(k.scheduled())
             .key(k.events())
+            .key(k.conversation(job.recipient.as_str()))
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(self.quota.window_ms())
@@ -436,8 +437,15 @@ impl Ledger {
         })
     }
 
-    /// Records a message sent from `from` (idempotent; see commit.lua).
-    pub async fn commit_sent(&self, job: &Job, sid: &str, from: &str) -> redis::RedisResult<Commit> {
+    /// Records a message sent from `from` (idempotent; see commit.lua). `body`: the text as sent, kept in the
+    /// tenant's conversation when the batch records events (`None` otherwise: nothing is kept).
+    pub async fn commit_sent(
+        &self,
+        job: &Job,
+        sid: &str,
+        from: &str,
+        body: Option<&str>,
+    ) -> redis::RedisResult<Commit> {
         let k = CustomerKeys::new(&job.customer);
         let (v, confirmed): (Value, bool) = scripts::COMMIT
             .key(k.batch(&job.batch))
@@ -448,6 +456,7 @@ impl Ledger {
             .key(k.cfg())
             .key(k.pool_last())
             .key(k.events())
+            .key(k.conversation(job.recipient.as_str()))
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(sid)
@@ -456,6 +465,7 @@ impl Ledger {
             .arg(self.quota.window_ms())
             .arg(from)
             .arg(k.caps_prefix())
+            .arg(body.unwrap_or(""))
             .run_acked(&mut self.acked_conn(), self.acks.as_ref())
             .await?;
         if !confirmed {
@@ -530,6 +540,7 @@ impl Ledger {
             .key(k.batch_failures(&job.batch))
             .key(k.cfg())
             .key(k.events())
+            .key(k.conversation(job.recipient.as_str()))
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(how.as_str())
@@ -660,6 +671,7 @@ impl Ledger {
             .key(k.optouts())
             .key(k.optout_records())
             .key(k.events())
+            .key(k.conversation(reply.from.as_str()))
             .arg(message_sid)
             .arg(self.quota.window_ms())
             .arg(number)

@@ -112,7 +112,7 @@ fn scripts(c: &mut Criterion) {
                 if let Reserve::Reserved(_) =
                     ledger.reserve(job, ReserveMode::Fast, None, &Rules::default()).await.unwrap()
                 {
-                    ledger.commit_sent(job, "SMbench", "+14152000000").await.unwrap();
+                    ledger.commit_sent(job, "SMbench", "+14152000000", None).await.unwrap();
                 }
             })
         })

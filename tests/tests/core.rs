@@ -347,7 +347,7 @@ async fn a_job_delivered_again_after_its_send_was_recorded_does_not_text_again()
         ledger.reserve(a, ReserveMode::Fast, None, &Rules::default()).await.unwrap(),
         Reserve::Reserved(_)
     ));
-    ledger.commit_sent(a, "SMrecordedbeforethecrash", bought.phone_number.as_deref().unwrap()).await.unwrap();
+    ledger.commit_sent(a, "SMrecordedbeforethecrash", bought.phone_number.as_deref().unwrap(), None).await.unwrap();
     // Both jobs come back, as they would after a crash or a duplicate delivery.
     ledger.release(&a.customer, &[a.lease.clone(), b.lease.clone()]).await.unwrap();
 

@@ -52,6 +52,8 @@ pub struct BatchInfo {
     pub urgent: bool,
     /// Texts not sent by then end `expired` (Redis ms).
     pub expires_ms: Option<i64>,
+    /// The batch records events (and so its texts are kept in the tenants' conversations).
+    pub events: bool,
 }
 
 impl BatchInfo {
@@ -123,12 +125,12 @@ impl Shared {
             return Ok(Some(b.clone()));
         }
         let k = CustomerKeys::new(batch.customer());
-        let (body, vars, urgent, expires): (Option<String>, Option<String>, Option<String>, Option<i64>) =
-            redis::cmd("HMGET")
-                .arg(k.batch(batch))
-                .arg(&["body", "vars", "urgent", "expires"])
-                .query_async(&mut self.ledger.conn())
-                .await?;
+        type Fields = (Option<String>, Option<String>, Option<String>, Option<i64>, Option<String>);
+        let (body, vars, urgent, expires, events): Fields = redis::cmd("HMGET")
+            .arg(k.batch(batch))
+            .arg(&["body", "vars", "urgent", "expires", "ev"])
+            .query_async(&mut self.ledger.conn())
+            .await?;
         let Some(body) = body else { return Ok(None) };
         let Ok(body) = Template::parse(&body) else {
             return Err(redis::RedisError::from((redis::ErrorKind::Client, "batch body is not a template")));
@@ -141,6 +143,7 @@ impl Shared {
                 .unwrap_or_default(),
             urgent: urgent.as_deref() == Some("1"),
             expires_ms: expires,
+            events: events.as_deref() == Some("1"),
         });
         let mut cache = self.batches.lock().unwrap();
         if cache.len() > 4096 {

@@ -269,7 +269,7 @@ impl Sender {
         };
         match self.shared.twilio.send_message(account, &req).await {
             Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
-                Some(sid) => self.commit(job, &sid, &slot.number).await,
+                Some(sid) => self.commit(job, &sid, &slot.number, batch.events.then_some(body.as_str())).await,
                 None => {
                     self.requeue(
                         job,
@@ -315,9 +315,9 @@ impl Sender {
 
     /// Records a sent message, retrying through Redis errors. If it still fails, the job's marker makes the next
     /// delivery find the message in Twilio: a failed commit never causes a second text.
-    async fn commit(&self, job: &Job, sid: &str, from: &str) {
+    async fn commit(&self, job: &Job, sid: &str, from: &str, body: Option<&str>) {
         for i in 0..8u32 {
-            match self.shared.ledger.commit_sent(job, sid, from).await {
+            match self.shared.ledger.commit_sent(job, sid, from, body).await {
                 Ok(c) => {
                     match c {
                         Commit::Duplicate => {
@@ -438,7 +438,8 @@ impl Sender {
                         } else {
                             tracing::info!("ambiguous send found in Twilio; recording it");
                         }
-                        self.commit(job, oldest.sid.as_deref().unwrap_or_default(), &slot.number).await;
+                        let kept = batch.filter(|b| b.events).map(|_| body.as_str());
+                        self.commit(job, oldest.sid.as_deref().unwrap_or_default(), &slot.number, kept).await;
                         Step::Done
                     }
                     None => {

@@ -178,16 +178,85 @@ pub async fn opt_out_record(deps: &Deps, id: &CustomerId, phone: &str) -> Result
             kind: text(r, "kind"),
             keyword: text(r, "keyword"),
             number: text(r, "number"),
-            at: r
-                .get("at_ms")
-                .and_then(serde_json::Value::as_i64)
-                .and_then(chrono::DateTime::from_timestamp_millis)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                .unwrap_or_default(),
+            at: r.get("at_ms").and_then(serde_json::Value::as_i64).map(rfc3339).unwrap_or_default(),
             message_sid: Some(text(r, "sid")).filter(|s| !s.is_empty()),
         })
         .collect();
     Ok(OptOutRecord { phone: phone.to_string(), opted_out: member, history })
+}
+
+/// A tenant's thread with the customer: the texts sent to them and their replies, oldest first (the last
+/// [`CONVERSATION_MAX`], kept 30 days after the last message; recorded only while the customer records events).
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Conversation {
+    pub customer: String,
+    pub phone: String,
+    /// Messenger texts this tenant nothing (they opted out): an answer to them would not be sent.
+    pub opted_out: bool,
+    /// The customer records events, and so conversations; when false the thread stays empty.
+    pub recording: bool,
+    pub messages: Vec<ConversationMessage>,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ConversationMessage {
+    /// `outbound` (a text to the tenant, or the HELP answer) or `inbound` (the tenant's reply).
+    pub direction: String,
+    pub at: String,
+    /// The customer's number it went from or to.
+    pub number: String,
+    pub body: String,
+    /// Twilio's message sid (absent for the HELP answer, which went back in the webhook's reply).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_sid: Option<String>,
+    /// The batch of a text sent, or the one a reply most likely answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+}
+
+/// Most messages a conversation keeps (common.lua `CONV_MAX`).
+pub const CONVERSATION_MAX: usize = 50;
+
+/// Customer `id`'s conversation with `phone` (three commands).
+pub async fn conversation(deps: &Deps, id: &CustomerId, phone: &str) -> Result<Conversation, OpsError> {
+    let phone = PhoneNumber::parse(phone).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
+    customers::get(deps, id).await?;
+    let k = CustomerKeys::new(id);
+    let (opted_out, recording, rows): (bool, Option<String>, Vec<String>) = redis::pipe()
+        .sismember(k.optouts(), phone.as_str())
+        .hget(k.cfg(), "events")
+        .lrange(k.conversation(phone.as_str()), 0, -1)
+        .query_async(&mut deps.conn())
+        .await
+        .map_err(OpsError::from)?;
+    let messages = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(r).ok())
+        .map(|r| {
+            let text = |f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            ConversationMessage {
+                direction: if text("dir") == "in" { "inbound" } else { "outbound" }.to_owned(),
+                at: r.get("at_ms").and_then(serde_json::Value::as_i64).map(rfc3339).unwrap_or_default(),
+                number: text("number"),
+                body: text("body"),
+                message_sid: Some(text("sid")).filter(|s| !s.is_empty()),
+                batch: Some(text("batch")).filter(|s| !s.is_empty()),
+            }
+        })
+        .collect();
+    Ok(Conversation {
+        customer: id.to_string(),
+        phone: phone.to_string(),
+        opted_out,
+        recording: recording.as_deref() == Some("1"),
+        messages,
+    })
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 /// Marks where delivery to a newly set URL starts: the events recorded from now on (the stream's last id now);

@@ -16,7 +16,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
 use super::metrics::Metrics;
 use crate::ops::customers::{self as customer_ops, CustomerInput};
-use crate::ops::events::{self, DeadLetter, EventPage, OptOutRecord};
+use crate::ops::events::{self, Conversation, DeadLetter, EventPage, OptOutRecord};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
@@ -600,6 +600,26 @@ pub async fn get_opt_out(
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
     Ok(Json(events::opt_out_record(&ops, &id, &phone).await?))
+}
+
+/// A tenant's thread: the texts sent to them and their replies, oldest first (the last 50, kept 30 days after the
+/// last message, while the customer records events). An answer to the tenant (`POST …/messages`) goes out from the
+/// number they last wrote to or were texted from.
+#[utoipa::path(get, path = "/v1/customers/{id}/conversations/{phone}", tag = "events",
+    params(("id" = String, Path, description = "Customer id"), ("phone" = String, Path, description = "E.164")),
+    responses(
+        (status = 200, body = Conversation),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_conversation(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath((id, phone)): ApiPath<(String, String)>,
+) -> Result<Json<Conversation>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(events::conversation(&ops, &id, &phone).await?))
 }
 
 /// Releases the customer's idle numbers (admin tokens only), keeping what its backlog and its numbers' sticky

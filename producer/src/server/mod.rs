@@ -214,6 +214,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/events/dead", get(api::get_dead_letters))
         .route("/v1/customers/{id}/events/dead/replay", post(api::post_replay))
         .route("/v1/customers/{id}/opt-outs/{phone}", get(api::get_opt_out))
+        .route("/v1/customers/{id}/conversations/{phone}", get(api::get_conversation))
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
         .route("/v1/batches/{id}/cancel", post(api::post_cancel))
