@@ -139,26 +139,37 @@ pub struct CommonArgs {
     /// in order).
     #[arg(long, env = "MESSENGER_EVENTS_CONCURRENCY", default_value_t = 8)]
     pub events_concurrency: u16,
+
+    /// After a customer's events secret is changed, events are signed with the old one too for this long
+    /// (`webhook-signature: v1,<new> v1,<old>`), so the app can switch over without rejecting anything; `0`: not.
+    #[arg(long, env = "MESSENGER_EVENTS_SECRET_OVERLAP", default_value = "24h", value_parser = parse_delay)]
+    pub events_secret_overlap: Duration,
 }
 
 /// The delays between delivery attempts of an event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetrySchedule(pub Vec<Duration>);
 
+/// A delay such as `5s`, `5m`, `2h` or `500ms` (a bare number is seconds).
+fn parse_delay(part: &str) -> Result<Duration, String> {
+    let part = part.trim();
+    let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
+    let (n, unit) = part.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{part:?} is not a delay such as 5s, 5m, 2h or 500ms"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("{part:?}: the unit must be ms, s, m or h")),
+    };
+    Ok(Duration::from_millis(ms))
+}
+
 fn parse_schedule(v: &str) -> Result<RetrySchedule, String> {
     let mut out = Vec::new();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let split = part.find(|c: char| !c.is_ascii_digit()).unwrap_or(part.len());
-        let (n, unit) = part.split_at(split);
-        let n: u64 = n.parse().map_err(|_| format!("{part:?} is not a delay such as 5s, 5m, 2h or 500ms"))?;
-        let ms = match unit {
-            "ms" => n,
-            "s" | "" => n * 1_000,
-            "m" => n * 60_000,
-            "h" => n * 3_600_000,
-            _ => return Err(format!("{part:?}: the unit must be ms, s, m or h")),
-        };
-        out.push(Duration::from_millis(ms));
+        out.push(parse_delay(part)?);
     }
     if out.is_empty() {
         return Err("the schedule needs at least one delay".into());
@@ -176,6 +187,8 @@ pub struct EventsSettings {
     pub retry_schedule: RetrySchedule,
     pub timeout: Duration,
     pub concurrency: u16,
+    /// How long a replaced secret still signs, beside the new one.
+    pub secret_overlap: Duration,
 }
 
 /// Validated settings.
@@ -375,6 +388,7 @@ impl CommonArgs {
                 retry_schedule: self.events_retry_schedule.clone(),
                 timeout: Duration::from_millis(self.events_timeout_ms.max(100)),
                 concurrency: self.events_concurrency.clamp(1, 256),
+                secret_overlap: self.events_secret_overlap,
             },
         })
     }

@@ -45,8 +45,38 @@ pub struct Customer {
     /// The `whsec_…` secret events are signed with; never serialised.
     #[serde(skip)]
     pub events_secret: Option<EventsSecret>,
+    /// The secret a change of `events_secret` replaced, still signing beside it for the overlap; never serialised.
+    #[serde(skip)]
+    pub events_secret_previous: Option<PreviousSecret>,
     /// Why delivery to `events_url` stopped (the endpoint answered 410 Gone), until the URL is saved again.
     pub events_disabled: Option<String>,
+}
+
+/// A replaced events secret and until when (ms) it still signs. Stored as `<until ms>|<secret>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub secret: EventsSecret,
+    pub until_ms: i64,
+}
+
+impl PreviousSecret {
+    /// The stored form, `<until ms>|<secret>`.
+    pub fn parse(v: &str) -> Option<Self> {
+        let (until, secret) = v.split_once('|')?;
+        Some(Self { secret: EventsSecret(secret.to_owned()), until_ms: until.parse().ok()? })
+    }
+
+    /// The secret, if it still signs at `now_ms`.
+    pub fn live_at(&self, now_ms: i64) -> Option<&EventsSecret> {
+        (now_ms < self.until_ms).then_some(&self.secret)
+    }
+}
+
+impl std::fmt::Display for PreviousSecret {
+    /// The stored form (holds the secret: only for storing it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}|{}", self.until_ms, self.secret.0)
+    }
 }
 
 /// A webhook signing secret (`whsec_` and base64): shown once when generated, never in logs or debug output.
@@ -97,6 +127,7 @@ impl Customer {
             help_text: None,
             events_url: None,
             events_secret: None,
+            events_secret_previous: None,
             events_disabled: None,
         }
     }
@@ -170,6 +201,8 @@ pub struct CustomerUpdate {
     /// Saving a URL turns events on and re-enables delivery stopped by a 410.
     pub events_url: Change<String>,
     pub events_secret: Change<EventsSecret>,
+    /// Set by a rotation (the secret it replaced, and until when it still signs); cleared with the secret.
+    pub events_secret_previous: Change<PreviousSecret>,
 }
 
 impl CustomerUpdate {
@@ -198,6 +231,10 @@ impl CustomerUpdate {
             help_text: self.help_text.clone().apply(stored.and_then(|c| c.help_text.clone())),
             events_url: self.events_url.clone().apply(stored.and_then(|c| c.events_url.clone())),
             events_secret: self.events_secret.clone().apply(stored.and_then(|c| c.events_secret.clone())),
+            events_secret_previous: self
+                .events_secret_previous
+                .clone()
+                .apply(stored.and_then(|c| c.events_secret_previous.clone())),
             events_disabled: if self.events_url.is_keep() {
                 stored.and_then(|c| c.events_disabled.clone())
             } else {
@@ -249,6 +286,7 @@ pub async fn update(
         ("help_text", written(&update.help_text)),
         ("events_url", written(&update.events_url)),
         ("events_secret", written(&update.events_secret)),
+        ("events_secret_prev", written(&update.events_secret_previous)),
         ("events_disabled", (!update.events_url.is_keep()).then(String::new)),
     ]
     .into_iter()
@@ -290,6 +328,7 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("help_text", c.help_text.clone().unwrap_or_default()),
                 ("events_url", c.events_url.clone().unwrap_or_default()),
                 ("events_secret", c.events_secret.as_ref().map(|s| s.0.clone()).unwrap_or_default()),
+                ("events_secret_prev", c.events_secret_previous.as_ref().map(|p| p.to_string()).unwrap_or_default()),
             ],
         )
         .ignore()
@@ -322,6 +361,7 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         help_text: m.get("help_text").filter(|s| !s.is_empty()).cloned(),
         events_url: m.get("events_url").filter(|s| !s.is_empty()).cloned(),
         events_secret: m.get("events_secret").filter(|s| !s.is_empty()).map(|s| EventsSecret(s.clone())),
+        events_secret_previous: m.get("events_secret_prev").and_then(|s| PreviousSecret::parse(s)),
         events_disabled: m.get("events_disabled").filter(|s| !s.is_empty()).cloned(),
     }))
 }

@@ -2,7 +2,7 @@
 //! clearing one is explicit ([`Change::Clear`]: the CLI's `--account-sid main`, JSON `"account_sid": null`).
 
 use shared::carriers::Caps;
-use shared::customers::{self, Change, Customer, CustomerUpdate, EventsSecret};
+use shared::customers::{self, Change, Customer, CustomerUpdate, EventsSecret, PreviousSecret};
 use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use shared::twilio::TwilioError;
 use shared::twilio::accounts::{TokenError, check_subaccount};
@@ -84,6 +84,8 @@ fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
         // Checked (with a DNS lookup) in `save`.
         events_url: input.events_url,
         events_secret: parse_change(&mut p, "events_secret", input.events_secret, events_secret),
+        // Set by `rotate` in `save`, never by the caller.
+        events_secret_previous: Change::Keep,
     };
     p.finish()?;
     Ok(update)
@@ -164,6 +166,7 @@ pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<
         update.events_secret = Change::Set(secret.clone());
         generated_secret = Some(secret);
     }
+    rotate(&mut update, stored.as_ref(), deps.settings.events.secret_overlap);
     let after = update.applied_to(id, stored.as_ref(), deps.settings.default_max_numbers);
     if after.account_sid.is_some() && after.messaging_service.is_some() {
         let field = if update.messaging_service.is_keep() { "account_sid" } else { "messaging_service_sid" };
@@ -191,6 +194,27 @@ pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<
     }
     let created = customers::update(&mut conn, id, &update, deps.settings.default_max_numbers).await?;
     Ok(Saved { customer: after, created, warnings, generated_secret })
+}
+
+/// A new secret replacing another: the old one goes on signing beside it for `overlap`, so the app can switch over
+/// without rejecting a delivery; clearing the secret ends any overlap.
+fn rotate(update: &mut CustomerUpdate, stored: Option<&Customer>, overlap: std::time::Duration) {
+    let old = stored.and_then(|c| c.events_secret.as_ref());
+    match (&update.events_secret, old) {
+        (Change::Set(new), Some(old)) if new != old => {
+            update.events_secret_previous = if overlap.is_zero() {
+                Change::Clear
+            } else {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                Change::Set(PreviousSecret {
+                    secret: old.clone(),
+                    until_ms: (now + overlap).as_millis().min(i64::MAX as u128) as i64,
+                })
+            };
+        }
+        (Change::Clear, _) => update.events_secret_previous = Change::Clear,
+        _ => {}
+    }
 }
 
 const NOT_CHECKED: &str = "not checked with Twilio (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not both set)";
@@ -264,4 +288,46 @@ pub async fn get(deps: &Deps, id: &CustomerId) -> Result<Customer, OpsError> {
 /// The error for a customer that does not exist.
 pub fn unknown(id: &CustomerId) -> OpsError {
     OpsError::NotFound(format!("unknown customer {id}: create it first with `producer customer add {id}`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(secret: &str) -> Customer {
+        let mut c = Customer::new(CustomerId::parse("acme").unwrap(), 1);
+        c.events_secret = Some(EventsSecret(secret.into()));
+        c
+    }
+
+    #[test]
+    fn a_new_secret_keeps_the_old_one_signing_for_the_overlap_and_clearing_ends_it() {
+        let day = std::time::Duration::from_secs(86_400);
+        let mut u =
+            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_new".into())), ..Default::default() };
+        rotate(&mut u, Some(&stored("whsec_old")), day);
+        let Change::Set(prev) = &u.events_secret_previous else { panic!("no overlap: {u:?}") };
+        assert_eq!(prev.secret, EventsSecret("whsec_old".into()));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        assert!(prev.live_at(now).is_some() && prev.live_at(now + 86_400_000 + 1_000).is_none());
+        assert_eq!(PreviousSecret::parse(&prev.to_string()).as_ref(), Some(prev), "stored form round-trips");
+
+        // The same secret saved again, or a first secret: nothing to overlap.
+        let mut same =
+            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_old".into())), ..Default::default() };
+        rotate(&mut same, Some(&stored("whsec_old")), day);
+        assert_eq!(same.events_secret_previous, Change::Keep);
+        let mut first =
+            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_new".into())), ..Default::default() };
+        rotate(&mut first, None, day);
+        assert_eq!(first.events_secret_previous, Change::Keep);
+        // No overlap configured, or the secret cleared: the old one stops at once.
+        let mut none =
+            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_new".into())), ..Default::default() };
+        rotate(&mut none, Some(&stored("whsec_old")), std::time::Duration::ZERO);
+        assert_eq!(none.events_secret_previous, Change::Clear);
+        let mut cleared = CustomerUpdate { events_secret: Change::Clear, ..Default::default() };
+        rotate(&mut cleared, Some(&stored("whsec_old")), day);
+        assert_eq!(cleared.events_secret_previous, Change::Clear);
+    }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use shared::customers::Customer;
+use shared::customers::{Customer, EventsSecret, PreviousSecret};
 use shared::keys::CustomerKeys;
 
 use crate::ops::Deps;
@@ -149,20 +149,35 @@ impl Deliverer {
         if !self.lease(&k).await? {
             return Ok(false);
         }
-        let (Some(url), Some(secret)) = (&c.events_url, &c.events_secret) else { return Ok(false) };
-        let Ok(signer) = standardwebhooks::Webhook::new(&secret.0) else {
-            tracing::warn!(customer = %c.id, "event delivery: the stored secret is not whsec_ and base64");
-            return Ok(false);
-        };
         let lanes = self.deps.settings.events.concurrency as usize;
         let mut conn = self.deps.conn();
-        let (done, retry, now): (HashMap<String, String>, HashMap<String, String>, (i64, i64)) = redis::pipe()
+        // The endpoint and its secrets are read afresh each pass (the customer list is re-read only every few
+        // seconds): a rotated secret signs from the next delivery on, a new URL gets nothing meant for the old one.
+        type Fresh = (Option<String>, Option<String>, Option<String>, Option<String>);
+        type Read = (HashMap<String, String>, HashMap<String, String>, (i64, i64), Fresh);
+        let (done, retry, now, fresh): Read = redis::pipe()
             .hgetall(k.events_lanes())
             .hgetall(k.events_retry())
             .cmd("TIME")
+            .cmd("HMGET")
+            .arg(k.cfg())
+            .arg(&["events_url", "events_secret", "events_secret_prev", "events_disabled"])
             .query_async(&mut conn)
             .await?;
+        let (url, secret, previous, disabled) = fresh;
+        let (Some(url), Some(secret)) = (url.filter(|u| !u.is_empty()), secret.filter(|s| !s.is_empty())) else {
+            return Ok(false);
+        };
+        if disabled.is_some_and(|d| !d.is_empty()) {
+            return Ok(false);
+        }
+        let url = url.as_str();
         let now_ms = now.0 * 1000 + now.1 / 1000;
+        let previous = previous.as_deref().and_then(PreviousSecret::parse);
+        let Some(signer) = Signer::new(&EventsSecret(secret), previous.as_ref().and_then(|p| p.live_at(now_ms))) else {
+            tracing::warn!(customer = %c.id, "event delivery: the stored secret is not whsec_ and base64");
+            return Ok(false);
+        };
         let start = done.get("start").cloned().unwrap_or_else(|| "0-0".into());
         let done_of = |lane: usize| done.get(&lane.to_string()).cloned().unwrap_or_else(|| start.clone());
 
@@ -306,11 +321,11 @@ impl Deliverer {
         pipe.query_async(&mut self.deps.conn()).await
     }
 
-    async fn deliver(&self, url: &str, signer: &standardwebhooks::Webhook, e: &Event) -> Outcome {
+    async fn deliver(&self, url: &str, signer: &Signer, e: &Event) -> Outcome {
         let body = serde_json::to_vec(&serde_json::json!({"type": e.kind, "timestamp": e.timestamp, "data": e.data}))
             .expect("serialisable");
         let ts = chrono::Utc::now().timestamp();
-        let Ok(signature) = signer.sign(&e.id, ts, &body) else { return Outcome::Failed("cannot sign".into()) };
+        let Some(signature) = signer.sign(&e.id, ts, &body) else { return Outcome::Failed("cannot sign".into()) };
         let sent = self
             .http
             .post(url)
@@ -359,4 +374,29 @@ fn lane_of(e: &Event, lanes: usize) -> usize {
         h = h.wrapping_mul(0x100000001b3);
     }
     (h % lanes.max(1) as u64) as usize
+}
+
+/// Signs a delivery with the customer's secret and, during a rotation's overlap, with the secret it replaced too:
+/// `v1,<new> v1,<old>` (Standard Webhooks: space-separated signatures; a receiver accepts any that verifies).
+struct Signer {
+    current: standardwebhooks::Webhook,
+    previous: Option<standardwebhooks::Webhook>,
+}
+
+impl Signer {
+    /// `None` when the current secret is not `whsec_` and base64 (a previous one that is not is left out).
+    fn new(secret: &EventsSecret, previous: Option<&EventsSecret>) -> Option<Self> {
+        let current = standardwebhooks::Webhook::new(&secret.0).ok()?;
+        let previous = previous.and_then(|p| standardwebhooks::Webhook::new(&p.0).ok());
+        Some(Self { current, previous })
+    }
+
+    fn sign(&self, id: &str, ts: i64, body: &[u8]) -> Option<String> {
+        let mut header = self.current.sign(id, ts, body).ok()?;
+        if let Some(p) = &self.previous {
+            header.push(' ');
+            header.push_str(&p.sign(id, ts, body).ok()?);
+        }
+        Some(header)
+    }
 }
