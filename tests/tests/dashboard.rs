@@ -138,6 +138,8 @@ async fn scopes_csrf_cookies_and_csp_hold_on_every_route() {
         "/dashboard/batches?customer=acme".to_owned(),
         "/dashboard/pools/acme".to_owned(),
         "/dashboard/pools/acme/live".to_owned(),
+        "/dashboard/conversations?customer=acme&phone=%2B14153000000".to_owned(),
+        "/dashboard/events/acme".to_owned(),
     ];
     for path in &reads {
         let (status, headers, _) = globex.get(path).await;
@@ -145,16 +147,26 @@ async fn scopes_csrf_cookies_and_csp_hold_on_every_route() {
         assert_eq!(status, 403, "{path}");
         assert!(headers.get("content-security-policy").is_some(), "{path}");
     }
-    for path in [format!("/dashboard/batches/{acme_batch}/cancel"), "/dashboard/pools/acme/release-idle".to_owned()] {
+    for path in [
+        format!("/dashboard/batches/{acme_batch}/cancel"),
+        "/dashboard/pools/acme/release-idle".to_owned(),
+        "/dashboard/events/acme/replay".to_owned(),
+    ] {
         let (status, _) = globex.post(&path, &[("idle_days", "0"), ("dry_run", "1")], true).await;
         println!("globex POST {path}: {status}");
         assert_eq!(status, 403, "{path}");
     }
     assert_eq!(w.redis.digest(), digest, "a refused request changed Redis");
     // Its own batches and pool are fine; another customer's never appear in its lists.
-    for path in
-        ["/dashboard", "/dashboard/batches", &format!("/dashboard/batches/{globex_batch}"), "/dashboard/pools/globex"]
-    {
+    for path in [
+        "/dashboard",
+        "/dashboard/batches",
+        &format!("/dashboard/batches/{globex_batch}"),
+        "/dashboard/pools/globex",
+        "/dashboard/conversations",
+        "/dashboard/events",
+        "/dashboard/events/globex",
+    ] {
         let (status, headers, body) = globex.get(path).await;
         assert_eq!(status, 200, "{path}");
         assert!(!body.contains(acme_batch.as_str()) && !body.contains(">acme<"), "{path} shows acme");
@@ -214,11 +226,13 @@ async fn each_page_costs_a_bounded_number_of_redis_commands() {
         "/dashboard/batches".to_owned(),
         format!("/dashboard/batches/{}", receipt.batch_id),
         "/dashboard/pools/acme".to_owned(),
+        "/dashboard/conversations?customer=acme&phone=%2B14153000000".to_owned(),
+        "/dashboard/events/acme".to_owned(),
     ];
     let costs = page_costs(&admin, &mut w.redis.sync_conn(), &pages, 5).await;
     // Bounds from the table in producer/src/server/dashboard/data.rs, for this data (2 customers, 1 batch, no
-    // numbers, no workers).
-    let bounds = [70u64, 10, 5, 12];
+    // numbers, no workers, no conversation, no dead letters).
+    let bounds = [70u64, 10, 5, 12, 6, 3];
     for (c, bound) in costs.iter().zip(bounds) {
         println!("{} -> {} commands {:?}; p50 {:.1} ms", c.path, c.commands, c.by_command, c.p50_ms);
         assert_eq!(c.status, 200, "{}", c.path);

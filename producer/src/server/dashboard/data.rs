@@ -6,6 +6,8 @@
 //! | batches | `ZREVRANGE` of the fleet's index (admins) or of each customer's index in scope (at most 20 customers); `HGETALL` per batch shown (at most 50) |
 //! | batch | `HGETALL` of the batch; `HSCAN … COUNT 50` once for failed recipients |
 //! | pool | what `producer pool` reads (`TIME`, the pool, its sids and last sends, 2 per number) and `HGETALL` of pending purchase and release intents |
+//! | conversations | `SMEMBERS msgr:customers` (admins: the customer list); with a phone, `HGETALL` of the customer and one pipeline of `SISMEMBER`, `HGET`, `LRANGE` (at most 50 entries) |
+//! | events | `HGETALL` of the customer (twice: the page and the dead-letter listing each check it exists); `ZRANGE` of its dead letters (at most 1,000) and one pipeline of an `XRANGE` and an `HGET` per dead letter |
 
 use std::collections::{BTreeMap, HashMap};
 

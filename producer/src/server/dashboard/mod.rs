@@ -1,7 +1,7 @@
 //! `/dashboard`: what support staff open when a property manager asks "did my notice go out, and why did 12
-//! tenants not get it?" — an overview of the fleet, searchable batches with their failures explained, and number
-//! pools — served by `producer serve`, rendered on the server, with a little JavaScript that refreshes figures while
-//! work runs.
+//! tenants not get it?" — an overview of the fleet, searchable batches with their failures explained, number
+//! pools, a tenant's conversation, and each customer's event delivery with its dead letters (replayable) — served by
+//! `producer serve`, rendered on the server, with a little JavaScript that refreshes figures while work runs.
 //!
 //! # Layout
 //! - this module: routes, sign-in, sessions, CSRF tokens, security headers, and the handlers.
@@ -42,7 +42,7 @@ use subtle::ConstantTimeEq;
 
 use super::auth::{Scope, Tokens};
 use super::error::ApiError;
-use crate::ops::{Deps, OpsError, batches, pools};
+use crate::ops::{Deps, OpsError, batches, events, pools};
 use pages::Viewer;
 
 const SESSION_COOKIE: &str = "msgr_session";
@@ -223,6 +223,10 @@ where
         .route("/dashboard/pools/{customer}", get(pool))
         .route("/dashboard/pools/{customer}/live", get(pool_live))
         .route("/dashboard/pools/{customer}/release-idle", post(release_idle))
+        .route("/dashboard/conversations", get(conversation))
+        .route("/dashboard/events", get(events_index))
+        .route("/dashboard/events/{customer}", get(events_page))
+        .route("/dashboard/events/{customer}/replay", post(replay))
         .route("/dashboard/static/{file}", get(asset))
         .layer(middleware::from_fn(security_headers))
 }
@@ -430,10 +434,9 @@ async fn cancel(
     }
 }
 
-async fn pools(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
-    let v = session.viewer(&s.config);
-    let ids: Vec<String> = match &session.scope {
+/// The customers the session may see, sorted (an admin's: the first 500).
+async fn visible_customers(s: &Dashboard, session: &Session) -> Result<Vec<String>, Outcome> {
+    Ok(match &session.scope {
         Scope::Customers(ids) => {
             let mut ids: Vec<String> = ids.iter().map(|c| c.to_string()).collect();
             ids.sort();
@@ -441,17 +444,25 @@ async fn pools(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
         }
         Scope::Admin => match shared::customers::list(&mut s.conn()).await {
             Ok(ids) => ids.into_iter().take(500).map(|c| c.to_string()).collect(),
-            Err(e) => return unavailable(&e),
+            Err(e) => return Err(unavailable(&e)),
         },
-    };
-    Outcome::Page(pages::pools(&ids, &v))
+    })
+}
+
+async fn pools(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.config);
+    match visible_customers(&s, &session).await {
+        Ok(ids) => Outcome::Page(pages::pools(&ids, &v)),
+        Err(o) => o,
+    }
 }
 
 /// The customer `c` if the session may see it.
 fn customer_id(session: &Session, v: &Viewer<'_>, c: &str) -> Result<CustomerId, Outcome> {
     let id = CustomerId::parse(c).map_err(|e| not_found(v, &e.to_string()))?;
     if !session.may_see(&id) {
-        return Err(forbidden(Some(v), "This pool belongs to a customer your token may not see."));
+        return Err(forbidden(Some(v), "This belongs to a customer your token may not see."));
     }
     Ok(id)
 }
@@ -521,5 +532,96 @@ async fn release_idle(
     match pools::release_idle(&s.ops, &id, f.idle_days, f.dry_run.is_some()).await {
         Ok(report) => Outcome::Page(pages::released(&report, &v)),
         Err(e) => failed(Some(&v), "Not released", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConversationQuery {
+    #[serde(default)]
+    customer: String,
+    #[serde(default)]
+    phone: String,
+}
+
+/// A tenant's thread, for support staff answering "what did we tell them, and what did they say?"; with no phone
+/// yet, the form that asks for one.
+async fn conversation(State(s): State<Dashboard>, headers: HeaderMap, Query(q): Query<ConversationQuery>) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.config);
+    let customers = match visible_customers(&s, &session).await {
+        Ok(ids) => ids,
+        Err(o) => return o,
+    };
+    let (customer, phone) = (q.customer.trim(), q.phone.trim());
+    if customer.is_empty() || phone.is_empty() {
+        return Outcome::Page(pages::conversation(&customers, customer, phone, None, &v));
+    }
+    let id = match customer_id(&session, &v, customer) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    match events::conversation(&s.ops, &id, phone).await {
+        Ok(c) => Outcome::Page(pages::conversation(&customers, customer, phone, Some(&c), &v)),
+        Err(e) => failed(Some(&v), "No conversation", e),
+    }
+}
+
+async fn events_index(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.config);
+    match visible_customers(&s, &session).await {
+        Ok(ids) => Outcome::Page(pages::events_index(&ids, &v)),
+        Err(o) => o,
+    }
+}
+
+/// A customer's event delivery: where events go, and the dead letters with a button to send them once more.
+async fn events_page(State(s): State<Dashboard>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
+    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let v = session.viewer(&s.config);
+    let id = match customer_id(&session, &v, &c) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    let customer = match crate::ops::customers::get(&s.ops, &id).await {
+        Ok(c) => c,
+        Err(e) => return failed(Some(&v), "No such customer", e),
+    };
+    match events::dead_letters(&s.ops, &id).await {
+        Ok(dead) => Outcome::Page(pages::events(&customer, &dead, &v)),
+        Err(e) => failed(Some(&v), "Unavailable", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+    /// One dead letter to replay; none: all of them.
+    id: Option<String>,
+}
+
+async fn replay(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(c): Path<String>,
+    Form(f): Form<ReplayForm>,
+) -> Outcome {
+    let session = match checked(&s, &headers, &f.csrf) {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.config);
+    let id = match customer_id(&session, &v, &c) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    let only = f.id.filter(|i| !i.trim().is_empty()).map(|i| vec![i.trim().to_owned()]);
+    match events::replay_dead(&s.ops, &id, only.as_deref()).await {
+        Ok(queued) => {
+            tracing::info!(customer = %id, queued, by = %session.name, "dead letters queued for replay from the dashboard");
+            Outcome::Page(pages::replayed(&id, queued, &v))
+        }
+        Err(e) => failed(Some(&v), "Not replayed", e),
     }
 }

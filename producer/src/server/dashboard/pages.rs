@@ -5,11 +5,12 @@
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use shared::batches::BatchStatus;
-use shared::customers::PoolReport;
+use shared::customers::{Customer, PoolReport};
 use shared::domain::{IdleDays, Masked};
 use shared::twilio::error::describe;
 
 use super::data::{MAX_BATCHES, Overview, Pending};
+use crate::ops::events::{Conversation, DeadLetter};
 
 /// Who is looking, for the header and what may be shown.
 pub struct Viewer<'a> {
@@ -32,6 +33,15 @@ fn time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The navigation: link, and the label a page passes as `current`.
+const NAV: [(&str, &str); 5] = [
+    ("/dashboard", "Overview"),
+    ("/dashboard/batches", "Batches"),
+    ("/dashboard/pools", "Pools"),
+    ("/dashboard/conversations", "Conversations"),
+    ("/dashboard/events", "Events"),
+];
+
 /// The page frame: landmarks, a skip link, the navigation and the sign-out form.
 pub fn layout(title: &str, viewer: Option<&Viewer<'_>>, current: &str, main: Markup) -> Markup {
     html! {
@@ -53,7 +63,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer<'_>>, current: &str, main: Mar
                     @if let Some(v) = viewer {
                         nav aria-label="Main" {
                             ul {
-                                @for (href, label) in [("/dashboard", "Overview"), ("/dashboard/batches", "Batches"), ("/dashboard/pools", "Pools")] {
+                                @for (href, label) in NAV {
                                     li {
                                         @if current == label {
                                             a href=(href) aria-current="page" { (label) }
@@ -500,6 +510,147 @@ pub fn released(report: &shared::release::ReleaseReport, v: &Viewer<'_>) -> Mark
             ul { @for n in &report.released { li { (v.number(&n.number)) " — last send " (n.last_send_ms.map(time).unwrap_or_else(|| "never".into())) } } }
             @if !report.pending.is_empty() { p { (report.pending.len()) " release(s) will be finished by the workers." } }
             p { a href=(format!("/dashboard/pools/{}", report.customer)) { "Back to the pool" } }
+        },
+    )
+}
+
+/// The conversation page: the form (customer, tenant's phone) and, once both are given, the thread.
+pub fn conversation(
+    customers: &[String],
+    customer: &str,
+    phone: &str,
+    thread: Option<&Conversation>,
+    v: &Viewer<'_>,
+) -> Markup {
+    layout(
+        "Conversations",
+        Some(v),
+        "Conversations",
+        html! {
+            h1 { "Conversations" }
+            p { "A tenant's thread: the texts sent to them and their replies (the last 50, kept 30 days, for customers that record events)." }
+            form method="get" action="/dashboard/conversations" class="search" {
+                label for="customer" { "Customer" }
+                select id="customer" name="customer" required {
+                    @for c in customers {
+                        option value=(c) selected[c == customer] { (c) }
+                    }
+                }
+                label for="phone" { "Tenant's phone (E.164)" }
+                input type="tel" id="phone" name="phone" value=(phone) placeholder="+14155550123" autocomplete="off" required;
+                button type="submit" { "Show the thread" }
+            }
+            @if let Some(c) = thread {
+                section aria-labelledby="thread-h" {
+                    h2 id="thread-h" { "Thread with " (v.number(&c.phone)) " (" (c.customer) ")" }
+                    @if c.opted_out {
+                        p class="error" role="status" { "This tenant opted out: nothing is texted to them from any of the customer's numbers until they reply START." }
+                    }
+                    @if !c.recording {
+                        p { "This customer does not record events, so no conversation is kept." }
+                    }
+                    @if c.messages.is_empty() {
+                        p { "No messages on record." }
+                    } @else {
+                        ol class="thread" {
+                            @for m in &c.messages {
+                                @let inbound = m.direction == "inbound";
+                                li class=(if inbound { "msg in" } else { "msg out" }) {
+                                    p class="meta" {
+                                        @if inbound { "Tenant → " (v.number(&m.number)) } @else { (v.number(&m.number)) " → tenant" }
+                                        " · " time datetime=(m.at) { (m.at.replace('T', " ").trim_end_matches('Z')) " UTC" }
+                                        @if let Some(b) = &m.batch { " · " a href=(format!("/dashboard/batches/{b}")) { "batch " (b) } }
+                                        @if !inbound && m.message_sid.is_none() { " · automatic HELP answer" }
+                                    }
+                                    p class="body" { (m.body) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// Customers whose event delivery one may look at.
+pub fn events_index(customers: &[String], v: &Viewer<'_>) -> Markup {
+    layout(
+        "Events",
+        Some(v),
+        "Events",
+        html! {
+            h1 { "Event delivery" }
+            @if customers.is_empty() { p { "No customers." } }
+            ul class="pools" { @for c in customers { li { a href=(format!("/dashboard/events/{c}")) { (c) } } } }
+        },
+    )
+}
+
+/// A customer's event delivery and its dead letters, each with a replay button.
+pub fn events(c: &Customer, dead: &[DeadLetter], v: &Viewer<'_>) -> Markup {
+    let replay = format!("/dashboard/events/{}/replay", c.id);
+    layout(
+        &format!("Events of {}", c.id),
+        Some(v),
+        "Events",
+        html! {
+            h1 { "Events of " (c.id) }
+            dl class="figures" {
+                div { dt { "Recording" } dd { @if c.events { "on" } @else { "off" } } }
+                div { dt { "Endpoint" } dd { (c.events_url.as_deref().unwrap_or("none: the app pulls them")) } }
+                @if let Some(why) = &c.events_disabled {
+                    div { dt { "Delivery stopped" } dd { (why) " (save the URL again to resume)" } }
+                }
+            }
+            section aria-labelledby="dead-h" {
+                h2 id="dead-h" { "Dead letters (" (dead.len()) ")" }
+                @if dead.is_empty() {
+                    p { "None: every event was delivered, or is still being retried." }
+                } @else {
+                    p { "Events given up after every attempt. Replaying sends each once more, out of its original order." }
+                    form method="post" action=(replay) class="replay" {
+                        input type="hidden" name="csrf" value=(v.csrf);
+                        button type="submit" { "Replay all " (dead.len()) }
+                    }
+                    div class="scroll" role="region" aria-label="Dead letters" tabindex="0" {
+                        table {
+                            thead { tr { th scope="col" { "Event" } th scope="col" { "Type" } th scope="col" { "Recipient" } th scope="col" { "Why" } th scope="col" { "Action" } } }
+                            tbody {
+                                @for d in dead {
+                                    tr {
+                                        th scope="row" { (d.event.id) }
+                                        td { (d.event.kind) }
+                                        td { (d.event.data.get("recipient").and_then(|r| r.as_str()).map(|r| v.number(r)).unwrap_or_default()) }
+                                        td { (d.why) }
+                                        td {
+                                            form method="post" action=(replay) {
+                                                input type="hidden" name="csrf" value=(v.csrf);
+                                                input type="hidden" name="id" value=(d.event.id);
+                                                button type="submit" aria-label=(format!("Replay {}", d.event.id)) { "Replay" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// After a replay was queued.
+pub fn replayed(c: &shared::domain::CustomerId, queued: u64, v: &Viewer<'_>) -> Markup {
+    layout(
+        "Replay queued",
+        Some(v),
+        "Events",
+        html! {
+            h1 { "Replay queued" }
+            p { (queued) " dead letter(s) of " (c) " will be delivered once more; one that fails again is a dead letter again." }
+            p { a href=(format!("/dashboard/events/{c}")) { "Back to the events of " (c) } }
         },
     )
 }
