@@ -107,7 +107,8 @@ async fn all_events(server: &Server, customer: &str, page: usize, mut between: i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_report_every_outcome_reply_and_opt_out_once_in_order_across_server_restarts() {
     let mut w = World::start(SimConfig::default()).await;
-    let server = Server::for_world(&mut w, &[]);
+    // 25 texts a number: the 40 below go out from two numbers, so which number answers a tenant matters.
+    let server = Server::for_world(&mut w, &[("MESSENGER_DAILY_QUOTA", "25")]);
     let mut serve = Some(Server::start(&w, server.port));
     server.up().await;
     let help = "Acme Property: notices about your building. Reply STOP to end.";
@@ -306,6 +307,156 @@ async fn events_report_every_outcome_reply_and_opt_out_once_in_order_across_serv
     let (s, body) = server.call("PUT", "/v1/customers/acme", Some(json!({"help_text": "x".repeat(400)}))).await;
     assert_eq!(s, 422, "{body}");
     assert!(body.to_string().contains("help_text"), "{body}");
+
+    conversations(&w, &server, &to, &messages, &batch, help).await;
+}
+
+/// The tenants' threads, and the app answering them: `to[0]` was texted from number A and replied to it; tenant X,
+/// texted from B, writes to A instead. Each answer (`POST …/messages`) goes out from the number the tenant is
+/// talking to, and the threads (API, then the dashboard page in Chromium, axe-core clean) show every message once.
+async fn conversations(
+    w: &World,
+    server: &Server,
+    to: &[String],
+    messages: &[sim::SimMessage],
+    batch: &str,
+    help: &str,
+) {
+    let from_of = |r: &str| messages.iter().find(|m| m.to == r).unwrap().from.clone();
+    let a = from_of(&to[0]);
+    let x = to[10..].iter().find(|r| from_of(r) != a).expect("the batch went out from two numbers").clone();
+    let b = from_of(&x);
+    let (code, _) = reply(server, &x, &a, "Which number is this?", "SMotherNumber00000000000000000001").await;
+    assert_eq!(code, 200);
+    for (tenant, body) in [(&to[0], "Yes, the water is back on."), (&x, "This is Acme's line, Alex here.")] {
+        let (s, r) =
+            server.call("POST", "/v1/customers/acme/messages", Some(json!({"to": tenant, "body": body}))).await;
+        assert_eq!(s, 202, "{r}");
+    }
+    let answers = wait_until(Duration::from_secs(60), "the two answers to go out", || async {
+        let got: Vec<sim::SimMessage> = w
+            .state()
+            .messages
+            .into_iter()
+            .filter(|m| m.body.starts_with("Yes, the") || m.body.starts_with("This is"))
+            .collect();
+        (got.len() == 2).then_some(got)
+    })
+    .await;
+    for m in &answers {
+        println!(
+            "answer to {} went from {} (the tenant wrote to {})",
+            shared::domain::Masked(&m.to),
+            shared::domain::Masked(&m.from),
+            shared::domain::Masked(&a)
+        );
+        assert_eq!(m.from, a, "an answer did not go from the number the tenant is talking to");
+    }
+    assert_ne!(a, b);
+
+    let thread = |phone: String| async move {
+        let (s, c) = server.call("GET", &format!("/v1/customers/acme/conversations/{phone}"), None).await;
+        assert_eq!(s, 200, "{c}");
+        c
+    };
+    let summary = |c: &Value| -> Vec<(String, String, String)> {
+        c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let f = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+                (f("direction"), f("number"), f("body"))
+            })
+            .collect()
+    };
+    let first = wait_until(Duration::from_secs(30), "the answer in the thread", || async {
+        let c = thread(to[0].clone()).await;
+        (c["messages"].as_array().map(Vec::len) == Some(3)).then_some(c)
+    })
+    .await;
+    let out = |n: &str, body: &str| ("outbound".to_owned(), n.to_owned(), body.to_owned());
+    let inb = |n: &str, body: &str| ("inbound".to_owned(), n.to_owned(), body.to_owned());
+    assert_eq!(
+        summary(&first),
+        [out(&a, "Water off 9-11"), inb(&a, "Is the water back on? #0"), out(&a, "Yes, the water is back on.")],
+        "a retried reply appears once; the answer goes last"
+    );
+    assert_eq!(first["messages"][0]["batch"], batch);
+    assert_eq!(first["messages"][1]["batch"], batch, "the reply answers the batch");
+    assert_eq!(first["messages"][0]["message_sid"], messages.iter().find(|m| m.to == to[0]).unwrap().sid.as_str());
+    let other = wait_until(Duration::from_secs(30), "X's thread", || async {
+        let c = thread(x.clone()).await;
+        (c["messages"].as_array().map(Vec::len) == Some(3)).then_some(c)
+    })
+    .await;
+    assert_eq!(
+        summary(&other),
+        [out(&b, "Water off 9-11"), inb(&a, "Which number is this?"), out(&a, "This is Acme's line, Alex here.")]
+    );
+    assert!(other["messages"][1].get("batch").is_none(), "a reply to another number answers no batch: {other}");
+    let helped = thread(to[9].clone()).await;
+    assert_eq!(summary(&helped)[1..], [inb(&from_of(&to[9]), "help"), out(&from_of(&to[9]), help)]);
+    let stopped = thread(to[7].clone()).await;
+    assert_eq!(stopped["opted_out"], true);
+    println!(
+        "threads: {} and {} messages; HELP thread {:?}",
+        first["messages"].as_array().unwrap().len(),
+        other["messages"].as_array().unwrap().len(),
+        summary(&helped).iter().map(|m| m.0.as_str()).collect::<Vec<_>>()
+    );
+    for (path, field) in
+        [("/v1/customers/acme/conversations/12345", "phone"), ("/v1/customers/nobody/conversations/+14155550100", "")]
+    {
+        let (s, body) = server.call("GET", path, None).await;
+        println!("{path}: {s} {body}");
+        assert!(s == 422 || s == 404, "{path}: {s} {body}");
+        assert!(body.to_string().contains(field), "{body}");
+    }
+
+    // The dashboard's conversation page, as support staff use it, in Chromium.
+    let browser = concat!(env!("CARGO_MANIFEST_DIR"), "/browser");
+    assert!(
+        std::path::Path::new(&format!("{browser}/node_modules/playwright-core")).exists(),
+        "run `npm ci` in tests/browser (scripts/test does it)"
+    );
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/dashboard");
+    std::fs::create_dir_all(shots).unwrap();
+    let run = tokio::process::Command::new("node")
+        .arg(format!("{browser}/conversation.mjs"))
+        .args([server.base.as_str(), ADMIN, "acme", to[0].as_str(), shots])
+        .output()
+        .await
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "browser script failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let seen: Vec<(String, String)> = v["thread"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["dir"].as_str().unwrap().to_owned(), m["body"].as_str().unwrap().to_owned()))
+        .collect();
+    println!(
+        "conversation page: {} messages; axe serious/critical: {}",
+        seen.len(),
+        json!(
+            v["axe"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, r)| (k.clone(), r["serious_or_critical"].clone()))
+                .collect::<BTreeMap<_, _>>()
+        )
+    );
+    let bodies: Vec<String> = summary(&first).into_iter().map(|m| m.2).collect();
+    assert_eq!(seen.iter().map(|m| m.1.clone()).collect::<Vec<_>>(), bodies);
+    assert_eq!(seen.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["out", "in", "out"]);
+    for (page, r) in v["axe"].as_object().unwrap() {
+        assert_eq!(r["serious_or_critical"], json!([]), "{page}: {r}");
+    }
+    assert_eq!(v["events_heading"], "Events of acme");
+    assert_eq!(v["page_errors"], json!([]));
 }
 
 /// One request an endpoint received: its headers and body.
@@ -351,22 +502,54 @@ async fn endpoint(down: Duration, slow: Duration, gone: bool) -> (String, Inbox)
     (url, inbox)
 }
 
+/// How big a delivery run is.
+struct Run {
+    recipients: usize,
+    /// Signed replies, each posted twice (Twilio retries a webhook), of which `stops` are STOP.
+    replies: usize,
+    stops: usize,
+    /// The endpoint answers 503 this long after it starts.
+    down: Duration,
+}
+
+/// Acceptance 1 at CI size: 200 recipients, 20 replies, 5 STOPs, the endpoint down for 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outages_and_a_killed_server() {
+    delivery_run(Run { recipients: 200, replies: 20, stops: 5, down: Duration::from_secs(5) }).await;
+}
+
+/// Acceptance 1 at full size (a few minutes): 5,000 recipients, 500 replies, 50 STOPs, the endpoint down for 30 s.
+/// `cargo test -p messenger-tests --test events -- --ignored --nocapture full_size`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "full size, a few minutes: run by hand"]
+async fn full_size_events_reach_the_apps_endpoint_through_outages_and_killed_processes() {
+    delivery_run(Run { recipients: 5_000, replies: 500, stops: 50, down: Duration::from_secs(30) }).await;
+}
+
+/// A batch's events delivered to an app's endpoint that answers 503 for `run.down` and then times out on every tenth
+/// request, while delivery reports arrive shuffled and repeated, tenants reply (some twice, some STOP), a worker is
+/// killed (-9) mid-send and `producer serve` is killed (-9) mid-delivery. After recovery: the distinct event ids
+/// per type equal the truth, each occurrence has one id, per recipient the events left in order, and every
+/// signature verifies with the Python `standardwebhooks` library.
+async fn delivery_run(run: Run) {
+    let started = std::time::Instant::now();
     let mut w = World::start(SimConfig::default()).await;
     let server = Server::for_world(
         &mut w,
         &[
             ("MESSENGER_EVENTS_ALLOW_PRIVATE", "true"),
-            ("MESSENGER_EVENTS_RETRY_SCHEDULE", "300ms,500ms,1s,1s,2s,2s,2s,2s,2s,2s,2s,2s"),
+            ("MESSENGER_EVENTS_RETRY_SCHEDULE", "300ms,500ms,1s,1s,2s,2s,2s,2s,2s,2s,2s,2s,5s,5s,5s,5s"),
             ("MESSENGER_EVENTS_TIMEOUT_MS", "400"),
             ("MESSENGER_EVENTS_CONCURRENCY", "8"),
         ],
     );
     let mut serve = Server::start(&w, server.port);
     server.up().await;
-    let (url, inbox) = endpoint(Duration::from_secs(5), Duration::from_millis(900), false).await;
-    let (s, c) = server.call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": 3, "events_url": url}))).await;
+    let (url, inbox) = endpoint(run.down, Duration::from_millis(900), false).await;
+    let endpoint_up = tokio::time::Instant::now() + run.down;
+    let max_numbers = run.recipients.div_ceil(250) + 2;
+    let (s, c) =
+        server.call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": max_numbers, "events_url": url}))).await;
     assert_eq!(s, 201, "{c}");
     let secret = c["events_secret"].as_str().expect("a generated secret, shown once").to_owned();
     assert!(secret.starts_with("whsec_") && c["events"] == true, "{c}");
@@ -378,8 +561,8 @@ async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outa
         server.call("PUT", "/v1/customers/beta", Some(json!({"max_numbers": 1, "events_url": gone_url}))).await;
     assert_eq!(s, 201);
 
-    let _workers: Vec<_> = (0..2).map(|_| w.worker(16)).collect();
-    let to = recipients(200, 0);
+    let mut workers: Vec<_> = (0..2).map(|_| w.worker(16)).collect();
+    let to = recipients(run.recipients, 0);
     let (s, accepted) = server
         .call("POST", "/v1/customers/acme/bulk-texts", Some(json!({"body": "Boiler service", "recipients": to})))
         .await;
@@ -388,39 +571,91 @@ async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outa
     server
         .call("POST", "/v1/customers/beta/bulk-texts", Some(json!({"body": "Hi", "recipients": recipients(3, 900)})))
         .await;
-    wait_until(Duration::from_secs(60), "the batch to complete", || async {
+    // A worker killed (-9) a third of the way through the sends; its jobs come back when their leases lapse.
+    wait_until(Duration::from_secs(120), "a third of the texts out", || async {
+        (w.state().messages.len() >= run.recipients / 3).then_some(())
+    })
+    .await;
+    workers[0].kill9();
+    println!("worker killed (-9) after {} texts", w.state().messages.len());
+    workers.push(w.worker(16));
+    wait_until(Duration::from_secs(300), "the batch to complete", || async {
         let (_, b) = server.call("GET", &format!("/v1/batches/{batch}"), None).await;
         (b["state"] == "complete").then_some(())
     })
     .await;
     let messages: Vec<_> = w.state().messages.into_iter().filter(|m| m.body == "Boiler service").collect();
-    // Delivery reports for every text, then replies (20, of which 5 STOP), while the endpoint is still down.
-    for m in &messages {
-        let p = vec![
-            ("MessageSid".to_owned(), m.sid.clone()),
-            ("MessageStatus".to_owned(), "delivered".to_owned()),
-            ("To".to_owned(), m.to.clone()),
-        ];
-        sim::post_signed(sim::DEFAULT_AUTH_TOKEN, m.status_callback.as_ref().unwrap(), &p).await.unwrap();
+    assert_eq!(messages.len(), run.recipients, "each tenant texted once");
+    // Delivery reports: `sent`, then `delivered` (nine in ten) or `undelivered` 30007, each twice, shuffled.
+    let mut callbacks = Vec::new();
+    let mut undelivered = HashSet::new();
+    for (i, m) in messages.iter().enumerate() {
+        let last = if i % 10 == 3 { "undelivered" } else { "delivered" };
+        if last == "undelivered" {
+            undelivered.insert(m.to.clone());
+        }
+        for status in ["sent", last] {
+            let mut p = vec![
+                ("MessageSid".to_owned(), m.sid.clone()),
+                ("MessageStatus".to_owned(), status.to_owned()),
+                ("To".to_owned(), m.to.clone()),
+            ];
+            if status == "undelivered" {
+                p.push(("ErrorCode".to_owned(), "30007".to_owned()));
+            }
+            callbacks.extend(std::iter::repeat_n((m.status_callback.clone().unwrap(), p), 2));
+        }
     }
-    for (i, r) in to[..20].iter().enumerate() {
-        let from = messages.iter().find(|m| &m.to == r).unwrap().from.clone();
-        let body = if i < 5 { "STOP".to_owned() } else { format!("Thanks #{i}") };
-        assert_eq!(reply(&server, r, &from, &body, &format!("SMr{i:031}")).await.0, 200);
-    }
-    // Once the endpoint is up and taking events, the server is killed (-9) and started again.
-    wait_until(Duration::from_secs(30), "the endpoint to take a few events", || async {
-        let n = inbox.0.lock().unwrap().len();
-        (n > 80).then_some(())
+    callbacks.shuffle(&mut rand::rng());
+    // Posted as Twilio does, retrying while the server is away (it is killed below, mid-stream).
+    let n_callbacks = callbacks.len();
+    let posting = tokio::spawn(async move {
+        for (url, p) in &callbacks {
+            loop {
+                match sim::post_signed(sim::DEFAULT_AUTH_TOKEN, url, p).await {
+                    Ok((code, _)) if code < 300 => break,
+                    Ok((code, _)) if code < 500 => panic!("callback answered {code}"),
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    });
+    // Once the endpoint is up and has taken a quarter of the events, the server is killed (-9) and started again,
+    // while delivery reports are still arriving.
+    let expected_total = run.recipients * 2 + run.replies + run.stops + 1;
+    let distinct = |inbox: &Inbox| {
+        inbox.0.lock().unwrap().iter().map(|(h, _)| h["webhook-id"].clone()).collect::<HashSet<_>>().len()
+    };
+    wait_until(Duration::from_secs(300), "the endpoint to take a quarter of the events", || async {
+        (tokio::time::Instant::now() >= endpoint_up && distinct(&inbox) > expected_total / 4).then_some(())
     })
     .await;
     drop(serve);
+    let requests = inbox.0.lock().unwrap().len();
+    let events = distinct(&inbox);
+    let posted_all = posting.is_finished();
+    println!(
+        "producer serve killed (-9) after {requests} deliveries of {events} distinct events; delivery reports all \
+         posted: {posted_all}"
+    );
     serve = Server::start(&w, server.port);
     server.up().await;
+    posting.await.unwrap();
+    // Replies, each posted twice: the first `stops` are STOP, the rest questions.
+    let mut bodies: BTreeMap<String, String> = BTreeMap::new();
+    for (i, r) in to[..run.replies].iter().enumerate() {
+        let from = messages.iter().find(|m| &m.to == r).unwrap().from.clone();
+        let body = if i < run.stops { "STOP".to_owned() } else { format!("Is the heat back? #{i}") };
+        for _ in 0..2 {
+            assert_eq!(reply(&server, r, &from, &body, &format!("SMr{i:031}")).await.0, 200);
+        }
+        bodies.insert(r.clone(), body);
+    }
+    println!("{n_callbacks} callbacks and {} replies posted after {:?}", run.replies * 2, started.elapsed());
 
     let truth = all_events(&server, "acme", 1000, |_| {}).await;
     let truth_ids: Vec<String> = truth.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-    let delivered = wait_until(Duration::from_secs(120), "every event delivered", || async {
+    let delivered = wait_until(Duration::from_secs(900), "every event delivered", || async {
         let got = inbox.0.lock().unwrap().clone();
         let ids: HashSet<String> = got.iter().filter_map(|(h, _)| h.get("webhook-id").cloned()).collect();
         truth_ids.iter().all(|id| ids.contains(id)).then_some(got)
@@ -435,27 +670,46 @@ async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outa
     }
     let counts: BTreeMap<&str, usize> = by_type.iter().map(|(t, s)| (t.as_str(), s.len())).collect();
     println!(
-        "{} requests for {} distinct events (503 for 5 s, every tenth slower than the timeout, a kill -9): {counts:?}",
+        "{} requests for {} distinct events ({:?} of 503, every tenth slower than the timeout, a worker and the server \
+         killed -9) after {:?}: {counts:?}",
         delivered.len(),
-        ids.len()
+        ids.len(),
+        run.down,
+        started.elapsed()
     );
     assert_eq!(ids.len(), truth_ids.len(), "an event the stream does not have was delivered");
     let expected: BTreeMap<&str, usize> = [
         ("batch.completed", 1),
-        ("message.delivered", 200),
-        ("message.received", 20),
-        ("message.sent", 200),
-        ("recipient.opted_out", 5),
+        ("message.delivered", run.recipients - undelivered.len()),
+        ("message.failed", undelivered.len()),
+        ("message.received", run.replies),
+        ("message.sent", run.recipients),
+        ("recipient.opted_out", run.stops),
     ]
     .into_iter()
     .collect();
     assert_eq!(counts, expected);
-    // The same event always carries the same body (one occurrence, one id).
-    let mut bodies: BTreeMap<&str, String> = BTreeMap::new();
+    // The same event always carries the same body (one id, one event); one occurrence has one id.
+    let mut data_of: BTreeMap<&str, String> = BTreeMap::new();
+    let mut ids_of: BTreeMap<(String, String, String), HashSet<&str>> = BTreeMap::new();
     for (h, body) in &delivered {
-        let data = serde_json::from_str::<Value>(body).unwrap()["data"].to_string();
-        let prev = bodies.insert(h["webhook-id"].as_str(), data.clone());
+        let v: Value = serde_json::from_str(body).unwrap();
+        let data = v["data"].to_string();
+        let prev = data_of.insert(h["webhook-id"].as_str(), data.clone());
         assert!(prev.is_none_or(|p| p == data), "an id carried two different events");
+        let field = |k: &str| v["data"][k].as_str().unwrap_or_default().to_owned();
+        let occurrence = (v["type"].as_str().unwrap().to_owned(), field("recipient"), field("message_sid"));
+        ids_of.entry(occurrence).or_default().insert(h["webhook-id"].as_str());
+    }
+    let twice: Vec<_> = ids_of.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "occurrences with two ids: {twice:?}");
+    for e in truth.iter().filter(|e| e["type"] == "message.received") {
+        let r = e["data"]["recipient"].as_str().unwrap();
+        assert_eq!(e["data"]["body"].as_str(), bodies.get(r).map(String::as_str), "{e}");
+    }
+    for e in truth.iter().filter(|e| e["type"] == "message.failed") {
+        assert!(undelivered.contains(e["data"]["recipient"].as_str().unwrap()), "{e}");
+        assert_eq!(e["data"]["error_code"], 30007, "{e}");
     }
     // Per recipient, events were first delivered in the order they happened.
     let mut first_seen: Vec<&str> = Vec::new();
@@ -477,31 +731,13 @@ async fn events_reach_the_apps_endpoint_signed_once_per_id_in_order_through_outa
         }
     }
     // Every signature verifies with Standard Webhooks' own Python library.
-    let dump = std::env::temp_dir().join(format!("deliveries-{}.json", ulid::Ulid::new()));
-    std::fs::write(
-        &dump,
-        serde_json::to_string(&delivered.iter().map(|(h, b)| json!({"headers": h, "body": b})).collect::<Vec<_>>())
-            .unwrap(),
-    )
-    .unwrap();
-    let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import json,sys\nfrom standardwebhooks.webhooks import Webhook\nwh=Webhook(sys.argv[2])\nn=0\n\
-             for d in json.load(open(sys.argv[1])):\n    wh.verify(d['body'], d['headers']); n+=1\nprint(n)",
-        ])
-        .arg(&dump)
-        .arg(&secret)
-        .output()
-        .expect("python with standardwebhooks (scripts/test installs it)");
-    let _ = std::fs::remove_file(&dump);
-    assert!(out.status.success(), "a signature did not verify: {}", String::from_utf8_lossy(&out.stderr));
+    let verified = verified_by(&delivered, &secret);
     println!(
-        "signatures verified by the Python standardwebhooks library: {}",
-        String::from_utf8_lossy(&out.stdout).trim()
+        "signatures verified by the Python standardwebhooks library: {} of {}",
+        verified.iter().filter(|v| **v).count(),
+        delivered.len()
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), delivered.len().to_string());
+    assert!(verified.iter().all(|v| *v), "a signature did not verify");
 
     // 410: called once per lane at most (they run side by side), then never again; the customer says why.
     let (_, beta) = server.call("GET", "/v1/customers/beta", None).await;
@@ -615,11 +851,34 @@ async fn events_that_fail_every_attempt_are_dead_lettered_and_can_be_replayed() 
     );
     let (s, body) = server.call("POST", "/v1/customers/acme/events/dead/replay", Some(json!({"ids": ["nope"]}))).await;
     assert_eq!(s, 422, "{body}");
-    up.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (s, q) = server.call("POST", "/v1/customers/acme/events/dead/replay", Some(json!({}))).await;
-    assert_eq!((s, q["queued"].as_u64()), (202, Some(7)), "{q}");
     let ids: Vec<String> =
         dead.as_array().unwrap().iter().map(|d| d["event"]["id"].as_str().unwrap().to_owned()).collect();
+
+    // The dashboard lists them, each with a replay button; a replay without the form's CSRF token is refused.
+    let staff = harness::dashboard::login(&server.base, ADMIN).await;
+    let (status, _, page) = staff.get("/dashboard/events/acme").await;
+    assert_eq!(status, 200);
+    let buttons = ids.iter().filter(|i| page.contains(&format!("aria-label=\"Replay {i}\""))).count();
+    println!("dashboard events page: {buttons} dead letters with a replay button");
+    assert_eq!(buttons, 7);
+    let (status, _) = staff.post("/dashboard/events/acme/replay", &[("id", ids[0].as_str())], false).await;
+    assert_eq!(status, 403, "a replay without the CSRF token");
+    let (_, still) = server.call("GET", "/v1/customers/acme/events/dead", None).await;
+    assert_eq!(still.as_array().map(Vec::len), Some(7), "a refused replay changed something");
+    up.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (status, answer) = staff.post("/dashboard/events/acme/replay", &[("id", ids[0].as_str())], true).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("1 dead letter(s) of acme"), "{answer}");
+    wait_until(Duration::from_secs(30), "the one replayed from the dashboard to arrive", || async {
+        received.lock().unwrap().contains(&ids[0]).then_some(())
+    })
+    .await;
+    let (_, left) = server.call("GET", "/v1/customers/acme/events/dead", None).await;
+    assert_eq!(left.as_array().map(Vec::len), Some(6), "{left}");
+    println!("replayed 1 from the dashboard; 6 left");
+
+    let (s, q) = server.call("POST", "/v1/customers/acme/events/dead/replay", Some(json!({}))).await;
+    assert_eq!((s, q["queued"].as_u64()), (202, Some(6)), "{q}");
     wait_until(Duration::from_secs(30), "the replays to arrive", || async {
         let got = received.lock().unwrap().clone();
         ids.iter().all(|i| got.contains(i)).then_some(())
@@ -628,4 +887,128 @@ async fn events_that_fail_every_attempt_are_dead_lettered_and_can_be_replayed() 
     let (_, after) = server.call("GET", "/v1/customers/acme/events/dead", None).await;
     assert_eq!(after.as_array().map(Vec::len), Some(0), "{after}");
     println!("replayed {} dead letters; none left", ids.len());
+}
+
+/// For each delivery, whether its signature verifies with `secret`, judged by Standard Webhooks' Python library.
+fn verified_by(deliveries: &[Request], secret: &str) -> Vec<bool> {
+    let dump = std::env::temp_dir().join(format!("deliveries-{}.json", ulid::Ulid::new()));
+    std::fs::write(
+        &dump,
+        serde_json::to_string(&deliveries.iter().map(|(h, b)| json!({"headers": h, "body": b})).collect::<Vec<_>>())
+            .unwrap(),
+    )
+    .unwrap();
+    let python = std::env::var("MESSENGER_SDK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json,sys\nfrom standardwebhooks.webhooks import Webhook, WebhookVerificationError\n\
+             wh=Webhook(sys.argv[2])\nok=[]\nfor d in json.load(open(sys.argv[1])):\n    try:\n        \
+             wh.verify(d['body'], d['headers']); ok.append(True)\n    except WebhookVerificationError:\n        \
+             ok.append(False)\nprint(json.dumps(ok))",
+        ])
+        .arg(&dump)
+        .arg(secret)
+        .output()
+        .expect("python with standardwebhooks (scripts/test installs it)");
+    let _ = std::fs::remove_file(&dump);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Rotating the secret: for the overlap (`MESSENGER_EVENTS_SECRET_OVERLAP`) every delivery carries two signatures,
+/// so a receiver still on the old secret and one already on the new both verify it; after the overlap only the new
+/// secret signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_signs_beside_the_new_one_for_the_overlap_then_stops() {
+    let old = "whsec_Zmlyc3Qgc2VjcmV0IG9mIGFjbWUsIDI0Yg==";
+    let new = "whsec_c2Vjb25kIHNlY3JldCBvZiBhY21lIDI0";
+    let mut w = World::start(SimConfig::default()).await;
+    let overlap = Duration::from_secs(6);
+    let server = Server::for_world(
+        &mut w,
+        &[
+            ("MESSENGER_EVENTS_ALLOW_PRIVATE", "true"),
+            ("MESSENGER_EVENTS_RETRY_SCHEDULE", "200ms"),
+            ("MESSENGER_EVENTS_SECRET_OVERLAP", "6s"),
+        ],
+    );
+    let _serve = Server::start(&w, server.port);
+    server.up().await;
+    let (url, inbox) = endpoint(Duration::ZERO, Duration::ZERO, false).await;
+    let (s, c) = server
+        .call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": 1, "events_url": url, "events_secret": old})))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    assert!(c.get("events_secret").is_none_or(Value::is_null), "a given secret is not echoed: {c}");
+    let _worker = w.worker(4);
+    // One batch of 3 in each phase (3 `message.sent` and its `batch.completed`); returns the phase's deliveries.
+    let phase = |n: usize| {
+        let (server, inbox) = (&server, inbox.clone());
+        async move {
+            let start = inbox.0.lock().unwrap().len();
+            let (s, a) = server
+                .call(
+                    "POST",
+                    "/v1/customers/acme/bulk-texts",
+                    Some(json!({"body": format!("Phase {n}"), "recipients": recipients(3, n * 10)})),
+                )
+                .await;
+            assert_eq!(s, 202, "{a}");
+            let batch = a["batch_id"].as_str().unwrap().to_owned();
+            wait_until(Duration::from_secs(60), "the phase's 4 events delivered", || async {
+                let got: Vec<Request> = inbox.0.lock().unwrap()[start..].to_vec();
+                let done = got.iter().any(|(_, b)| {
+                    let v: Value = serde_json::from_str(b).unwrap();
+                    v["type"] == "batch.completed" && v["data"]["batch"] == batch.as_str()
+                });
+                let ids: HashSet<&String> = got.iter().map(|(h, _)| &h["webhook-id"]).collect();
+                (done && ids.len() >= 4).then_some(got.clone())
+            })
+            .await
+        }
+    };
+    let before = phase(0).await;
+    let (s, c) = server.call("PUT", "/v1/customers/acme", Some(json!({"events_secret": new}))).await;
+    assert_eq!(s, 200, "{c}");
+    let rotated = std::time::Instant::now();
+    let during = phase(1).await;
+    assert!(rotated.elapsed() < overlap, "the second phase outlasted the overlap; the test cannot judge it");
+    tokio::time::sleep(overlap.saturating_sub(rotated.elapsed()) + Duration::from_secs(1)).await;
+    let after = phase(2).await;
+    let signatures =
+        |r: &[Request]| r.iter().map(|(h, _)| h["webhook-signature"].split(' ').count()).collect::<Vec<_>>();
+    let all_true = |v: &[bool]| !v.is_empty() && v.iter().all(|b| *b);
+    let none_true = |v: &[bool]| !v.is_empty() && v.iter().all(|b| !*b);
+    println!(
+        "signatures per delivery: before {:?}, during the overlap {:?}, after {:?}",
+        signatures(&before),
+        signatures(&during),
+        signatures(&after)
+    );
+    let (b_old, d_old, d_new, a_old, a_new) = (
+        verified_by(&before, old),
+        verified_by(&during, old),
+        verified_by(&during, new),
+        verified_by(&after, old),
+        verified_by(&after, new),
+    );
+    println!(
+        "verified (Python standardwebhooks): before with the old secret {}/{}; during: old {}/{}, new {}/{}; after: \
+         old {}/{}, new {}/{}",
+        b_old.iter().filter(|b| **b).count(),
+        b_old.len(),
+        d_old.iter().filter(|b| **b).count(),
+        d_old.len(),
+        d_new.iter().filter(|b| **b).count(),
+        d_new.len(),
+        a_old.iter().filter(|b| **b).count(),
+        a_old.len(),
+        a_new.iter().filter(|b| **b).count(),
+        a_new.len()
+    );
+    assert!(all_true(&b_old));
+    assert!(all_true(&d_old) && all_true(&d_new), "during the overlap both secrets verify");
+    assert!(none_true(&a_old) && all_true(&a_new), "after the overlap only the new secret signs");
+    assert!(signatures(&during).iter().all(|n| *n == 2) && signatures(&after).iter().all(|n| *n == 1));
 }
