@@ -65,5 +65,5 @@ if st and string.sub(st, 1, 1) == 'r' then
     window_push(cprefix .. 'att', now, p[3], 60000 + CAP_MINUTE_SLACK_MS)
   end
 end
-if EV and body ~= '' and KEYS[9] then converse(KEYS[9], 'out', now, from, body, sid, EV.batch) end
+if EV and body ~= '' and KEYS[9] then converse(KEYS[9], 'o', now, from, body, sid, EV.batch) end
 return {'ok', finish(counted_in(cfg, b[3]), batch, state, failures, inflight, recipient, member, st, 'd', sid, retention, now)}

@@ -102,16 +102,16 @@ local function record_opt(records, tenant, kind, how, number, now, sid)
 end
 
 -- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept when the customer
--- records events: `{c:ID}:conv:<tenant E.164>`, a LIST of JSON entries `{dir: 'out'|'in', at_ms, number (ours),
--- body, sid, batch}`, oldest first; the last CONV_MAX kept, and the whole thread dropped CONV_TTL_MS after its
--- last message. Written by the script that records the message (commit.lua for a text sent, record_inbound.lua
--- for a reply), so the thread and the events agree.
+-- records events: `{c:ID}:conv:<tenant E.164>`, a LIST of entries `<dir>|<at ms>|<our number>|<sid>|<batch>|<body>`
+-- (dir `o` out, `i` in; the body last, so it may hold any character), oldest first; the last CONV_MAX kept, and the
+-- whole thread dropped CONV_TTL_MS after its last message. Written by the script that records the message
+-- (commit.lua for a text sent, record_inbound.lua for a reply), so the thread and the events agree. Two commands
+-- an entry (the trim only once the thread is full): a plain string, no JSON encoding.
 local CONV_MAX, CONV_TTL_MS = 50, 30 * 86400000
 
 local function converse(key, dir, at_ms, number, body, sid, batch)
-  redis.call('RPUSH', key, cjson.encode({ dir = dir, at_ms = at_ms, number = number, body = body, sid = sid,
-    batch = batch }))
-  redis.call('LTRIM', key, -CONV_MAX, -1)
+  local n = redis.call('RPUSH', key, dir .. '|' .. at_ms .. '|' .. number .. '|' .. sid .. '|' .. batch .. '|' .. body)
+  if n > CONV_MAX then redis.call('LTRIM', key, -CONV_MAX, -1) end
   redis.call('PEXPIRE', key, CONV_TTL_MS)
 end
 

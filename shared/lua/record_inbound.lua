@@ -68,9 +68,9 @@ end
 if EV then
   emit('message.received', 'b', batch, 'r', tenant, 'to', number, 'sid', sid, 'body', body)
   if KEYS[7] then
-    converse(KEYS[7], 'in', now, number, body, sid, batch)
+    converse(KEYS[7], 'i', now, number, body, sid, batch)
     -- The HELP answer goes back in the webhook's reply (TwiML): the thread shows it too.
-    if help ~= '' then converse(KEYS[7], 'out', now, number, help, '', '') end
+    if help ~= '' then converse(KEYS[7], 'o', now, number, help, '', '') end
   end
 end
 

@@ -29,7 +29,7 @@
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them (`<number>|<batch id>` for a batch recording events); one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
 //! | `{c:ID}:optrec` | HASH | recipient → its opt-outs and opt-ins (`[{"kind","keyword","number","at_ms"}…]`, the last 20), the evidence of consent |
-//! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `{"dir":"out"|"in","at_ms","number","body","sid","batch"}` JSON entries, oldest first, the last 50 and 30 days after the last message; written only when the customer records events |
+//! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `<o|i>|<ms>|<number>|<sid>|<batch>|<body>` entries, oldest first, the last 50 and 30 days after the last message; written only when the customer records events |
 //! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`; 3 s + the delivery timeout + 5 s) |
 //! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
 //! | `{c:ID}:events:retry` | HASH | lane → its failing head event `<id>|<attempts>|<due ms>` |
@@ -179,7 +179,7 @@ impl CustomerKeys {
     pub fn events_dead_why(&self) -> String {
         self.key("events:dead:why")
     }
-    /// A tenant's conversation with the customer (LIST of JSON entries; common.lua `converse`).
+    /// A tenant's conversation with the customer (LIST; common.lua `converse`).
     pub fn conversation(&self, tenant: &str) -> String {
         self.key(&format!("conv:{tenant}"))
     }

@@ -231,17 +231,18 @@ pub async fn conversation(deps: &Deps, id: &CustomerId, phone: &str) -> Result<C
         .map_err(OpsError::from)?;
     let messages = rows
         .iter()
-        .filter_map(|r| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(r).ok())
-        .map(|r| {
-            let text = |f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-            ConversationMessage {
-                direction: if text("dir") == "in" { "inbound" } else { "outbound" }.to_owned(),
-                at: r.get("at_ms").and_then(serde_json::Value::as_i64).map(rfc3339).unwrap_or_default(),
-                number: text("number"),
-                body: text("body"),
-                message_sid: Some(text("sid")).filter(|s| !s.is_empty()),
-                batch: Some(text("batch")).filter(|s| !s.is_empty()),
-            }
+        .filter_map(|r| {
+            let mut p = r.splitn(6, '|');
+            let (dir, at, number, sid, batch, body) =
+                (p.next()?, p.next()?, p.next()?, p.next()?, p.next()?, p.next()?);
+            Some(ConversationMessage {
+                direction: if dir == "i" { "inbound" } else { "outbound" }.to_owned(),
+                at: at.parse().ok().map(rfc3339).unwrap_or_default(),
+                number: number.to_owned(),
+                body: body.to_owned(),
+                message_sid: Some(sid.to_owned()).filter(|s| !s.is_empty()),
+                batch: Some(batch.to_owned()).filter(|s| !s.is_empty()),
+            })
         })
         .collect();
     Ok(Conversation {
