@@ -4,46 +4,15 @@
 // Prints one JSON line with what it saw; the Rust test (tests/tests/dashboard.rs) judges it.
 //
 // usage: node dashboard.mjs BASE_URL ADMIN_TOKEN CUSTOMER RECIPIENTS SCREENSHOT_DIR
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
+import { launch, open } from "./common.mjs";
 
 const [base, token, customer, recipientsRaw, shots] = process.argv.slice(2);
 const recipients = Number(recipientsRaw);
-const require = createRequire(import.meta.url);
-const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const out = { screenshots: [], axe: {} };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
-
-  // axe-core, run in the page (evaluate is not subject to the page's CSP); serious and critical violations.
-  async function audit(name) {
-    await page.evaluate(axeSource);
-    const r = await page.evaluate(async () => {
-      const res = await axe.run(document, { resultTypes: ["violations"] });
-      return res.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length }));
-    });
-    out.axe[name] = {
-      serious_or_critical: r.filter((v) => v.impact === "serious" || v.impact === "critical"),
-      all: r,
-    };
-  }
-  async function shot(name, opts = {}) {
-    const path = `${shots}/${name}.png`;
-    await page.screenshot({ path, fullPage: true, ...opts });
-    out.screenshots.push(path);
-  }
+  const { context, page, errors, audit, shot } = await open(browser, out, shots);
 
   // Sign in: the dashboard sends an unsigned-in visitor to the login page.
   await page.goto(`${base}/dashboard`);

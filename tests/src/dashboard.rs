@@ -153,3 +153,19 @@ pub async fn page_costs(
     }
     out
 }
+
+/// The serious and critical axe-core violations per page of a browser script's report (its `axe` field).
+pub fn axe_serious(report: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    report["axe"]
+        .as_object()
+        .map(|pages| pages.iter().map(|(k, r)| (k.clone(), r["serious_or_critical"].clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Panics, naming the page and its findings, if axe-core found anything serious or critical on any page.
+pub fn assert_axe_clean(report: &serde_json::Value) {
+    assert!(report["axe"].as_object().is_some_and(|p| !p.is_empty()), "no page was audited: {report}");
+    for (page, findings) in axe_serious(report) {
+        assert_eq!(findings, serde_json::json!([]), "{page}: {}", report["axe"][&page]);
+    }
+}
