@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use common::{ADMIN, World, inbound_params};
+use common::{ADMIN, World, inbound_params, status_params};
 use harness::fixtures::{recipients, wait_until};
 use harness::procs::Proc;
 use harness::sim::{self, SimConfig};
@@ -147,15 +147,7 @@ async fn events_report_every_outcome_reply_and_opt_out_once_in_order_across_serv
         let url = m.status_callback.clone().expect("status callbacks asked for");
         let last = if i < 30 { "delivered" } else { "undelivered" };
         for status in ["sent", last] {
-            let mut p = vec![
-                ("MessageSid".to_owned(), m.sid.clone()),
-                ("MessageStatus".to_owned(), status.to_owned()),
-                ("To".to_owned(), m.to.clone()),
-            ];
-            if status == "undelivered" {
-                p.push(("ErrorCode".to_owned(), "30007".to_owned()));
-            }
-            callbacks.extend(std::iter::repeat_n((url.clone(), p), 3));
+            callbacks.extend(std::iter::repeat_n((url.clone(), status_params(&m.sid, &m.to, status)), 3));
         }
     }
     callbacks.shuffle(&mut rand::rng());
@@ -586,14 +578,7 @@ async fn delivery_run(run: Run) {
             undelivered.insert(m.to.clone());
         }
         for status in ["sent", last] {
-            let mut p = vec![
-                ("MessageSid".to_owned(), m.sid.clone()),
-                ("MessageStatus".to_owned(), status.to_owned()),
-                ("To".to_owned(), m.to.clone()),
-            ];
-            if status == "undelivered" {
-                p.push(("ErrorCode".to_owned(), "30007".to_owned()));
-            }
+            let p = status_params(&m.sid, &m.to, status);
             callbacks.extend(std::iter::repeat_n((m.status_callback.clone().unwrap(), p), 2));
         }
     }

@@ -416,6 +416,20 @@ impl Api {
     }
 }
 
+/// The form parameters of a status callback for message `sid` to `to`: `status`, with Twilio's 30007 when it is
+/// `undelivered`.
+pub fn status_params(sid: &str, to: &str, status: &str) -> Vec<(String, String)> {
+    let mut p = vec![
+        ("MessageSid".to_owned(), sid.to_owned()),
+        ("MessageStatus".to_owned(), status.to_owned()),
+        ("To".to_owned(), to.to_owned()),
+    ];
+    if status == "undelivered" {
+        p.push(("ErrorCode".to_owned(), "30007".to_owned()));
+    }
+    p
+}
+
 /// The form parameters of an inbound-message webhook as Twilio sends them (main account).
 pub fn inbound_params(from: &str, to: &str, body: &str, sid: &str) -> Vec<(String, String)> {
     [
