@@ -309,6 +309,13 @@ fn checked(s: &Dashboard, headers: &HeaderMap, csrf: &str) -> Result<Session, Ou
     Ok(session)
 }
 
+/// The session of a state-changing request about customer `c`, if its CSRF token matches and it may see `c`.
+fn checked_for(s: &Dashboard, headers: &HeaderMap, csrf: &str, c: &str) -> Result<(Session, CustomerId), Outcome> {
+    let session = checked(s, headers, csrf)?;
+    let id = customer_id(&session, &session.viewer(&s.config), c)?;
+    Ok((session, id))
+}
+
 async fn logout(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     if let Err(o) = checked(&s, &headers, &f.csrf) {
         return o.into_response();
@@ -517,15 +524,11 @@ async fn release_idle(
     Path(c): Path<String>,
     Form(f): Form<ReleaseForm>,
 ) -> Outcome {
-    let session = match checked(&s, &headers, &f.csrf) {
-        Ok(s) => s,
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c) {
+        Ok(x) => x,
         Err(o) => return o,
     };
     let v = session.viewer(&s.config);
-    let id = match customer_id(&session, &v, &c) {
-        Ok(id) => id,
-        Err(o) => return o,
-    };
     if session.scope != Scope::Admin {
         return forbidden(Some(&v), "Only an admin token may release numbers.");
     }
@@ -607,15 +610,11 @@ async fn replay(
     Path(c): Path<String>,
     Form(f): Form<ReplayForm>,
 ) -> Outcome {
-    let session = match checked(&s, &headers, &f.csrf) {
-        Ok(s) => s,
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c) {
+        Ok(x) => x,
         Err(o) => return o,
     };
     let v = session.viewer(&s.config);
-    let id = match customer_id(&session, &v, &c) {
-        Ok(id) => id,
-        Err(o) => return o,
-    };
     let only = f.id.filter(|i| !i.trim().is_empty()).map(|i| vec![i.trim().to_owned()]);
     match events::replay_dead(&s.ops, &id, only.as_deref()).await {
         Ok(queued) => {
