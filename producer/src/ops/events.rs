@@ -100,9 +100,7 @@ fn page_size(v: &str) -> Result<usize, String> {
 /// An event from its stream entry (`t` and the data fields the scripts wrote).
 pub fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String)>) -> Event {
     let ms: i64 = stream_id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
-    let timestamp = chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let timestamp = rfc3339(ms);
     let mut kind = String::new();
     let mut data = serde_json::Map::new();
     data.insert("customer".into(), customer.as_str().into());
@@ -217,7 +215,7 @@ pub struct ConversationMessage {
 /// Most messages a conversation keeps (common.lua `CONV_MAX`).
 pub const CONVERSATION_MAX: usize = 50;
 
-/// Customer `id`'s conversation with `phone` (three commands).
+/// Customer `id`'s conversation with `phone` (the customer's record, then one pipeline of three commands).
 pub async fn conversation(deps: &Deps, id: &CustomerId, phone: &str) -> Result<Conversation, OpsError> {
     let phone = PhoneNumber::parse(phone).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
     customers::get(deps, id).await?;
@@ -254,6 +252,7 @@ pub async fn conversation(deps: &Deps, id: &CustomerId, phone: &str) -> Result<C
     })
 }
 
+/// Redis ms as RFC 3339 UTC with milliseconds (events' and records' times).
 fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
