@@ -20,6 +20,12 @@ use crate::recipients::RawRecipient;
 
 /// Most recipients one request may carry.
 pub const MAX_RECIPIENTS: usize = 1_000_000;
+/// Most variables (merge fields) one recipient may carry: a CSV's columns besides `phone`, a JSON recipient's `vars`.
+pub const MAX_VARIABLES: usize = 50;
+/// Longest variable value, in characters: a text is at most 1,600, so a longer value could never be sent.
+pub const MAX_VALUE_CHARS: usize = 1_600;
+/// Longest variable name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
 /// The furthest ahead a batch may be scheduled (Twilio schedules messages up to 35 days ahead, too).
 pub const MAX_SCHEDULE_DAYS: i64 = 35;
 
@@ -38,6 +44,9 @@ pub struct BulkRequest {
     pub customer: String,
     pub body: String,
     pub recipients: Vec<RawRecipient>,
+    /// Every variable the source offered, when the recipients carry only those the body uses (a CSV file's header
+    /// columns): named when a merge field has no value. Empty: the recipients' own variables are the list.
+    pub columns: Vec<String>,
     pub idempotency_key: Option<String>,
     /// Replace Unicode look-alikes with GSM-7 characters before anything else (Twilio's Smart Encoding list).
     pub smart_encoding: bool,
@@ -229,7 +238,11 @@ pub fn validate_at(req: &BulkRequest, now: DateTime<Utc>) -> Result<NewBatch, In
     let mut unknown = HashSet::new();
     for (name, has_fallback) in template.iter().flat_map(|t| t.fields()) {
         if !has_fallback && !given.contains(name) {
-            let mut columns: Vec<&str> = given.iter().copied().collect();
+            let mut columns: Vec<&str> = if req.columns.is_empty() {
+                given.iter().copied().collect()
+            } else {
+                req.columns.iter().map(String::as_str).collect()
+            };
             columns.sort();
             let known = if columns.is_empty() { "none".to_owned() } else { columns.join(", ") };
             found.push(
@@ -254,9 +267,12 @@ pub fn validate_at(req: &BulkRequest, now: DateTime<Utc>) -> Result<NewBatch, In
         if let Some(tz) = vars.get(TZ_VARIABLE).filter(|v| !v.is_empty()) {
             found.check(&raw.var_origin(TZ_VARIABLE), TimeZone::parse(tz));
         }
+        if raw.vars.len() > MAX_VARIABLES {
+            found.push(raw.origin.clone(), format!("{} variables; at most {MAX_VARIABLES}", raw.vars.len()));
+        }
         for (k, v) in &raw.vars {
-            if v.contains(VALUE_SEPARATOR) || v.contains('\0') {
-                found.push(raw.var_origin(k), "contains a control character (U+001F or NUL)");
+            if let Some(problem) = variable_problem(k, v) {
+                found.push(raw.var_origin(&shorten(k)), problem);
             }
         }
         if personal && let Some(t) = &template {
@@ -320,6 +336,23 @@ fn recount(body: &Template, names: &[String], values: &[Option<String>]) -> Segm
         totals.add(s.segments, s.encoding);
     }
     totals
+}
+
+/// What is wrong with a variable, if anything: values are single-line text of bounded length (a line break would
+/// let one value pose as the start of another row in an export, and a longer value can never be sent).
+fn variable_problem(name: &str, value: &str) -> Option<String> {
+    let name_len = name.chars().count();
+    if name.is_empty() || name_len > MAX_NAME_CHARS {
+        return Some(format!("a variable's name is 1 to {MAX_NAME_CHARS} characters, not {name_len}"));
+    }
+    if let Some(c) = value.chars().find(|c| (c.is_control() && *c != '\t') || *c == VALUE_SEPARATOR) {
+        return Some(format!(
+            "contains a control character (U+{:04X}): values are single-line text without control characters",
+            c as u32
+        ));
+    }
+    let len = value.chars().count();
+    (len > MAX_VALUE_CHARS).then(|| format!("{len} characters; a value is at most {MAX_VALUE_CHARS}"))
 }
 
 fn shorten(s: &str) -> String {
@@ -426,6 +459,28 @@ mod tests {
         assert_eq!(e.problems[0].field, "body");
         assert!(e.problems[0].message.contains("{{typo}} has no value for any recipient"), "{e}");
         assert_eq!(e.problems.iter().filter(|p| p.message.contains("typo")).count(), 1, "{e}");
+    }
+
+    #[test]
+    fn variables_are_single_line_bounded_and_few() {
+        let many: Vec<(String, String)> = (0..=MAX_VARIABLES).map(|i| (format!("v{i}"), "x".into())).collect();
+        let long = "z".repeat(MAX_VALUE_CHARS + 1);
+        let rows: &[(&str, &[(&str, &str)])] = &[
+            ("+14155550001", &[("unit", "4B\nNext tenant: +14155550002")]),
+            ("+14155550002", &[("unit", &long)]),
+            ("+14155550003", &[("unit", "1"), ("", "x")]),
+        ];
+        let mut req = with_vars("Unit {{unit}}", rows);
+        let mut wide = RawRecipient::json(3, "+14155550004");
+        wide.vars = many;
+        wide.vars.push(("unit".into(), "2".into()));
+        req.recipients.push(wide);
+        let e = validate(&req).unwrap_err();
+        let has = |field: &str, words: &str| e.problems.iter().any(|p| p.field == field && p.message.contains(words));
+        assert!(has("recipients[0].vars.unit", "control character (U+000A)"), "{e}");
+        assert!(has("recipients[1].vars.unit", "1601 characters; a value is at most 1600"), "{e}");
+        assert!(has("recipients[2].vars.", "name is 1 to 64 characters, not 0"), "{e}");
+        assert!(has("recipients[3]", "52 variables; at most 50"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use shared::config::Settings;
 use super::{Failure, connect, format_ms, print_json};
 use crate::ops::estimate::{CarrierForecast, Estimate, Timeline};
 use crate::ops::texts::{self, Accepted, Enqueue};
-use crate::recipients::{self, RawRecipient};
+use crate::recipients::{self, Columns, FileLimits, RawRecipient};
 use crate::validate::{BulkRequest, Expiry};
 
 #[derive(clap::Args, Debug)]
@@ -52,6 +52,10 @@ pub struct BulkArgs {
     /// Send whatever the hour in the recipients' zones (a burst pipe at 2 a.m.): quiet hours do not apply.
     #[arg(long)]
     pub urgent: bool,
+    /// The largest recipients file read, in MB; reading stops at the first bound reached (this, a line of 64 KiB,
+    /// 1,000,000 rows, 51 columns), naming it.
+    #[arg(long, env = "MESSENGER_MAX_RECIPIENTS_FILE_MB", default_value_t = FileLimits::DEFAULT_MB)]
+    pub max_recipients_file_mb: u64,
     /// Jobs per Redis round trip while enqueuing.
     #[arg(long, default_value_t = 1_000, hide = true)]
     pub chunk_size: usize,
@@ -61,30 +65,78 @@ pub struct BulkArgs {
 fn request(args: &BulkArgs) -> Result<BulkRequest, Failure> {
     let body = match (&args.body, &args.body_file) {
         (Some(b), _) => b.clone(),
-        (None, Some(p)) => {
-            std::fs::read_to_string(p).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", p.display())))?
-        }
+        (None, Some(p)) => read_body(p)?,
         (None, None) => return Err(Failure::Usage("--body or --body-file is required".into())),
     };
-    let recipients = match &args.recipients {
-        Some(path) => recipients::read_file(path).map_err(|e| Failure::Usage(e.to_string()))?,
-        None => args
-            .to
-            .iter()
-            .enumerate()
-            .map(|(i, v)| RawRecipient { origin: format!("--to #{}", i + 1), value: v.clone(), vars: Vec::new() })
-            .collect(),
+    let (recipients, columns) = match &args.recipients {
+        Some(path) => {
+            let limits = FileLimits::with_mb(args.max_recipients_file_mb);
+            let file = recipients::read_file(path, limits, &used_columns(&body, args.smart_encoding))
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            if !args.json && !args.dry_run {
+                eprintln!(
+                    "read {} recipient rows from the {} lines of {} (the others: header, blank lines, comments)",
+                    file.rows.len(),
+                    file.lines,
+                    path.display(),
+                );
+            }
+            (file.rows, file.columns)
+        }
+        None => (
+            args.to
+                .iter()
+                .enumerate()
+                .map(|(i, v)| RawRecipient { origin: format!("--to #{}", i + 1), value: v.clone(), vars: Vec::new() })
+                .collect(),
+            Vec::new(),
+        ),
     };
     Ok(BulkRequest {
         customer: args.customer.clone(),
         body,
         recipients,
+        columns,
         idempotency_key: args.idempotency_key.clone(),
         smart_encoding: args.smart_encoding,
         send_at: args.send_at.clone(),
         expiry: args.expires_in.clone().map(Expiry::In),
         urgent: args.urgent,
     })
+}
+
+/// The variables worth keeping from a file: the body's merge fields and the recipient's zone. A body that does
+/// not parse keeps every column (validation then names what is wrong with the body).
+fn used_columns(body: &str, smart: bool) -> Columns {
+    let body = if smart { shared::domain::smart::smart_encode(body).0 } else { body.to_owned() };
+    match shared::domain::Template::parse(&body) {
+        Ok(t) => {
+            let mut names: std::collections::HashSet<String> =
+                t.fields().into_iter().map(|(n, _)| n.to_owned()).collect();
+            names.insert(shared::quiet::TZ_VARIABLE.to_owned());
+            Columns::Only(names)
+        }
+        Err(_) => Columns::All,
+    }
+}
+
+/// Most bytes of a `--body-file`: a text is at most 1,600 characters (6,400 bytes of UTF-8); a template's merge
+/// fields add little. A larger file is not a message.
+const MAX_BODY_FILE_BYTES: u64 = 64 * 1024;
+
+fn read_body(path: &std::path::Path) -> Result<String, Failure> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| Failure::Usage(format!("cannot read {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).map_err(cannot)?.take(MAX_BODY_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > MAX_BODY_FILE_BYTES {
+        return Err(Failure::Usage(format!(
+            "--body-file {}: larger than {} KiB; a text is at most 1,600 characters",
+            path.display(),
+            MAX_BODY_FILE_BYTES / 1024
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| Failure::Usage(format!("--body-file {}: not UTF-8 text", path.display())))
 }
 
 pub async fn run(settings: Settings, args: BulkArgs) -> Result<ExitCode, Failure> {

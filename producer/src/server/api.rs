@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
 use super::metrics::Metrics;
+use super::recipients::Recipients;
 use crate::ops::customers::{self as customer_ops, CustomerInput};
 use crate::ops::events::{self, Conversation, DeadLetter, EventPage, OptOutRecord};
 use crate::ops::texts::{self, Accepted, Enqueue};
@@ -169,7 +170,8 @@ impl From<Customer> for CustomerResponse {
     }
 }
 
-/// A recipient: an E.164 number, or a number with its merge-field variables.
+/// A recipient: an E.164 number, or a number with its merge-field variables. (The OpenAPI document's shape; requests
+/// are read by [`super::recipients::Recipients`], within bounds.)
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Recipient {
@@ -182,7 +184,8 @@ pub enum Recipient {
 #[serde(deny_unknown_fields)]
 pub struct PersonalRecipient {
     pub to: String,
-    /// Values for the body's merge fields (strings or numbers); `tz` names the recipient's time zone (IANA).
+    /// Values for the body's merge fields (strings or numbers; at most 50, each single-line and at most 1,600
+    /// characters); `tz` names the recipient's time zone (IANA).
     #[serde(default)]
     #[schema(value_type = Object)]
     pub vars: std::collections::BTreeMap<String, serde_json::Value>,
@@ -196,7 +199,8 @@ pub struct BulkTextRequest {
     /// characters.
     pub body: String,
     /// At most 100,000 numbers, each an E.164 string or `{"to", "vars"}`; duplicates are removed and counted.
-    pub recipients: Vec<Recipient>,
+    #[schema(value_type = Vec<Recipient>)]
+    pub recipients: Recipients,
     /// Not before this: RFC 3339 with an offset, from now to 35 days ahead.
     pub send_at: Option<String>,
     /// Texts not sent by then end `expired` (RFC 3339 with an offset); Twilio is told the time left.
@@ -363,40 +367,18 @@ pub async fn post_bulk(
 ) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    if req.recipients.len() > limits.max_recipients {
+    let recipients = req.recipients.0;
+    if recipients.len() > limits.max_recipients {
         let mut e = too_large();
         e.detail.message =
-            format!("{} recipients; one request may carry at most {}", req.recipients.len(), limits.max_recipients);
+            format!("{} recipients; one request may carry at most {}", recipients.len(), limits.max_recipients);
         return Err(e.field("recipients"));
-    }
-    let mut recipients = Vec::with_capacity(req.recipients.len());
-    for (i, item) in req.recipients.into_iter().enumerate() {
-        recipients.push(match item {
-            Recipient::Number(n) => RawRecipient::json(i, &n),
-            Recipient::Personal(p) => {
-                let mut r = RawRecipient::json(i, &p.to);
-                for (k, v) in p.vars {
-                    let text = match v {
-                        serde_json::Value::String(s) => s,
-                        serde_json::Value::Number(n) => n.to_string(),
-                        serde_json::Value::Bool(b) => b.to_string(),
-                        serde_json::Value::Null => String::new(),
-                        _ => {
-                            let field = r.var_origin(&k);
-                            return Err(ApiError::unprocessable(format!("{field}: a value is a string or a number"))
-                                .field(field));
-                        }
-                    };
-                    r.vars.push((k, text));
-                }
-                r
-            }
-        });
     }
     let bulk = BulkRequest {
         customer: id.to_string(),
         body: req.body,
         recipients,
+        columns: Vec::new(),
         idempotency_key: req.idempotency_key,
         smart_encoding: req.smart_encoding,
         send_at: req.send_at,
@@ -435,6 +417,7 @@ pub async fn post_message(
         customer: id.to_string(),
         body: req.body,
         recipients: vec![RawRecipient { origin: "to".into(), value: req.to, vars: Vec::new() }],
+        columns: Vec::new(),
         idempotency_key: req.idempotency_key,
         smart_encoding: false,
         send_at: req.send_at,

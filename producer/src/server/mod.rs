@@ -17,6 +17,7 @@
 //! - [`error`]: the one error shape every route answers with, and the one mapping of [`crate::ops::OpsError`].
 //! - [`metrics`]: Prometheus counters and histograms behind `/metrics`.
 //! - [`openapi`]: the OpenAPI 3 document generated from the route annotations, served at `/openapi.json`.
+//! - [`recipients`]: a bulk text's recipients read from JSON within bounds.
 
 pub mod api;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod deliver;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod recipients;
 pub mod webhooks;
 
 use std::future::Future;
