@@ -4,12 +4,13 @@
 //!
 //! The rule: `https` only, and every address the name resolves to must be public — not loopback, private (RFC 1918,
 //! IPv6 unique-local), link-local, carrier-grade NAT, unspecified, multicast, broadcast, documentation or reserved,
-//! IPv4-mapped IPv6 judged as the IPv4 inside. Checked when the URL is saved (a clear error, nothing stored) and
+//! and every IPv6 form that carries an IPv4 address (mapped, compatible, translated, NAT64, 6to4, Teredo) judged by the
+//! IPv4 address inside. Checked when the URL is saved (a clear error, nothing stored) and
 //! again at every connection: the deliverer's client resolves through [`GuardedResolver`], so the connection goes
 //! to an address that was checked (a name re-pointed at 127.0.0.1 after it was saved gets nowhere), and follows no
 //! redirect. `MESSENGER_EVENTS_ALLOW_PRIVATE=true` lifts the rule (tests, an app on the same private network).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use reqwest::Url;
 
@@ -17,30 +18,93 @@ use reqwest::Url;
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
-            }
-            let s = v6.segments();
-            if v6.is_loopback() {
-                Some("loopback")
-            } else if v6.is_unspecified() {
-                Some("unspecified")
-            } else if v6.is_multicast() {
-                Some("multicast")
-            } else if s[0] & 0xfe00 == 0xfc00 {
-                Some("private (unique local)")
-            } else if s[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
-            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
-                Some("reserved for documentation")
-            } else if s[0] == 0x0064 && s[1] == 0xff9b {
-                // NAT64: the IPv4 address is in the last 32 bits.
-                forbidden_v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8))
-            } else {
-                None
-            }
-        }
+        IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+/// The IPv4 address in two 16-bit segments.
+fn v4(hi: u16, lo: u16) -> Ipv4Addr {
+    Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+}
+
+/// The IPv4 address an IPv6 address carries, for messages (the first that counts, for Teredo).
+fn carried_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    if v6.is_loopback() || v6.is_unspecified() {
+        return None;
+    }
+    let teredo = s[0] == 0x2001 && s[1] == 0;
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        Some(v4)
+    } else if s[..6] == [0; 6]
+        || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0)
+        || (s[0] == 0x0064 && s[1] == 0xff9b)
+    {
+        Some(v4(s[6], s[7]))
+    } else if s[0] == 0x2002 {
+        Some(v4(s[1], s[2]))
+    } else if teredo && forbidden_v4(v4(s[2], s[3])).is_some() {
+        Some(v4(s[2], s[3]))
+    } else if teredo {
+        Some(v4(!s[6], !s[7]))
+    } else {
+        None
+    }
+}
+
+/// IPv6, including every form that carries an IPv4 address (judged by the address it carries, since the packets
+/// may well end up there): IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64, 6to4 and Teredo.
+fn forbidden_v6(v6: Ipv6Addr) -> Option<&'static str> {
+    let s = v6.segments();
+    if v6.is_loopback() {
+        return Some("loopback");
+    }
+    if v6.is_unspecified() {
+        return Some("unspecified");
+    }
+    // ::ffff:a.b.c.d (IPv4-mapped): the socket talks IPv4 to a.b.c.d.
+    if let Some(inner) = v6.to_ipv4_mapped() {
+        return forbidden_v4(inner);
+    }
+    // ::a.b.c.d (IPv4-compatible, deprecated by RFC 4291) and ::ffff:0:a.b.c.d (IPv4-translated, RFC 2765): never
+    // a public endpoint's address; what they carry names the worse case.
+    let compatible = s[..6] == [0; 6];
+    let translated = s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0;
+    if compatible || translated {
+        return forbidden_v4(v4(s[6], s[7])).or(Some("IPv4-compatible or IPv4-translated (deprecated)"));
+    }
+    // NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48): the IPv4 address is in the last 32 bits.
+    if s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
+        return forbidden_v4(v4(s[6], s[7]));
+    }
+    // 6to4 (2002::/16): the IPv4 address of the site's relay is in bits 16-47.
+    if s[0] == 0x2002 {
+        return forbidden_v4(v4(s[1], s[2]));
+    }
+    // Teredo (2001:0::/32): the server's IPv4 address in bits 32-63, the client's (inverted) in the last 32.
+    if s[0] == 0x2001 && s[1] == 0 {
+        return forbidden_v4(v4(s[2], s[3])).or_else(|| forbidden_v4(v4(!s[6], !s[7])));
+    }
+    if v6.is_multicast() {
+        Some("multicast")
+    } else if s[0] & 0xfe00 == 0xfc00 {
+        Some("private (unique local)")
+    } else if s[0] & 0xffc0 == 0xfe80 {
+        Some("link-local")
+    } else if s[0] & 0xffc0 == 0xfec0 {
+        Some("private (site-local, deprecated)")
+    } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] & 0xfff0) == 0x3ff0 {
+        Some("reserved for documentation")
+    } else if s[0] == 0x0100 && s[1..4] == [0; 3] {
+        Some("discard-only")
+    } else if s[0] == 0x2001
+        && ((s[1] == 0x0002 && s[2] == 0) || (s[1] & 0xfff0) == 0x0010 || (s[1] & 0xfff0) == 0x0020)
+    {
+        Some("reserved for benchmarks or identifiers (ORCHID)")
+    } else if s[0] == 0x5f00 {
+        Some("reserved (segment routing)")
+    } else {
+        None
     }
 }
 
@@ -60,6 +124,8 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("multicast, broadcast or reserved")
     } else if ip.is_documentation() || (o[0] == 198 && (o[1] & 0xfe) == 18) || (o[0] == 192 && o[1] == 0 && o[2] == 0) {
         Some("reserved for documentation, benchmarks or protocols")
+    } else if o[0] == 192 && o[1] == 88 && o[2] == 99 {
+        Some("reserved (the deprecated 6to4 relay anycast)")
     } else {
         None
     }
@@ -88,7 +154,13 @@ pub async fn check_url(raw: &str, allow_private: bool) -> Result<Url, String> {
     for addr in resolve(&host, port).await? {
         if let Some(why) = forbidden(addr.ip()) {
             let ip = addr.ip().to_string();
-            let what = if host.trim_matches(['[', ']']) == ip { ip } else { format!("{host} resolves to {ip}, which") };
+            let mut what =
+                if host.trim_matches(['[', ']']) == ip { ip } else { format!("{host} resolves to {ip}, which") };
+            if let IpAddr::V6(v6) = addr.ip()
+                && let Some(inner) = carried_v4(v6)
+            {
+                what = format!("{what} (carrying {inner})");
+            }
             return Err(format!(
                 "{what} is a {why} address: Messenger only calls public addresses (set \
                  MESSENGER_EVENTS_ALLOW_PRIVATE=true for an endpoint on the deployment's own network)"
@@ -168,6 +240,51 @@ mod tests {
         }
         for good in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "52.1.2.3", "100.128.0.1"] {
             assert_eq!(forbidden(good.parse().unwrap()), None, "{good}");
+        }
+    }
+
+    /// Every IPv6 form that carries an IPv4 address is judged by that address: one unit test per prefix, with a
+    /// private address inside (refused, naming what it carries) and, where the form is still in use, a public one
+    /// (allowed).
+    #[test]
+    fn ipv6_forms_that_carry_an_ipv4_address_are_judged_by_it() {
+        for (bad, why) in [
+            // IPv4-mapped ::ffff:0:0/96
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:10.0.0.1", "private"),
+            // IPv4-compatible ::/96
+            ("::127.0.0.1", "loopback"),
+            ("::10.0.0.1", "private"),
+            ("::8.8.8.8", "deprecated"),
+            // IPv4-translated ::ffff:0:0:0/96
+            ("::ffff:0:127.0.0.1", "loopback"),
+            ("::ffff:0:10.0.0.1", "private"),
+            ("::ffff:0:8.8.8.8", "deprecated"),
+            // NAT64 64:ff9b::/96 and 64:ff9b:1::/48
+            ("64:ff9b::127.0.0.1", "loopback"),
+            ("64:ff9b:1::a00:1", "private"),
+            // 6to4 2002::/16: 2002:AABB:CCDD:: carries AA.BB.CC.DD
+            ("2002:7f00:1::", "loopback"),
+            ("2002:a00:1::1", "private"),
+            ("2002:a9fe:a9fe::", "link-local"),
+            // Teredo 2001::/32: the server in bits 32-63, the client inverted in the last 32
+            ("2001:0:a00:1::1", "private"),
+            ("2001:0:808:808:0:0:f5ff:fffe", "private"),
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),
+        ] {
+            assert_eq!(
+                forbidden(bad.parse().unwrap()).map(|w| w.contains(why)),
+                Some(true),
+                "{bad}: {:?}",
+                forbidden(bad.parse().unwrap())
+            );
+        }
+        for good in ["64:ff9b::808:808", "2002:808:808::1", "2001:0:4136:e378:8000:63bf:f7f7:f7f7"] {
+            assert_eq!(forbidden(good.parse().unwrap()), None, "{good}");
+        }
+        for other in ["100::1", "2001:2::1", "2001:10::1", "2001:20::1", "3fff::1", "fec0::1", "5f00::1", "192.88.99.1"]
+        {
+            assert!(forbidden(other.parse().unwrap()).is_some(), "{other}");
         }
     }
 

@@ -144,6 +144,16 @@ pub struct CommonArgs {
     /// (`webhook-signature: v1,<new> v1,<old>`), so the app can switch over without rejecting anything; `0`: not.
     #[arg(long, env = "MESSENGER_EVENTS_SECRET_OVERLAP", default_value = "24h", value_parser = parse_delay)]
     pub events_secret_overlap: Duration,
+
+    /// The key customers' events signing secrets are sealed with in Redis (32 random bytes, base64 or hex:
+    /// `openssl rand -base64 32`); the same on every producer. Unset: event endpoints cannot be given secrets.
+    #[arg(long, env = "MESSENGER_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+
+    /// Keys secrets were sealed with before (comma-separated), still opened while `producer secrets rewrap` moves
+    /// everything to `MESSENGER_SECRETS_KEY`.
+    #[arg(long, env = "MESSENGER_SECRETS_KEY_PREVIOUS", hide_env_values = true)]
+    pub secrets_key_previous: Option<String>,
 }
 
 /// The delays between delivery attempts of an event.
@@ -189,6 +199,8 @@ pub struct EventsSettings {
     pub concurrency: u16,
     /// How long a replaced secret still signs, beside the new one.
     pub secret_overlap: Duration,
+    /// The keys its secrets are sealed with in Redis; `None`: `MESSENGER_SECRETS_KEY` is not set.
+    pub keys: Option<crate::secrets::Keyring>,
 }
 
 /// Validated settings.
@@ -350,6 +362,15 @@ impl CommonArgs {
                 return bad(format!("{name} must be a price of 0 or more, not {v}"));
             }
         }
+        let keys = match self.secrets_key.as_deref().filter(|k| !k.trim().is_empty()) {
+            Some(k) => {
+                Some(crate::secrets::Keyring::parse(k, self.secrets_key_previous.as_deref()).map_err(ConfigError)?)
+            }
+            None if self.secrets_key_previous.as_deref().is_some_and(|p| !p.trim().is_empty()) => {
+                return bad("MESSENGER_SECRETS_KEY_PREVIOUS is set without MESSENGER_SECRETS_KEY".into());
+            }
+            None => None,
+        };
         Ok(Settings {
             redis: RedisSettings {
                 url: SecretString::from(self.redis_url.clone()),
@@ -389,6 +410,7 @@ impl CommonArgs {
                 timeout: Duration::from_millis(self.events_timeout_ms.max(100)),
                 concurrency: self.events_concurrency.clamp(1, 256),
                 secret_overlap: self.events_secret_overlap,
+                keys,
             },
         })
     }

@@ -42,9 +42,9 @@ pub struct Customer {
     pub help_text: Option<String>,
     /// Where its events are delivered (Standard Webhooks), checked against the SSRF rule when saved.
     pub events_url: Option<String>,
-    /// The `whsec_…` secret events are signed with; never serialised.
+    /// The `whsec_…` secret events are signed with, as stored (sealed: [`crate::secrets`]); never serialised.
     #[serde(skip)]
-    pub events_secret: Option<EventsSecret>,
+    pub events_secret: Option<StoredSecret>,
     /// The secret a change of `events_secret` replaced, still signing beside it for the overlap; never serialised.
     #[serde(skip)]
     pub events_secret_previous: Option<PreviousSecret>,
@@ -52,10 +52,10 @@ pub struct Customer {
     pub events_disabled: Option<String>,
 }
 
-/// A replaced events secret and until when (ms) it still signs. Stored as `<until ms>|<secret>`.
+/// A replaced events secret and until when (ms) it still signs. Stored as `<until ms>|<stored secret>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreviousSecret {
-    pub secret: EventsSecret,
+    pub secret: StoredSecret,
     pub until_ms: i64,
 }
 
@@ -63,12 +63,30 @@ impl PreviousSecret {
     /// The stored form, `<until ms>|<secret>`.
     pub fn parse(v: &str) -> Option<Self> {
         let (until, secret) = v.split_once('|')?;
-        Some(Self { secret: EventsSecret(secret.to_owned()), until_ms: until.parse().ok()? })
+        Some(Self { secret: StoredSecret(secret.to_owned()), until_ms: until.parse().ok()? })
     }
 
     /// The secret, if it still signs at `now_ms`.
-    pub fn live_at(&self, now_ms: i64) -> Option<&EventsSecret> {
+    pub fn live_at(&self, now_ms: i64) -> Option<&StoredSecret> {
         (now_ms < self.until_ms).then_some(&self.secret)
+    }
+}
+
+/// A secret as Redis holds it: sealed under `MESSENGER_SECRETS_KEY` (`enc1:…`), or in clear from before sealing
+/// existed. Opened with [`crate::secrets::open`]; never in logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredSecret(pub String);
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoredSecret(…)")
+    }
+}
+
+impl std::fmt::Display for StoredSecret {
+    /// The stored form (only for storing it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -200,7 +218,7 @@ pub struct CustomerUpdate {
     pub help_text: Change<String>,
     /// Saving a URL turns events on and re-enables delivery stopped by a 410.
     pub events_url: Change<String>,
-    pub events_secret: Change<EventsSecret>,
+    pub events_secret: Change<StoredSecret>,
     /// Set by a rotation (the secret it replaced, and until when it still signs); cleared with the secret.
     pub events_secret_previous: Change<PreviousSecret>,
 }
@@ -337,6 +355,18 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
     Ok(added == 1)
 }
 
+/// Re-writes fields of a customer's record in a new form (secrets sealed under the current key): each
+/// `(field, value read, new value)` is written only if the field still holds the value read, so a change saved
+/// meanwhile is never undone. Returns how many were written.
+pub async fn reseal(conn: &mut Conn, id: &CustomerId, swaps: &[(&str, String, String)]) -> redis::RedisResult<u64> {
+    let k = CustomerKeys::new(id);
+    let mut call = crate::scripts::HASH_SWAP.key(k.cfg());
+    for (field, read, new) in swaps {
+        call.arg(*field).arg(read).arg(new);
+    }
+    call.run(conn).await
+}
+
 pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<Customer>> {
     let k = CustomerKeys::new(id);
     let m: HashMap<String, String> = conn.hgetall(k.cfg()).await?;
@@ -360,7 +390,7 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         events: m.get("events").map(String::as_str) == Some("1"),
         help_text: m.get("help_text").filter(|s| !s.is_empty()).cloned(),
         events_url: m.get("events_url").filter(|s| !s.is_empty()).cloned(),
-        events_secret: m.get("events_secret").filter(|s| !s.is_empty()).map(|s| EventsSecret(s.clone())),
+        events_secret: m.get("events_secret").filter(|s| !s.is_empty()).map(|s| StoredSecret(s.clone())),
         events_secret_previous: m.get("events_secret_prev").and_then(|s| PreviousSecret::parse(s)),
         events_disabled: m.get("events_disabled").filter(|s| !s.is_empty()).cloned(),
     }))

@@ -6,6 +6,7 @@
 //! - [`config`]: environment variables and flags, validated into [`config::Settings`].
 //! - [`keys`]: every Redis key, with a per-customer hash tag.
 //! - [`scripts`]: the Lua scripts (documented files in `shared/lua/`).
+//! - [`secrets`]: secrets at rest (customers' events signing secrets), sealed under `MESSENGER_SECRETS_KEY`.
 //! - [`store`]: Redis connections with explicit timeouts, fleet settings check, reply decoding.
 //! - [`replication`]: replica acknowledgements per shard (how many replicas a write waits for, paused shards).
 //! - [`ledger`]: job states and quota windows — reserve, commit, fail, requeue, fetch, lease renewal.
@@ -29,6 +30,7 @@ pub mod quiet;
 pub mod release;
 pub mod replication;
 pub mod scripts;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod twilio;

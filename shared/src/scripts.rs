@@ -166,4 +166,6 @@ scripts! {
     STATS_FLUSH => "stats_flush.lua";
     /// Hold a carrier's texts until a cap Twilio reported spent renews.
     CAP_SPENT => "cap_spent.lua";
+    /// Re-write hash fields that still hold what was read (secrets sealed anew).
+    HASH_SWAP => "hash_swap.lua";
 }

@@ -137,6 +137,21 @@ pub fn describe_seeds(settings: &RedisSettings) -> String {
     settings.cluster_nodes.iter().map(|u| without_credentials(u.expose_secret())).collect::<Vec<_>>().join(", ")
 }
 
+/// Whether `e` means Redis is unavailable (a connection lost or refused, a timeout, a cluster without a primary for
+/// the slot, a node loading or read-only mid-failover, refused credentials): the same request may succeed later.
+/// Anything else is an error *answered* by a healthy Redis to a command it could not run (an argument it refused,
+/// a script's error): a bug, or input that should have been refused before it reached Redis; never an outage.
+pub fn is_unavailable(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as S;
+    match e.kind() {
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound | ErrorKind::AuthenticationFailed => true,
+        ErrorKind::Server(
+            S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly | S::Moved | S::Ask | S::NoPerm,
+        ) => true,
+        _ => e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
+    }
+}
+
 /// If `e` (from connecting) means the configuration is wrong rather than Redis being down — a refused password or
 /// user, a certificate the CA does not vouch for, TLS against a plain port — says which setting to fix.
 pub fn config_problem(e: &redis::RedisError, settings: &RedisSettings) -> Option<String> {

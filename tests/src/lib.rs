@@ -13,6 +13,10 @@
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
 //!   the demo and the load-test tool.
 
+/// The key the tests' processes seal customers' events secrets with (`MESSENGER_SECRETS_KEY`): 32 bytes of base64,
+/// for tests only.
+pub const SECRETS_KEY: &str = "dGVzdHMgb25seTogbm90IGEgcmVhbCBrZXkgMzJiISE=";
+
 /// An HTTP client for tests and tools (installs the TLS crypto provider reqwest needs first).
 pub fn http() -> reqwest::Client {
     http_builder().build().expect("HTTP client")

@@ -845,8 +845,15 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
         first_batch.get_or_insert(r.batch_id);
     }
     let token = format!("{:032x}", rand::random::<u128>());
-    let settings =
-        <ServerArgs as clap::Parser>::parse_from(["x", "--redis-url", &stack.redis_url]).common.settings()?;
+    let settings = <ServerArgs as clap::Parser>::parse_from([
+        "x",
+        "--redis-url",
+        &stack.redis_url,
+        "--secrets-key",
+        crate::SECRETS_KEY,
+    ])
+    .common
+    .settings()?;
     let tokens = producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
     let app = producer::server::Application::build(settings, producer::server::ServeConfig::new(tokens), "127.0.0.1:0")
         .await?;

@@ -43,6 +43,8 @@ impl Env {
         e.vars.insert("TWILIO_ACCOUNT_SID".into(), crate::sim::DEFAULT_ACCOUNT_SID.into());
         e.vars.insert("TWILIO_AUTH_TOKEN".into(), crate::sim::DEFAULT_AUTH_TOKEN.into());
         e.vars.insert("MESSENGER_LOG_FORMAT".into(), "text".into());
+        // Events secrets are stored only sealed: every process of a test shares one key.
+        e.vars.insert("MESSENGER_SECRETS_KEY".into(), crate::SECRETS_KEY.into());
         // Quiet hours are on by default and would hold texts at night in the recipients' zones: tests send in real
         // time at any hour, so they say explicitly that none apply; the tests of quiet hours set their own.
         e.vars.insert("MESSENGER_QUIET_HOURS".into(), "off".into());

@@ -181,7 +181,7 @@ async fn scopes_csrf_cookies_and_csp_hold_on_every_route() {
     // A cookie that was altered (another token's name, or a changed expiry) is no session: sign-in page.
     let mut forged = globex.clone();
     let parts: Vec<&str> = globex.cookie.trim_start_matches("msgr_session=").split('.').collect();
-    forged.cookie = format!("msgr_session=v1.b3Bz.{}.{}.{}", parts[2], parts[3], parts[4]);
+    forged.cookie = format!("msgr_session=v2.b3Bz.{}.{}.{}.{}", parts[2], parts[3], parts[4], parts[5]);
     let (status, headers, _) = forged.get("/dashboard").await;
     assert_eq!((status, headers.get("location").map(|l| l.to_str().unwrap())), (303, Some("/dashboard/login")));
     // A customer-scoped viewer sees numbers masked.

@@ -731,7 +731,9 @@ async fn delivery_run(run: Run) {
 
 /// Acceptance 4: with the guard on, an endpoint on loopback, a private network, the metadata address, IPv6 loopback
 /// or a name that resolves to loopback is refused with a clear error — exit 2 from the CLI, 422 from the API — and
-/// nothing changes.
+/// nothing changes. Issue 29, acceptance 4 and 5: so are the IPv6 forms that carry a private IPv4 address
+/// (IPv4-compatible, IPv4-translated, 6to4, Teredo); and a malformed events cursor is the caller's mistake (422
+/// naming `after`), not an outage (none logged, `/healthz` unchanged).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_on_private_addresses_are_refused_and_change_nothing() {
     let mut w = World::start(SimConfig::default()).await;
@@ -748,6 +750,13 @@ async fn endpoints_on_private_addresses_are_refused_and_change_nothing() {
         ("https://localhost/hooks", "loopback"),
         ("http://93.184.216.34/hooks", "https"),
         ("ftp://example.com/x", "https"),
+        // IPv4-compatible, IPv4-translated and 6to4 forms of 127.0.0.1; 6to4 and Teredo forms of 10.0.0.1.
+        ("https://[::127.0.0.1]/", "loopback"),
+        ("https://[::ffff:0:127.0.0.1]/", "loopback"),
+        ("https://[2002:7f00:1::]/", "loopback"),
+        ("https://[2002:a00:1::1]/", "private"),
+        ("https://[2001:0:a00:1::1]/", "private"),
+        ("https://[2001:0:808:808::f5ff:fffe]/", "private"),
     ] {
         let out = w.producer(&["customer", "add", "acme", "--events-url", url]).await;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -763,6 +772,25 @@ async fn endpoints_on_private_addresses_are_refused_and_change_nothing() {
     assert_eq!(bad_secret.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_secret.stderr).contains("whsec_"));
     assert_eq!(w.redis.digest(), before, "a refused endpoint changed something");
+
+    // A cursor Redis would refuse (each part beyond 64 bits): the caller's mistake, named, and no outage.
+    let (_, health_before) = server.call("GET", "/healthz", None).await;
+    let cursor = "evt_99999999999999999999-99999999999999999999";
+    let (s, body) = server.call("GET", &format!("/v1/customers/acme/events?after={cursor}"), None).await;
+    println!("after={cursor}: {s} {body}");
+    assert_eq!((s, &body["error"]["field"]), (422, &json!("after")), "{body}");
+    let (s, body) = server.call("POST", "/v1/customers/acme/events/dead/replay", Some(json!({"ids": [cursor]}))).await;
+    assert_eq!((s, &body["error"]["field"]), (422, &json!("ids")), "{body}");
+    let (_, health_after) = server.call("GET", "/healthz", None).await;
+    assert_eq!(health_after["status"], health_before["status"]);
+    assert_eq!(health_after["status"], "ok", "{health_after}");
+    let log = _serve.log();
+    assert!(!log.contains("unavailable"), "an outage was logged for a client's mistake:\n{log}");
+    println!(
+        "healthz before and after: {} / {}; no outage in the server's log",
+        health_before["status"], health_after["status"]
+    );
+    assert_eq!(w.redis.digest(), before);
 }
 
 /// Events that fail every attempt are dead-lettered — listed with why — while their lane goes on; a replay sends

@@ -8,6 +8,8 @@
 //! - [`status`]: `status` — a batch's counts, optionally waiting with a progress bar.
 //! - [`pool`]: `pool` — a customer's numbers; `pool release-idle`.
 //! - [`cancel`], [`inbound`], [`settings`]: the operator's one-liners.
+//! - [`secrets`]: `secrets status | rewrap` — how events secrets are stored; seal them under the current key.
+//! - [`sessions`]: `sessions revoke-all` — sign every dashboard session out.
 //! - [`serve`]: `serve` — the HTTP server ([`crate::server::Application`]).
 
 mod bulk;
@@ -15,7 +17,9 @@ mod cancel;
 mod customer;
 mod inbound;
 mod pool;
+mod secrets;
 mod serve;
+mod sessions;
 mod settings;
 mod status;
 
@@ -58,6 +62,13 @@ pub enum Command {
     Inbound(inbound::InboundArgs),
     /// Store this process's quota settings as the fleet's (after changing them on purpose).
     Settings(settings::SettingsArgs),
+    /// Customers' events secrets at rest: `secrets status` (how they are stored), `secrets rewrap` (seal them all
+    /// under MESSENGER_SECRETS_KEY, after changing it).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
+    /// Dashboard sessions: `sessions revoke-all` signs every one out, on every server.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
     /// Serve the HTTP API (`/v1`), the dashboard, Twilio's webhooks, `/healthz`, `/metrics` and `/openapi.json`.
     Serve(serve::ServeArgs),
 }
@@ -130,6 +141,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Cancel(a) => cancel::run(settings, a).await,
         Command::Inbound(a) => inbound::run(settings, a).await,
         Command::Settings(a) => settings::run(settings, a).await,
+        Command::Secrets(c) => secrets::run(settings, c).await,
+        Command::Sessions(c) => sessions::run(settings, c).await,
         Command::Serve(a) => serve::run(settings, a).await,
     }
 }

@@ -9,6 +9,7 @@ use shared::config::Settings;
 use super::Failure;
 use crate::server::auth::Tokens;
 use crate::server::dashboard::DashboardConfig;
+use crate::server::dashboard::session::SigninLimit;
 use crate::server::webhooks::TokenPolicy;
 use crate::server::{Application, Limits, ServeConfig, StartError};
 
@@ -34,6 +35,20 @@ pub struct ServeArgs {
     /// Show phone numbers in full on the dashboard to customer-scoped tokens too (admins always see them).
     #[arg(long, env = "MESSENGER_DASHBOARD_SHOW_NUMBERS", default_value_t = false, action = clap::ArgAction::Set)]
     pub dashboard_show_numbers: bool,
+    /// Failed dashboard sign-ins allowed from one client address per `MESSENGER_SIGNIN_WINDOW_SECS`; then 429 with
+    /// `Retry-After` until the window ends (counted in Redis, so every server behind one address shares it).
+    #[arg(long, env = "MESSENGER_SIGNIN_FAILURES", default_value_t = 10)]
+    pub signin_failures: u32,
+    #[arg(long, env = "MESSENGER_SIGNIN_WINDOW_SECS", default_value_t = 300)]
+    pub signin_window_secs: u64,
+    /// The header your proxy writes the client's address into (`X-Forwarded-For`; its last entry counts). Unset:
+    /// the connection's peer is the client. Set it only behind a proxy that writes it, or anyone could pick theirs.
+    #[arg(long, env = "MESSENGER_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+    /// Bulk texts (and dry runs) one server handles at once; each holds its body (up to 8 MB) and its recipients in
+    /// memory. Others wait a second, then are answered 503 with `Retry-After`.
+    #[arg(long, env = "MESSENGER_MAX_HEAVY_REQUESTS", default_value_t = 2)]
+    pub max_heavy_requests: usize,
     /// How long a subaccount's auth token (read from Twilio to verify its webhooks) is used before it is read again.
     #[arg(long, env = "MESSENGER_SUBACCOUNT_TOKEN_TTL_SECS", default_value_t = 3600)]
     pub subaccount_token_ttl_secs: u64,
@@ -47,22 +62,46 @@ pub struct ServeArgs {
 fn config(args: ServeArgs) -> Result<ServeConfig, Failure> {
     let mut spec = args.api_tokens.unwrap_or_default();
     if let Some(path) = &args.api_tokens_file {
-        let file = std::fs::read_to_string(path)
-            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        let file = read_bounded(path, 1024 * 1024)?;
         spec.push('\n');
         spec.push_str(&file);
     }
+    let mut dashboard =
+        DashboardConfig::new(args.dashboard_secret.as_deref(), args.dashboard_show_numbers).map_err(Failure::Usage)?;
+    if args.signin_failures == 0 || args.signin_window_secs == 0 {
+        return Err(Failure::Usage(
+            "MESSENGER_SIGNIN_FAILURES and MESSENGER_SIGNIN_WINDOW_SECS must be at least 1".into(),
+        ));
+    }
+    dashboard.signin =
+        SigninLimit { failures: args.signin_failures, window: Duration::from_secs(args.signin_window_secs) };
+    if let Some(h) = &args.client_ip_header {
+        axum::http::HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| Failure::Usage(format!("MESSENGER_CLIENT_IP_HEADER {h:?} is not a header name")))?;
+    }
+    dashboard.client_ip_header = args.client_ip_header.clone();
     Ok(ServeConfig {
         tokens: Tokens::parse(&spec).map_err(Failure::Usage)?,
         public_url: args.public_url,
-        dashboard: DashboardConfig::new(args.dashboard_secret.as_deref(), args.dashboard_show_numbers)
-            .map_err(Failure::Usage)?,
+        dashboard,
         token_policy: TokenPolicy {
             ttl: Duration::from_secs(args.subaccount_token_ttl_secs),
             refresh_every: Duration::from_secs(args.subaccount_token_refresh_secs),
         },
-        limits: Limits::default(),
+        limits: Limits { heavy_requests: args.max_heavy_requests.max(1), ..Limits::default() },
     })
+}
+
+/// A small file (tokens), at most `max` bytes.
+fn read_bounded(path: &std::path::Path, max: u64) -> Result<String, Failure> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| Failure::Usage(format!("cannot read {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).map_err(cannot)?.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
+        return Err(Failure::Usage(format!("{} is larger than {} KiB", path.display(), max / 1024)));
+    }
+    String::from_utf8(bytes).map_err(|_| Failure::Usage(format!("{} is not UTF-8 text", path.display())))
 }
 
 pub async fn run(settings: Settings, args: ServeArgs) -> Result<ExitCode, Failure> {

@@ -2,8 +2,9 @@
 //! clearing one is explicit ([`Change::Clear`]: the CLI's `--account-sid main`, JSON `"account_sid": null`).
 
 use shared::carriers::Caps;
-use shared::customers::{self, Change, Customer, CustomerUpdate, EventsSecret, PreviousSecret};
+use shared::customers::{self, Change, Customer, CustomerUpdate, EventsSecret, PreviousSecret, StoredSecret};
 use shared::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
+use shared::secrets::{self, Keyring};
 use shared::twilio::TwilioError;
 use shared::twilio::accounts::{TokenError, check_subaccount};
 
@@ -52,9 +53,10 @@ pub struct Saved {
     pub generated_secret: Option<EventsSecret>,
 }
 
-/// Parses `input` into an update; every problem is named.
-fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
+/// Parses `input` into an update and the secret it sets (sealed later); every problem is named.
+fn parse(input: CustomerInput) -> Result<(CustomerUpdate, Change<EventsSecret>), OpsError> {
     let mut p = Problems::default();
+    let secret = parse_change(&mut p, "events_secret", input.events_secret, events_secret);
     let update = CustomerUpdate {
         account_sid: parse_change(&mut p, "account_sid", input.account_sid, AccountSid::parse),
         area_code: parse_change(&mut p, "area_code", input.area_code, AreaCode::parse),
@@ -83,12 +85,12 @@ fn parse(input: CustomerInput) -> Result<CustomerUpdate, OpsError> {
         help_text: parse_change(&mut p, "help_text", input.help_text, help_text),
         // Checked (with a DNS lookup) in `save`.
         events_url: input.events_url,
-        events_secret: parse_change(&mut p, "events_secret", input.events_secret, events_secret),
-        // Set by `rotate` in `save`, never by the caller.
+        // Both set by `seal_secret` in `save`, never by the caller.
+        events_secret: Change::Keep,
         events_secret_previous: Change::Keep,
     };
     p.finish()?;
-    Ok(update)
+    Ok((update, secret))
 }
 
 /// A HELP answer: what a tenant is sent back, so short enough for two segments and plain text.
@@ -147,7 +149,11 @@ fn parse_change<T, E: std::fmt::Display>(
 /// subaccount and a Messaging Service together are not supported) and what it newly names with Twilio (a definite
 /// "no" rejects the request), then writes only the fields that change.
 pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<Saved, OpsError> {
-    let mut update = parse(input)?;
+    let (mut update, mut secret) = parse(input)?;
+    let keys = deps.settings.events.keys.as_ref();
+    if matches!(secret, Change::Set(_)) && keys.is_none() {
+        return Err(OpsError::NotConfigured(NO_KEY.into()));
+    }
     if let Change::Set(url) = &update.events_url {
         let url = crate::ssrf::check_url(url, deps.settings.events.allow_private)
             .await
@@ -161,12 +167,15 @@ pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<
     let stored = customers::get(&mut conn, id).await?;
     let mut generated_secret = None;
     let has_secret = stored.as_ref().is_some_and(|c| c.events_secret.is_some());
-    if matches!(update.events_url, Change::Set(_)) && update.events_secret.is_keep() && !has_secret {
-        let secret = new_secret();
-        update.events_secret = Change::Set(secret.clone());
-        generated_secret = Some(secret);
+    if matches!(update.events_url, Change::Set(_)) && secret.is_keep() && !has_secret {
+        if keys.is_none() {
+            return Err(OpsError::NotConfigured(NO_KEY.into()));
+        }
+        let new = new_secret();
+        secret = Change::Set(new.clone());
+        generated_secret = Some(new);
     }
-    rotate(&mut update, stored.as_ref(), deps.settings.events.secret_overlap);
+    seal_secret(&mut update, secret, stored.as_ref(), deps.settings.events.secret_overlap, keys, id);
     let after = update.applied_to(id, stored.as_ref(), deps.settings.default_max_numbers);
     if after.account_sid.is_some() && after.messaging_service.is_some() {
         let field = if update.messaging_service.is_keep() { "account_sid" } else { "messaging_service_sid" };
@@ -196,24 +205,50 @@ pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<
     Ok(Saved { customer: after, created, warnings, generated_secret })
 }
 
-/// A new secret replacing another: the old one goes on signing beside it for `overlap`, so the app can switch over
-/// without rejecting a delivery; clearing the secret ends any overlap.
-fn rotate(update: &mut CustomerUpdate, stored: Option<&Customer>, overlap: std::time::Duration) {
-    let old = stored.and_then(|c| c.events_secret.as_ref());
-    match (&update.events_secret, old) {
-        (Change::Set(new), Some(old)) if new != old => {
-            update.events_secret_previous = if overlap.is_zero() {
-                Change::Clear
-            } else {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                Change::Set(PreviousSecret {
-                    secret: old.clone(),
-                    until_ms: (now + overlap).as_millis().min(i64::MAX as u128) as i64,
-                })
-            };
+/// Why a secret cannot be saved without `MESSENGER_SECRETS_KEY`.
+pub const NO_KEY: &str = "MESSENGER_SECRETS_KEY is not set: Messenger keeps events signing secrets only sealed, and \
+     needs the key to seal one (32 random bytes in base64, `openssl rand -base64 32`, the same on every producer)";
+
+/// The secret change as stored: a new secret sealed under the current key (for this customer only). A new secret
+/// replacing another keeps the old one signing beside it for `overlap`, so the app can switch over without
+/// rejecting a delivery; clearing the secret ends any overlap. `keys` is present whenever `secret` is set.
+fn seal_secret(
+    update: &mut CustomerUpdate,
+    secret: Change<EventsSecret>,
+    stored: Option<&Customer>,
+    overlap: std::time::Duration,
+    keys: Option<&Keyring>,
+    id: &CustomerId,
+) {
+    let owner = id.as_str();
+    match (secret, keys) {
+        (Change::Keep, _) => {}
+        (Change::Clear, _) => {
+            update.events_secret = Change::Clear;
+            update.events_secret_previous = Change::Clear;
         }
-        (Change::Clear, _) => update.events_secret_previous = Change::Clear,
-        _ => {}
+        (Change::Set(new), Some(keys)) => {
+            if let Some(old) = stored.and_then(|c| c.events_secret.as_ref()) {
+                let opened = secrets::open(Some(keys), &old.0, owner).ok();
+                if opened.as_ref().is_none_or(|o| o.plain != new.0) {
+                    update.events_secret_previous = if overlap.is_zero() {
+                        Change::Clear
+                    } else {
+                        let now =
+                            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                        // The old secret sealed anew (it may have been in clear); one that does not open stays
+                        // as it is, sealed.
+                        let secret = opened.map_or_else(|| old.clone(), |o| StoredSecret(keys.seal(&o.plain, owner)));
+                        Change::Set(PreviousSecret {
+                            secret,
+                            until_ms: (now + overlap).as_millis().min(i64::MAX as u128) as i64,
+                        })
+                    };
+                }
+            }
+            update.events_secret = Change::Set(StoredSecret(keys.seal(&new.0, owner)));
+        }
+        (Change::Set(_), None) => unreachable!("save refuses a secret without a key"),
     }
 }
 
@@ -294,40 +329,54 @@ pub fn unknown(id: &CustomerId) -> OpsError {
 mod tests {
     use super::*;
 
+    fn keys() -> Keyring {
+        Keyring::parse("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", None).unwrap()
+    }
+
     fn stored(secret: &str) -> Customer {
         let mut c = Customer::new(CustomerId::parse("acme").unwrap(), 1);
-        c.events_secret = Some(EventsSecret(secret.into()));
+        c.events_secret = Some(StoredSecret(keys().seal(secret, "acme")));
         c
     }
 
+    fn open(s: &StoredSecret) -> String {
+        secrets::open(Some(&keys()), &s.0, "acme").unwrap().plain
+    }
+
     #[test]
-    fn a_new_secret_keeps_the_old_one_signing_for_the_overlap_and_clearing_ends_it() {
+    fn a_new_secret_is_sealed_and_keeps_the_old_one_signing_for_the_overlap_and_clearing_ends_it() {
         let day = std::time::Duration::from_secs(86_400);
-        let mut u =
-            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_new".into())), ..Default::default() };
-        rotate(&mut u, Some(&stored("whsec_old")), day);
+        let acme = CustomerId::parse("acme").unwrap();
+        let set = |s: &str| Change::Set(EventsSecret(s.into()));
+        let seal = |secret: Change<EventsSecret>, stored: Option<&Customer>, overlap| {
+            let mut u = CustomerUpdate::default();
+            seal_secret(&mut u, secret, stored, overlap, Some(&keys()), &acme);
+            u
+        };
+        let u = seal(set("whsec_new"), Some(&stored("whsec_old")), day);
+        let Change::Set(new) = &u.events_secret else { panic!("not set: {u:?}") };
+        assert!(new.0.starts_with("enc1:") && open(new) == "whsec_new", "sealed");
         let Change::Set(prev) = &u.events_secret_previous else { panic!("no overlap: {u:?}") };
-        assert_eq!(prev.secret, EventsSecret("whsec_old".into()));
+        assert_eq!(open(&prev.secret), "whsec_old");
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         assert!(prev.live_at(now).is_some() && prev.live_at(now + 86_400_000 + 1_000).is_none());
         assert_eq!(PreviousSecret::parse(&prev.to_string()).as_ref(), Some(prev), "stored form round-trips");
+        // A secret stored in clear before sealing existed is sealed when it becomes the previous one.
+        let mut clear = Customer::new(acme.clone(), 1);
+        clear.events_secret = Some(StoredSecret("whsec_old".into()));
+        let u = seal(set("whsec_new"), Some(&clear), day);
+        let Change::Set(prev) = &u.events_secret_previous else { panic!("no overlap: {u:?}") };
+        assert!(prev.secret.0.starts_with("enc1:") && open(&prev.secret) == "whsec_old");
 
         // The same secret saved again, or a first secret: nothing to overlap.
-        let mut same =
-            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_old".into())), ..Default::default() };
-        rotate(&mut same, Some(&stored("whsec_old")), day);
-        assert_eq!(same.events_secret_previous, Change::Keep);
-        let mut first =
-            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_new".into())), ..Default::default() };
-        rotate(&mut first, None, day);
-        assert_eq!(first.events_secret_previous, Change::Keep);
+        assert_eq!(seal(set("whsec_old"), Some(&stored("whsec_old")), day).events_secret_previous, Change::Keep);
+        assert_eq!(seal(set("whsec_new"), None, day).events_secret_previous, Change::Keep);
         // No overlap configured, or the secret cleared: the old one stops at once.
-        let mut none =
-            CustomerUpdate { events_secret: Change::Set(EventsSecret("whsec_new".into())), ..Default::default() };
-        rotate(&mut none, Some(&stored("whsec_old")), std::time::Duration::ZERO);
-        assert_eq!(none.events_secret_previous, Change::Clear);
-        let mut cleared = CustomerUpdate { events_secret: Change::Clear, ..Default::default() };
-        rotate(&mut cleared, Some(&stored("whsec_old")), day);
-        assert_eq!(cleared.events_secret_previous, Change::Clear);
+        assert_eq!(
+            seal(set("whsec_new"), Some(&stored("whsec_old")), std::time::Duration::ZERO).events_secret_previous,
+            Change::Clear
+        );
+        let cleared = seal(Change::Clear, Some(&stored("whsec_old")), day);
+        assert_eq!((cleared.events_secret, cleared.events_secret_previous), (Change::Clear, Change::Clear));
     }
 }

@@ -76,17 +76,29 @@ pub async fn list(
     Ok(EventPage { events, next, recording: customer.events })
 }
 
-/// A cursor: `evt_<ms>-<n>` or `<ms>-<n>`.
+/// A cursor: `evt_<ms>-<n>` or `<ms>-<n>`, each part a 64-bit number as Redis stream ids are (a larger one is the
+/// caller's mistake, answered 422, not a Redis error that would read as an outage).
 fn cursor(v: &str) -> Result<String, String> {
     let raw = v.strip_prefix("evt_").unwrap_or(v);
-    let ok = raw.split_once('-').is_some_and(|(ms, n)| {
-        !ms.is_empty()
-            && !n.is_empty()
-            && ms.len() <= 20
-            && n.len() <= 20
-            && (ms.bytes().chain(n.bytes())).all(|b| b.is_ascii_digit())
-    });
+    let part =
+        |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok();
+    let ok = raw.split_once('-').is_some_and(|(ms, n)| part(ms) && part(n));
     if ok { Ok(raw.to_owned()) } else { Err(format!("{v:?} is not an event id (evt_<ms>-<n>, as `next` gives)")) }
+}
+
+#[cfg(test)]
+#[test]
+fn cursors_are_two_64_bit_numbers() {
+    assert_eq!(cursor("evt_1764000000000-3").unwrap(), "1764000000000-3");
+    assert_eq!(
+        cursor("18446744073709551615-18446744073709551615").unwrap(),
+        "18446744073709551615-18446744073709551615"
+    );
+    for bad in
+        ["evt_99999999999999999999-99999999999999999999", "18446744073709551616-0", "1-", "-1", "1-2-3", "x-1", "1"]
+    {
+        assert!(cursor(bad).is_err(), "{bad}");
+    }
 }
 
 fn page_size(v: &str) -> Result<usize, String> {

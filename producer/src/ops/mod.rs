@@ -14,6 +14,8 @@
 //! - [`estimate`]: the dry run — what a bulk text would cost, and when its texts would go.
 //! - [`batches`]: a batch's status and failures, cancelling it.
 //! - [`events`]: answering back — a customer's events (pull API) and a tenant's opt-out record.
+//! - [`secrets`]: how customers' events secrets are stored, and sealing them under the current key.
+//! - [`sessions`]: signing every dashboard session out.
 //! - [`pools`]: a customer's numbers, releasing idle ones, crediting an inbound message, the fleet's quota settings.
 
 pub mod batches;
@@ -21,6 +23,8 @@ pub mod customers;
 pub mod estimate;
 pub mod events;
 pub mod pools;
+pub mod secrets;
+pub mod sessions;
 pub mod texts;
 
 use std::sync::Arc;

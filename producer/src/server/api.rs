@@ -32,11 +32,21 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Bytes of a webhook body (Twilio's are a few kilobytes).
     pub max_webhook_bytes: usize,
+    /// Bulk texts (and their dry runs) handled at once by one server: each may hold its body and its recipients in
+    /// memory, so this bounds the server's memory. Others wait up to `heavy_wait`, then get 503 with `Retry-After`.
+    pub heavy_requests: usize,
+    pub heavy_wait: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_recipients: 100_000, max_body_bytes: 8 * 1024 * 1024, max_webhook_bytes: 64 * 1024 }
+        Self {
+            max_recipients: 100_000,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_webhook_bytes: 64 * 1024,
+            heavy_requests: 2,
+            heavy_wait: std::time::Duration::from_secs(1),
+        }
     }
 }
 
@@ -625,4 +635,19 @@ pub async fn post_release_idle(
     caller.require_admin()?;
     let id = customer_id(&id)?;
     Ok(Json(pools::release_idle(&ops, &id, req.idle_days, req.dry_run).await?))
+}
+
+/// Signs every dashboard session out, on every server (admin tokens only): after a token leaked, or a person left.
+/// Sessions signed in afterwards are not affected.
+#[utoipa::path(post, path = "/v1/sessions/revoke-all", tag = "customers",
+    responses(
+        (status = 200, body = crate::ops::sessions::Revoked),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_revoke_sessions(
+    State(ops): State<Deps>,
+    caller: Caller,
+) -> Result<Json<crate::ops::sessions::Revoked>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(crate::ops::sessions::revoke_all(&ops).await?))
 }

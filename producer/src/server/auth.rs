@@ -4,6 +4,9 @@
 //! (one per line, `#` comments). Each entry is `NAME:TOKEN:SCOPE`, where SCOPE is `admin` or customer ids joined by
 //! `+` (`appA:s3cr3t:acme+globex`). Only SHA-256 digests of the tokens are kept in memory, and a presented token is
 //! compared with every configured one in constant time, so neither timing nor length reveals anything.
+//!
+//! Names and values are unique: a dashboard session names its token and carries a fingerprint of its value, so two
+//! tokens of one name would let one's session act with the other's reach. Duplicates stop the server at start.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -44,9 +47,10 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl Tokens {
-    /// Parses `NAME:TOKEN:SCOPE` entries separated by commas or newlines.
+    /// Parses `NAME:TOKEN:SCOPE` entries separated by commas or newlines; a name or a value given twice is an error
+    /// naming them.
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let mut out = Vec::new();
+        let mut out: Vec<Token> = Vec::new();
         for (i, raw) in spec.split([',', '\n']).enumerate() {
             let entry = raw.trim();
             if entry.is_empty() || entry.starts_with('#') {
@@ -68,7 +72,27 @@ impl Tokens {
                     .collect::<Result<HashSet<_>, _>>()?;
                 Scope::Customers(ids)
             };
+            if name.is_empty() {
+                return Err(format!("API token entry {} has an empty name", i + 1));
+            }
             out.push(Token { name: name.to_owned(), digest: digest(token), scope });
+        }
+        let mut problems = Vec::new();
+        for (i, a) in out.iter().enumerate() {
+            for b in &out[..i] {
+                if a.name == b.name && !problems.iter().any(|p: &String| p.contains(&format!("{:?}", a.name))) {
+                    problems.push(format!("the name {:?} is given to more than one token", a.name));
+                }
+                if a.digest == b.digest {
+                    problems.push(format!("the tokens {:?} and {:?} have the same value", b.name, a.name));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(format!(
+                "API tokens: {} (each token needs its own name and its own value: a dashboard session is bound to both)",
+                problems.join("; ")
+            ));
         }
         Ok(Self(out))
     }
@@ -77,14 +101,15 @@ impl Tokens {
         self.0.is_empty()
     }
 
-    /// The name of the token `presented` is, if it is one (compared in constant time).
-    pub fn authenticate(&self, presented: &str) -> Option<String> {
-        self.find(presented).map(|t| t.name.clone())
+    /// The name and value digest of the token `presented` is, if it is one (compared in constant time).
+    pub fn authenticate(&self, presented: &str) -> Option<(String, [u8; 32])> {
+        self.find(presented).map(|t| (t.name.clone(), t.digest))
     }
 
-    /// The scope of the token named `name` (sessions name their token; a removed token ends its sessions).
-    pub fn scope_of(&self, name: &str) -> Option<Scope> {
-        self.0.iter().find(|t| t.name == name).map(|t| t.scope.clone())
+    /// The value digest and scope of the token named `name` (sessions name their token and carry a fingerprint of
+    /// this digest: a removed or rotated token ends its sessions).
+    pub fn by_name(&self, name: &str) -> Option<([u8; 32], Scope)> {
+        self.0.iter().find(|t| t.name == name).map(|t| (t.digest, t.scope.clone()))
     }
 
     fn find(&self, presented: &str) -> Option<&Token> {
@@ -164,5 +189,15 @@ mod tests {
         assert!(Tokens::parse("nocolons").unwrap_err().contains("NAME:TOKEN:SCOPE"));
         assert!(Tokens::parse("a:short:admin").unwrap_err().contains("shorter than 16"));
         assert!(Tokens::parse("a:0123456789abcdef:bad{id}").unwrap_err().contains("customer id"));
+        assert!(Tokens::parse(":0123456789abcdef:admin").unwrap_err().contains("empty name"));
+    }
+
+    #[test]
+    fn names_and_values_given_twice_are_named() {
+        let e = Tokens::parse("dup:0123456789abcdef:admin,dup:fedcba9876543210:acme").unwrap_err();
+        assert!(e.contains("the name \"dup\" is given to more than one token"), "{e}");
+        let e = Tokens::parse("a:0123456789abcdef:admin\nb:0123456789abcdef:acme").unwrap_err();
+        assert!(e.contains("the tokens \"a\" and \"b\" have the same value"), "{e}");
+        assert!(!e.contains("0123456789abcdef"), "the error shows a token: {e}");
     }
 }

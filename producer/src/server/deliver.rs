@@ -24,8 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use shared::customers::{Customer, EventsSecret, PreviousSecret};
+use shared::customers::{Customer, EventsSecret, PreviousSecret, StoredSecret};
 use shared::keys::CustomerKeys;
+use shared::secrets;
 
 use crate::ops::Deps;
 use crate::ops::events::{Event, StreamEntry, event};
@@ -92,6 +93,8 @@ struct Deliverer {
     http: reqwest::Client,
     /// This server's lease token.
     token: String,
+    /// Customers whose stored secret does not open (said once each, until it opens again).
+    unopened: std::sync::Mutex<std::collections::HashSet<shared::domain::CustomerId>>,
 }
 
 /// One delivery's outcome.
@@ -113,7 +116,7 @@ impl Deliverer {
             .no_proxy()
             .user_agent(concat!("messenger-events/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { deps, http, token: ulid::Ulid::new().to_string() })
+        Ok(Self { deps, http, token: ulid::Ulid::new().to_string(), unopened: Default::default() })
     }
 
     fn lease_ms(&self) -> u64 {
@@ -141,6 +144,55 @@ impl Deliverer {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// The customer's secrets in clear, as read in this pass: the current one, and the replaced one while it still
+    /// signs. What is stored in clear (from before sealing) or under a previous key is sealed under the current key
+    /// on the way (each field only if it still holds what was read). `None` when the current one does not open
+    /// (said once per customer): no delivery until it does.
+    async fn open_secrets(
+        &self,
+        c: &Customer,
+        stored: &str,
+        previous_field: Option<&str>,
+        now_ms: i64,
+    ) -> redis::RedisResult<Option<(EventsSecret, Option<EventsSecret>)>> {
+        let keys = self.deps.settings.events.keys.as_ref();
+        let owner = c.id.as_str();
+        let current = match secrets::open(keys, stored, owner) {
+            Ok(o) => {
+                if self.unopened.lock().expect("not poisoned").remove(&c.id) {
+                    tracing::info!(customer = %c.id, "event delivery: the customer's secret opens again; delivering");
+                }
+                o
+            }
+            Err(e) => {
+                if self.unopened.lock().expect("not poisoned").insert(c.id.clone()) {
+                    tracing::error!(customer = %c.id, problem = %e, "event delivery stopped: the customer's events secret does not open");
+                }
+                return Ok(None);
+            }
+        };
+        let previous = previous_field.filter(|p| !p.is_empty()).and_then(PreviousSecret::parse);
+        let previous_open = previous.as_ref().and_then(|p| secrets::open(keys, &p.secret.0, owner).ok());
+        if let Some(keys) = keys {
+            let mut swaps: Vec<(&str, String, String)> = Vec::new();
+            if !current.current {
+                swaps.push(("events_secret", stored.to_owned(), keys.seal(&current.plain, owner)));
+            }
+            if let (Some(p), Some(o)) = (&previous, &previous_open)
+                && !o.current
+            {
+                let sealed = PreviousSecret { secret: StoredSecret(keys.seal(&o.plain, owner)), until_ms: p.until_ms };
+                swaps.push(("events_secret_prev", previous_field.unwrap_or_default().to_owned(), sealed.to_string()));
+            }
+            if !swaps.is_empty() {
+                let n = shared::customers::reseal(&mut self.deps.conn(), &c.id, &swaps).await?;
+                tracing::info!(customer = %c.id, sealed = n, key = keys.current_id(), "events secrets sealed under the current key");
+            }
+        }
+        let live = previous.as_ref().is_some_and(|p| p.live_at(now_ms).is_some());
+        Ok(Some((EventsSecret(current.plain), previous_open.filter(|_| live).map(|o| EventsSecret(o.plain)))))
     }
 
     /// One round of deliveries for customer `c`; true when its endpoint answered 410 Gone (delivery stopped).
@@ -173,8 +225,10 @@ impl Deliverer {
         }
         let url = url.as_str();
         let now_ms = now.0 * 1000 + now.1 / 1000;
-        let previous = previous.as_deref().and_then(PreviousSecret::parse);
-        let Some(signer) = Signer::new(&EventsSecret(secret), previous.as_ref().and_then(|p| p.live_at(now_ms))) else {
+        let Some((current, previous)) = self.open_secrets(c, &secret, previous.as_deref(), now_ms).await? else {
+            return Ok(false);
+        };
+        let Some(signer) = Signer::new(&current, previous.as_ref()) else {
             tracing::warn!(customer = %c.id, "event delivery: the stored secret is not whsec_ and base64");
             return Ok(false);
         };

@@ -76,10 +76,16 @@ impl ApiError {
         tracing::error!(error.message = %cause, "request failed");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; it has been logged")
     }
-    /// A Redis failure: the request may be retried.
+    /// A Redis failure. Redis unavailable (the request may be retried): 503, logged as an outage. An error Redis
+    /// answered to a command it could not run: 500, logged as the bug it is (input should be refused before it
+    /// reaches Redis), so a client cannot make the server report an outage.
     pub fn redis(e: &redis::RedisError) -> Self {
-        tracing::warn!(error.message = %e, "redis unavailable");
-        Self::unavailable("storage is temporarily unavailable; retry later")
+        if shared::store::is_unavailable(e) {
+            tracing::warn!(error.message = %e, "redis unavailable");
+            Self::unavailable("storage is temporarily unavailable; retry later")
+        } else {
+            Self::internal(&format_args!("redis refused a command: {e}"))
+        }
     }
     /// A validation failure naming every problem (the first one as `field`).
     pub fn invalid(problems: Vec<Problem>, total: usize) -> Self {

@@ -38,6 +38,11 @@ pub struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     pub status: String,
     pub counted: bool,
@@ -54,6 +59,7 @@ pub struct Metrics {
     pub opt_outs: Counter,
     pub opt_ins: Counter,
     pub webhook_rejected: Counter,
+    signins: Family<OutcomeLabels, Counter>,
     /// Mirrors [`AccountTokens::lookups`] of `account_tokens` at each scrape.
     token_lookups: Counter,
     account_tokens: Option<Arc<AccountTokens>>,
@@ -89,6 +95,7 @@ impl Metrics {
         let opt_outs = Counter::default();
         let opt_ins = Counter::default();
         let webhook_rejected = Counter::default();
+        let signins = Family::<OutcomeLabels, Counter>::default();
         let token_lookups = Counter::default();
         let deliveries = Family::<StatusLabels, Counter>::default();
         let queue = Family::<QueueLabels, Gauge>::default();
@@ -114,6 +121,11 @@ impl Metrics {
             "webhooks_rejected",
             "Webhooks refused for a missing or invalid signature",
             webhook_rejected.clone(),
+        );
+        registry.register(
+            "dashboard_signins",
+            "Dashboard sign-in attempts by outcome: ok, wrong_token, limited (too many failures from the address: 429)",
+            signins.clone(),
         );
         registry.register(
             "subaccount_token_lookups",
@@ -144,6 +156,7 @@ impl Metrics {
             opt_outs,
             opt_ins,
             webhook_rejected,
+            signins,
             token_lookups,
             account_tokens,
             deliveries,
@@ -151,6 +164,11 @@ impl Metrics {
             workers,
             shards,
         }
+    }
+
+    /// Counts a dashboard sign-in attempt by its outcome.
+    pub fn signin(&self, outcome: &str) {
+        self.signins.get_or_create(&OutcomeLabels { outcome: outcome.to_owned() }).inc();
     }
 
     pub fn request(&self, route: &str, method: &str, status: u16, took: Duration) {

@@ -145,6 +145,13 @@ impl Application {
                 "no API tokens configured (MESSENGER_API_TOKENS or MESSENGER_API_TOKENS_FILE): /v1 answers 401"
             );
         }
+        if settings.events.keys.is_none() {
+            tracing::warn!(
+                "MESSENGER_SECRETS_KEY is not set: customers' event endpoints cannot be given signing secrets (they \
+                 are stored only sealed); secrets stored in clear by an earlier release still sign, unsealed, until \
+                 the key is set"
+            );
+        }
         if public_url.is_none() || settings.twilio.auth_token.is_none() {
             tracing::warn!("webhooks disabled: they need MESSENGER_PUBLIC_URL and TWILIO_AUTH_TOKEN");
         }
@@ -157,18 +164,19 @@ impl Application {
         if let Some(c) = acked {
             ops = ops.with_acked(c);
         }
+        let hsts = public_url.as_deref().is_some_and(|u: &str| u.starts_with("https://"));
         let account_tokens = webhooks::account_tokens(&ops, config.token_policy);
         let metrics = Arc::new(Metrics::new(account_tokens.clone()));
         let tokens = Arc::new(config.tokens);
         let state = AppState {
-            dashboard: Dashboard::new(ops.clone(), tokens.clone(), config.dashboard),
+            dashboard: Dashboard::new(ops.clone(), tokens.clone(), config.dashboard, metrics.clone()),
             webhooks: Webhooks::new(&ops, public_url, account_tokens, metrics.clone()),
             ops: ops.clone(),
             tokens,
             metrics,
             limits: config.limits,
         };
-        Ok(Self { listener, addr, router: router(state), ops })
+        Ok(Self { listener, addr, router: router(state, hsts), ops })
     }
 
     /// The address it listens on.
@@ -181,7 +189,9 @@ impl Application {
         tracing::info!(addr = %self.addr, "producer serving");
         // Event delivery runs beside the API, and stops with it.
         let delivery = tokio::spawn(deliver::run(self.ops));
-        let served = axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await;
+        // The peer's address reaches the handlers (the dashboard counts failed sign-ins per client address).
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
         delivery.abort();
         served
     }
@@ -203,13 +213,19 @@ async fn connect_waiting(settings: &Settings) -> Result<shared::store::Conn, Sta
     }
 }
 
-/// Every route.
-fn router(state: AppState) -> Router {
+/// Every route; `hsts`: the public URL is https, so browsers are told to use nothing else.
+fn router(state: AppState, hsts: bool) -> Router {
     let limits = state.limits;
+    // Bulk texts may carry megabytes each: a few at a time (the others wait briefly, then 503 with Retry-After),
+    // the permit taken before the body is read.
+    let heavy = Heavy::new(limits);
+    let bulk = Router::new()
+        .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
+        .route_layer(middleware::from_fn_with_state(heavy, one_of_few));
     let v1 = Router::new()
+        .merge(bulk)
         .route("/v1/customers", get(api::list_customers))
         .route("/v1/customers/{id}", put(api::put_customer).get(api::get_customer))
-        .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
         .route("/v1/customers/{id}/messages", post(api::post_message))
         .route("/v1/customers/{id}/pool", get(api::get_pool))
         .route("/v1/customers/{id}/events", get(api::get_events))
@@ -220,6 +236,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
         .route("/v1/batches/{id}/cancel", post(api::post_cancel))
+        .route("/v1/sessions/revoke-all", post(api::post_revoke_sessions))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes));
     let hooks = Router::new()
         .route("/twilio/inbound", post(webhooks::inbound))
@@ -235,6 +252,7 @@ fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track))
+        .layer(middleware::from_fn_with_state(hsts, strict_transport))
         // A bug must never take the server down or leak a backtrace: the panic is logged, the client gets a 500.
         .layer(CatchPanicLayer::custom(|_| ApiError::internal(&"handler panicked").into_response()))
         .with_state(state)
@@ -275,6 +293,64 @@ async fn healthz(State(ops): State<Deps>) -> Response {
     });
     let code = if h.ok { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
+}
+
+/// `Strict-Transport-Security` on every response when the server is reached over https: a browser that saw it once
+/// never sends a session cookie over plain http to this host (two years, as the HSTS preload list asks).
+async fn strict_transport(State(hsts): State<bool>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if hsts {
+        resp.headers_mut().insert(
+            axum::http::header::STRICT_TRANSPORT_SECURITY,
+            axum::http::HeaderValue::from_static("max-age=63072000"),
+        );
+    }
+    resp
+}
+
+/// Permits for requests that hold a large body in memory.
+#[derive(Clone)]
+struct Heavy {
+    permits: Arc<tokio::sync::Semaphore>,
+    most: usize,
+    wait: Duration,
+}
+
+impl Heavy {
+    fn new(limits: Limits) -> Self {
+        let most = limits.heavy_requests.max(1);
+        Self { permits: Arc::new(tokio::sync::Semaphore::new(most)), most, wait: limits.heavy_wait }
+    }
+}
+
+/// Runs the request under one of the few permits, or answers 503 with `Retry-After` when none frees up in time.
+/// When the last one running finishes, the allocator hands the pages it freed back to the system (glibc keeps
+/// them otherwise, and a burst of large requests would leave the server's resident memory at its peak).
+async fn one_of_few(State(h): State<Heavy>, req: Request, next: Next) -> Response {
+    let Ok(Ok(permit)) = tokio::time::timeout(h.wait, h.permits.clone().acquire_owned()).await else {
+        let mut resp = ApiError::unavailable(format!(
+            "this server is handling {} bulk texts already; retry in a second (an idempotency key makes that safe)",
+            h.most
+        ))
+        .into_response();
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return resp;
+    };
+    let resp = next.run(req).await;
+    drop(permit);
+    if h.permits.available_permits() == h.most {
+        tokio::task::spawn_blocking(trim_heap);
+    }
+    resp
+}
+
+/// Returns free heap pages to the system.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Counts every request by route template, method and status, and times it.

@@ -14,7 +14,7 @@ use super::error::{ErrorBody, ErrorDetail};
     paths(
         api::list_customers, api::get_customer, api::put_customer, api::post_bulk, api::post_message, api::get_batch,
         api::post_cancel, api::get_pool, api::post_release_idle, api::get_events, api::get_opt_out,
-        api::get_dead_letters, api::post_replay, api::get_conversation
+        api::get_dead_letters, api::post_replay, api::get_conversation, api::post_revoke_sessions
     ),
     components(schemas(
         api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::Recipient, api::PersonalRecipient,
@@ -27,7 +27,7 @@ use super::error::{ErrorBody, ErrorDetail};
         shared::release::Releasable, crate::ops::texts::Estimate, shared::domain::smart::SmartEncoding,
         crate::ops::events::Event, crate::ops::events::EventPage, crate::ops::events::OptOutRecord,
         crate::ops::events::OptOutEntry, crate::ops::events::DeadLetter, api::ReplayRequest, api::ReplayQueued,
-        crate::ops::events::Conversation, crate::ops::events::ConversationMessage
+        crate::ops::events::Conversation, crate::ops::events::ConversationMessage, crate::ops::sessions::Revoked
     )),
     modifiers(&Bearer),
     tags((name = "texts", description = "Bulk texts, single messages and their status"),

@@ -34,14 +34,11 @@ impl<'de> Visitor<'de> for ListVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Recipients, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4_096));
-        loop {
-            let i = out.len();
-            match seq.next_element_seed(One(i)) {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => return Ok(Recipients(out)),
-                Err(e) => return Err(de::Error::custom(format!("recipients[{i}]: {e}"))),
-            }
+        // Errors name no place: the JSON extractor names it (`recipients[3].vars.unit: …`).
+        while let Some(r) = seq.next_element_seed(One(out.len()))? {
+            out.push(r);
         }
+        Ok(Recipients(out))
     }
 }
 
@@ -110,9 +107,9 @@ impl<'de> Visitor<'de> for VarsVisitor {
         let mut vars = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
             if vars.len() == MAX_VARIABLES {
-                return Err(de::Error::custom(format!("vars: more than {MAX_VARIABLES} variables")));
+                return Err(de::Error::custom(format!("more than {MAX_VARIABLES} variables")));
             }
-            let value = map.next_value::<Value>().map_err(|e| de::Error::custom(format!("vars.{name}: {e}")))?;
+            let value = map.next_value::<Value>()?;
             vars.push((name, value.0));
         }
         Ok(Vars(vars))
@@ -166,8 +163,10 @@ impl<'de> Visitor<'de> for ValueVisitor {
 mod tests {
     use super::*;
 
+    /// Read as the API reads it: errors name where they are.
     fn read(json: &str) -> Result<Vec<RawRecipient>, String> {
-        serde_json::from_str::<Recipients>(json).map(|r| r.0).map_err(|e| e.to_string())
+        let mut d = serde_json::Deserializer::from_str(json);
+        serde_path_to_error::deserialize::<_, Recipients>(&mut d).map(|r| r.0).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -186,19 +185,19 @@ mod tests {
     #[test]
     fn bad_shapes_are_named_by_recipient() {
         let e = read(r#"["+14155550001", {"to": "+14155550002", "vars": {"a": [1]}}]"#).unwrap_err();
-        assert!(e.starts_with("recipients[1]: vars.a: invalid type: sequence, expected a string or a number"), "{e}");
+        assert!(e.starts_with("[1].vars.a: invalid type: sequence, expected a string or a number"), "{e}");
         let e = read(r#"[{"vars": {}}]"#).unwrap_err();
-        assert!(e.contains("recipients[0]: missing field `to`"), "{e}");
+        assert!(e.contains("[0]: missing field `to`"), "{e}");
         let e = read(r#"[{"to": "+1", "name": "x"}]"#).unwrap_err();
-        assert!(e.contains("recipients[0]: unknown field `name`"), "{e}");
+        assert!(e.contains("[0]: unknown field `name`"), "{e}");
         let e = read("[7]").unwrap_err();
-        assert!(e.contains("recipients[0]: invalid type: integer `7`"), "{e}");
+        assert!(e.contains("[0]: invalid type: integer `7`"), "{e}");
     }
 
     #[test]
     fn a_recipient_with_too_many_variables_is_refused_while_it_is_read() {
         let vars: Vec<String> = (0..=MAX_VARIABLES).map(|i| format!("\"v{i}\": \"x\"")).collect();
         let e = read(&format!(r#"[{{"to": "+1", "vars": {{{}}}}}]"#, vars.join(","))).unwrap_err();
-        assert!(e.starts_with("recipients[0]: vars: more than 50 variables"), "{e}");
+        assert!(e.starts_with("[0].vars: more than 50 variables"), "{e}");
     }
 }

@@ -377,6 +377,8 @@ pub async fn start_api_with(w: &World, policy: producer::server::webhooks::Token
         &w.sim_base,
         "--twilio-lookups-api-base",
         &w.sim_base,
+        "--secrets-key",
+        harness::SECRETS_KEY,
     ])
     .c
     .settings()

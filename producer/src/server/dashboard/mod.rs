@@ -11,22 +11,24 @@
 //!
 //! # Sessions and tokens
 //! Staff sign in with the same API tokens as `/v1`, with the same scopes: a token scoped to `acme` sees only acme.
-//! The session cookie names the token (by its configured name), never holds it: `v1.<name>.<expiry>.<nonce>.<mac>`,
-//! MAC'd with HMAC-SHA256 under `MESSENGER_DASHBOARD_SECRET` (random per process when unset). Each request looks the
-//! name up among the configured tokens, so removing a token ends its sessions. The cookie is `HttpOnly; Secure;
-//! SameSite=Strict; Path=/dashboard`. Every state-changing action is a `POST` carrying a CSRF token derived from the
-//! session (HMAC of its nonce); the sign-in form carries one derived from a short-lived pre-session cookie. Every
-//! response carries a strict Content-Security-Policy (no inline script or style) and `no-store`.
+//! The session cookie names the token and carries a fingerprint of its value, never the value ([`session`]), MAC'd
+//! under `MESSENGER_DASHBOARD_SECRET` (random per process when unset): removing or rotating a token ends its
+//! sessions, signing out ends one on every server, and an admin can end them all. Sign-in attempts are limited per
+//! client address. The cookie is `HttpOnly; Secure; SameSite=Strict; Path=/dashboard`. Every state-changing action
+//! is a `POST` carrying a CSRF token derived from the session (HMAC of its nonce); the sign-in form carries one
+//! derived from a short-lived pre-session cookie. Every response carries a strict Content-Security-Policy (no
+//! inline script or style) and `no-store`.
 
 pub mod data;
 pub mod pages;
+pub mod session;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, FromRef, Path, Query, Request, State};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Extension, Form, FromRef, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -42,13 +44,10 @@ use subtle::ConstantTimeEq;
 
 use super::auth::{Scope, Tokens};
 use super::error::ApiError;
+use super::metrics::Metrics;
 use crate::ops::{Deps, OpsError, batches, events, pools};
 use pages::Viewer;
-
-const SESSION_COOKIE: &str = "msgr_session";
-const LOGIN_COOKIE: &str = "msgr_login";
-/// How long a session lasts.
-const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+use session::{LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL, Session, SigninLimit};
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
@@ -60,6 +59,11 @@ pub struct DashboardConfig {
     secret: Vec<u8>,
     /// Show phone numbers in full to customer-scoped viewers too.
     pub show_numbers: bool,
+    /// Failed sign-ins allowed per client address and window.
+    pub signin: SigninLimit,
+    /// The header the deployment's proxy writes the client's address into (`X-Forwarded-For`), if any; otherwise
+    /// the connection's peer is the client.
+    pub client_ip_header: Option<String>,
 }
 
 impl DashboardConfig {
@@ -71,7 +75,7 @@ impl DashboardConfig {
             Some(_) => return Err("MESSENGER_DASHBOARD_SECRET must be at least 32 characters".into()),
             None => rand::random::<[u8; 32]>().to_vec(),
         };
-        Ok(Self { secret, show_numbers })
+        Ok(Self { secret, show_numbers, signin: SigninLimit::default(), client_ip_header: None })
     }
 
     fn mac(&self, parts: &[&str]) -> String {
@@ -94,10 +98,6 @@ fn equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-fn now_s() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
         let (k, v) = c.trim().split_once('=')?;
@@ -118,23 +118,17 @@ pub struct Dashboard {
     ops: Deps,
     tokens: Arc<Tokens>,
     config: Arc<DashboardConfig>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dashboard {
-    pub fn new(ops: Deps, tokens: Arc<Tokens>, config: DashboardConfig) -> Self {
-        Self { ops, tokens, config: Arc::new(config) }
+    pub fn new(ops: Deps, tokens: Arc<Tokens>, config: DashboardConfig, metrics: Arc<Metrics>) -> Self {
+        Self { ops, tokens, config: Arc::new(config), metrics }
     }
 
     fn conn(&self) -> shared::store::Conn {
         self.ops.conn()
     }
-}
-
-/// A signed-in viewer.
-pub struct Session {
-    pub name: String,
-    pub scope: Scope,
-    pub csrf: String,
 }
 
 impl Session {
@@ -151,18 +145,15 @@ impl Session {
     }
 }
 
-/// Reads and checks the session cookie; `None` if missing, forged, expired or its token was removed.
-fn session(s: &Dashboard, headers: &HeaderMap) -> Option<Session> {
-    let raw = cookie(headers, SESSION_COOKIE)?;
-    let parts: Vec<&str> = raw.split('.').collect();
-    let ["v1", name, exp, nonce, mac] = parts.as_slice() else { return None };
-    let cfg = &s.config;
-    if !equal(mac, &cfg.mac(&["session", name, exp, nonce])) || exp.parse::<u64>().ok()? < now_s() {
-        return None;
+/// The request's session, or what to answer instead: the sign-in page (`live` fragments: 403, the script then
+/// reloads), or a page saying Redis is not answering.
+async fn signed_in(s: &Dashboard, headers: &HeaderMap, live: bool) -> Result<Session, Outcome> {
+    match session::current(s, headers).await {
+        Ok(Some(session)) => Ok(session),
+        Ok(None) if live => Err(forbidden(None, "Sign in again.")),
+        Ok(None) => Err(Outcome::Redirect("/dashboard/login")),
+        Err(e) => Err(unavailable(&e)),
     }
-    let name = String::from_utf8(URL_SAFE_NO_PAD.decode(name).ok()?).ok()?;
-    let scope = s.tokens.scope_of(&name)?;
-    Some(Session { csrf: cfg.mac(&["csrf", nonce]), name, scope })
 }
 
 /// What a handler answers: a page, a redirect, or a refusal page with its status.
@@ -196,12 +187,15 @@ fn failed(v: Option<&Viewer<'_>>, title: &str, e: OpsError) -> Outcome {
     Outcome::Status(e.status, pages::message(title, v, &e.detail.message))
 }
 
+/// The page for a Redis failure: unavailable (503), or an error Redis answered (500: a bug, not an outage).
 fn unavailable(e: &redis::RedisError) -> Outcome {
-    tracing::warn!(error.message = %e, "dashboard: redis unavailable");
-    Outcome::Status(
-        StatusCode::SERVICE_UNAVAILABLE,
-        pages::message("Unavailable", None, "Redis is not answering; try again shortly."),
-    )
+    let e = ApiError::redis(e);
+    let text = if e.status == StatusCode::SERVICE_UNAVAILABLE {
+        "Redis is not answering; try again shortly."
+    } else {
+        "Something failed on our side; it has been logged."
+    };
+    Outcome::Status(e.status, pages::message("Unavailable", None, text))
 }
 
 /// Every dashboard route, over any state the dashboard's part can be taken from.
@@ -215,6 +209,7 @@ where
         .route("/dashboard/live/overview", get(overview_live))
         .route("/dashboard/login", get(login_page).post(login))
         .route("/dashboard/logout", post(logout))
+        .route("/dashboard/sessions/revoke-all", post(revoke_all))
         .route("/dashboard/batches", get(batches))
         .route("/dashboard/batches/{id}", get(batch))
         .route("/dashboard/batches/{id}/live", get(batch_live))
@@ -268,25 +263,59 @@ struct LoginForm {
     csrf: String,
 }
 
-async fn login(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+/// The sign-in form again, with a new CSRF pair and why the last attempt failed.
+fn login_again(s: &Dashboard, status: StatusCode, why: &str) -> Response {
+    let nonce = hex::encode(rand::random::<[u8; 16]>());
+    let csrf = s.config.mac(&["login", &nonce]);
+    let mut resp = Outcome::Status(status, pages::login(&csrf, Some(why))).into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &nonce, 600));
+    resp
+}
+
+async fn login(
+    State(s): State<Dashboard>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let expected = cookie(&headers, LOGIN_COOKIE).map(|n| s.config.mac(&["login", &n]));
     if !expected.is_some_and(|e| equal(&e, &f.csrf)) {
         return forbidden(None, "The sign-in form expired or did not come from this site; open it again.")
             .into_response();
     }
-    let Some(name) = s.tokens.authenticate(f.token.trim()) else {
-        let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let csrf = s.config.mac(&["login", &nonce]);
-        let mut resp = Outcome::Status(StatusCode::UNAUTHORIZED, pages::login(&csrf, Some("That token is not valid.")))
-            .into_response();
-        resp.headers_mut().insert(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &nonce, 600));
-        return resp;
+    let client =
+        session::client(&headers, peer.map(|Extension(ConnectInfo(a))| a), s.config.client_ip_header.as_deref());
+    let limit = s.config.signin;
+    let mut conn = s.conn();
+    match session::limited(&mut conn, &client, limit).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            s.metrics.signin("limited");
+            tracing::warn!(client = %client, "dashboard sign-in refused: too many failed attempts");
+            let secs = wait.as_secs().max(1);
+            let mut resp = login_again(
+                &s,
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("Too many failed sign-ins from your address; try again in {} minute(s).", secs.div_ceil(60)),
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return resp;
+        }
+        Err(e) => return unavailable(&e).into_response(),
+    }
+    let Some((name, digest)) = s.tokens.authenticate(f.token.trim()) else {
+        s.metrics.signin("wrong_token");
+        if let Err(e) = session::failed(&mut conn, &client, limit).await {
+            return unavailable(&e).into_response();
+        }
+        return login_again(&s, StatusCode::UNAUTHORIZED, "That token is not valid.");
     };
-    let exp = (now_s() + SESSION_TTL.as_secs()).to_string();
-    let nonce = hex::encode(rand::random::<[u8; 16]>());
-    let name = URL_SAFE_NO_PAD.encode(name.as_bytes());
-    let mac = s.config.mac(&["session", &name, &exp, &nonce]);
-    let value = format!("v1.{name}.{exp}.{nonce}.{mac}");
+    let issued = match session::redis_now_ms(&mut conn).await {
+        Ok(t) => t,
+        Err(e) => return unavailable(&e).into_response(),
+    };
+    s.metrics.signin("ok");
+    let value = session::issue(&s.config, &name, &digest, issued);
     let mut resp = Redirect::to("/dashboard").into_response();
     let h = resp.headers_mut();
     h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &value, SESSION_TTL.as_secs()));
@@ -301,8 +330,8 @@ struct CsrfForm {
 }
 
 /// The session of a state-changing request, if its CSRF token matches.
-fn checked(s: &Dashboard, headers: &HeaderMap, csrf: &str) -> Result<Session, Outcome> {
-    let session = session(s, headers).ok_or(Outcome::Redirect("/dashboard/login"))?;
+async fn checked(s: &Dashboard, headers: &HeaderMap, csrf: &str) -> Result<Session, Outcome> {
+    let session = signed_in(s, headers, false).await?;
     if !equal(&session.csrf, csrf) {
         return Err(forbidden(None, "This form expired or did not come from this site (missing or wrong CSRF token)."));
     }
@@ -310,23 +339,55 @@ fn checked(s: &Dashboard, headers: &HeaderMap, csrf: &str) -> Result<Session, Ou
 }
 
 /// The session of a state-changing request about customer `c`, if its CSRF token matches and it may see `c`.
-fn checked_for(s: &Dashboard, headers: &HeaderMap, csrf: &str, c: &str) -> Result<(Session, CustomerId), Outcome> {
-    let session = checked(s, headers, csrf)?;
+async fn checked_for(
+    s: &Dashboard,
+    headers: &HeaderMap,
+    csrf: &str,
+    c: &str,
+) -> Result<(Session, CustomerId), Outcome> {
+    let session = checked(s, headers, csrf).await?;
     let id = customer_id(&session, &session.viewer(&s.config), c)?;
     Ok((session, id))
 }
 
+/// Signs out: the session is revoked on the server (a copy of the cookie is refused too), then the cookie cleared.
 async fn logout(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(o) = checked(&s, &headers, &f.csrf) {
-        return o.into_response();
+    let session = match checked(&s, &headers, &f.csrf).await {
+        Ok(x) => x,
+        Err(o) => return o.into_response(),
+    };
+    if let Err(e) = session::revoke(&mut s.conn(), &session).await {
+        return unavailable(&e).into_response();
     }
     let mut resp = Redirect::to("/dashboard/login").into_response();
     resp.headers_mut().insert(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
     resp
 }
 
+/// Signs every session out, this one included (admins only): after a token leaked, or a person left.
+async fn revoke_all(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    let session = match checked(&s, &headers, &f.csrf).await {
+        Ok(x) => x,
+        Err(o) => return o.into_response(),
+    };
+    if session.scope != Scope::Admin {
+        let v = session.viewer(&s.config);
+        return forbidden(Some(&v), "Only an admin token may sign everyone out.").into_response();
+    }
+    if let Err(e) = crate::ops::sessions::revoke_all(&s.ops).await {
+        return failed(None, "Not signed out", e).into_response();
+    }
+    tracing::warn!(by = %session.name, "every dashboard session signed out from the dashboard");
+    let mut resp = Redirect::to("/dashboard/login").into_response();
+    resp.headers_mut().insert(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0));
+    resp
+}
+
 async fn overview(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     match data::overview(&mut s.conn(), &session.scope).await {
         Ok(o) => Outcome::Page(pages::overview(&o, &v)),
@@ -335,7 +396,10 @@ async fn overview(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
 }
 
 async fn overview_live(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return forbidden(None, "Sign in again.") };
+    let session = match signed_in(&s, &headers, true).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     match data::overview(&mut s.conn(), &session.scope).await {
         Ok(o) => Outcome::Page(pages::overview_live(&o, &v)),
@@ -352,7 +416,10 @@ struct BatchQuery {
 }
 
 async fn batches(State(s): State<Dashboard>, headers: HeaderMap, Query(q): Query<BatchQuery>) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     let customer = match q.customer.trim() {
         "" => None,
@@ -383,7 +450,10 @@ fn batch_id(session: &Session, v: &Viewer<'_>, id: &str) -> Result<BatchId, Outc
 }
 
 async fn batch(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     let id = match batch_id(&session, &v, &id) {
         Ok(id) => id,
@@ -400,7 +470,10 @@ async fn batch(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<St
 }
 
 async fn batch_live(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return forbidden(None, "Sign in again.") };
+    let session = match signed_in(&s, &headers, true).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     let id = match batch_id(&session, &v, &id) {
         Ok(id) => id,
@@ -419,7 +492,7 @@ async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Outcome {
-    let session = match checked(&s, &headers, &f.csrf) {
+    let session = match checked(&s, &headers, &f.csrf).await {
         Ok(s) => s,
         Err(o) => return o,
     };
@@ -457,7 +530,10 @@ async fn visible_customers(s: &Dashboard, session: &Session) -> Result<Vec<Strin
 }
 
 async fn pools(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     match visible_customers(&s, &session).await {
         Ok(ids) => Outcome::Page(pages::pools(&ids, &v)),
@@ -475,8 +551,9 @@ fn customer_id(session: &Session, v: &Viewer<'_>, c: &str) -> Result<CustomerId,
 }
 
 async fn pool_page(s: &Dashboard, headers: &HeaderMap, c: &str, live: bool) -> Outcome {
-    let Some(session) = session(s, headers) else {
-        return if live { forbidden(None, "Sign in again.") } else { Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(s, headers, live).await {
+        Ok(x) => x,
+        Err(o) => return o,
     };
     let v = session.viewer(&s.config);
     let id = match customer_id(&session, &v, c) {
@@ -524,7 +601,7 @@ async fn release_idle(
     Path(c): Path<String>,
     Form(f): Form<ReleaseForm>,
 ) -> Outcome {
-    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c) {
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c).await {
         Ok(x) => x,
         Err(o) => return o,
     };
@@ -549,7 +626,10 @@ struct ConversationQuery {
 /// A tenant's thread, for support staff answering "what did we tell them, and what did they say?"; with no phone
 /// yet, the form that asks for one.
 async fn conversation(State(s): State<Dashboard>, headers: HeaderMap, Query(q): Query<ConversationQuery>) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     let customers = match visible_customers(&s, &session).await {
         Ok(ids) => ids,
@@ -570,7 +650,10 @@ async fn conversation(State(s): State<Dashboard>, headers: HeaderMap, Query(q): 
 }
 
 async fn events_index(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     match visible_customers(&s, &session).await {
         Ok(ids) => Outcome::Page(pages::events_index(&ids, &v)),
@@ -580,7 +663,10 @@ async fn events_index(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome
 
 /// A customer's event delivery: where events go, and the dead letters with a button to send them once more.
 async fn events_page(State(s): State<Dashboard>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
-    let Some(session) = session(&s, &headers) else { return Outcome::Redirect("/dashboard/login") };
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
     let v = session.viewer(&s.config);
     let id = match customer_id(&session, &v, &c) {
         Ok(id) => id,
@@ -610,7 +696,7 @@ async fn replay(
     Path(c): Path<String>,
     Form(f): Form<ReplayForm>,
 ) -> Outcome {
-    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c) {
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c).await {
         Ok(x) => x,
         Err(o) => return o,
     };

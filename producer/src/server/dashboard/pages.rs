@@ -169,6 +169,16 @@ pub fn overview(o: &Overview, v: &Viewer<'_>) -> Markup {
         html! {
             h1 { "Overview" }
             div data-live="/dashboard/live/overview" data-every="2000" { (overview_live(o, v)) }
+            @if v.admin {
+                section aria-labelledby="sessions-h" {
+                    h2 id="sessions-h" { "Sessions" }
+                    p { "After a token leaked or someone left: sign every dashboard session out, yours included. Remove or change the token itself in the server's configuration too." }
+                    form method="post" action="/dashboard/sessions/revoke-all" class="revoke-all" {
+                        input type="hidden" name="csrf" value=(v.csrf);
+                        button type="submit" { "Sign everyone out" }
+                    }
+                }
+            }
         },
     )
 }
