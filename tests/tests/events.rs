@@ -920,6 +920,137 @@ fn verified_by(deliveries: &[Request], secret: &str) -> Vec<bool> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Sends a batch of 3 (`Phase <n>`) and waits until its 4 events (3 `message.sent` and its `batch.completed`) reach
+/// the endpoint; returns what it received meanwhile.
+async fn batch_delivered(server: &Server, inbox: &Inbox, n: usize) -> Vec<Request> {
+    let start = inbox.0.lock().unwrap().len();
+    let (s, a) = server
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(json!({"body": format!("Phase {n}"), "recipients": recipients(3, n * 10)})),
+        )
+        .await;
+    assert_eq!(s, 202, "{a}");
+    let batch = a["batch_id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(60), "the phase's 4 events delivered", || async {
+        let got: Vec<Request> = inbox.0.lock().unwrap()[start..].to_vec();
+        let done = got.iter().any(|(_, b)| {
+            let v: Value = serde_json::from_str(b).unwrap();
+            v["type"] == "batch.completed" && v["data"]["batch"] == batch.as_str()
+        });
+        let ids: HashSet<&String> = got.iter().map(|(h, _)| &h["webhook-id"]).collect();
+        (done && ids.len() >= 4).then_some(got.clone())
+    })
+    .await
+}
+
+/// Issue 29, acceptance 7: events secrets are sealed in Redis (no `HGETALL` shows one in clear); a secret an earlier
+/// release stored in clear is sealed at its first use; after the key changes (new key, the old one as previous,
+/// `producer secrets rewrap`, then the old one dropped) deliveries go on — each verified by Python's
+/// `standardwebhooks` with the secret the app holds. Without the key, the server says so at start and refuses to
+/// store a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_secrets_are_sealed_at_rest_upgraded_from_clear_and_survive_a_key_change() {
+    const NEW_KEY: &str = "c2Vjb25kIHRlc3Qga2V5LCAzMiBieXRlcyBsb25nISE=";
+    let given = "whsec_Z2l2ZW4gc2VjcmV0IG9mIGFjbWUsIDI0Yg==";
+    let legacy = "whsec_bGVnYWN5IGNsZWFyIHNlY3JldCBvZiBhY21l";
+    let mut w = World::start(SimConfig::default()).await;
+    let server = Server::for_world(
+        &mut w,
+        &[("MESSENGER_EVENTS_ALLOW_PRIVATE", "true"), ("MESSENGER_EVENTS_RETRY_SCHEDULE", "200ms")],
+    );
+    let mut serve = Server::start(&w, server.port);
+    server.up().await;
+    let (url, inbox) = endpoint(Duration::ZERO, Duration::ZERO, false).await;
+    let (s, c) = server
+        .call("PUT", "/v1/customers/acme", Some(json!({"max_numbers": 1, "events_url": url, "events_secret": given})))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let _worker = w.worker(4);
+    let cfg = |w: &World| -> BTreeMap<String, String> {
+        redis::cmd("HGETALL").arg("{c:acme}:cfg").query(&mut w.redis.sync_conn()).unwrap()
+    };
+    let in_clear = |m: &BTreeMap<String, String>| m.values().any(|v| v.contains("whsec_") || v.contains(&given[6..20]));
+    let stored = cfg(&w);
+    println!("HGETALL {{c:acme}}:cfg events_secret: {}…", &stored["events_secret"][..20]);
+    assert!(!in_clear(&stored), "a secret in clear: {stored:?}");
+    assert!(stored["events_secret"].starts_with("enc1:"));
+    let verified = |r: &[Request], secret: &str| {
+        let v = verified_by(r, secret);
+        (v.iter().filter(|b| **b).count(), v.len())
+    };
+    let sealed = verified(&batch_delivered(&server, &inbox, 0).await, given);
+
+    // An earlier release left a secret in clear: this one delivers with it and seals it on first use.
+    serve.kill9();
+    let _: () = redis::cmd("HSET")
+        .arg("{c:acme}:cfg")
+        .arg("events_secret")
+        .arg(legacy)
+        .query(&mut w.redis.sync_conn())
+        .unwrap();
+    let mut serve = Server::start(&w, server.port);
+    server.up().await;
+    let upgraded = verified(&batch_delivered(&server, &inbox, 1).await, legacy);
+    let after_upgrade = cfg(&w);
+    println!("after the first delivery from clear: events_secret {}…", &after_upgrade["events_secret"][..20]);
+    assert!(!in_clear(&after_upgrade) && after_upgrade["events_secret"].starts_with("enc1:"));
+
+    // The key changes: the new one sealing, the old one still opening; rewrap; then the old one dropped.
+    serve.kill9();
+    w.env =
+        w.env.clone().set("MESSENGER_SECRETS_KEY", NEW_KEY).set("MESSENGER_SECRETS_KEY_PREVIOUS", harness::SECRETS_KEY);
+    let mut serve = Server::start(&w, server.port);
+    server.up().await;
+    let both_keys = verified(&batch_delivered(&server, &inbox, 2).await, legacy);
+    // A customer with no endpoint (no deliveries to seal it on the way), its secret left in clear by an earlier
+    // release: the rewrap seals it.
+    w.producer_ok(&["customer", "add", "globex"]).await;
+    let _: () = redis::cmd("HSET")
+        .arg("{c:globex}:cfg")
+        .arg("events_secret")
+        .arg(legacy)
+        .query(&mut w.redis.sync_conn())
+        .unwrap();
+    let rewrap: Value = serde_json::from_str(&w.producer_ok(&["secrets", "rewrap", "--json"]).await).unwrap();
+    w.env = w.env.clone().set("MESSENGER_SECRETS_KEY_PREVIOUS", "");
+    let status: Value = serde_json::from_str(&w.producer_ok(&["secrets", "status", "--json"]).await).unwrap();
+    println!(
+        "secrets rewrap: sealed now {}, {}; status with the new key only: {}",
+        rewrap["sealed_now"], rewrap["by_storage"], status["by_storage"]
+    );
+    let new_id = status["current_key"].as_str().unwrap().to_owned();
+    assert_eq!(rewrap["sealed_now"], 1, "{rewrap}");
+    assert_eq!(status["by_storage"], json!({format!("sealed:{new_id}"): 2}));
+    assert_eq!(status["unopened"], json!([]));
+    serve.kill9();
+    let mut serve = Server::start(&w, server.port);
+    server.up().await;
+    let new_key_only = verified(&batch_delivered(&server, &inbox, 3).await, legacy);
+    println!(
+        "deliveries verified by Python standardwebhooks: sealed {sealed:?}, upgraded from clear {upgraded:?}, during the \
+         key change {both_keys:?}, with the new key only {new_key_only:?}"
+    );
+    for (ok, all) in [sealed, upgraded, both_keys, new_key_only] {
+        assert!(all >= 4 && ok == all, "{ok} of {all} verified");
+    }
+
+    // Without a key: said at start; a secret is not stored (nothing changes), and what is sealed is not delivered.
+    serve.kill9();
+    w.env = w.env.clone().set("MESSENGER_SECRETS_KEY", "");
+    let serve = Server::start(&w, server.port);
+    server.up().await;
+    let before = w.redis.digest();
+    let (s, e) = server.call("PUT", "/v1/customers/acme", Some(json!({"events_secret": given}))).await;
+    println!("without MESSENGER_SECRETS_KEY: PUT events_secret {s} {}", e["error"]["message"]);
+    assert_eq!(s, 503, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("MESSENGER_SECRETS_KEY is not set"), "{e}");
+    assert_eq!(w.redis.digest(), before);
+    let log = serve.log();
+    assert!(log.contains("MESSENGER_SECRETS_KEY is not set"), "{log}");
+}
+
 /// Rotating the secret: for the overlap (`MESSENGER_EVENTS_SECRET_OVERLAP`) every delivery carries two signatures,
 /// so a receiver still on the old secret and one already on the new both verify it; after the overlap only the new
 /// secret signs.
@@ -946,32 +1077,7 @@ async fn a_rotated_secret_signs_beside_the_new_one_for_the_overlap_then_stops() 
     assert_eq!(s, 201, "{c}");
     assert!(c.get("events_secret").is_none_or(Value::is_null), "a given secret is not echoed: {c}");
     let _worker = w.worker(4);
-    // One batch of 3 in each phase (3 `message.sent` and its `batch.completed`); returns the phase's deliveries.
-    let phase = |n: usize| {
-        let (server, inbox) = (&server, inbox.clone());
-        async move {
-            let start = inbox.0.lock().unwrap().len();
-            let (s, a) = server
-                .call(
-                    "POST",
-                    "/v1/customers/acme/bulk-texts",
-                    Some(json!({"body": format!("Phase {n}"), "recipients": recipients(3, n * 10)})),
-                )
-                .await;
-            assert_eq!(s, 202, "{a}");
-            let batch = a["batch_id"].as_str().unwrap().to_owned();
-            wait_until(Duration::from_secs(60), "the phase's 4 events delivered", || async {
-                let got: Vec<Request> = inbox.0.lock().unwrap()[start..].to_vec();
-                let done = got.iter().any(|(_, b)| {
-                    let v: Value = serde_json::from_str(b).unwrap();
-                    v["type"] == "batch.completed" && v["data"]["batch"] == batch.as_str()
-                });
-                let ids: HashSet<&String> = got.iter().map(|(h, _)| &h["webhook-id"]).collect();
-                (done && ids.len() >= 4).then_some(got.clone())
-            })
-            .await
-        }
-    };
+    let phase = |n: usize| batch_delivered(&server, &inbox, n);
     let before = phase(0).await;
     let (s, c) = server.call("PUT", "/v1/customers/acme", Some(json!({"events_secret": new}))).await;
     assert_eq!(s, 200, "{c}");

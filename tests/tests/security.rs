@@ -416,3 +416,45 @@ async fn sessions_end_on_the_server_and_sign_in_guessing_is_limited() {
     assert_eq!(out.status.code(), Some(2));
     assert!(err.contains("the name \"dup\" is given to more than one token") && !err.contains(ADMIN), "{err}");
 }
+
+/// The worst request for `producer serve`'s memory, many at once: each 8 MB body packed with the smallest variables
+/// the API accepts (95,000 recipients of 7 one-character variables), whose parsed form is the largest per byte.
+/// Prints the server's peak RSS; README and BENCHMARKS quote it. A study (run it with `--ignored`), not a CI test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test -p messenger-tests --test security -- --ignored --nocapture worst_case"]
+async fn worst_case_memory_of_producer_serve() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let server = Server::new();
+    let serve = server.start(&w.env, &format!("ops:{ADMIN}:admin"), &[]).await;
+    let idle = peak_rss_mb(serve.pid());
+    let to = recipients(95_000, 0);
+    let rows: Vec<Value> = to
+        .iter()
+        .map(|t| json!({"to": t, "vars": {"a": "1", "b": "2", "c": "3", "d": "4", "e": "5", "f": "6", "g": "7"}}))
+        .collect();
+    let body = serde_json::to_vec(&json!({"body": "Hi {{a}}", "dry_run": true, "recipients": rows})).unwrap();
+    let mb = body.len() as f64 / 1e6;
+    for concurrent in [1, 2, 20] {
+        let answers = futures::future::join_all((0..concurrent).map(|_| {
+            let url = format!("{}/v1/customers/acme/bulk-texts", server.base);
+            let body = body.clone();
+            async move {
+                let r = harness::http()
+                    .post(url)
+                    .bearer_auth(ADMIN)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                r.map(|r| r.status().as_u16()).unwrap_or(0)
+            }
+        }))
+        .await;
+        println!(
+            "{concurrent} x {mb:.1} MB of tiny variables: answers {answers:?}; server peak RSS so far {:.0} MB (idle {idle:.0} MB)",
+            peak_rss_mb(serve.pid())
+        );
+        assert!(answers.iter().all(|s| *s == 200 || *s == 503), "{answers:?}");
+    }
+}

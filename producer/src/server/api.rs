@@ -41,7 +41,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_recipients: 100_000,
+            max_recipients: super::recipients::KEPT_MAX,
             max_body_bytes: 8 * 1024 * 1024,
             max_webhook_bytes: 64 * 1024,
             heavy_requests: 2,
@@ -377,11 +377,11 @@ pub async fn post_bulk(
 ) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    let recipients = req.recipients.0;
-    if recipients.len() > limits.max_recipients {
+    let Recipients { kept: recipients, total } = req.recipients;
+    let most = limits.max_recipients.min(super::recipients::KEPT_MAX);
+    if total > most {
         let mut e = too_large();
-        e.detail.message =
-            format!("{} recipients; one request may carry at most {}", recipients.len(), limits.max_recipients);
+        e.detail.message = format!("{total} recipients; one request may carry at most {most}");
         return Err(e.field("recipients"));
     }
     let bulk = BulkRequest {

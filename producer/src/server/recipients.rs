@@ -13,9 +13,16 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use crate::recipients::RawRecipient;
 use crate::validate::MAX_VARIABLES;
 
-/// The recipients of a bulk text, in order.
+/// Most recipients kept from one request; the rest are counted, not kept (the handler refuses the request, naming
+/// the count). The API's default bound.
+pub const KEPT_MAX: usize = 100_000;
+
+/// The recipients of a bulk text, in order: the first [`KEPT_MAX`], and how many the array held.
 #[derive(Debug, Default)]
-pub struct Recipients(pub Vec<RawRecipient>);
+pub struct Recipients {
+    pub kept: Vec<RawRecipient>,
+    pub total: usize,
+}
 
 impl<'de> de::Deserialize<'de> for Recipients {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -35,10 +42,17 @@ impl<'de> Visitor<'de> for ListVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Recipients, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4_096));
         // Errors name no place: the JSON extractor names it (`recipients[3].vars.unit: …`).
-        while let Some(r) = seq.next_element_seed(One(out.len()))? {
-            out.push(r);
+        while out.len() < KEPT_MAX {
+            match seq.next_element_seed(One(out.len()))? {
+                Some(r) => out.push(r),
+                None => return Ok(Recipients { total: out.len(), kept: out }),
+            }
         }
-        Ok(Recipients(out))
+        let mut total = out.len();
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {
+            total += 1;
+        }
+        Ok(Recipients { kept: out, total })
     }
 }
 
@@ -166,7 +180,7 @@ mod tests {
     /// Read as the API reads it: errors name where they are.
     fn read(json: &str) -> Result<Vec<RawRecipient>, String> {
         let mut d = serde_json::Deserializer::from_str(json);
-        serde_path_to_error::deserialize::<_, Recipients>(&mut d).map(|r| r.0).map_err(|e| e.to_string())
+        serde_path_to_error::deserialize::<_, Recipients>(&mut d).map(|r| r.kept).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -192,6 +206,13 @@ mod tests {
         assert!(e.contains("[0]: unknown field `name`"), "{e}");
         let e = read("[7]").unwrap_err();
         assert!(e.contains("[0]: invalid type: integer `7`"), "{e}");
+    }
+
+    #[test]
+    fn past_the_bound_recipients_are_counted_not_kept() {
+        let json = serde_json::to_string(&vec!["+14155550001"; KEPT_MAX + 5]).unwrap();
+        let r: Recipients = serde_json::from_str(&json).unwrap();
+        assert_eq!((r.kept.len(), r.total), (KEPT_MAX, KEPT_MAX + 5));
     }
 
     #[test]

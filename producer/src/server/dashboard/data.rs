@@ -1,4 +1,5 @@
 //! What each dashboard page reads from Redis: a bounded number of commands per page, never a scan over all keys.
+//! Every page also costs one `MGET` before it is read: the session's revocation check (`session.rs`).
 //!
 //! | page | commands |
 //! |---|---|
