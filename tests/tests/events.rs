@@ -960,7 +960,7 @@ async fn events_secrets_are_sealed_at_rest_upgraded_from_clear_and_survive_a_key
         &mut w,
         &[("MESSENGER_EVENTS_ALLOW_PRIVATE", "true"), ("MESSENGER_EVENTS_RETRY_SCHEDULE", "200ms")],
     );
-    let mut serve = Server::start(&w, server.port);
+    let serve = Server::start(&w, server.port);
     server.up().await;
     let (url, inbox) = endpoint(Duration::ZERO, Duration::ZERO, false).await;
     let (s, c) = server
@@ -982,26 +982,29 @@ async fn events_secrets_are_sealed_at_rest_upgraded_from_clear_and_survive_a_key
     };
     let sealed = verified(&batch_delivered(&server, &inbox, 0).await, given);
 
-    // An earlier release left a secret in clear: this one delivers with it and seals it on first use.
-    serve.kill9();
+    // An earlier release left a secret in clear (written as it wrote them): this one delivers with it and seals it on
+    // first use.
     let _: () = redis::cmd("HSET")
         .arg("{c:acme}:cfg")
         .arg("events_secret")
         .arg(legacy)
         .query(&mut w.redis.sync_conn())
         .unwrap();
-    let mut serve = Server::start(&w, server.port);
-    server.up().await;
     let upgraded = verified(&batch_delivered(&server, &inbox, 1).await, legacy);
     let after_upgrade = cfg(&w);
     println!("after the first delivery from clear: events_secret {}…", &after_upgrade["events_secret"][..20]);
     assert!(!in_clear(&after_upgrade) && after_upgrade["events_secret"].starts_with("enc1:"));
 
-    // The key changes: the new one sealing, the old one still opening; rewrap; then the old one dropped.
-    serve.kill9();
+    // The key changes: the new one sealing, the old one still opening; rewrap; then the old one dropped. Each server
+    // is stopped as a deployment stops it (SIGTERM), handing its deliveries to the next at once.
+    let stop = |mut p: Proc| {
+        p.signal(libc::SIGTERM);
+        assert!(p.wait_timeout(Duration::from_secs(15)).is_some(), "producer serve did not stop on SIGTERM");
+    };
+    stop(serve);
     w.env =
         w.env.clone().set("MESSENGER_SECRETS_KEY", NEW_KEY).set("MESSENGER_SECRETS_KEY_PREVIOUS", harness::SECRETS_KEY);
-    let mut serve = Server::start(&w, server.port);
+    let serve = Server::start(&w, server.port);
     server.up().await;
     let both_keys = verified(&batch_delivered(&server, &inbox, 2).await, legacy);
     // A customer with no endpoint (no deliveries to seal it on the way), its secret left in clear by an earlier
@@ -1024,8 +1027,8 @@ async fn events_secrets_are_sealed_at_rest_upgraded_from_clear_and_survive_a_key
     assert_eq!(rewrap["sealed_now"], 1, "{rewrap}");
     assert_eq!(status["by_storage"], json!({format!("sealed:{new_id}"): 2}));
     assert_eq!(status["unopened"], json!([]));
-    serve.kill9();
-    let mut serve = Server::start(&w, server.port);
+    stop(serve);
+    let serve = Server::start(&w, server.port);
     server.up().await;
     let new_key_only = verified(&batch_delivered(&server, &inbox, 3).await, legacy);
     println!(
@@ -1037,7 +1040,7 @@ async fn events_secrets_are_sealed_at_rest_upgraded_from_clear_and_survive_a_key
     }
 
     // Without a key: said at start; a secret is not stored (nothing changes), and what is sealed is not delivered.
-    serve.kill9();
+    stop(serve);
     w.env = w.env.clone().set("MESSENGER_SECRETS_KEY", "");
     let serve = Server::start(&w, server.port);
     server.up().await;

@@ -41,9 +41,9 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How often the list of customers with an endpoint is re-read.
 const CUSTOMERS_EVERY: Duration = Duration::from_secs(3);
 
-/// Runs until the task is dropped (the server shutting down).
-pub async fn run(deps: Deps) {
-    let d = match Deliverer::new(deps) {
+/// Runs until the task is dropped (the server shutting down), leasing customers under `token` (this server's).
+pub async fn run(deps: Deps, token: String) {
+    let d = match Deliverer::new(deps, token) {
         Ok(d) => Arc::new(d),
         Err(e) => {
             tracing::error!(error = %e, "event delivery disabled: cannot build its HTTP client");
@@ -88,6 +88,20 @@ pub async fn run(deps: Deps) {
     }
 }
 
+/// Gives back the leases `token` holds (a server shutting down), so another server delivers those customers' events
+/// at once rather than after the lease runs out. An event cut off mid-delivery goes again, with the same id.
+pub async fn hand_back(deps: &Deps, token: &str) {
+    let mut conn = deps.conn();
+    let Ok(ids) = shared::customers::list(&mut conn).await else { return };
+    for id in ids {
+        let released: redis::RedisResult<i64> =
+            shared::scripts::LOCK_RELEASE.key(CustomerKeys::new(&id).events_lease()).arg(token).run(&mut conn).await;
+        if let Ok(1) = released {
+            tracing::info!(customer = %id, "event delivery handed back");
+        }
+    }
+}
+
 struct Deliverer {
     deps: Deps,
     http: reqwest::Client,
@@ -105,7 +119,7 @@ enum Outcome {
 }
 
 impl Deliverer {
-    fn new(deps: Deps) -> Result<Self, reqwest::Error> {
+    fn new(deps: Deps, token: String) -> Result<Self, reqwest::Error> {
         shared::twilio::client::ensure_tls_provider();
         let events = &deps.settings.events;
         let http = reqwest::Client::builder()
@@ -116,7 +130,7 @@ impl Deliverer {
             .no_proxy()
             .user_agent(concat!("messenger-events/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { deps, http, token: ulid::Ulid::new().to_string(), unopened: Default::default() })
+        Ok(Self { deps, http, token, unopened: Default::default() })
     }
 
     fn lease_ms(&self) -> u64 {

@@ -187,12 +187,15 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains open requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         tracing::info!(addr = %self.addr, "producer serving");
-        // Event delivery runs beside the API, and stops with it.
-        let delivery = tokio::spawn(deliver::run(self.ops));
+        // Event delivery runs beside the API, and stops with it, handing its customers back.
+        let token = ulid::Ulid::new().to_string();
+        let delivery = tokio::spawn(deliver::run(self.ops.clone(), token.clone()));
         // The peer's address reaches the handlers (the dashboard counts failed sign-ins per client address).
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await;
         delivery.abort();
+        let _ = delivery.await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), deliver::hand_back(&self.ops, &token)).await;
         served
     }
 }
