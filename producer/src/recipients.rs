@@ -204,7 +204,7 @@ fn read(source: impl Read, limits: FileLimits, columns: &Columns) -> Result<Reci
         if line_no == 1 {
             line = line.strip_prefix('\u{feff}').unwrap_or(line);
         }
-        if let Some((at, c)) = line.char_indices().find(|(_, c)| c.is_control() && *c != '\t') {
+        if let Some((at, c)) = line.char_indices().find(|(_, c)| breaks_a_line(*c)) {
             return Err(Failed::Format(format!(
                 "line {line_no} contains a control character (U+{:04X}) at byte {}: values are single-line text",
                 c as u32,
@@ -273,6 +273,12 @@ fn read(source: impl Read, limits: FileLimits, columns: &Columns) -> Result<Reci
         )));
     }
     Ok(out)
+}
+
+/// A character a single line of text may not hold: controls but the tab, and Unicode's own line and paragraph
+/// separators (which some phones and spreadsheets show as line breaks).
+pub fn breaks_a_line(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
 }
 
 fn push(rows: &mut Vec<RawRecipient>, r: RawRecipient, limits: FileLimits, line_no: usize) -> Result<(), Failed> {
@@ -427,6 +433,7 @@ mod tests {
                 .contains("line 2 contains a control character (U+000D)")
         );
         assert!(parse("+14155552681\n\0\n").unwrap_err().contains("line 2 contains a control character (U+0000)"));
+        assert!(parse("phone,n\n+14155552681,a\u{2028}b\n").unwrap_err().contains("(U+2028)"));
         let e = read(&b"+14155552681\n\xff\xfe\n"[..], FileLimits::default(), &Columns::All).err().unwrap();
         assert!(matches!(e, Failed::Format(m) if m.contains("line 2 is not UTF-8")));
     }

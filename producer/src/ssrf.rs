@@ -73,9 +73,10 @@ fn forbidden_v6(v6: Ipv6Addr) -> Option<&'static str> {
     if compatible || translated {
         return forbidden_v4(v4(s[6], s[7])).or(Some("IPv4-compatible or IPv4-translated (deprecated)"));
     }
-    // NAT64 (64:ff9b::/96 and the local-use 64:ff9b:1::/48): the IPv4 address is in the last 32 bits.
-    if s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1) {
-        return forbidden_v4(v4(s[6], s[7]));
+    // NAT64: the well-known 64:ff9b::/96 carries the IPv4 address in its last 32 bits; the rest of 64:ff9b::/32
+    // (the local-use 64:ff9b:1::/48 of RFC 8215, with the address around the u-octet) is never a public endpoint.
+    if s[0] == 0x0064 && s[1] == 0xff9b {
+        return if s[2..6] == [0; 4] { forbidden_v4(v4(s[6], s[7])) } else { Some("NAT64 local-use (RFC 8215)") };
     }
     // 6to4 (2002::/16): the IPv4 address of the site's relay is in bits 16-47.
     if s[0] == 0x2002 {
@@ -129,6 +130,14 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Why a URL whose host is an address (not a name) may not be called, or `None` (a name: the resolver checks it at
+/// each connection).
+pub fn forbidden_literal(url: &str) -> Option<&'static str> {
+    let parsed = Url::parse(url).ok()?;
+    let host = parsed.host_str()?.trim_start_matches('[').trim_end_matches(']');
+    forbidden(host.parse::<IpAddr>().ok()?)
 }
 
 /// Checks a customer's endpoint URL: parses it, checks the scheme and every address its host resolves to (one
@@ -262,7 +271,8 @@ mod tests {
             ("::ffff:0:8.8.8.8", "deprecated"),
             // NAT64 64:ff9b::/96 and 64:ff9b:1::/48
             ("64:ff9b::127.0.0.1", "loopback"),
-            ("64:ff9b:1::a00:1", "private"),
+            ("64:ff9b:1::a00:1", "local-use"),
+            ("64:ff9b:1:7f00:0:100:808:808", "local-use"),
             // 6to4 2002::/16: 2002:AABB:CCDD:: carries AA.BB.CC.DD
             ("2002:7f00:1::", "loopback"),
             ("2002:a00:1::1", "private"),
@@ -282,6 +292,9 @@ mod tests {
         for good in ["64:ff9b::808:808", "2002:808:808::1", "2001:0:4136:e378:8000:63bf:f7f7:f7f7"] {
             assert_eq!(forbidden(good.parse().unwrap()), None, "{good}");
         }
+        assert_eq!(forbidden_literal("https://[2002:7f00:1::]/hooks"), Some("loopback"));
+        assert_eq!(forbidden_literal("https://10.1.2.3/"), Some("private"));
+        assert_eq!(forbidden_literal("https://example.com/"), None);
         for other in ["100::1", "2001:2::1", "2001:10::1", "2001:20::1", "3fff::1", "fec0::1", "5f00::1", "192.88.99.1"]
         {
             assert!(forbidden(other.parse().unwrap()).is_some(), "{other}");

@@ -345,7 +345,10 @@ fn variable_problem(name: &str, value: &str) -> Option<String> {
     if name.is_empty() || name_len > MAX_NAME_CHARS {
         return Some(format!("a variable's name is 1 to {MAX_NAME_CHARS} characters, not {name_len}"));
     }
-    if let Some(c) = value.chars().find(|c| (c.is_control() && *c != '\t') || *c == VALUE_SEPARATOR) {
+    if name.chars().any(|c| c.is_control() || crate::recipients::breaks_a_line(c)) {
+        return Some("a variable's name may not contain control characters".into());
+    }
+    if let Some(c) = value.chars().find(|c| crate::recipients::breaks_a_line(*c) || *c == VALUE_SEPARATOR) {
         return Some(format!(
             "contains a control character (U+{:04X}): values are single-line text without control characters",
             c as u32

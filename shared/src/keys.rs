@@ -15,9 +15,9 @@
 //! | `msgr:reconcile` | STRING | lock that elects one reconciler per pass |
 //! | `msgr:audit` | STRING | lock that elects one auditor of the accounts' numbers per audit interval |
 //! | `msgr:webhook:<token>` | STRING | an `I-Twilio-Idempotency-Token` already processed (24 h) |
-//! | `{msgr:dash}:since` | STRING | dashboard sessions signed in before this Unix second are revoked (an admin's "sign out everyone") |
+//! | `{msgr:dash}:since` | STRING | dashboard sessions signed in before this instant (Redis ms on this key's slot) are revoked (an admin's "sign out everyone") |
 //! | `{msgr:dash}:revoked:<nonce>` | STRING | a signed-out dashboard session, kept until its cookie would have expired and an hour more |
-//! | `{msgr:dash}:signin:<client>` | STRING | failed dashboard sign-ins from one client address in the current window (expires with it) |
+//! | `{msgr:dash}:signin:<client>` | STRING | dashboard sign-in attempts from one client address in the current window, successful ones given back (expires with it) |
 //! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
 //! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
 //! | `{msgr:stats}:workers` | HASH | worker name → `sent|failed|purchases|restarts|started_ms`, refreshed by each worker |
@@ -82,7 +82,7 @@ pub fn stats_minute(minute: i64) -> String {
     format!("{STATS_MINUTE_PREFIX}{minute}")
 }
 
-/// Dashboard sessions signed in before this Unix second are revoked.
+/// Dashboard sessions signed in before this instant (ms, Redis's clock on this key's slot) are revoked.
 pub const DASHBOARD_SINCE: &str = "{msgr:dash}:since";
 
 /// A signed-out dashboard session, by its nonce (same slot as [`DASHBOARD_SINCE`]: one MGET checks both).
@@ -90,7 +90,7 @@ pub fn dashboard_revoked(nonce: &str) -> String {
     format!("{{msgr:dash}}:revoked:{nonce}")
 }
 
-/// Failed dashboard sign-ins from one client address.
+/// Dashboard sign-in attempts from one client address (successful ones given back).
 pub fn dashboard_signin(client: &str) -> String {
     format!("{{msgr:dash}}:signin:{client}")
 }

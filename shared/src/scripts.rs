@@ -168,4 +168,8 @@ scripts! {
     CAP_SPENT => "cap_spent.lua";
     /// Re-write hash fields that still hold what was read (secrets sealed anew).
     HASH_SWAP => "hash_swap.lua";
+    /// A dashboard session's standing on the sessions' one clock; sign everyone out.
+    DASHBOARD_SESSION => "dashboard_session.lua";
+    /// Count a dashboard sign-in attempt from one address.
+    SIGNIN_ATTEMPT => "signin_attempt.lua";
 }

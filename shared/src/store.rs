@@ -148,6 +148,9 @@ pub fn is_unavailable(e: &redis::RedisError) -> bool {
         ErrorKind::Server(
             S::BusyLoading | S::TryAgain | S::ClusterDown | S::MasterDown | S::ReadOnly | S::Moved | S::Ask | S::NoPerm,
         ) => true,
+        // Transient states a healthy server reports as its own codes: out of memory, a script running, a failed
+        // save refusing writes, too few replicas.
+        _ if matches!(e.code(), Some("OOM" | "BUSY" | "MISCONF" | "NOREPLICAS" | "MASTERDOWN" | "LOADING")) => true,
         _ => e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal(),
     }
 }

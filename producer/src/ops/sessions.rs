@@ -3,8 +3,7 @@
 //! (`server::dashboard::session`); both sides meet in the keys written here.
 
 use serde::Serialize;
-use shared::keys;
-use shared::store::Conn;
+use shared::{keys, scripts};
 
 use super::{Deps, OpsError};
 
@@ -19,23 +18,14 @@ pub struct Revoked {
     pub signed_in_before_ms: u64,
 }
 
-/// Redis's clock, in ms: sessions are issued and revoked on one clock, however the servers' clocks differ.
-pub async fn redis_now_ms(conn: &mut Conn) -> redis::RedisResult<u64> {
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
-    Ok(secs * 1000 + micros / 1000)
-}
-
-/// Ends every dashboard session issued until now, on every server.
+/// Ends every dashboard session issued until now, on every server (on the sessions' one clock: Redis's on the
+/// `{msgr:dash}` slot).
 pub async fn revoke_all(deps: &Deps) -> Result<Revoked, OpsError> {
-    let mut conn = deps.conn();
-    // One ms more: a session issued in the same ms as this request is issued before it.
-    let since = redis_now_ms(&mut conn).await? + 1;
-    let (): () = redis::cmd("SET")
-        .arg(keys::DASHBOARD_SINCE)
-        .arg(since)
-        .arg("PX")
+    let since: u64 = scripts::DASHBOARD_SESSION
+        .key(keys::DASHBOARD_SINCE)
+        .arg("revoke_all")
         .arg(SINCE_TTL_MS)
-        .query_async(&mut conn)
+        .run(&mut deps.conn())
         .await?;
     tracing::warn!("every dashboard session signed out");
     let signed_in_before = chrono::DateTime::from_timestamp_millis(since as i64)

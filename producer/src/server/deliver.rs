@@ -201,8 +201,15 @@ impl Deliverer {
                 swaps.push(("events_secret_prev", previous_field.unwrap_or_default().to_owned(), sealed.to_string()));
             }
             if !swaps.is_empty() {
-                let n = shared::customers::reseal(&mut self.deps.conn(), &c.id, &swaps).await?;
-                tracing::info!(customer = %c.id, sealed = n, key = keys.current_id(), "events secrets sealed under the current key");
+                // Sealing on the way is an improvement, not a condition of delivery: a failure waits for the next pass.
+                match shared::customers::reseal(&mut self.deps.conn(), &c.id, &swaps).await {
+                    Ok(n) => {
+                        tracing::info!(customer = %c.id, sealed = n, key = keys.current_id(), "events secrets sealed under the current key")
+                    }
+                    Err(e) => {
+                        tracing::warn!(customer = %c.id, error.message = %e, "events secrets not sealed anew this pass")
+                    }
+                }
             }
         }
         let live = previous.as_ref().is_some_and(|p| p.live_at(now_ms).is_some());
@@ -235,6 +242,16 @@ impl Deliverer {
             return Ok(false);
         };
         if disabled.is_some_and(|d| !d.is_empty()) {
+            return Ok(false);
+        }
+        // A URL that names an address is connected to without the resolver (which checks names): it is checked here,
+        // at every pass, so one saved before a rule was added is not called either.
+        if !self.deps.settings.events.allow_private
+            && let Some(why) = crate::ssrf::forbidden_literal(&url)
+        {
+            if self.unopened.lock().expect("not poisoned").insert(c.id.clone()) {
+                tracing::error!(customer = %c.id, why, "event delivery stopped: the endpoint's address is not public");
+            }
             return Ok(false);
         }
         let url = url.as_str();

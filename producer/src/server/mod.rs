@@ -221,7 +221,7 @@ fn router(state: AppState, hsts: bool) -> Router {
     let limits = state.limits;
     // Bulk texts may carry megabytes each: a few at a time (the others wait briefly, then 503 with Retry-After),
     // the permit taken before the body is read.
-    let heavy = Heavy::new(limits);
+    let heavy = Heavy::new(limits, state.tokens.clone());
     let bulk = Router::new()
         .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
         .route_layer(middleware::from_fn_with_state(heavy, one_of_few));
@@ -317,19 +317,41 @@ struct Heavy {
     permits: Arc<tokio::sync::Semaphore>,
     most: usize,
     wait: Duration,
+    tokens: Arc<Tokens>,
+    max_body: usize,
 }
 
 impl Heavy {
-    fn new(limits: Limits) -> Self {
+    fn new(limits: Limits, tokens: Arc<Tokens>) -> Self {
         let most = limits.heavy_requests.max(1);
-        Self { permits: Arc::new(tokio::sync::Semaphore::new(most)), most, wait: limits.heavy_wait }
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(most)),
+            most,
+            wait: limits.heavy_wait,
+            tokens,
+            max_body: limits.max_body_bytes,
+        }
     }
 }
 
+/// How long a heavy request's body may take to arrive once it holds a permit.
+const BODY_WITHIN: Duration = Duration::from_secs(30);
+
 /// Runs the request under one of the few permits, or answers 503 with `Retry-After` when none frees up in time.
-/// When the last one running finishes, the allocator hands the pages it freed back to the system (glibc keeps
-/// them otherwise, and a burst of large requests would leave the server's resident memory at its peak).
+/// Only a caller with a valid token waits for a permit, and the body must arrive within [`BODY_WITHIN`] of it: no
+/// stranger and no slow upload can keep the customers' bulk texts waiting. When the last one running finishes, the
+/// allocator hands the pages it freed back to the system (glibc keeps them otherwise, and a burst of large requests
+/// would leave the server's resident memory at its peak).
 async fn one_of_few(State(h): State<Heavy>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if presented.and_then(|t| h.tokens.authenticate(t)).is_none() {
+        return ApiError::unauthorized().into_response();
+    }
     let Ok(Ok(permit)) = tokio::time::timeout(h.wait, h.permits.clone().acquire_owned()).await else {
         let mut resp = ApiError::unavailable(format!(
             "this server is handling {} bulk texts already; retry in a second (an idempotency key makes that safe)",
@@ -339,7 +361,21 @@ async fn one_of_few(State(h): State<Heavy>, req: Request, next: Next) -> Respons
         resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
         return resp;
     };
-    let resp = next.run(req).await;
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(BODY_WITHIN, axum::body::to_bytes(body, h.max_body)).await {
+        Ok(Ok(b)) => b,
+        // Over the size bound (or the client went away: nobody reads this answer then).
+        Ok(Err(_)) => return error::too_large().into_response(),
+        Err(_) => {
+            let mut e = ApiError::bad_request(
+                "body_timeout",
+                format!("the request body did not arrive within {} s", BODY_WITHIN.as_secs()),
+            );
+            e.status = axum::http::StatusCode::REQUEST_TIMEOUT;
+            return e.into_response();
+        }
+    };
+    let resp = next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await;
     drop(permit);
     if h.permits.available_permits() == h.most {
         tokio::task::spawn_blocking(trim_heap);

@@ -80,14 +80,17 @@ impl<'de> Visitor<'de> for One {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRecipient, A::Error> {
         let mut r = RawRecipient::json(self.0, "");
-        let mut to = false;
+        let (mut to, mut vars) = (false, false);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match key.as_ref() {
                 "to" if !to => {
                     r.value = map.next_value()?;
                     to = true;
                 }
-                "vars" if r.vars.is_empty() => r.vars = map.next_value::<Vars>()?.0,
+                "vars" if !vars => {
+                    r.vars = map.next_value::<Vars>()?.0;
+                    vars = true;
+                }
                 "to" | "vars" => return Err(de::Error::custom(format!("`{key}` is given twice"))),
                 other => return Err(de::Error::unknown_field(other, &["to", "vars"])),
             }
@@ -122,6 +125,9 @@ impl<'de> Visitor<'de> for VarsVisitor {
         while let Some(name) = map.next_key::<String>()? {
             if vars.len() == MAX_VARIABLES {
                 return Err(de::Error::custom(format!("more than {MAX_VARIABLES} variables")));
+            }
+            if vars.iter().any(|(n, _)| *n == name) {
+                return Err(de::Error::custom(format!("the variable `{name}` is given twice")));
             }
             let value = map.next_value::<Value>()?;
             vars.push((name, value.0));
@@ -204,6 +210,10 @@ mod tests {
         assert!(e.contains("[0]: missing field `to`"), "{e}");
         let e = read(r#"[{"to": "+1", "name": "x"}]"#).unwrap_err();
         assert!(e.contains("[0]: unknown field `name`"), "{e}");
+        let e = read(r#"[{"to": "+1", "vars": {}, "vars": {"a": 1}}]"#).unwrap_err();
+        assert!(e.contains("`vars` is given twice"), "{e}");
+        let e = read(r#"[{"to": "+1", "vars": {"a": 1, "a": 2}}]"#).unwrap_err();
+        assert!(e.contains("the variable `a` is given twice"), "{e}");
         let e = read("[7]").unwrap_err();
         assert!(e.contains("[0]: invalid type: integer `7`"), "{e}");
     }

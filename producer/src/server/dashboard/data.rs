@@ -1,5 +1,6 @@
 //! What each dashboard page reads from Redis: a bounded number of commands per page, never a scan over all keys.
-//! Every page also costs one `MGET` before it is read: the session's revocation check (`session.rs`).
+//! Every page also costs one script call before it is read (the session's check, `session.rs`: four commands inside,
+//! one round trip).
 //!
 //! | page | commands |
 //! |---|---|

@@ -287,7 +287,7 @@ async fn login(
         session::client(&headers, peer.map(|Extension(ConnectInfo(a))| a), s.config.client_ip_header.as_deref());
     let limit = s.config.signin;
     let mut conn = s.conn();
-    match session::limited(&mut conn, &client, limit).await {
+    match session::attempt(&mut conn, &client, limit).await {
         Ok(None) => {}
         Ok(Some(wait)) => {
             s.metrics.signin("limited");
@@ -305,12 +305,13 @@ async fn login(
     }
     let Some((name, digest)) = s.tokens.authenticate(f.token.trim()) else {
         s.metrics.signin("wrong_token");
-        if let Err(e) = session::failed(&mut conn, &client, limit).await {
-            return unavailable(&e).into_response();
-        }
         return login_again(&s, StatusCode::UNAUTHORIZED, "That token is not valid.");
     };
-    let issued = match session::redis_now_ms(&mut conn).await {
+    let issued = match session::succeeded(&mut conn, &client).await {
+        Ok(()) => session::now_ms(&mut conn).await,
+        Err(e) => Err(e),
+    };
+    let issued = match issued {
         Ok(t) => t,
         Err(e) => return unavailable(&e).into_response(),
     };

@@ -5,22 +5,25 @@
 //! its digest under the same key, never the value): each request finds the token by name and recomputes the
 //! fingerprint, so a token removed or given a new value ends every session it opened. A session lasts
 //! [`SESSION_TTL`] and ends sooner when it is signed out (a revocation record in Redis that outlives the cookie) or
-//! when an admin signs everyone out (sessions issued before that instant, on Redis's clock, end). One `MGET` per
-//! request checks both.
+//! when an admin signs everyone out (sessions issued before that instant end). Sessions live on one clock, Redis's on
+//! the `{msgr:dash}` slot: sign-ins and "sign everyone out" are stamped with it and a session's age is judged against
+//! it (`dashboard_session.lua`), one script call per request.
 //!
-//! Failed sign-ins are counted per client address (an IPv6 address by its /64, which one host usually holds whole)
-//! in Redis, so every `producer serve` behind one address shares the count: past the limit, sign-in answers 429
-//! with `Retry-After` until the window ends. The form presents only a token, so there is no name to count a wrong
-//! one against; the address is what an attacker spends.
+//! Sign-in attempts are counted per client address (an IPv6 address by its /64, which one host usually holds whole)
+//! in Redis, so every `producer serve` behind one address shares the count. Each attempt is counted before its
+//! token is checked, in one step (`signin_attempt.lua`: attempts sent in parallel cannot all slip under the limit),
+//! and a successful one is given back: past the limit of failures, sign-in answers 429 with `Retry-After` until the
+//! window ends. The form presents only a token, so there is no name to count a wrong one against; the address is
+//! what an attacker spends.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use shared::keys;
 use shared::store::Conn;
+use shared::{keys, scripts};
 
 use super::{Dashboard, DashboardConfig, cookie, equal};
 use crate::server::auth::Scope;
@@ -41,10 +44,6 @@ pub struct Session {
     issued_ms: u64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The token's fingerprint: 132 bits of an HMAC of its digest, so the cookie proves which value signed in without
 /// carrying anything that helps guess it.
 fn fingerprint(cfg: &DashboardConfig, digest: &[u8; 32]) -> String {
@@ -61,9 +60,9 @@ pub fn issue(cfg: &DashboardConfig, name: &str, digest: &[u8; 32], issued_ms: u6
     format!("v2.{name}.{issued}.{nonce}.{fp}.{mac}")
 }
 
-/// The session a cookie value stands for, checked without Redis: its MAC, its age, and that its token still exists
-/// with the value it signed in with.
-fn verify(s: &Dashboard, raw: &str, now_ms: u64) -> Option<Session> {
+/// The session a cookie value stands for, checked without Redis: its MAC, and that its token still exists with the
+/// value it signed in with. (Its age is judged on Redis's clock, in [`current`].)
+fn verify(s: &Dashboard, raw: &str) -> Option<Session> {
     let parts: Vec<&str> = raw.split('.').collect();
     let ["v2", name, issued, nonce, fp, mac] = parts.as_slice() else { return None };
     let cfg = &s.config;
@@ -71,9 +70,6 @@ fn verify(s: &Dashboard, raw: &str, now_ms: u64) -> Option<Session> {
         return None;
     }
     let issued_ms: u64 = issued.parse().ok()?;
-    if issued_ms.saturating_add(SESSION_TTL.as_millis() as u64) < now_ms {
-        return None;
-    }
     let name = String::from_utf8(URL_SAFE_NO_PAD.decode(name).ok()?).ok()?;
     let (digest, scope) = s.tokens.by_name(&name)?;
     if !equal(fp, &fingerprint(cfg, &digest)) {
@@ -85,35 +81,54 @@ fn verify(s: &Dashboard, raw: &str, now_ms: u64) -> Option<Session> {
 /// The request's session: `None` when there is no cookie or it is forged, expired, signed out, revoked, or its
 /// token was removed or changed. An error when Redis cannot say.
 pub async fn current(s: &Dashboard, headers: &HeaderMap) -> redis::RedisResult<Option<Session>> {
-    let Some(session) = cookie(headers, SESSION_COOKIE).and_then(|raw| verify(s, &raw, now_ms())) else {
+    let Some(session) = cookie(headers, SESSION_COOKIE).and_then(|raw| verify(s, &raw)) else {
         return Ok(None);
     };
-    let (since, revoked): (Option<u64>, Option<String>) = redis::cmd("MGET")
-        .arg(keys::DASHBOARD_SINCE)
-        .arg(keys::dashboard_revoked(&session.nonce))
-        .query_async(&mut s.conn())
+    let (now, since, revoked): (u64, String, u8) = scripts::DASHBOARD_SESSION
+        .key(keys::DASHBOARD_SINCE)
+        .key(keys::dashboard_revoked(&session.nonce))
+        .arg("check")
+        .run(&mut s.conn())
         .await?;
-    if revoked.is_some() || since.is_some_and(|t| session.issued_ms < t) {
+    let expired = session.issued_ms.saturating_add(SESSION_TTL.as_millis() as u64) < now;
+    let revoked_all = since.parse::<u64>().is_ok_and(|t| session.issued_ms < t);
+    if expired || revoked == 1 || revoked_all {
         return Ok(None);
     }
     Ok(Some(session))
 }
 
-pub use crate::ops::sessions::redis_now_ms;
+/// The sessions' clock (Redis's, on the `{msgr:dash}` slot), in ms: a sign-in is stamped with it.
+pub async fn now_ms(conn: &mut Conn) -> redis::RedisResult<u64> {
+    scripts::DASHBOARD_SESSION.key(keys::DASHBOARD_SINCE).arg("now").run(conn).await
+}
 
-/// Ends `session` on every server: its cookie is refused from now on, even if a copy of it was kept.
+/// Ends `session` on every server: its cookie is refused from now on, even if a copy of it was kept. The record
+/// outlives any cookie issued before it.
 pub async fn revoke(conn: &mut Conn, session: &Session) -> redis::RedisResult<()> {
-    let ends = session.issued_ms + SESSION_TTL.as_millis() as u64 + REVOCATION_MARGIN.as_millis() as u64;
-    let ttl = ends.saturating_sub(now_ms()).max(REVOCATION_MARGIN.as_millis() as u64);
+    let ttl = (SESSION_TTL + REVOCATION_MARGIN).as_millis() as u64;
     redis::cmd("SET").arg(keys::dashboard_revoked(&session.nonce)).arg(1).arg("PX").arg(ttl).query_async(conn).await
 }
 
 /// Where a request comes from, for counting sign-ins: the rightmost address of the configured header (the one
 /// the deployment's own proxy added) when there is one, else the connection's peer. IPv6 by its /64.
 pub fn client(headers: &HeaderMap, peer: Option<SocketAddr>, header: Option<&str>) -> String {
-    let from_header = header
+    let last = header
         .and_then(|h| headers.get_all(h).iter().filter_map(|v| v.to_str().ok()).next_back())
-        .and_then(|v| v.rsplit(',').next().and_then(|last| last.trim().parse::<IpAddr>().ok()));
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim);
+    let from_header = match last {
+        // An address, or an address and a port (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+        Some(v) => match v.parse::<IpAddr>().or_else(|_| v.parse::<SocketAddr>().map(|a| a.ip())) {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                // Not an address: a bucket of its own (never the proxy's, which every client shares).
+                tracing::warn!("the client address header holds something that is not an address");
+                return format!("unparsed:{}", v.chars().take(64).collect::<String>());
+            }
+        },
+        None => None,
+    };
     match from_header.or(peer.map(|p| p.ip())) {
         Some(IpAddr::V4(v4)) => v4.to_string(),
         Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
@@ -140,31 +155,21 @@ impl Default for SigninLimit {
     }
 }
 
-/// How long `client` must wait before trying again, or `None` if it may try now.
-pub async fn limited(conn: &mut Conn, client: &str, limit: SigninLimit) -> redis::RedisResult<Option<Duration>> {
-    let key = keys::dashboard_signin(client);
-    let (count, ttl_ms): (Option<u32>, i64) = redis::pipe().get(&key).pttl(&key).query_async(conn).await?;
-    Ok(match count {
-        Some(n) if n >= limit.failures => Some(Duration::from_millis(ttl_ms.max(1000) as u64)),
-        _ => None,
-    })
+/// Counts a sign-in attempt from `client` before its token is checked; how long it must wait when it is past the
+/// limit (the attempt is refused), or `None` when it may go on.
+pub async fn attempt(conn: &mut Conn, client: &str, limit: SigninLimit) -> redis::RedisResult<Option<Duration>> {
+    let (n, ttl_ms): (u32, u64) = scripts::SIGNIN_ATTEMPT
+        .key(keys::dashboard_signin(client))
+        .arg("take")
+        .arg(limit.window.as_millis() as u64)
+        .run(conn)
+        .await?;
+    Ok((n > limit.failures).then(|| Duration::from_millis(ttl_ms.max(1000))))
 }
 
-/// Counts a failed sign-in from `client` (the window starts at its first failure).
-pub async fn failed(conn: &mut Conn, client: &str, limit: SigninLimit) -> redis::RedisResult<()> {
-    let key = keys::dashboard_signin(client);
-    let (): () = redis::pipe()
-        .cmd("SET")
-        .arg(&key)
-        .arg(0)
-        .arg("PX")
-        .arg(limit.window.as_millis() as u64)
-        .arg("NX")
-        .ignore()
-        .incr(&key, 1)
-        .ignore()
-        .query_async(conn)
-        .await?;
+/// Gives a successful attempt's count back: only failures stay counted.
+pub async fn succeeded(conn: &mut Conn, client: &str) -> redis::RedisResult<()> {
+    let _: i64 = scripts::SIGNIN_ATTEMPT.key(keys::dashboard_signin(client)).arg("give_back").arg(0).run(conn).await?;
     Ok(())
 }
 
@@ -183,5 +188,12 @@ mod tests {
         assert_eq!(client(&h, Some(peer), None), "203.0.113.9");
         let v6: SocketAddr = "[2001:db8:1:2:3:4:5:6]:1".parse().unwrap();
         assert_eq!(client(&HeaderMap::new(), Some(v6), None), "2001:db8:1:2::/64");
+        // A proxy that writes the port too; something that is not an address at all gets a bucket of its own.
+        h.insert("x-forwarded-for", "198.51.100.7:5678".parse().unwrap());
+        assert_eq!(client(&h, Some(peer), Some("x-forwarded-for")), "198.51.100.7");
+        h.insert("x-forwarded-for", "[2001:db8:9:8::1]:443".parse().unwrap());
+        assert_eq!(client(&h, Some(peer), Some("x-forwarded-for")), "2001:db8:9:8::/64");
+        h.insert("x-forwarded-for", "unknown".parse().unwrap());
+        assert_eq!(client(&h, Some(peer), Some("x-forwarded-for")), "unparsed:unknown");
     }
 }
