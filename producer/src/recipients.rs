@@ -136,6 +136,15 @@ pub fn read_file(path: &Path, limits: FileLimits, columns: &Columns) -> Result<R
     })
 }
 
+/// Reads a list held in memory (an uploaded suppression list) within `limits`; the error names the line.
+pub fn read_text(text: &str, limits: FileLimits, columns: &Columns) -> Result<RecipientsFile, String> {
+    match read(text.as_bytes(), limits, columns) {
+        Ok(f) => Ok(f),
+        Err(Failed::Format(m)) => Err(m),
+        Err(Failed::Io(e)) => Err(e.to_string()),
+    }
+}
+
 /// Parses a list held in memory, every column kept (tests and small inputs).
 pub fn parse(text: &str) -> Result<Vec<RawRecipient>, String> {
     match read(text.as_bytes(), FileLimits::default(), &Columns::All) {

@@ -10,6 +10,8 @@
 --   D|<n>                          deferred: the customer is at max numbers and every number is full
 --   Q|<n>|<until ms>|<zone>        waiting for the end of quiet hours in the recipient's zone (reserve.lua)
 --   C|<n>|<until ms>|<cap>         waiting for a carrier cap to renew (reserve.lua)
+--   H|<n>|<recheck ms>             held while the tenant's suspected revocation waits for a person (reserve.lua);
+--                                  released at once when the review ends (release_held), or checked again then
 --   d|<sid>                        sent (terminal)
 --   f|<reason>                     failed (terminal)
 --   o|                             opted out (terminal)
@@ -69,6 +71,8 @@ local function leave_deferred(batch, prev)
   elseif kind == 'C' then
     redis.call('HINCRBY', batch, 'capped', -1)
     redis.call('HINCRBY', batch, 'capped:' .. (split(prev)[4] or ''), -1)
+  elseif kind == 'H' then
+    redis.call('HINCRBY', batch, 'held', -1)
   end
 end
 
@@ -90,15 +94,42 @@ local function emit(kind, ...)
   if EV then redis.call('XADD', EV.key, 'MAXLEN', '~', EVENTS_MAX, '*', 't', kind, ...) end
 end
 
--- Appends an opt-out or opt-in to the tenant's record (the last 20 kept): the evidence of what they asked, when,
--- and of which number. kind: 'opt_out' | 'opt_in'; how: the keyword as written, or what reported it.
-local function record_opt(records, tenant, kind, how, number, now, sid)
+-- Appends a change of consent to the tenant's record (the last 50 kept): the evidence of what they asked, when, how,
+-- and of which number. kind: 'opt_out' | 'opt_in' | 'suspected' | 'review_dismissed' | 'review_confirmed';
+-- how: the words as written, or what reported it; extra: more fields (`via`: keyword, words, api, import, review,
+-- twilio; `rule`, `source`, `note`, `evidence`; `recorded_ms` when the change (at `now`) was recorded later).
+local function record_opt(records, tenant, kind, how, number, now, sid, extra)
   local history = {}
   local stored = redis.call('HGET', records, tenant)
   if stored then history = cjson.decode(stored) end
-  history[#history + 1] = { kind = kind, keyword = how, number = number, at_ms = now, sid = sid }
-  while #history > 20 do table.remove(history, 1) end
+  local entry = { kind = kind, keyword = how, number = number, at_ms = now, sid = sid }
+  for k, v in pairs(extra or {}) do
+    if v ~= '' then entry[k] = v end
+  end
+  history[#history + 1] = entry
+  while #history > 50 do table.remove(history, 1) end
   redis.call('HSET', records, tenant, cjson.encode(history))
+end
+
+-- Consent reviews (docs/DESIGN.md, "Consent"): a suspected revocation waits in the customer's `review` hash; cfg
+-- `review_n` counts them, so the send path looks a tenant up only while there are any. While it waits, the
+-- tenant's jobs are held (reserve.lua, state H|…): each is in `sched` and in the tenant's held set.
+
+-- Ends the tenant's review, if one is open: 1 if it was.
+local function end_review(reviews, cfg, tenant)
+  if redis.call('HDEL', reviews, tenant) == 1 then
+    redis.call('HINCRBY', cfg, 'review_n', -1)
+    return 1
+  end
+  return 0
+end
+
+-- Makes the tenant's held jobs due now (the send path then decides: sent, or ended opted out). Returns how many.
+local function release_held(held, sched, now)
+  local jobs = redis.call('SMEMBERS', held)
+  for _, j in ipairs(jobs) do redis.call('ZADD', sched, 'XX', now, j) end
+  if #jobs > 0 then redis.call('DEL', held) end
+  return #jobs
 end
 
 -- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept when the customer

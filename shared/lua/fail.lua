@@ -38,7 +38,7 @@ release_slot(wprefix, unsent, st)
 if kind == 'o' and redis.call('SADD', optouts, recipient) == 1 then
   local from = ''
   if st and string.sub(st, 1, 1) == 'r' then from = split(st)[2] end
-  record_opt(KEYS[9], recipient, 'opt_out', 'twilio 21610', from, now, '')
-  emit('recipient.opted_out', 'r', recipient, 'keyword', 'twilio 21610', 'number', from)
+  record_opt(KEYS[9], recipient, 'opt_out', 'twilio 21610', from, now, '', { via = 'twilio' })
+  emit('recipient.opted_out', 'r', recipient, 'keyword', 'twilio 21610', 'number', from, 'via', 'twilio')
 end
 return {'ok', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}

@@ -3,12 +3,17 @@
 -- 1. Credits it: +1 to that number's limit for one window, up to the conversational cap (the cap is applied when
 --    capacity is computed). Only for a number in the pool; a webhook about a number in no pool (attributed by the
 --    subaccount that signed it) is recorded below all the same.
--- 2. With the reply's details (ARGV[4..]): an opt-out keyword adds the tenant to the customer's opt-out set (every
---    number of the customer, bought now or later, stops texting them), an opt-in keyword removes them; either is
---    kept in the tenant's opt-out record (keyword, number, time: the last 20) whether or not it changed anything.
+-- 2. With the reply's details (ARGV[4..]): a revocation — one of Twilio's keywords ('stop'), or the tenant's own
+--    words read as one ('revoke', domain/revocation.rs) — adds the tenant to the customer's opt-out set (every
+--    number of the customer, bought now or later, stops texting them, and queued jobs end opted out), and ends a
+--    review of theirs; an opt-in keyword ('start') removes them and puts an opt-in on record (consent); a suspected
+--    revocation ('suspect') opens a review (common.lua, "Consent reviews") unless one is open or they opted out.
+--    Each is kept in the tenant's consent record (words, how they were read, number, time) whether or not it
+--    changed anything. Ending a review releases the tenant's held jobs.
 -- 3. When the customer records events (cfg `events`): `message.received` (from, to, body, sid, and the batch it most
 --    likely answers: the tenant's last text, from the sticky-sender entry, when it came from this number), then
---    `recipient.opted_out` / `recipient.opted_in` when the keyword changed the tenant's state.
+--    `recipient.opted_out` (with `via`: keyword or words) / `recipient.opted_in` when the tenant's state changed,
+--    `recipient.revocation_suspected` when a review opened.
 -- 4. The tenant's sticky sender (reserve.lua) becomes the number they wrote to, when it is in the pool: the app's
 --    answer (`POST …/messages`) goes out from the number the tenant is talking to. With events, the reply is also
 --    appended to the tenant's conversation (KEYS[7], common.lua).
@@ -16,17 +21,22 @@
 --
 -- KEYS[1] received window ZSET of the number   KEYS[2] pool ZSET
 -- KEYS[3] customer cfg HASH   KEYS[4] optouts SET   KEYS[5] opt-out records HASH   KEYS[6] events STREAM
--- KEYS[7] the tenant's conversation LIST
+-- KEYS[7] the tenant's conversation LIST   KEYS[8] reviews HASH   KEYS[9] scheduled ZSET   KEYS[10] consent SET
 -- ARGV[1] message sid   ARGV[2] window ms   ARGV[3] number (To)
--- ARGV[4] the tenant (From, E.164), or '' to credit only   ARGV[5] body   ARGV[6] 'stop' | 'start' | 'help' | ''
--- ARGV[7] the keyword as the tenant wrote it   ARGV[8] sticky-sender key prefix (reserve.lua)
+-- ARGV[4] the tenant (From, E.164), or '' to credit only   ARGV[5] body
+-- ARGV[6] 'stop' | 'revoke' | 'suspect' | 'start' | 'help' | ''
+-- ARGV[7] the keyword or words as the tenant wrote them   ARGV[8] sticky-sender key prefix (reserve.lua)
+-- ARGV[9] the rule that read the reply ('revoke', 'suspect')   ARGV[10] a review's deadline, ms ('suspect')
+-- ARGV[11] prefix of the held-jobs sets (`{c:ID}:held:`)
 -- Returns {'ok', received_in_window, change, help} | {'duplicate', received_in_window, '', help}
 --   | {'unknown_number'} (credit only: nothing recorded)
--- change: 'out' | 'in' | '' (the tenant's opt-out state moved); help: the customer's help text for 'help', or ''
+-- change: 'out' | 'in' (the tenant's opt-out state moved) | 'suspected' (a review opened) | '';
+-- help: the customer's help text for 'help', or ''
 
 local rk, pool, cfg, optouts, records = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local sid, window_ms, number = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local tenant, body, action, keyword, sprefix = ARGV[4] or '', ARGV[5] or '', ARGV[6] or '', ARGV[7] or '', ARGV[8] or ''
+local rule, deadline, held_prefix = ARGV[9] or '', ARGV[10] or '', ARGV[11] or ''
 local in_pool = redis.call('ZSCORE', pool, number)
 if not in_pool and tenant == '' then
   return {'unknown_number'}
@@ -75,17 +85,37 @@ if EV then
 end
 
 local change = ''
-if action == 'stop' or action == 'start' then
-  if action == 'stop' then
-    if redis.call('SADD', optouts, tenant) == 1 then change = 'out' end
-  elseif redis.call('SREM', optouts, tenant) == 1 then
-    change = 'in'
-  end
-  record_opt(records, tenant, (action == 'stop') and 'opt_out' or 'opt_in', keyword, number, now, sid)
+local reviews, sched, consent = KEYS[8], KEYS[9], KEYS[10]
+-- Ends the tenant's review, if one is open, and makes its held jobs due now.
+local function close_review()
+  if reviews and end_review(reviews, cfg, tenant) == 1 then release_held(held_prefix .. tenant, sched, now) end
+end
+if action == 'stop' or action == 'revoke' then
+  local via = (action == 'stop') and 'keyword' or 'words'
+  if redis.call('SADD', optouts, tenant) == 1 then change = 'out' end
+  record_opt(records, tenant, 'opt_out', keyword, number, now, sid, { via = via, rule = rule })
+  close_review()
   if change == 'out' then
-    emit('recipient.opted_out', 'r', tenant, 'keyword', keyword, 'number', number)
-  elseif change == 'in' then
-    emit('recipient.opted_in', 'r', tenant, 'keyword', keyword, 'number', number)
+    emit('recipient.opted_out', 'r', tenant, 'keyword', keyword, 'number', number, 'via', via, 'rule', rule)
+  end
+elseif action == 'start' then
+  if redis.call('SREM', optouts, tenant) == 1 then change = 'in' end
+  -- The tenant's own START is consent on record.
+  if consent then redis.call('SADD', consent, tenant) end
+  record_opt(records, tenant, 'opt_in', keyword, number, now, sid, { via = 'keyword' })
+  close_review()
+  if change == 'in' then
+    emit('recipient.opted_in', 'r', tenant, 'keyword', keyword, 'number', number, 'via', 'keyword')
+  end
+elseif action == 'suspect' and reviews then
+  if redis.call('SISMEMBER', optouts, tenant) == 0 and redis.call('HEXISTS', reviews, tenant) == 0 then
+    redis.call('HSET', reviews, tenant, cjson.encode({ at_ms = now, deadline_ms = tonumber(deadline) or 0,
+      words = keyword, rule = rule, number = number, sid = sid }))
+    redis.call('HINCRBY', cfg, 'review_n', 1)
+    record_opt(records, tenant, 'suspected', keyword, number, now, sid, { via = 'words', rule = rule })
+    emit('recipient.revocation_suspected', 'r', tenant, 'number', number, 'words', keyword, 'rule', rule,
+      'deadline_ms', deadline)
+    change = 'suspected'
   end
 end
 return {'ok', n, change, help}

@@ -315,7 +315,8 @@ pub async fn submit(
 }
 
 /// A batch's counts. At every moment `sent + failed + opted_out + cancelled + expired + pending == total`, and
-/// `queued + deferred + quiet_hours + capped == pending`: the counters move in the same scripts as the job states.
+/// `queued + deferred + quiet_hours + capped + held_for_review == pending`: the counters move in the same scripts as
+/// the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStatus {
@@ -340,6 +341,8 @@ pub struct BatchStatus {
     pub capped: u64,
     /// Per cap: how many wait for it, and until when (Redis ms).
     pub capped_by_cap: BTreeMap<String, QuietWait>,
+    /// Held while their tenant's reply, a suspected revocation of consent, waits for a person to decide.
+    pub held_for_review: u64,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
@@ -412,6 +415,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let deferred = n("deferred").min(pending);
     let quiet = n("quiet").min(pending - deferred);
     let capped = n("capped").min(pending - deferred - quiet);
+    let held = n("held").min(pending - deferred - quiet - capped);
     let opt = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok());
     // Jobs waiting per reason (`<kind>:<reason>` counts, `<kind>_until:<reason>` latest due).
     let waits = |kind: &str| -> BTreeMap<String, QuietWait> {
@@ -437,13 +441,14 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         total,
         enqueued: n("enqueued"),
         duplicates: n("duplicates"),
-        queued: pending - deferred - quiet - capped,
+        queued: pending - deferred - quiet - capped - held,
         deferred,
         deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
         quiet_hours: quiet,
         quiet_by_zone,
         capped,
         capped_by_cap,
+        held_for_review: held,
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),

@@ -50,6 +50,68 @@ pub struct Customer {
     pub events_secret_previous: Option<PreviousSecret>,
     /// Why delivery to `events_url` stopped (the endpoint answered 410 Gone), until the URL is saved again.
     pub events_disabled: Option<String>,
+    /// How tenants' consent is kept: their own opt-out words, what a suspected revocation does to their texts,
+    /// whether a text needs an opt-in on record, the confirmation of a revocation.
+    #[serde(flatten)]
+    pub consent: ConsentSettings,
+}
+
+/// A customer's consent settings (docs/DESIGN.md, "Consent").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ConsentSettings {
+    /// The customer's own phrases that revoke consent wherever they appear in a reply (normalised), besides the
+    /// table's (`shared/data/revocation-phrases.txt`).
+    pub opt_out_words: Vec<String>,
+    /// What happens to texts for a tenant whose reply is a suspected revocation, until a person decides.
+    pub review_hold: ReviewHold,
+    /// Text only tenants with an opt-in on record; the others are skipped (`no_consent`).
+    pub require_consent: bool,
+    /// The one text confirming a revocation Twilio does not confirm itself; `{name}` is the sender's name.
+    /// `None`: the default ([`DEFAULT_CONFIRMATION`]).
+    pub confirmation_text: Option<String>,
+    /// Who the tenant is told has stopped texting them (`{name}`); `None`: the customer's id.
+    pub sender_name: Option<String>,
+}
+
+/// The confirmation of a revocation, when the customer gives none.
+pub const DEFAULT_CONFIRMATION: &str = "You won't get more texts from {name}. Reply START to resubscribe.";
+
+impl ConsentSettings {
+    /// The confirmation text for customer `id`, its `{name}` filled.
+    pub fn confirmation(&self, id: &CustomerId) -> String {
+        let name = self.sender_name.as_deref().unwrap_or(id.as_str());
+        self.confirmation_text.as_deref().unwrap_or(DEFAULT_CONFIRMATION).replace("{name}", name)
+    }
+}
+
+/// What happens to texts for a tenant under review (a suspected revocation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum ReviewHold {
+    /// Held (counted as held) until a person dismisses the review (they go) or confirms it (they end opted out).
+    #[default]
+    Hold,
+    /// Sent as usual while the review waits.
+    Send,
+}
+
+impl ReviewHold {
+    pub fn parse(v: &str) -> Result<Self, String> {
+        match v.trim() {
+            "hold" => Ok(ReviewHold::Hold),
+            "send" => Ok(ReviewHold::Send),
+            other => Err(format!("must be hold or send, not {other:?}")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewHold::Hold => "hold",
+            ReviewHold::Send => "send",
+        }
+    }
 }
 
 /// A replaced events secret and until when (ms) it still signs. Stored as `<until ms>|<stored secret>`.
@@ -147,6 +209,7 @@ impl Customer {
             events_secret: None,
             events_secret_previous: None,
             events_disabled: None,
+            consent: ConsentSettings::default(),
         }
     }
 
@@ -221,6 +284,16 @@ pub struct CustomerUpdate {
     pub events_secret: Change<StoredSecret>,
     /// Set by a rotation (the secret it replaced, and until when it still signs); cleared with the secret.
     pub events_secret_previous: Change<PreviousSecret>,
+    /// `Clear` = none.
+    pub opt_out_words: Change<Vec<String>>,
+    /// `Clear` = hold.
+    pub review_hold: Change<ReviewHold>,
+    /// `Clear` = off.
+    pub require_consent: Change<bool>,
+    /// `Clear` = the default text.
+    pub confirmation_text: Change<String>,
+    /// `Clear` = the customer's id.
+    pub sender_name: Change<String>,
 }
 
 impl CustomerUpdate {
@@ -257,6 +330,24 @@ impl CustomerUpdate {
                 stored.and_then(|c| c.events_disabled.clone())
             } else {
                 None
+            },
+            consent: ConsentSettings {
+                opt_out_words: self
+                    .opt_out_words
+                    .clone()
+                    .apply(stored.map(|c| c.consent.opt_out_words.clone()))
+                    .unwrap_or_default(),
+                review_hold: self.review_hold.clone().apply(stored.map(|c| c.consent.review_hold)).unwrap_or_default(),
+                require_consent: self
+                    .require_consent
+                    .clone()
+                    .apply(stored.map(|c| c.consent.require_consent))
+                    .unwrap_or(false),
+                confirmation_text: self
+                    .confirmation_text
+                    .clone()
+                    .apply(stored.and_then(|c| c.consent.confirmation_text.clone())),
+                sender_name: self.sender_name.clone().apply(stored.and_then(|c| c.consent.sender_name.clone())),
             },
         }
     }
@@ -306,6 +397,11 @@ pub async fn update(
         ("events_secret", written(&update.events_secret)),
         ("events_secret_prev", written(&update.events_secret_previous)),
         ("events_disabled", (!update.events_url.is_keep()).then(String::new)),
+        ("optout_words", written(&update.opt_out_words.clone().map(|w| w.join(",")))),
+        ("review", written(&update.review_hold.clone().map(|h| if h == ReviewHold::Send { "send" } else { "" }))),
+        ("consent", written(&update.require_consent.clone().map(|on| if on { "1" } else { "" }))),
+        ("confirm_text", written(&update.confirmation_text)),
+        ("sender_name", written(&update.sender_name)),
     ]
     .into_iter()
     .filter_map(|(f, v)| Some((f, v?)))
@@ -347,6 +443,11 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("events_url", c.events_url.clone().unwrap_or_default()),
                 ("events_secret", c.events_secret.as_ref().map(|s| s.0.clone()).unwrap_or_default()),
                 ("events_secret_prev", c.events_secret_previous.as_ref().map(|p| p.to_string()).unwrap_or_default()),
+                ("optout_words", c.consent.opt_out_words.join(",")),
+                ("review", if c.consent.review_hold == ReviewHold::Send { "send".into() } else { String::new() }),
+                ("consent", if c.consent.require_consent { "1".into() } else { String::new() }),
+                ("confirm_text", c.consent.confirmation_text.clone().unwrap_or_default()),
+                ("sender_name", c.consent.sender_name.clone().unwrap_or_default()),
             ],
         )
         .ignore()
@@ -365,6 +466,27 @@ pub async fn reseal(conn: &mut Conn, id: &CustomerId, swaps: &[(&str, String, St
         call.arg(*field).arg(read).arg(new);
     }
     call.run(conn).await
+}
+
+/// A customer's consent settings alone (one `HMGET`: what the inbound webhook needs for every reply).
+pub async fn consent_settings(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<ConsentSettings> {
+    let k = CustomerKeys::new(id);
+    let f: Vec<Option<String>> = redis::cmd("HMGET")
+        .arg(k.cfg())
+        .arg(&["optout_words", "review", "consent", "confirm_text", "sender_name"])
+        .query_async(conn)
+        .await?;
+    let field = |i: usize| f.get(i).cloned().flatten().filter(|v| !v.is_empty());
+    let (words, review, consent, text, name) = (field(0), field(1), field(2), field(3), field(4));
+    Ok(ConsentSettings {
+        opt_out_words: words
+            .map(|w| w.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default(),
+        review_hold: if review.as_deref() == Some("send") { ReviewHold::Send } else { ReviewHold::Hold },
+        require_consent: consent.as_deref() == Some("1"),
+        confirmation_text: text.filter(|t| !t.is_empty()),
+        sender_name: name.filter(|t| !t.is_empty()),
+    })
 }
 
 pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<Customer>> {
@@ -393,6 +515,20 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
         events_secret: m.get("events_secret").filter(|s| !s.is_empty()).map(|s| StoredSecret(s.clone())),
         events_secret_previous: m.get("events_secret_prev").and_then(|s| PreviousSecret::parse(s)),
         events_disabled: m.get("events_disabled").filter(|s| !s.is_empty()).cloned(),
+        consent: ConsentSettings {
+            opt_out_words: m
+                .get("optout_words")
+                .map(|w| w.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default(),
+            review_hold: if m.get("review").map(String::as_str) == Some("send") {
+                ReviewHold::Send
+            } else {
+                ReviewHold::Hold
+            },
+            require_consent: m.get("consent").map(String::as_str) == Some("1"),
+            confirmation_text: m.get("confirm_text").filter(|s| !s.is_empty()).cloned(),
+            sender_name: m.get("sender_name").filter(|s| !s.is_empty()).cloned(),
+        },
     }))
 }
 

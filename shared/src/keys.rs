@@ -21,7 +21,7 @@
 //! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
 //! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
 //! | `{msgr:stats}:workers` | HASH | worker name → `sent|failed|purchases|restarts|started_ms`, refreshed by each worker |
-//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`) and their counters (`mps_s`/`mps_n`: the current second of Redis's clock and its sends; `tmo_day`/`tmo_used`: a T-Mobile day's start and its segments, `tmo_nday`/`tmo_next`: the same for the next day, counted in the last 10 s of a day; `att_x`: the second AT&T's log expiry was last refreshed), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled) |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`) and their counters (`mps_s`/`mps_n`: the current second of Redis's clock and its sends; `tmo_day`/`tmo_used`: a T-Mobile day's start and its segments, `tmo_nday`/`tmo_next`: the same for the next day, counted in the last 10 s of a day; `att_x`: the second AT&T's log expiry was last refreshed), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled); consent: `optout_words` (the customer's own phrases, comma-joined), `review` (`send`, or holding), `consent` (`1`: text only tenants with an opt-in on record), `confirm_text`, `sender_name`, `review_n` (tenants under review: the send path looks them up only when there are any) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
 //! | `{c:ID}:pool:last` | HASH | number → Redis ms of its last send (idle numbers are released) |
@@ -31,7 +31,10 @@
 //! | `{c:ID}:r:<number>` | ZSET | messages received on one number in the window (member = message sid) |
 //! | `{c:ID}:sticky:<epoch>:<ddd>` | HASH | recipient (without its last 3 digits `ddd`) → number that last texted them (`<number>|<batch id>` for a batch recording events); one set of 1,000 buckets per window-long epoch |
 //! | `{c:ID}:optout` | SET | recipients who replied STOP |
-//! | `{c:ID}:optrec` | HASH | recipient → its opt-outs and opt-ins (`[{"kind","keyword","number","at_ms"}…]`, the last 20), the evidence of consent |
+//! | `{c:ID}:optrec` | HASH | recipient → its consent history (`[{"kind","via","keyword","number","at_ms",…}…]`, the last 50: opt-outs, opt-ins, suspected revocations and their reviews), the evidence of consent |
+//! | `{c:ID}:review` | HASH | recipient → a suspected revocation waiting for a person (`{"at_ms","deadline_ms","words","rule","number","sid"}`) |
+//! | `{c:ID}:held:<E.164>` | SET | that tenant's jobs held while a review waits (job members; each also in `sched`) |
+//! | `{c:ID}:consent` | SET | recipients with an opt-in on record (an API opt-in, or their own START) |
 //! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `<o|i>|<ms>|<number>|<sid>|<batch>|<body>` entries, oldest first, the last 50 and 30 days after the last message; written only when the customer records events |
 //! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`; 3 s + the delivery timeout + 5 s) |
 //! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
@@ -200,6 +203,21 @@ impl CustomerKeys {
         self.key(&format!("conv:{tenant}"))
     }
     /// Opt-out records: recipient → its opt-outs and opt-ins, newest last (JSON).
+    /// Suspected revocations waiting for a person (HASH).
+    pub fn reviews(&self) -> String {
+        self.key("review")
+    }
+    /// Prefix of the held-jobs sets: the script appends the tenant's E.164.
+    pub fn held_prefix(&self) -> String {
+        self.key("held:")
+    }
+    pub fn held(&self, tenant: &str) -> String {
+        self.key(&format!("held:{tenant}"))
+    }
+    /// Tenants with an opt-in on record (SET).
+    pub fn consent(&self) -> String {
+        self.key("consent")
+    }
     pub fn optout_records(&self) -> String {
         self.key("optrec")
     }

@@ -148,6 +148,13 @@ pub enum Reserve {
         due_ms: i64,
         cap: String,
     },
+    /// Held while the tenant's suspected revocation waits for a person (looked at again at `recheck_ms` at the
+    /// latest; the review's end releases it at once).
+    Held {
+        recheck_ms: i64,
+    },
+    /// Ended here: the customer requires consent on record and the tenant has none.
+    NoConsent,
     /// An earlier attempt reserved `slot` and may have reached Twilio.
     Ambiguous {
         slot: Slot,
@@ -355,6 +362,8 @@ impl Ledger {
             .key(k.scheduled())
             .key(k.events())
             .key(k.conversation(job.recipient.as_str()))
+            .key(k.reviews())
+            .key(k.consent())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(self.quota.window_ms())
@@ -378,6 +387,7 @@ impl Ledger {
             .arg(k.caps_prefix())
             .arg(&*rules.days)
             .arg(rules.segments)
+            .arg(k.held_prefix())
             .run_acked(&mut self.acked_conn(), self.acks.as_ref())
             .await?;
         let (v, confirmed): (Value, bool) = v;
@@ -407,6 +417,8 @@ impl Ledger {
             Some("unreachable") => Reserve::Unreachable(p.get(1).cloned().unwrap_or_default()),
             Some("capped") => Reserve::Capped { due_ms: num(&p, 1), cap: p.get(2).cloned().unwrap_or_default() },
             Some("quiet") => Reserve::Quiet { due_ms: num(&p, 1), zone: p.get(2).cloned().unwrap_or_default() },
+            Some("held") => Reserve::Held { recheck_ms: num(&p, 1) },
+            Some("no_consent") => Reserve::NoConsent,
             Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
             Some("full") => Reserve::Full(Full {
@@ -457,6 +469,8 @@ impl Ledger {
             .key(k.pool_last())
             .key(k.events())
             .key(k.conversation(job.recipient.as_str()))
+            .key(k.reviews())
+            .key(k.consent())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(sid)
@@ -541,6 +555,8 @@ impl Ledger {
             .key(k.cfg())
             .key(k.events())
             .key(k.conversation(job.recipient.as_str()))
+            .key(k.reviews())
+            .key(k.consent())
             .arg(job.recipient.as_str())
             .arg(&job.lease)
             .arg(how.as_str())
@@ -655,7 +671,9 @@ impl Ledger {
     }
 
     /// Records a tenant's reply to `number` in one step (record_inbound.lua): the credit (a number of the pool),
-    /// an opt-out or opt-in and its record, and the customer's events. Once per message sid.
+    /// an opt-out, opt-in or review and its record, and the customer's events. Once per message sid. With replica
+    /// acknowledgements on, the step is confirmed by the replicas before this returns ([`ReplyOutcome::confirmed`]):
+    /// a change of consent is answered to Twilio only once it would survive a failover.
     pub async fn record_reply(
         &self,
         customer: &CustomerId,
@@ -664,7 +682,12 @@ impl Ledger {
         reply: &Reply<'_>,
     ) -> redis::RedisResult<ReplyOutcome> {
         let k = CustomerKeys::new(customer);
-        let v: Value = scripts::RECORD_INBOUND
+        let (rule, deadline) = match &reply.action {
+            ReplyAction::Revoke { rule } => (rule.as_str(), String::new()),
+            ReplyAction::Suspect { rule, deadline_ms } => (rule.as_str(), deadline_ms.to_string()),
+            _ => ("", String::new()),
+        };
+        let (v, confirmed): (Value, bool) = scripts::RECORD_INBOUND
             .key(k.received(number))
             .key(k.pool())
             .key(k.cfg())
@@ -672,27 +695,70 @@ impl Ledger {
             .key(k.optout_records())
             .key(k.events())
             .key(k.conversation(reply.from.as_str()))
+            .key(k.reviews())
+            .key(k.scheduled())
+            .key(k.consent())
             .arg(message_sid)
             .arg(self.quota.window_ms())
             .arg(number)
             .arg(reply.from.as_str())
             .arg(reply.body)
-            .arg(reply.keyword.action())
-            .arg(reply.keyword_as_written)
+            .arg(reply.action.name())
+            .arg(reply.as_written)
             .arg(k.sticky_prefix())
-            .run(&mut self.conn.clone())
+            .arg(rule)
+            .arg(deadline)
+            .arg(k.held_prefix())
+            .run_acked(&mut self.acked_conn(), self.acks.as_ref())
             .await?;
+        if !confirmed {
+            self.unconfirmed();
+        }
         let p = strings(v);
         let change = match p.get(2).map(String::as_str) {
             Some("out") => Some(OptChange::OptedOut),
             Some("in") => Some(OptChange::OptedIn),
+            Some("suspected") => Some(OptChange::Suspected),
             _ => None,
         };
         Ok(ReplyOutcome {
             duplicate: p.first().map(String::as_str) == Some("duplicate"),
             change,
             help_text: p.get(3).filter(|h| !h.is_empty()).cloned(),
+            confirmed,
         })
+    }
+
+    /// The members of customer `customer`'s in-flight set that are jobs to `tenant`: texts to them that may be
+    /// on their way to Twilio right now (a revocation is answered once none is).
+    pub async fn in_flight_to(&self, customer: &CustomerId, tenant: &str) -> redis::RedisResult<Vec<String>> {
+        let members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(CustomerKeys::new(customer).inflight())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| {
+                let job = m.rsplit_once('#').map_or(m.as_str(), |(j, _)| j);
+                job.split('|').nth(1) == Some(tenant)
+            })
+            .collect())
+    }
+
+    /// Which of `members` are still in customer `customer`'s in-flight set.
+    pub async fn still_in_flight(&self, customer: &CustomerId, members: &[String]) -> redis::RedisResult<Vec<String>> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = CustomerKeys::new(customer);
+        let mut pipe = redis::pipe();
+        for m in members {
+            pipe.zscore(k.inflight(), m);
+        }
+        let scores: Vec<Option<f64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(members.iter().zip(scores).filter(|(_, s)| s.is_some()).map(|(m, _)| m.clone()).collect())
     }
 }
 
@@ -724,31 +790,67 @@ impl Keyword {
             Keyword::None
         }
     }
+}
 
-    fn action(self) -> &'static str {
+/// What a reply does to the tenant's consent, as the webhook read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyAction {
+    /// One of Twilio's opt-out keywords (Twilio blocks and confirms those itself).
+    Stop,
+    /// The tenant's own words, read as a revocation by `rule` (domain/revocation.rs).
+    Revoke {
+        rule: String,
+    },
+    /// Words that may be a revocation: a person decides by `deadline_ms` (10 business days from receipt).
+    Suspect {
+        rule: String,
+        deadline_ms: i64,
+    },
+    Start,
+    Help,
+    None,
+}
+
+impl ReplyAction {
+    fn name(&self) -> &'static str {
         match self {
-            Keyword::Stop => "stop",
-            Keyword::Start => "start",
-            Keyword::Help => "help",
-            Keyword::None => "",
+            ReplyAction::Stop => "stop",
+            ReplyAction::Revoke { .. } => "revoke",
+            ReplyAction::Suspect { .. } => "suspect",
+            ReplyAction::Start => "start",
+            ReplyAction::Help => "help",
+            ReplyAction::None => "",
+        }
+    }
+}
+
+impl From<Keyword> for ReplyAction {
+    fn from(k: Keyword) -> Self {
+        match k {
+            Keyword::Stop => ReplyAction::Stop,
+            Keyword::Start => ReplyAction::Start,
+            Keyword::Help => ReplyAction::Help,
+            Keyword::None => ReplyAction::None,
         }
     }
 }
 
 /// A tenant's reply, as a webhook brought it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Reply<'a> {
     pub from: &'a crate::domain::PhoneNumber,
     pub body: &'a str,
-    pub keyword: Keyword,
-    /// The keyword as the tenant wrote it (trimmed), for the opt-out record.
-    pub keyword_as_written: &'a str,
+    pub action: ReplyAction,
+    /// The words as the tenant wrote them (trimmed, at most 320 characters), for the consent record.
+    pub as_written: &'a str,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OptChange {
     OptedOut,
     OptedIn,
+    /// A review of a suspected revocation opened.
+    Suspected,
 }
 
 /// What recording a reply did.
@@ -760,6 +862,8 @@ pub struct ReplyOutcome {
     pub change: Option<OptChange>,
     /// The customer's answer to HELP / INFO, when it asked and one is set.
     pub help_text: Option<String>,
+    /// The replicas confirmed the step (true when acknowledgements are off).
+    pub confirmed: bool,
 }
 
 /// The failure count stored in a job state (`w|n|…`, `D|n`, `r|…|n`).

@@ -172,4 +172,6 @@ scripts! {
     DASHBOARD_SESSION => "dashboard_session.lua";
     /// Count a dashboard sign-in attempt from one address.
     SIGNIN_ATTEMPT => "signin_attempt.lua";
+    /// A change of consent that did not come in a reply: an opt-out or opt-in on record, an import, a review.
+    CONSENT => "consent.lua";
 }

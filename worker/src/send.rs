@@ -185,6 +185,15 @@ impl Sender {
                     self.shared.stats.expired.inc();
                     Step::Done
                 }
+                Reserve::Held { recheck_ms } => {
+                    tracing::debug!(recheck_ms, "the tenant's reply may have revoked consent; held for review");
+                    Step::Done
+                }
+                Reserve::NoConsent => {
+                    self.shared.stats.tally(&job.customer, Tally::Failed);
+                    tracing::debug!("no consent on record; not sent");
+                    Step::Done
+                }
                 _ => Step::Done,
             };
             match step {

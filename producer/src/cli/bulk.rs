@@ -201,9 +201,23 @@ fn print_accepted(a: &Accepted) {
 fn print_estimate(e: &Estimate) {
     println!("dry run for {}: nothing was written", e.customer);
     println!(
-        "  recipients: {} submitted, {} duplicates, {} opted out -> {} to text",
-        e.recipients_submitted, e.duplicates, e.opted_out, e.recipients
+        "  recipients: {} submitted, {} duplicates, {} opted out{} -> {} to text",
+        e.recipients_submitted,
+        e.duplicates,
+        e.opted_out,
+        if e.without_consent > 0 {
+            format!(", {} without consent on record", e.without_consent)
+        } else {
+            String::new()
+        },
+        e.recipients
     );
+    if e.under_review > 0 {
+        println!("    {} under review (a reply that may revoke consent): held until a person decides", e.under_review);
+    }
+    for w in &e.warnings {
+        println!("  warning: {w}");
+    }
     if e.segments_min == e.segments_per_message {
         println!(
             "  body: {} characters, {}, {} segment(s) per message",

@@ -74,6 +74,24 @@ pub struct AddArgs {
     /// The signing secret (`whsec_…`); without one, a secret is generated and printed once.
     #[arg(long)]
     events_secret: Option<String>,
+    /// The customer's own phrases that revoke consent in a reply, comma-separated ("no mas avisos,stop the
+    /// notices"), besides Messenger's table; `none` = none.
+    #[arg(long)]
+    opt_out_words: Option<String>,
+    /// What a reply that may revoke consent does to the tenant's texts until a person decides: `hold` (the
+    /// default) or `send`.
+    #[arg(long, value_parser = ["hold", "send"])]
+    review_hold: Option<String>,
+    /// Text only tenants with an opt-in on record (`producer consent opt-in`, or their own START): `on` or `off`.
+    #[arg(long, value_parser = ["on", "off"])]
+    require_consent: Option<String>,
+    /// The one text confirming a revocation in words (`{name}` = --sender-name); `default` = "You won't get more
+    /// texts from {name}. Reply START to resubscribe."
+    #[arg(long)]
+    confirmation_text: Option<String>,
+    /// Who the tenant is told has stopped texting them; `none` = the customer's id.
+    #[arg(long)]
+    sender_name: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -106,6 +124,11 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 help_text,
                 events_url,
                 events_secret,
+                opt_out_words,
+                review_hold,
+                require_consent,
+                confirmation_text,
+                sender_name,
                 json,
             } = *args;
             let id = parse_id(CustomerId::parse, &id)?;
@@ -124,6 +147,11 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 help_text: change(help_text, "none"),
                 events_url: change(events_url, "none"),
                 events_secret: change(events_secret, "none"),
+                opt_out_words: change(opt_out_words, "none"),
+                review_hold: review_hold.map_or(Change::Keep, Change::Set),
+                require_consent: require_consent.map_or(Change::Keep, |v| Change::Set(v == "on")),
+                confirmation_text: change(confirmation_text, "default"),
+                sender_name: change(sender_name, "none"),
             };
             let deps = connect(settings).await?;
             let saved = customers::save(&deps, &id, input).await?;
@@ -162,7 +190,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
 /// One line of a customer's settings.
 fn describe(c: &Customer) -> String {
     format!(
-        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tevents {}\thelp text {}",
+        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tevents {}\thelp text {}\tconsent: reviews {}, require {}, own words {}",
         c.max_numbers,
         c.area_code.as_ref().map_or("any", |a| a.as_str()),
         c.account_sid.as_ref().map_or("(main)", |a| a.as_str()),
@@ -173,6 +201,9 @@ fn describe(c: &Customer) -> String {
         caps(&c.caps),
         if c.events { "on" } else { "off" },
         if c.help_text.is_some() { "set" } else { "none" },
+        c.consent.review_hold.as_str(),
+        if c.consent.require_consent { "on" } else { "off" },
+        c.consent.opt_out_words.len(),
     )
 }
 

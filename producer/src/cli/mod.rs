@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`customer`]: `customer add` (create or update; unmentioned settings keep their value), `customer list`.
 //! - [`bulk`]: `bulk` — validate and enqueue a bulk text, or estimate it (`--dry-run`).
+//! - [`consent`]: `consent opt-out | opt-in | import | export | reviews | review | show` — tenants' consent.
 //! - [`status`]: `status` — a batch's counts, optionally waiting with a progress bar.
 //! - [`pool`]: `pool` — a customer's numbers; `pool release-idle`.
 //! - [`cancel`], [`inbound`], [`settings`]: the operator's one-liners.
@@ -14,6 +15,7 @@
 
 mod bulk;
 mod cancel;
+mod consent;
 mod customer;
 mod inbound;
 mod pool;
@@ -62,6 +64,10 @@ pub enum Command {
     Inbound(inbound::InboundArgs),
     /// Store this process's quota settings as the fleet's (after changing them on purpose).
     Settings(settings::SettingsArgs),
+    /// Tenants' consent: opt-outs and opt-ins from other channels, suppression lists, reviews of replies that may
+    /// revoke consent, a tenant's record, the export for an audit.
+    #[command(subcommand)]
+    Consent(consent::ConsentCommand),
     /// Customers' events secrets at rest: `secrets status` (how they are stored), `secrets rewrap` (seal them all
     /// under MESSENGER_SECRETS_KEY, after changing it).
     #[command(subcommand)]
@@ -141,6 +147,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Cancel(a) => cancel::run(settings, a).await,
         Command::Inbound(a) => inbound::run(settings, a).await,
         Command::Settings(a) => settings::run(settings, a).await,
+        Command::Consent(c) => consent::run(settings, c).await,
         Command::Secrets(c) => secrets::run(settings, c).await,
         Command::Sessions(c) => sessions::run(settings, c).await,
         Command::Serve(a) => serve::run(settings, a).await,

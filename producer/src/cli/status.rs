@@ -142,6 +142,12 @@ pub fn print_status(s: &BatchStatus) {
     for (cap, w) in &s.capped_by_cap {
         println!("    {} wait until {} ({cap})", w.count, format_ms(w.until_ms));
     }
+    if s.held_for_review > 0 {
+        println!(
+            "  held       {:>8}   (their tenant's reply may have revoked consent: `producer consent reviews {}`)",
+            s.held_for_review, s.customer
+        );
+    }
     println!("  sent       {:>8}", s.sent);
     let reasons: Vec<String> = s.failure_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
     if reasons.is_empty() {

@@ -39,6 +39,16 @@ pub struct CustomerInput {
     pub events_url: Change<String>,
     /// `whsec_` and base64 of 24 to 64 bytes; generated (and shown once) when a URL is set and none is stored.
     pub events_secret: Change<String>,
+    /// The customer's own phrases that revoke consent in a reply, comma-separated (at most 50 of 64 characters).
+    pub opt_out_words: Change<String>,
+    /// `hold` (default) or `send`: what a suspected revocation does to the tenant's texts until a person decides.
+    pub review_hold: Change<String>,
+    /// Text only tenants with an opt-in on record.
+    pub require_consent: Change<bool>,
+    /// The one text confirming a revocation in words (1 to 320 characters; `{name}` is the sender's name).
+    pub confirmation_text: Change<String>,
+    /// Who the tenant is told has stopped texting them (1 to 60 characters).
+    pub sender_name: Change<String>,
 }
 
 /// A saved customer.
@@ -88,6 +98,13 @@ fn parse(input: CustomerInput) -> Result<(CustomerUpdate, Change<EventsSecret>),
         // Both set by `seal_secret` in `save`, never by the caller.
         events_secret: Change::Keep,
         events_secret_previous: Change::Keep,
+        opt_out_words: parse_change(&mut p, "opt_out_words", input.opt_out_words, |v| {
+            shared::domain::revocation::parse_customer_words(v)
+        }),
+        review_hold: parse_change(&mut p, "review_hold", input.review_hold, customers::ReviewHold::parse),
+        require_consent: input.require_consent,
+        confirmation_text: parse_change(&mut p, "confirmation_text", input.confirmation_text, help_text),
+        sender_name: parse_change(&mut p, "sender_name", input.sender_name, |v| short_text(v, 60)),
     };
     p.finish()?;
     Ok((update, secret))
@@ -102,6 +119,19 @@ fn help_text(v: &str) -> Result<String, String> {
     }
     if v.chars().any(char::is_control) {
         return Err("may not contain control characters (line breaks included)".into());
+    }
+    Ok(v.to_owned())
+}
+
+/// A name: 1 to `max` characters on one line.
+fn short_text(v: &str, max: usize) -> Result<String, String> {
+    let v = v.trim();
+    let n = v.chars().count();
+    if n == 0 || n > max {
+        return Err(format!("must be 1 to {max} characters, not {n}"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err("may not contain control characters".into());
     }
     Ok(v.to_owned())
 }

@@ -33,6 +33,13 @@ pub struct Estimate {
     pub duplicates: usize,
     /// Recipients who replied STOP to this customer: their jobs would end `opted_out` without a Twilio call.
     pub opted_out: usize,
+    /// Recipients whose reply may have revoked consent, waiting for a person: their texts would be held until the
+    /// review ends (when the customer holds them).
+    pub under_review: usize,
+    /// Recipients without an opt-in on record, while the customer requires one: skipped (`no_consent`).
+    pub without_consent: usize,
+    /// What deserves a look before sending (no opt-out instructions in the text, …).
+    pub warnings: Vec<String>,
     /// Recipients who would be texted.
     pub recipients: usize,
     /// Characters of the body (the template, for a personalised body).
@@ -154,7 +161,46 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
         opted.extend(flags);
     }
     let opted_out = opted.iter().filter(|f| **f).count();
-    let to_send = batch.recipients.len() - opted_out;
+    // Consent: recipients without an opt-in on record (when the customer requires one) are skipped like the opted
+    // out; recipients under review are counted (they wait for a person).
+    let k = CustomerKeys::new(&id);
+    if record.consent.require_consent {
+        for (c, chunk) in batch.recipients.chunks(1_000).enumerate() {
+            let mut cmd = redis::cmd("SMISMEMBER");
+            cmd.arg(k.consent());
+            for r in chunk {
+                cmd.arg(r.as_str());
+            }
+            let flags: Vec<bool> = cmd.query_async(&mut conn).await?;
+            for (i, on_record) in flags.into_iter().enumerate() {
+                opted[c * 1_000 + i] |= !on_record;
+            }
+        }
+    }
+    let without_consent = opted.iter().filter(|f| **f).count() - opted_out;
+    let reviews: u64 = redis::cmd("HLEN").arg(k.reviews()).query_async(&mut conn).await?;
+    let mut under_review = 0;
+    if reviews > 0 {
+        for chunk in batch.recipients.chunks(1_000) {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(k.reviews());
+            for r in chunk {
+                cmd.arg(r.as_str());
+            }
+            let found: Vec<Option<String>> = cmd.query_async(&mut conn).await?;
+            under_review += found.iter().filter(|f| f.is_some()).count();
+        }
+    }
+    let to_send = batch.recipients.len() - opted_out - without_consent;
+    let mut warnings = Vec::new();
+    let lower = batch.body.as_str().to_lowercase();
+    if !["stop", "opt out", "opt-out", "unsubscribe"].iter().any(|w| lower.contains(w)) {
+        warnings.push(
+            "the text has no opt-out instructions (\"Reply STOP to opt out\"): carriers (CTIA) expect them in the first \
+             text to each tenant"
+                .to_owned(),
+        );
+    }
 
     // Each text that would go, counted for itself; and what its variables do to it.
     let names = batch.personal.as_ref().map(|p| p.names.clone()).unwrap_or_default();
@@ -225,6 +271,9 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
         recipients_submitted: batch.recipients.len() + batch.duplicates,
         duplicates: batch.duplicates,
         opted_out,
+        under_review,
+        without_consent,
+        warnings,
         recipients: to_send,
         characters: body.chars().count(),
         encoding: encoding.to_owned(),

@@ -6,8 +6,6 @@
 //! increasing, the cursor of the pull API — reading from a cursor returns every later event once, in order, with
 //! no gap, whichever server answers and however often it restarted.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use shared::domain::{CustomerId, PhoneNumber};
 use shared::keys::CustomerKeys;
@@ -151,57 +149,6 @@ pub fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String
         data.insert(name.to_owned(), value);
     }
     Event { id: format!("evt_{stream_id}"), kind, timestamp, data: serde_json::Value::Object(data) }
-}
-
-/// A tenant's opt-out state and every opt-out and opt-in on record (the last 20), oldest first.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct OptOutRecord {
-    pub phone: String,
-    /// Messenger texts this tenant nothing from any of the customer's numbers.
-    pub opted_out: bool,
-    pub history: Vec<OptOutEntry>,
-}
-
-#[derive(Clone, Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct OptOutEntry {
-    /// `opt_out` or `opt_in`.
-    pub kind: String,
-    /// The keyword as the tenant wrote it, or what reported it (`twilio 21610`).
-    pub keyword: String,
-    /// The customer's number it concerned ('' when not known).
-    pub number: String,
-    pub at: String,
-    /// The reply's message sid, when it came from one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_sid: Option<String>,
-}
-
-/// Customer `id`'s opt-out record of `phone`.
-pub async fn opt_out_record(deps: &Deps, id: &CustomerId, phone: &str) -> Result<OptOutRecord, OpsError> {
-    let phone = PhoneNumber::parse(phone).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
-    customers::get(deps, id).await?;
-    let k = CustomerKeys::new(id);
-    let (member, stored): (bool, Option<String>) = redis::pipe()
-        .sismember(k.optouts(), phone.as_str())
-        .hget(k.optout_records(), phone.as_str())
-        .query_async(&mut deps.conn())
-        .await
-        .map_err(OpsError::from)?;
-    let rows: Vec<BTreeMap<String, serde_json::Value>> =
-        stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
-    let text =
-        |r: &BTreeMap<String, serde_json::Value>, f: &str| r.get(f).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let history = rows
-        .iter()
-        .map(|r| OptOutEntry {
-            kind: text(r, "kind"),
-            keyword: text(r, "keyword"),
-            number: text(r, "number"),
-            at: r.get("at_ms").and_then(serde_json::Value::as_i64).map(rfc3339).unwrap_or_default(),
-            message_sid: Some(text(r, "sid")).filter(|s| !s.is_empty()),
-        })
-        .collect();
-    Ok(OptOutRecord { phone: phone.to_string(), opted_out: member, history })
 }
 
 /// A tenant's thread with the customer: the texts sent to them and their replies, oldest first (the last

@@ -9,6 +9,8 @@
 //! (`server::error`) and once to exit codes (`cli`).
 //!
 //! # Layout
+//! - [`consent`]: opt-outs and opt-ins from other channels, suppression lists, reviews of suspected revocations,
+//!   a tenant's whole consent record and the export for an audit.
 //! - [`customers`]: create or update a customer (one update rule), list, get.
 //! - [`texts`]: bulk texts and single messages — validate, then enqueue.
 //! - [`estimate`]: the dry run — what a bulk text would cost, and when its texts would go.
@@ -19,6 +21,7 @@
 //! - [`pools`]: a customer's numbers, releasing idle ones, crediting an inbound message, the fleet's quota settings.
 
 pub mod batches;
+pub mod consent;
 pub mod customers;
 pub mod estimate;
 pub mod events;

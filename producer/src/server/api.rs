@@ -16,8 +16,9 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
 use super::metrics::Metrics;
 use super::recipients::Recipients;
+use crate::ops::consent::{self, ConsentChange, ExportRow, ImportReport, OptOutRecord, Review};
 use crate::ops::customers::{self as customer_ops, CustomerInput};
-use crate::ops::events::{self, Conversation, DeadLetter, EventPage, OptOutRecord};
+use crate::ops::events::{self, Conversation, DeadLetter, EventPage};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
@@ -119,6 +120,28 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<String>, nullable)]
     pub events_secret: Change<String>,
+    /// The customer's own phrases that revoke consent in a reply, comma-separated (at most 50 of 64 characters);
+    /// `null` = none.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub opt_out_words: Change<String>,
+    /// `hold` (default) or `send`: what a suspected revocation does to the tenant's texts until a person decides.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub review_hold: Change<String>,
+    /// Text only tenants with an opt-in on record (`POST …/opt-ins`, or their own START); `null` = off.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<bool>, nullable)]
+    pub require_consent: Change<bool>,
+    /// The one text confirming a revocation in words (1 to 320 characters; `{name}` = `sender_name`); `null` = the
+    /// default ("You won't get more texts from {name}. Reply START to resubscribe.").
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub confirmation_text: Change<String>,
+    /// Who the tenant is told has stopped texting them (1 to 60 characters); `null` = the customer's id.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub sender_name: Change<String>,
 }
 
 /// A customer's settings.
@@ -143,6 +166,12 @@ pub struct CustomerResponse {
     pub events_url: Option<String>,
     /// Why delivery stopped (the endpoint answered 410 Gone); saving the URL again resumes it.
     pub events_disabled: Option<String>,
+    pub opt_out_words: Vec<String>,
+    /// `hold` or `send`.
+    pub review_hold: String,
+    pub require_consent: bool,
+    pub confirmation_text: Option<String>,
+    pub sender_name: Option<String>,
     /// `PUT` only, once: the signing secret Messenger generated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_secret: Option<String>,
@@ -173,6 +202,11 @@ impl From<Customer> for CustomerResponse {
             help_text: c.help_text,
             events_url: c.events_url,
             events_disabled: c.events_disabled,
+            opt_out_words: c.consent.opt_out_words,
+            review_hold: c.consent.review_hold.as_str().to_owned(),
+            require_consent: c.consent.require_consent,
+            confirmation_text: c.consent.confirmation_text,
+            sender_name: c.consent.sender_name,
             events_secret: None,
             created: None,
             warnings: Vec::new(),
@@ -340,6 +374,11 @@ pub async fn put_customer(
         help_text: req.help_text,
         events_url: req.events_url,
         events_secret: req.events_secret,
+        opt_out_words: req.opt_out_words,
+        review_hold: req.review_hold,
+        require_consent: req.require_consent,
+        confirmation_text: req.confirmation_text,
+        sender_name: req.sender_name,
     };
     let saved = customer_ops::save(&ops, &id, input).await?;
     for w in &saved.warnings {
@@ -577,8 +616,10 @@ pub async fn post_replay(
     Ok((StatusCode::ACCEPTED, Json(ReplayQueued { queued })))
 }
 
-/// A tenant's opt-out state and record: every opt-out and opt-in (keyword, number, time), the evidence of consent.
-#[utoipa::path(get, path = "/v1/customers/{id}/opt-outs/{phone}", tag = "events",
+/// A tenant's consent record: whether they are opted out, have an opt-in on record or a reply under review, and
+/// every change (how it came, the words, the number, when; the texts sent just before and after it) — the evidence
+/// in a dispute.
+#[utoipa::path(get, path = "/v1/customers/{id}/opt-outs/{phone}", tag = "consent",
     params(("id" = String, Path, description = "Customer id"), ("phone" = String, Path, description = "E.164")),
     responses(
         (status = 200, body = OptOutRecord),
@@ -592,7 +633,207 @@ pub async fn get_opt_out(
 ) -> Result<Json<OptOutRecord>, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    Ok(Json(events::opt_out_record(&ops, &id, &phone).await?))
+    Ok(Json(consent::record(&ops, &id, &phone).await?))
+}
+
+/// `POST /v1/customers/{id}/opt-outs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptOutRequest {
+    /// The tenant, E.164.
+    pub phone: String,
+    /// How they asked (1 to 200 characters): "phone call to the office", "email to the manager".
+    pub source: String,
+    /// Anything staff want kept with it (up to 1,000 characters).
+    pub note: Option<String>,
+    /// When they asked (RFC 3339 with an offset, not in the future); now when absent.
+    pub at: Option<String>,
+}
+
+/// Records an opt-out that came through another channel (a call to the office, an email): the tenant is texted
+/// nothing more from any of the customer's numbers, including batches already queued. Answered once it is as
+/// durable as a send.
+#[utoipa::path(post, path = "/v1/customers/{id}/opt-outs", tag = "consent",
+    params(("id" = String, Path, description = "Customer id")),
+    request_body = OptOutRequest,
+    responses(
+        (status = 200, body = ConsentChange),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_opt_out(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<OptOutRequest>,
+) -> Result<Json<ConsentChange>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let input = consent::OptOutInput { phone: req.phone, source: req.source, note: req.note, at: req.at };
+    Ok(Json(consent::opt_out(&ops, &id, input, consent::Via::Api).await?))
+}
+
+/// `POST /v1/customers/{id}/opt-ins` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptInRequest {
+    /// The tenant, E.164.
+    pub phone: String,
+    /// Where consent was given (1 to 200 characters): "lease signed", "portal checkbox".
+    pub source: String,
+    /// What shows it (a document id, a URL; up to 1,000 characters). Required for a tenant who opted out.
+    pub evidence: Option<String>,
+    /// When consent was given (RFC 3339 with an offset, not in the future).
+    pub at: String,
+}
+
+/// Puts a tenant's opt-in on record (what a customer with `require_consent` needs before texting them). A tenant who
+/// opted out is opted back in only with evidence (409 otherwise): their own START is the other way back.
+#[utoipa::path(post, path = "/v1/customers/{id}/opt-ins", tag = "consent",
+    params(("id" = String, Path, description = "Customer id")),
+    request_body = OptInRequest,
+    responses(
+        (status = 200, body = ConsentChange),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_opt_in(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<OptInRequest>,
+) -> Result<Json<ConsentChange>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let input = consent::OptInInput { phone: req.phone, source: req.source, evidence: req.evidence, at: req.at };
+    Ok(Json(consent::opt_in(&ops, &id, input, consent::Via::Api).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// Where the list came from (kept with every opt-out): "suppression list of the old system, 2026-11".
+    pub source: String,
+}
+
+/// Loads a suppression list (the body, `text/csv`: one number per line, or CSV with a `phone` column and optional
+/// `note` and `at` columns; at most 8 MiB). Every row is checked first and every bad one named (422); nothing is
+/// applied unless all are good. Idempotent: a re-import changes nothing.
+#[utoipa::path(post, path = "/v1/customers/{id}/opt-outs/import", tag = "consent",
+    params(("id" = String, Path, description = "Customer id"), ImportQuery),
+    request_body(content = String, content_type = "text/csv"),
+    responses(
+        (status = 200, body = ImportReport),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_import(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ImportQuery>,
+    body: String,
+) -> Result<Json<ImportReport>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let report = consent::import(&ops, &id, &body, &q.source).await?;
+    tracing::info!(customer = %id, rows = report.rows, opted_out_now = report.opted_out_now, "suppression list imported");
+    Ok(Json(report))
+}
+
+#[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// Every consent record of the customer, for an audit: one row per change of each tenant, with the tenant's state.
+#[utoipa::path(get, path = "/v1/customers/{id}/opt-outs", tag = "consent",
+    params(("id" = String, Path, description = "Customer id"), ExportQuery),
+    responses(
+        (status = 200, body = Vec<ExportRow>, description = "JSON, or CSV with `format=csv`"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_export(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ExportQuery>,
+) -> Result<Response, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::unprocessable(format!("format: must be json or csv, not {other:?}")).field("format"));
+        }
+    };
+    let rows = consent::export(&ops, &id).await?;
+    if csv {
+        let headers = [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (axum::http::header::CONTENT_DISPOSITION, format!("attachment; filename=\"consent-{id}.csv\"")),
+        ];
+        return Ok((headers, consent::export_csv(&rows)).into_response());
+    }
+    Ok(Json(rows).into_response())
+}
+
+/// Replies that may revoke consent, waiting for a person (the nearest deadline first: 10 business days from
+/// receipt). While one waits, the tenant's texts are held (the customer's `review_hold`).
+#[utoipa::path(get, path = "/v1/customers/{id}/reviews", tag = "consent",
+    params(("id" = String, Path, description = "Customer id")),
+    responses(
+        (status = 200, body = Vec<Review>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_reviews(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Vec<Review>>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(consent::reviews(&ops, &id).await?))
+}
+
+/// `POST /v1/customers/{id}/reviews/{phone}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// `confirm` (it was a revocation: opted out, as of when they wrote) or `dismiss` (it was not: held texts go).
+    pub decision: String,
+    /// Why (kept; required to dismiss; up to 1,000 characters).
+    #[serde(default)]
+    pub note: String,
+}
+
+/// Decides a suspected revocation.
+#[utoipa::path(post, path = "/v1/customers/{id}/reviews/{phone}", tag = "consent",
+    params(("id" = String, Path, description = "Customer id"), ("phone" = String, Path, description = "E.164")),
+    request_body = DecisionRequest,
+    responses(
+        (status = 200, body = ConsentChange),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_decision(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath((id, phone)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<DecisionRequest>,
+) -> Result<Json<ConsentChange>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(consent::decide(&ops, &id, &phone, &req.decision, &req.note, &caller.name).await?))
 }
 
 /// A tenant's thread: the texts sent to them and their replies, oldest first (the last 50, kept 30 days after the

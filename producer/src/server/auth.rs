@@ -127,6 +127,8 @@ impl Tokens {
 /// The authenticated caller of a `/v1` request.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// The token's name (kept where a person's decision is recorded).
+    pub name: String,
     pub scope: Scope,
 }
 
@@ -165,7 +167,7 @@ where
             .ok_or_else(ApiError::unauthorized)?;
         let tokens = Arc::<Tokens>::from_ref(state);
         let t = tokens.find(presented).ok_or_else(ApiError::unauthorized)?;
-        Ok(Caller { scope: t.scope.clone() })
+        Ok(Caller { name: t.name.clone(), scope: t.scope.clone() })
     }
 }
 

@@ -224,6 +224,7 @@ fn router(state: AppState, hsts: bool) -> Router {
     let heavy = Heavy::new(limits, state.tokens.clone());
     let bulk = Router::new()
         .route("/v1/customers/{id}/bulk-texts", post(api::post_bulk))
+        .route("/v1/customers/{id}/opt-outs/import", post(api::post_import))
         .route_layer(middleware::from_fn_with_state(heavy, one_of_few));
     let v1 = Router::new()
         .merge(bulk)
@@ -234,7 +235,11 @@ fn router(state: AppState, hsts: bool) -> Router {
         .route("/v1/customers/{id}/events", get(api::get_events))
         .route("/v1/customers/{id}/events/dead", get(api::get_dead_letters))
         .route("/v1/customers/{id}/events/dead/replay", post(api::post_replay))
+        .route("/v1/customers/{id}/opt-outs", post(api::post_opt_out).get(api::get_export))
         .route("/v1/customers/{id}/opt-outs/{phone}", get(api::get_opt_out))
+        .route("/v1/customers/{id}/opt-ins", post(api::post_opt_in))
+        .route("/v1/customers/{id}/reviews", get(api::get_reviews))
+        .route("/v1/customers/{id}/reviews/{phone}", post(api::post_decision))
         .route("/v1/customers/{id}/conversations/{phone}", get(api::get_conversation))
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))

@@ -14,7 +14,8 @@ use super::error::{ErrorBody, ErrorDetail};
     paths(
         api::list_customers, api::get_customer, api::put_customer, api::post_bulk, api::post_message, api::get_batch,
         api::post_cancel, api::get_pool, api::post_release_idle, api::get_events, api::get_opt_out,
-        api::get_dead_letters, api::post_replay, api::get_conversation, api::post_revoke_sessions
+        api::get_dead_letters, api::post_replay, api::get_conversation, api::post_revoke_sessions,
+        api::post_opt_out, api::post_opt_in, api::post_import, api::get_export, api::get_reviews, api::post_decision
     ),
     components(schemas(
         api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::Recipient, api::PersonalRecipient,
@@ -25,14 +26,17 @@ use super::error::{ErrorBody, ErrorDetail};
         shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::customers::PoolReport,
         shared::customers::NumberUsage, api::ReleaseIdleRequest, shared::release::ReleaseReport,
         shared::release::Releasable, crate::ops::texts::Estimate, shared::domain::smart::SmartEncoding,
-        crate::ops::events::Event, crate::ops::events::EventPage, crate::ops::events::OptOutRecord,
-        crate::ops::events::OptOutEntry, crate::ops::events::DeadLetter, api::ReplayRequest, api::ReplayQueued,
+        crate::ops::events::Event, crate::ops::events::EventPage, crate::ops::consent::OptOutRecord,
+        crate::ops::consent::OptOutEntry, crate::ops::consent::TextRef, crate::ops::consent::Review,
+        crate::ops::consent::ConsentChange, crate::ops::consent::ImportReport, crate::ops::consent::ExportRow,
+        api::OptOutRequest, api::OptInRequest, api::DecisionRequest, crate::ops::events::DeadLetter, api::ReplayRequest, api::ReplayQueued,
         crate::ops::events::Conversation, crate::ops::events::ConversationMessage, crate::ops::sessions::Revoked
     )),
     modifiers(&Bearer),
     tags((name = "texts", description = "Bulk texts, single messages and their status"),
          (name = "customers", description = "Customers and their number pools"),
-         (name = "events", description = "What happened: message outcomes, replies, opt-outs"))
+         (name = "events", description = "What happened: message outcomes, replies, opt-outs"),
+         (name = "consent", description = "Tenants' consent: opt-outs from every channel, opt-ins on record, reviews of suspected revocations, the record for an audit"))
 )]
 pub struct ApiDoc;
 

@@ -18,9 +18,10 @@ use secrecy::{ExposeSecret, SecretString};
 use shared::batches::{self, Delivery};
 use shared::carriers;
 use shared::config::Settings;
+use shared::domain::revocation::{self, Class};
 use shared::domain::{AccountSid, BatchId, CustomerId, PhoneNumber};
 use shared::keys::{self, CustomerKeys};
-use shared::ledger::{Keyword, Ledger, OptChange, Reply};
+use shared::ledger::{Keyword, Ledger, OptChange, Reply, ReplyAction};
 use shared::store::Conn;
 use shared::twilio::accounts::AccountTokens;
 use shared::twilio::signature;
@@ -60,6 +61,8 @@ pub fn account_tokens(ops: &Deps, policy: TokenPolicy) -> Option<Arc<AccountToke
 #[derive(Clone)]
 pub struct Webhooks {
     conn: Conn,
+    /// The connection for steps confirmed by replicas (`WAIT`), when acknowledgements are on.
+    acked: Option<Conn>,
     settings: Arc<Settings>,
     /// The public base URL Twilio calls: signatures are computed over it. `None`: webhooks are refused.
     public_url: Option<Arc<str>>,
@@ -83,6 +86,7 @@ impl Webhooks {
     ) -> Self {
         Self {
             conn: ops.conn(),
+            acked: ops.acked.clone(),
             settings: ops.settings.clone(),
             public_url,
             main_token: ops.settings.twilio.auth_token.clone(),
@@ -403,30 +407,123 @@ pub async fn inbound(
         (true, None) => format!("local:{}", ulid::Ulid::new()),
     };
     let body = p.get("Body").unwrap_or_default();
-    let reply = Reply { from: &sender, body, keyword: Keyword::of(body), keyword_as_written: body.trim() };
-    let ledger = Ledger::new(s.conn.clone(), s.settings.quota, s.settings.batch_retention);
+    let as_written = clip(body.trim(), 320);
+    let keyword = Keyword::of(body);
+    let ledger = Ledger::new(s.conn.clone(), s.settings.quota, s.settings.batch_retention)
+        .with_acks(s.settings.redis.acks.clone(), s.acked.iter().cloned().collect());
     let mut help = None;
+    let mut confirmation = None;
+    let mut unconfirmed = false;
+    let mut revoked = Vec::new();
     for customer in &customers {
+        let consent = shared::customers::consent_settings(&mut s.conn.clone(), customer)
+            .await
+            .map_err(|e| ApiError::redis(&e))?;
+        // Twilio's own keywords keep their path (Twilio blocks and confirms them); anything else is read for a
+        // revocation in the tenant's own words.
+        let action = match keyword {
+            Keyword::None => {
+                let reading = revocation::STANDARD.classify(body, &consent.opt_out_words);
+                let rule = reading.rule.unwrap_or_default();
+                match reading.class {
+                    Class::Revocation => ReplyAction::Revoke { rule },
+                    Class::Suspected => {
+                        ReplyAction::Suspect { rule, deadline_ms: revocation::review_deadline(now_ms()) }
+                    }
+                    Class::Ordinary => ReplyAction::None,
+                }
+            }
+            k => k.into(),
+        };
+        let reply = Reply { from: &sender, body, action: action.clone(), as_written };
         let done = ledger.record_reply(customer, to, &sid, &reply).await.map_err(|e| ApiError::redis(&e))?;
+        let consent_changing = !matches!(action, ReplyAction::None | ReplyAction::Help);
+        unconfirmed |= consent_changing && !done.confirmed;
         match done.change {
             Some(OptChange::OptedOut) => {
                 s.metrics.opt_outs.inc();
-                tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted out");
+                tracing::info!(customer = %customer, from = %sender.masked(), via = action_name(&action), "recipient opted out");
+                // One confirmation, for a revocation Twilio does not confirm itself (its own keywords it does);
+                // only when this reply changed something, so a storm of repeats gets none.
+                if matches!(action, ReplyAction::Revoke { .. }) {
+                    confirmation = confirmation.or(Some(consent.confirmation(customer)));
+                }
             }
             Some(OptChange::OptedIn) => {
                 s.metrics.opt_ins.inc();
                 tracing::info!(customer = %customer, from = %sender.masked(), "recipient opted back in");
             }
+            Some(OptChange::Suspected) => {
+                tracing::info!(customer = %customer, from = %sender.masked(), "a reply may revoke consent: held for review");
+            }
             None => {}
+        }
+        if matches!(action, ReplyAction::Stop | ReplyAction::Revoke { .. }) {
+            revoked.push(customer.clone());
         }
         help = help.or(done.help_text);
     }
+    if unconfirmed {
+        // Not yet as durable as a send: a failover now could lose the change of consent. Twilio delivers again.
+        let mut r = ApiError::unavailable("the change of consent is not confirmed by Redis's replicas yet; retry")
+            .into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(r);
+    }
+    // A revocation is answered once no text to the tenant can still reach Twilio: a send that had its slot before
+    // the opt-out is let finish first, and every later one sees the opt-out.
+    let within = (s.settings.twilio.timeout + Duration::from_secs(2)).min(Duration::from_secs(13));
+    for customer in &revoked {
+        if !sends_settled(&ledger, customer, sender.as_str(), within).await.map_err(|e| ApiError::redis(&e))? {
+            tracing::warn!(customer = %customer, from = %sender.masked(), "a text to a tenant who revoked consent is still on its way; answering 503 so Twilio delivers again");
+            let mut r = ApiError::unavailable("a text to this tenant is still on its way; retry").into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            return Ok(r);
+        }
+    }
     remember(&s, token).await;
-    // HELP / INFO: the customer's help text as the reply (CTIA); Twilio sends a TwiML <Message> back to the tenant.
-    if let Some(text) = help {
+    // HELP / INFO: the customer's help text as the reply (CTIA); a revocation in words: its one confirmation.
+    if let Some(text) = help.or(confirmation) {
         return Ok(twiml_message(&text));
     }
     Ok(twiml())
+}
+
+/// The first `max` characters of `s`.
+fn clip(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(at, _)| &s[..at])
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn action_name(a: &ReplyAction) -> &'static str {
+    match a {
+        ReplyAction::Stop => "keyword",
+        ReplyAction::Revoke { .. } => "words",
+        _ => "",
+    }
+}
+
+/// Waits (up to `within`) until no job to `tenant` is in customer `customer`'s in-flight set — none that could still
+/// reach Twilio. True when none is left.
+async fn sends_settled(
+    ledger: &Ledger,
+    customer: &CustomerId,
+    tenant: &str,
+    within: Duration,
+) -> redis::RedisResult<bool> {
+    let mut left = ledger.in_flight_to(customer, tenant).await?;
+    let deadline = Instant::now() + within;
+    while !left.is_empty() {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = ledger.still_in_flight(customer, &left).await?;
+    }
+    Ok(true)
 }
 
 /// A carrier refused a text Twilio had accepted because a cap was spent (30022, 30023, 30027): hold that carrier's

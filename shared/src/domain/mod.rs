@@ -5,6 +5,7 @@ mod bounds;
 mod clock;
 mod ids;
 mod phone;
+pub mod revocation;
 pub mod smart;
 pub mod template;
 

@@ -45,7 +45,7 @@ use subtle::ConstantTimeEq;
 use super::auth::{Scope, Tokens};
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::ops::{Deps, OpsError, batches, events, pools};
+use crate::ops::{Deps, OpsError, batches, consent, events, pools};
 use pages::Viewer;
 use session::{LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL, Session, SigninLimit};
 
@@ -222,6 +222,11 @@ where
         .route("/dashboard/events", get(events_index))
         .route("/dashboard/events/{customer}", get(events_page))
         .route("/dashboard/events/{customer}/replay", post(replay))
+        .route("/dashboard/consent", get(consent_index))
+        .route("/dashboard/consent/{customer}", get(consent_page))
+        .route("/dashboard/consent/{customer}/review", post(consent_decide))
+        .route("/dashboard/consent/{customer}/opt-out", post(consent_opt_out))
+        .route("/dashboard/consent/{customer}/export.csv", get(consent_export))
         .route("/dashboard/static/{file}", get(asset))
         .layer(middleware::from_fn(security_headers))
 }
@@ -709,5 +714,134 @@ async fn replay(
             Outcome::Page(pages::replayed(&id, queued, &v))
         }
         Err(e) => failed(Some(&v), "Not replayed", e),
+    }
+}
+
+async fn consent_index(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.config);
+    match visible_customers(&s, &session).await {
+        Ok(ids) => Outcome::Page(pages::consent_index(&ids, &v)),
+        Err(o) => o,
+    }
+}
+
+async fn consent_view(s: &Dashboard, session: &Session, id: &CustomerId, done: Option<&str>) -> Outcome {
+    let v = session.viewer(&s.config);
+    match consent::reviews(&s.ops, id).await {
+        Ok(list) => Outcome::Page(pages::consent(id.as_str(), &list, done, &v)),
+        Err(e) => failed(Some(&v), "Unavailable", e),
+    }
+}
+
+async fn consent_page(State(s): State<Dashboard>, headers: HeaderMap, Path(c): Path<String>) -> Outcome {
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let id = match customer_id(&session, &session.viewer(&s.config), &c) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    consent_view(&s, &session, &id, None).await
+}
+
+#[derive(Deserialize)]
+struct DecideForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    phone: String,
+    #[serde(default)]
+    decision: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn consent_decide(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(c): Path<String>,
+    Form(f): Form<DecideForm>,
+) -> Outcome {
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    match consent::decide(&s.ops, &id, &f.phone, &f.decision, &f.note, &session.name).await {
+        Ok(r) => {
+            tracing::info!(customer = %id, by = %session.name, decision = %f.decision, "consent review decided from the dashboard");
+            let v = session.viewer(&s.config);
+            let what = if r.opted_out { "opted out" } else { "review dismissed" };
+            let done = format!("{}: {what}; {} held text(s) released.", v.number(&r.phone), r.held_released);
+            consent_view(&s, &session, &id, Some(&done)).await
+        }
+        Err(e) => failed(Some(&session.viewer(&s.config)), "Not decided", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct OptOutForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    phone: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    note: String,
+}
+
+async fn consent_opt_out(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(c): Path<String>,
+    Form(f): Form<OptOutForm>,
+) -> Outcome {
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let note = Some(f.note).filter(|n| !n.trim().is_empty());
+    let input = consent::OptOutInput { phone: f.phone, source: f.source, note, at: None };
+    match consent::opt_out(&s.ops, &id, input, consent::Via::Dashboard).await {
+        Ok(r) => {
+            tracing::info!(customer = %id, by = %session.name, "opt-out recorded from the dashboard");
+            let v = session.viewer(&s.config);
+            let done = format!("{} is opted out.", v.number(&r.phone));
+            consent_view(&s, &session, &id, Some(&done)).await
+        }
+        Err(e) => failed(Some(&session.viewer(&s.config)), "Not recorded", e),
+    }
+}
+
+async fn consent_export(State(s): State<Dashboard>, headers: HeaderMap, Path(c): Path<String>) -> Response {
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o.into_response(),
+    };
+    let id = match customer_id(&session, &session.viewer(&s.config), &c) {
+        Ok(id) => id,
+        Err(o) => return o.into_response(),
+    };
+    match consent::export(&s.ops, &id).await {
+        Ok(mut rows) => {
+            if !session.viewer(&s.config).full_numbers {
+                // A scoped viewer's export masks the numbers, as its pages do.
+                for r in &mut rows {
+                    r.phone = shared::domain::Masked(&r.phone).to_string();
+                }
+            }
+            let csv = consent::export_csv(&rows);
+            let headers = [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"consent-{id}.csv\"")),
+            ];
+            (headers, csv).into_response()
+        }
+        Err(e) => failed(None, "Unavailable", e).into_response(),
     }
 }

@@ -34,12 +34,13 @@ fn time(ms: i64) -> String {
 }
 
 /// The navigation: link, and the label a page passes as `current`.
-const NAV: [(&str, &str); 5] = [
+const NAV: [(&str, &str); 6] = [
     ("/dashboard", "Overview"),
     ("/dashboard/batches", "Batches"),
     ("/dashboard/pools", "Pools"),
     ("/dashboard/conversations", "Conversations"),
     ("/dashboard/events", "Events"),
+    ("/dashboard/consent", "Consent"),
 ];
 
 /// The page frame: landmarks, a skip link, the navigation and the sign-out form.
@@ -131,6 +132,7 @@ fn batch_bar(s: &BatchStatus) -> Markup {
         ("deferred", s.deferred, "bar-deferred"),
         ("waiting for quiet hours", s.quiet_hours, "bar-deferred"),
         ("waiting for a carrier cap", s.capped, "bar-deferred"),
+        ("held for a consent review", s.held_for_review, "bar-deferred"),
         ("queued", s.queued, "bar-queued"),
     ];
     let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
@@ -360,6 +362,7 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
                 div { dt { "Deferred" } dd { (s.deferred) } }
                 div { dt { "Quiet hours" } dd { (s.quiet_hours) } }
                 div { dt { "Carrier caps" } dd { (s.capped) } }
+                div { dt { "Held for review" } dd { (s.held_for_review) } }
                 div { dt { "Queued" } dd { (s.queued) } }
             }
             @if let (true, Some(why)) = (s.deferred > 0, &s.deferred_reason) { p { "Deferred because " (why) "." } }
@@ -371,6 +374,10 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
             }
             @for (cap, w) in &s.capped_by_cap {
                 p { (w.count) " waiting for the " (cap) " to renew (until " (time(w.until_ms)) ")." }
+            }
+            @if s.held_for_review > 0 {
+                p { (s.held_for_review) " held: their tenant's reply may have revoked consent, and waits for a person on the "
+                    a href="/dashboard/consent" { "Consent" } " page." }
             }
         }
         @if !s.failure_reasons.is_empty() {
@@ -668,4 +675,78 @@ pub fn replayed(c: &shared::domain::CustomerId, queued: u64, v: &Viewer<'_>) -> 
 /// An empty fragment (for pages whose subject went away).
 pub fn nothing() -> Markup {
     PreEscaped(String::new())
+}
+
+pub fn consent_index(customers: &[String], v: &Viewer<'_>) -> Markup {
+    layout(
+        "Consent",
+        Some(v),
+        "Consent",
+        html! {
+            h1 { "Consent" }
+            p { "Replies that may revoke consent wait here for a person; opt-outs that came another way are recorded here." }
+            @if customers.is_empty() { p { "No customers." } }
+            ul class="pools" { @for c in customers { li { a href=(format!("/dashboard/consent/{c}")) { (c) } } } }
+        },
+    )
+}
+
+/// A customer's consent desk: the reviews waiting (deadline, words, confirm or dismiss with a note), a form for an
+/// opt-out that came another way, and the export.
+pub fn consent(customer: &str, reviews: &[crate::ops::consent::Review], done: Option<&str>, v: &Viewer<'_>) -> Markup {
+    let decide = format!("/dashboard/consent/{customer}/review");
+    layout(
+        &format!("Consent of {customer}"),
+        Some(v),
+        "Consent",
+        html! {
+            h1 { "Consent of " (customer) }
+            @if let Some(d) = done { p class="notice" role="status" { (d) } }
+            section aria-labelledby="reviews-h" {
+                h2 id="reviews-h" { "Replies under review (" (reviews.len()) ")" }
+                @if reviews.is_empty() {
+                    p { "None: no reply waits for a decision." }
+                } @else {
+                    p { "Each reply may revoke consent. Until you decide, the tenant's texts are held (unless the customer sends them). Confirm: the tenant is opted out, as of when they wrote. Dismiss: the held texts go; say why." }
+                    @for (i, r) in reviews.iter().enumerate() {
+                        article class="review" aria-labelledby=(format!("review-{i}")) {
+                            h3 id=(format!("review-{i}")) { (v.number(&r.phone)) @if r.overdue { " — " strong { "overdue" } } }
+                            dl class="figures" {
+                                div { dt { "Reply" } dd { (r.words) } }
+                                div { dt { "Read as" } dd { (r.rule) } }
+                                div { dt { "Received" } dd { (r.received) } }
+                                div { dt { "Decide by" } dd { (r.deadline) } }
+                            }
+                            form method="post" action=(decide) class="decide" {
+                                input type="hidden" name="csrf" value=(v.csrf);
+                                input type="hidden" name="phone" value=(r.phone);
+                                label for=(format!("note-{i}")) { "Note (required to dismiss)" }
+                                input type="text" id=(format!("note-{i}")) name="note" maxlength="1000";
+                                button type="submit" name="decision" value="confirm" { "Confirm: opt out" }
+                                " "
+                                button type="submit" name="decision" value="dismiss" { "Dismiss: not a revocation" }
+                            }
+                        }
+                    }
+                }
+            }
+            section aria-labelledby="optout-h" {
+                h2 id="optout-h" { "Record an opt-out that came another way" }
+                form method="post" action=(format!("/dashboard/consent/{customer}/opt-out")) class="optout" {
+                    input type="hidden" name="csrf" value=(v.csrf);
+                    label for="phone" { "Tenant's number" }
+                    input type="tel" id="phone" name="phone" required maxlength="32" autocomplete="off";
+                    label for="source" { "How they asked" }
+                    input type="text" id="source" name="source" required maxlength="200" placeholder="phone call to the office";
+                    label for="note" { "Note" }
+                    input type="text" id="note" name="note" maxlength="1000";
+                    button type="submit" { "Opt out" }
+                }
+            }
+            section aria-labelledby="export-h" {
+                h2 id="export-h" { "For an audit" }
+                p { a href=(format!("/dashboard/consent/{customer}/export.csv")) download { "Download every consent record (CSV)" } }
+            }
+        },
+    )
 }
