@@ -105,6 +105,7 @@ impl Call<'_> {
             other => other?,
         };
         let ok = confirmed >= need.replicas;
+        tracing::debug!(needed = need.replicas, shard = ?need.shard, confirmed, "a write waited for replicas");
         acks.observe(&need, Some(ok));
         Ok((v, ok))
     }

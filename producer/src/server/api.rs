@@ -13,7 +13,7 @@ use shared::release::ReleaseReport;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson, ApiPath, ErrorBody, too_large};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody, too_large};
 use super::metrics::Metrics;
 use super::recipients::Recipients;
 use crate::ops::consent::{self, ConsentChange, ExportRow, ImportReport, OptOutRecord, Review};
@@ -712,6 +712,7 @@ pub async fn post_opt_in(
 }
 
 #[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// Where the list came from (kept with every opt-out): "suppression list of the old system, 2026-11".
@@ -734,17 +735,21 @@ pub async fn post_import(
     State(ops): State<Deps>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    axum::extract::Query(q): axum::extract::Query<ImportQuery>,
-    body: String,
+    ApiQuery(q): ApiQuery<ImportQuery>,
+    body: axum::body::Bytes,
 ) -> Result<Json<ImportReport>, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    let report = consent::import(&ops, &id, &body, &q.source).await?;
+    let body = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::unprocessable(format!("the list is not UTF-8 text (byte {})", e.valid_up_to() + 1)).field("list")
+    })?;
+    let report = consent::import(&ops, &id, body, &q.source).await?;
     tracing::info!(customer = %id, rows = report.rows, opted_out_now = report.opted_out_now, "suppression list imported");
     Ok(Json(report))
 }
 
 #[derive(Debug, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// `json` (default) or `csv`.
@@ -763,7 +768,7 @@ pub async fn get_export(
     State(ops): State<Deps>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
-    axum::extract::Query(q): axum::extract::Query<ExportQuery>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;

@@ -180,6 +180,26 @@ where
     }
 }
 
+/// `axum::extract::Query`, with its rejections (an unknown parameter, a value of the wrong type) in our error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(e) => {
+                Err(ApiError::bad_request("invalid_query", format!("the query string is not valid: {}", source(&e))))
+            }
+        }
+    }
+}
+
 pub fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
