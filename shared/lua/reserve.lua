@@ -20,7 +20,6 @@
 -- KEYS[7] inflight ZSET     KEYS[8] intents HASH     KEYS[9] purchase lock STRING
 -- KEYS[10] unsent ZSET (reserved slots whose outcome is not known yet)
 -- KEYS[11] queue LIST       KEYS[12] scheduled ZSET     KEYS[13] events STREAM   KEYS[14] the tenant's conversation
--- KEYS[15] reviews HASH (suspected revocations waiting for a person)   KEYS[16] consent SET (opt-ins on record)
 -- ARGV[1] recipient         ARGV[2] in-flight member (`<job>#<token>`)   ARGV[3] window ms
 -- ARGV[4] daily quota       ARGV[5] conversational cap
 -- ARGV[6] window key prefix ARGV[7] received key prefix ARGV[8] sticky key prefix
@@ -40,12 +39,13 @@
 -- ARGV[22] the T-Mobile day as instants: three consecutive day starts (ms), the first at or before now by the
 --          caller's clock, the day ending at midnight Pacific (computed by the caller with the tz database)
 -- ARGV[23] segments of this job's text (T-Mobile counts segments)
--- ARGV[24] prefix of the held-jobs sets (`{c:ID}:held:`): `<prefix><recipient>`
 --
 -- Consent (common.lua, "Consent reviews"), read with the customer's settings: with `consent` = '1' a recipient
 -- without an opt-in on record ends failed ('no_consent') without a slot; while the recipient's suspected revocation
 -- waits for a person (and the customer holds, `review` ≠ 'send'), the job is held (state H|<attempt>|<recheck>,
--- counted in `held`, in the tenant's held set and in the schedule) until the review ends.
+-- counted in `held`, in the tenant's held set and in the schedule) until the review ends. Their keys (`{c:ID}:review`,
+-- `{c:ID}:consent`, `{c:ID}:held:<recipient>`, keys.rs) are built from the cfg key's `{c:ID}:` only when the customer
+-- uses them, so a send pays for no key or argument it does not read.
 --
 -- The carriers' limits (carriers.rs), read from the customer's cfg: when the customer looks lines up (`lookup`, or
 -- a T-Mobile or AT&T cap), the recipient's line comes from the cache — none cached: {'lookup'}, the caller looks it
@@ -94,7 +94,8 @@ local orphan_ms, room = tonumber(ARGV[15]), tonumber(ARGV[16] or '-1')
 local quiet, spread = ARGV[17] or '', tonumber(ARGV[18] or '0')
 local hint, lprefix, cprefix = ARGV[19] or '', ARGV[20] or '', ARGV[21] or ''
 local days, segments = ARGV[22] or '', tonumber(ARGV[23] or '1') or 1
-local held_prefix = ARGV[24] or ''
+-- A key of this customer (same hash tag as cfg: `{c:ID}:<suffix>`).
+local function customer_key(suffix) return string.sub(cfg, 1, -4) .. suffix end
 -- A held job is looked at again after this long even if no review ends (the review's end releases it at once).
 local HOLD_RECHECK_MS = 3600000
 local LOOKUP_EPOCH_MS = 30 * 86400000
@@ -179,18 +180,17 @@ local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 's
   'consent')
 -- Consent: no text without an opt-in on record when the customer requires one; a tenant whose reply may have
 -- revoked consent is held until a person decides. Neither costs a command unless the customer uses it.
-if c[19] == '1' and redis.call('SISMEMBER', KEYS[16], recipient) == 0 then
+if c[19] == '1' and redis.call('SISMEMBER', customer_key('consent'), recipient) == 0 then
   return {'no_consent', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'f', 'no_consent', retention, now)}
 end
-if (tonumber(c[17]) or 0) > 0 and c[18] ~= 'send' and held_prefix ~= ''
-    and redis.call('HEXISTS', KEYS[15], recipient) == 1 then
+if (tonumber(c[17]) or 0) > 0 and c[18] ~= 'send' and redis.call('HEXISTS', customer_key('review'), recipient) == 1 then
   local due = now + HOLD_RECHECK_MS
   if expires and due > expires then due = expires end
   local job = job_of(member)
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'H|' .. attempt .. '|' .. due)
   redis.call('HINCRBY', batch, 'held', 1)
-  redis.call('SADD', held_prefix .. recipient, job)
+  redis.call('SADD', customer_key('held:') .. recipient, job)
   redis.call('ZREM', inflight, member)
   redis.call('ZADD', KEYS[12], due, job)
   return {'held', due}

@@ -34,6 +34,9 @@
 //! | `{c:ID}:optrec` | HASH | recipient → its consent history (`[{"kind","via","keyword","number","at_ms",…}…]`, the last 50: opt-outs, opt-ins, suspected revocations and their reviews), the evidence of consent |
 //! | `{c:ID}:review` | HASH | recipient → a suspected revocation waiting for a person (`{"at_ms","deadline_ms","words","rule","number","sid"}`) |
 //! | `{c:ID}:held:<E.164>` | SET | that tenant's jobs held while a review waits (job members; each also in `sched`) |
+//!
+//! (reserve.lua builds `review`, `consent` and `held:` from the cfg key's `{c:ID}:`, only when a customer uses them:
+//! the test below keeps those names and this module's in step.)
 //! | `{c:ID}:consent` | SET | recipients with an opt-in on record (an API opt-in, or their own START) |
 //! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `<o|i>|<ms>|<number>|<sid>|<batch>|<body>` entries, oldest first, the last 50 and 30 days after the last message; written only when the customer records events |
 //! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`; 3 s + the delivery timeout + 5 s) |
@@ -320,5 +323,20 @@ mod tests {
             assert!(key.starts_with("{c:acme}:"), "{key}");
         }
         assert_eq!(k.window("+1"), format!("{}+1", k.window_prefix()));
+    }
+
+    /// reserve.lua derives these from the cfg key (`{c:ID}:cfg` less `cfg`): the names must stay as it builds them.
+    #[test]
+    fn the_keys_reserve_lua_builds_from_the_cfg_key_are_these() {
+        let k = CustomerKeys::new(&CustomerId::parse("acme").unwrap());
+        let prefix = k.cfg().strip_suffix("cfg").unwrap().to_owned();
+        assert_eq!(k.reviews(), format!("{prefix}review"));
+        assert_eq!(k.consent(), format!("{prefix}consent"));
+        assert_eq!(k.held("+14155550100"), format!("{prefix}held:+14155550100"));
+        assert_eq!(k.held_prefix(), format!("{prefix}held:"));
+        let script = include_str!("../lua/reserve.lua");
+        for suffix in ["review", "consent", "held:"] {
+            assert!(script.contains(&format!("customer_key('{suffix}')")), "{suffix}");
+        }
     }
 }

@@ -83,11 +83,58 @@ impl Call<'_> {
         let Some(acks) = acks.filter(|a| a.replicas > 0) else {
             return Ok((self.run(conn).await?, true));
         };
-        let need = acks.needed(self.keys.first().map(Vec::as_slice).unwrap_or_default());
+        let first_key = self.keys.first().map(Vec::as_slice).unwrap_or_default();
+        let need = acks.needed(first_key);
         if need.replicas == 0 {
-            let v = self.run(conn).await?;
-            acks.observe(&need, None);
-            return Ok((v, true));
+            // The topology says this shard has no replica. It is read from one node's view, which gossip updates a
+            // moment late (a replica that just joined, a failover's new primary): the primary that ran the script
+            // is asked itself, in the same pipeline, and when it has replicas online the write waits for them.
+            let mut pipe = redis::pipe();
+            pipe.add_command(self.evalsha()).cmd("INFO").arg("replication");
+            let (v, info): (T, String) = match pipe.query_async(conn).await {
+                Err(e) if no_script(&e) => {
+                    let mut pipe = redis::pipe();
+                    pipe.load_script(self.script).ignore().add_command(self.evalsha()).cmd("INFO").arg("replication");
+                    pipe.query_async(conn).await?
+                }
+                other => other?,
+            };
+            // A slot map a failover made stale can send the script on (MOVED) while the INFO is answered by the old
+            // node, now a replica: its answer says nothing of the primary's replicas, so the write is unconfirmed.
+            if !info.lines().any(|l| l.trim() == "role:master") {
+                acks.observe(&need, Some(false));
+                return Ok((v, false));
+            }
+            // Every replica connected counts, synced or still syncing (one mid-resync must confirm before the write
+            // is durable: the WAIT below waits for it, or fails the write as unconfirmed).
+            let online = info.lines().filter(|l| l.starts_with("slave") && l.contains(":ip=")).count() as u32;
+            if online == 0 {
+                let said: Vec<&str> = info
+                    .lines()
+                    .filter(|l| l.starts_with("role") || l.starts_with("connected_slaves") || l.starts_with("slave"))
+                    .collect();
+                tracing::debug!(?said, "a write on a shard without a replica goes on unconfirmed");
+                acks.observe(&need, None);
+                return Ok((v, true));
+            }
+            let replicas = acks.replicas.min(online);
+            // A keyed command first, so the pipeline (and its WAIT) goes to the same node as the script.
+            let (_, confirmed): (i64, u32) = redis::pipe()
+                .cmd("EXISTS")
+                .arg(first_key)
+                .cmd("WAIT")
+                .arg(replicas)
+                .arg(acks.timeout.as_millis() as u64)
+                .query_async(conn)
+                .await?;
+            tracing::debug!(
+                replicas,
+                confirmed,
+                "a write on a shard believed without replica waited for the ones its primary has"
+            );
+            let ok = confirmed >= replicas;
+            acks.observe(&need, Some(ok));
+            return Ok((v, ok));
         }
         let wait = |pipe: &mut redis::Pipeline| {
             pipe.cmd("WAIT").arg(need.replicas).arg(acks.timeout.as_millis() as u64);

@@ -284,7 +284,46 @@ pub async fn refresh_topology(conn: &mut Conn, acks: Option<&crate::scripts::Ack
     if acks.shards.age().is_some_and(|a| a < Duration::from_secs(2)) {
         return;
     }
-    acks.shards.update(&health(conn).await.nodes);
+    let mut nodes = health(conn).await.nodes;
+    complete_replicas(conn, &mut nodes).await;
+    acks.shards.update(&nodes);
+}
+
+/// The node that answered `CLUSTER SHARDS` may not know every replica yet (a replica's role spreads by gossip, which
+/// takes a moment after it joins or after a failover), and a shard it lists without a replica would have its writes
+/// go on unconfirmed. Each primary knows its own replicas: for such a shard, its primary's `INFO replication` names
+/// the replicas connected to it now.
+async fn complete_replicas(conn: &mut Conn, nodes: &mut Vec<NodeHealth>) {
+    let Conn::Cluster(c) = conn else { return };
+    let lonely: Vec<(String, String)> = nodes
+        .iter()
+        .filter(|n| n.role == "master" && !n.slots.is_empty())
+        .filter(|n| !nodes.iter().any(|r| r.role != "master" && r.slots == n.slots))
+        .map(|n| (n.address.clone(), n.slots.clone()))
+        .collect();
+    for (address, slots) in lonely {
+        let Some((host, port)) = address.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+        else {
+            continue;
+        };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let Ok(v) = c.route_command(redis::cmd("INFO").arg("replication").clone(), routing).await else { continue };
+        let info = String::from_redis_value(v).unwrap_or_default();
+        // `slave0:ip=127.0.0.1,port=7004,state=online,offset=…,lag=0`
+        for line in info.lines().filter(|l| l.starts_with("slave") && l.contains(":ip=")) {
+            let field = |name: &str| {
+                line.split([':', ',']).find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')).unwrap_or("").to_owned()
+            };
+            if field("state") == "online" {
+                nodes.push(NodeHealth {
+                    address: format!("{}:{}", field("ip"), field("port")),
+                    role: "replica".into(),
+                    health: "online".into(),
+                    slots: slots.clone(),
+                });
+            }
+        }
+    }
 }
 
 /// Reads `CLUSTER SHARDS` (RESP2: arrays of alternating names and values).

@@ -131,6 +131,7 @@ async fn run(deps: &Deps, id: &CustomerId, args: &[String]) -> Result<Vec<String
     for a in args {
         call.arg(a);
     }
+    shared::store::refresh_topology(&mut deps.conn(), deps.settings.redis.acks.as_ref()).await;
     let mut conn = deps.acked.clone().unwrap_or_else(|| deps.conn());
     let (v, confirmed): (redis::Value, bool) = call.run_acked(&mut conn, deps.settings.redis.acks.as_ref()).await?;
     if !confirmed {

@@ -411,6 +411,8 @@ pub async fn inbound(
     let keyword = Keyword::of(body);
     let ledger = Ledger::new(s.conn.clone(), s.settings.quota, s.settings.batch_retention)
         .with_acks(s.settings.redis.acks.clone(), s.acked.iter().cloned().collect());
+    // Which shards have replicas to confirm a change of consent (read again at most every 2 s).
+    shared::store::refresh_topology(&mut s.conn.clone(), s.settings.redis.acks.as_ref()).await;
     let mut help = None;
     let mut confirmation = None;
     let mut unconfirmed = false;
