@@ -115,6 +115,10 @@ end
 -- `review_n` counts them, so the send path looks a tenant up only while there are any. While it waits, the
 -- tenant's jobs are held (reserve.lua, state H|…): each is in `sched` and in the tenant's held set.
 
+-- A key of the customer whose cfg key is `cfg` (`{c:ID}:cfg`): `{c:ID}:<suffix>`, same hash tag. For keys a script
+-- touches only in rare cases (consent), so a common call carries no key it does not read (keys.rs keeps the names).
+local function customer_key(cfg, suffix) return string.sub(cfg, 1, -4) .. suffix end
+
 -- Ends the tenant's review, if one is open: 1 if it was.
 local function end_review(reviews, cfg, tenant)
   if redis.call('HDEL', reviews, tenant) == 1 then

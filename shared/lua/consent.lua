@@ -67,14 +67,23 @@ elseif op == 'opt_in' then
   return {'ok', changed}
 elseif op == 'dismiss' or op == 'confirm' then
   local tenant, note, by = ARGV[3], ARGV[4], ARGV[5]
-  if redis.call('HEXISTS', reviews, tenant) == 0 then return {'no_review'} end
+  if redis.call('HEXISTS', reviews, tenant) == 0 then
+    -- The same decision sent again (its first answer was lost): done already.
+    local stored = redis.call('HGET', records, tenant)
+    local history = stored and cjson.decode(stored) or {}
+    local last = history[#history]
+    if last and last.via == 'review' and ((op == 'confirm' and last.kind == 'opt_out') or (op == 'dismiss' and last.kind == 'review_dismissed')) then
+      return {'ok', 0}
+    end
+    return {'no_review'}
+  end
   local stored = cjson.decode(redis.call('HGET', reviews, tenant))
   if op == 'confirm' then
     -- Recorded as the revocation it was, at the time the tenant sent it.
-    redis.call('SADD', optouts, tenant)
+    local changed = redis.call('SADD', optouts, tenant)
     record_opt(records, tenant, 'opt_out', stored.words or '', stored.number or '', tonumber(stored.at_ms) or now,
       stored.sid or '', { via = 'review', note = note, decided_by = by, recorded_ms = now })
-    emit('recipient.opted_out', 'r', tenant, 'via', 'review', 'words', stored.words or '')
+    if changed == 1 then emit('recipient.opted_out', 'r', tenant, 'via', 'review', 'words', stored.words or '') end
   else
     record_opt(records, tenant, 'review_dismissed', stored.words or '', stored.number or '', now, stored.sid or '',
       { via = 'review', note = note, decided_by = by })

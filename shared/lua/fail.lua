@@ -39,6 +39,9 @@ if kind == 'o' and redis.call('SADD', optouts, recipient) == 1 then
   local from = ''
   if st and string.sub(st, 1, 1) == 'r' then from = split(st)[2] end
   record_opt(KEYS[9], recipient, 'opt_out', 'twilio 21610', from, now, '', { via = 'twilio' })
+  if end_review(customer_key(cfg, 'review'), cfg, recipient) == 1 then
+    release_held(customer_key(cfg, 'held:') .. recipient, customer_key(cfg, 'sched'), now)
+  end
   emit('recipient.opted_out', 'r', recipient, 'keyword', 'twilio 21610', 'number', from, 'via', 'twilio')
 end
 return {'ok', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, kind, reason, retention, now)}

@@ -53,7 +53,16 @@ end
 local help = ''
 if action == 'help' then help = redis.call('HGET', cfg, 'help_text') or '' end
 if added == 0 then
-  return {'duplicate', n, '', help}
+  -- A delivery Twilio retries (our answer to the first was lost, or was 503): the tenant's revocation, recorded by the
+  -- first, is reported again, so its confirmation still goes back once.
+  local again = ''
+  if action == 'revoke' and tenant ~= '' and records then
+    local stored = redis.call('HGET', records, tenant)
+    local history = stored and cjson.decode(stored) or {}
+    local last = history[#history]
+    if last and last.sid == sid and last.kind == 'opt_out' then again = 'out' end
+  end
+  return {'duplicate', n, again, help}
 end
 if tenant == '' then
   return {'ok', n, '', help}
@@ -116,6 +125,9 @@ elseif action == 'suspect' and reviews then
     emit('recipient.revocation_suspected', 'r', tenant, 'number', number, 'words', keyword, 'rule', rule,
       'deadline_ms', deadline)
     change = 'suspected'
+  elseif redis.call('SISMEMBER', optouts, tenant) == 0 then
+    -- Another reply that may revoke, while its review waits: kept in the record for the person who decides.
+    record_opt(records, tenant, 'suspected', keyword, number, now, sid, { via = 'words', rule = rule })
   end
 end
 return {'ok', n, change, help}

@@ -43,7 +43,8 @@
 -- Consent (common.lua, "Consent reviews"), read with the customer's settings: with `consent` = '1' a recipient
 -- without an opt-in on record ends failed ('no_consent') without a slot; while the recipient's suspected revocation
 -- waits for a person (and the customer holds, `review` ≠ 'send'), the job is held (state H|<attempt>|<recheck>,
--- counted in `held`, in the tenant's held set and in the schedule) until the review ends. Their keys (`{c:ID}:review`,
+-- counted in `held`, in the tenant's held set and in the schedule) until the review ends; a review nobody decided by
+-- its deadline is honoured as the revocation it may be (opted out, `via` review_deadline). Their keys (`{c:ID}:review`,
 -- `{c:ID}:consent`, `{c:ID}:held:<recipient>`, keys.rs) are built from the cfg key's `{c:ID}:` only when the customer
 -- uses them, so a send pays for no key or argument it does not read.
 --
@@ -94,8 +95,6 @@ local orphan_ms, room = tonumber(ARGV[15]), tonumber(ARGV[16] or '-1')
 local quiet, spread = ARGV[17] or '', tonumber(ARGV[18] or '0')
 local hint, lprefix, cprefix = ARGV[19] or '', ARGV[20] or '', ARGV[21] or ''
 local days, segments = ARGV[22] or '', tonumber(ARGV[23] or '1') or 1
--- A key of this customer (same hash tag as cfg: `{c:ID}:<suffix>`).
-local function customer_key(suffix) return string.sub(cfg, 1, -4) .. suffix end
 -- A held job is looked at again after this long even if no review ends (the review's end releases it at once).
 local HOLD_RECHECK_MS = 3600000
 local LOOKUP_EPOCH_MS = 30 * 86400000
@@ -180,17 +179,30 @@ local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 's
   'consent')
 -- Consent: no text without an opt-in on record when the customer requires one; a tenant whose reply may have
 -- revoked consent is held until a person decides. Neither costs a command unless the customer uses it.
-if c[19] == '1' and redis.call('SISMEMBER', customer_key('consent'), recipient) == 0 then
+if c[19] == '1' and redis.call('SISMEMBER', customer_key(cfg, 'consent'), recipient) == 0 then
   return {'no_consent', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'f', 'no_consent', retention, now)}
 end
-if (tonumber(c[17]) or 0) > 0 and c[18] ~= 'send' and redis.call('HEXISTS', customer_key('review'), recipient) == 1 then
-  local due = now + HOLD_RECHECK_MS
+local review = (tonumber(c[17]) or 0) > 0 and c[18] ~= 'send' and redis.call('HGET', customer_key(cfg, 'review'), recipient)
+if review then
+  -- Nobody decided by the deadline (10 business days from receipt, the rule's limit for honouring a revocation):
+  -- it is honoured as one.
+  local r = cjson.decode(review)
+  if (tonumber(r.deadline_ms) or 0) > 0 and now >= tonumber(r.deadline_ms) then
+    redis.call('SADD', optouts, recipient)
+    record_opt(customer_key(cfg, 'optrec'), recipient, 'opt_out', r.words or '', r.number or '', tonumber(r.at_ms) or now,
+      r.sid or '', { via = 'review_deadline', recorded_ms = now })
+    emit('recipient.opted_out', 'r', recipient, 'via', 'review_deadline', 'words', r.words or '')
+    end_review(customer_key(cfg, 'review'), cfg, recipient)
+    release_held(customer_key(cfg, 'held:') .. recipient, KEYS[12], now)
+    return {'opted_out', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
+  end
+  local due = math.min(now + HOLD_RECHECK_MS, math.max(tonumber(r.deadline_ms) or 0, now + 1000))
   if expires and due > expires then due = expires end
   local job = job_of(member)
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'H|' .. attempt .. '|' .. due)
   redis.call('HINCRBY', batch, 'held', 1)
-  redis.call('SADD', customer_key('held:') .. recipient, job)
+  redis.call('SADD', customer_key(cfg, 'held:') .. recipient, job)
   redis.call('ZREM', inflight, member)
   redis.call('ZADD', KEYS[12], due, job)
   return {'held', due}

@@ -50,6 +50,8 @@ if mode == 'release' then
   redis.call('HSET', state, recipient, 'w|' .. attempt .. '|' .. reason)
 elseif mode == 'defer' then
   if not (st and string.sub(st, 1, 1) == 'D') then
+    -- Leaving quiet hours, a cap or a review for the deferral: those stop counting the job.
+    leave_deferred(batch, st)
     redis.call('HINCRBY', batch, 'deferred', 1)
   end
   redis.call('HSET', state, recipient, 'D|' .. attempt)

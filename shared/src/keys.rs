@@ -334,9 +334,16 @@ mod tests {
         assert_eq!(k.consent(), format!("{prefix}consent"));
         assert_eq!(k.held("+14155550100"), format!("{prefix}held:+14155550100"));
         assert_eq!(k.held_prefix(), format!("{prefix}held:"));
-        let script = include_str!("../lua/reserve.lua");
-        for suffix in ["review", "consent", "held:"] {
-            assert!(script.contains(&format!("customer_key('{suffix}')")), "{suffix}");
+        assert_eq!(k.optout_records(), format!("{prefix}optrec"));
+        assert_eq!(k.scheduled(), format!("{prefix}sched"));
+        let uses = [
+            (include_str!("../lua/reserve.lua"), &["review", "consent", "held:", "optrec"][..]),
+            (include_str!("../lua/fail.lua"), &["review", "held:", "sched"][..]),
+        ];
+        for (script, suffixes) in uses {
+            for suffix in suffixes {
+                assert!(script.contains(&format!("customer_key(cfg, '{suffix}')")), "{suffix}");
+            }
         }
     }
 }

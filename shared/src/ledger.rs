@@ -722,21 +722,37 @@ impl Ledger {
         })
     }
 
-    /// The members of customer `customer`'s in-flight set that are jobs to `tenant`: texts to them that may be
-    /// on their way to Twilio right now (a revocation is answered once none is).
+    /// The members of customer `customer`'s in-flight set that are texts to `tenant` holding a slot (state `r|`):
+    /// sends that may be on their way to Twilio right now (a revocation is answered once none is). A job in flight
+    /// without a slot is not one: its reservation will see the opt-out.
     pub async fn in_flight_to(&self, customer: &CustomerId, tenant: &str) -> redis::RedisResult<Vec<String>> {
-        let members: Vec<String> = redis::cmd("ZRANGE")
-            .arg(CustomerKeys::new(customer).inflight())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(members
+        let k = CustomerKeys::new(customer);
+        let members: Vec<String> =
+            redis::cmd("ZRANGE").arg(k.inflight()).arg(0).arg(-1).query_async(&mut self.conn.clone()).await?;
+        // `<batch local id>|<recipient>[|values]#<lease token>` (the token holds no `#`).
+        let mine: Vec<(String, crate::domain::BatchId)> = members
             .into_iter()
-            .filter(|m| {
+            .filter_map(|m| {
                 let job = m.rsplit_once('#').map_or(m.as_str(), |(j, _)| j);
-                job.split('|').nth(1) == Some(tenant)
+                let mut parts = job.split('|');
+                let (local, recipient) = (parts.next()?, parts.next()?);
+                let batch = crate::domain::BatchId::from_parts(customer, local).ok()?;
+                (recipient == tenant).then_some((m.clone(), batch))
             })
+            .collect();
+        if mine.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (_, batch) in &mine {
+            pipe.hget(k.batch_state(batch), tenant);
+        }
+        let states: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(mine
+            .into_iter()
+            .zip(states)
+            .filter(|(_, st)| st.as_deref().is_some_and(|s| s.starts_with("r|")))
+            .map(|((m, _), _)| m)
             .collect())
     }
 
@@ -864,7 +880,7 @@ pub fn attempt_of(state: Option<&str>) -> u32 {
     let Some(s) = state else { return 0 };
     let parts: Vec<&str> = s.split('|').collect();
     let field = match parts.first() {
-        Some(&"w") | Some(&"D") => parts.get(1),
+        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") => parts.get(1),
         Some(&"r") => parts.get(4),
         _ => None,
     };

@@ -101,32 +101,39 @@ impl Call<'_> {
             };
             // A slot map a failover made stale can send the script on (MOVED) while the INFO is answered by the old
             // node, now a replica: its answer says nothing of the primary's replicas, so the write is unconfirmed.
-            if !info.lines().any(|l| l.trim() == "role:master") {
+            let first = Replication::of(&info);
+            if !first.primary {
                 acks.observe(&need, Some(false));
                 return Ok((v, false));
             }
             // Every replica connected counts, synced or still syncing (one mid-resync must confirm before the write
             // is durable: the WAIT below waits for it, or fails the write as unconfirmed).
-            let online = info.lines().filter(|l| l.starts_with("slave") && l.contains(":ip=")).count() as u32;
+            let online = first.replicas.len() as u32;
             if online == 0 {
-                let said: Vec<&str> = info
-                    .lines()
-                    .filter(|l| l.starts_with("role") || l.starts_with("connected_slaves") || l.starts_with("slave"))
-                    .collect();
-                tracing::debug!(?said, "a write on a shard without a replica goes on unconfirmed");
+                tracing::debug!("a write on a shard without a replica goes on unconfirmed");
                 acks.observe(&need, None);
                 return Ok((v, true));
             }
             let replicas = acks.replicas.min(online);
-            // A keyed command first, so the pipeline (and its WAIT) goes to the same node as the script.
-            let (_, confirmed): (i64, u32) = redis::pipe()
+            // A keyed command first, so the pipeline reaches the node of the key. That is a second round trip, which
+            // might meet another node (a reconnection, a newer failover): the INFO after the WAIT must come from the
+            // same primary (its replication id) and show the replicas at or past the script's offset.
+            let (_, _, after): (i64, u32, String) = redis::pipe()
                 .cmd("EXISTS")
                 .arg(first_key)
                 .cmd("WAIT")
                 .arg(replicas)
                 .arg(acks.timeout.as_millis() as u64)
+                .cmd("INFO")
+                .arg("replication")
                 .query_async(conn)
                 .await?;
+            let after = Replication::of(&after);
+            let confirmed = if after.primary && after.replid == first.replid {
+                after.replicas.iter().filter(|o| **o >= first.offset).count() as u32
+            } else {
+                0
+            };
             tracing::debug!(
                 replicas,
                 confirmed,
@@ -155,6 +162,33 @@ impl Call<'_> {
         tracing::debug!(needed = need.replicas, shard = ?need.shard, confirmed, "a write waited for replicas");
         acks.observe(&need, Some(ok));
         Ok((v, ok))
+    }
+}
+
+/// What `INFO replication` says of a node: whether it is a primary, its replication id and offset, and the offset
+/// each connected replica has acknowledged.
+struct Replication {
+    primary: bool,
+    replid: String,
+    offset: i64,
+    replicas: Vec<i64>,
+}
+
+impl Replication {
+    fn of(info: &str) -> Self {
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or("");
+        // `slave0:ip=127.0.0.1,port=7004,state=online,offset=13272,lag=0`
+        let replicas = info
+            .lines()
+            .filter(|l| l.starts_with("slave") && l.contains(":ip="))
+            .map(|l| l.split(',').find_map(|kv| kv.strip_prefix("offset=")).and_then(|o| o.parse().ok()).unwrap_or(-1))
+            .collect();
+        Self {
+            primary: field("role:") == "master",
+            replid: field("master_replid:").to_owned(),
+            offset: field("master_repl_offset:").parse().unwrap_or(i64::MAX),
+            replicas,
+        }
     }
 }
 
@@ -222,4 +256,22 @@ scripts! {
     SIGNIN_ATTEMPT => "signin_attempt.lua";
     /// A change of consent that did not come in a reply: an opt-out or opt-in on record, an import, a review.
     CONSENT => "consent.lua";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_info_is_read() {
+        let primary = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+            slave0:ip=127.0.0.1,port=7004,state=online,offset=120,lag=0\r\n\
+            slave1:ip=127.0.0.1,port=7005,state=wait_bgsave,offset=0,lag=0\r\n\
+            master_replid:abc\r\nmaster_repl_offset:120\r\n";
+        let r = Replication::of(primary);
+        assert!(r.primary);
+        assert_eq!((r.replid.as_str(), r.offset, r.replicas), ("abc", 120, vec![120, 0]));
+        let replica = Replication::of("role:slave\r\nmaster_replid:abc\r\nmaster_repl_offset:120\r\n");
+        assert!(!replica.primary && replica.replicas.is_empty());
+    }
 }

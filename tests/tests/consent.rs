@@ -188,21 +188,37 @@ async fn replies_in_the_tenants_own_words_are_heard_and_suspected_ones_wait_for_
     assert!(to.iter().all(|t| after.get(t).copied().unwrap_or(0) - sent_before.get(t).copied().unwrap_or(0) <= 1));
 
     // A person decides: one dismissed (its held text goes, once), one confirmed (it ends opted out).
-    let mut pending: Vec<&String> = under_review.iter().collect();
-    pending.sort();
-    let (dismissed, confirmed) = (pending[0].clone(), pending[1].clone());
+    // The reviews in the order the API and the dashboard list them (nearest deadline first).
+    let (_, listed) = server.call("GET", "/v1/customers/acme/reviews", None).await;
+    let order: Vec<String> =
+        listed.as_array().unwrap().iter().map(|r| r["phone"].as_str().unwrap().to_owned()).collect();
+    let (dismissed, confirmed) = (order[0].clone(), order[1].clone());
     let (s, e) = server
         .call("POST", &format!("/v1/customers/acme/reviews/{dismissed}"), Some(json!({"decision": "dismiss"})))
         .await;
     assert_eq!((s, &e["error"]["field"]), (422, &json!("note")), "a dismissal needs a note: {e}");
-    let (s, r) = server
-        .call(
-            "POST",
-            &format!("/v1/customers/acme/reviews/{dismissed}"),
-            Some(json!({"decision": "dismiss", "note": "about the noise upstairs"})),
+    // The dismissal from the dashboard's Consent page, as support staff make it (the form carries a reference, never
+    // the number).
+    let staff = harness::dashboard::login(&server.base, ADMIN).await;
+    let (status, _, page) = staff.get("/dashboard/consent/acme").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Replies under review (3)"), "{page}");
+    assert!(page.contains(&dismissed), "an admin sees the full numbers");
+    assert!(!page.contains(&format!("value=\"{dismissed}\"")), "a form carries the number");
+    let refs: Vec<&str> = page.split("name=\"ref\" value=\"").skip(1).map(|r| &r[..r.find('"').unwrap()]).collect();
+    assert_eq!(refs.len(), 3);
+    let (s, body) = staff
+        .post(
+            "/dashboard/consent/acme/review",
+            &[("ref", refs[0]), ("decision", "dismiss"), ("note", "about the noise upstairs")],
+            true,
         )
         .await;
-    assert_eq!(s, 200, "{r}");
+    assert_eq!(s, 200, "{body}");
+    let done = body.contains("review dismissed").then_some(body);
+    let body = done.expect("dismissed from the dashboard");
+    assert!(body.contains("1 held text(s) released"), "{body}");
+    let r = json!({"held_released": 1});
     let (s, r2) = server
         .call(
             "POST",
@@ -230,6 +246,40 @@ async fn replies_in_the_tenants_own_words_are_heard_and_suspected_ones_wait_for_
     assert_eq!(last.get(&dismissed).unwrap_or(&0) - sent_before.get(&dismissed).unwrap_or(&0), 1);
     assert_eq!(last.get(&confirmed), sent_before.get(&confirmed), "a confirmed revoker was texted");
     assert_eq!(st.opted_out as usize, revokers.len() + 1);
+
+    // The third review nobody decides: past its deadline (moved into the past here; it is 10 business days), the held
+    // text comes up and the revocation it may have been is honoured.
+    let undecided = order[2].clone();
+    let mut conn = w.redis.sync_conn();
+    let stored: String = redis::cmd("HGET").arg("{c:acme}:review").arg(&undecided).query(&mut conn).unwrap();
+    let mut review: Value = serde_json::from_str(&stored).unwrap();
+    review["deadline_ms"] = json!(1_000);
+    let _: () =
+        redis::cmd("HSET").arg("{c:acme}:review").arg(&undecided).arg(review.to_string()).query(&mut conn).unwrap();
+    let held: Vec<String> =
+        redis::cmd("SMEMBERS").arg(format!("{{c:acme}}:held:{undecided}")).query(&mut conn).unwrap();
+    for job in &held {
+        let _: () = redis::cmd("ZADD").arg("{c:acme}:sched").arg("XX").arg(0).arg(job).query(&mut conn).unwrap();
+    }
+    let st = wait_until(Duration::from_secs(30), "the overdue review to be honoured", || async {
+        let st = w.status(&second).await;
+        (st.held_for_review == 0).then_some(st)
+    })
+    .await;
+    let (_, rec) = server.call("GET", &format!("/v1/customers/acme/opt-outs/{undecided}"), None).await;
+    let last = rec["history"].as_array().unwrap().last().unwrap().clone();
+    println!(
+        "an overdue review: batch opted out {}, held {}; the record: {} via {}",
+        st.opted_out, st.held_for_review, last["kind"], last["via"]
+    );
+    assert_eq!((last["kind"].as_str(), last["via"].as_str()), (Some("opt_out"), Some("review_deadline")));
+    assert_eq!(rec["opted_out"], true);
+    assert_eq!(st.opted_out as usize, revokers.len() + 2);
+    assert_eq!(
+        per_recipient(&w.state()).get(&undecided),
+        sent_before.get(&undecided),
+        "an overdue review's tenant was texted"
+    );
 
     // The record: the words, how they were read, when, and the texts around the change.
     let revoker_in_words = said.iter().find(|(k, _, _)| *k == "words").unwrap();

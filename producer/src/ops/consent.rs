@@ -585,10 +585,18 @@ pub async fn export(deps: &Deps, id: &CustomerId) -> Result<Vec<ExportRow>, OpsE
     Ok(out)
 }
 
-/// The export as CSV (one line per change; quoted where needed).
+/// The export as CSV (one line per change; quoted where needed, formulas defused).
 pub fn export_csv(rows: &[ExportRow]) -> String {
+    // Quoted when it holds a comma, a quote or a line break; a cell a spreadsheet would read as a formula (`=`, `-`,
+    // `@`, or `+` not followed by digits only, as a phone number is: a tenant's words are untrusted) is prefixed with `'`.
     let q = |v: &str| {
-        if v.contains([',', '"']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_owned() }
+        let phone = v.strip_prefix('+').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+        let v = if v.starts_with(['=', '-', '@']) || (v.starts_with('+') && !phone) {
+            format!("'{v}")
+        } else {
+            v.to_owned()
+        };
+        if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v }
     };
     let o = |v: &Option<String>| q(v.as_deref().unwrap_or(""));
     let mut out = String::from(
@@ -617,4 +625,25 @@ pub fn export_csv(rows: &[ExportRow]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_csv_export_quotes_line_breaks_and_defuses_formulas() {
+        let row = |words: &str| ExportRow {
+            phone: "+14155550100".into(),
+            opted_out: true,
+            consent_on_record: false,
+            under_review: false,
+            entry: OptOutEntry { kind: "opt_out".into(), keyword: words.into(), ..OptOutEntry::default() },
+        };
+        let csv = export_csv(&[row("stop\nplease, now"), row("=HYPERLINK(\"x\")"), row("+SUM(1)")]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[1].starts_with("+14155550100,true,false,false,opt_out,,\"stop"), "{csv}");
+        assert!(csv.contains("\"'=HYPERLINK(\"\"x\"\")\""), "{csv}");
+        assert!(csv.contains(",'+SUM(1),"), "{csv}");
+    }
 }

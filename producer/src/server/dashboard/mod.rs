@@ -729,10 +729,18 @@ async fn consent_index(State(s): State<Dashboard>, headers: HeaderMap) -> Outcom
     }
 }
 
+/// The opaque reference a review's form posts: a MAC of the customer and the tenant (the number stays on the server).
+fn review_ref(s: &Dashboard, id: &CustomerId, phone: &str) -> String {
+    s.config.mac(&["review", id.as_str(), phone])[..22].to_owned()
+}
+
 async fn consent_view(s: &Dashboard, session: &Session, id: &CustomerId, done: Option<&str>) -> Outcome {
     let v = session.viewer(&s.config);
     match consent::reviews(&s.ops, id).await {
-        Ok(list) => Outcome::Page(pages::consent(id.as_str(), &list, done, &v)),
+        Ok(list) => {
+            let refs: Vec<String> = list.iter().map(|r| review_ref(s, id, &r.phone)).collect();
+            Outcome::Page(pages::consent(id.as_str(), &list, &refs, done, &v))
+        }
         Err(e) => failed(Some(&v), "Unavailable", e),
     }
 }
@@ -753,8 +761,9 @@ async fn consent_page(State(s): State<Dashboard>, headers: HeaderMap, Path(c): P
 struct DecideForm {
     #[serde(default)]
     csrf: String,
-    #[serde(default)]
-    phone: String,
+    /// The review's reference (`review_ref`).
+    #[serde(default, rename = "ref")]
+    reference: String,
     #[serde(default)]
     decision: String,
     #[serde(default)]
@@ -771,7 +780,15 @@ async fn consent_decide(
         Ok(x) => x,
         Err(o) => return o,
     };
-    match consent::decide(&s.ops, &id, &f.phone, &f.decision, &f.note, &session.name).await {
+    let phone = match consent::reviews(&s.ops, &id).await {
+        Ok(list) => list.into_iter().map(|r| r.phone).find(|p| equal(&review_ref(&s, &id, p), &f.reference)),
+        Err(e) => return failed(Some(&session.viewer(&s.config)), "Unavailable", e),
+    };
+    let Some(phone) = phone else {
+        let v = session.viewer(&s.config);
+        return not_found(&v, "That review is no longer waiting (decided already, or its reference is wrong).");
+    };
+    match consent::decide(&s.ops, &id, &phone, &f.decision, &f.note, &session.name).await {
         Ok(r) => {
             tracing::info!(customer = %id, by = %session.name, decision = %f.decision, "consent review decided from the dashboard");
             let v = session.viewer(&s.config);

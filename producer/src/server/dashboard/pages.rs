@@ -693,7 +693,15 @@ pub fn consent_index(customers: &[String], v: &Viewer<'_>) -> Markup {
 
 /// A customer's consent desk: the reviews waiting (deadline, words, confirm or dismiss with a note), a form for an
 /// opt-out that came another way, and the export.
-pub fn consent(customer: &str, reviews: &[crate::ops::consent::Review], done: Option<&str>, v: &Viewer<'_>) -> Markup {
+/// `refs`: for each review, the opaque reference its form posts (the phone number never leaves the server for a viewer
+/// who sees numbers masked).
+pub fn consent(
+    customer: &str,
+    reviews: &[crate::ops::consent::Review],
+    refs: &[String],
+    done: Option<&str>,
+    v: &Viewer<'_>,
+) -> Markup {
     let decide = format!("/dashboard/consent/{customer}/review");
     layout(
         &format!("Consent of {customer}"),
@@ -719,7 +727,7 @@ pub fn consent(customer: &str, reviews: &[crate::ops::consent::Review], done: Op
                             }
                             form method="post" action=(decide) class="decide" {
                                 input type="hidden" name="csrf" value=(v.csrf);
-                                input type="hidden" name="phone" value=(r.phone);
+                                input type="hidden" name="ref" value=(refs[i]);
                                 label for=(format!("note-{i}")) { "Note (required to dismiss)" }
                                 input type="text" id=(format!("note-{i}")) name="note" maxlength="1000";
                                 button type="submit" name="decision" value="confirm" { "Confirm: opt out" }
