@@ -55,6 +55,25 @@ pub struct BulkRequest {
     pub expiry: Option<Expiry>,
     /// Ignore quiet hours (a burst pipe at 2 a.m.).
     pub urgent: bool,
+    /// A name for people to find the batch by ("Water shut-off, building 4"): single-line, at most
+    /// [`MAX_LABEL_CHARS`] characters.
+    pub label: Option<String>,
+}
+
+/// The longest batch label.
+pub const MAX_LABEL_CHARS: usize = 200;
+
+/// The label, trimmed, or why it is refused.
+pub fn parse_label(label: &str) -> Result<Option<String>, String> {
+    let label = label.trim();
+    let len = label.chars().count();
+    if len > MAX_LABEL_CHARS {
+        return Err(format!("{len} characters; a label is at most {MAX_LABEL_CHARS}"));
+    }
+    if let Some(c) = label.chars().find(|c| c.is_control() || crate::recipients::breaks_a_line(*c)) {
+        return Err(format!("contains a control character (U+{:04X}): a label is one line of text", c as u32));
+    }
+    Ok((!label.is_empty()).then(|| label.to_owned()))
 }
 
 impl BulkRequest {
@@ -225,6 +244,7 @@ pub fn validate_at(req: &BulkRequest, now: DateTime<Utc>) -> Result<NewBatch, In
         ));
     }
     let timing = timing(req, now, &mut found);
+    let label = req.label.as_deref().and_then(|l| found.check("label", parse_label(l))).flatten();
     let plain =
         template.as_ref().filter(|t| !t.has_fields()).map(|t| found.check("body", MessageBody::parse(t.as_str())));
 
@@ -324,6 +344,8 @@ pub fn validate_at(req: &BulkRequest, now: DateTime<Utc>) -> Result<NewBatch, In
         priority: false,
         timing,
         segments,
+        label,
+        resend_of: None,
     })
 }
 

@@ -136,13 +136,17 @@ local function release_held(held, sched, now)
   return #jobs
 end
 
--- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept when the customer
--- records events: `{c:ID}:conv:<tenant E.164>`, a LIST of entries `<dir>|<at ms>|<our number>|<sid>|<batch>|<body>`
--- (dir `o` out, `i` in; the body last, so it may hold any character), oldest first; the last CONV_MAX kept, and the
--- whole thread dropped CONV_TTL_MS after its last message. Written by the script that records the message
--- (commit.lua for a text sent, record_inbound.lua for a reply), so the thread and the events agree. Two commands
--- an entry (the trim only once the thread is full): a plain string, no JSON encoding.
+-- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept for every customer:
+-- `{c:ID}:conv:<tenant E.164>`, a LIST of entries `<dir>|<at ms>|<our number>|<sid>|<batch>|<body>` (dir `o` out,
+-- `i` in, `f` a text that could not be sent, its reason as the body; the body last, so it may hold any character),
+-- oldest first; the last CONV_MAX kept, and the whole thread dropped CONV_TTL_MS after its last message. Written by
+-- the script that records the message (commit.lua for a text sent, fail.lua for a failure, record_inbound.lua for a
+-- reply), so the thread and the events agree. Two commands an entry (the trim only once the thread is full): a
+-- plain string, no JSON encoding.
 local CONV_MAX, CONV_TTL_MS = 50, 30 * 86400000
+-- The support desk's inbox: threads kept per customer (record_inbound.lua), and how many of a thread's newest entries
+-- a reply searches for the text it answers.
+local INBOX_MAX, CONV_SCAN = 100000, 10
 
 local function converse(key, dir, at_ms, number, body, sid, batch)
   local n = redis.call('RPUSH', key, dir .. '|' .. at_ms .. '|' .. number .. '|' .. sid .. '|' .. batch .. '|' .. body)

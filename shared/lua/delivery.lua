@@ -9,6 +9,8 @@
 -- (with Twilio's error code), once, like the count.
 --
 -- KEYS[1] batch HASH   KEYS[2] delivery HASH (message sid → furthest status)   KEYS[3] events STREAM
+-- KEYS[4] the batch's undelivered HASH (recipient → `<sid>|<status>|<code>`): who the carriers did not reach, for
+--         the support desk's lists and resends; kept as long as the delivery hash
 -- ARGV[1] message sid  ARGV[2] status  ARGV[3] error code ('' if none)  ARGV[4] retention s
 -- ARGV[5] the recipient (the callback's `To`), for the event
 -- Returns {'counted', status} | {'advanced', status} | {'ignored', furthest status} | {'orphan'} | {'unknown_status'}
@@ -38,6 +40,10 @@ if FINAL[status] and not (prev and FINAL[prev]) then
   redis.call('HINCRBY', batch, FINAL[status], 1)
   if FINAL[status] == 'undelivered' and code ~= '' then
     redis.call('HINCRBY', batch, 'dlr:' .. code, 1)
+  end
+  if FINAL[status] == 'undelivered' and KEYS[4] and (ARGV[5] or '') ~= '' then
+    redis.call('HSET', KEYS[4], ARGV[5], sid .. '|' .. status .. '|' .. code)
+    redis.call('EXPIRE', KEYS[4], retention)
   end
   if FINAL[status] == 'delivered' then
     emit('message.delivered', 'b', EV and EV.batch or '', 'r', ARGV[5] or '', 'sid', sid, 'status', status)

@@ -10,8 +10,14 @@
 --
 -- The jobs also count in the customer's `open` counter (common.lua), unless the batch was cancelled.
 --
+-- A personalised batch's members carry each recipient's merge values (`<batch>|<recipient>|<values>`); they are also
+-- kept in the batch's values hash (KEYS[5]) for as long as ARGV[3] says, so a resend to the failed and the support
+-- desk's inbox still know a tenant's name and unit after the job has left Redis.
+--
 -- KEYS[1] batch HASH   KEYS[2] queue LIST   KEYS[3] customer cfg HASH   KEYS[4] scheduled ZSET
--- ARGV[1] offset of this chunk   ARGV[2] 'front' | 'back' | 'at:<due ms>'   ARGV[3..] job members
+-- KEYS[5] the batch's values HASH
+-- ARGV[1] offset of this chunk   ARGV[2] 'front' | 'back' | 'at:<due ms>'   ARGV[3] how long the values are kept, s
+-- ARGV[4..] job members
 -- Returns the cursor after this call.
 
 local batch, queue, cfg, sched = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -24,11 +30,19 @@ end
 if enqueued ~= offset then
   return enqueued
 end
-local jobs = {}
+local jobs, values = {}, {}
 local at = tonumber(string.match(ARGV[2], '^at:(%d+)$') or '')
-for i = 3, #ARGV do
+local FIRST = 4
+for i = FIRST, #ARGV do
   if at then jobs[#jobs + 1] = at end
   jobs[#jobs + 1] = ARGV[i]
+  local r, v = string.match(ARGV[i], '^[^|]*|([^|]*)|(.*)$')
+  if r then values[#values + 1] = r values[#values + 1] = v end
+end
+local count = #ARGV - FIRST + 1
+if #values > 0 then
+  redis.call('HSET', KEYS[5], unpack(values))
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
 end
 if #jobs > 0 then
   if at then
@@ -37,10 +51,10 @@ if #jobs > 0 then
     redis.call(ARGV[2] == 'front' and 'LPUSH' or 'RPUSH', queue, unpack(jobs))
   end
   if f[3] ~= '1' then
-    redis.call('HINCRBY', cfg, 'open', #ARGV - 2)
+    redis.call('HINCRBY', cfg, 'open', count)
   end
 end
-enqueued = redis.call('HINCRBY', batch, 'enqueued', #ARGV - 2)
+enqueued = redis.call('HINCRBY', batch, 'enqueued', count)
 if enqueued >= total then
   redis.call('HSET', batch, 'state', 'queued', 'enqueued_ms', now_ms())
 end

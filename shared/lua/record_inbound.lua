@@ -15,13 +15,19 @@
 --    `recipient.opted_out` (with `via`: keyword or words) / `recipient.opted_in` when the tenant's state changed,
 --    `recipient.revocation_suspected` when a review opened.
 -- 4. The tenant's sticky sender (reserve.lua) becomes the number they wrote to, when it is in the pool: the app's
---    answer (`POST …/messages`) goes out from the number the tenant is talking to. With events, the reply is also
---    appended to the tenant's conversation (KEYS[7], common.lua).
+--    answer (`POST …/messages`) goes out from the number the tenant is talking to. The reply is appended to the
+--    tenant's conversation (KEYS[7], common.lua), for every customer.
+-- 5. The support desk's inbox: the tenant's thread moves to the top of the customer's inbox (KEYS[11], tenant → ms of
+--    their last reply) with one more unread reply (KEYS[12]), and into the replies of the batch it answers
+--    (`{c:ID}:b:<id>:replies`, tenant → ms), each kept as long as a conversation. The inbox holds the newest
+--    INBOX_MAX threads; older ones (and threads quiet for longer than a conversation lives) leave it a few at a
+--    time, with their unread counts.
 -- Idempotent per message sid (Twilio retries webhooks): a repeat changes nothing and reports nothing.
 --
 -- KEYS[1] received window ZSET of the number   KEYS[2] pool ZSET
 -- KEYS[3] customer cfg HASH   KEYS[4] optouts SET   KEYS[5] opt-out records HASH   KEYS[6] events STREAM
 -- KEYS[7] the tenant's conversation LIST   KEYS[8] reviews HASH   KEYS[9] scheduled ZSET   KEYS[10] consent SET
+-- KEYS[11] inbox ZSET   KEYS[12] unread HASH
 -- ARGV[1] message sid   ARGV[2] window ms   ARGV[3] number (To)
 -- ARGV[4] the tenant (From, E.164), or '' to credit only   ARGV[5] body
 -- ARGV[6] 'stop' | 'revoke' | 'suspect' | 'start' | 'help' | ''
@@ -79,17 +85,45 @@ local last = redis.call('HGET', sticky_cur, field)
 local from_number, batch = string.match(last, '^([^|]*)|(.*)$')
 if from_number ~= number then batch = '' end
 batch = batch or ''
+local conv = KEYS[7]
+if batch == '' and conv then
+  -- Without events the sticky entry names no batch: the tenant's last text from this number in their thread does.
+  local recent = redis.call('LRANGE', conv, -CONV_SCAN, -1)
+  for i = #recent, 1, -1 do
+    local dir, _, num, _, b = string.match(recent[i], '^(%a)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
+    if dir == 'o' and num == number and b ~= '' then batch = b break end
+  end
+end
 if in_pool and sprefix ~= '' then
   if EV then redis.call('HSET', sticky_cur, field, number .. '|' .. batch)
   else redis.call('HSET', sticky_cur, field, number) end
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
 end
-if EV then
-  emit('message.received', 'b', batch, 'r', tenant, 'to', number, 'sid', sid, 'body', body)
-  if KEYS[7] then
-    converse(KEYS[7], 'i', now, number, body, sid, batch)
-    -- The HELP answer goes back in the webhook's reply (TwiML): the thread shows it too.
-    if help ~= '' then converse(KEYS[7], 'o', now, number, help, '', '') end
+emit('message.received', 'b', batch, 'r', tenant, 'to', number, 'sid', sid, 'body', body)
+if conv then
+  converse(conv, 'i', now, number, body, sid, batch)
+  -- The HELP answer goes back in the webhook's reply (TwiML): the thread shows it too.
+  if help ~= '' then converse(conv, 'o', now, number, help, '', '') end
+end
+local inbox, unread = KEYS[11], KEYS[12]
+if inbox then
+  redis.call('ZADD', inbox, now, tenant)
+  redis.call('HINCRBY', unread, tenant, 1)
+  -- Threads leave the inbox when it is full or when their conversation has expired, a few per reply (bounded work).
+  local gone = redis.call('ZRANGEBYSCORE', inbox, '-inf', now - CONV_TTL_MS, 'LIMIT', 0, 20)
+  local over = redis.call('ZCARD', inbox) - INBOX_MAX
+  if over > 0 then
+    for _, t in ipairs(redis.call('ZRANGE', inbox, 0, math.min(over, 20) - 1)) do gone[#gone + 1] = t end
+  end
+  if #gone > 0 then
+    redis.call('ZREM', inbox, unpack(gone))
+    redis.call('HDEL', unread, unpack(gone))
+  end
+  local blocal = string.match(batch, '%.([%w]+)$')
+  if blocal then
+    local replies = customer_key(cfg, 'b:' .. blocal .. ':replies')
+    redis.call('ZADD', replies, now, tenant)
+    redis.call('PEXPIRE', replies, CONV_TTL_MS)
   end
 end
 

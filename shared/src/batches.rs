@@ -30,6 +30,10 @@ pub struct NewBatch {
     pub timing: Timing,
     /// The segments the texts take (each rendered text counted for itself).
     pub segments: SegmentTotals,
+    /// A name people find the batch by (validated by the producer).
+    pub label: Option<String>,
+    /// The batch this one resends to (its failed and undelivered recipients).
+    pub resend_of: Option<String>,
 }
 
 /// The variables of a personalised batch and each recipient's values.
@@ -99,6 +103,20 @@ impl NewBatch {
             priority: false,
             timing: Timing::default(),
             segments,
+            label: None,
+            resend_of: None,
+        }
+    }
+
+    /// What kind of batch this is, for the lists: `answer` (a single message, usually a person's answer to a
+    /// tenant), `resend` (to another batch's failed recipients) or `bulk`.
+    pub fn kind(&self) -> &'static str {
+        if self.resend_of.is_some() {
+            "resend"
+        } else if self.priority {
+            "answer"
+        } else {
+            "bulk"
         }
     }
 
@@ -117,6 +135,14 @@ impl NewBatch {
         h.update(format!("\n{:?}|{:?}|{}", t.send_at_ms, t.expires_at_ms, t.urgent).as_bytes());
         if let Some(p) = &self.personal {
             h.update(p.names.join(",").as_bytes());
+        }
+        if let Some(l) = &self.label {
+            h.update(b"\nlabel:");
+            h.update(l.as_bytes());
+        }
+        if let Some(r) = &self.resend_of {
+            h.update(b"\nresend_of:");
+            h.update(r.as_bytes());
         }
         for (i, r) in self.recipients.iter().enumerate() {
             h.update(b"\n");
@@ -199,7 +225,14 @@ pub async fn submit(
         ("segments_min", segments.min.to_string()),
         ("segments_total", segments.total.to_string()),
         ("encoding", segments.encoding.to_owned()),
+        ("kind", req.kind().to_owned()),
     ];
+    if let Some(l) = &req.label {
+        fields.push(("label", l.clone()));
+    }
+    if let Some(r) = &req.resend_of {
+        fields.push(("resend_of", r.clone()));
+    }
     if let Some(p) = &req.personal {
         fields.push(("vars", p.names.join(",")));
     }
@@ -261,7 +294,9 @@ pub async fn submit(
             (None, true) => "front".to_owned(),
             (None, false) => "back".to_owned(),
         };
-        inv.key(k.queue()).key(k.cfg()).key(k.scheduled()).arg(cursor).arg(place);
+        // A personalised batch's values outlive its jobs (resends, the inbox) for twice the retention.
+        inv.key(k.queue()).key(k.cfg()).key(k.scheduled()).key(k.batch_values(&batch));
+        inv.arg(cursor).arg(place).arg(retention.as_secs().saturating_mul(2).max(1));
         for (i, r) in req.recipients[cursor..end].iter().enumerate() {
             inv.arg(keys::job_member(&batch, r.as_str(), req.values(cursor + i)));
         }
@@ -322,6 +357,16 @@ pub async fn submit(
 pub struct BatchStatus {
     pub batch_id: String,
     pub customer: String,
+    /// The name people find the batch by, when it was given one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// `bulk`, `answer` (a single message, usually a person's answer to a tenant) or `resend`.
+    pub kind: String,
+    /// The batch this one resends to (its failed or undelivered recipients), and the resend made of this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resend_of: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resent_by: Option<String>,
     /// `enqueuing` (the producer is still pushing, or died doing so), `queued`, or `complete`.
     pub state: String,
     pub total: u64,
@@ -374,6 +419,17 @@ pub struct BatchStatus {
     pub urgent: bool,
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
+    /// The same instants as RFC 3339 (UTC).
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+/// Redis ms as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 /// Jobs waiting for one zone's quiet hours to end, or for one carrier cap to renew.
@@ -434,9 +490,16 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let by = |prefix: &str| {
         m.iter().filter_map(|(f, v)| f.strip_prefix(prefix).map(|r| (r.to_owned(), v.parse().unwrap_or(0)))).collect()
     };
+    let completed_ms: Option<i64> = m.get("completed_ms").and_then(|v| v.parse().ok());
     Ok(Some(BatchStatus {
         batch_id: id.to_string(),
         customer: id.customer().to_string(),
+        label: m.get("label").cloned(),
+        kind: m.get("kind").cloned().unwrap_or_else(|| "bulk".to_owned()),
+        resend_of: m.get("resend_of").cloned(),
+        resent_by: m.get("resent_by").cloned(),
+        created_at: rfc3339(n("created_ms") as i64),
+        completed_at: completed_ms.map(rfc3339),
         state: m.get("state").cloned().unwrap_or_default(),
         total,
         enqueued: n("enqueued"),
@@ -468,7 +531,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         expires_at_ms: opt("expires"),
         urgent: m.get("urgent").map(String::as_str) == Some("1"),
         created_ms: n("created_ms") as i64,
-        completed_ms: m.get("completed_ms").and_then(|v| v.parse().ok()),
+        completed_ms,
     }))
 }
 
@@ -507,6 +570,7 @@ pub async fn record_delivery(
             .key(k.batch(batch))
             .key(k.batch_deliveries(batch))
             .key(k.events())
+            .key(k.batch_undelivered(batch))
             .arg(message_sid)
             .arg(status)
             .arg(error_code.unwrap_or(""))

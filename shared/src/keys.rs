@@ -38,7 +38,7 @@
 //! (reserve.lua builds `review`, `consent` and `held:` from the cfg key's `{c:ID}:`, only when a customer uses them:
 //! the test below keeps those names and this module's in step.)
 //! | `{c:ID}:consent` | SET | recipients with an opt-in on record (an API opt-in, or their own START) |
-//! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `<o|i>|<ms>|<number>|<sid>|<batch>|<body>` entries, oldest first, the last 50 and 30 days after the last message; written only when the customer records events |
+//! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `<o|i>|<ms>|<number>|<sid>|<batch>|<body>` entries (`o` sent, `i` received, `f` could not be sent), oldest first, the last 50 and 30 days after the last message; kept for every customer |
 //! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`; 3 s + the delivery timeout + 5 s) |
 //! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
 //! | `{c:ID}:events:retry` | HASH | lane → its failing head event `<id>|<attempts>|<due ms>` |
@@ -56,6 +56,11 @@
 //! | `{c:ID}:b:<batch>:st` | HASH | recipient → job state (deleted when the batch completes) |
 //! | `{c:ID}:b:<batch>:fail` | HASH | recipient → failure reason |
 //! | `{c:ID}:b:<batch>:dlr` | HASH | message sid → furthest delivery status reported by Twilio |
+//! | `{c:ID}:b:<batch>:undl` | HASH | recipient → `<sid>|<status>|<code>` of a text the carriers did not deliver |
+//! | `{c:ID}:b:<batch>:v` | HASH | a personalised batch's recipient → merge values (for resends and the inbox), kept twice the retention |
+//! | `{c:ID}:b:<batch>:replies` | ZSET | tenants who replied to the batch → ms of their last reply (30 days) |
+//! | `{c:ID}:inbox` | ZSET | the support desk's inbox: tenant → ms of their last reply, newest 100,000 threads, 30 days |
+//! | `{c:ID}:unread` | HASH | tenant → replies not read yet |
 //! | `{c:ID}:idem:<key>` | STRING | idempotency key → batch id |
 //! | `{c:ID}:batches` | ZSET | the customer's batches (id → created ms) within the retention |
 
@@ -253,6 +258,26 @@ impl CustomerKeys {
     }
     pub fn batch_deliveries(&self, batch: &BatchId) -> String {
         self.key(&format!("b:{}:dlr", batch.local()))
+    }
+    /// Recipients the carriers did not reach: recipient → `<sid>|<status>|<code>` (HASH; delivery.lua).
+    pub fn batch_undelivered(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}:undl", batch.local()))
+    }
+    /// A personalised batch's merge values: recipient → values (HASH; enqueue_chunk.lua), for resends and the inbox.
+    pub fn batch_values(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}:v", batch.local()))
+    }
+    /// Tenants who replied to the batch: tenant → ms of their last reply (ZSET; record_inbound.lua).
+    pub fn batch_replies(&self, batch: &BatchId) -> String {
+        self.key(&format!("b:{}:replies", batch.local()))
+    }
+    /// The support desk's inbox: tenant → ms of their last reply (ZSET; record_inbound.lua).
+    pub fn inbox(&self) -> String {
+        self.key("inbox")
+    }
+    /// Replies not read yet per tenant (HASH; record_inbound.lua adds, the desk's "read" removes).
+    pub fn unread(&self) -> String {
+        self.key("unread")
     }
     pub fn idempotency(&self, key: &str) -> String {
         self.key(&format!("idem:{key}"))

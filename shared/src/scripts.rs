@@ -256,6 +256,8 @@ scripts! {
     SIGNIN_ATTEMPT => "signin_attempt.lua";
     /// A change of consent that did not come in a reply: an opt-out or opt-in on record, an import, a review.
     CONSENT => "consent.lua";
+    /// Claim a batch's failed or undelivered recipients for one resend.
+    RESEND_CLAIM => "resend_claim.lua";
 }
 
 #[cfg(test)]

@@ -278,7 +278,8 @@ impl Sender {
         };
         match self.shared.twilio.send_message(account, &req).await {
             Ok(m) => match m.sid.filter(|s| !s.is_empty()) {
-                Some(sid) => self.commit(job, &sid, &slot.number, batch.events.then_some(body.as_str())).await,
+                // The text as sent goes into the tenant's thread (every customer: the support desk reads it).
+                Some(sid) => self.commit(job, &sid, &slot.number, Some(body.as_str())).await,
                 None => {
                     self.requeue(
                         job,
@@ -447,8 +448,8 @@ impl Sender {
                         } else {
                             tracing::info!("ambiguous send found in Twilio; recording it");
                         }
-                        let kept = batch.filter(|b| b.events).map(|_| body.as_str());
-                        self.commit(job, oldest.sid.as_deref().unwrap_or_default(), &slot.number, kept).await;
+                        self.commit(job, oldest.sid.as_deref().unwrap_or_default(), &slot.number, Some(body.as_str()))
+                            .await;
                         Step::Done
                     }
                     None => {

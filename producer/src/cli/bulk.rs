@@ -52,6 +52,9 @@ pub struct BulkArgs {
     /// Send whatever the hour in the recipients' zones (a burst pipe at 2 a.m.): quiet hours do not apply.
     #[arg(long)]
     pub urgent: bool,
+    /// A name people find the batch by ("Water shut-off, building 4"): one line, at most 200 characters.
+    #[arg(long)]
+    pub label: Option<String>,
     /// The largest recipients file read, in MB; reading stops at the first bound reached (this, a line of 64 KiB,
     /// 1,000,000 rows, 51 columns), naming it.
     #[arg(long, env = "MESSENGER_MAX_RECIPIENTS_FILE_MB", default_value_t = FileLimits::DEFAULT_MB)]
@@ -102,6 +105,7 @@ fn request(args: &BulkArgs) -> Result<BulkRequest, Failure> {
         send_at: args.send_at.clone(),
         expiry: args.expires_in.clone().map(Expiry::In),
         urgent: args.urgent,
+        label: args.label.clone(),
     })
 }
 

@@ -7,6 +7,7 @@
 //! - [`bulk`]: `bulk` — validate and enqueue a bulk text, or estimate it (`--dry-run`).
 //! - [`consent`]: `consent opt-out | opt-in | import | export | reviews | review | show` — tenants' consent.
 //! - [`status`]: `status` — a batch's counts, optionally waiting with a progress bar.
+//! - [`desk`]: `recipients` (a batch's failed and undelivered, or their CSV), `resend` (text them again).
 //! - [`pool`]: `pool` — a customer's numbers; `pool release-idle`.
 //! - [`cancel`], [`inbound`], [`settings`]: the operator's one-liners.
 //! - [`secrets`]: `secrets status | rewrap` — how events secrets are stored; seal them under the current key.
@@ -17,6 +18,7 @@ mod bulk;
 mod cancel;
 mod consent;
 mod customer;
+mod desk;
 mod inbound;
 mod pool;
 mod secrets;
@@ -59,6 +61,10 @@ pub enum Command {
     Pool(pool::PoolArgs),
     /// Cancel a batch: queued and parked jobs end as cancelled; in-flight sends finish.
     Cancel(cancel::CancelArgs),
+    /// A batch's failed and undelivered recipients, with reasons and merge fields (`--csv` for every one).
+    Recipients(desk::RecipientsArgs),
+    /// Text a finished batch's failed and/or undelivered recipients again, as a new batch linked to it.
+    Resend(desk::ResendArgs),
     /// Record a message received on one of a customer's numbers (+1 to its limit for one window, up to the cap).
     /// Twilio's inbound webhook does this automatically; this is for operators and tests.
     Inbound(inbound::InboundArgs),
@@ -145,6 +151,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status(a) => status::run(settings, a).await,
         Command::Pool(a) => pool::run(settings, a).await,
         Command::Cancel(a) => cancel::run(settings, a).await,
+        Command::Recipients(a) => desk::recipients(settings, a).await,
+        Command::Resend(a) => desk::resend(settings, a).await,
         Command::Inbound(a) => inbound::run(settings, a).await,
         Command::Settings(a) => settings::run(settings, a).await,
         Command::Consent(c) => consent::run(settings, c).await,

@@ -7,7 +7,8 @@ use shared::domain::BatchId;
 
 use super::{Deps, OpsError};
 
-fn unknown(id: &BatchId) -> OpsError {
+/// The error for a batch that does not exist (or expired).
+pub fn unknown(id: &BatchId) -> OpsError {
     OpsError::NotFound(format!("unknown batch {id} (never created, or expired)"))
 }
 

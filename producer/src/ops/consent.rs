@@ -587,17 +587,7 @@ pub async fn export(deps: &Deps, id: &CustomerId) -> Result<Vec<ExportRow>, OpsE
 
 /// The export as CSV (one line per change; quoted where needed, formulas defused).
 pub fn export_csv(rows: &[ExportRow]) -> String {
-    // Quoted when it holds a comma, a quote or a line break; a cell a spreadsheet would read as a formula (`=`, `-`,
-    // `@`, or `+` not followed by digits only, as a phone number is: a tenant's words are untrusted) is prefixed with `'`.
-    let q = |v: &str| {
-        let phone = v.strip_prefix('+').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-        let v = if v.starts_with(['=', '-', '@']) || (v.starts_with('+') && !phone) {
-            format!("'{v}")
-        } else {
-            v.to_owned()
-        };
-        if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v }
-    };
+    let q = super::csv_cell;
     let o = |v: &Option<String>| q(v.as_deref().unwrap_or(""));
     let mut out = String::from(
         "phone,opted_out,consent_on_record,under_review,kind,via,words,rule,number,at,recorded,source,note,evidence,decided_by,message_sid\n",

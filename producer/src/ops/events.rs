@@ -7,7 +7,7 @@
 //! no gap, whichever server answers and however often it restarted.
 
 use serde::Serialize;
-use shared::domain::{CustomerId, PhoneNumber};
+use shared::domain::CustomerId;
 use shared::keys::CustomerKeys;
 
 use super::{Deps, OpsError, Problems, customers};
@@ -149,75 +149,6 @@ pub fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String
         data.insert(name.to_owned(), value);
     }
     Event { id: format!("evt_{stream_id}"), kind, timestamp, data: serde_json::Value::Object(data) }
-}
-
-/// A tenant's thread with the customer: the texts sent to them and their replies, oldest first (the last
-/// [`CONVERSATION_MAX`], kept 30 days after the last message; recorded only while the customer records events).
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Conversation {
-    pub customer: String,
-    pub phone: String,
-    /// Messenger texts this tenant nothing (they opted out): an answer to them would not be sent.
-    pub opted_out: bool,
-    /// The customer records events, and so conversations; when false the thread stays empty.
-    pub recording: bool,
-    pub messages: Vec<ConversationMessage>,
-}
-
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct ConversationMessage {
-    /// `outbound` (a text to the tenant, or the HELP answer) or `inbound` (the tenant's reply).
-    pub direction: String,
-    pub at: String,
-    /// The customer's number it went from or to.
-    pub number: String,
-    pub body: String,
-    /// Twilio's message sid (absent for the HELP answer, which went back in the webhook's reply).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message_sid: Option<String>,
-    /// The batch of a text sent, or the one a reply most likely answers.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch: Option<String>,
-}
-
-/// Most messages a conversation keeps (common.lua `CONV_MAX`).
-pub const CONVERSATION_MAX: usize = 50;
-
-/// Customer `id`'s conversation with `phone` (the customer's record, then one pipeline of three commands).
-pub async fn conversation(deps: &Deps, id: &CustomerId, phone: &str) -> Result<Conversation, OpsError> {
-    let phone = PhoneNumber::parse(phone).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
-    customers::get(deps, id).await?;
-    let k = CustomerKeys::new(id);
-    let (opted_out, recording, rows): (bool, Option<String>, Vec<String>) = redis::pipe()
-        .sismember(k.optouts(), phone.as_str())
-        .hget(k.cfg(), "events")
-        .lrange(k.conversation(phone.as_str()), 0, -1)
-        .query_async(&mut deps.conn())
-        .await
-        .map_err(OpsError::from)?;
-    let messages = rows
-        .iter()
-        .filter_map(|r| {
-            let mut p = r.splitn(6, '|');
-            let (dir, at, number, sid, batch, body) =
-                (p.next()?, p.next()?, p.next()?, p.next()?, p.next()?, p.next()?);
-            Some(ConversationMessage {
-                direction: if dir == "i" { "inbound" } else { "outbound" }.to_owned(),
-                at: at.parse().ok().map(rfc3339).unwrap_or_default(),
-                number: number.to_owned(),
-                body: body.to_owned(),
-                message_sid: Some(sid.to_owned()).filter(|s| !s.is_empty()),
-                batch: Some(batch.to_owned()).filter(|s| !s.is_empty()),
-            })
-        })
-        .collect();
-    Ok(Conversation {
-        customer: id.to_string(),
-        phone: phone.to_string(),
-        opted_out,
-        recording: recording.as_deref() == Some("1"),
-        messages,
-    })
 }
 
 /// Redis ms as RFC 3339 UTC with milliseconds (events' and records' times).

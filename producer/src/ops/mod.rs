@@ -12,6 +12,8 @@
 //! - [`consent`]: opt-outs and opt-ins from other channels, suppression lists, reviews of suspected revocations,
 //!   a tenant's whole consent record and the export for an audit.
 //! - [`customers`]: create or update a customer (one update rule), list, get.
+//! - [`desk`]: the support desk — the inbox of tenants' replies, a thread with its delivery statuses, a customer's
+//!   batches, a batch's failed and undelivered recipients (and their CSV), resending to them.
 //! - [`texts`]: bulk texts and single messages — validate, then enqueue.
 //! - [`estimate`]: the dry run — what a bulk text would cost, and when its texts would go.
 //! - [`batches`]: a batch's status and failures, cancelling it.
@@ -23,6 +25,7 @@
 pub mod batches;
 pub mod consent;
 pub mod customers;
+pub mod desk;
 pub mod estimate;
 pub mod events;
 pub mod pools;
@@ -130,4 +133,14 @@ impl Problems {
         let total = self.0.len();
         Err(OpsError::Invalid(Invalid { problems: self.0, total }))
     }
+}
+
+/// One CSV cell: quoted when it holds a comma, a quote or a line break; a cell a spreadsheet would read as a formula
+/// (`=`, `-`, `@`, or `+` not followed by digits only, as a phone number is: tenants' words and merge values are
+/// untrusted) is prefixed with `'`.
+pub fn csv_cell(v: &str) -> String {
+    let phone = v.strip_prefix('+').is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let v =
+        if v.starts_with(['=', '-', '@']) || (v.starts_with('+') && !phone) { format!("'{v}") } else { v.to_owned() };
+    if v.contains([',', '"', '\n', '\r']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v }
 }

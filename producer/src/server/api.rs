@@ -18,7 +18,8 @@ use super::metrics::Metrics;
 use super::recipients::Recipients;
 use crate::ops::consent::{self, ConsentChange, ExportRow, ImportReport, OptOutRecord, Review};
 use crate::ops::customers::{self as customer_ops, CustomerInput};
-use crate::ops::events::{self, Conversation, DeadLetter, EventPage};
+use crate::ops::desk::{self, BatchPage, InboxPage, MarkedRead, RecipientPage, ResendOutcome, Thread};
+use crate::ops::events::{self, DeadLetter, EventPage};
 use crate::ops::texts::{self, Accepted, Enqueue};
 use crate::ops::{Deps, batches, pools};
 use crate::recipients::RawRecipient;
@@ -260,6 +261,9 @@ pub struct BulkTextRequest {
     /// Replace Unicode look-alikes with GSM-7 characters (Twilio's Smart Encoding list) before sending.
     #[serde(default)]
     pub smart_encoding: bool,
+    /// A name people find the batch by ("Water shut-off, building 4"): one line, at most 200 characters.
+    #[schema(max_length = 200)]
+    pub label: Option<String>,
 }
 
 /// `POST /v1/customers/{id}/messages` body: one message, queued ahead of the customer's bulk texts.
@@ -300,6 +304,12 @@ pub struct ReleaseIdleRequest {
     /// Only report what would be released.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// 202 Accepted, with the new batch's address in `Location`.
+fn accepted_at(batch_id: &str, body: impl IntoResponse) -> Response {
+    let location = format!("/v1/batches/{batch_id}");
+    (StatusCode::ACCEPTED, [(axum::http::header::LOCATION, location)], body).into_response()
 }
 
 fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
@@ -433,6 +443,7 @@ pub async fn post_bulk(
         send_at: req.send_at,
         expiry: req.expires_at.map(Expiry::At),
         urgent: req.urgent,
+        label: req.label,
     };
     let prepared = texts::prepare_blocking(bulk).await?;
     if req.dry_run {
@@ -440,7 +451,7 @@ pub async fn post_bulk(
     }
     let accepted = texts::enqueue(&ops, prepared, Enqueue::BULK, None).await?;
     metrics.recipients_accepted.inc_by(accepted.accepted as u64);
-    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+    Ok(accepted_at(&accepted.batch_id.clone(), Json(accepted)))
 }
 
 /// Accepts one message, queued ahead of the customer's bulk texts.
@@ -459,7 +470,7 @@ pub async fn post_message(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<MessageRequest>,
-) -> Result<(StatusCode, Json<MessageAccepted>), ApiError> {
+) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
     let bulk = BulkRequest {
@@ -472,10 +483,11 @@ pub async fn post_message(
         send_at: req.send_at,
         expiry: req.expires_at.map(Expiry::At),
         urgent: req.urgent,
+        label: None,
     };
     let accepted = texts::enqueue(&ops, texts::prepare(&bulk)?, Enqueue::SINGLE, None).await?;
     metrics.recipients_accepted.inc();
-    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { batch_id: accepted.batch_id })))
+    Ok(accepted_at(&accepted.batch_id.clone(), Json(MessageAccepted { batch_id: accepted.batch_id })))
 }
 
 /// A batch's counts per state (the same as `producer status --json`).
@@ -841,13 +853,14 @@ pub async fn post_decision(
     Ok(Json(consent::decide(&ops, &id, &phone, &req.decision, &req.note, &caller.name).await?))
 }
 
-/// A tenant's thread: the texts sent to them and their replies, oldest first (the last 50, kept 30 days after the
-/// last message, while the customer records events). An answer to the tenant (`POST …/messages`) goes out from the
-/// number they last wrote to or were texted from.
-#[utoipa::path(get, path = "/v1/customers/{id}/conversations/{phone}", tag = "events",
+/// A tenant's thread: the texts sent to them (each with its delivery status, and why when it failed), the texts
+/// that could not be sent and why, and their replies; oldest first (the last 50, kept 30 days after the last
+/// message). An answer to the tenant (`POST …/messages`) goes out from the number they last wrote to or were texted
+/// from.
+#[utoipa::path(get, path = "/v1/customers/{id}/conversations/{phone}", tag = "desk",
     params(("id" = String, Path, description = "Customer id"), ("phone" = String, Path, description = "E.164")),
     responses(
-        (status = 200, body = Conversation),
+        (status = 200, body = Thread),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -855,10 +868,185 @@ pub async fn get_conversation(
     State(ops): State<Deps>,
     caller: Caller,
     ApiPath((id, phone)): ApiPath<(String, String)>,
-) -> Result<Json<Conversation>, ApiError> {
+) -> Result<Json<Thread>, ApiError> {
     let id = customer_id(&id)?;
     caller.require_customer(&id)?;
-    Ok(Json(events::conversation(&ops, &id, &phone).await?))
+    Ok(Json(desk::thread(&ops, &id, &phone).await?))
+}
+
+/// `GET /v1/customers/{id}/conversations` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InboxParams {
+    /// Only threads with replies not read yet.
+    #[serde(default)]
+    pub unread: bool,
+    /// Only tenants who replied to this batch.
+    pub batch: Option<String>,
+    /// `next` of the previous page.
+    pub after: Option<String>,
+    /// Threads per page, 1 to 200 (50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<usize>,
+}
+
+/// The support desk's inbox: tenants' threads, newest reply first, with the last message, unread replies and the
+/// tenant's merge fields from the batch they answered; texts from numbers Messenger never texted included.
+#[utoipa::path(get, path = "/v1/customers/{id}/conversations", tag = "desk",
+    params(("id" = String, Path, description = "Customer id"), InboxParams),
+    responses(
+        (status = 200, body = InboxPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_inbox(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<InboxParams>,
+) -> Result<Json<InboxPage>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    let q = desk::InboxQuery { unread: q.unread, batch: q.batch, after: q.after, limit: q.limit };
+    Ok(Json(desk::inbox(&ops, &id, &q).await?))
+}
+
+/// Marks a tenant's replies read.
+#[utoipa::path(post, path = "/v1/customers/{id}/conversations/{phone}/read", tag = "desk",
+    params(("id" = String, Path, description = "Customer id"), ("phone" = String, Path, description = "E.164")),
+    responses(
+        (status = 200, body = MarkedRead),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_read(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath((id, phone)): ApiPath<(String, String)>,
+) -> Result<Json<MarkedRead>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(desk::mark_read(&ops, &id, &phone).await?))
+}
+
+/// `GET /v1/customers/{id}/batches` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BatchListParams {
+    /// `bulk`, `answer` (single messages) or `resend`.
+    pub kind: Option<String>,
+    /// `next` of the previous page.
+    pub after: Option<String>,
+    /// Batches per page, 1 to 200 (50).
+    #[param(minimum = 1, maximum = 200)]
+    pub limit: Option<usize>,
+}
+
+/// A customer's batches, newest first, with label, text preview, counts and state.
+#[utoipa::path(get, path = "/v1/customers/{id}/batches", tag = "desk",
+    params(("id" = String, Path, description = "Customer id"), BatchListParams),
+    responses(
+        (status = 200, body = BatchPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_batches(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<BatchListParams>,
+) -> Result<Json<BatchPage>, ApiError> {
+    let id = customer_id(&id)?;
+    caller.require_customer(&id)?;
+    Ok(Json(desk::batches(&ops, &id, q.kind.as_deref(), q.after.as_deref(), q.limit).await?))
+}
+
+/// `GET /v1/batches/{id}/recipients` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientParams {
+    /// Comma-separated: `failed` (refused before or by Twilio), `undelivered` (the carrier did not deliver it);
+    /// both when absent.
+    pub state: Option<String>,
+    /// `next` of the previous page (a phone number).
+    pub after: Option<String>,
+    /// Recipients per page, 1 to 1,000 (100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+}
+
+/// A batch's recipients by state, by phone number: reason, Twilio code and its meaning, and merge fields.
+#[utoipa::path(get, path = "/v1/batches/{id}/recipients", tag = "desk",
+    params(("id" = String, Path, description = "Batch id, `<customer>.<id>`"), RecipientParams),
+    responses(
+        (status = 200, body = RecipientPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_recipients(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RecipientParams>,
+) -> Result<Json<RecipientPage>, ApiError> {
+    let id = batch_id(&id)?;
+    caller.require_customer(id.customer())?;
+    let states = desk::parse_states("state", &q.state.into_iter().collect::<Vec<_>>())?;
+    Ok(Json(desk::recipients(&ops, &id, &states, q.after.as_deref(), q.limit).await?))
+}
+
+/// `POST /v1/batches/{id}/resend` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendRequest {
+    /// Whom to text again: `failed`, `undelivered`, or both.
+    pub which: Vec<String>,
+    /// A new text over the batch's merge fields; the batch's own text when absent.
+    pub body: Option<String>,
+    /// The new batch's label ("Resend of <the first batch's label>" when absent); at most 200 characters.
+    #[schema(max_length = 200)]
+    pub label: Option<String>,
+    /// As for bulk texts; by default one resend per batch and states.
+    pub idempotency_key: Option<String>,
+    /// Count whom it would text and skip; nothing written.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Texts a finished batch's failed and/or undelivered recipients again, as a new batch linked to it (`resend_of`),
+/// with the same text and values unless a body is given. Recipients that cannot succeed (opted out, landline,
+/// invalid number, no consent) are skipped and counted by reason. Each state of a batch is resent once.
+#[utoipa::path(post, path = "/v1/batches/{id}/resend", tag = "desk",
+    params(("id" = String, Path, description = "Batch id, `<customer>.<id>`")),
+    request_body = ResendRequest,
+    responses(
+        (status = 202, description = "Accepted: the new batch will be sent (`Location` names it)", body = ResendOutcome),
+        (status = 200, description = "Dry run: whom it would text and skip", body = ResendOutcome),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The batch is still sending, or these recipients were already resent", body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_resend(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ResendRequest>,
+) -> Result<Response, ApiError> {
+    let id = batch_id(&id)?;
+    caller.require_customer(id.customer())?;
+    let r = desk::Resend {
+        which: req.which,
+        body: req.body,
+        label: req.label,
+        idempotency_key: req.idempotency_key,
+        dry_run: req.dry_run,
+    };
+    let out = desk::resend(&ops, &id, &r).await?;
+    Ok(match out.batch_id.clone() {
+        Some(b) => accepted_at(&b, Json(out)),
+        None => (StatusCode::OK, Json(out)).into_response(),
+    })
 }
 
 /// Releases the customer's idle numbers (admin tokens only), keeping what its backlog and its numbers' sticky

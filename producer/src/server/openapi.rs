@@ -15,7 +15,8 @@ use super::error::{ErrorBody, ErrorDetail};
         api::list_customers, api::get_customer, api::put_customer, api::post_bulk, api::post_message, api::get_batch,
         api::post_cancel, api::get_pool, api::post_release_idle, api::get_events, api::get_opt_out,
         api::get_dead_letters, api::post_replay, api::get_conversation, api::post_revoke_sessions,
-        api::post_opt_out, api::post_opt_in, api::post_import, api::get_export, api::get_reviews, api::post_decision
+        api::post_opt_out, api::post_opt_in, api::post_import, api::get_export, api::get_reviews, api::post_decision,
+        api::get_inbox, api::post_read, api::get_batches, api::get_recipients, api::post_resend
     ),
     components(schemas(
         api::CustomerRequest, api::CustomerResponse, api::BulkTextRequest, api::Recipient, api::PersonalRecipient,
@@ -30,12 +31,16 @@ use super::error::{ErrorBody, ErrorDetail};
         crate::ops::consent::OptOutEntry, crate::ops::consent::TextRef, crate::ops::consent::Review,
         crate::ops::consent::ConsentChange, crate::ops::consent::ImportReport, crate::ops::consent::ExportRow,
         api::OptOutRequest, api::OptInRequest, api::DecisionRequest, crate::ops::events::DeadLetter, api::ReplayRequest, api::ReplayQueued,
-        crate::ops::events::Conversation, crate::ops::events::ConversationMessage, crate::ops::sessions::Revoked
+        crate::ops::desk::Thread, crate::ops::desk::Message, crate::ops::sessions::Revoked,
+        crate::ops::desk::InboxPage, crate::ops::desk::ThreadSummary, crate::ops::desk::MarkedRead,
+        crate::ops::desk::BatchPage, crate::ops::desk::BatchSummary, crate::ops::desk::RecipientPage,
+        crate::ops::desk::RecipientRow, crate::ops::desk::ResendOutcome, api::ResendRequest
     )),
     modifiers(&Bearer),
     tags((name = "texts", description = "Bulk texts, single messages and their status"),
          (name = "customers", description = "Customers and their number pools"),
          (name = "events", description = "What happened: message outcomes, replies, opt-outs"),
+         (name = "desk", description = "The support desk: the inbox of tenants' replies, threads, a customer's batches, failed and undelivered recipients, resends"),
          (name = "consent", description = "Tenants' consent: opt-outs from every channel, opt-ins on record, reviews of suspected revocations, the record for an audit"))
 )]
 pub struct ApiDoc;

@@ -126,6 +126,8 @@ pub struct SimConfig {
     pub lookup_faults: Faults,
     /// Recipients Twilio refuses for good (21614, not a mobile number), as if they had been reassigned.
     pub refuse_recipients: Vec<String>,
+    /// Recipients this sender cannot reach right now (21612): refused, but another attempt later may succeed.
+    pub unreachable_recipients: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -151,6 +153,7 @@ impl Default for SimConfig {
             lookup_latency_ms: 0,
             lookup_faults: Faults::default(),
             refuse_recipients: Vec::new(),
+            unreachable_recipients: Vec::new(),
         }
     }
 }

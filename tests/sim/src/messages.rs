@@ -179,6 +179,13 @@ pub(crate) fn accept_message(
     if sim.config().refuse_recipients.iter().any(|r| r == to) {
         return Err(twilio_error(400, 21614, "'To' number is not a valid mobile number"));
     }
+    if sim.config().unreachable_recipients.iter().any(|r| r == to) {
+        return Err(twilio_error(
+            400,
+            21612,
+            &format!("The 'To' phone number: {to}, is not currently reachable using the 'From' phone number via SMS."),
+        ));
+    }
     let mut store = sim.store.lock().unwrap();
     let service = field(f, "MessagingServiceSid").map(str::to_owned);
     if let Some(s) = &service

@@ -6,12 +6,14 @@
 //! |---|---|
 //! | overview | `TIME`; 60 `HMGET` (one per minute of the last hour, one pipeline); `SMEMBERS msgr:active` and 3 per customer shown (at most 50); admins also `ZRANGE msgr:workers` and `HGETALL` of the workers' totals |
 //! | batches | `ZREVRANGE` of the fleet's index (admins) or of each customer's index in scope (at most 20 customers); `HGETALL` per batch shown (at most 50) |
-//! | batch | `HGETALL` of the batch; `HSCAN … COUNT 50` once for failed recipients |
+//! | batch | `HGETALL` of the batch (twice: the page and the recipients listing); `HGETALL` of its failed and of its undelivered recipients, `HGET` of its variables and `HMGET` of the values of the 50 shown; once complete with some of them and not resent yet, the resend's count: the same reads again, one pipeline of four `HGET`, and two `SMISMEMBER` (opt-outs, consent) |
+//! | inbox | `SMEMBERS msgr:customers` (admins); `HGETALL` of the customer; `ZREVRANGEBYSCORE` of the inbox (one chunk of 500; with `unread`, a pipeline of `HGET` per entry, at most 20 chunks); per thread shown (at most 50) an `HGET`, an `LRANGE` of 10 entries and a `SISMEMBER` in one pipeline, then per batch answered an `HMGET` and an `HGET` in one pipeline; `HLEN` of the unread |
+//! | unread badge | one `HLEN` per customer in view (at most 200), one pipeline |
 //! | pool | what `producer pool` reads (`TIME`, the pool, its sids and last sends, 2 per number) and `HGETALL` of pending purchase and release intents |
-//! | conversations | `SMEMBERS msgr:customers` (admins: the customer list); with a phone, `HGETALL` of the customer and one pipeline of `SISMEMBER`, `HGET`, `LRANGE` (at most 50 entries) |
+//! | conversations | `SMEMBERS msgr:customers` (admins: the customer list); with a phone, `HGETALL` of the customer, one pipeline of `SISMEMBER`, `HGET`, `LRANGE` (at most 50 entries), one pipeline of two `HGET` per text sent (its delivery report, and the carrier's code); with replies unread, `HGETALL` of the customer again and a pipeline of `HGET`, `HDEL`, `HLEN` |
 //! | events | `HGETALL` of the customer (twice: the page and the dead-letter listing each check it exists); `ZRANGE` of its dead letters (at most 1,000) and one pipeline of an `XRANGE` and an `HGET` per dead letter |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use redis::AsyncCommands;
 use serde::Serialize;
@@ -211,19 +213,8 @@ pub async fn batches(
 }
 
 /// A batch and up to 50 of its failed recipients (recipient → reason).
-pub async fn batch(
-    conn: &mut Conn,
-    id: &BatchId,
-) -> redis::RedisResult<Option<(BatchStatus, BTreeMap<String, String>)>> {
-    let Some(status) = batches::status(conn, id).await? else { return Ok(None) };
-    let (_, pairs): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-        .arg(CustomerKeys::new(id.customer()).batch_failures(id))
-        .arg(0)
-        .arg("COUNT")
-        .arg(50)
-        .query_async(conn)
-        .await?;
-    Ok(Some((status, pairs.into_iter().take(50).collect())))
+pub async fn batch(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<BatchStatus>> {
+    batches::status(conn, id).await
 }
 
 /// A pending purchase or release, for the pool page.

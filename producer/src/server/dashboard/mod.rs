@@ -45,7 +45,7 @@ use subtle::ConstantTimeEq;
 use super::auth::{Scope, Tokens};
 use super::error::ApiError;
 use super::metrics::Metrics;
-use crate::ops::{Deps, OpsError, batches, consent, events, pools};
+use crate::ops::{Deps, OpsError, batches, consent, desk, events, pools, texts};
 use pages::Viewer;
 use session::{LOGIN_COOKIE, SESSION_COOKIE, SESSION_TTL, Session, SigninLimit};
 
@@ -76,6 +76,24 @@ impl DashboardConfig {
             None => rand::random::<[u8; 32]>().to_vec(),
         };
         Ok(Self { secret, show_numbers, signin: SigninLimit::default(), client_ip_header: None })
+    }
+
+    /// An opaque reference to a tenant of `customer`, for links and forms: pages shown to scoped viewers keep the
+    /// number masked, so it never travels in clear in their URLs (sealed under a key derived from the secret; it
+    /// opens for this customer only).
+    fn tenant_ref(&self, customer: &CustomerId, phone: &str) -> String {
+        self.tenant_keys().seal(phone, customer.as_str())
+    }
+
+    /// The tenant a reference names, if it is one of ours for this customer.
+    fn tenant_of(&self, customer: &CustomerId, reference: &str) -> Option<String> {
+        let keys = self.tenant_keys();
+        shared::secrets::open(Some(&keys), reference, customer.as_str()).ok().filter(|o| o.current).map(|o| o.plain)
+    }
+
+    fn tenant_keys(&self) -> shared::secrets::Keyring {
+        let key = hex::encode(<Sha256 as sha2::Digest>::digest([b"tenant-ref\x00".as_slice(), &self.secret].concat()));
+        shared::secrets::Keyring::parse(&key, None).expect("a 32-byte hex key parses")
     }
 
     fn mac(&self, parts: &[&str]) -> String {
@@ -218,7 +236,12 @@ where
         .route("/dashboard/pools/{customer}", get(pool))
         .route("/dashboard/pools/{customer}/live", get(pool_live))
         .route("/dashboard/pools/{customer}/release-idle", post(release_idle))
+        .route("/dashboard/inbox", get(inbox))
+        .route("/dashboard/live/unread", get(unread_badge))
         .route("/dashboard/conversations", get(conversation))
+        .route("/dashboard/conversations/{customer}/reply", post(reply))
+        .route("/dashboard/batches/{id}/recipients.csv", get(recipients_csv))
+        .route("/dashboard/batches/{id}/resend", post(resend))
         .route("/dashboard/events", get(events_index))
         .route("/dashboard/events/{customer}", get(events_page))
         .route("/dashboard/events/{customer}/replay", post(replay))
@@ -466,11 +489,200 @@ async fn batch(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<St
         Err(o) => return o,
     };
     match data::batch(&mut s.conn(), &id).await {
-        Ok(Some((status, failed))) => {
-            let failed: Vec<(String, String)> = failed.into_iter().collect();
-            Outcome::Page(pages::batch(&status, &failed, &v))
+        Ok(Some(status)) => {
+            // The failed and undelivered, a page of them; and what a resend would do, once the batch is done.
+            let page = match desk::recipients(&s.ops, &id, &desk::STATES, None, Some(50)).await {
+                Ok(p) => p,
+                Err(e) => return failed(Some(&v), "Unavailable", e),
+            };
+            let plan = if status.is_complete() && page.total > 0 && status.resent_by.is_none() {
+                let all =
+                    desk::Resend { which: vec!["failed,undelivered".into()], dry_run: true, ..Default::default() };
+                desk::resend(&s.ops, &id, &all).await.ok()
+            } else {
+                None
+            };
+            Outcome::Page(pages::batch(&status, &page, plan.as_ref(), &v))
         }
         Ok(None) => not_found(&v, "No such batch (never created, or its record expired)."),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// The batch's failed and undelivered recipients as CSV (numbers masked for scoped viewers, as on the pages).
+async fn recipients_csv(State(s): State<Dashboard>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o.into_response(),
+    };
+    let v = session.viewer(&s.config);
+    let id = match batch_id(&session, &v, &id) {
+        Ok(id) => id,
+        Err(o) => return o.into_response(),
+    };
+    match desk::recipients_csv(&s.ops, &id, &desk::STATES).await {
+        Ok(csv) => {
+            let csv = if v.full_numbers { csv } else { mask_first_column(&csv) };
+            let headers = [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (header::CONTENT_DISPOSITION, format!("attachment; filename=\"recipients-{id}.csv\"")),
+            ];
+            (headers, csv).into_response()
+        }
+        Err(e) => failed(Some(&v), "Unavailable", e).into_response(),
+    }
+}
+
+/// Masks the phone number that starts each line after the header.
+fn mask_first_column(csv: &str) -> String {
+    let mut out = String::with_capacity(csv.len());
+    for (i, line) in csv.lines().enumerate() {
+        match line.split_once(',') {
+            Some((phone, rest)) if i > 0 => {
+                out.push_str(&shared::domain::Masked(phone).to_string());
+                out.push(',');
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct ResendForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    which: String,
+}
+
+/// Resends to a finished batch's failed and undelivered recipients (the counts were on the batch page).
+async fn resend(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ResendForm>,
+) -> Outcome {
+    let session = match checked(&s, &headers, &f.csrf).await {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.config);
+    let id = match batch_id(&session, &v, &id) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    let which = if f.which.trim().is_empty() { "failed,undelivered".to_owned() } else { f.which };
+    match desk::resend(&s.ops, &id, &desk::Resend { which: vec![which], ..Default::default() }).await {
+        Ok(out) => {
+            tracing::info!(batch = %id, by = %session.name, texts = out.recipients, "resend from the dashboard");
+            Outcome::Page(pages::resent(&out, &v))
+        }
+        Err(e) => failed(Some(&v), "Not resent", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct InboxQuery {
+    #[serde(default)]
+    customer: String,
+    #[serde(default)]
+    unread: String,
+    #[serde(default)]
+    batch: String,
+    #[serde(default)]
+    phone: String,
+    #[serde(default)]
+    after: String,
+}
+
+/// The support desk's inbox: a customer's threads newest reply first (unread only, or one batch's), or a search for
+/// a tenant's phone across the customers the viewer may see.
+async fn inbox(State(s): State<Dashboard>, headers: HeaderMap, Query(q): Query<InboxQuery>) -> Outcome {
+    let session = match signed_in(&s, &headers, false).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.config);
+    let customers = match visible_customers(&s, &session).await {
+        Ok(ids) => ids,
+        Err(o) => return o,
+    };
+    if !q.phone.trim().is_empty() {
+        let phone = match shared::domain::PhoneNumber::parse(q.phone.trim()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Outcome::Status(
+                    StatusCode::BAD_REQUEST,
+                    pages::message("Bad request", Some(&v), &e.to_string()),
+                );
+            }
+        };
+        let ids: Vec<CustomerId> = customers.iter().filter_map(|c| CustomerId::parse(c).ok()).take(200).collect();
+        let mut p = redis::pipe();
+        for id in &ids {
+            let k = shared::keys::CustomerKeys::new(id);
+            p.zscore(k.inbox(), phone.as_str()).exists(k.conversation(phone.as_str()));
+        }
+        let found: Vec<(Option<i64>, bool)> = match p.query_async(&mut s.conn()).await {
+            Ok(f) => f,
+            Err(e) => return unavailable(&e),
+        };
+        let hits: Vec<pages::Found> = ids
+            .iter()
+            .zip(found)
+            .filter(|(_, (reply, thread))| reply.is_some() || *thread)
+            .map(|(id, (reply, _))| pages::Found {
+                customer: id.to_string(),
+                reference: s.config.tenant_ref(id, phone.as_str()),
+                last_reply_ms: reply,
+            })
+            .collect();
+        return Outcome::Page(pages::inbox_search(&customers, phone.as_str(), &hits, &v));
+    }
+    let Some(customer) = Some(q.customer.trim()).filter(|c| !c.is_empty()).or(customers.first().map(String::as_str))
+    else {
+        return Outcome::Page(pages::message("Inbox", Some(&v), "No customers yet."));
+    };
+    let id = match customer_id(&session, &v, customer) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    let query = desk::InboxQuery {
+        unread: q.unread == "1",
+        batch: Some(q.batch.trim().to_owned()).filter(|b| !b.is_empty()),
+        after: Some(q.after.trim().to_owned()).filter(|a| !a.is_empty()),
+        limit: Some(50),
+    };
+    match desk::inbox(&s.ops, &id, &query).await {
+        Ok(page) => {
+            let refs: Vec<String> = page.threads.iter().map(|t| s.config.tenant_ref(&id, &t.phone)).collect();
+            let filters = pages::InboxFilters { unread: query.unread, batch: query.batch.as_deref() };
+            Outcome::Page(pages::inbox(&customers, &page, &refs, &filters, &v))
+        }
+        Err(e) => failed(Some(&v), "Unavailable", e),
+    }
+}
+
+/// The navigation's unread badge: threads with unread replies over the customers the viewer may see (the first
+/// 200), refreshed by the page's script.
+async fn unread_badge(State(s): State<Dashboard>, headers: HeaderMap) -> Outcome {
+    let session = match signed_in(&s, &headers, true).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let customers = match visible_customers(&s, &session).await {
+        Ok(ids) => ids,
+        Err(o) => return o,
+    };
+    let mut p = redis::pipe();
+    for c in customers.iter().take(200).filter_map(|c| CustomerId::parse(c).ok()) {
+        p.cmd("HLEN").arg(shared::keys::CustomerKeys::new(&c).unread());
+    }
+    match p.query_async::<Vec<u64>>(&mut s.conn()).await {
+        Ok(n) => Outcome::Page(pages::unread_badge(n.iter().sum())),
         Err(e) => unavailable(&e),
     }
 }
@@ -627,10 +839,13 @@ struct ConversationQuery {
     customer: String,
     #[serde(default)]
     phone: String,
+    /// A tenant reference from the inbox (the number is not in the URL).
+    #[serde(default, rename = "t")]
+    reference: String,
 }
 
-/// A tenant's thread, for support staff answering "what did we tell them, and what did they say?"; with no phone
-/// yet, the form that asks for one.
+/// A tenant's thread, for support staff answering "what did we tell them, and what did they say?", with a box to
+/// answer; opening it marks the tenant's replies read. With no tenant yet, the form that asks for one.
 async fn conversation(State(s): State<Dashboard>, headers: HeaderMap, Query(q): Query<ConversationQuery>) -> Outcome {
     let session = match signed_in(&s, &headers, false).await {
         Ok(x) => x,
@@ -641,17 +856,112 @@ async fn conversation(State(s): State<Dashboard>, headers: HeaderMap, Query(q): 
         Ok(ids) => ids,
         Err(o) => return o,
     };
-    let (customer, phone) = (q.customer.trim(), q.phone.trim());
-    if customer.is_empty() || phone.is_empty() {
-        return Outcome::Page(pages::conversation(&customers, customer, phone, None, &v));
+    let customer = q.customer.trim();
+    if customer.is_empty() || (q.phone.trim().is_empty() && q.reference.is_empty()) {
+        return Outcome::Page(pages::conversation(&customers, customer, q.phone.trim(), None, &v));
     }
     let id = match customer_id(&session, &v, customer) {
         Ok(id) => id,
         Err(o) => return o,
     };
-    match events::conversation(&s.ops, &id, phone).await {
-        Ok(c) => Outcome::Page(pages::conversation(&customers, customer, phone, Some(&c), &v)),
+    let phone = if q.reference.is_empty() {
+        q.phone.trim().to_owned()
+    } else {
+        match s.config.tenant_of(&id, &q.reference) {
+            Some(p) => p,
+            None => {
+                return not_found(
+                    &v,
+                    "That link to a thread is not valid here (wrong customer, or from another server's secret).",
+                );
+            }
+        }
+    };
+    thread_view(&s, &session, &customers, &id, &phone, None).await
+}
+
+async fn thread_view(
+    s: &Dashboard,
+    session: &Session,
+    customers: &[String],
+    id: &CustomerId,
+    phone: &str,
+    done: Option<&str>,
+) -> Outcome {
+    let v = session.viewer(&s.config);
+    match desk::thread(&s.ops, id, phone).await {
+        Ok(t) => {
+            if t.unread > 0
+                && let Err(e) = desk::mark_read(&s.ops, id, phone).await
+            {
+                return failed(Some(&v), "Unavailable", e);
+            }
+            let reference = s.config.tenant_ref(id, &t.phone);
+            let shown = if v.full_numbers { t.phone.clone() } else { String::new() };
+            Outcome::Page(pages::conversation(
+                customers,
+                id.as_str(),
+                &shown,
+                Some(pages::ThreadView { thread: &t, reference: &reference, done }),
+                &v,
+            ))
+        }
         Err(e) => failed(Some(&v), "No conversation", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReplyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default, rename = "t")]
+    reference: String,
+    #[serde(default)]
+    body: String,
+}
+
+/// Answers a tenant from their thread: the same operation as `POST /v1/customers/{id}/messages`, so the answer goes
+/// out from the number the tenant wrote to (their sticky sender), ahead of bulk texts.
+async fn reply(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(c): Path<String>,
+    Form(f): Form<ReplyForm>,
+) -> Outcome {
+    let (session, id) = match checked_for(&s, &headers, &f.csrf, &c).await {
+        Ok(x) => x,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.config);
+    let Some(phone) = s.config.tenant_of(&id, &f.reference) else {
+        return not_found(&v, "That thread reference is not valid here.");
+    };
+    let request = crate::validate::BulkRequest {
+        customer: id.to_string(),
+        body: f.body,
+        recipients: vec![crate::recipients::RawRecipient {
+            origin: "to".into(),
+            value: phone.clone(),
+            vars: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    let prepared = match texts::prepare(&request) {
+        Ok(p) => p,
+        Err(e) => return failed(Some(&v), "Not sent", e),
+    };
+    match texts::enqueue(&s.ops, prepared, texts::Enqueue::SINGLE, None).await {
+        Ok(a) => {
+            tracing::info!(customer = %id, by = %session.name, batch = %a.batch_id, "answer queued from the dashboard");
+            let customers = match visible_customers(&s, &session).await {
+                Ok(ids) => ids,
+                Err(o) => return o,
+            };
+            let done =
+                format!("Answer queued (batch {}): it goes out from the number the tenant last wrote to.", a.batch_id);
+            thread_view(&s, &session, &customers, &id, &phone, Some(&done)).await
+        }
+        Err(e) => failed(Some(&v), "Not sent", e),
     }
 }
 

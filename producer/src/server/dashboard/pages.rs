@@ -10,7 +10,8 @@ use shared::domain::{IdleDays, Masked};
 use shared::twilio::error::describe;
 
 use super::data::{MAX_BATCHES, Overview, Pending};
-use crate::ops::events::{Conversation, DeadLetter};
+use crate::ops::desk::{InboxPage, RecipientPage, ResendOutcome, Thread};
+use crate::ops::events::DeadLetter;
 
 /// Who is looking, for the header and what may be shown.
 pub struct Viewer<'a> {
@@ -34,8 +35,9 @@ fn time(ms: i64) -> String {
 }
 
 /// The navigation: link, and the label a page passes as `current`.
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("/dashboard", "Overview"),
+    ("/dashboard/inbox", "Inbox"),
     ("/dashboard/batches", "Batches"),
     ("/dashboard/pools", "Pools"),
     ("/dashboard/conversations", "Conversations"),
@@ -67,9 +69,9 @@ pub fn layout(title: &str, viewer: Option<&Viewer<'_>>, current: &str, main: Mar
                                 @for (href, label) in NAV {
                                     li {
                                         @if current == label {
-                                            a href=(href) aria-current="page" { (label) }
+                                            a href=(href) aria-current="page" { (label) (nav_badge(label)) }
                                         } @else {
-                                            a href=(href) { (label) }
+                                            a href=(href) { (label) (nav_badge(label)) }
                                         }
                                     }
                                 }
@@ -88,6 +90,26 @@ pub fn layout(title: &str, viewer: Option<&Viewer<'_>>, current: &str, main: Mar
             }
         }
     }
+}
+
+/// The Inbox link's unread count, filled in (and kept fresh) by the page's script.
+fn nav_badge(label: &str) -> Markup {
+    html! {
+        @if label == "Inbox" {
+            " " span class="badge" data-live="/dashboard/live/unread" data-every="15000" data-now="1" {}
+        }
+    }
+}
+
+/// The unread badge's content: threads with unread replies.
+pub fn unread_badge(n: u64) -> Markup {
+    html! { @if n > 0 { (n) span class="visually-hidden" { " threads with unread replies" } } }
+}
+
+/// An instant for people: UTC, with the viewer's own zone added beside it by the page's script.
+fn when(ms: i64) -> Markup {
+    let iso = shared::batches::rfc3339(ms);
+    html! { time class="local" datetime=(iso) { (time(ms)) } }
 }
 
 pub fn login(csrf: &str, error: Option<&str>) -> Markup {
@@ -284,14 +306,18 @@ pub fn batches(list: &[BatchStatus], q: &str, customer: Option<&str>, v: &Viewer
                 div class="scroll" role="region" aria-label="Batches" tabindex="0" {
                     table class="batches" {
                         caption { "The newest " (list.len()) " batches (at most " (MAX_BATCHES) ")" }
-                        thead { tr { th scope="col" { "Batch" } th scope="col" { "Created" } th scope="col" { "Progress" } th scope="col" { "Sent" } th scope="col" { "Failed" } th scope="col" { "Opted out" } th scope="col" { "Deferred" } th scope="col" { "Queued" } } }
+                        thead { tr { th scope="col" { "Batch" } th scope="col" { "Kind" } th scope="col" { "Created" } th scope="col" { "Progress" } th scope="col" { "Sent" } th scope="col" { "Failed" } th scope="col" { "Undelivered" } th scope="col" { "Opted out" } th scope="col" { "Waiting" } } }
                         tbody {
                             @for s in list {
                                 tr {
-                                    th scope="row" { a href=(format!("/dashboard/batches/{}", s.batch_id)) { (s.batch_id) } }
-                                    td { (time(s.created_ms)) }
+                                    th scope="row" {
+                                        a href=(format!("/dashboard/batches/{}", s.batch_id)) { (s.label.as_deref().unwrap_or(&s.batch_id)) }
+                                        @if s.label.is_some() { br; span class="hint" { (s.batch_id) } }
+                                    }
+                                    td { (s.kind) }
+                                    td { (when(s.created_ms)) }
                                     td { (batch_bar(s)) span class="pct" { (percent(s)) "%" } }
-                                    td { (s.sent) } td { (s.failed) } td { (s.opted_out) } td { (s.deferred) } td { (s.queued) }
+                                    td { (s.sent) } td { (s.failed) } td { (s.undelivered) } td { (s.opted_out) } td { (s.pending()) }
                                 }
                             }
                         }
@@ -302,15 +328,23 @@ pub fn batches(list: &[BatchStatus], q: &str, customer: Option<&str>, v: &Viewer
     )
 }
 
-pub fn batch(s: &BatchStatus, failed: &[(String, String)], v: &Viewer<'_>) -> Markup {
+pub fn batch(s: &BatchStatus, page: &RecipientPage, plan: Option<&ResendOutcome>, v: &Viewer<'_>) -> Markup {
     let live = format!("/dashboard/batches/{}/live", s.batch_id);
+    let title = s.label.clone().unwrap_or_else(|| format!("Batch {}", s.batch_id));
     layout(
-        &format!("Batch {}", s.batch_id),
+        &title,
         Some(v),
         "Batches",
         html! {
-            h1 { "Batch " (s.batch_id) }
-            p { "Customer " a href=(format!("/dashboard/pools/{}", s.customer)) { (s.customer) } " · created " (time(s.created_ms)) " · " (s.segments) " segment(s) per text, " (s.encoding) }
+            h1 { (title) }
+            p {
+                "Batch " (s.batch_id) " (" (s.kind) ") of "
+                a href=(format!("/dashboard/pools/{}", s.customer)) { (s.customer) } " · created " (when(s.created_ms))
+                " · " (s.segments) " segment(s) per text, " (s.encoding)
+            }
+            @if let Some(of) = &s.resend_of { p { "A resend of " a href=(format!("/dashboard/batches/{of}")) { (of) } "." } }
+            @if let Some(by) = &s.resent_by { p { "Its failed and undelivered recipients were resent as " a href=(format!("/dashboard/batches/{by}")) { (by) } "." } }
+            p { a href=(format!("/dashboard/inbox?customer={}&batch={}", s.customer, s.batch_id)) { "Replies to this batch" } }
             div data-live=(live) data-every="1000" data-done=(if s.is_complete() { "1" } else { "0" }) { (batch_live(s, v)) }
             @if !s.is_complete() && !s.cancel_requested {
                 form method="post" action=(format!("/dashboard/batches/{}/cancel", s.batch_id)) class="danger" {
@@ -319,18 +353,192 @@ pub fn batch(s: &BatchStatus, failed: &[(String, String)], v: &Viewer<'_>) -> Ma
                     span class="hint" { " Queued texts end as cancelled; texts already on their way finish." }
                 }
             }
-            @if !failed.is_empty() {
+            @if page.total > 0 {
                 section aria-labelledby="failed-recipients" {
-                    h2 id="failed-recipients" { "Failed recipients" }
-                    div class="scroll" role="region" aria-label="Failed recipients" tabindex="0" {
+                    h2 id="failed-recipients" { "Failed and undelivered recipients" }
+                    p {
+                        (page.total) " recipient(s): failed (Messenger or Twilio refused the text) or undelivered (the carrier did not deliver it). "
+                        a href=(format!("/dashboard/batches/{}/recipients.csv", s.batch_id)) download { "Download them as CSV" }
+                    }
+                    @if let Some(p) = plan {
+                        form method="post" action=(format!("/dashboard/batches/{}/resend", s.batch_id)) class="resend" {
+                            input type="hidden" name="csrf" value=(v.csrf);
+                            input type="hidden" name="which" value="failed,undelivered";
+                            button type="submit" { "Resend to " (p.recipients) " recipient(s)" }
+                            span class="hint" {
+                                " The same text and merge fields, as a new batch."
+                                @if !p.skipped.is_empty() {
+                                    " Skipped, as they cannot succeed: "
+                                    (p.skipped.iter().map(|(k, n)| format!("{n} {}", k.replace('_', " "))).collect::<Vec<_>>().join(", ")) "."
+                                }
+                            }
+                        }
+                    } @else if !s.is_complete() {
+                        p class="hint" { "A resend is possible once the batch is complete." }
+                    }
+                    @let vars: Vec<&String> = s.variables.iter().filter(|n| n.as_str() != "tz").collect();
+                    div class="scroll" role="region" aria-label="Failed and undelivered recipients" tabindex="0" {
                         table {
-                            caption { "Up to 50 recipients that failed, and why" }
-                            thead { tr { th scope="col" { "Recipient" } th scope="col" { "Reason" } } }
-                            tbody { @for (to, why) in failed { tr { th scope="row" { (v.number(to)) } td { (why) } } } }
+                            caption { "The first " (page.recipients.len()) " of " (page.total) ", by number" }
+                            thead { tr {
+                                th scope="col" { "Recipient" } th scope="col" { "State" } th scope="col" { "Reason" } th scope="col" { "What it means" }
+                                @for n in &vars { th scope="col" { (n) } }
+                            } }
+                            tbody {
+                                @for r in &page.recipients {
+                                    tr {
+                                        th scope="row" { (v.number(&r.phone)) }
+                                        td { @if r.state == "undelivered" { "undelivered (carrier)" } @else { "failed" } }
+                                        td { (r.reason) @if let Some(c) = r.error_code { " (" (c) ")" } }
+                                        td { (r.meaning.as_deref().unwrap_or("")) }
+                                        @for n in &vars { td { (r.fields.get(*n).map(String::as_str).unwrap_or("")) } }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
             }
+        },
+    )
+}
+
+/// After a resend from the batch page.
+pub fn resent(out: &ResendOutcome, v: &Viewer<'_>) -> Markup {
+    layout(
+        "Resent",
+        Some(v),
+        "Batches",
+        html! {
+            h1 { "Resent" }
+            @if let Some(b) = &out.batch_id {
+                p { "Batch " a href=(format!("/dashboard/batches/{b}")) { (b) } " texts " (out.recipients) " recipient(s) of "
+                    a href=(format!("/dashboard/batches/{}", out.resend_of)) { (out.resend_of) } " again."
+                    @if out.existing { " (It had been made already: nothing new was queued.)" } }
+            }
+            @if !out.skipped.is_empty() {
+                p { "Skipped, as their texts cannot succeed: "
+                    (out.skipped.iter().map(|(k, n)| format!("{n} {}", k.replace('_', " "))).collect::<Vec<_>>().join(", ")) "." }
+            }
+        },
+    )
+}
+
+/// Filters of the inbox page.
+pub struct InboxFilters<'a> {
+    pub unread: bool,
+    pub batch: Option<&'a str>,
+}
+
+/// The inbox: a customer's threads newest reply first.
+pub fn inbox(customers: &[String], page: &InboxPage, refs: &[String], f: &InboxFilters<'_>, v: &Viewer<'_>) -> Markup {
+    let c = &page.customer;
+    layout(
+        "Inbox",
+        Some(v),
+        "Inbox",
+        html! {
+            h1 { "Inbox of " (c) }
+            p { (page.unread_threads) " thread(s) with unread replies. Tenants' replies, newest first, with what they answered; opening a thread marks it read." }
+            form method="get" action="/dashboard/inbox" class="search" {
+                label for="customer" { "Customer" }
+                select id="customer" name="customer" {
+                    @for x in customers { option value=(x) selected[x == c] { (x) } }
+                }
+                label for="unread" { "Unread only" }
+                input type="checkbox" id="unread" name="unread" value="1" checked[f.unread];
+                label for="batch" { "Replies to batch" }
+                input type="text" id="batch" name="batch" value=(f.batch.unwrap_or("")) placeholder="acme.01k…";
+                button type="submit" { "Show" }
+            }
+            form method="get" action="/dashboard/inbox" class="search" role="search" {
+                label for="phone" { "Find a tenant's phone (E.164) across your customers" }
+                input type="tel" id="phone" name="phone" placeholder="+14155550123" autocomplete="off";
+                button type="submit" { "Find" }
+            }
+            @if page.threads.is_empty() {
+                p { "No replies here." }
+            } @else {
+                div class="scroll" role="region" aria-label="Threads" tabindex="0" {
+                    table class="inbox" {
+                        caption { (page.threads.len()) " thread(s), newest reply first" }
+                        thead { tr { th scope="col" { "Tenant" } th scope="col" { "Unread" } th scope="col" { "Last message" } th scope="col" { "When" } th scope="col" { "Answering" } } }
+                        tbody {
+                            @for (t, r) in page.threads.iter().zip(refs) {
+                                tr class=(if t.unread > 0 { "unread" } else { "" }) {
+                                    th scope="row" {
+                                        a href=(format!("/dashboard/conversations?customer={}&t={}", c, urlencode(r))) {
+                                            (v.number(&t.phone))
+                                        }
+                                        @if !t.fields.is_empty() {
+                                            br;
+                                            span class="hint" { (t.fields.iter().filter(|(k, _)| k.as_str() != "tz").map(|(k, x)| format!("{k}: {x}")).collect::<Vec<_>>().join(" · ")) }
+                                        }
+                                        @if t.opted_out { br; span class="hint" { "opted out" } }
+                                    }
+                                    td { @if t.unread > 0 { strong { (t.unread) } } @else { "0" } }
+                                    td { @if let Some(m) = &t.last { @if m.direction == "inbound" { "Tenant: " } @else { "Sent: " } (desk_preview(&m.body)) } }
+                                    td { (when(t.last_reply_ms)) }
+                                    td {
+                                        @if let Some(b) = &t.batch {
+                                            a href=(format!("/dashboard/batches/{b}")) { (t.batch_label.as_deref().unwrap_or(b)) }
+                                        } @else { "no batch (a number Messenger never texted, or an older thread)" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if let Some(next) = &page.next {
+                    p { a href=(format!("/dashboard/inbox?customer={}&unread={}&batch={}&after={}", c, if f.unread { "1" } else { "" }, urlencode(f.batch.unwrap_or("")), urlencode(next))) { "Older threads" } }
+                }
+            }
+        },
+    )
+}
+
+fn desk_preview(body: &str) -> String {
+    crate::ops::desk::preview(body)
+}
+
+/// A query-string value, percent-encoded (everything but RFC 3986's unreserved characters).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Where a tenant's phone has a thread, for the inbox's search.
+pub struct Found {
+    pub customer: String,
+    pub reference: String,
+    pub last_reply_ms: Option<i64>,
+}
+
+pub fn inbox_search(customers: &[String], phone: &str, hits: &[Found], v: &Viewer<'_>) -> Markup {
+    layout(
+        "Inbox",
+        Some(v),
+        "Inbox",
+        html! {
+            h1 { "Threads with " (v.number(phone)) }
+            p { "Searched " (customers.len().min(200)) " customer(s)." }
+            @if hits.is_empty() {
+                p { "No thread with this number: Messenger has not texted it, and it has not written, in the last 30 days." }
+            } @else {
+                ul {
+                    @for h in hits {
+                        li {
+                            a href=(format!("/dashboard/conversations?customer={}&t={}", h.customer, urlencode(&h.reference))) { (h.customer) }
+                            @if let Some(ms) = h.last_reply_ms { " · last reply " (when(ms)) } @else { " · no reply yet" }
+                        }
+                    }
+                }
+            }
+            p { a href="/dashboard/inbox" { "Back to the inbox" } }
         },
     )
 }
@@ -531,12 +739,19 @@ pub fn released(report: &shared::release::ReleaseReport, v: &Viewer<'_>) -> Mark
     )
 }
 
-/// The conversation page: the form (customer, tenant's phone) and, once both are given, the thread.
+/// A thread to show: the messages, the tenant's reference for the reply form, and what was just done.
+pub struct ThreadView<'a> {
+    pub thread: &'a Thread,
+    pub reference: &'a str,
+    pub done: Option<&'a str>,
+}
+
+/// The conversation page: the form (customer, tenant's phone) and, once both are given, the thread with its reply box.
 pub fn conversation(
     customers: &[String],
     customer: &str,
     phone: &str,
-    thread: Option<&Conversation>,
+    view: Option<ThreadView<'_>>,
     v: &Viewer<'_>,
 ) -> Markup {
     layout(
@@ -545,7 +760,7 @@ pub fn conversation(
         "Conversations",
         html! {
             h1 { "Conversations" }
-            p { "A tenant's thread: the texts sent to them and their replies (the last 50, kept 30 days, for customers that record events)." }
+            p { "A tenant's thread: the texts sent to them with their delivery, the texts that could not be sent and why, and their replies (the last 50, kept 30 days). The " a href="/dashboard/inbox" { "Inbox" } " lists the threads with replies." }
             form method="get" action="/dashboard/conversations" class="search" {
                 label for="customer" { "Customer" }
                 select id="customer" name="customer" required {
@@ -557,31 +772,49 @@ pub fn conversation(
                 input type="tel" id="phone" name="phone" value=(phone) placeholder="+14155550123" autocomplete="off" required;
                 button type="submit" { "Show the thread" }
             }
-            @if let Some(c) = thread {
+            @if let Some(ThreadView { thread: c, reference, done }) = view {
                 section aria-labelledby="thread-h" {
                     h2 id="thread-h" { "Thread with " (v.number(&c.phone)) " (" (c.customer) ")" }
+                    @if let Some(d) = done { p class="done" role="status" { (d) } }
                     @if c.opted_out {
                         p class="error" role="status" { "This tenant opted out: nothing is texted to them from any of the customer's numbers until they reply START." }
                     }
-                    @if !c.recording {
-                        p { "This customer does not record events, so no conversation is kept." }
-                    }
                     @if c.messages.is_empty() {
-                        p { "No messages on record." }
+                        p { "Nothing on record for this number in the last 30 days: no text was sent to it or failed, and it has not written. If the tenant says they never got a text, check the number, and the batch's failed and undelivered recipients." }
                     } @else {
                         ol class="thread" {
                             @for m in &c.messages {
                                 @let inbound = m.direction == "inbound";
-                                li class=(if inbound { "msg in" } else { "msg out" }) {
+                                @let failed = m.direction == "failed";
+                                li class=(if inbound { "msg in" } else if failed { "msg out failed" } else { "msg out" }) {
                                     p class="meta" {
-                                        @if inbound { "Tenant → " (v.number(&m.number)) } @else { (v.number(&m.number)) " → tenant" }
-                                        " · " time datetime=(m.at) { (m.at.replace('T', " ").trim_end_matches('Z')) " UTC" }
+                                        @if inbound { "Tenant → " (v.number(m.number.as_deref().unwrap_or(""))) }
+                                        @else if failed { "Not sent" @if let Some(n) = &m.number { " from " (v.number(n)) } }
+                                        @else { (v.number(m.number.as_deref().unwrap_or(""))) " → tenant" }
+                                        " · " time class="local" datetime=(m.at) { (m.at.replace('T', " ").trim_end_matches('Z')) " UTC" }
                                         @if let Some(b) = &m.batch { " · " a href=(format!("/dashboard/batches/{b}")) { "batch " (b) } }
-                                        @if !inbound && m.message_sid.is_none() { " · automatic HELP answer" }
+                                        @if m.direction == "outbound" && m.message_sid.is_none() { " · automatic HELP answer" }
+                                        @if let (false, Some(st)) = (failed, &m.status) { " · " strong { (st) } }
+                                        @if let Some(code) = m.error_code { " · error " (code) }
+                                        @if let Some(why) = &m.meaning { ": " (why) }
                                     }
-                                    p class="body" { (m.body) }
+                                    @if failed {
+                                        p class="body" { "This text could not be sent: " (m.reason.as_deref().unwrap_or("")) }
+                                    } @else {
+                                        p class="body" { (m.body) }
+                                    }
                                 }
                             }
+                        }
+                    }
+                    @if !c.opted_out {
+                        form method="post" action=(format!("/dashboard/conversations/{}/reply", c.customer)) class="reply" {
+                            input type="hidden" name="csrf" value=(v.csrf);
+                            input type="hidden" name="t" value=(reference);
+                            label for="reply-body" { "Answer the tenant" }
+                            textarea id="reply-body" name="body" rows="3" maxlength="1600" required {}
+                            button type="submit" { "Send" }
+                            span class="hint" { " Sent from the number the tenant last wrote to, ahead of bulk texts; quiet hours apply." }
                         }
                     }
                 }
