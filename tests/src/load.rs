@@ -810,6 +810,9 @@ pub async fn fairness_run(cfg: &LoadConfig, probes: usize) -> anyhow::Result<Fai
     })
 }
 
+/// Threads in the first customer's inbox for `loadtest dashboard`.
+pub const INBOX_THREADS: usize = 10_000;
+
 /// What each dashboard page costs with a big backlog queued (`loadtest dashboard`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DashboardReport {
@@ -844,6 +847,23 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
         let r = batches::submit(&mut conn, &req, Duration::from_secs(3600), 5_000, None, None).await?;
         first_batch.get_or_insert(r.batch_id);
     }
+    // The first customer's inbox: 10,000 tenants who wrote, each with a thread answering the first batch.
+    let inbox_of = ids[0].clone();
+    let k = shared::keys::CustomerKeys::new(&inbox_of);
+    let batch = first_batch.clone().unwrap_or_default();
+    let writers = recipients(INBOX_THREADS, 5_000_000);
+    let now = chrono::Utc::now().timestamp_millis();
+    for (c, chunk) in writers.chunks(1_000).enumerate() {
+        let mut p = redis::pipe();
+        for (i, t) in chunk.iter().enumerate() {
+            let ms = now - ((c * 1_000 + i) as i64) * 7;
+            p.zadd(k.inbox(), t, ms).ignore();
+            p.hincr(k.unread(), t, 1).ignore();
+            p.rpush(k.conversation(t), format!("i|{ms}|+14155550100|SM{i:032}|{batch}|When is the water back?"))
+                .ignore();
+        }
+        let _: () = p.query_async(&mut conn).await?;
+    }
     let token = format!("{:032x}", rand::random::<u128>());
     let settings = <ServerArgs as clap::Parser>::parse_from([
         "x",
@@ -865,6 +885,8 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
         "/dashboard/batches".to_owned(),
         format!("/dashboard/batches/{}", first_batch.unwrap_or_default()),
         format!("/dashboard/pools/{}", ids[0]),
+        format!("/dashboard/inbox?customer={inbox_of}"),
+        format!("/dashboard/inbox?customer={inbox_of}&unread=1"),
     ];
     let mut node = redis::Client::open(stack.redis_url.as_str())?.get_connection()?;
     let pages = crate::dashboard::page_costs(&session, &mut node, &pages, rounds).await;

@@ -393,8 +393,165 @@ async fn the_inbox_of_ten_thousand_threads_pages_without_gaps_and_every_page_is_
         (unread["unread_threads"].as_u64(), unread["threads"].as_array().map(Vec::len)),
         (Some(10_000), Some(5))
     );
+    // What the dashboard's inbox costs Redis with 10,000 threads: bounded by the page, not the inbox (the session's
+    // check 4, the customer list 1, the customer 1, the index 1, 3 per thread shown, the unread count 1; with
+    // `unread`, one HGET per entry read: 51 here, all being unread).
+    let session = harness::dashboard::login(&api.base, ADMIN).await;
+    let pages = ["/dashboard/inbox?customer=acme".to_owned(), "/dashboard/inbox?customer=acme&unread=1".to_owned()];
+    let costs = harness::dashboard::page_costs(&session, &mut w.redis.sync_conn(), &pages, 3).await;
+    for (c, bound) in costs.iter().zip([8 + 3 * 50, 8 + 3 * 50 + 51]) {
+        println!("{} -> {} commands {:?}", c.path, c.commands, c.by_command);
+        assert_eq!(c.status, 200, "{}", c.path);
+        assert!(c.commands <= bound as u64, "{} cost {} commands (bound {bound})", c.path, c.commands);
+    }
     let (s, e) = api.call("GET", "/v1/customers/acme/conversations?after=yesterday", Some(APP_A), None).await;
     assert_eq!((s.as_u16(), e["error"]["field"].as_str()), (422, Some("after")), "{e}");
     let (s, e) = api.call("GET", "/v1/customers/acme/conversations?limit=5000", Some(APP_A), None).await;
     assert_eq!(s, 422, "{e}");
+}
+
+/// Acceptance 2: the same desk in Chromium, as a scoped support person (numbers masked, merge fields shown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desk_in_a_real_browser_answers_a_thread_exports_and_resends() {
+    let browser = concat!(env!("CARGO_MANIFEST_DIR"), "/browser");
+    assert!(
+        std::path::Path::new(&format!("{browser}/node_modules/playwright-core")).exists(),
+        "run `npm ci` in tests/browser (scripts/test does it)"
+    );
+    let to = recipients(40, 700);
+    let refused: Vec<String> = to[10..13].to_vec();
+    let unreachable: Vec<String> = to[20..22].to_vec();
+    let mut w = World::start(SimConfig {
+        refuse_recipients: refused.clone(),
+        unreachable_recipients: unreachable.clone(),
+        ..SimConfig::default()
+    })
+    .await;
+    let api = start_api(&w).await;
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &api.base);
+    let (s, _) = api.call("PUT", "/v1/customers/acme", Some(ADMIN), Some(json!({"max_numbers": 2}))).await;
+    assert_eq!(s, 201);
+    let _workers: Vec<_> = (0..2).map(|_| w.worker(8)).collect();
+    let list: Vec<Value> = to
+        .iter()
+        .enumerate()
+        .map(|(i, p)| json!({"to": p, "vars": {"name": name_of(i), "unit": unit_of(i)}}))
+        .collect();
+    let (s, accepted) = api
+        .call(
+            "POST",
+            "/v1/customers/acme/bulk-texts",
+            Some(APP_A),
+            Some(json!({"body": "Hi {{name}}: boiler service in {{unit}} on Monday.", "recipients": list, "label": "Boiler service"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{accepted}");
+    let batch = accepted["batch_id"].as_str().unwrap().to_owned();
+    w.wait_complete(&batch, Duration::from_secs(60)).await;
+    let messages: Vec<_> = w.state().messages;
+    let spam: Vec<String> = messages[..3].iter().map(|m| m.to.clone()).collect();
+    for (i, m) in messages.iter().enumerate() {
+        let p = if i < 3 {
+            callback(&m.sid, &m.to, "undelivered", Some("30007"))
+        } else {
+            callback(&m.sid, &m.to, "delivered", None)
+        };
+        let (code, _) =
+            sim::post_signed(sim::DEFAULT_AUTH_TOKEN, m.status_callback.as_deref().unwrap(), &p).await.unwrap();
+        assert!(code < 300);
+    }
+    let from_of = |r: &str| messages.iter().find(|m| m.to == r).unwrap().from.clone();
+    for (i, r) in to[5..8].iter().enumerate() {
+        let p = inbound_params(r, &from_of(r), &format!("Question #{i}"), &format!("SMbrowser{i:029}"));
+        let (code, _) =
+            sim::post_signed(sim::DEFAULT_AUTH_TOKEN, &format!("{}/twilio/inbound", api.base), &p).await.unwrap();
+        assert_eq!(code, 200);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    w.sim.set_config(SimConfig { refuse_recipients: refused.clone(), ..SimConfig::default() });
+
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/dashboard");
+    std::fs::create_dir_all(shots).unwrap();
+    let answer = "Monday 9-11; leave the unit key with the office.";
+    let out = tokio::process::Command::new("node")
+        .arg(format!("{browser}/desk.mjs"))
+        .args([api.base.as_str(), APP_A, "acme", answer, shots])
+        .output()
+        .await
+        .expect("run node (apt-get install nodejs npm)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser script failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    println!("badge {}; inbox {}", v["badge"], v["inbox"]);
+    println!("thread {}; reply: {}", v["thread_before"], v["reply_done"]);
+    println!(
+        "batch page {:?}: {} rows; {}; {}",
+        v["batch_title"], v["table_rows"], v["resend_button"], v["resend_hint"]
+    );
+    println!("after resend: {}", v["resent"]);
+    println!("axe serious/critical: {}", json!(harness::dashboard::axe_serious(&v)));
+    assert_eq!(v["badge"].as_str().map(|b| b.starts_with('3')), Some(true), "{}", v["badge"]);
+    let inbox = v["inbox"].as_array().unwrap();
+    assert_eq!(inbox.len(), 3);
+    assert_eq!(inbox[0]["tenant"], shared::domain::Masked(&to[7]).to_string(), "newest first, the number masked");
+    assert!(inbox[0]["fields"].as_str().unwrap().contains(&format!("name: {}", name_of(7))), "{}", inbox[0]);
+    assert_eq!(v["thread_url_has_number"], false, "a scoped viewer's URLs carry no number");
+    assert!(v["reply_done"].as_str().unwrap().starts_with("Answer queued"));
+    // The answer reached the simulator from the number the tenant wrote to.
+    let sent = harness::fixtures::wait_until(Duration::from_secs(30), "the answer to be sent", || async {
+        w.state().messages.into_iter().find(|m| m.body == answer)
+    })
+    .await;
+    println!(
+        "the answer went to {} from {} (the tenant wrote to {})",
+        shared::domain::Masked(&sent.to),
+        shared::domain::Masked(&sent.from),
+        shared::domain::Masked(&from_of(&to[7]))
+    );
+    assert_eq!((sent.to.as_str(), sent.from.clone()), (to[7].as_str(), from_of(&to[7])));
+    // The page's table and the export: the 3 refused, 2 unreachable, 3 undelivered, numbers masked, merge fields in.
+    assert_eq!(v["table_rows"], 8);
+    let csv = v["csv"].as_str().unwrap();
+    let (_, listed) = api.call("GET", &format!("/v1/batches/{batch}/recipients"), Some(APP_A), None).await;
+    let expected: BTreeSet<String> = listed["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{},{},{}",
+                shared::domain::Masked(r["phone"].as_str().unwrap()),
+                r["state"].as_str().unwrap(),
+                r["fields"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "phone,state,reason,error_code,meaning,message_sid,name,unit");
+    let got: BTreeSet<String> = lines[1..]
+        .iter()
+        .map(|l| {
+            let c: Vec<&str> = l.split(',').collect();
+            format!("{},{},{}", c[0], c[1], c[c.len() - 2])
+        })
+        .collect();
+    println!("export: {} lines, equal to the API's list: {}", lines.len() - 1, got == expected);
+    assert_eq!(got, expected);
+    assert_eq!(v["resend_button"], "Resend to 5 recipient(s)");
+    assert!(v["resend_hint"].as_str().unwrap().contains("3 landline"), "{}", v["resend_hint"]);
+    let out = api.call("GET", &format!("/v1/batches/{batch}"), Some(APP_A), None).await.1;
+    let resend = out["resent_by"].as_str().expect("resent").to_owned();
+    let done = w.wait_complete(&resend, Duration::from_secs(30)).await;
+    let resent: BTreeSet<String> = w
+        .state()
+        .messages
+        .into_iter()
+        .filter(|m| m.body.contains("boiler service") && messages.iter().all(|x| x.sid != m.sid))
+        .map(|m| m.to)
+        .collect();
+    let want: BTreeSet<String> = unreachable.iter().chain(&spam).cloned().collect();
+    assert_eq!((done.sent, resent), (5, want));
+    harness::dashboard::assert_axe_clean(&v);
+    assert_eq!(v["axe"].as_object().map(|a| a.len()), Some(4), "inbox, thread, batch and resent pages audited");
+    assert_eq!(v["page_errors"].as_array().map(Vec::len), Some(0), "{}", v["page_errors"]);
 }

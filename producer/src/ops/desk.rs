@@ -15,8 +15,9 @@
 //!   counted by reason. Each state of a batch is resent once (`resend_claim.lua`): nobody is texted twice.
 //!
 //! Lists are pages over sorted sets: `after` is an opaque cursor (`<ms>-<member>`) and `has_more` says whether
-//! another page follows. Every page's cost is bounded: at most [`SCAN_ROUNDS`] reads of [`SCAN_CHUNK`] entries to
-//! find a filtered page, then one pipeline for the page's details.
+//! another page follows. Every page's cost is bounded: at most [`SCAN_ROUNDS`] reads (the first of one page and one
+//! more entry, each next one twice as big, up to [`SCAN_CHUNK`]) to find a filtered page, then one pipeline for the
+//! page's details.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -156,6 +157,8 @@ async fn newest_first(
     let mut conn = deps.conn();
     let mut from = after.cloned();
     let mut kept: Vec<Kept> = Vec::new();
+    // The first read asks for one page and one more; a filter that skips entries doubles it, up to SCAN_CHUNK.
+    let mut chunk = (limit + 1).min(SCAN_CHUNK);
     for _ in 0..SCAN_ROUNDS {
         let max = from.as_ref().map_or("+inf".to_owned(), |c| c.ms.to_string());
         let rows: Vec<(String, i64)> = redis::cmd("ZREVRANGEBYSCORE")
@@ -165,10 +168,11 @@ async fn newest_first(
             .arg("WITHSCORES")
             .arg("LIMIT")
             .arg(0)
-            .arg(SCAN_CHUNK)
+            .arg(chunk)
             .query_async(&mut conn)
             .await?;
-        let full = rows.len() == SCAN_CHUNK;
+        let full = rows.len() == chunk;
+        chunk = (chunk * 2).min(SCAN_CHUNK);
         // Entries at the cursor's score come in reverse member order: those at or above its member were on a page
         // already.
         let fresh: Vec<(String, i64)> = rows
