@@ -19,8 +19,8 @@
 -- ARGV[8] prefix of the carrier caps' keys (reserve.lua): this reservation's entry in AT&T's per-minute log is
 --         re-stamped like the window's when the send took longer than the log's slack, so that cap holds by the time
 --         Twilio took the text (the per-second cap is counted at reservation: a second is shorter than the send)
--- KEYS[9] the recipient's conversation LIST (common.lua)   ARGV[9] the text as sent, kept in the conversation (for
---         every customer: the support desk's threads; '' = not kept)
+-- KEYS[9] the recipient's conversation STRING of this epoch (common.lua)   ARGV[9] the text as sent, kept in the
+--         conversation (for every customer: the support desk's threads; '' = not kept)
 -- Returns {'ok', completed 0|1} | {'already'} (same sid recorded before) | {'duplicate'} | {'orphan'}
 
 local batch, state, failures, inflight, unsent, cfg, last = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]

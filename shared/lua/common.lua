@@ -136,22 +136,47 @@ local function release_held(held, sched, now)
   return #jobs
 end
 
--- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept for every customer:
--- `{c:ID}:conv:<tenant E.164>`, a LIST of entries `<dir>|<at ms>|<our number>|<sid>|<batch>|<body>` (dir `o` out,
--- `i` in, `f` a text that could not be sent, its reason as the body; the body last, so it may hold any character),
--- oldest first; the last CONV_MAX kept, and the whole thread dropped CONV_TTL_MS after its last message. Written by
--- the script that records the message (commit.lua for a text sent, fail.lua for a failure, record_inbound.lua for a
--- reply), so the thread and the events agree. Two commands an entry (the trim only once the thread is full): a
--- plain string, no JSON encoding.
-local CONV_MAX, CONV_TTL_MS = 50, 30 * 86400000
+-- Conversations (docs/DESIGN.md, "Conversations"): a tenant's thread with the customer, kept for every customer, in
+-- one STRING per 30-day epoch (`{c:ID}:conv:<epoch>:<tenant E.164>`, keys.rs) of length-prefixed entries
+-- `<bytes>:<entry>`, oldest first, each entry `<dir>|<at ms>|<our number>|<sid>|<batch>|<body>` (dir `o` out, `i` in,
+-- `f` a text that could not be sent, its reason as the body; the body last, so it may hold any character). The
+-- first entry of an epoch creates the string with its expiry in one command (`SET NX PX`, 2 × CONV_TTL_MS); later
+-- ones APPEND (two commands). Past CONV_MAX_BYTES the oldest entries are dropped (rare: about 80 texts a month).
+-- So the last 30 days of a thread are always in the current and the previous epoch's strings, which readers merge
+-- (keys.rs `conversation_entries`). Written by the script that records the message (commit.lua for a text sent,
+-- fail.lua for a failure, record_inbound.lua for a reply), so the thread and the events agree.
+local CONV_MAX, CONV_TTL_MS, CONV_MAX_BYTES = 50, 30 * 86400000, 12000
 -- The support desk's inbox: threads kept per customer (record_inbound.lua), and how many of a thread's newest entries
 -- a reply searches for the text it answers.
 local INBOX_MAX, CONV_SCAN = 100000, 10
 
+-- The entries of a conversation string, oldest first.
+local function conv_entries(s)
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local colon = string.find(s, ':', i, true)
+    local len = colon and tonumber(string.sub(s, i, colon - 1))
+    if not len then break end
+    out[#out + 1] = string.sub(s, colon + 1, colon + len)
+    i = colon + len + 1
+  end
+  return out
+end
+
 local function converse(key, dir, at_ms, number, body, sid, batch)
-  local n = redis.call('RPUSH', key, dir .. '|' .. at_ms .. '|' .. number .. '|' .. sid .. '|' .. batch .. '|' .. body)
-  if n > CONV_MAX then redis.call('LTRIM', key, -CONV_MAX, -1) end
-  redis.call('PEXPIRE', key, CONV_TTL_MS)
+  local e = dir .. '|' .. at_ms .. '|' .. number .. '|' .. sid .. '|' .. batch .. '|' .. body
+  local rec = #e .. ':' .. e
+  if redis.call('SET', key, rec, 'NX', 'PX', 2 * CONV_TTL_MS) then return end
+  if redis.call('APPEND', key, rec) > CONV_MAX_BYTES then
+    -- Keep the newest entries, at most CONV_MAX and about half the bound (the newest one always).
+    local entries, keep, size = conv_entries(redis.call('GET', key)), {}, 0
+    for i = #entries, math.max(1, #entries - CONV_MAX + 1), -1 do
+      size = size + #entries[i]
+      if size > CONV_MAX_BYTES / 2 and #keep > 0 then break end
+      table.insert(keep, 1, #entries[i] .. ':' .. entries[i])
+    end
+    redis.call('SET', key, table.concat(keep), 'KEEPTTL')
+  end
 end
 
 -- Finalises the batch when every accepted job is terminal: the per-recipient states are dropped and the record

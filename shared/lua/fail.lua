@@ -8,8 +8,8 @@
 -- KEYS[1] batch HASH  KEYS[2] batch state HASH  KEYS[3] batch failures HASH  KEYS[4] inflight ZSET
 -- KEYS[5] optouts SET  KEYS[6] unsent ZSET  KEYS[7] customer cfg HASH  KEYS[8] events STREAM
 -- KEYS[9] opt-out records HASH (a 21610 is recorded there as an opt-out Twilio reported)
--- KEYS[10] the recipient's conversation LIST: a permanent failure ('f') is written there with its reason, so a
---          tenant who says "I never got it" has a thread that shows why
+-- KEYS[10] the recipient's conversation STRING of this epoch: a permanent failure ('f') is written there with its
+--          reason, so a tenant who says "I never got it" has a thread that shows why
 -- ARGV[1] recipient   ARGV[2] in-flight member   ARGV[3] kind 'f' | 'o' | 'x'   ARGV[4] reason
 -- ARGV[5] state value the caller saw ('' = any non-terminal)   ARGV[6] window key prefix
 -- ARGV[7] batch retention s

@@ -26,7 +26,8 @@
 --
 -- KEYS[1] received window ZSET of the number   KEYS[2] pool ZSET
 -- KEYS[3] customer cfg HASH   KEYS[4] optouts SET   KEYS[5] opt-out records HASH   KEYS[6] events STREAM
--- KEYS[7] the tenant's conversation LIST   KEYS[8] reviews HASH   KEYS[9] scheduled ZSET   KEYS[10] consent SET
+-- KEYS[7] the tenant's conversation STRING of this epoch   KEYS[8] reviews HASH   KEYS[9] scheduled ZSET
+-- KEYS[10] consent SET
 -- KEYS[11] inbox ZSET   KEYS[12] unread HASH
 -- ARGV[1] message sid   ARGV[2] window ms   ARGV[3] number (To)
 -- ARGV[4] the tenant (From, E.164), or '' to credit only   ARGV[5] body
@@ -88,8 +89,8 @@ batch = batch or ''
 local conv = KEYS[7]
 if batch == '' and conv then
   -- Without events the sticky entry names no batch: the tenant's last text from this number in their thread does.
-  local recent = redis.call('LRANGE', conv, -CONV_SCAN, -1)
-  for i = #recent, 1, -1 do
+  local recent = conv_entries(redis.call('GET', conv) or '')
+  for i = #recent, math.max(1, #recent - CONV_SCAN + 1), -1 do
     local dir, _, num, _, b = string.match(recent[i], '^(%a)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|')
     if dir == 'o' and num == number and b ~= '' then batch = b break end
   end

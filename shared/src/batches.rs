@@ -419,8 +419,15 @@ pub struct BatchStatus {
     pub urgent: bool,
     pub created_ms: i64,
     pub completed_ms: Option<i64>,
+    /// Why texts still wait, one sentence per reason ("12 waiting for quiet hours in America/Los_Angeles until
+    /// 08:00 local (16:00 UTC)"); empty when nothing waits or the batch is complete.
+    pub waiting: Vec<String>,
     /// The same instants as RFC 3339 (UTC).
     pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<String>,
 }
@@ -432,13 +439,25 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Jobs waiting for one zone's quiet hours to end, or for one carrier cap to renew.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+/// Jobs waiting for one zone's quiet hours to end, or for one carrier cap to renew. Serialised with `until` (RFC 3339)
+/// beside `until_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuietWait {
     pub count: u64,
     /// When the latest of them comes due (Redis ms).
     pub until_ms: i64,
+}
+
+impl Serialize for QuietWait {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("QuietWait", 3)?;
+        st.serialize_field("count", &self.count)?;
+        st.serialize_field("until_ms", &self.until_ms)?;
+        st.serialize_field("until", &rfc3339(self.until_ms))?;
+        st.end()
+    }
 }
 
 impl BatchStatus {
@@ -454,6 +473,56 @@ impl BatchStatus {
     /// The enqueue stopped short of the total (the producer died): resubmitting with the same key finishes it.
     pub fn enqueue_incomplete(&self) -> bool {
         self.enqueued < self.total
+    }
+
+    /// Why texts still wait, in words, at `now_ms`: quiet hours per zone (local time and UTC), carrier caps, the
+    /// pool being full, consent reviews, a schedule; and how many are simply queued for the workers.
+    pub fn waiting_at(&self, now_ms: i64) -> Vec<String> {
+        if self.is_complete() || self.pending() == 0 {
+            return Vec::new();
+        }
+        let utc = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .map(|t| t.format("%H:%M UTC, %b %-d").to_string())
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        if let Some(at) = self.send_at_ms.filter(|at| *at > now_ms) {
+            out.push(format!("{} scheduled for {}", self.pending(), utc(at)));
+        }
+        for (zone, w) in &self.quiet_by_zone {
+            let local = zone
+                .parse::<chrono_tz::Tz>()
+                .ok()
+                .and_then(|tz| chrono::DateTime::from_timestamp_millis(w.until_ms).map(|t| t.with_timezone(&tz)))
+                .map(|t| format!("{} local (", t.format("%H:%M")))
+                .unwrap_or_else(|| "(".to_owned());
+            out.push(format!(
+                "{} waiting for quiet hours in {zone} to end, until {local}{})",
+                w.count,
+                utc(w.until_ms)
+            ));
+        }
+        for (cap, w) in &self.capped_by_cap {
+            let name = match cap.as_str() {
+                "tmobile" | "tmo" => "T-Mobile's daily",
+                "att" => "AT&T's per-minute",
+                "mps" | "all" => "the campaign's per-second",
+                other => other,
+            };
+            out.push(format!("{} held by {name} cap until {}", w.count, utc(w.until_ms)));
+        }
+        if self.deferred > 0 {
+            let why = self.deferred_reason.as_deref().unwrap_or("no number can be added");
+            out.push(format!("{} waiting for a number to free up ({why})", self.deferred));
+        }
+        if self.held_for_review > 0 {
+            out.push(format!("{} held while a tenant's reply waits for a consent review", self.held_for_review));
+        }
+        if self.queued > 0 && self.send_at_ms.is_none_or(|at| at <= now_ms) {
+            out.push(format!("{} queued for the workers", self.queued));
+        }
+        out
     }
 }
 
@@ -491,7 +560,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         m.iter().filter_map(|(f, v)| f.strip_prefix(prefix).map(|r| (r.to_owned(), v.parse().unwrap_or(0)))).collect()
     };
     let completed_ms: Option<i64> = m.get("completed_ms").and_then(|v| v.parse().ok());
-    Ok(Some(BatchStatus {
+    let mut status = BatchStatus {
         batch_id: id.to_string(),
         customer: id.customer().to_string(),
         label: m.get("label").cloned(),
@@ -499,6 +568,8 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         resend_of: m.get("resend_of").cloned(),
         resent_by: m.get("resent_by").cloned(),
         created_at: rfc3339(n("created_ms") as i64),
+        send_at: opt("send_at").map(rfc3339),
+        expires_at: opt("expires").map(rfc3339),
         completed_at: completed_ms.map(rfc3339),
         state: m.get("state").cloned().unwrap_or_default(),
         total,
@@ -532,7 +603,10 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         urgent: m.get("urgent").map(String::as_str) == Some("1"),
         created_ms: n("created_ms") as i64,
         completed_ms,
-    }))
+        waiting: Vec::new(),
+    };
+    status.waiting = status.waiting_at(chrono::Utc::now().timestamp_millis());
+    Ok(Some(status))
 }
 
 /// Failed recipients of a batch and why (kept with the batch record).

@@ -38,7 +38,7 @@
 //! (reserve.lua builds `review`, `consent` and `held:` from the cfg key's `{c:ID}:`, only when a customer uses them:
 //! the test below keeps those names and this module's in step.)
 //! | `{c:ID}:consent` | SET | recipients with an opt-in on record (an API opt-in, or their own START) |
-//! | `{c:ID}:conv:<E.164>` | LIST | a tenant's conversation: `<o|i>|<ms>|<number>|<sid>|<batch>|<body>` entries (`o` sent, `i` received, `f` could not be sent), oldest first, the last 50 and 30 days after the last message; kept for every customer |
+//! | `{c:ID}:conv:<epoch>:<E.164>` | STRING | a tenant's conversation in one 30-day epoch: length-prefixed `<bytes>:<entry>` entries `<o|i|f>|<ms>|<number>|<sid>|<batch>|<body>` (`o` sent, `i` received, `f` could not be sent), oldest first, at most 12,000 bytes; expires 60 days after its first entry; kept for every customer (a thread is the last 30 days of this epoch's string and the one before) |
 //! | `{c:ID}:events:lease` | STRING | the `producer serve` delivering its events (`SET NX PX`; 3 s + the delivery timeout + 5 s) |
 //! | `{c:ID}:events:lanes` | HASH | delivery progress: lane → last event id handled; `start` (delivery begins after it) |
 //! | `{c:ID}:events:retry` | HASH | lane → its failing head event `<id>|<attempts>|<due ms>` |
@@ -206,9 +206,19 @@ impl CustomerKeys {
     pub fn events_dead_why(&self) -> String {
         self.key("events:dead:why")
     }
-    /// A tenant's conversation with the customer (LIST; common.lua `converse`).
+    /// A tenant's conversation with the customer in the current 30-day epoch (STRING of length-prefixed entries;
+    /// common.lua `converse`), the one written to now.
     pub fn conversation(&self, tenant: &str) -> String {
-        self.key(&format!("conv:{tenant}"))
+        self.conversation_in(tenant, conversation_epoch(chrono::Utc::now().timestamp_millis()))
+    }
+    /// A tenant's conversation list of one 30-day epoch.
+    pub fn conversation_in(&self, tenant: &str, epoch: i64) -> String {
+        self.key(&format!("conv:{epoch}:{tenant}"))
+    }
+    /// The lists a thread's last 30 days are in at `now_ms`: the previous epoch's, then the current one's.
+    pub fn conversations(&self, tenant: &str, now_ms: i64) -> [String; 2] {
+        let e = conversation_epoch(now_ms);
+        [self.conversation_in(tenant, e - 1), self.conversation_in(tenant, e)]
     }
     /// Opt-out records: recipient → its opt-outs and opt-ins, newest last (JSON).
     /// Suspected revocations waiting for a person (HASH).
@@ -287,6 +297,33 @@ impl CustomerKeys {
     }
 }
 
+/// How long one conversation string collects messages (30 days). It expires two epochs after its first message,
+/// set when it is created (common.lua `converse`: `SET NX PX`, then `APPEND`), so a thread's last 30 days are always
+/// in the current and the previous epoch's strings.
+pub const CONVERSATION_EPOCH_MS: i64 = 30 * 86_400_000;
+
+/// The conversation epoch of an instant (ms).
+pub fn conversation_epoch(ms: i64) -> i64 {
+    ms.div_euclid(CONVERSATION_EPOCH_MS)
+}
+
+/// The entries of a conversation string (common.lua `converse`: length-prefixed, `<bytes>:<entry>`), oldest first.
+pub fn conversation_entries(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some((len, tail)) = rest.split_once(':') {
+        let Some(entry) = len.parse::<usize>().ok().and_then(|n| tail.get(..n)) else { break };
+        out.push(entry.to_owned());
+        rest = &tail[entry.len()..];
+    }
+    out
+}
+
+/// One conversation entry as `converse` stores it (for tools that write threads directly).
+pub fn conversation_record(entry: &str) -> String {
+    format!("{}:{entry}", entry.len())
+}
+
 /// A job as stored in the queue: `<batch local id>|<recipient E.164>`, about 40 bytes, and for a personalised batch
 /// `|<values>` after it (the recipient's merge-field values in the batch's order of variables).
 ///
@@ -317,6 +354,13 @@ pub fn window_entries_after(window: &[String], horizon: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conversation_entries_parse_what_converse_writes() {
+        let raw = ["o|1|+1|SM1|b|Hi: there | all", "i|2|+1|SM2||¿Qué? 2:3"].map(conversation_record).concat();
+        assert_eq!(conversation_entries(&raw), vec!["o|1|+1|SM1|b|Hi: there | all", "i|2|+1|SM2||¿Qué? 2:3"]);
+        assert_eq!(conversation_entries("5:abc"), Vec::<String>::new(), "a cut entry is not read");
+    }
 
     #[test]
     fn every_customer_key_shares_one_hash_tag() {

@@ -859,8 +859,8 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
             let ms = now - ((c * 1_000 + i) as i64) * 7;
             p.zadd(k.inbox(), t, ms).ignore();
             p.hincr(k.unread(), t, 1).ignore();
-            p.rpush(k.conversation(t), format!("i|{ms}|+14155550100|SM{i:032}|{batch}|When is the water back?"))
-                .ignore();
+            let entry = format!("i|{ms}|+14155550100|SM{i:032}|{batch}|When is the water back?");
+            p.set(k.conversation(t), shared::keys::conversation_record(&entry)).ignore();
         }
         let _: () = p.query_async(&mut conn).await?;
     }

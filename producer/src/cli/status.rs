@@ -51,6 +51,15 @@ pub async fn run(settings: Settings, args: StatusArgs) -> Result<ExitCode, Failu
         }
     }
     if args.wait && !status.is_complete() {
+        let why = if status.waiting.is_empty() { String::new() } else { format!(": {}", status.waiting.join("; ")) };
+        eprintln!(
+            "gave up waiting after {} s with {} of {} texts not finished{why}. The batch goes on; run `producer status {}` \
+             again to follow it.",
+            args.timeout.unwrap_or_default(),
+            status.pending(),
+            status.total,
+            status.batch_id
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -70,9 +79,13 @@ async fn wait_for(deps: &Deps, id: &BatchId, timeout: Option<Duration>, quiet: b
         }
         if let Some(b) = &bar {
             b.set_position(status.terminal());
+            let waiting = status.waiting.iter().find(|w| !w.ends_with("queued for the workers"));
             b.set_message(format!(
-                "sent {} · failed {} · opted out {} · deferred {}",
-                status.sent, status.failed, status.opted_out, status.deferred
+                "sent {} · failed {} · opted out {}{}",
+                status.sent,
+                status.failed,
+                status.opted_out,
+                waiting.map(|w| format!(" · {w}")).unwrap_or_default()
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -86,6 +99,12 @@ async fn wait_for(deps: &Deps, id: &BatchId, timeout: Option<Duration>, quiet: b
 
 pub fn print_status(s: &BatchStatus) {
     println!("batch {}  (customer {})  state: {}", s.batch_id, s.customer, s.state);
+    if let Some(l) = &s.label {
+        println!("  label: {l}");
+    }
+    for w in &s.waiting {
+        println!("  now: {w}");
+    }
     if s.variables.is_empty() {
         println!(
             "  total {} recipients ({} duplicates removed), {} segments each ({})",

@@ -392,7 +392,8 @@ pub struct OptOutRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub under_review: Option<Review>,
     pub history: Vec<OptOutEntry>,
-    /// Whether the texts around each change below could be read (the customer keeps conversations).
+    /// Whether the texts around each change below could be read: conversations are kept for every customer now, so
+    /// this is true (kept for clients of the earlier API).
     pub texts_recorded: bool,
 }
 
@@ -477,16 +478,19 @@ pub async fn record(deps: &Deps, id: &CustomerId, phone_raw: &str) -> Result<Opt
     let to = PhoneNumber::parse(phone_raw).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
     customers::get(deps, id).await?;
     let k = CustomerKeys::new(id);
-    type Read = (bool, bool, Option<String>, Option<String>, Option<String>, Vec<String>);
-    let (out, consent, stored, review, recording, thread): Read = redis::pipe()
+    type Read = (bool, bool, Option<String>, Option<String>, Option<String>, Option<String>);
+    let now = chrono::Utc::now().timestamp_millis();
+    let [prev, cur] = k.conversations(to.as_str(), now);
+    let (out, consent, stored, review, prev, cur): Read = redis::pipe()
         .sismember(k.optouts(), to.as_str())
         .sismember(k.consent(), to.as_str())
         .hget(k.optout_records(), to.as_str())
         .hget(k.reviews(), to.as_str())
-        .hget(k.cfg(), "events")
-        .lrange(k.conversation(to.as_str()), 0, -1)
+        .get(prev)
+        .get(cur)
         .query_async(&mut deps.conn())
         .await?;
+    let thread = super::desk::merge_thread(super::desk::entries_of(prev), super::desk::entries_of(cur), now);
     let rows: Vec<BTreeMap<String, serde_json::Value>> =
         stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
     // The texts sent to the tenant, oldest first (`o|<ms>|<number>|<sid>|…` entries of the conversation).
@@ -516,7 +520,7 @@ pub async fn record(deps: &Deps, id: &CustomerId, phone_raw: &str) -> Result<Opt
         consent_on_record: consent,
         under_review: review.and_then(|r| review_of(to.as_str(), &r, now_ms())),
         history,
-        texts_recorded: recording.as_deref() == Some("1"),
+        texts_recorded: true,
     })
 }
 

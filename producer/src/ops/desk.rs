@@ -46,8 +46,29 @@ pub const RECIPIENTS_DEFAULT: usize = 100;
 /// and a cursor to go on from.
 pub const SCAN_CHUNK: usize = 500;
 pub const SCAN_ROUNDS: usize = 20;
-/// How many of a thread's newest entries are searched for the batch it answers (common.lua `CONV_SCAN`).
-const THREAD_TAIL: isize = 10;
+
+/// Most messages a thread shows (common.lua `CONV_MAX`), and for how long (its `CONV_TTL_MS`).
+pub const THREAD_MAX: usize = 50;
+pub const THREAD_DAYS_MS: i64 = 30 * 86_400_000;
+
+/// The entries of a stored conversation string (none when it is absent).
+pub fn entries_of(raw: Option<String>) -> Vec<String> {
+    raw.map(|r| shared::keys::conversation_entries(&r)).unwrap_or_default()
+}
+
+/// A thread from its two lists (the previous epoch's, then the current one's: keys.rs `conversations`): the entries
+/// of the last 30 days, the newest [`THREAD_MAX`].
+pub fn merge_thread(prev: Vec<String>, cur: Vec<String>, now_ms: i64) -> Vec<String> {
+    let since = now_ms - THREAD_DAYS_MS;
+    let mut all: Vec<String> = prev
+        .into_iter()
+        .chain(cur)
+        .filter(|e| e.split('|').nth(1).and_then(|ms| ms.parse::<i64>().ok()).is_some_and(|ms| ms >= since))
+        .collect();
+    let extra = all.len().saturating_sub(THREAD_MAX);
+    all.drain(..extra);
+    all
+}
 
 /// The states a batch's recipients can be listed and resent by.
 pub const STATES: [&str; 2] = ["failed", "undelivered"];
@@ -281,14 +302,17 @@ async fn summaries(deps: &Deps, id: &CustomerId, rows: &[(String, i64)]) -> Resu
         return Ok(Vec::new());
     }
     let k = CustomerKeys::new(id);
+    let now = chrono::Utc::now().timestamp_millis();
     let mut p = redis::pipe();
     for (phone, _) in rows {
-        p.hget(k.unread(), phone).lrange(k.conversation(phone), -THREAD_TAIL, -1).sismember(k.optouts(), phone);
+        let [prev, cur] = k.conversations(phone, now);
+        p.hget(k.unread(), phone).get(prev).get(cur).sismember(k.optouts(), phone);
     }
-    let got: Vec<(Option<u64>, Vec<String>, bool)> = p.query_async(&mut deps.conn()).await?;
+    let got: Vec<(Option<u64>, Option<String>, Option<String>, bool)> = p.query_async(&mut deps.conn()).await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut wanted: Vec<(usize, BatchId)> = Vec::new();
-    for (i, ((phone, ms), (unread, tail, opted_out))) in rows.iter().zip(got).enumerate() {
+    for (i, ((phone, ms), (unread, prev, cur, opted_out))) in rows.iter().zip(got).enumerate() {
+        let tail = merge_thread(entries_of(prev), entries_of(cur), now);
         let entries: Vec<Entry> = tail.iter().filter_map(|e| Entry::parse(e)).collect();
         let batch = entries.iter().rev().find_map(|e| e.batch.clone());
         if let Some(b) = batch.as_deref().and_then(|b| BatchId::parse(b).ok()).filter(|b| b.customer() == id) {
@@ -475,12 +499,16 @@ pub async fn thread(deps: &Deps, id: &CustomerId, phone: &str) -> Result<Thread,
     let phone = PhoneNumber::parse(phone).map_err(|e| OpsError::invalid("phone", e.to_string()))?;
     customers::get(deps, id).await?;
     let k = CustomerKeys::new(id);
-    let (opted_out, unread, rows): (bool, Option<u64>, Vec<String>) = redis::pipe()
+    let now = chrono::Utc::now().timestamp_millis();
+    let [prev, cur] = k.conversations(phone.as_str(), now);
+    let (opted_out, unread, prev, cur): (bool, Option<u64>, Option<String>, Option<String>) = redis::pipe()
         .sismember(k.optouts(), phone.as_str())
         .hget(k.unread(), phone.as_str())
-        .lrange(k.conversation(phone.as_str()), 0, -1)
+        .get(prev)
+        .get(cur)
         .query_async(&mut deps.conn())
         .await?;
+    let rows = merge_thread(entries_of(prev), entries_of(cur), now);
     let entries: Vec<Entry> = rows.iter().filter_map(|r| Entry::parse(r)).collect();
     // Each text sent: its furthest delivery report, and the carrier's code when it was not delivered.
     let sent: Vec<(usize, BatchId, String)> = entries
@@ -1054,6 +1082,19 @@ mod tests {
         assert_eq!(f.get("name").map(String::as_str), Some("Ann"));
         assert_eq!(f.get("unit").map(String::as_str), Some("3B"));
         assert!(fields_of(None, Some(&v)).is_empty());
+    }
+
+    #[test]
+    fn a_thread_is_the_last_thirty_days_of_its_two_lists_newest_fifty() {
+        let now = 100 * THREAD_DAYS_MS;
+        let e = |ms: i64| format!("o|{ms}|+14155550100|SM1|acme.x|hi");
+        let prev = vec![e(now - THREAD_DAYS_MS - 1), e(now - THREAD_DAYS_MS + 5)];
+        let cur: Vec<String> = (0..60).map(|i| e(now - 1000 + i)).collect();
+        let t = merge_thread(prev.clone(), cur, now);
+        assert_eq!(t.len(), THREAD_MAX);
+        assert_eq!(t.last().unwrap(), &e(now - 1000 + 59));
+        let t = merge_thread(prev, vec![e(now)], now);
+        assert_eq!(t, vec![e(now - THREAD_DAYS_MS + 5), e(now)], "older than 30 days left out, order kept");
     }
 
     #[test]

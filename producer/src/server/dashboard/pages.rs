@@ -389,7 +389,7 @@ pub fn batch(s: &BatchStatus, page: &RecipientPage, plan: Option<&ResendOutcome>
                                     tr {
                                         th scope="row" { (v.number(&r.phone)) }
                                         td { @if r.state == "undelivered" { "undelivered (carrier)" } @else { "failed" } }
-                                        td { (r.reason) @if let Some(c) = r.error_code { " (" (c) ")" } }
+                                        td { (r.reason) @if let Some(c) = r.error_code.filter(|c| !r.reason.contains(&c.to_string())) { " (" (c) ")" } }
                                         td { (r.meaning.as_deref().unwrap_or("")) }
                                         @for n in &vars { td { (r.fields.get(*n).map(String::as_str).unwrap_or("")) } }
                                     }
@@ -560,10 +560,14 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
             label for="batch-progress" { (percent(s)) "% done: " (s.terminal()) " of " (s.total) " texts settled" }
             progress id="batch-progress" max=(s.total.max(1)) value=(s.terminal()) { (percent(s)) "%" }
             (batch_bar(s))
-            p class="state" role="status" { "State: " strong { (s.state) } @if s.cancel_requested { " (cancel requested)" } }
+            p class="state" role="status" {
+                "State: " strong { (s.state) } @if s.cancel_requested { " (cancel requested)" }
+                @for w in &s.waiting { br; (w) }
+            }
             dl class="figures" {
                 div { dt { "Sent" } dd { (s.sent) } }
                 div { dt { "Failed" } dd { (s.failed) } }
+                div { dt { "Undelivered (carrier)" } dd { (s.undelivered) } }
                 div { dt { "Opted out" } dd { (s.opted_out) } }
                 div { dt { "Cancelled" } dd { (s.cancelled) } }
                 div { dt { "Expired" } dd { (s.expired) } }
@@ -691,7 +695,7 @@ pub fn pool_live(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup 
                             th scope="row" { (v.number(&n.number)) }
                             td { meter min="0" max=(n.limit.max(1)) value=(n.sent) aria-label=(format!("{} of {} used", n.sent, n.limit)) { (n.sent) " of " (n.limit) } }
                             td { (n.sent) " / " (n.limit) }
-                            td { (n.received) }
+                            td { @if n.received > 0 { a href=(format!("/dashboard/inbox?customer={}", p.customer)) { (n.received) } } @else { "0" } }
                             td { (n.last_send_ms.map(time).unwrap_or_else(|| "never".into())) }
                             td { (time(n.bought_ms)) }
                         }
