@@ -876,6 +876,7 @@ pub async fn get_conversation(
 
 /// `GET /v1/customers/{id}/conversations` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InboxParams {
     /// Only threads with replies not read yet.
@@ -931,6 +932,7 @@ pub async fn post_read(
 
 /// `GET /v1/customers/{id}/batches` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BatchListParams {
     /// `bulk`, `answer` (single messages) or `resend`.
@@ -963,6 +965,7 @@ pub async fn get_batches(
 
 /// `GET /v1/batches/{id}/recipients` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientParams {
     /// Comma-separated: `failed` (refused before or by Twilio), `undelivered` (the carrier did not deliver it);
