@@ -308,7 +308,9 @@ async fn summaries(deps: &Deps, id: &CustomerId, rows: &[(String, i64)]) -> Resu
         let [prev, cur] = k.conversations(phone, now);
         p.hget(k.unread(), phone).get(prev).get(cur).sismember(k.optouts(), phone);
     }
-    let got: Vec<(Option<u64>, Option<String>, Option<String>, bool)> = p.query_async(&mut deps.conn()).await?;
+    // Per thread: unread replies, the last epoch's and this epoch's conversation, opted out.
+    type Read = (Option<u64>, Option<String>, Option<String>, bool);
+    let got: Vec<Read> = p.query_async(&mut deps.conn()).await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut wanted: Vec<(usize, BatchId)> = Vec::new();
     for (i, ((phone, ms), (unread, prev, cur, opted_out))) in rows.iter().zip(got).enumerate() {
@@ -337,7 +339,9 @@ async fn summaries(deps: &Deps, id: &CustomerId, rows: &[(String, i64)]) -> Resu
     for (i, b) in &wanted {
         p.cmd("HMGET").arg(k.batch(b)).arg("vars").arg("label").hget(k.batch_values(b), &out[*i].phone);
     }
-    let got: Vec<((Option<String>, Option<String>), Option<String>)> = p.query_async(&mut deps.conn()).await?;
+    // Per thread answering a batch: the batch's variables and label, and the tenant's values.
+    type Fields = ((Option<String>, Option<String>), Option<String>);
+    let got: Vec<Fields> = p.query_async(&mut deps.conn()).await?;
     for ((i, _), ((vars, label), values)) in wanted.iter().zip(got) {
         let t = &mut out[*i];
         t.batch_label = label;
