@@ -41,7 +41,10 @@ for i = FIRST, #ARGV do
 end
 local count = #ARGV - FIRST + 1
 if #values > 0 then
-  redis.call('HSET', KEYS[5], unpack(values))
+  -- In slices: Lua unpacks at most a few thousand values at once.
+  for i = 1, #values, 2000 do
+    redis.call('HSET', KEYS[5], unpack(values, i, math.min(i + 1999, #values)))
+  end
   redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
 end
 if #jobs > 0 then

@@ -259,7 +259,7 @@ async fn a_support_desk_lists_replies_and_failures_and_resends_to_exactly_the_fa
             "POST",
             "/v1/customers/acme/bulk-texts",
             Some(APP_A),
-            Some(json!({"body": "Later", "recipients": [to[0]], "send_at": (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339()})),
+            Some(json!({"body": "Later", "recipients": [to[0]], "idempotency_key": "later-1", "send_at": (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339()})),
         )
         .await;
     assert_eq!(s, 202, "{later}");
@@ -276,6 +276,17 @@ async fn a_support_desk_lists_replies_and_failures_and_resends_to_exactly_the_fa
     let (s, _) =
         api.call("POST", &format!("/v1/batches/{batch}/resend"), Some(APP_B), Some(json!({"which": ["failed"]}))).await;
     assert_eq!(s, 403);
+    // A resend whose key belongs to another request is refused, and gives its claim back: the real one still goes.
+    let (s, e) = api
+        .call(
+            "POST",
+            &format!("/v1/batches/{batch}/resend"),
+            Some(APP_A),
+            Some(json!({"which": ["failed"], "idempotency_key": "later-1"})),
+        )
+        .await;
+    println!("a resend reusing another request's key: {s} {e}");
+    assert_eq!(s, 409, "{e}");
     assert_eq!(w.state().messages.len(), sent_before, "bad input texted nobody");
 
     // The resend: its count first (dry run), then the batch; exactly the ones that can succeed get it.
@@ -388,6 +399,18 @@ async fn the_inbox_of_ten_thousand_threads_pages_without_gaps_and_every_page_is_
     }
     println!("10,000 threads in {pages} pages of 200, each once");
     assert_eq!(seen.len(), 10_000);
+    // One at a time over replies that share a millisecond (three a millisecond here): none skipped, none repeated.
+    let (_, first) = api.call("GET", "/v1/customers/acme/conversations?limit=12", Some(APP_A), None).await;
+    let twelve: Vec<&str> = first["threads"].as_array().unwrap().iter().map(|t| t["phone"].as_str().unwrap()).collect();
+    let mut one_by_one = Vec::new();
+    let mut after = String::new();
+    while one_by_one.len() < 12 {
+        let (_, page) =
+            api.call("GET", &format!("/v1/customers/acme/conversations?limit=1{after}"), Some(APP_A), None).await;
+        one_by_one.push(page["threads"][0]["phone"].as_str().unwrap().to_owned());
+        after = format!("&after={}", page["next"].as_str().unwrap().replace('+', "%2B"));
+    }
+    assert_eq!(one_by_one, twelve, "pages of one across ties");
     let (_, unread) = api.call("GET", "/v1/customers/acme/conversations?unread=true&limit=5", Some(APP_A), None).await;
     assert_eq!(
         (unread["unread_threads"].as_u64(), unread["threads"].as_array().map(Vec::len)),

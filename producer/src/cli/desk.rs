@@ -30,16 +30,8 @@ pub async fn recipients(settings: Settings, args: RecipientsArgs) -> Result<Exit
         print!("{}", desk::recipients_csv(&deps, &id, &states).await?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut after: Option<String> = None;
-    let mut all = Vec::new();
-    let total = loop {
-        let page = desk::recipients(&deps, &id, &states, after.as_deref(), Some(desk::RECIPIENTS_MAX)).await?;
-        all.extend(page.recipients);
-        match page.next {
-            Some(n) if page.has_more => after = Some(n),
-            _ => break page.total,
-        }
-    };
+    let all = desk::all_recipients(&deps, &id, &states).await?;
+    let total = all.len();
     if args.json {
         print_json(&all);
         return Ok(ExitCode::SUCCESS);

@@ -46,6 +46,8 @@ pub const RECIPIENTS_DEFAULT: usize = 100;
 /// and a cursor to go on from.
 pub const SCAN_CHUNK: usize = 500;
 pub const SCAN_ROUNDS: usize = 20;
+/// How many entries on one millisecond a page reads past at most (replies landing in the same millisecond).
+const TIE_CHUNK_MAX: usize = 8_000;
 
 /// Most messages a thread shows (common.lua `CONV_MAX`), and for how long (its `CONV_TTL_MS`).
 pub const THREAD_MAX: usize = 50;
@@ -193,7 +195,6 @@ async fn newest_first(
             .query_async(&mut conn)
             .await?;
         let full = rows.len() == chunk;
-        chunk = (chunk * 2).min(SCAN_CHUNK);
         // Entries at the cursor's score come in reverse member order: those at or above its member were on a page
         // already.
         let fresh: Vec<(String, i64)> = rows
@@ -201,6 +202,11 @@ async fn newest_first(
             .filter(|(m, s)| from.as_ref().is_none_or(|c| *s < c.ms || m.as_str() < c.member.as_str()))
             .collect();
         let Some(last) = fresh.last().cloned() else {
+            if full && chunk < TIE_CHUNK_MAX {
+                // A full read of entries all on the cursor's millisecond, every one shown already: read more of them.
+                chunk = (chunk * 4).min(TIE_CHUNK_MAX);
+                continue;
+            }
             return Ok((kept, false, None));
         };
         let verdicts = keep.verdicts(deps, &fresh).await?;
@@ -216,6 +222,7 @@ async fn newest_first(
         if !full {
             return Ok((kept, false, None));
         }
+        chunk = (chunk * 2).clamp(1, SCAN_CHUNK);
     }
     // The scan budget is spent: what was found, and where to go on from.
     Ok((kept, true, from))
@@ -816,6 +823,18 @@ pub async fn recipients(
     })
 }
 
+/// Every recipient of `batch` in `states`, by phone, with merge fields (one read of each record: for the CLI).
+pub async fn all_recipients(
+    deps: &Deps,
+    batch: &BatchId,
+    states: &[&'static str],
+) -> Result<Vec<RecipientRow>, OpsError> {
+    batch_ops::status(deps, batch).await?;
+    let mut all = all_in_states(deps, batch, states).await?;
+    with_fields(deps, batch, &mut all).await?;
+    Ok(all)
+}
+
 /// Every recipient of `batch` in `states` as CSV: phone, state, reason, code, meaning, message sid, then the
 /// batch's merge fields (formulas defused).
 pub async fn recipients_csv(deps: &Deps, batch: &BatchId, states: &[&'static str]) -> Result<String, OpsError> {
@@ -991,6 +1010,16 @@ pub async fn resend(deps: &Deps, batch: &BatchId, req: &Resend) -> Result<Resend
     };
     let names: Vec<String> =
         vars.filter(|v| !v.is_empty()).map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default();
+    let renders_fields = req.body.as_deref().or(template.as_deref()).is_some_and(|b| b.contains("{{"));
+    if renders_fields && chosen.iter().any(|r| r.fields.is_empty()) {
+        return Err(OpsError::invalid(
+            "body",
+            format!(
+                "batch {batch}'s merge values are no longer kept for some of these recipients (the batch predates \
+                 keeping them, or they expired): give a body without merge fields"
+            ),
+        ));
+    }
     let bulk = BulkRequest {
         customer: batch.customer().to_string(),
         body: req.body.clone().or(template).unwrap_or_default(),
@@ -1019,14 +1048,17 @@ pub async fn resend(deps: &Deps, batch: &BatchId, req: &Resend) -> Result<Resend
     let mut prepared = texts::prepare_blocking(bulk).await?;
     prepared.batch.resend_of = Some(batch.to_string());
     // Claim the states for this resend before anything is queued: a second, different resend is refused.
-    let mut claim = scripts::RESEND_CLAIM.key(k.batch(batch));
-    claim.arg(&key);
-    for s in &states {
-        claim.arg(*s);
-    }
-    let reply = strings(claim.run(&mut deps.conn()).await?);
-    match reply.first().map(String::as_str) {
-        Some("claimed") => {}
+    let claim_call = |mode: &str| {
+        let mut claim = scripts::RESEND_CLAIM.key(k.batch(batch));
+        claim.arg(mode).arg(&key);
+        for s in &states {
+            claim.arg(*s);
+        }
+        claim
+    };
+    let reply = strings(claim_call("claim").run(&mut deps.conn()).await?);
+    let fresh_claim = match reply.first().map(String::as_str) {
+        Some("claimed") => reply.get(1).map(String::as_str) == Some("1"),
         Some("taken") => {
             return Err(OpsError::Conflict {
                 field: Some("which"),
@@ -1039,11 +1071,23 @@ pub async fn resend(deps: &Deps, batch: &BatchId, req: &Resend) -> Result<Resend
             });
         }
         _ => return Err(batch_ops::unknown(batch)),
-    }
-    let accepted = texts::enqueue(deps, prepared, Enqueue::BULK, None).await?;
-    let _: () = redis::cmd("HSET")
+    };
+    let accepted = match texts::enqueue(deps, prepared, Enqueue::BULK, None).await {
+        Ok(a) => a,
+        // Refused before anything was queued (the key names another request's batch, the customer is gone): a claim
+        // this call made is given back, so a corrected request can resend. A claim from an earlier call stays: its
+        // batch may hold texts already.
+        Err(e @ (OpsError::Conflict { .. } | OpsError::NotFound(_) | OpsError::Invalid(_))) if fresh_claim => {
+            let _: redis::Value = claim_call("release").run(&mut deps.conn()).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    // Linked both ways (a field of the first batch's record only while it exists: HSET would create one).
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg("if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'resent_by', ARGV[1]) end")
+        .arg(1)
         .arg(k.batch(batch))
-        .arg("resent_by")
         .arg(&accepted.batch_id)
         .query_async(&mut deps.conn())
         .await?;

@@ -815,6 +815,7 @@ pub fn conversation(
                         form method="post" action=(format!("/dashboard/conversations/{}/reply", c.customer)) class="reply" {
                             input type="hidden" name="csrf" value=(v.csrf);
                             input type="hidden" name="t" value=(reference);
+                            input type="hidden" name="nonce" value=(format!("{:032x}", rand::random::<u128>()));
                             label for="reply-body" { "Answer the tenant" }
                             textarea id="reply-body" name="body" rows="3" maxlength="1600" required {}
                             button type="submit" { "Send" }
