@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use shared::batches::rfc3339;
 use shared::domain::{CustomerId, PhoneNumber};
 use shared::keys::CustomerKeys;
 use shared::scripts;
@@ -372,12 +373,6 @@ pub async fn decide(
         opted_out: decision == Decision::Confirm,
         held_released: num(&r, 1),
     })
-}
-
-fn rfc3339(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// A tenant's consent state and every change on record (the last 50), oldest first.

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use shared::batches::BatchStatus;
+use shared::batches::{BatchStatus, rfc3339};
 use shared::domain::template::VALUE_SEPARATOR;
 use shared::domain::{BatchId, CustomerId, PhoneNumber};
 use shared::keys::CustomerKeys;
@@ -74,13 +74,6 @@ pub fn merge_thread(prev: Vec<String>, cur: Vec<String>, now_ms: i64) -> Vec<Str
 
 /// The states a batch's recipients can be listed and resent by.
 pub const STATES: [&str; 2] = ["failed", "undelivered"];
-
-/// RFC 3339 UTC with milliseconds, from Redis ms.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
 
 /// A page cursor: the score and member of the last entry of the page before (`<ms>-<member>`).
 #[derive(Clone, Debug, PartialEq, Eq)]

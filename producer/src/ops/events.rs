@@ -7,6 +7,7 @@
 //! no gap, whichever server answers and however often it restarted.
 
 use serde::Serialize;
+use shared::batches::rfc3339;
 use shared::domain::CustomerId;
 use shared::keys::CustomerKeys;
 
@@ -149,13 +150,6 @@ pub fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String
         data.insert(name.to_owned(), value);
     }
     Event { id: format!("evt_{stream_id}"), kind, timestamp, data: serde_json::Value::Object(data) }
-}
-
-/// Redis ms as RFC 3339 UTC with milliseconds (events' and records' times).
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// Marks where delivery to a newly set URL starts: the events recorded from now on (the stream's last id now);
