@@ -5,10 +5,10 @@
 -- was paused past its lease, then resumed). That cannot be undone, so it is counted in the batch's `dup_sends`
 -- for operators to see, and the window entry stays (the message did go out).
 --
--- The window entry reserved for the send is re-stamped (removed, and pushed again with the commit time): the
--- message went out some time after its slot was reserved, and the quota must hold by the time Twilio saw it, so
--- the slot stays taken for a full window after Twilio accepted the message (commit time is later than that),
--- never less.
+-- The message went out some time after its slot was reserved, and the quota must hold by the time Twilio saw it:
+-- the slot must stay taken for a full window after Twilio accepted the message, never less. An entry counts for the
+-- window plus a slack (common.lua, window_slack), so one whose send took less than the slack already does; one that
+-- took longer is re-stamped (removed, and pushed again with the commit time, which is later than Twilio's).
 --
 -- The number's last send time is kept in the pool's `last` hash, for releasing numbers that have gone idle.
 --
@@ -48,7 +48,7 @@ if b[2] == 'complete' or is_terminal(st) then
   redis.call('ZREM', inflight, member)
   -- The text did go out: it counts against its number's quota like any other.
   if from ~= '' then
-    window_push(wprefix .. from, now, 'dup' .. sid, window_ms)
+    window_push(wprefix .. from, now, 'dup' .. sid, window_ms + window_slack(window_ms))
   end
   return {'duplicate'}
 end
@@ -56,8 +56,12 @@ if st and string.sub(st, 1, 1) == 'r' then
   -- The outcome is settled, and the entry moves to the tail with the commit time. If it already aged out (a send
   -- slower than the window), the message still went out now and counts from now.
   local p = split(st)
-  release_slot(wprefix, unsent, st)
-  window_push(wprefix .. p[2], now, p[3], window_ms)
+  redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
+  local span = window_ms + window_slack(window_ms)
+  if now - (tonumber(p[4]) or now) > window_slack(window_ms) then
+    redis.call('LREM', wprefix .. p[2], -1, window_entry(p[4], p[3]))
+    window_push(wprefix .. p[2], now, p[3], span)
+  end
   -- The reservation's entry in AT&T's per-minute log (when it is there) moves to now as well if the send took
   -- longer than the log's slack (common.lua); a quicker one is already counted for long enough.
   if cprefix ~= '' and now - (tonumber(p[4]) or now) > CAP_MINUTE_SLACK_MS

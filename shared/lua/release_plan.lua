@@ -33,7 +33,7 @@ end
 if redis.call('HLEN', intents) > 0 then return {'busy'} end
 
 local backlog = backlog_now(cfg, KEYS[9], KEYS[10], KEYS[11], unsent, now)
-local horizon = now - window_ms
+local horizon = now - window_ms - window_slack(window_ms)
 
 local held = {}
 for _, m in ipairs(redis.call('ZRANGE', unsent, 0, -1)) do

@@ -332,7 +332,8 @@ local function put(resid, current_now)
 end
 
 -- Capacity of one number right now; drops entries that have aged out of the window on the way.
-local horizon = now - window_ms
+local span = window_ms + window_slack(window_ms)
+local horizon = now - span
 local function available(number)
   local sent = window_count(wprefix .. number, horizon)
   -- Replies in the window (aged ones are trimmed when replies are recorded, and the key expires on its own).
@@ -379,7 +380,7 @@ end
 
 if chosen then
   local resid = (tonumber(c[16]) or 0) + 1
-  window_push(wprefix .. chosen, now, resid, window_ms)
+  window_push(wprefix .. chosen, now, resid, span)
   put(resid, new_current)
   redis.call('ZADD', unsent, now, chosen .. '|' .. resid)
   if EV then redis.call('HSET', sticky_cur, field, chosen .. '|' .. EV.batch)
@@ -397,7 +398,7 @@ local earliest = -1
 for i = 1, #numbers do
   local oldest = window_oldest(wprefix .. numbers[i])
   if oldest then
-    local free_at = oldest + window_ms
+    local free_at = oldest + span
     if earliest < 0 or free_at < earliest then earliest = free_at end
   end
 end

@@ -437,6 +437,12 @@ impl QuotaSettings {
     pub fn window_ms(&self) -> u64 {
         self.window.as_millis() as u64
     }
+
+    /// How much longer than the window a send counts against its number (common.lua, `window_slack`): the entry
+    /// keeps its reservation time unless the send took longer than this to reach Twilio.
+    pub fn window_slack_ms(&self) -> u64 {
+        (self.window_ms() / 100).min(1_000)
+    }
 }
 
 impl TwilioSettings {

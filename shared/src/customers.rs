@@ -604,7 +604,7 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         .query_async(conn)
         .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
-    let horizon = now_ms - quota.window_ms() as i64;
+    let horizon = now_ms - (quota.window_ms() + quota.window_slack_ms()) as i64;
     let mut pipe = redis::pipe();
     for (n, _) in &numbers {
         pipe.lrange(k.window(n), 0, -1).zcount(k.received(n), format!("({horizon}"), "+inf");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::config::QuotaSettings;
+use crate::contracts::{CommitMany, Committed, Committing, ReserveMany, Reserved, Reserving};
 use crate::domain::{BatchId, CustomerId, PhoneNumber};
 use crate::keys::CustomerKeys;
 use crate::scripts::{self, Acks};
@@ -444,6 +445,49 @@ impl Ledger {
                 )));
             }
         })
+    }
+
+    /// The fast path for several jobs of one customer in one call (reserve_many.lua): a slot for each job in the
+    /// plain case, [`Reserved::Slow`] for the others (reserve them with [`Ledger::reserve`]). The second value is
+    /// whether the replicas confirmed the reservations (see [`Ledger::with_acks`]; unconfirmed slots must not be
+    /// used to send).
+    pub async fn reserve_many(
+        &self,
+        customer: &CustomerId,
+        jobs: &[Reserving<'_>],
+    ) -> redis::RedisResult<(Vec<Reserved>, bool)> {
+        let k = CustomerKeys::new(customer);
+        let call = ReserveMany {
+            keys: &k,
+            window_ms: self.quota.window_ms(),
+            daily_quota: self.quota.daily_quota,
+            conversational_cap: self.quota.conversational_cap,
+            jobs,
+        };
+        let (v, confirmed): (Value, bool) = call.call().run_acked(&mut self.acked_conn(), self.acks.as_ref()).await?;
+        if !confirmed {
+            self.unconfirmed();
+        }
+        let replies =
+            call.replies(v).map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "reserve_many", e)))?;
+        Ok((replies, confirmed))
+    }
+
+    /// Records several messages of one customer in one call (commit_many.lua): the group commit. A message answered
+    /// [`Committed::Single`] is recorded with [`Ledger::commit_sent`].
+    pub async fn commit_many(
+        &self,
+        customer: &CustomerId,
+        items: &[Committing<'_>],
+    ) -> redis::RedisResult<Vec<Committed>> {
+        let k = CustomerKeys::new(customer);
+        let call = CommitMany { keys: &k, retention_s: self.retention_s, window_ms: self.quota.window_ms(), items };
+        let (v, confirmed): (Value, bool) = call.call().run_acked(&mut self.acked_conn(), self.acks.as_ref()).await?;
+        if !confirmed {
+            // Safe, as for one message (commit_sent).
+            self.unconfirmed();
+        }
+        call.replies(v).map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "commit_many", e)))
     }
 
     /// Records a message sent from `from` (idempotent; see commit.lua). `body`: the text as sent, kept in the

@@ -21,6 +21,7 @@
 pub mod batches;
 pub mod carriers;
 pub mod config;
+pub mod contracts;
 pub mod customers;
 pub mod domain;
 pub mod keys;

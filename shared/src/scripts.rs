@@ -210,6 +210,10 @@ scripts! {
     RESERVE => "reserve.lua";
     /// Record a sent message (idempotent).
     COMMIT => "commit.lua";
+    /// The fast path for several jobs of one customer (contracts.rs).
+    RESERVE_MANY => "reserve_many.lua";
+    /// Record several sent messages of one customer: the group commit (contracts.rs).
+    COMMIT_MANY => "commit_many.lua";
     /// End a job as failed, opted out or cancelled, giving back its slot.
     FAIL => "fail.lua";
     /// Reschedule a job (transient failure, ambiguity grace, deferral, waiting).

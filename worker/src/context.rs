@@ -22,6 +22,8 @@ use crate::stats::Stats;
 
 pub struct Shared {
     pub ledger: Ledger,
+    /// The send path's group calls (reservations and commits of one customer in one script call).
+    pub groups: crate::group::Groups,
     pub twilio: TwilioClient,
     pub settings: Arc<WorkerSettings>,
     pub stats: Stats,
@@ -84,6 +86,7 @@ impl Shared {
     ) -> Self {
         let lookups = tokio::sync::Semaphore::new(settings.lookup_concurrency);
         Self {
+            groups: crate::group::Groups::new(ledger.clone()),
             ledger,
             twilio,
             settings,

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod context;
 pub mod fetcher;
+pub mod group;
 pub mod handler;
 pub mod leases;
 pub mod ops;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use shared::carriers::Line;
+use shared::contracts::{Committed, Reserved};
 use shared::customers::Customer;
 use shared::domain::TimeZone;
 use shared::domain::count_segments;
@@ -22,6 +23,7 @@ use shared::twilio::{CreateMessage, Disposition, MessageFilter, SendFailure};
 
 use crate::backend::{SendTask, Wake};
 use crate::context::{BatchInfo, Shared};
+use crate::group::{CommitRequest, ReserveRequest};
 use crate::purchase::{Capacity, Purchases};
 use crate::stats::Tally;
 
@@ -121,11 +123,18 @@ impl Sender {
         let mut rules = batch.as_ref().map(|b| self.rules(job, b, customer.as_ref())).unwrap_or_default();
         let mut unsent: Option<Slot> = None;
         let mut redis_errors = 0u32;
+        // The first reservation goes with whatever else of the customer reserves at the same moment (group.rs);
+        // a job that is not in the plain case, a Redis error, or any later pass takes reserve.lua alone.
+        let mut grouped = batch.is_some();
         loop {
             if task.lease.is_lost() {
                 return;
             }
-            let reserved = self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref(), &rules).await;
+            let group = if std::mem::take(&mut grouped) { self.reserve_grouped(job, &rules).await } else { None };
+            let reserved = match group {
+                Some(r) => Ok(r),
+                None => self.shared.ledger.reserve(job, ReserveMode::Fast, unsent.as_ref(), &rules).await,
+            };
             unsent = None;
             let r = match reserved {
                 Ok(r) => r,
@@ -194,7 +203,17 @@ impl Sender {
                     tracing::debug!("no consent on record; not sent");
                     Step::Done
                 }
-                _ => Step::Done,
+                // Ended here or before, with its counters written by the script: nothing left to do.
+                Reserve::AlreadySent(_)
+                | Reserve::Terminal
+                | Reserve::OptedOut
+                | Reserve::Cancelled
+                | Reserve::Orphan => Step::Done,
+                // Answers of the locked mode only (the purchase path's call): the fast path never sees them.
+                Reserve::Intents(_) | Reserve::LostLock => {
+                    tracing::error!("the fast reservation answered as the locked one; leaving the job to its lease");
+                    Step::Done
+                }
             };
             match step {
                 Step::Again => continue,
@@ -209,6 +228,27 @@ impl Sender {
                     return self.send(task, slot, &batch, &customer).await;
                 }
                 Step::Done => return,
+            }
+        }
+    }
+
+    /// The job's slot from a group call, or `None`: reserve it alone.
+    async fn reserve_grouped(&self, job: &Job, rules: &Rules) -> Option<Reserve> {
+        if self.shared.groups.ruled(&job.customer) {
+            return None;
+        }
+        let request = ReserveRequest { job: job.clone(), quiet: rules.quiet.clone() };
+        match self.shared.groups.reserve.submit(&job.customer, request).await? {
+            Ok((Reserved::Slot(slot), true)) => Some(Reserve::Reserved(slot)),
+            Ok((Reserved::Slot(slot), false)) => Some(Reserve::Unconfirmed(slot)),
+            Ok((Reserved::Slow, _)) => None,
+            Ok((Reserved::Rules, _)) => {
+                self.shared.groups.rule(&job.customer);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error.message = %e, "a group reservation failed; reserving alone");
+                None
             }
         }
     }
@@ -326,6 +366,21 @@ impl Sender {
     /// Records a sent message, retrying through Redis errors. If it still fails, the job's marker makes the next
     /// delivery find the message in Twilio: a failed commit never causes a second text.
     async fn commit(&self, job: &Job, sid: &str, from: &str, body: Option<&str>) {
+        // The group commit first (group.rs); a message it leaves to commit.lua, or a Redis error, takes the loop below.
+        let request = CommitRequest {
+            job: job.clone(),
+            sid: sid.to_owned(),
+            from: from.to_owned(),
+            body: body.map(str::to_owned),
+        };
+        match self.shared.groups.commit.submit(&job.customer, request).await {
+            Some(Ok(Committed::Recorded { .. } | Committed::Already)) => {
+                self.shared.stats.tally(&job.customer, Tally::Sent);
+                return;
+            }
+            Some(Ok(Committed::Single)) | None => {}
+            Some(Err(e)) => tracing::debug!(error.message = %e, "a group commit failed; recording the message alone"),
+        }
         for i in 0..8u32 {
             match self.shared.ledger.commit_sent(job, sid, from, body).await {
                 Ok(c) => {

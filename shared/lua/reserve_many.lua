@@ -1,0 +1,169 @@
+-- reserve_many.lua: the fast path for several jobs of one customer in one step (docs/DESIGN.md, "The hot path").
+--
+-- A job in the plain case — its lease still ours, its batch live (not cancelled, finished or expired), no state or a
+-- waiting one (w, D, Q, C), the tenant not opted out, outside the quiet periods the worker passed, and a number with
+-- room — gets its slot here exactly as reserve.lua would give it (same number order: the tenant's sticky sender,
+-- then the number being filled, then the pool in purchase order; same window entry, same state, same unsent entry,
+-- same sticky entry). Any other job is answered 'slow' and changes nothing: the caller runs reserve.lua for it,
+-- which decides every other case (ambiguity, cancellation, opt-outs, expiry, quiet hours, consent, carrier caps,
+-- lookups, no capacity and the purchase decision). A customer whose settings need reserve.lua's rules on every send
+-- (lookups, carrier caps, a per-second cap, a spent campaign, consent required, reviews open) gets 'rules' for every
+-- job, with nothing read beyond its settings (the caller then reserves that customer's jobs alone for a while).
+--
+-- What the jobs share is read and written once: Redis's clock, the customer's settings (one HMGET, one HSET), each
+-- batch's record, each state hash (one HMGET, one HSET), the in-flight set (ZMSCORE), opt-outs (SMISMEMBER), each
+-- number's capacity (counted once over the window and its slack, common.lua, then kept in the script) and window (one
+-- RPUSH, one PEXPIRE), and unsent (one
+-- ZADD). Because the whole call is one script, the jobs' reservations are as atomic as one job's: invariant 2 (no
+-- quota overrun) holds the same way.
+--
+-- KEYS[1] cfg HASH   KEYS[2] pool ZSET   KEYS[3] optouts SET   KEYS[4] inflight ZSET   KEYS[5] unsent ZSET
+-- KEYS[6..] per job, two keys: batch HASH, batch state HASH
+-- ARGV[1] window ms   ARGV[2] daily quota   ARGV[3] conversational cap   ARGV[4] window key prefix
+-- ARGV[5] received key prefix   ARGV[6] sticky key prefix
+-- ARGV[7..] per job, three arguments: recipient, in-flight member (`<job>#<token>`), quiet periods of the recipient's
+--           zones (as reserve.lua takes them; '' = none)
+-- Returns one reply per job, in order: {'ok', number, resid, now, attempt} | {'slow'} | {'rules'}
+
+local cfg, pool, optouts, inflight, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local window_ms, quota, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local wprefix, rprefix, sprefix = ARGV[4], ARGV[5], ARGV[6]
+local KEYS_EACH, ARGS_EACH, KEYS_FIXED, ARGS_FIXED = 2, 3, 5, 6
+local n = (#ARGV - ARGS_FIXED) / ARGS_EACH
+local now = now_ms()
+local out = {}
+
+local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_all', 'consent', 'review_n',
+  'review', 'current', 'resseq')
+-- (A setting that is off is absent or '': customers.rs writes every field it knows.)
+local spent_all = tonumber(c[5])
+if c[1] == '1' or tonumber(c[2]) or tonumber(c[3]) or tonumber(c[4]) or (spent_all and spent_all > now) or c[6] == '1'
+  or ((tonumber(c[7]) or 0) > 0 and c[8] ~= 'send') then
+  for i = 1, n do out[i] = {'rules'} end
+  return out
+end
+
+local recipients, members = {}, {}
+for i = 1, n do
+  local a = ARGS_FIXED + (i - 1) * ARGS_EACH
+  recipients[i], members[i] = ARGV[a + 1], ARGV[a + 2]
+end
+local leased = redis.call('ZMSCORE', inflight, unpack(members))
+local opted = redis.call('SMISMEMBER', optouts, unpack(recipients))
+
+-- Each batch's record and the states of its jobs, read once.
+local batches, states = {}, {}
+for i = 1, n do
+  local k = KEYS_FIXED + (i - 1) * KEYS_EACH
+  local bk, sk = KEYS[k + 1], KEYS[k + 2]
+  if not batches[bk] then
+    batches[bk] = redis.call('HMGET', bk, 'total', 'cancel', 'state', 'expires', 'ev', 'id')
+    states[sk] = { recipients = {}, index = {} }
+  end
+  local s = states[sk]
+  if not s.index[recipients[i]] then
+    s.recipients[#s.recipients + 1] = recipients[i]
+    s.index[recipients[i]] = #s.recipients
+  end
+end
+for sk, s in pairs(states) do s.values = redis.call('HMGET', sk, unpack(s.recipients)) end
+
+local function in_quiet(quiet)
+  for qs, qe in string.gmatch(quiet, '(%d+),(%d+),[^;]+') do
+    if tonumber(qs) <= now and now < tonumber(qe) then return true end
+  end
+  return false
+end
+
+-- Capacity of each number looked at, counted once (dropping aged-out entries on the way) and then kept here.
+local span = window_ms + window_slack(window_ms)
+local horizon = now - span
+local room, in_pool = {}, {}
+local function available(number)
+  if room[number] == nil then
+    local sent = window_count(wprefix .. number, horizon)
+    local limit = math.min(quota + redis.call('ZCOUNT', rprefix .. number, '(' .. horizon, '+inf'), cap)
+    room[number] = limit - sent
+  end
+  return room[number]
+end
+local function pooled(number)
+  if in_pool[number] == nil then in_pool[number] = redis.call('ZSCORE', pool, number) ~= false end
+  return in_pool[number]
+end
+
+local epoch = math.floor(now / window_ms)
+local current, numbers = c[9], nil
+local resid = tonumber(c[10]) or 0
+local new_current = nil
+local pushes, unsent_args, sticky_keys = {}, {}, {}
+local taken = {}
+for i = 1, n do
+  local k = KEYS_FIXED + (i - 1) * KEYS_EACH
+  local bk, sk = KEYS[k + 1], KEYS[k + 2]
+  local recipient, member, quiet = recipients[i], members[i], ARGV[ARGS_FIXED + (i - 1) * ARGS_EACH + 3]
+  local b, s = batches[bk], states[sk]
+  local st = s.values[s.index[recipient]]
+  local kind = st and string.sub(st, 1, 1)
+  local expires = tonumber(b[4])
+  local chosen = nil
+  if leased[i] and b[1] and b[2] ~= '1' and b[3] ~= 'complete' and not (expires and now >= expires)
+    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C')
+    and not taken[sk .. '\0' .. recipient] and not in_quiet(quiet) then
+    local bucket, field = string.sub(recipient, -3), string.sub(recipient, 1, -4)
+    local sticky_cur = sprefix .. epoch .. ':' .. bucket
+    local sticky = redis.call('HGET', sticky_cur, field)
+      or redis.call('HGET', sprefix .. (epoch - 1) .. ':' .. bucket, field)
+    if sticky then sticky = string.match(sticky, '^[^|]*') end
+    if sticky and pooled(sticky) and available(sticky) > 0 then
+      chosen = sticky
+    elseif current and current ~= sticky and available(current) > 0 then
+      chosen = current
+    else
+      numbers = numbers or redis.call('ZRANGE', pool, 0, -1)
+      for j = 1, #numbers do
+        local m = numbers[j]
+        if m ~= current and m ~= sticky and available(m) > 0 then
+          chosen, current, new_current = m, m, m
+          break
+        end
+      end
+    end
+    if chosen then
+      taken[sk .. '\0' .. recipient] = true
+      resid = resid + 1
+      room[chosen] = room[chosen] - 1
+      local wk = wprefix .. chosen
+      pushes[wk] = pushes[wk] or {}
+      table.insert(pushes[wk], window_entry(now, resid))
+      unsent_args[#unsent_args + 1] = now
+      unsent_args[#unsent_args + 1] = chosen .. '|' .. resid
+      if b[5] == '1' then redis.call('HSET', sticky_cur, field, chosen .. '|' .. (b[6] or ''))
+      else redis.call('HSET', sticky_cur, field, chosen) end
+      sticky_keys[sticky_cur] = true
+      leave_deferred(bk, st)
+      local attempt = '0'
+      if st then attempt = split(st)[2] end
+      s.sets = s.sets or {}
+      s.sets[#s.sets + 1] = recipient
+      s.sets[#s.sets + 1] = 'r|' .. chosen .. '|' .. resid .. '|' .. now .. '|' .. attempt
+      out[i] = {'ok', chosen, tostring(resid), tostring(now), attempt}
+    end
+  end
+  if not chosen then out[i] = {'slow'} end
+end
+
+-- The writes the reservations share, each once.
+if #unsent_args == 0 then return out end
+for wk, entries in pairs(pushes) do
+  redis.call('RPUSH', wk, unpack(entries))
+  redis.call('PEXPIRE', wk, span + 1000)
+end
+if new_current then redis.call('HSET', cfg, 'resseq', resid, 'current', new_current)
+else redis.call('HSET', cfg, 'resseq', resid) end
+redis.call('ZADD', unsent, unpack(unsent_args))
+for key in pairs(sticky_keys) do redis.call('PEXPIRE', key, 2 * window_ms + 1000) end
+for sk, s in pairs(states) do
+  if s.sets then redis.call('HSET', sk, unpack(s.sets)) end
+end
+return out
