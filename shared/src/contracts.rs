@@ -35,9 +35,11 @@ pub const RESERVE_MANY: Contract = Contract {
         "window key prefix",
         "received key prefix",
         "sticky key prefix",
+        "lookup cache prefix",
+        "carrier caps' prefix",
     ],
     keys_each: &["batch", "batch state"],
-    args_each: &["recipient", "in-flight member", "quiet periods"],
+    args_each: &["recipient", "in-flight member", "quiet periods", "segments", "the carriers' day"],
 };
 
 pub const COMMIT_MANY: Contract = Contract {
@@ -87,11 +89,13 @@ fn arg(v: impl ToString) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
-/// One job of a [`ReserveMany`] call: the job and the quiet periods of its recipient's zones (see
-/// [`crate::ledger::Rules::quiet`]).
+/// One job of a [`ReserveMany`] call: the job and what [`crate::ledger::Rules`] says of it — the quiet periods of its
+/// recipient's zones, and for a customer with a T-Mobile cap the carriers' day and the segments of the job's text.
 pub struct Reserving<'a> {
     pub job: &'a Job,
     pub quiet: &'a str,
+    pub days: &'a str,
+    pub segments: u32,
 }
 
 /// What `reserve_many.lua` says of one job.
@@ -100,8 +104,8 @@ pub enum Reserved {
     Slot(Slot),
     /// Not the plain case: reserve it with `reserve.lua`. Nothing changed.
     Slow,
-    /// The customer's settings need `reserve.lua`'s rules on every send (carrier caps, lookups, consent, reviews):
-    /// reserve its jobs with it. Nothing changed.
+    /// The customer's settings need `reserve.lua`'s rules on every send (consent required, a review open, a spent
+    /// campaign): reserve its jobs with it. Nothing changed.
     Rules,
 }
 
@@ -128,12 +132,14 @@ impl ReserveMany<'_> {
                 arg(k.window_prefix()),
                 arg(k.received_prefix()),
                 arg(k.sticky_prefix()),
+                arg(k.lookup_prefix()),
+                arg(k.caps_prefix()),
             ],
         );
         for r in self.jobs {
             b.item(
                 vec![k.batch(&r.job.batch), k.batch_state(&r.job.batch)],
-                vec![arg(r.job.recipient.as_str()), arg(&r.job.lease), arg(r.quiet)],
+                vec![arg(r.job.recipient.as_str()), arg(&r.job.lease), arg(r.quiet), arg(r.segments), arg(r.days)],
             );
         }
         b.call()

@@ -195,7 +195,7 @@ async fn a_group_call_reserves_plain_jobs_and_leaves_the_rest_to_the_single_path
     let group: Vec<Reserving<'_>> = [&jobs[0], &jobs[1], &jobs[2], &jobs[3], &jobs[4], &jobs[5], &lost]
         .into_iter()
         .enumerate()
-        .map(|(i, job)| Reserving { job, quiet: if i == 2 { quiet } else { "" } })
+        .map(|(i, job)| Reserving { job, quiet: if i == 2 { quiet } else { "" }, days: "", segments: 1 })
         .collect();
     let (replies, confirmed) = ledger.reserve_many(&id, &group).await.unwrap();
     assert!(confirmed);
@@ -245,7 +245,7 @@ async fn a_group_call_reserves_plain_jobs_and_leaves_the_rest_to_the_single_path
 
     // A customer that requires consent needs reserve.lua's rules on every send.
     let _: () = conn.hset(k.cfg(), "consent", "1").await.unwrap();
-    let (replies, _) = ledger.reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "" }]).await.unwrap();
+    let (replies, _) = ledger.reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "", days: "", segments: 1 }]).await.unwrap();
     assert_eq!(replies, [Reserved::Rules]);
 }
 

@@ -95,10 +95,12 @@ impl<T: Send + 'static, R: Send + 'static> Combiner<T, R> {
     }
 }
 
-/// A job asking for a slot, with the quiet periods of its recipient's zones.
+/// A job asking for a slot, with what its rules say of it (see `shared::ledger::Rules`).
 pub struct ReserveRequest {
     pub job: Job,
     pub quiet: Arc<str>,
+    pub days: Arc<str>,
+    pub segments: u32,
 }
 
 /// A slot (and whether the replicas confirmed it), `Slow` (reserve it alone), or the Redis error the group met.
@@ -118,7 +120,8 @@ pub type CommitAnswer = Result<Committed, String>;
 pub struct Groups {
     pub reserve: Arc<Combiner<ReserveRequest, ReserveAnswer>>,
     pub commit: Arc<Combiner<CommitRequest, CommitAnswer>>,
-    /// Customers whose settings need reserve.lua on every send ([`Reserved::Rules`]), until when: their jobs skip
+    /// Customers whose settings need reserve.lua on every send ([`Reserved::Rules`]: consent required, a review
+    /// open, a spent campaign), until when: their jobs skip
     /// the group call (it would only answer the same) and are looked at again after [`RULES_RECHECK`].
     ruled: Mutex<HashMap<CustomerId, Instant>>,
 }
@@ -134,7 +137,10 @@ impl Groups {
             let ledger = l.clone();
             Box::pin(async move {
                 let jobs: Vec<Reserving<'_>> =
-                    items.iter().map(|r| Reserving { job: &r.job, quiet: &r.quiet }).collect();
+                    items
+                    .iter()
+                    .map(|r| Reserving { job: &r.job, quiet: &r.quiet, days: &r.days, segments: r.segments })
+                    .collect();
                 match ledger.reserve_many(&customer, &jobs).await {
                     Ok((replies, confirmed)) => replies.into_iter().map(|r| Ok((r, confirmed))).collect(),
                     Err(e) => vec![Err(e.to_string()); items.len()],

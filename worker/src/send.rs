@@ -237,7 +237,12 @@ impl Sender {
         if self.shared.groups.ruled(&job.customer) {
             return None;
         }
-        let request = ReserveRequest { job: job.clone(), quiet: rules.quiet.clone() };
+        let request = ReserveRequest {
+            job: job.clone(),
+            quiet: rules.quiet.clone(),
+            days: rules.days.clone(),
+            segments: rules.segments,
+        };
         match self.shared.groups.reserve.submit(&job.customer, request).await? {
             Ok((Reserved::Slot(slot), true)) => Some(Reserve::Reserved(slot)),
             Ok((Reserved::Slot(slot), false)) => Some(Reserve::Unconfirmed(slot)),
