@@ -136,8 +136,7 @@ impl Groups {
         let reserve: Run<ReserveRequest, ReserveAnswer> = Arc::new(move |customer, items: Vec<ReserveRequest>| {
             let ledger = l.clone();
             Box::pin(async move {
-                let jobs: Vec<Reserving<'_>> =
-                    items
+                let jobs: Vec<Reserving<'_>> = items
                     .iter()
                     .map(|r| Reserving { job: &r.job, quiet: &r.quiet, days: &r.days, segments: r.segments })
                     .collect();
