@@ -250,6 +250,33 @@ async fn a_group_call_reserves_plain_jobs_and_leaves_the_rest_to_the_single_path
     assert_eq!(replies, [Reserved::Rules]);
 }
 
+/// A group call counts the carriers' caps as reserve.lua does: with a per-second cap of 2, two of four jobs get slots
+/// in one call, the cap's counter says 2, and the other two are left to reserve.lua, which holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_call_stops_at_a_carrier_cap() {
+    let w = World::start(SimConfig::default()).await;
+    let quota = QuotaSettings { window: Duration::from_secs(600), daily_quota: 10, conversational_cap: 10 };
+    let (ledger, jobs) = one_number_customer(&w, quota, 4, &pool_number()).await;
+    let id = CustomerId::parse("acme").unwrap();
+    let k = CustomerKeys::new(&id);
+    let mut conn = ledger.conn();
+    let _: () = conn.hset(k.cfg(), "cap_mps", 2).await.unwrap();
+    let group: Vec<Reserving<'_>> =
+        jobs.iter().map(|job| Reserving { job, quiet: "", days: "", segments: 1 }).collect();
+    let (replies, _) = ledger.reserve_many(&id, &group).await.unwrap();
+    let slots = replies.iter().filter(|r| matches!(r, Reserved::Slot(_))).count();
+    assert_eq!(slots, 2, "{replies:?}");
+    assert_eq!(replies[2..], [Reserved::Slow, Reserved::Slow]);
+    let counted: Option<u32> = conn.hget(k.cfg(), "mps_n").await.unwrap();
+    assert_eq!(counted, Some(2));
+    match ledger.reserve(&jobs[2], ReserveMode::Fast, None, &Rules::default()).await.unwrap() {
+        Reserve::Capped { cap, .. } => assert_eq!(cap, "per-second cap"),
+        // The second turned between the two calls: the cap has room again.
+        Reserve::Reserved(_) => {}
+        other => panic!("expected the per-second cap to hold the job, got {other:?}"),
+    }
+}
+
 /// Sticky senders: a recipient keeps hearing from the number that last texted them while it has capacity (so replies
 /// land in one thread), even after the customer moved on to filling another number; a full number lets go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
