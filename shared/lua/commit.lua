@@ -26,6 +26,7 @@
 local batch, state, failures, inflight, unsent, cfg, last = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local recipient, member, sid, retention, wprefix = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local window_ms, from, cprefix, body = tonumber(ARGV[6]), ARGV[7], ARGV[8] or '', ARGV[9] or ''
+local slack = window_slack(window_ms)
 local now = now_ms()
 if from ~= '' then
   redis.call('HSET', last, from, now)
@@ -48,7 +49,7 @@ if b[2] == 'complete' or is_terminal(st) then
   redis.call('ZREM', inflight, member)
   -- The text did go out: it counts against its number's quota like any other.
   if from ~= '' then
-    window_push(wprefix .. from, now, 'dup' .. sid, window_ms + window_slack(window_ms))
+    window_push(wprefix .. from, now, 'dup' .. sid, window_ms + slack)
   end
   return {'duplicate'}
 end
@@ -57,10 +58,9 @@ if st and string.sub(st, 1, 1) == 'r' then
   -- slower than the window), the message still went out now and counts from now.
   local p = split(st)
   redis.call('ZREM', unsent, p[2] .. '|' .. p[3])
-  local span = window_ms + window_slack(window_ms)
-  if now - (tonumber(p[4]) or now) > window_slack(window_ms) then
+  if now - (tonumber(p[4]) or now) > slack then
     redis.call('LREM', wprefix .. p[2], -1, window_entry(p[4], p[3]))
-    window_push(wprefix .. p[2], now, p[3], span)
+    window_push(wprefix .. p[2], now, p[3], window_ms + slack)
   end
   -- The reservation's entry in AT&T's per-minute log (when it is there) moves to now as well if the send took
   -- longer than the log's slack (common.lua); a quicker one is already counted for long enough.

@@ -19,6 +19,7 @@
 
 local cfg, inflight, unsent, last, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local retention, wprefix, window_ms, cprefix = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local slack = window_slack(window_ms)
 local KEYS_EACH, ARGS_EACH, KEYS_FIXED, ARGS_FIXED = 4, 5, 5, 4
 local n = (#ARGV - ARGS_FIXED) / ARGS_EACH
 local now = now_ms()
@@ -64,7 +65,7 @@ for i = 1, n do
     events_for(stream, b[4], b[5])
     local p = split(st)
     settled[#settled + 1] = p[2] .. '|' .. p[3]
-    if now - (tonumber(p[4]) or now) > window_slack(window_ms) then
+    if now - (tonumber(p[4]) or now) > slack then
       local wk = wprefix .. p[2]
       pushes[wk] = pushes[wk] or {}
       table.insert(pushes[wk], window_entry(now, p[3]))
@@ -93,7 +94,7 @@ if #members > 0 then redis.call('ZREM', inflight, unpack(members)) end
 if #settled > 0 then redis.call('ZREM', unsent, unpack(settled)) end
 for wk, entries in pairs(pushes) do
   redis.call('RPUSH', wk, unpack(entries))
-  redis.call('PEXPIRE', wk, window_ms + window_slack(window_ms) + 1000)
+  redis.call('PEXPIRE', wk, window_ms + slack + 1000)
 end
 local numbers = {}
 for from in pairs(sent_from) do

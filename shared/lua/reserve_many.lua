@@ -180,19 +180,20 @@ for i = 1, n do
   local st = s.values[s.index[recipient]]
   local kind = st and string.sub(st, 1, 1)
   local expires = tonumber(b[4])
-  local chosen = nil
+  local chosen, count_caps = nil, nil
   if leased[i] and b[1] and b[2] ~= '1' and b[3] ~= 'complete' and not (expires and now >= expires)
     and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C')
     and not taken[sk .. '\0' .. recipient] and not in_quiet(quiet) then
-    local count_caps = under_caps(recipient, segments, days)
+    -- The caps decide before the number: a job they leave to reserve.lua costs no sticky read.
+    count_caps = under_caps(recipient, segments, days)
+  end
+  if count_caps then
     local bucket, field = string.sub(recipient, -3), string.sub(recipient, 1, -4)
     local sticky_cur = sprefix .. epoch .. ':' .. bucket
     local sticky = redis.call('HGET', sticky_cur, field)
       or redis.call('HGET', sprefix .. (epoch - 1) .. ':' .. bucket, field)
     if sticky then sticky = string.match(sticky, '^[^|]*') end
-    if not count_caps then
-      chosen = nil
-    elseif sticky and pooled(sticky) and available(sticky) > 0 then
+    if sticky and pooled(sticky) and available(sticky) > 0 then
       chosen = sticky
     elseif current and current ~= sticky and available(current) > 0 then
       chosen = current

@@ -147,27 +147,17 @@ impl ReserveMany<'_> {
 
     /// One reply per job, in order.
     pub fn replies(&self, v: Value) -> Result<Vec<Reserved>, String> {
-        let Value::Array(items) = v else { return Err(format!("reserve_many.lua answered {v:?}")) };
-        if items.len() != self.jobs.len() {
-            return Err(format!("reserve_many.lua answered {} replies for {} jobs", items.len(), self.jobs.len()));
-        }
-        items
-            .into_iter()
-            .map(|item| {
-                let p = strings(item);
-                match p.first().map(String::as_str) {
-                    Some("ok") if p.len() == 5 => Ok(Reserved::Slot(Slot {
-                        number: p[1].clone(),
-                        resid: p[2].clone(),
-                        at_ms: num(&p, 3),
-                        attempt: num(&p, 4) as u32,
-                    })),
-                    Some("slow") => Ok(Reserved::Slow),
-                    Some("rules") => Ok(Reserved::Rules),
-                    _ => Err(format!("unexpected reply from reserve_many.lua: {p:?}")),
-                }
-            })
-            .collect()
+        each_reply(v, self.jobs.len(), RESERVE_MANY.file, |p| match p.first().map(String::as_str) {
+            Some("ok") if p.len() == 5 => Some(Reserved::Slot(Slot {
+                number: p[1].clone(),
+                resid: p[2].clone(),
+                at_ms: num(p, 3),
+                attempt: num(p, 4) as u32,
+            })),
+            Some("slow") => Some(Reserved::Slow),
+            Some("rules") => Some(Reserved::Rules),
+            _ => None,
+        })
     }
 }
 
@@ -226,23 +216,34 @@ impl CommitMany<'_> {
 
     /// One reply per message, in order.
     pub fn replies(&self, v: Value) -> Result<Vec<Committed>, String> {
-        let Value::Array(items) = v else { return Err(format!("commit_many.lua answered {v:?}")) };
-        if items.len() != self.items.len() {
-            return Err(format!("commit_many.lua answered {} replies for {} messages", items.len(), self.items.len()));
-        }
-        items
-            .into_iter()
-            .map(|item| {
-                let p = strings(item);
-                match p.first().map(String::as_str) {
-                    Some("ok") => Ok(Committed::Recorded { batch_completed: num(&p, 1) == 1 }),
-                    Some("already") => Ok(Committed::Already),
-                    Some("single") => Ok(Committed::Single),
-                    _ => Err(format!("unexpected reply from commit_many.lua: {p:?}")),
-                }
-            })
-            .collect()
+        each_reply(v, self.items.len(), COMMIT_MANY.file, |p| match p.first().map(String::as_str) {
+            Some("ok") => Some(Committed::Recorded { batch_completed: num(p, 1) == 1 }),
+            Some("already") => Some(Committed::Already),
+            Some("single") => Some(Committed::Single),
+            _ => None,
+        })
     }
+}
+
+/// A multi-item script's reply: exactly `expected` replies, each read by `read` (`None`: a reply the contract does
+/// not know, an error naming it).
+fn each_reply<T>(
+    v: Value,
+    expected: usize,
+    file: &str,
+    read: impl Fn(&[String]) -> Option<T>,
+) -> Result<Vec<T>, String> {
+    let Value::Array(items) = v else { return Err(format!("{file} answered {v:?}")) };
+    if items.len() != expected {
+        return Err(format!("{file} answered {} replies for {expected} items", items.len()));
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let p = strings(item);
+            read(&p).ok_or_else(|| format!("unexpected reply from {file}: {p:?}"))
+        })
+        .collect()
 }
 
 /// A script header's declarations: `KEYS[n] text` and `ARGV[n] text` (n a number, or `n..` for the per-item part,
@@ -267,8 +268,7 @@ fn declared(header: &str, what: &str) -> (Vec<String>, Vec<String>) {
         // The declaration runs to the next KEYS[/ARGV[ or the end of the sentence-ending `Returns`.
         let end = ["KEYS[", "ARGV[", "Returns"].iter().filter_map(|m| after.find(m)).min().unwrap_or(after.len());
         let decl = after[..end].trim();
-        if let Some(list) = index.strip_suffix("..") {
-            let _ = list;
+        if index.ends_with("..") {
             let names = decl.split_once(':').map_or(decl, |(_, l)| l);
             each = names.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
         } else {
