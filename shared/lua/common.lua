@@ -73,8 +73,44 @@ local function leave_deferred(batch, prev)
     redis.call('HINCRBY', batch, 'capped:' .. (split(prev)[4] or ''), -1)
   elseif kind == 'H' then
     redis.call('HINCRBY', batch, 'held', -1)
+  elseif kind == 'S' then
+    redis.call('HINCRBY', batch, 'spend', -1)
   end
 end
+
+-- Spend (docs/DESIGN.md, "Spend limit"): what a customer spent this month, counted in micro-dollars in cfg fields
+-- (`spend_m` the month, `spend_u` its spend, `spend_w` / `spend_r` the month the 80 % warning / the limit was
+-- reported) in the same step as the reservation or purchase decision that spends it, and checked there against
+-- `spend_limit` (micro-dollars, '' = none), so no race, crash or failover lets spend pass the limit. The caller
+-- passes the terms as one argument, computed from its prices and the customer's time zone:
+-- `<month>,<next month's start ms>,<segment>,<number>,<lookup>,<T-Mobile fee>,<AT&T fee>,<Verizon fee>` (fees per
+-- segment; all micro-dollars). '' = no terms (nothing counted).
+local function spend_terms(arg)
+  local v = {}
+  for x in string.gmatch(arg or '', '[^,]+') do v[#v + 1] = x end
+  if #v < 8 then return nil end
+  return { month = v[1], next_ms = tonumber(v[2]) or 0, segment = tonumber(v[3]) or 0, number = tonumber(v[4]) or 0,
+    lookup = tonumber(v[5]) or 0, fee = { t = tonumber(v[6]) or 0, a = tonumber(v[7]) or 0, v = tonumber(v[8]) or 0 } }
+end
+
+-- A text's cost: its segments at the segment price plus the carrier's surcharge where the line is known.
+local function text_cost(terms, segments, line)
+  return segments * (terms.segment + ((line and terms.fee[line]) or 0))
+end
+
+-- This month's spend from the cfg fields `spend_m` and `spend_u` (another month's spend counts as none).
+local function spent_this_month(terms, month_field, spent_field)
+  if month_field == terms.month then return tonumber(spent_field) or 0 end
+  return 0
+end
+
+-- The 80 % warning, once a month: true when spend `after` a change reaches 80 % of `limit` and `warned` (the month
+-- in `spend_w`) is not this month.
+local function spend_warns(terms, limit, after, warned)
+  return limit ~= nil and limit > 0 and warned ~= terms.month and after * 5 >= limit * 4
+end
+
+local function usd(micros) return string.format('%.4f', micros / 1000000) end
 
 -- Events (docs/DESIGN.md, "Events"): what happened, for the customer's app, appended to the customer's stream
 -- (`{c:ID}:events`) in the same atomic step as the change it reports, so an event is never lost and never

@@ -38,7 +38,16 @@
 --         per-second and T-Mobile counters are fields of cfg (`mps_s`/`mps_n`, `tmo_day`/`tmo_used`/`tmo_nday`/`tmo_next`)
 -- ARGV[22] the T-Mobile day as instants: three consecutive day starts (ms), the first at or before now by the
 --          caller's clock, the day ending at midnight Pacific (computed by the caller with the tz database)
--- ARGV[23] segments of this job's text (T-Mobile counts segments)
+-- ARGV[23] segments of this job's text (T-Mobile counts segments, and spend)
+-- ARGV[24] the spend terms (common.lua, spend_terms: the month, its end, the prices), or '' (nothing counted)
+--
+-- Spend (common.lua, "Spend"): a reservation counts its text's cost, a lookup the caller is sent to make counts the
+-- lookup's, and a purchase decision its numbers', each in the step that decides it. With a limit set, a job whose
+-- text (or lookup) would pass it is parked until the next month (state S|<attempt>|<due>, counted in the batch's
+-- `spend`, its job in `{c:ID}:spendwait` so that raising the limit releases it at once: spend_release.lua), and a
+-- purchase is sized to what the limit still allows: no number is bought that the limit would not let send a text.
+-- The first job parked in a month reports `customer.spend_limit_reached`; the reservation that brings spend to 80 %
+-- reports `customer.spend_warning`.
 --
 -- Consent (common.lua, "Consent reviews"), read with the customer's settings: with `consent` = '1' a recipient
 -- without an opt-in on record ends failed ('no_consent') without a slot; while the recipient's suspected revocation
@@ -75,6 +84,7 @@
 --   {'unreachable', reason}                    job failed here: a landline or invalid number
 --   {'capped', due, cap}                       job parked until the carrier cap `cap` renews
 --   {'held', recheck}                          job held while the tenant's suspected revocation is reviewed
+--   {'spend', due}                             job parked: its text would pass the customer's monthly spend limit
 --   {'no_consent'}                             job failed here: no opt-in on record and the customer requires one
 --   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
 --   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
@@ -95,6 +105,7 @@ local orphan_ms, room = tonumber(ARGV[15]), tonumber(ARGV[16] or '-1')
 local quiet, spread = ARGV[17] or '', tonumber(ARGV[18] or '0')
 local hint, lprefix, cprefix = ARGV[19] or '', ARGV[20] or '', ARGV[21] or ''
 local days, segments = ARGV[22] or '', tonumber(ARGV[23] or '1') or 1
+local terms = spend_terms(ARGV[24])
 -- A held job is looked at again after this long even if no review ends (the review's end releases it at once).
 local HOLD_RECHECK_MS = 3600000
 local LOOKUP_EPOCH_MS = 30 * 86400000
@@ -176,7 +187,33 @@ end
 -- written back in one command (`put`, below).
 local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_tmo', 'spent_att', 'spent_all',
   'mps_s', 'mps_n', 'tmo_day', 'tmo_used', 'tmo_nday', 'tmo_next', 'att_x', 'current', 'resseq', 'review_n', 'review',
-  'consent')
+  'consent', 'spend_limit', 'spend_m', 'spend_u', 'spend_w', 'spend_r')
+-- This month's spend and the limit (nil: none, or no terms from the caller).
+local spent = terms and spent_this_month(terms, c[21], c[22]) or 0
+local limit = terms and tonumber(c[20]) or nil
+
+-- Parks the job until the next month (or the limit is raised: spend_release.lua); the first one of a month reports
+-- that the limit is reached.
+local function park_for_spend()
+  local due = terms.next_ms + spread
+  if expires and due > expires then due = expires end
+  local job = job_of(member)
+  leave_deferred(batch, st)
+  redis.call('HSET', state, recipient, 'S|' .. attempt .. '|' .. due)
+  redis.call('HINCRBY', batch, 'spend', 1)
+  local waiting = customer_key(cfg, 'spendwait')
+  redis.call('SADD', waiting, job)
+  -- Its jobs come due next month anyway: the set is only for a change of the limit before then.
+  redis.call('PEXPIREAT', waiting, terms.next_ms + 86400000)
+  redis.call('ZREM', inflight, member)
+  redis.call('ZADD', KEYS[12], due, job)
+  if c[24] ~= terms.month then
+    redis.call('HSET', cfg, 'spend_r', terms.month)
+    emit('customer.spend_limit_reached', 'b', EV and EV.batch or '', 'month', terms.month, 'spent_usd', usd(spent),
+      'limit_usd', usd(limit))
+  end
+  return {'spend', due}
+end
 -- Consent: no text without an opt-in on record when the customer requires one; a tenant whose reply may have
 -- revoked consent is held until a person decides. Neither costs a command unless the customer uses it.
 if c[19] == '1' and redis.call('SISMEMBER', customer_key(cfg, 'consent'), recipient) == 0 then
@@ -225,7 +262,15 @@ if c[1] == '1' or cap_tmo or cap_att then
     end
   else
     line = redis.call('HGET', lcur, lfield) or redis.call('HGET', lprefix .. (lepoch - 1) .. ':' .. lbucket, lfield)
-    if not line then return {'lookup'} end
+    if not line then
+      -- The lookup is paid for when it is decided: counted now, or not made when it and the text would pass the
+      -- limit.
+      if terms then
+        if limit and spent + terms.lookup + text_cost(terms, segments, nil) > limit then return park_for_spend() end
+        redis.call('HSET', cfg, 'spend_m', terms.month, 'spend_u', spent + terms.lookup)
+      end
+      return {'lookup'}
+    end
   end
   if UNREACHABLE[line] then
     release_slot(wprefix, unsent, st)
@@ -306,12 +351,23 @@ if hold then
   return {'capped', due, hold_cap}
 end
 
+local cost = terms and text_cost(terms, segments, line) or 0
+if limit and spent + cost > limit then return park_for_spend() end
+
 -- What a reservation changes in cfg, as field/value pairs for one HSET: the reservation id, the number being
 -- filled, and the caps it counts in.
 local function put(resid, current_now)
   local f = {'resseq', resid}
   if current_now then f[#f + 1] = 'current'; f[#f + 1] = current_now end
   if cap_mps then f[#f + 1] = 'mps_s'; f[#f + 1] = second; f[#f + 1] = 'mps_n'; f[#f + 1] = mps_used + 1 end
+  if terms then
+    f[#f + 1] = 'spend_m'; f[#f + 1] = terms.month; f[#f + 1] = 'spend_u'; f[#f + 1] = spent + cost
+    if spend_warns(terms, limit, spent + cost, c[23]) then
+      f[#f + 1] = 'spend_w'; f[#f + 1] = terms.month
+      emit('customer.spend_warning', 'b', EV and EV.batch or '', 'month', terms.month, 'spent_usd', usd(spent + cost),
+        'limit_usd', usd(limit))
+    end
+  end
   if is_att and cap_att then
     redis.call('RPUSH', att_key, window_entry(now, resid))
     -- The log's expiry is refreshed once a second (`att_x`), to outlive every entry pushed in that second.
@@ -454,12 +510,32 @@ if mode == 'locked' then
     local need = math.floor((backlog - free) / quota)
     if need < 1 and backlog > free then need = 1 end
     if need > allowed then need = allowed end
+    if need >= 1 and limit then
+      -- Under a spend limit, only numbers the limit lets send: the k-th new number sends only after the free slots
+      -- and k-1 whole numbers' quota are used, so k numbers need money for themselves and for that many texts
+      -- plus one (at this job's cost, the least a text of the backlog is likely to cost).
+      local per_text = math.max(cost, 1)
+      local k = need
+      while k >= 1 and spent + k * terms.number + (free + (k - 1) * quota + 1) * per_text > limit do k = k - 1 end
+      if k < 1 then return park_for_spend() end
+      need = k
+    end
     if need >= 1 then
       local out = {'intents', now, backlog, free}
       for i = 1, need do
         local id = intent_prefix .. string.format('%03x', i)
         redis.call('HSET', intents, id, now .. '|' .. name_prefix .. id)
         out[#out + 1] = id
+      end
+      if terms then
+        local after = spent + need * terms.number
+        local f = {'spend_m', terms.month, 'spend_u', after}
+        if spend_warns(terms, limit, after, c[23]) then
+          f[#f + 1] = 'spend_w'; f[#f + 1] = terms.month
+          emit('customer.spend_warning', 'b', EV and EV.batch or '', 'month', terms.month, 'spent_usd', usd(after),
+            'limit_usd', usd(limit))
+        end
+        redis.call('HSET', cfg, unpack(f))
       end
       return out
     end

@@ -1,7 +1,7 @@
 -- reserve_many.lua: the fast path for several jobs of one customer in one step (docs/DESIGN.md, "The hot path").
 --
 -- A job in the plain case — its lease still ours, its batch live (not cancelled, finished or expired), no state or a
--- waiting one (w, D, Q, C), the tenant not opted out, outside the quiet periods the worker passed, its line cached
+-- waiting one (w, D, Q, C, S), the tenant not opted out, outside the quiet periods the worker passed, its line cached
 -- and able to take a text (when the customer looks lines up), under every carrier cap it counts in, and a number
 -- with room — gets its slot here exactly as reserve.lua would give it (same number order: the tenant's sticky sender,
 -- then the number being filled, then the pool in purchase order; same window entry, same state, same unsent entry,
@@ -10,6 +10,10 @@
 -- cannot take a text, a carrier cap reached or spent, no capacity and the purchase decision). A customer whose
 -- settings need reserve.lua's rules on every send (a spent campaign, consent required, reviews open) gets 'rules' for
 -- every job, with nothing read beyond its settings (the caller then reserves that customer's jobs alone for a while).
+--
+-- Spend is counted as reserve.lua counts it (the text's cost, in the same cfg write). A job whose text would bring
+-- spend past the limit, or to the 80 % warning not yet reported this month, is answered 'slow': reserve.lua parks it
+-- or reports the warning.
 --
 -- The carriers' caps (reserve.lua, carriers.rs) are counted the same way and in the same places: the per-second and
 -- T-Mobile counters in cfg fields, written back once; AT&T's per-minute log counted once, pushed to once.
@@ -25,7 +29,8 @@
 -- KEYS[6..] per job, two keys: batch HASH, batch state HASH
 -- ARGV[1] window ms   ARGV[2] daily quota   ARGV[3] conversational cap   ARGV[4] window key prefix
 -- ARGV[5] received key prefix   ARGV[6] sticky key prefix   ARGV[7] lookup cache prefix   ARGV[8] carrier caps' prefix
--- ARGV[9..] per job, five arguments: recipient, in-flight member (`<job>#<token>`), quiet periods of the recipient's
+-- ARGV[9] the spend terms (common.lua, spend_terms), or '' (nothing counted)
+-- ARGV[10..] per job, five arguments: recipient, in-flight member (`<job>#<token>`), quiet periods of the recipient's
 --           zones (as reserve.lua takes them; '' = none), segments of the job's text, the carriers' day as instants
 --           (as reserve.lua takes them; '' = no T-Mobile cap)
 -- Returns one reply per job, in order: {'ok', number, resid, now, attempt} | {'slow'} | {'rules'}
@@ -33,7 +38,8 @@
 local cfg, pool, optouts, inflight, unsent = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local window_ms, quota, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local wprefix, rprefix, sprefix, lprefix, cprefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local KEYS_EACH, ARGS_EACH, KEYS_FIXED, ARGS_FIXED = 2, 5, 5, 8
+local KEYS_EACH, ARGS_EACH, KEYS_FIXED, ARGS_FIXED = 2, 5, 5, 9
+local terms = spend_terms(ARGV[9])
 local LOOKUP_EPOCH_MS = 30 * 86400000
 local n = (#ARGV - ARGS_FIXED) / ARGS_EACH
 local now = now_ms()
@@ -41,7 +47,10 @@ local out = {}
 
 local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_all', 'consent', 'review_n',
   'review', 'current', 'resseq', 'spent_tmo', 'spent_att', 'mps_s', 'mps_n', 'tmo_day', 'tmo_used', 'tmo_nday',
-  'tmo_next', 'att_x')
+  'tmo_next', 'att_x', 'spend_limit', 'spend_m', 'spend_u', 'spend_w')
+local spent = terms and spent_this_month(terms, c[21], c[22]) or 0
+local limit = terms and tonumber(c[20]) or nil
+local spend_counted = false
 -- (A setting that is off is absent or '': customers.rs writes every field it knows.)
 local spent_all = tonumber(c[5])
 if (spent_all and spent_all > now) or c[6] == '1' or ((tonumber(c[7]) or 0) > 0 and c[8] ~= 'send') then
@@ -110,6 +119,8 @@ local function under_caps(recipient, segments, days)
       or redis.call('HGET', lprefix .. (lepoch - 1) .. ':' .. lbucket, lfield)
     if not line or UNREACHABLE[line] then return nil end
   end
+  local cost = terms and text_cost(terms, segments, line) or 0
+  if limit and (spent + cost > limit or spend_warns(terms, limit, spent + cost, c[23])) then return nil end
   local is_tmo, is_att = line == 't' or line == 'u', line == 'a' or line == 'u'
   if cap_mps and mps_used >= cap_mps then return nil end
   if is_att then
@@ -128,6 +139,7 @@ local function under_caps(recipient, segments, days)
   end
   -- It may go: the returned function counts it once it has a slot.
   return function(resid)
+    if terms then spent, spend_counted = spent + cost, true end
     if cap_mps then mps_used = mps_used + 1 end
     if is_att and cap_att then
       att_used = att_used + 1
@@ -182,7 +194,7 @@ for i = 1, n do
   local expires = tonumber(b[4])
   local chosen, count_caps = nil, nil
   if leased[i] and b[1] and b[2] ~= '1' and b[3] ~= 'complete' and not (expires and now >= expires)
-    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C')
+    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C' or kind == 'S')
     and not taken[sk .. '\0' .. recipient] and not in_quiet(quiet) then
     -- The caps decide before the number: a job they leave to reserve.lua costs no sticky read.
     count_caps = under_caps(recipient, segments, days)
@@ -249,6 +261,7 @@ if #att_entries > 0 then
     f[#f + 1] = 'att_x'; f[#f + 1] = second
   end
 end
+if spend_counted then f[#f + 1] = 'spend_m'; f[#f + 1] = terms.month; f[#f + 1] = 'spend_u'; f[#f + 1] = spent end
 if counted_tmo then f[#f + 1] = 'tmo_day'; f[#f + 1] = day_start; f[#f + 1] = 'tmo_used'; f[#f + 1] = tmo_used end
 if counted_next then f[#f + 1] = 'tmo_nday'; f[#f + 1] = day_end; f[#f + 1] = 'tmo_next'; f[#f + 1] = next_used end
 redis.call('HSET', cfg, unpack(f))

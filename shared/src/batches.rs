@@ -350,7 +350,7 @@ pub async fn submit(
 }
 
 /// A batch's counts. At every moment `sent + failed + opted_out + cancelled + expired + pending == total`, and
-/// `queued + deferred + quiet_hours + capped + held_for_review == pending`: the counters move in the same scripts as
+/// `queued + deferred + quiet_hours + capped + held_for_review + spend_limit == pending`: the counters move in the same scripts as
 /// the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -388,6 +388,9 @@ pub struct BatchStatus {
     pub capped_by_cap: BTreeMap<String, QuietWait>,
     /// Held while their tenant's reply, a suspected revocation of consent, waits for a person to decide.
     pub held_for_review: u64,
+    /// Waiting because sending them would pass the customer's monthly spend limit: until the limit is raised or
+    /// the month (in the customer's zone) ends. Not failed.
+    pub spend_limit: u64,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
@@ -519,6 +522,13 @@ impl BatchStatus {
         if self.held_for_review > 0 {
             out.push(format!("{} held while a tenant's reply waits for a consent review", self.held_for_review));
         }
+        if self.spend_limit > 0 {
+            out.push(format!(
+                "{} waiting for the customer's monthly spend limit (spend limit): they go when it is raised or the \
+                 month ends",
+                self.spend_limit
+            ));
+        }
         if self.queued > 0 && self.send_at_ms.is_none_or(|at| at <= now_ms) {
             out.push(format!("{} queued for the workers", self.queued));
         }
@@ -541,6 +551,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let quiet = n("quiet").min(pending - deferred);
     let capped = n("capped").min(pending - deferred - quiet);
     let held = n("held").min(pending - deferred - quiet - capped);
+    let spend_limit = n("spend").min(pending - deferred - quiet - capped - held);
     let opt = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok());
     // Jobs waiting per reason (`<kind>:<reason>` counts, `<kind>_until:<reason>` latest due).
     let waits = |kind: &str| -> BTreeMap<String, QuietWait> {
@@ -575,7 +586,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         total,
         enqueued: n("enqueued"),
         duplicates: n("duplicates"),
-        queued: pending - deferred - quiet - capped - held,
+        queued: pending - deferred - quiet - capped - held - spend_limit,
         deferred,
         deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
         quiet_hours: quiet,
@@ -583,6 +594,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         capped,
         capped_by_cap,
         held_for_review: held,
+        spend_limit,
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),

@@ -87,9 +87,15 @@ pub struct CommonArgs {
     #[arg(long, env = "MESSENGER_NUMBER_MONTHLY_COST", default_value_t = 1.15)]
     pub number_monthly_cost: f64,
 
-    /// What one outbound SMS segment costs (US: $0.0083), for dry-run estimates.
+    /// What one outbound SMS segment costs (US: $0.0083): counted against customers' monthly spend limits and
+    /// used for dry-run estimates.
     #[arg(long, env = "MESSENGER_SEGMENT_COST", default_value_t = 0.0083)]
     pub segment_cost: f64,
+
+    /// The carriers' surcharges per outbound segment, added where a recipient's line is known (looked up):
+    /// `tmobile=…,att=…,verizon=…` (any subset; '' = none). Defaults: the 10DLC pass-through fees of May 2026.
+    #[arg(long, env = "MESSENGER_CARRIER_FEES", default_value = "tmobile=0.0045,att=0.0035,verizon=0.0045")]
+    pub carrier_fees: String,
 
     /// TTL of a customer's purchase lock, held while a purchase is decided and bought, or idle numbers released.
     /// Renewed while held, so this only bounds how long a crashed holder blocks the next one; a purchase that
@@ -224,12 +230,15 @@ pub struct Settings {
     pub events: EventsSettings,
 }
 
-/// Prices used for estimates (Messenger never reads a bill; Twilio's prices vary by country and contract).
+/// Prices used for estimates and spend limits (Messenger never reads a bill; Twilio's prices vary by country and
+/// contract).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Pricing {
     pub number_monthly: f64,
     pub segment: f64,
     pub lookup: f64,
+    /// The same prices in micro-dollars, with the carriers' surcharges (what spend is counted in).
+    pub prices: crate::spend::Prices,
 }
 
 #[derive(Clone, Debug)]
@@ -403,6 +412,7 @@ impl CommonArgs {
                 number_monthly: self.number_monthly_cost,
                 segment: self.segment_cost,
                 lookup: self.lookup_cost,
+                prices: self.prices()?,
             },
             events: EventsSettings {
                 allow_private: self.events_allow_private,
@@ -412,6 +422,23 @@ impl CommonArgs {
                 secret_overlap: self.events_secret_overlap,
                 keys,
             },
+        })
+    }
+}
+
+impl CommonArgs {
+    /// The price settings as micro-dollars, each checked (a price is a dollar amount, 0 or more).
+    fn prices(&self) -> Result<crate::spend::Prices, ConfigError> {
+        use crate::spend::{CarrierFees, Prices, Usd};
+        let usd = |name: &str, v: f64| {
+            Usd::from_dollars(v).ok_or_else(|| ConfigError(format!("{name} must be a dollar amount, 0 or more, not {v}")))
+        };
+        Ok(Prices {
+            segment: usd("MESSENGER_SEGMENT_COST", self.segment_cost)?,
+            number_monthly: usd("MESSENGER_NUMBER_MONTHLY_COST", self.number_monthly_cost)?,
+            lookup: usd("MESSENGER_LOOKUP_COST", self.lookup_cost)?,
+            fees: CarrierFees::parse(&self.carrier_fees)
+                .map_err(|e| ConfigError(format!("MESSENGER_CARRIER_FEES: {e}")))?,
         })
     }
 }

@@ -37,6 +37,7 @@ pub const RESERVE_MANY: Contract = Contract {
         "sticky key prefix",
         "lookup cache prefix",
         "carrier caps' prefix",
+        "the spend terms",
     ],
     keys_each: &["batch", "batch state"],
     args_each: &["recipient", "in-flight member", "quiet periods", "segments", "the carriers' day"],
@@ -96,6 +97,9 @@ pub struct Reserving<'a> {
     pub quiet: &'a str,
     pub days: &'a str,
     pub segments: u32,
+    /// The spend terms ([`crate::spend::Terms`], encoded); every job of one customer has the same, and the call
+    /// passes the first job's.
+    pub spend: &'a str,
 }
 
 /// What `reserve_many.lua` says of one job.
@@ -134,6 +138,7 @@ impl ReserveMany<'_> {
                 arg(k.sticky_prefix()),
                 arg(k.lookup_prefix()),
                 arg(k.caps_prefix()),
+                arg(self.jobs.first().map_or("", |r| r.spend)),
             ],
         );
         for r in self.jobs {

@@ -9,6 +9,7 @@ use crate::carriers::Caps;
 use crate::config::QuotaSettings;
 use crate::domain::{AccountSid, AreaCode, CustomerId, MaxNumbers, QuietSetting, ServiceSid, TimeZone};
 use crate::keys::{self, CustomerKeys};
+use crate::spend::Usd;
 use crate::store::Conn;
 
 /// A customer's purchase settings.
@@ -35,6 +36,9 @@ pub struct Customer {
     /// The brand's and campaign's carrier caps.
     #[serde(flatten)]
     pub caps: Caps,
+    /// What the customer may spend in a month (its time zone's month): texts, numbers bought and lookups at the
+    /// fleet's prices ([`crate::spend`]). `None`: no limit.
+    pub monthly_spend_limit: Option<Usd>,
     /// Record events for the customer's app (`GET …/events`): batches created while this is on report their
     /// messages, and replies and opt-outs are reported.
     pub events: bool,
@@ -201,6 +205,7 @@ impl Customer {
             messaging_service: None,
             quiet_hours: None,
             time_zone: None,
+            monthly_spend_limit: None,
             lookup: false,
             caps: Caps::default(),
             events: false,
@@ -276,6 +281,8 @@ pub struct CustomerUpdate {
     pub tmobile_daily_cap: Change<u32>,
     pub att_per_minute: Change<u32>,
     pub per_second: Change<u32>,
+    /// `Clear` = no limit. A change releases the texts the old limit held (they are looked at again at once).
+    pub monthly_spend_limit: Change<Usd>,
     /// `Clear` = off.
     pub events: Change<bool>,
     pub help_text: Change<String>,
@@ -318,6 +325,7 @@ impl CustomerUpdate {
                 att_per_minute: self.att_per_minute.clone().apply(stored.and_then(|c| c.caps.att_per_minute)),
                 per_second: self.per_second.clone().apply(stored.and_then(|c| c.caps.per_second)),
             },
+            monthly_spend_limit: self.monthly_spend_limit.clone().apply(stored.and_then(|c| c.monthly_spend_limit)),
             events: self.events.clone().apply(stored.map(|c| c.events)).unwrap_or(false),
             help_text: self.help_text.clone().apply(stored.and_then(|c| c.help_text.clone())),
             events_url: self.events_url.clone().apply(stored.and_then(|c| c.events_url.clone())),
@@ -391,6 +399,7 @@ pub async fn update(
         ("cap_tmo", written(&update.tmobile_daily_cap)),
         ("cap_att", written(&update.att_per_minute)),
         ("cap_mps", written(&update.per_second)),
+        ("spend_limit", written(&update.monthly_spend_limit.clone().map(|u| u.micros()))),
         ("events", written(&update.events.clone().map(|on| if on { "1" } else { "" }))),
         ("help_text", written(&update.help_text)),
         ("events_url", written(&update.events_url)),
@@ -417,6 +426,10 @@ pub async fn update(
         pipe.hset_multiple(k.cfg(), &fields).ignore();
     }
     let (): () = pipe.query_async(conn).await?;
+    if !update.monthly_spend_limit.is_keep() {
+        // Texts the old limit held are looked at again now: under the new one they go, or wait again.
+        let _: i64 = crate::scripts::SPEND_RELEASE.key(k.spend_wait()).key(k.scheduled()).run(conn).await?;
+    }
     Ok(added == 1)
 }
 
@@ -438,6 +451,7 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("cap_tmo", c.caps.tmobile_daily.map(|v| v.to_string()).unwrap_or_default()),
                 ("cap_att", c.caps.att_per_minute.map(|v| v.to_string()).unwrap_or_default()),
                 ("cap_mps", c.caps.per_second.map(|v| v.to_string()).unwrap_or_default()),
+                ("spend_limit", c.monthly_spend_limit.map(|v| v.micros().to_string()).unwrap_or_default()),
                 ("events", if c.events { "1".into() } else { String::new() }),
                 ("help_text", c.help_text.clone().unwrap_or_default()),
                 ("events_url", c.events_url.clone().unwrap_or_default()),
@@ -509,6 +523,7 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
             att_per_minute: m.get("cap_att").and_then(|s| s.parse().ok()),
             per_second: m.get("cap_mps").and_then(|s| s.parse().ok()),
         },
+        monthly_spend_limit: m.get("spend_limit").and_then(|s| s.parse().ok()).map(Usd::from_micros),
         events: m.get("events").map(String::as_str) == Some("1"),
         help_text: m.get("help_text").filter(|s| !s.is_empty()).cloned(),
         events_url: m.get("events_url").filter(|s| !s.is_empty()).cloned(),
@@ -570,6 +585,12 @@ pub struct PoolReport {
     pub monthly_cost: Option<f64>,
     /// The customer's carrier caps and today's use (set by the caller, when it has caps or looks lines up).
     pub carriers: Option<crate::carriers::CapUse>,
+    /// The month spend is counted in (`2026-12`, in the customer's time zone; UTC when it has none).
+    pub spend_month: String,
+    /// What the customer spent this month, in dollars: texts, numbers bought and lookups at the fleet's prices.
+    pub spend_this_month: f64,
+    /// The customer's monthly spend limit in dollars; `None`: no limit.
+    pub monthly_spend_limit: Option<f64>,
     pub window_secs: u64,
     pub daily_quota: u32,
     pub conversational_cap: u32,
@@ -593,17 +614,30 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         return Ok(None);
     };
     let k = CustomerKeys::new(id);
-    type Read = ((i64, i64), Vec<(String, f64)>, HashMap<String, String>, HashMap<String, i64>, i64, i64);
-    let (time, numbers, meta, last, intents, releases): Read = redis::pipe()
+    type Read =
+        ((i64, i64), Vec<(String, f64)>, HashMap<String, String>, HashMap<String, i64>, i64, i64, [Option<String>; 2]);
+    let (time, numbers, meta, last, intents, releases, spend): Read = redis::pipe()
         .cmd("TIME")
         .zrange_withscores(k.pool(), 0, -1)
         .hgetall(k.pool_meta())
         .hgetall(k.pool_last())
         .hlen(k.intents())
         .hlen(k.releases())
+        .cmd("HMGET")
+        .arg(k.cfg())
+        .arg(&["spend_m", "spend_u"])
         .query_async(conn)
         .await?;
     let now_ms = time.0 * 1000 + time.1 / 1000;
+    let spend = crate::spend::MonthSpend::from_fields(
+        &crate::spend::month_of(
+            chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default(),
+            customer.time_zone.map_or(chrono_tz::UTC, |z| z.0),
+        ),
+        spend[0].as_deref(),
+        spend[1].as_deref(),
+        customer.monthly_spend_limit.map(|u| u.micros().to_string()).as_deref(),
+    );
     let horizon = now_ms - (quota.window_ms() + quota.window_slack_ms()) as i64;
     let mut pipe = redis::pipe();
     for (n, _) in &numbers {
@@ -637,10 +671,42 @@ pub async fn pool(conn: &mut Conn, id: &CustomerId, quota: &QuotaSettings) -> re
         messaging_service_sid: customer.messaging_service.map(|s| s.to_string()),
         monthly_cost: None,
         carriers: None,
+        spend_month: spend.month.clone(),
+        spend_this_month: spend.spent.dollars(),
+        monthly_spend_limit: spend.limit.map(Usd::dollars),
         window_secs: quota.window.as_secs(),
         daily_quota: quota.daily_quota,
         conversational_cap: quota.conversational_cap,
     }))
+}
+
+/// What customers spent this month and their limits (one HMGET each, all in flight at once), at Redis time
+/// `now_ms`, each in its own time zone's month.
+pub async fn month_spends(
+    conn: &Conn,
+    ids: &[CustomerId],
+    now_ms: i64,
+) -> redis::RedisResult<Vec<crate::spend::MonthSpend>> {
+    let now = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
+    futures::future::try_join_all(ids.iter().map(|id| {
+        let mut conn = conn.clone();
+        async move {
+            let f: [Option<String>; 4] = redis::cmd("HMGET")
+                .arg(CustomerKeys::new(id).cfg())
+                .arg(&["spend_m", "spend_u", "spend_limit", "time_zone"])
+                .query_async(&mut conn)
+                .await?;
+            let tz = f[3].as_deref().and_then(|z| TimeZone::parse(z).ok()).map_or(chrono_tz::UTC, |z| z.0);
+            let month = crate::spend::month_of(now, tz);
+            Ok(crate::spend::MonthSpend::from_fields(
+                &month,
+                f[0].as_deref(),
+                f[1].as_deref(),
+                f[2].as_deref().filter(|v| !v.is_empty()),
+            ))
+        }
+    }))
+    .await
 }
 
 /// How many of a customer's jobs are ready, scheduled (retries and deferrals) and in flight.

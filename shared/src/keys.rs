@@ -21,7 +21,7 @@
 //! | `{msgr:idx}:batches` | ZSET | the newest 10,000 batches of the fleet (id → created ms), for the dashboard |
 //! | `{msgr:stats}:m:<minute>` | HASH | per minute (Redis time): `sent`, `failed`, `purchases` and the same per customer (`sent:<id>` …); 2 h |
 //! | `{msgr:stats}:workers` | HASH | worker name → `sent|failed|purchases|restarts|started_ms`, refreshed by each worker |
-//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`) and their counters (`mps_s`/`mps_n`: the current second of Redis's clock and its sends; `tmo_day`/`tmo_used`: a T-Mobile day's start and its segments, `tmo_nday`/`tmo_next`: the same for the next day, counted in the last 10 s of a day; `att_x`: the second AT&T's log expiry was last refreshed), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled); consent: `optout_words` (the customer's own phrases, comma-joined), `review` (`send`, or holding), `consent` (`1`: text only tenants with an opt-in on record), `confirm_text`, `sender_name`, `review_n` (tenants under review: the send path looks them up only when there are any) |
+//! | `{c:ID}:cfg` | HASH | account sid, area code, max numbers, messaging service, quiet hours, time zone, `lookup`, carrier caps (`cap_tmo`, `cap_att`, `cap_mps`) and their counters (`mps_s`/`mps_n`: the current second of Redis's clock and its sends; `tmo_day`/`tmo_used`: a T-Mobile day's start and its segments, `tmo_nday`/`tmo_next`: the same for the next day, counted in the last 10 s of a day; `att_x`: the second AT&T's log expiry was last refreshed), caps Twilio reported spent until (`spent_tmo`, `spent_att`, `spent_all`), held jobs' pacing (`pace:<cap>`), looked-up lines by kind (`mix`, `mix:<code>`); `resseq` (reservation ids), `current` (the number being filled; clear it when a number leaves the pool), `open` (enqueued jobs not yet terminal, over batches not cancelled); consent: `optout_words` (the customer's own phrases, comma-joined), `review` (`send`, or holding), `consent` (`1`: text only tenants with an opt-in on record), `confirm_text`, `sender_name`, `review_n` (tenants under review: the send path looks them up only when there are any); spend: `spend_limit` (micro-dollars a month, '' = none), `spend_m`/`spend_u` (the month, in the customer's zone, and its spend in micro-dollars), `spend_w`/`spend_r` (the month the 80 % warning / the limit was reported) |
 //! | `{c:ID}:pool` | ZSET | owned numbers, scored by purchase time |
 //! | `{c:ID}:pool:meta` | HASH | number → `PNsid|intent` |
 //! | `{c:ID}:pool:last` | HASH | number → Redis ms of its last send (idle numbers are released) |
@@ -34,8 +34,9 @@
 //! | `{c:ID}:optrec` | HASH | recipient → its consent history (`[{"kind","via","keyword","number","at_ms",…}…]`, the last 50: opt-outs, opt-ins, suspected revocations and their reviews), the evidence of consent |
 //! | `{c:ID}:review` | HASH | recipient → a suspected revocation waiting for a person (`{"at_ms","deadline_ms","words","rule","number","sid"}`) |
 //! | `{c:ID}:held:<E.164>` | SET | that tenant's jobs held while a review waits (job members; each also in `sched`) |
+//! | `{c:ID}:spendwait` | SET | jobs parked by the monthly spend limit (each also in `sched`, due next month); a change of the limit brings them due at once |
 //!
-//! (reserve.lua builds `review`, `consent` and `held:` from the cfg key's `{c:ID}:`, only when a customer uses them:
+//! (reserve.lua builds `review`, `consent`, `held:` and `spendwait` from the cfg key's `{c:ID}:`, only when a customer uses them:
 //! the test below keeps those names and this module's in step.)
 //! | `{c:ID}:consent` | SET | recipients with an opt-in on record (an API opt-in, or their own START) |
 //! | `{c:ID}:conv:<epoch>:<E.164>` | STRING | a tenant's conversation in one 30-day epoch: length-prefixed `<bytes>:<entry>` entries `<o|i|f>|<ms>|<number>|<sid>|<batch>|<body>` (`o` sent, `i` received, `f` could not be sent), oldest first, at most 12,000 bytes; expires 60 days after its first entry; kept for every customer (a thread is the last 30 days of this epoch's string and the one before) |
@@ -254,6 +255,10 @@ impl CustomerKeys {
     pub fn scheduled(&self) -> String {
         self.key("sched")
     }
+    /// Jobs parked by the monthly spend limit (SET of job members, each also in `sched`).
+    pub fn spend_wait(&self) -> String {
+        self.key("spendwait")
+    }
     pub fn inflight(&self) -> String {
         self.key("inflight")
     }
@@ -405,8 +410,9 @@ mod tests {
         assert_eq!(k.held_prefix(), format!("{prefix}held:"));
         assert_eq!(k.optout_records(), format!("{prefix}optrec"));
         assert_eq!(k.scheduled(), format!("{prefix}sched"));
+        assert_eq!(k.spend_wait(), format!("{prefix}spendwait"));
         let uses = [
-            (include_str!("../lua/reserve.lua"), &["review", "consent", "held:", "optrec"][..]),
+            (include_str!("../lua/reserve.lua"), &["review", "consent", "held:", "optrec", "spendwait"][..]),
             (include_str!("../lua/fail.lua"), &["review", "held:", "sched"][..]),
         ];
         for (script, suffixes) in uses {

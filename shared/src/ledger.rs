@@ -60,12 +60,15 @@ pub struct Rules {
     /// Three consecutive starts of the carriers' day (ms, see [`crate::carriers::day_starts`]).
     pub days: Arc<str>,
     pub segments: u32,
+    /// The spend terms ([`crate::spend::Terms::encode`]): the customer's month and the prices; empty: nothing is
+    /// counted.
+    pub spend: Arc<str>,
 }
 
 impl Default for Rules {
-    /// No quiet hours, no looked-up line, one segment.
+    /// No quiet hours, no looked-up line, one segment, no spend counted.
     fn default() -> Self {
-        Self { quiet: Arc::from(""), spread_ms: 0, line: None, days: Arc::from(""), segments: 1 }
+        Self { quiet: Arc::from(""), spread_ms: 0, line: None, days: Arc::from(""), segments: 1, spend: Arc::from("") }
     }
 }
 
@@ -153,6 +156,11 @@ pub enum Reserve {
     /// latest; the review's end releases it at once).
     Held {
         recheck_ms: i64,
+    },
+    /// Parked: the text (or the number it needs) would pass the customer's monthly spend limit. It comes due at the
+    /// next month (`due_ms`), or at once when the limit is raised.
+    Spend {
+        due_ms: i64,
     },
     /// Ended here: the customer requires consent on record and the tenant has none.
     NoConsent,
@@ -386,6 +394,7 @@ impl Ledger {
             .arg(k.caps_prefix())
             .arg(&*rules.days)
             .arg(rules.segments)
+            .arg(&*rules.spend)
             .run_acked(&mut self.acked_conn(), self.acks.as_ref())
             .await?;
         let (v, confirmed): (Value, bool) = v;
@@ -416,6 +425,7 @@ impl Ledger {
             Some("capped") => Reserve::Capped { due_ms: num(&p, 1), cap: p.get(2).cloned().unwrap_or_default() },
             Some("quiet") => Reserve::Quiet { due_ms: num(&p, 1), zone: p.get(2).cloned().unwrap_or_default() },
             Some("held") => Reserve::Held { recheck_ms: num(&p, 1) },
+            Some("spend") => Reserve::Spend { due_ms: num(&p, 1) },
             Some("no_consent") => Reserve::NoConsent,
             Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
@@ -927,7 +937,7 @@ pub fn attempt_of(state: Option<&str>) -> u32 {
     let Some(s) = state else { return 0 };
     let parts: Vec<&str> = s.split('|').collect();
     let field = match parts.first() {
-        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") => parts.get(1),
+        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") | Some(&"S") => parts.get(1),
         Some(&"r") => parts.get(4),
         _ => None,
     };

@@ -32,6 +32,7 @@ pub mod release;
 pub mod replication;
 pub mod scripts;
 pub mod secrets;
+pub mod spend;
 pub mod store;
 pub mod telemetry;
 pub mod twilio;

@@ -262,6 +262,8 @@ scripts! {
     CONSENT => "consent.lua";
     /// Claim a batch's failed or undelivered recipients for one resend.
     RESEND_CLAIM => "resend_claim.lua";
+    /// Bring the jobs a spend limit parked due now (the limit changed).
+    SPEND_RELEASE => "spend_release.lua";
 }
 
 #[cfg(test)]

@@ -332,3 +332,122 @@ async fn a_dry_run_shows_encoding_segments_and_cost_and_changes_nothing() {
     assert_eq!(v["messages_cost"], 24.9);
     assert_eq!(v["purchases"], 4);
 }
+
+/// What the simulator saw sending and buying, at $0.01 a segment and $1.00 a number, in dollars.
+fn simulator_cost(state: &harness::sim::SimState) -> f64 {
+    let segments: u64 = state.messages.iter().map(|m| m.num_segments.max(1) as u64).sum();
+    segments as f64 * 0.01 + state.numbers.len() as f64 * 1.00
+}
+
+/// Spend-limit acceptance: 1,000 one-segment texts under a $6.00 limit at $0.01 a segment and $1.00 a number, two
+/// workers of 32 handlers each, purchases on. `kill` kills one worker with SIGKILL while texts are going.
+async fn spend_limit_round(kill: bool) {
+    let mut w = World::start(SimConfig::default()).await;
+    w.env = w
+        .env
+        .clone()
+        .set("MESSENGER_SEGMENT_COST", "0.01")
+        .set("MESSENGER_NUMBER_MONTHLY_COST", "1.00")
+        .set("MESSENGER_CARRIER_FEES", "");
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "20", "--monthly-spend-limit", "6.00"]).await;
+    let to = recipients(1_000, 0);
+    let batch = w.bulk("acme", "Water off Tuesday 9-11. Reply STOP to opt out", &to, &[]).await;
+    let mut workers: Vec<_> = (0..2).map(|_| w.worker(32)).collect();
+    if kill {
+        wait_until(Duration::from_secs(60), "the first texts", || {
+            let n = w.state().messages.len();
+            async move { (n >= 50).then_some(()) }
+        })
+        .await;
+        workers[0].kill9();
+        workers[0] = w.worker(32);
+    }
+    // Every text either sent or waiting for the limit, and nothing moving.
+    let status = wait_until(Duration::from_secs(120), "every text sent or waiting for the spend limit", || {
+        let w = &w;
+        let batch = batch.clone();
+        async move {
+            let s = w.status(&batch).await;
+            (s.sent + s.spend_limit == 1_000 && s.queued == 0).then_some(s)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = w.state();
+    let used: HashSet<&str> = state.messages.iter().map(|m| m.from.as_str()).collect();
+    let cost = simulator_cost(&state);
+    let pool = w.producer_ok(&["pool", "acme"]).await;
+    let spend_line = pool.lines().find(|l| l.contains("spend this month")).unwrap_or_default().to_owned();
+    println!(
+        "limit $6.00{}: simulator saw {} texts + {} numbers = ${cost:.2}; {} waiting ({:?}); {}",
+        if kill { ", a worker killed" } else { "" },
+        state.messages.len(),
+        state.numbers.len(),
+        status.spend_limit,
+        status.waiting_at(0).iter().find(|l| l.contains("spend limit")),
+        spend_line.trim()
+    );
+    assert!(cost <= 6.0 + 1e-9, "spent ${cost:.2} past the $6.00 limit");
+    assert!(state.messages.len() >= 300, "only {} texts: the limit was not used", state.messages.len());
+    assert_eq!(w.status(&batch).await.sent as usize, state.messages.len(), "texts sent after the wait began");
+    assert!(state.numbers.iter().all(|n| used.contains(n.phone_number.as_str())), "a number bought and never used");
+    assert!(per_recipient(&state).values().all(|&n| n == 1), "a tenant texted twice");
+    assert!(status.spend_limit > 0);
+    assert!(status.waiting_at(0).iter().any(|l| l.contains("spend limit")), "{:?}", status.waiting_at(0));
+    assert!(spend_line.contains("of a $6.00 limit"), "{pool}");
+    let cfg: HashMap<String, String> = w.redis.conn().await.hgetall(acme().cfg()).await.unwrap();
+    assert!(cfg.get("spend_w").is_some_and(|m| !m.is_empty()), "no 80 % warning recorded: {cfg:?}");
+    assert!(cfg.get("spend_r").is_some_and(|m| !m.is_empty()), "no limit reached recorded: {cfg:?}");
+
+    // Raised to $20: the waiting texts go at once, each tenant exactly once.
+    w.producer_ok(&["customer", "add", "acme", "--monthly-spend-limit", "20"]).await;
+    let done = w.wait_complete(&batch, Duration::from_secs(120)).await;
+    let state = w.state();
+    let used: HashSet<&str> = state.messages.iter().map(|m| m.from.as_str()).collect();
+    let cost = simulator_cost(&state);
+    println!(
+        "raised to $20: {} texts to {} tenants, {} numbers, ${cost:.2} in all",
+        state.messages.len(),
+        per_recipient(&state).len(),
+        state.numbers.len()
+    );
+    assert_eq!(done.sent, 1_000);
+    assert_eq!(state.messages.len(), 1_000);
+    assert!(per_recipient(&state).values().all(|&n| n == 1), "a tenant texted twice");
+    assert!(cost <= 20.0 + 1e-9);
+    assert!(state.numbers.iter().all(|n| used.contains(n.phone_number.as_str())), "a number bought and never used");
+    drop(workers);
+}
+
+/// A monthly spend limit no race passes: what the simulator saw never costs more than the limit, no bought number
+/// is left unused, the rest waits with the reason; raising the limit sends each tenant exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_spend_limit_holds_under_racing_workers_and_raising_it_sends_the_rest_once() {
+    spend_limit_round(false).await;
+}
+
+/// The same with a worker killed (SIGKILL) while texts are going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_spend_limit_holds_through_a_killed_worker() {
+    spend_limit_round(true).await;
+}
+
+/// Bad limits are refused with the reason, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_spend_limit_is_refused_and_changes_nothing() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme", "--monthly-spend-limit", "6"]).await;
+    let before = w.redis.digest();
+    for (bad, says) in [("-5", "negative"), ("six", "not an amount"), ("0.0000001", "six decimals"), ("1e3", "not an amount")]
+    {
+        let arg = format!("--monthly-spend-limit={bad}");
+        let out = w.producer(&["customer", "add", "acme", &arg]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("--monthly-spend-limit {bad}: exit {:?}: {}", out.status.code(), err.trim());
+        assert!(!out.status.success());
+        assert!(err.contains("--monthly-spend-limit") && err.contains(says), "{err}");
+        assert_eq!(w.redis.digest(), before, "{bad} changed something");
+    }
+    let shown = w.producer_ok(&["customer", "list"]).await;
+    assert!(shown.contains("spend limit $6.00/month"), "{shown}");
+}

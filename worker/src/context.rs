@@ -38,6 +38,8 @@ pub struct Shared {
     quiet: Mutex<HashMap<QuietKey, (i64, Arc<str>)>>,
     /// The carriers' day starts (encoded for the reserve script), recomputed once a minute.
     days: Mutex<(i64, Arc<str>)>,
+    /// The spend terms (encoded for the reserve scripts) per customer zone, recomputed once a minute.
+    spend: Mutex<HashMap<Tz, (i64, Arc<str>)>>,
 }
 
 /// A recipient's zones and the window that applies.
@@ -98,6 +100,7 @@ impl Shared {
             customers: Mutex::default(),
             quiet: Mutex::default(),
             days: Mutex::new((i64::MIN, Arc::from(""))),
+            spend: Mutex::default(),
         }
     }
 
@@ -167,6 +170,28 @@ impl Shared {
             *days = (minute, shared::carriers::encode_days(starts).into());
         }
         days.1.clone()
+    }
+
+    /// The spend terms for a customer in `zone` (UTC when it has none): its month by this process's clock, and the
+    /// fleet's prices, encoded for the reserve scripts. Recomputed once a minute.
+    pub fn spend_terms(&self, zone: Option<shared::domain::TimeZone>) -> Arc<str> {
+        let now = Utc::now();
+        let minute = now.timestamp() / 60;
+        let tz = zone.map_or(chrono_tz::UTC, |z| z.0);
+        let mut cache = self.spend.lock().unwrap();
+        if let Some((m, terms)) = cache.get(&tz)
+            && *m == minute
+        {
+            return terms.clone();
+        }
+        let terms: Arc<str> = shared::spend::Terms {
+            month: shared::spend::month_of(now, tz),
+            prices: self.settings.shared.pricing.prices,
+        }
+        .encode()
+        .into();
+        cache.insert(tz, (minute, terms.clone()));
+        terms
     }
 
     /// The quiet periods of `window` in `zones` around now, encoded for the reserve script. Computed from this

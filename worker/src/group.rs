@@ -101,6 +101,7 @@ pub struct ReserveRequest {
     pub quiet: Arc<str>,
     pub days: Arc<str>,
     pub segments: u32,
+    pub spend: Arc<str>,
 }
 
 /// A slot (and whether the replicas confirmed it), `Slow` (reserve it alone), or the Redis error the group met.
@@ -138,7 +139,13 @@ impl Groups {
             Box::pin(async move {
                 let jobs: Vec<Reserving<'_>> = items
                     .iter()
-                    .map(|r| Reserving { job: &r.job, quiet: &r.quiet, days: &r.days, segments: r.segments })
+                    .map(|r| Reserving {
+                        job: &r.job,
+                        quiet: &r.quiet,
+                        days: &r.days,
+                        segments: r.segments,
+                        spend: &r.spend,
+                    })
                     .collect();
                 match ledger.reserve_many(&customer, &jobs).await {
                     Ok((replies, confirmed)) => replies.into_iter().map(|r| Ok((r, confirmed))).collect(),

@@ -90,6 +90,11 @@ pub async fn serve(
             "Jobs parked until a carrier cap (T-Mobile's day, AT&T's minute, per second) renews",
             &stats.capped,
         ),
+        (
+            "spend_limit_waits",
+            "Jobs parked because their text or number would pass the customer's monthly spend limit",
+            &stats.spend_limited,
+        ),
         ("lookups", "Twilio Lookup requests for recipients' line types (retries included)", &stats.lookups),
         ("lookup_failures", "Twilio Lookup requests that failed", &stats.lookup_failures),
         ("ambiguous_sends", "Sends whose outcome was unknown (timeout, dropped connection)", &stats.ambiguous),

@@ -214,6 +214,13 @@ impl Purchases {
                 lock.release().await;
                 return Capacity::Retry;
             }
+            Ok(Reserve::Spend { due_ms }) => {
+                // No number the spend limit would let send: the script parked the job (nothing bought).
+                shared.stats.spend_limited.inc();
+                tracing::info!(due_ms, "the monthly spend limit leaves no room for a number; the job waits");
+                lock.release().await;
+                return Capacity::Gone;
+            }
             Ok(_) => {
                 lock.release().await;
                 return Capacity::Gone;

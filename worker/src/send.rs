@@ -82,8 +82,10 @@ impl Sender {
         }
         if customer.is_some_and(|c| c.caps.tmobile_daily.is_some()) {
             rules.days = self.shared.carrier_days();
-            rules.segments = batch.text(job.values.as_deref()).map_or(1, |t| count_segments(&t).segments);
         }
+        // Spend counts segments for every customer (its monthly figure shows without a limit too).
+        rules.segments = batch.text(job.values.as_deref()).map_or(1, |t| count_segments(&t).segments);
+        rules.spend = self.shared.spend_terms(customer.and_then(|c| c.time_zone));
         rules
     }
 
@@ -194,6 +196,11 @@ impl Sender {
                     self.shared.stats.expired.inc();
                     Step::Done
                 }
+                Reserve::Spend { due_ms } => {
+                    self.shared.stats.spend_limited.inc();
+                    tracing::debug!(due_ms, "the customer's monthly spend limit holds the job");
+                    Step::Done
+                }
                 Reserve::Held { recheck_ms } => {
                     tracing::debug!(recheck_ms, "the tenant's reply may have revoked consent; held for review");
                     Step::Done
@@ -242,6 +249,7 @@ impl Sender {
             quiet: rules.quiet.clone(),
             days: rules.days.clone(),
             segments: rules.segments,
+            spend: rules.spend.clone(),
         };
         match self.shared.groups.reserve.submit(&job.customer, request).await? {
             Ok((Reserved::Slot(slot), true)) => Some(Reserve::Reserved(slot)),

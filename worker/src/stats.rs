@@ -23,6 +23,8 @@ pub struct Stats {
     pub expired: Counter,
     /// Jobs parked until a carrier cap renews.
     pub capped: Counter,
+    /// Jobs parked because their text or number would pass the customer's monthly spend limit.
+    pub spend_limited: Counter,
     /// Lookup requests to Twilio (retries included), and those that failed.
     pub lookups: Counter,
     pub lookup_failures: Counter,

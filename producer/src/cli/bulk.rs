@@ -271,6 +271,19 @@ fn print_estimate(e: &Estimate) {
         "  estimated cost: {} segments x ${} = ${:.2}, plus ${:.2} a month for {} new number(s)",
         e.segments_total, e.segment_cost, e.messages_cost, e.numbers_monthly_cost, e.purchases
     );
+    match (e.monthly_spend_limit, e.fits_under_limit) {
+        (Some(limit), Some(fits)) => println!(
+            "  spend: about ${:.2} in all; ${:.2} of the ${limit:.2} monthly limit spent in {}: {}",
+            e.total_cost,
+            e.spend_this_month,
+            e.spend_month,
+            if fits { "it fits" } else { "it does NOT fit (the texts beyond the limit would wait)" }
+        ),
+        _ => println!(
+            "  spend: about ${:.2} in all; ${:.2} spent in {} (no monthly limit)",
+            e.total_cost, e.spend_this_month, e.spend_month
+        ),
+    }
     print_timeline(&e.timeline);
     if let Some(c) = &e.carriers {
         print_carriers(c);
@@ -282,6 +295,9 @@ fn print_carriers(c: &CarrierForecast) {
     println!("  carriers: {}", lines.join(", "));
     if c.lookups_needed > 0 {
         println!("    {} lookup(s) needed, about ${:.2}", c.lookups_needed, c.lookups_cost);
+    }
+    if c.carrier_fees_cost > 0.0 {
+        println!("    carriers' surcharges on the lines looked up: about ${:.2}", c.carrier_fees_cost);
     }
     if c.unreachable > 0 {
         println!("    {} landline(s) or invalid number(s) would fail without a send", c.unreachable);

@@ -59,6 +59,11 @@ pub struct AddArgs {
     /// The campaign's messages per second over every carrier; `none` = no cap.
     #[arg(long)]
     per_second: Option<String>,
+    /// What the customer may spend a month in dollars (texts, numbers bought, lookups at the fleet's prices, in
+    /// its time zone's month): texts that would pass it wait until it is raised or the month ends; `none` = no
+    /// limit.
+    #[arg(long, value_name = "USD")]
+    monthly_spend_limit: Option<String>,
     /// Record events for the app (`GET /v1/customers/{id}/events`): each message's outcome, replies, opt-outs,
     /// batches completed: `on` or `off`. Applies to batches created after it is turned on.
     #[arg(long, value_parser = ["on", "off"])]
@@ -120,6 +125,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 tmobile_daily_cap,
                 att_per_minute,
                 per_second,
+                monthly_spend_limit,
                 events,
                 help_text,
                 events_url,
@@ -143,6 +149,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 tmobile_daily_cap: change(tmobile_daily_cap, "none"),
                 att_per_minute: change(att_per_minute, "none"),
                 per_second: change(per_second, "none"),
+                monthly_spend_limit: change(monthly_spend_limit, "none"),
                 events: events.map_or(Change::Keep, |v| Change::Set(v == "on")),
                 help_text: change(help_text, "none"),
                 events_url: change(events_url, "none"),
@@ -190,7 +197,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
 /// One line of a customer's settings.
 fn describe(c: &Customer) -> String {
     format!(
-        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tevents {}\thelp text {}\tconsent: reviews {}, require {}, own words {}",
+        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tspend limit {}/month\tevents {}\thelp text {}\tconsent: reviews {}, require {}, own words {}",
         c.max_numbers,
         c.area_code.as_ref().map_or("any", |a| a.as_str()),
         c.account_sid.as_ref().map_or("(main)", |a| a.as_str()),
@@ -199,6 +206,7 @@ fn describe(c: &Customer) -> String {
         c.time_zone.as_ref().map_or("none", |z| z.name()),
         if c.looks_up() { "on" } else { "off" },
         caps(&c.caps),
+        c.monthly_spend_limit.map_or("none".to_owned(), |l| l.to_string()),
         if c.events { "on" } else { "off" },
         if c.help_text.is_some() { "set" } else { "none" },
         c.consent.review_hold.as_str(),

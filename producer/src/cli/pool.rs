@@ -106,6 +106,19 @@ fn print_pool(report: &PoolReport, number_monthly: f64) {
         report.numbers.len(),
         report.messaging_service_sid.as_ref().map(|s| format!("; messaging service {s}")).unwrap_or_default()
     );
+    let usd = |d: f64| shared::spend::Usd::from_dollars(d).unwrap_or_default();
+    match report.monthly_spend_limit {
+        Some(limit) => println!(
+            "  spend this month ({}): {} of a {} limit ({}%)",
+            report.spend_month,
+            usd(report.spend_this_month),
+            usd(limit),
+            if limit > 0.0 { (report.spend_this_month / limit * 100.0).round() } else { 100.0 }
+        ),
+        None => {
+            println!("  spend this month ({}): {} (no limit)", report.spend_month, usd(report.spend_this_month))
+        }
+    }
 }
 
 fn print_released(report: &ReleaseReport, idle_days: f64) {

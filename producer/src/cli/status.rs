@@ -167,6 +167,12 @@ pub fn print_status(s: &BatchStatus) {
             s.held_for_review, s.customer
         );
     }
+    if s.spend_limit > 0 {
+        println!(
+            "  spend      {:>8}   (waiting for the monthly spend limit: `producer customer add {} --monthly-spend-limit USD` raises it)",
+            s.spend_limit, s.customer
+        );
+    }
     println!("  sent       {:>8}", s.sent);
     let reasons: Vec<String> = s.failure_reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
     if reasons.is_empty() {

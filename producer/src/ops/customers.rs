@@ -31,6 +31,9 @@ pub struct CustomerInput {
     pub tmobile_daily_cap: Change<String>,
     pub att_per_minute: Change<String>,
     pub per_second: Change<String>,
+    /// What the customer may spend a month, in dollars (`6`, `6.00`); `Clear` = no limit. Field name
+    /// `monthly_spend_limit`.
+    pub monthly_spend_limit: Change<String>,
     /// Record events (replies, opt-outs, each message's outcome) for the app's `GET …/events`.
     pub events: Change<bool>,
     /// The answer to HELP / INFO: 1 to 320 characters, no control characters.
@@ -91,6 +94,9 @@ fn parse(input: CustomerInput) -> Result<(CustomerUpdate, Change<EventsSecret>),
             cap(v, Caps::ATT_PER_MINUTE_MAX)
         }),
         per_second: parse_change(&mut p, "per_second", input.per_second, |v| cap(v, Caps::PER_SECOND_MAX)),
+        monthly_spend_limit: parse_change(&mut p, "monthly_spend_limit", input.monthly_spend_limit, |v| {
+            shared::spend::Usd::parse(v)
+        }),
         events: input.events,
         help_text: parse_change(&mut p, "help_text", input.help_text, help_text),
         // Checked (with a DNS lookup) in `save`.

@@ -75,6 +75,17 @@ pub struct Estimate {
     pub messages_cost: f64,
     /// What the numbers bought for it would add per month.
     pub numbers_monthly_cost: f64,
+    /// Everything the batch would spend at the fleet's prices, as the spend limit counts it: its texts (with the
+    /// carriers' surcharges on the lines already looked up), the numbers bought for it, and the lookups it needs.
+    pub total_cost: f64,
+    /// The month spend is counted in (the customer's zone), what was spent in it so far, and the customer's
+    /// monthly spend limit (`None`: no limit).
+    pub spend_month: String,
+    pub spend_this_month: f64,
+    pub monthly_spend_limit: Option<f64>,
+    /// Whether the whole batch fits under the limit (`None`: no limit); when it does not, the texts beyond it
+    /// would wait (`spend limit`) until the limit is raised or the month ends.
+    pub fits_under_limit: Option<bool>,
     pub timeline: Timeline,
     /// Per carrier, for a customer whose recipients' lines are looked up (its carrier caps need them).
     pub carriers: Option<CarrierForecast>,
@@ -87,6 +98,8 @@ pub struct CarrierForecast {
     pub lookups_needed: usize,
     /// Those lookups at `MESSENGER_LOOKUP_COST` each.
     pub lookups_cost: f64,
+    /// The carriers' surcharges (`MESSENGER_CARRIER_FEES`) on the texts to lines already looked up.
+    pub carrier_fees_cost: f64,
     /// Recipients by line as looked up (`tmobile`, `att`, `verizon`, `other`, `landline`, `invalid`, `unknown`).
     pub by_line: BTreeMap<String, usize>,
     /// Landlines and invalid numbers: they would end `failed` without a send.
@@ -265,6 +278,26 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
         None
     };
     let segments_total = segments.2;
+    // What the spend limit would count: the same prices the reserve scripts use.
+    let prices = settings.pricing.prices;
+    let total = shared::spend::Usd(
+        segments_total as i64 * prices.segment.micros() + purchases as i64 * prices.number_monthly.micros(),
+    )
+    .dollars()
+        + carriers.as_ref().map_or(0.0, |c| c.lookups_cost + c.carrier_fees_cost);
+    let spend = customers::month_spends(&deps.conn(), std::slice::from_ref(&id), now_ms)
+        .await?
+        .pop()
+        .expect("one customer asked, one answer");
+    let left = spend.left().map(shared::spend::Usd::dollars);
+    let fits = left.map(|l| total <= l + 1e-9);
+    if let (Some(false), Some(l)) = (fits, left) {
+        warnings.push(format!(
+            "the batch would cost about ${total:.2} and ${l:.2} is left of the customer's monthly spend limit ({}): \
+             the texts beyond it would wait until the limit is raised or the month ends",
+            spend.describe()
+        ));
+    }
     Ok(Estimate {
         dry_run: true,
         customer: id.to_string(),
@@ -293,6 +326,11 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
         segment_cost: settings.pricing.segment,
         messages_cost: cents(segments_total as f64 * settings.pricing.segment),
         numbers_monthly_cost: cents(purchases as f64 * settings.pricing.number_monthly),
+        total_cost: cents(total),
+        spend_month: spend.month.clone(),
+        spend_this_month: spend.spent.dollars(),
+        monthly_spend_limit: spend.limit.map(shared::spend::Usd::dollars),
+        fits_under_limit: fits,
         timeline,
         carriers,
     })
@@ -313,6 +351,7 @@ async fn carrier_forecast(
     let mut conn = deps.conn();
     let mut by_line: BTreeMap<String, usize> = BTreeMap::new();
     let (mut tmo, mut att, mut unreachable, mut unknown) = (0usize, 0usize, 0usize, 0usize);
+    let mut verizon = 0usize;
     let to: Vec<&str> =
         batch.recipients.iter().enumerate().filter(|(i, _)| !opted[*i]).map(|(_, r)| r.as_str()).collect();
     for chunk in to.chunks(1_000) {
@@ -331,7 +370,10 @@ async fn carrier_forecast(
                     att += 1;
                     "att"
                 }
-                Some(Line::Verizon) => "verizon",
+                Some(Line::Verizon) => {
+                    verizon += 1;
+                    "verizon"
+                }
                 Some(Line::Other) => "other",
                 Some(Line::Unknown) => "unknown",
                 Some(Line::Unreachable(u)) => {
@@ -361,9 +403,14 @@ async fn carrier_forecast(
         }
         None => (None, None, None),
     };
+    let fees = deps.settings.pricing.prices.fees;
+    let fee_per_segment = tmo as f64 * fees.tmobile.dollars()
+        + att as f64 * fees.att.dollars()
+        + verizon as f64 * fees.verizon.dollars();
     Ok(CarrierForecast {
         lookups_needed: unknown,
         lookups_cost: cents(unknown as f64 * deps.settings.pricing.lookup),
+        carrier_fees_cost: cents(fee_per_segment * per_text),
         by_line,
         unreachable,
         tmobile_today,

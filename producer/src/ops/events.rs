@@ -145,6 +145,7 @@ pub fn event(customer: &CustomerId, stream_id: &str, fields: Vec<(String, String
             "total" | "sent" | "failed" | "opted_out" | "cancelled" | "expired" => {
                 (f.as_str(), v.parse::<u64>().map_or(v.clone().into(), Into::into))
             }
+            "spent_usd" | "limit_usd" => (f.as_str(), v.parse::<f64>().map_or(v.clone().into(), Into::into)),
             other => (other, v.into()),
         };
         data.insert(name.to_owned(), value);

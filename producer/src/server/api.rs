@@ -105,6 +105,12 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<i64>, nullable)]
     pub per_second: Change<i64>,
+    /// What the customer may spend a month, in dollars (a number such as `6.00`, or the same as a string):
+    /// texts, numbers bought and lookups at the fleet's prices, in the customer's time zone's month; `null` or
+    /// `"none"` = no limit. Texts that would pass it wait (`spend limit`) until it is raised or the month ends.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<f64>, nullable)]
+    pub monthly_spend_limit: Change<serde_json::Value>,
     /// Record events for `GET /v1/customers/{id}/events` (batches created from now on); `null` = off.
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<bool>, nullable)]
@@ -161,6 +167,8 @@ pub struct CustomerResponse {
     pub tmobile_daily_cap: Option<u32>,
     pub att_per_minute: Option<u32>,
     pub per_second: Option<u32>,
+    /// The monthly spend limit in dollars; `null` = none.
+    pub monthly_spend_limit: Option<f64>,
     /// Events are recorded (`GET …/events`).
     pub events: bool,
     pub help_text: Option<String>,
@@ -199,6 +207,7 @@ impl From<Customer> for CustomerResponse {
             tmobile_daily_cap: c.caps.tmobile_daily,
             att_per_minute: c.caps.att_per_minute,
             per_second: c.caps.per_second,
+            monthly_spend_limit: c.monthly_spend_limit.map(|u| u.dollars()),
             events: c.events,
             help_text: c.help_text,
             events_url: c.events_url,
@@ -380,6 +389,11 @@ pub async fn put_customer(
         tmobile_daily_cap: req.tmobile_daily_cap.map(|n| n.to_string()),
         att_per_minute: req.att_per_minute.map(|n| n.to_string()),
         per_second: req.per_second.map(|n| n.to_string()),
+        monthly_spend_limit: match req.monthly_spend_limit {
+            Change::Set(serde_json::Value::String(s)) if s.trim().eq_ignore_ascii_case("none") => Change::Clear,
+            Change::Set(serde_json::Value::String(s)) => Change::Set(s),
+            other => other.map(|v| v.to_string()),
+        },
         events: req.events,
         help_text: req.help_text,
         events_url: req.events_url,

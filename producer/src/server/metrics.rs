@@ -38,6 +38,13 @@ pub struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    pub customer: String,
+    /// `spent` (this month, in the customer's zone) or `limit` (absent when it has none).
+    pub of: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: String,
 }
@@ -66,6 +73,7 @@ pub struct Metrics {
     deliveries: Family<StatusLabels, Counter>,
     /// Read from Redis at each scrape.
     queue: Family<QueueLabels, Gauge>,
+    spend: Family<SpendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     workers: Gauge,
     shards: Family<ShardLabels, Gauge>,
 }
@@ -99,6 +107,7 @@ impl Metrics {
         let token_lookups = Counter::default();
         let deliveries = Family::<StatusLabels, Counter>::default();
         let queue = Family::<QueueLabels, Gauge>::default();
+        let spend = Family::<SpendLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let workers = Gauge::default();
         let shards = Family::<ShardLabels, Gauge>::default();
         registry.register(
@@ -143,6 +152,12 @@ impl Metrics {
             queue.clone(),
         );
         registry.register(
+            "customer_spend_usd",
+            "Customers with work: what they spent this month (texts, numbers, lookups at the fleet's prices) and their \
+             monthly limit, in dollars",
+            spend.clone(),
+        );
+        registry.register(
             "workers_alive",
             "Worker processes that sent a heartbeat in the last minute",
             workers.clone(),
@@ -161,6 +176,7 @@ impl Metrics {
             account_tokens,
             deliveries,
             queue,
+            spend,
             workers,
             shards,
         }
@@ -220,6 +236,15 @@ async fn refresh_queues(metrics: &Metrics, mut conn: Conn) -> redis::RedisResult
         for (state, n) in [("ready", d.ready), ("scheduled", d.scheduled), ("in_flight", d.in_flight)] {
             let labels = QueueLabels { customer: id.to_string(), state: state.to_owned() };
             metrics.queue.get_or_create(&labels).set(n);
+        }
+    }
+    let spends = shared::customers::month_spends(&conn, &ids, now).await?;
+    metrics.spend.clear();
+    for (id, s) in ids.iter().zip(spends) {
+        let at = |of: &str| SpendLabels { customer: id.to_string(), of: of.to_owned() };
+        metrics.spend.get_or_create(&at("spent")).set(s.spent.dollars());
+        if let Some(limit) = s.limit {
+            metrics.spend.get_or_create(&at("limit")).set(limit.dollars());
         }
     }
     metrics.workers.set(alive);

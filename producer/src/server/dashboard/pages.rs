@@ -155,6 +155,7 @@ fn batch_bar(s: &BatchStatus) -> Markup {
         ("waiting for quiet hours", s.quiet_hours, "bar-deferred"),
         ("waiting for a carrier cap", s.capped, "bar-deferred"),
         ("held for a consent review", s.held_for_review, "bar-deferred"),
+        ("waiting for the spend limit", s.spend_limit, "bar-deferred"),
         ("queued", s.queued, "bar-queued"),
     ];
     let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
@@ -575,6 +576,7 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
                 div { dt { "Quiet hours" } dd { (s.quiet_hours) } }
                 div { dt { "Carrier caps" } dd { (s.capped) } }
                 div { dt { "Held for review" } dd { (s.held_for_review) } }
+                div { dt { "Spend limit" } dd { (s.spend_limit) } }
                 div { dt { "Queued" } dd { (s.queued) } }
             }
             @if let (true, Some(why)) = (s.deferred > 0, &s.deferred_reason) { p { "Deferred because " (why) "." } }
@@ -590,6 +592,10 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
             @if s.held_for_review > 0 {
                 p { (s.held_for_review) " held: their tenant's reply may have revoked consent, and waits for a person on the "
                     a href="/dashboard/consent" { "Consent" } " page." }
+            }
+            @if s.spend_limit > 0 {
+                p { (s.spend_limit) " waiting: sending them would pass the customer's monthly spend limit. They go when "
+                    "the limit is raised or the month ends." }
             }
         }
         @if !s.failure_reasons.is_empty() {
