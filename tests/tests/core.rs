@@ -195,7 +195,7 @@ async fn a_group_call_reserves_plain_jobs_and_leaves_the_rest_to_the_single_path
     let group: Vec<Reserving<'_>> = [&jobs[0], &jobs[1], &jobs[2], &jobs[3], &jobs[4], &jobs[5], &lost]
         .into_iter()
         .enumerate()
-        .map(|(i, job)| Reserving { job, quiet: if i == 2 { quiet } else { "" }, days: "", segments: 1 })
+        .map(|(i, job)| Reserving { job, quiet: if i == 2 { quiet } else { "" }, days: "", segments: 1, spend: "" })
         .collect();
     let (replies, confirmed) = ledger.reserve_many(&id, &group).await.unwrap();
     assert!(confirmed);
@@ -246,7 +246,7 @@ async fn a_group_call_reserves_plain_jobs_and_leaves_the_rest_to_the_single_path
     // A customer that requires consent needs reserve.lua's rules on every send.
     let _: () = conn.hset(k.cfg(), "consent", "1").await.unwrap();
     let (replies, _) =
-        ledger.reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "", days: "", segments: 1 }]).await.unwrap();
+        ledger.reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "", days: "", segments: 1, spend: "" }]).await.unwrap();
     assert_eq!(replies, [Reserved::Rules]);
 }
 
@@ -262,7 +262,7 @@ async fn a_group_call_stops_at_a_carrier_cap() {
     let mut conn = ledger.conn();
     let _: () = conn.hset(k.cfg(), "cap_mps", 2).await.unwrap();
     let group: Vec<Reserving<'_>> =
-        jobs.iter().map(|job| Reserving { job, quiet: "", days: "", segments: 1 }).collect();
+        jobs.iter().map(|job| Reserving { job, quiet: "", days: "", segments: 1, spend: "" }).collect();
     let (replies, _) = ledger.reserve_many(&id, &group).await.unwrap();
     let slots = replies.iter().filter(|r| matches!(r, Reserved::Slot(_))).count();
     assert_eq!(slots, 2, "{replies:?}");
@@ -275,6 +275,57 @@ async fn a_group_call_stops_at_a_carrier_cap() {
         Reserve::Reserved(_) => {}
         other => panic!("expected the per-second cap to hold the job, got {other:?}"),
     }
+}
+
+/// Spend in the group call: each slot counts its text in the month's spend, in the call's one cfg write; a job that
+/// would bring spend to the 80 % warning or past the limit is left to reserve.lua, which reports the warning, and
+/// parks the job that would pass the limit (state S, the batch's `spend`, `spendwait`) without a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_call_counts_spend_and_leaves_the_limit_to_reserve_lua() {
+    let w = World::start(SimConfig::default()).await;
+    let quota = QuotaSettings { window: Duration::from_secs(600), daily_quota: 20, conversational_cap: 20 };
+    let (ledger, jobs) = one_number_customer(&w, quota, 6, &pool_number()).await;
+    let id = CustomerId::parse("acme").unwrap();
+    let k = CustomerKeys::new(&id);
+    let mut conn = ledger.conn();
+    // $0.01 a segment, two-segment texts: $0.02 each; a limit of $0.09 (warning at $0.072).
+    let terms = shared::spend::Terms {
+        month: shared::spend::Month { name: "2026-12".into(), next_start_ms: 4_102_444_800_000 },
+        prices: shared::spend::Prices { segment: shared::spend::Usd(10_000), ..Default::default() },
+    }
+    .encode();
+    let _: () = conn.hset(k.cfg(), "spend_limit", 90_000).await.unwrap();
+    let group: Vec<Reserving<'_>> =
+        jobs.iter().map(|job| Reserving { job, quiet: "", days: "", segments: 2, spend: &terms }).collect();
+    let (replies, _) = ledger.reserve_many(&id, &group).await.unwrap();
+    let slots = replies.iter().filter(|r| matches!(r, Reserved::Slot(_))).count();
+    // $0.02, $0.04, $0.06 go; $0.08 would reach the warning: reserve.lua's.
+    assert_eq!(slots, 3, "{replies:?}");
+    let spent: Option<i64> = conn.hget(k.cfg(), "spend_u").await.unwrap();
+    assert_eq!(spent, Some(60_000));
+    let rules = Rules { segments: 2, spend: Arc::from(terms.as_str()), ..Rules::default() };
+    let fast = ReserveMode::Fast;
+    assert!(matches!(ledger.reserve(&jobs[3], fast, None, &rules).await.unwrap(), Reserve::Reserved(_)));
+    let warned: Option<String> = conn.hget(k.cfg(), "spend_w").await.unwrap();
+    assert_eq!(warned.as_deref(), Some("2026-12"));
+    // $0.10 would pass $0.09: parked, no slot, nothing more spent.
+    match ledger.reserve(&jobs[4], fast, None, &rules).await.unwrap() {
+        Reserve::Spend { due_ms } => assert_eq!(due_ms, 4_102_444_800_000),
+        other => panic!("expected the spend limit to park the job, got {other:?}"),
+    }
+    let spent: Option<i64> = conn.hget(k.cfg(), "spend_u").await.unwrap();
+    assert_eq!(spent, Some(80_000));
+    assert!(ledger.job_state(&jobs[4]).await.unwrap().is_some_and(|s| s.starts_with("S|")));
+    let waiting: Vec<String> = conn.smembers(k.spend_wait()).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    let status = shared::batches::status(&mut conn, &jobs[0].batch).await.unwrap().unwrap();
+    assert_eq!(status.spend_limit, 1);
+    // The group call leaves it alone too (the limit is reserve.lua's to decide).
+    let (replies, _) = ledger
+        .reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "", days: "", segments: 2, spend: &terms }])
+        .await
+        .unwrap();
+    assert_eq!(replies, [Reserved::Slow]);
 }
 
 /// Sticky senders: a recipient keeps hearing from the number that last texted them while it has capacity (so replies

@@ -11,6 +11,7 @@ use common::{World, create_service};
 use harness::fixtures::{max_in_window, owned_numbers, per_recipient, recipients, wait_until};
 use harness::sim::{self, Faults, SimConfig};
 use redis::AsyncCommands;
+use serde_json::json;
 use shared::domain::CustomerId;
 use shared::keys::CustomerKeys;
 
@@ -450,4 +451,24 @@ async fn a_bad_spend_limit_is_refused_and_changes_nothing() {
     }
     let shown = w.producer_ok(&["customer", "list"]).await;
     assert!(shown.contains("spend limit $6.00/month"), "{shown}");
+
+    // The API: the same rule, the same words; a good change shows on the customer and its pool.
+    let api = common::start_api(&w).await;
+    for bad in [json!(-5), json!("six"), json!(true)] {
+        let (s, e) =
+            api.call("PUT", "/v1/customers/acme", Some(common::ADMIN), Some(json!({"monthly_spend_limit": bad}))).await;
+        println!("PUT monthly_spend_limit {bad}: {s} {}", e["error"]["message"]);
+        assert_eq!(s, 422, "{e}");
+        assert!(e.to_string().contains("monthly_spend_limit"), "{e}");
+        assert_eq!(w.redis.digest(), before, "{bad} changed something");
+    }
+    let (s, c) =
+        api.call("PUT", "/v1/customers/acme", Some(common::ADMIN), Some(json!({"monthly_spend_limit": 12.5}))).await;
+    assert_eq!((s.as_u16(), c["monthly_spend_limit"].as_f64()), (200, Some(12.5)), "{c}");
+    let (s, pool) = api.call("GET", "/v1/customers/acme/pool", Some(common::ADMIN), None).await;
+    assert_eq!(s, 200, "{pool}");
+    assert_eq!((pool["monthly_spend_limit"].as_f64(), pool["spend_this_month"].as_f64()), (Some(12.5), Some(0.0)));
+    let (_, c) =
+        api.call("PUT", "/v1/customers/acme", Some(common::ADMIN), Some(json!({"monthly_spend_limit": "none"}))).await;
+    assert!(c["monthly_spend_limit"].is_null(), "{c}");
 }
