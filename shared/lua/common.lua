@@ -75,6 +75,8 @@ local function leave_deferred(batch, prev)
     redis.call('HINCRBY', batch, 'held', -1)
   elseif kind == 'S' then
     redis.call('HINCRBY', batch, 'spend', -1)
+  elseif kind == 'P' then
+    redis.call('HINCRBY', batch, 'pausedjobs', -1)
   end
 end
 

@@ -11,6 +11,14 @@
 -- KEYS[1] batch HASH   KEYS[2] delivery HASH (message sid → furthest status)   KEYS[3] events STREAM
 -- KEYS[4] the batch's undelivered HASH (recipient → `<sid>|<status>|<code>`): who the carriers did not reach, for
 --         the support desk's lists and resends; kept as long as the delivery hash
+-- KEYS[5] the customer's cfg HASH (the deliverability pause's settings: `pause_min`, `pause_pct`, `pause_codes`)
+--
+-- The deliverability pause (docs/DESIGN.md, "Deliverability pause"): once the batch has at least `pause_min` final
+-- reports (50 when unset) since it started or was last resumed, and the share of them with a carrier-filtering code
+-- (`pause_codes`, comma-joined; 30007 and 30034 when unset) reaches `pause_pct` percent (10 when unset), the batch
+-- pauses in the same step (`paused`, `pause_why`, `paused_ms`, `paused_by` = auto) and reports `batch.paused`:
+-- reserve.lua parks its texts until a person resumes it (batch_pause.lua). A batch paused, cancelled or complete is
+-- not looked at.
 -- ARGV[1] message sid  ARGV[2] status  ARGV[3] error code ('' if none)  ARGV[4] retention s
 -- ARGV[5] the recipient (the callback's `To`), for the event
 -- Returns {'counted', status} | {'advanced', status} | {'ignored', furthest status} | {'orphan'} | {'unknown_status'}
@@ -44,6 +52,30 @@ if FINAL[status] and not (prev and FINAL[prev]) then
   if FINAL[status] == 'undelivered' and KEYS[4] and (ARGV[5] or '') ~= '' then
     redis.call('HSET', KEYS[4], ARGV[5], sid .. '|' .. status .. '|' .. code)
     redis.call('EXPIRE', KEYS[4], retention)
+  end
+  -- The deliverability pause: counted from the batch's counters (and where the last resume left them).
+  local p = redis.call('HMGET', batch, 'delivered', 'undelivered', 'paused', 'cancel', 'state', 'pause_base_n',
+    'pause_base_f')
+  if p[3] ~= '1' and p[4] ~= '1' and p[5] ~= 'complete' and KEYS[5] then
+    local s = redis.call('HMGET', KEYS[5], 'pause_min', 'pause_pct', 'pause_codes')
+    local min_n, pct = tonumber(s[1]) or 50, tonumber(s[2]) or 10
+    local codes = (s[3] and s[3] ~= '') and s[3] or '30007,30034'
+    local n = (tonumber(p[1]) or 0) + (tonumber(p[2]) or 0) - (tonumber(p[6]) or 0)
+    if pct > 0 and n >= min_n then
+      local filtered, by = 0, {}
+      for c in string.gmatch(codes, '%d+') do
+        local k = tonumber(redis.call('HGET', batch, 'dlr:' .. c)) or 0
+        filtered = filtered + k
+        if k > 0 then by[#by + 1] = c .. ': ' .. k end
+      end
+      filtered = filtered - (tonumber(p[7]) or 0)
+      if filtered * 100 >= pct * n then
+        local why = filtered .. ' of ' .. n .. ' delivery reports (' .. math.floor(filtered * 100 / n) ..
+          '%) were carrier filtering (' .. table.concat(by, ', ') .. '), at or over the ' .. pct .. '% threshold'
+        redis.call('HSET', batch, 'paused', '1', 'pause_why', why, 'paused_ms', now_ms(), 'paused_by', 'auto')
+        emit('batch.paused', 'b', EV and EV.batch or '', 'by', 'auto', 'reason', why, 'reports', n, 'filtered', filtered)
+      end
+    end
   end
   if FINAL[status] == 'delivered' then
     emit('message.delivered', 'b', EV and EV.batch or '', 'r', ARGV[5] or '', 'sid', sid, 'status', status)

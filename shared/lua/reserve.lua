@@ -85,6 +85,8 @@
 --   {'capped', due, cap}                       job parked until the carrier cap `cap` renews
 --   {'held', recheck}                          job held while the tenant's suspected revocation is reviewed
 --   {'spend', due}                             job parked: its text would pass the customer's monthly spend limit
+--   {'paused', due}                            job parked: its batch is paused (state P|<attempt>|<due>, counted in
+--                                              `pausedjobs`, listed in `<batch>:pw` for the resume)
 --   {'no_consent'}                             job failed here: no opt-in on record and the customer requires one
 --   {'ambiguous', number, resid, ms, attempt, now}   an earlier attempt may have been sent
 --   {'full', numbers, pending_intents, max_numbers, earliest_free_ms, oldest_intent_ms, now, job state, orphans}
@@ -116,7 +118,7 @@ local now = now_ms()
 if not redis.call('ZSCORE', inflight, member) then
   return {'lost'}
 end
-local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires', 'ev', 'id')
+local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires', 'ev', 'id', 'paused')
 events_for(KEYS[13], b[5], b[6])
 if not b[1] then
   redis.call('ZREM', inflight, member)
@@ -164,6 +166,21 @@ local expires = tonumber(b[4])
 if expires and now >= expires then
   finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'e', '', retention, now)
   return {'expired'}
+end
+if b[7] == '1' then
+  -- The batch is paused (deliverability, or by hand): its texts wait, on no number, until it is resumed
+  -- (batch_pause.lua brings the ones listed in `<batch>:pw` due at once); looked at again hourly meanwhile.
+  local due = now + 3600000
+  if expires and due > expires then due = expires end
+  local job = job_of(member)
+  leave_deferred(batch, st)
+  redis.call('HSET', state, recipient, 'P|' .. attempt .. '|' .. due)
+  redis.call('HINCRBY', batch, 'pausedjobs', 1)
+  redis.call('SADD', batch .. ':pw', job)
+  redis.call('PEXPIRE', batch .. ':pw', retention * 1000)
+  redis.call('ZREM', inflight, member)
+  redis.call('ZADD', KEYS[12], due, job)
+  return {'paused', due}
 end
 for qs, qe, zone in string.gmatch(quiet, '(%d+),(%d+),([^;]+)') do
   qs, qe = tonumber(qs), tonumber(qe)

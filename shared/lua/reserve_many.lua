@@ -1,7 +1,7 @@
 -- reserve_many.lua: the fast path for several jobs of one customer in one step (docs/DESIGN.md, "The hot path").
 --
 -- A job in the plain case — its lease still ours, its batch live (not cancelled, finished or expired), no state or a
--- waiting one (w, D, Q, C, S), the tenant not opted out, outside the quiet periods the worker passed, its line cached
+-- waiting one (w, D, Q, C, S, P), its batch not paused, the tenant not opted out, outside the quiet periods the worker passed, its line cached
 -- and able to take a text (when the customer looks lines up), under every carrier cap it counts in, and a number
 -- with room — gets its slot here exactly as reserve.lua would give it (same number order: the tenant's sticky sender,
 -- then the number being filled, then the pool in purchase order; same window entry, same state, same unsent entry,
@@ -72,7 +72,7 @@ for i = 1, n do
   local k = KEYS_FIXED + (i - 1) * KEYS_EACH
   local bk, sk = KEYS[k + 1], KEYS[k + 2]
   if not batches[bk] then
-    batches[bk] = redis.call('HMGET', bk, 'total', 'cancel', 'state', 'expires', 'ev', 'id')
+    batches[bk] = redis.call('HMGET', bk, 'total', 'cancel', 'state', 'expires', 'ev', 'id', 'paused')
     states[sk] = { recipients = {}, index = {} }
   end
   local s = states[sk]
@@ -193,8 +193,8 @@ for i = 1, n do
   local kind = st and string.sub(st, 1, 1)
   local expires = tonumber(b[4])
   local chosen, count_caps = nil, nil
-  if leased[i] and b[1] and b[2] ~= '1' and b[3] ~= 'complete' and not (expires and now >= expires)
-    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C' or kind == 'S')
+  if leased[i] and b[1] and b[2] ~= '1' and b[3] ~= 'complete' and b[7] ~= '1' and not (expires and now >= expires)
+    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C' or kind == 'S' or kind == 'P')
     and not taken[sk .. '\0' .. recipient] and not in_quiet(quiet) then
     -- The caps decide before the number: a job they leave to reserve.lua costs no sticky read.
     count_caps = under_caps(recipient, segments, days)

@@ -350,7 +350,7 @@ pub async fn submit(
 }
 
 /// A batch's counts. At every moment `sent + failed + opted_out + cancelled + expired + pending == total`, and
-/// `queued + deferred + quiet_hours + capped + held_for_review + spend_limit == pending`: the counters move in the same scripts as
+/// `queued + deferred + quiet_hours + capped + held_for_review + spend_limit + held_by_pause == pending`: the counters move in the same scripts as
 /// the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -391,6 +391,18 @@ pub struct BatchStatus {
     /// Waiting because sending them would pass the customer's monthly spend limit: until the limit is raised or
     /// the month (in the customer's zone) ends. Not failed.
     pub spend_limit: u64,
+    /// The batch is paused (carriers filtering its texts, or a person's choice): its texts wait until it is resumed.
+    pub paused: bool,
+    /// Why, with the figures ("20 of 60 delivery reports (33%) were carrier filtering (30007: 20), …").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// `auto` (the deliverability rule) or who paused it; and when (Redis ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_at_ms: Option<i64>,
+    /// Texts parked by the pause (texts still queued are parked as the workers reach them).
+    pub held_by_pause: u64,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
@@ -522,6 +534,13 @@ impl BatchStatus {
         if self.held_for_review > 0 {
             out.push(format!("{} held while a tenant's reply waits for a consent review", self.held_for_review));
         }
+        if self.paused {
+            out.push(format!(
+                "{} waiting: the batch is paused ({}); resume it to send them",
+                self.pending(),
+                self.pause_reason.as_deref().unwrap_or("paused")
+            ));
+        }
         if self.spend_limit > 0 {
             out.push(format!(
                 "{} waiting for the customer's monthly spend limit (spend limit): they go when it is raised or the \
@@ -552,6 +571,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let capped = n("capped").min(pending - deferred - quiet);
     let held = n("held").min(pending - deferred - quiet - capped);
     let spend_limit = n("spend").min(pending - deferred - quiet - capped - held);
+    let by_pause = n("pausedjobs").min(pending - deferred - quiet - capped - held - spend_limit);
     let opt = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok());
     // Jobs waiting per reason (`<kind>:<reason>` counts, `<kind>_until:<reason>` latest due).
     let waits = |kind: &str| -> BTreeMap<String, QuietWait> {
@@ -586,7 +606,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         total,
         enqueued: n("enqueued"),
         duplicates: n("duplicates"),
-        queued: pending - deferred - quiet - capped - held - spend_limit,
+        queued: pending - deferred - quiet - capped - held - spend_limit - by_pause,
         deferred,
         deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
         quiet_hours: quiet,
@@ -595,6 +615,11 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         capped_by_cap,
         held_for_review: held,
         spend_limit,
+        paused: m.get("paused").map(String::as_str) == Some("1"),
+        pause_reason: m.get("pause_why").filter(|_| m.get("paused").map(String::as_str) == Some("1")).cloned(),
+        paused_by: m.get("paused_by").filter(|_| m.get("paused").map(String::as_str) == Some("1")).cloned(),
+        paused_at_ms: opt("paused_ms").filter(|_| m.get("paused").map(String::as_str) == Some("1")),
+        held_by_pause: by_pause,
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),
@@ -657,6 +682,7 @@ pub async fn record_delivery(
             .key(k.batch_deliveries(batch))
             .key(k.events())
             .key(k.batch_undelivered(batch))
+            .key(k.cfg())
             .arg(message_sid)
             .arg(status)
             .arg(error_code.unwrap_or(""))
@@ -670,6 +696,53 @@ pub async fn record_delivery(
         Some("advanced") => Delivery::Advanced,
         Some("ignored") => Delivery::Ignored,
         _ => Delivery::Dropped,
+    })
+}
+
+/// What a pause or resume did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum PauseOutcome {
+    Paused,
+    /// Resumed: the texts the pause had parked came due at once.
+    Resumed {
+        released: u64,
+    },
+    /// Nothing to do: it already was `paused` or `running`.
+    Already {
+        state: String,
+    },
+    /// Complete or cancelled: nothing left to pause or resume.
+    AlreadyComplete,
+    NotFound,
+}
+
+/// Pauses (`resume` false) or resumes a batch by hand; `who` is recorded.
+pub async fn pause(conn: &mut Conn, id: &BatchId, resume: bool, who: &str) -> redis::RedisResult<PauseOutcome> {
+    let k = CustomerKeys::new(id.customer());
+    let reply = strings(
+        scripts::BATCH_PAUSE
+            .key(k.batch(id))
+            .key(k.batch_paused_jobs(id))
+            .key(k.scheduled())
+            .key(k.events())
+            .key(k.cfg())
+            .arg(if resume { "resume" } else { "pause" })
+            .arg(who)
+            .run(conn)
+            .await?,
+    );
+    if resume {
+        // Wake fetchers so the released jobs go at once.
+        let _: () = conn.publish(keys::WAKE_CHANNEL, id.customer().as_str()).await?;
+    }
+    Ok(match reply.first().map(String::as_str) {
+        Some("paused") => PauseOutcome::Paused,
+        Some("resumed") => PauseOutcome::Resumed { released: reply.get(1).and_then(|v| v.parse().ok()).unwrap_or(0) },
+        Some("already") => PauseOutcome::Already { state: reply.get(1).cloned().unwrap_or_default() },
+        Some("complete") => PauseOutcome::AlreadyComplete,
+        _ => PauseOutcome::NotFound,
     })
 }
 

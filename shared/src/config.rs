@@ -431,7 +431,8 @@ impl CommonArgs {
     fn prices(&self) -> Result<crate::spend::Prices, ConfigError> {
         use crate::spend::{CarrierFees, Prices, Usd};
         let usd = |name: &str, v: f64| {
-            Usd::from_dollars(v).ok_or_else(|| ConfigError(format!("{name} must be a dollar amount, 0 or more, not {v}")))
+            Usd::from_dollars(v)
+                .ok_or_else(|| ConfigError(format!("{name} must be a dollar amount, 0 or more, not {v}")))
         };
         Ok(Prices {
             segment: usd("MESSENGER_SEGMENT_COST", self.segment_cost)?,

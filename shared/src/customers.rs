@@ -39,6 +39,9 @@ pub struct Customer {
     /// What the customer may spend in a month (its time zone's month): texts, numbers bought and lookups at the
     /// fleet's prices ([`crate::spend`]). `None`: no limit.
     pub monthly_spend_limit: Option<Usd>,
+    /// When a batch pauses itself because carriers filter its texts.
+    #[serde(flatten)]
+    pub pause: PauseRule,
     /// Record events for the customer's app (`GET …/events`): batches created while this is on report their
     /// messages, and replies and opt-outs are reported.
     pub events: bool,
@@ -58,6 +61,61 @@ pub struct Customer {
     /// whether a text needs an opt-in on record, the confirmation of a revocation.
     #[serde(flatten)]
     pub consent: ConsentSettings,
+}
+
+/// The deliverability pause (docs/DESIGN.md, "Deliverability pause"): a batch pauses once it has `after_reports`
+/// delivery reports and `threshold_pct` percent of them carry one of `codes`. `None`: the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PauseRule {
+    /// Delivery reports a batch needs before the rule looks (default 50).
+    pub pause_after_reports: Option<u32>,
+    /// Percent of those reports with a filtering code at which it pauses (default 10; 0 = never).
+    pub pause_threshold_pct: Option<u32>,
+    /// Twilio error codes that count as carrier filtering (default 30007 and 30034).
+    pub pause_codes: Option<Vec<u32>>,
+}
+
+impl PauseRule {
+    pub const DEFAULT_AFTER: u32 = 50;
+    pub const DEFAULT_PCT: u32 = 10;
+    pub const DEFAULT_CODES: [u32; 2] = [30007, 30034];
+
+    /// `after_reports`: 1 to 100,000.
+    pub fn parse_after(v: &str) -> Result<u32, String> {
+        match v.trim().parse::<i64>() {
+            Ok(n) if (1..=100_000).contains(&n) => Ok(n as u32),
+            Ok(n) => Err(format!("must be 1 to 100000 delivery reports, not {n}")),
+            Err(_) => Err(format!("{v:?} is not a whole number")),
+        }
+    }
+
+    /// A whole percentage from 0 (never pause) to 100.
+    pub fn parse_pct(v: &str) -> Result<u32, String> {
+        match v.trim().trim_end_matches('%').parse::<i64>() {
+            Ok(p) if (0..=100).contains(&p) => Ok(p as u32),
+            Ok(p) => Err(format!("must be a percentage from 0 to 100, not {p}%")),
+            Err(_) => Err(format!("{v:?} is not a whole percentage")),
+        }
+    }
+
+    /// Comma-separated Twilio error codes Messenger knows (at most 20).
+    pub fn parse_codes(v: &str) -> Result<Vec<u32>, String> {
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let code: u32 = part.parse().map_err(|_| format!("{part:?} is not a Twilio error code"))?;
+            if crate::twilio::error::describe(code).is_none() {
+                return Err(format!("{code} is not a Twilio error code Messenger knows (such as 30007 or 30034)"));
+            }
+            if !out.contains(&code) {
+                out.push(code);
+            }
+        }
+        if out.is_empty() || out.len() > 20 {
+            return Err(format!("must list 1 to 20 codes, not {}", out.len()));
+        }
+        Ok(out)
+    }
 }
 
 /// A customer's consent settings (docs/DESIGN.md, "Consent").
@@ -206,6 +264,7 @@ impl Customer {
             quiet_hours: None,
             time_zone: None,
             monthly_spend_limit: None,
+            pause: PauseRule::default(),
             lookup: false,
             caps: Caps::default(),
             events: false,
@@ -283,6 +342,10 @@ pub struct CustomerUpdate {
     pub per_second: Change<u32>,
     /// `Clear` = no limit. A change releases the texts the old limit held (they are looked at again at once).
     pub monthly_spend_limit: Change<Usd>,
+    /// `Clear` = the defaults.
+    pub pause_after_reports: Change<u32>,
+    pub pause_threshold_pct: Change<u32>,
+    pub pause_codes: Change<Vec<u32>>,
     /// `Clear` = off.
     pub events: Change<bool>,
     pub help_text: Change<String>,
@@ -326,6 +389,17 @@ impl CustomerUpdate {
                 per_second: self.per_second.clone().apply(stored.and_then(|c| c.caps.per_second)),
             },
             monthly_spend_limit: self.monthly_spend_limit.clone().apply(stored.and_then(|c| c.monthly_spend_limit)),
+            pause: PauseRule {
+                pause_after_reports: self
+                    .pause_after_reports
+                    .clone()
+                    .apply(stored.and_then(|c| c.pause.pause_after_reports)),
+                pause_threshold_pct: self
+                    .pause_threshold_pct
+                    .clone()
+                    .apply(stored.and_then(|c| c.pause.pause_threshold_pct)),
+                pause_codes: self.pause_codes.clone().apply(stored.and_then(|c| c.pause.pause_codes.clone())),
+            },
             events: self.events.clone().apply(stored.map(|c| c.events)).unwrap_or(false),
             help_text: self.help_text.clone().apply(stored.and_then(|c| c.help_text.clone())),
             events_url: self.events_url.clone().apply(stored.and_then(|c| c.events_url.clone())),
@@ -359,6 +433,10 @@ impl CustomerUpdate {
             },
         }
     }
+}
+
+fn join_codes(codes: &[u32]) -> String {
+    codes.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn stored_field<T: AsRef<str>>(v: &Option<T>) -> String {
@@ -400,6 +478,9 @@ pub async fn update(
         ("cap_att", written(&update.att_per_minute)),
         ("cap_mps", written(&update.per_second)),
         ("spend_limit", written(&update.monthly_spend_limit.clone().map(|u| u.micros()))),
+        ("pause_min", written(&update.pause_after_reports)),
+        ("pause_pct", written(&update.pause_threshold_pct)),
+        ("pause_codes", written(&update.pause_codes.clone().map(|c| join_codes(&c)))),
         ("events", written(&update.events.clone().map(|on| if on { "1" } else { "" }))),
         ("help_text", written(&update.help_text)),
         ("events_url", written(&update.events_url)),
@@ -452,6 +533,9 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("cap_att", c.caps.att_per_minute.map(|v| v.to_string()).unwrap_or_default()),
                 ("cap_mps", c.caps.per_second.map(|v| v.to_string()).unwrap_or_default()),
                 ("spend_limit", c.monthly_spend_limit.map(|v| v.micros().to_string()).unwrap_or_default()),
+                ("pause_min", c.pause.pause_after_reports.map(|v| v.to_string()).unwrap_or_default()),
+                ("pause_pct", c.pause.pause_threshold_pct.map(|v| v.to_string()).unwrap_or_default()),
+                ("pause_codes", c.pause.pause_codes.as_deref().map(join_codes).unwrap_or_default()),
                 ("events", if c.events { "1".into() } else { String::new() }),
                 ("help_text", c.help_text.clone().unwrap_or_default()),
                 ("events_url", c.events_url.clone().unwrap_or_default()),
@@ -524,6 +608,14 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
             per_second: m.get("cap_mps").and_then(|s| s.parse().ok()),
         },
         monthly_spend_limit: m.get("spend_limit").and_then(|s| s.parse().ok()).map(Usd::from_micros),
+        pause: PauseRule {
+            pause_after_reports: m.get("pause_min").and_then(|s| s.parse().ok()),
+            pause_threshold_pct: m.get("pause_pct").and_then(|s| s.parse().ok()),
+            pause_codes: m
+                .get("pause_codes")
+                .filter(|s| !s.is_empty())
+                .map(|s| s.split(',').filter_map(|c| c.parse().ok()).collect()),
+        },
         events: m.get("events").map(String::as_str) == Some("1"),
         help_text: m.get("help_text").filter(|s| !s.is_empty()).cloned(),
         events_url: m.get("events_url").filter(|s| !s.is_empty()).cloned(),

@@ -55,6 +55,7 @@
 //! | `{c:ID}:unsent` | ZSET | reserved slots whose send outcome is not known yet (`<number>|<resid>`, scored by time) |
 //! | `{c:ID}:b:<batch>` | HASH | batch record: body, counters, state |
 //! | `{c:ID}:b:<batch>:st` | HASH | recipient → job state (deleted when the batch completes) |
+//! | `{c:ID}:b:<batch>:pw` | SET | the paused batch's jobs parked by the pause (each also in `sched`); a resume brings them due at once |
 //! | `{c:ID}:b:<batch>:fail` | HASH | recipient → failure reason |
 //! | `{c:ID}:b:<batch>:dlr` | HASH | message sid → furthest delivery status reported by Twilio |
 //! | `{c:ID}:b:<batch>:undl` | HASH | recipient → `<sid>|<status>|<code>` of a text the carriers did not deliver |
@@ -251,6 +252,10 @@ impl CustomerKeys {
     }
     pub fn unsent(&self) -> String {
         self.key("unsent")
+    }
+    /// A paused batch's parked jobs (SET; reserve.lua builds it as the batch key plus `:pw`).
+    pub fn batch_paused_jobs(&self, batch: &BatchId) -> String {
+        format!("{}:pw", self.batch(batch))
     }
     pub fn scheduled(&self) -> String {
         self.key("sched")

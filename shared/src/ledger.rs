@@ -162,6 +162,11 @@ pub enum Reserve {
     Spend {
         due_ms: i64,
     },
+    /// Parked: its batch is paused (deliverability, or by hand) until a person resumes it; looked at again at
+    /// `due_ms` meanwhile.
+    Paused {
+        due_ms: i64,
+    },
     /// Ended here: the customer requires consent on record and the tenant has none.
     NoConsent,
     /// An earlier attempt reserved `slot` and may have reached Twilio.
@@ -426,6 +431,7 @@ impl Ledger {
             Some("quiet") => Reserve::Quiet { due_ms: num(&p, 1), zone: p.get(2).cloned().unwrap_or_default() },
             Some("held") => Reserve::Held { recheck_ms: num(&p, 1) },
             Some("spend") => Reserve::Spend { due_ms: num(&p, 1) },
+            Some("paused") => Reserve::Paused { due_ms: num(&p, 1) },
             Some("no_consent") => Reserve::NoConsent,
             Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
@@ -937,7 +943,7 @@ pub fn attempt_of(state: Option<&str>) -> u32 {
     let Some(s) = state else { return 0 };
     let parts: Vec<&str> = s.split('|').collect();
     let field = match parts.first() {
-        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") | Some(&"S") => parts.get(1),
+        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") | Some(&"S") | Some(&"P") => parts.get(1),
         Some(&"r") => parts.get(4),
         _ => None,
     };

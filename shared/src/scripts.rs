@@ -264,6 +264,8 @@ scripts! {
     RESEND_CLAIM => "resend_claim.lua";
     /// Bring the jobs a spend limit parked due now (the limit changed).
     SPEND_RELEASE => "spend_release.lua";
+    /// Pause or resume a batch by hand.
+    BATCH_PAUSE => "batch_pause.lua";
 }
 
 #[cfg(test)]

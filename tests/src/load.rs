@@ -53,6 +53,8 @@ pub struct LoadConfig {
     /// Events: `off`; `pull` (customers record events, nobody is sent them); `dead` (recorded and delivered by a
     /// `producer serve` to an endpoint that refuses connections): what events cost sending.
     pub events: String,
+    /// Every customer's monthly spend limit (`customer add --monthly-spend-limit`), or none.
+    pub spend_limit: Option<String>,
 }
 
 /// The template of personalised load-test texts, and one recipient's CSV row for it.
@@ -528,11 +530,14 @@ pub async fn bulk_run(cfg: &LoadConfig) -> anyhow::Result<BulkReport> {
     // Events delivered to a dead endpoint: a port nothing listens on, and a `producer serve` delivering to it.
     let dead_url =
         format!("http://127.0.0.1:{}/hook", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
-    let events_args: Vec<&str> = match cfg.events.as_str() {
+    let mut events_args: Vec<&str> = match cfg.events.as_str() {
         "pull" => vec!["--events", "on"],
         "dead" => vec!["--events-url", &dead_url],
         _ => Vec::new(),
     };
+    if let Some(limit) = &cfg.spend_limit {
+        events_args.extend(["--monthly-spend-limit", limit.as_str()]);
+    }
     if cfg.events == "dead" {
         stack.env = stack.env.clone().set("MESSENGER_EVENTS_ALLOW_PRIVATE", "true");
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();

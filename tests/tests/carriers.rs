@@ -393,3 +393,110 @@ async fn the_last_partial_number_is_bought_late_so_none_sits_idle() {
     // may cost one more.
     assert!(extra <= 2.0 * latency as f64 / 1000.0 + 1.5, "+{extra:.2}s over pre-bought numbers");
 }
+
+/// The deliverability pause: 800 texts at 20 a second; after 100, status callbacks report the first 60 (20 of them
+/// filtered, 30007). The batch pauses itself within 5 s (texts after the pause no more than were in flight), the API
+/// says why, no number is bought while it waits, and a resume sends the rest once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carriers_filter_pauses_itself_and_a_resume_sends_the_rest_once() {
+    let mut w = World::start(SimConfig::default()).await;
+    let api = start_api(&w).await;
+    w.env = w.env.clone().set("MESSENGER_PUBLIC_URL", &api.base);
+    w.producer_ok(&["customer", "add", "acme", "--per-second", "20", "--events", "on"]).await;
+    let to = recipients(800, 0);
+    let batch = w.bulk("acme", "Fire alarm test Thursday 10am. Reply STOP to opt out", &to, &[]).await;
+    let workers: Vec<_> = (0..2).map(|_| w.worker(16)).collect();
+    harness::fixtures::wait_until(Duration::from_secs(60), "100 texts", || {
+        let n = w.state().messages.len();
+        async move { (n >= 100).then_some(()) }
+    })
+    .await;
+    let mut first: Vec<_> = w.state().messages;
+    first.sort_by_key(|m| m.date_created);
+    for (i, m) in first.iter().take(60).enumerate() {
+        let status = if i % 3 == 0 { "undelivered" } else { "delivered" };
+        let url = format!("{}/twilio/status?b={batch}", api.base);
+        let (code, _) = harness::sim::post_signed(
+            harness::sim::DEFAULT_AUTH_TOKEN,
+            &url,
+            &common::status_params(&m.sid, &m.to, status),
+        )
+        .await
+        .unwrap();
+        assert!(code < 300, "status callback answered {code}");
+    }
+    let reported = Instant::now();
+    let (at_pause, took) = harness::fixtures::wait_until(Duration::from_secs(5), "the batch to pause", || {
+        let w = &w;
+        let batch = batch.clone();
+        async move { w.status(&batch).await.paused.then(|| (w.state(), reported.elapsed())) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = w.state();
+    let after = later.messages.len() - at_pause.messages.len();
+    let (_, b) = api.call("GET", &format!("/v1/batches/{batch}"), Some(ADMIN), None).await;
+    println!(
+        "paused {:.1}s after the reports; {} texts sent by then, {after} after it (32 handlers); numbers {} then {}; \
+         API: paused={} reason={} held={}",
+        took.as_secs_f64(),
+        at_pause.messages.len(),
+        owned_numbers(&at_pause),
+        owned_numbers(&later),
+        b["paused"],
+        b["pause_reason"],
+        b["held_by_pause"]
+    );
+    assert!(after <= 32, "{after} texts sent after the pause: more than were in flight");
+    assert_eq!(owned_numbers(&later), owned_numbers(&at_pause), "a number bought for a paused batch");
+    assert_eq!(b["paused"], true);
+    assert!(b["pause_reason"].as_str().unwrap().contains("30007: "), "{b}");
+    assert!(b["waiting"].to_string().contains("paused"), "{b}");
+    assert!(later.messages.len() < 800);
+    let (_, events) = api.call("GET", "/v1/customers/acme/events?limit=1000", Some(ADMIN), None).await;
+    assert!(events.to_string().contains("batch.paused"), "no batch.paused event");
+
+    let (s, resumed) = api.call("POST", &format!("/v1/batches/{batch}/resume"), Some(ADMIN), None).await;
+    println!("resume: {s} {resumed}");
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(resumed["result"], "resumed");
+    let done = w.wait_complete(&batch, Duration::from_secs(120)).await;
+    let state = w.state();
+    println!(
+        "after the resume: {} sent, {} texts to {} tenants",
+        done.sent,
+        state.messages.len(),
+        per_recipient(&state).len()
+    );
+    assert_eq!(done.sent, 800);
+    assert_eq!(state.messages.len(), 800);
+    assert!(per_recipient(&state).values().all(|&n| n == 1), "a tenant texted twice");
+    drop(workers);
+}
+
+/// Bad settings of the pause are refused with the reason, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pause_settings_are_refused_and_change_nothing() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme"]).await;
+    let before = w.redis.digest();
+    for (flag, bad, says) in [
+        ("--pause-threshold-pct", "150", "from 0 to 100"),
+        ("--pause-threshold-pct", "-1", "from 0 to 100"),
+        ("--pause-codes", "99999", "not a Twilio error code Messenger knows"),
+        ("--pause-codes", "30007,abc", "not a Twilio error code"),
+        ("--pause-after-reports", "0", "1 to 100000"),
+    ] {
+        let arg = format!("{flag}={bad}");
+        let out = w.producer(&["customer", "add", "acme", &arg]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("{arg}: exit {:?}: {}", out.status.code(), err.trim());
+        assert!(!out.status.success());
+        assert!(err.contains(flag) && err.contains(says), "{err}");
+        assert_eq!(w.redis.digest(), before, "{arg} changed something");
+    }
+    w.producer_ok(&["customer", "add", "acme", "--pause-threshold-pct", "25", "--pause-codes", "30007"]).await;
+    let api = start_api(&w).await;
+    let (_, c) = api.call("GET", "/v1/customers/acme", Some(ADMIN), None).await;
+    assert_eq!((c["pause_threshold_pct"].as_u64(), c["pause_codes"].clone()), (Some(25), json!([30007])), "{c}");
+}

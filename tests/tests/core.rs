@@ -245,8 +245,10 @@ async fn a_group_call_reserves_plain_jobs_and_leaves_the_rest_to_the_single_path
 
     // A customer that requires consent needs reserve.lua's rules on every send.
     let _: () = conn.hset(k.cfg(), "consent", "1").await.unwrap();
-    let (replies, _) =
-        ledger.reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "", days: "", segments: 1, spend: "" }]).await.unwrap();
+    let (replies, _) = ledger
+        .reserve_many(&id, &[Reserving { job: &jobs[5], quiet: "", days: "", segments: 1, spend: "" }])
+        .await
+        .unwrap();
     assert_eq!(replies, [Reserved::Rules]);
 }
 

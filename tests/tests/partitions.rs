@@ -104,7 +104,10 @@ fn the_bed_keeps_every_packet_inside_and_leaves_nothing_behind() {
     assert!(pings(&bed, "a", &b, 7000));
     let slow = t.elapsed();
     println!("PING through the bed: {plain:?} plain, {slow:?} with 300 ms on b → a");
-    assert!(slow >= plain + Duration::from_millis(300), "the delay did not hold packets");
+    // Two packets b sends are held 300 ms each before the PONG is read (the SYN-ACK and the PONG), so the PING
+    // cannot end under 600 ms however loaded the machine; comparing with the plain PING's time instead failed on a
+    // busy machine (a plain PING of 443 ms, the slow one 629 ms).
+    assert!(slow >= Duration::from_millis(600), "the delay did not hold packets ({slow:?})");
     bed.heal();
 
     let _ = redis.kill();

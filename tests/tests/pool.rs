@@ -439,7 +439,8 @@ async fn a_bad_spend_limit_is_refused_and_changes_nothing() {
     let w = World::start(SimConfig::default()).await;
     w.producer_ok(&["customer", "add", "acme", "--monthly-spend-limit", "6"]).await;
     let before = w.redis.digest();
-    for (bad, says) in [("-5", "negative"), ("six", "not an amount"), ("0.0000001", "six decimals"), ("1e3", "not an amount")]
+    for (bad, says) in
+        [("-5", "negative"), ("six", "not an amount"), ("0.0000001", "six decimals"), ("1e3", "not an amount")]
     {
         let arg = format!("--monthly-spend-limit={bad}");
         let out = w.producer(&["customer", "add", "acme", &arg]).await;

@@ -214,6 +214,11 @@ impl Purchases {
                 lock.release().await;
                 return Capacity::Retry;
             }
+            Ok(Reserve::Paused { .. }) => {
+                // A paused batch never buys: the script parked the job.
+                lock.release().await;
+                return Capacity::Gone;
+            }
             Ok(Reserve::Spend { due_ms }) => {
                 // No number the spend limit would let send: the script parked the job (nothing bought).
                 shared.stats.spend_limited.inc();

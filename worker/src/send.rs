@@ -196,6 +196,10 @@ impl Sender {
                     self.shared.stats.expired.inc();
                     Step::Done
                 }
+                Reserve::Paused { due_ms } => {
+                    tracing::debug!(due_ms, "the batch is paused; the job waits for a person to resume it");
+                    Step::Done
+                }
                 Reserve::Spend { due_ms } => {
                     self.shared.stats.spend_limited.inc();
                     tracing::debug!(due_ms, "the customer's monthly spend limit holds the job");

@@ -64,6 +64,17 @@ pub struct AddArgs {
     /// limit.
     #[arg(long, value_name = "USD")]
     monthly_spend_limit: Option<String>,
+    /// Deliverability pause: delivery reports a batch needs before the rule looks (default 50); `default` resets.
+    #[arg(long, value_name = "N")]
+    pause_after_reports: Option<String>,
+    /// Deliverability pause: the percent of those reports with a filtering code that pauses the batch (default
+    /// 10; 0 = never); `default` resets.
+    #[arg(long, value_name = "PCT")]
+    pause_threshold_pct: Option<String>,
+    /// Deliverability pause: the Twilio codes that count as carrier filtering (default 30007,30034); `default`
+    /// resets.
+    #[arg(long, value_name = "CODES")]
+    pause_codes: Option<String>,
     /// Record events for the app (`GET /v1/customers/{id}/events`): each message's outcome, replies, opt-outs,
     /// batches completed: `on` or `off`. Applies to batches created after it is turned on.
     #[arg(long, value_parser = ["on", "off"])]
@@ -126,6 +137,9 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 att_per_minute,
                 per_second,
                 monthly_spend_limit,
+                pause_after_reports,
+                pause_threshold_pct,
+                pause_codes,
                 events,
                 help_text,
                 events_url,
@@ -150,6 +164,9 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 att_per_minute: change(att_per_minute, "none"),
                 per_second: change(per_second, "none"),
                 monthly_spend_limit: change(monthly_spend_limit, "none"),
+                pause_after_reports: change(pause_after_reports, "default"),
+                pause_threshold_pct: change(pause_threshold_pct, "default"),
+                pause_codes: change(pause_codes, "default"),
                 events: events.map_or(Change::Keep, |v| Change::Set(v == "on")),
                 help_text: change(help_text, "none"),
                 events_url: change(events_url, "none"),

@@ -61,6 +61,10 @@ pub enum Command {
     Pool(pool::PoolArgs),
     /// Cancel a batch: queued and parked jobs end as cancelled; in-flight sends finish.
     Cancel(cancel::CancelArgs),
+    /// Pause a batch: its texts wait (no send, no purchase) until it is resumed; sends under way finish.
+    Pause(cancel::CancelArgs),
+    /// Resume a paused batch (paused by hand, or by carriers filtering its texts): the texts it held go at once.
+    Resume(cancel::CancelArgs),
     /// A batch's failed and undelivered recipients, with reasons and merge fields (`--csv` for every one).
     Recipients(desk::RecipientsArgs),
     /// Text a finished batch's failed and/or undelivered recipients again, as a new batch linked to it.
@@ -151,6 +155,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Status(a) => status::run(settings, a).await,
         Command::Pool(a) => pool::run(settings, a).await,
         Command::Cancel(a) => cancel::run(settings, a).await,
+        Command::Pause(a) => cancel::pause(settings, a, false).await,
+        Command::Resume(a) => cancel::pause(settings, a, true).await,
         Command::Recipients(a) => desk::recipients(settings, a).await,
         Command::Resend(a) => desk::resend(settings, a).await,
         Command::Inbound(a) => inbound::run(settings, a).await,

@@ -167,6 +167,15 @@ pub fn print_status(s: &BatchStatus) {
             s.held_for_review, s.customer
         );
     }
+    if s.paused {
+        println!(
+            "  PAUSED              {} by {}: {}   (`producer resume {}` sends the rest)",
+            s.paused_at_ms.map(format_ms).unwrap_or_default(),
+            s.paused_by.as_deref().unwrap_or("?"),
+            s.pause_reason.as_deref().unwrap_or(""),
+            s.batch_id
+        );
+    }
     if s.spend_limit > 0 {
         println!(
             "  spend      {:>8}   (waiting for the monthly spend limit: `producer customer add {} --monthly-spend-limit USD` raises it)",

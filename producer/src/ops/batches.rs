@@ -1,8 +1,8 @@
-//! Batches: status, failed recipients, cancelling.
+//! Batches: status, failed recipients, pausing and resuming, cancelling.
 
 use std::collections::BTreeMap;
 
-use shared::batches::{self, BatchStatus, CancelOutcome};
+use shared::batches::{self, BatchStatus, CancelOutcome, PauseOutcome};
 use shared::domain::BatchId;
 
 use super::{Deps, OpsError};
@@ -20,6 +20,15 @@ pub async fn status(deps: &Deps, id: &BatchId) -> Result<BatchStatus, OpsError> 
 /// The recipients of a batch that failed, and why.
 pub async fn failures(deps: &Deps, id: &BatchId) -> Result<BTreeMap<String, String>, OpsError> {
     Ok(batches::failures(&mut deps.conn(), id).await?)
+}
+
+/// Pauses a batch (`resume` false: its texts wait, sends under way finish) or resumes it (the texts the pause parked
+/// go at once); `who` is recorded with it.
+pub async fn pause(deps: &Deps, id: &BatchId, resume: bool, who: &str) -> Result<PauseOutcome, OpsError> {
+    match batches::pause(&mut deps.conn(), id, resume, who).await? {
+        PauseOutcome::NotFound => Err(unknown(id)),
+        done => Ok(done),
+    }
 }
 
 /// Cancels a batch: parked jobs end now, queued ones as workers reach them, in-flight sends finish. Cancelling a

@@ -34,6 +34,13 @@ pub struct CustomerInput {
     /// What the customer may spend a month, in dollars (`6`, `6.00`); `Clear` = no limit. Field name
     /// `monthly_spend_limit`.
     pub monthly_spend_limit: Change<String>,
+    /// The deliverability pause: delivery reports before it looks (1 to 100,000), the percent of them with a
+    /// filtering code that pauses a batch (0 to 100; 0 = never), and the codes (comma-separated Twilio codes).
+    /// `Clear` = the defaults (50, 10, 30007 and 30034). Field names `pause_after_reports`, `pause_threshold_pct`,
+    /// `pause_codes`.
+    pub pause_after_reports: Change<String>,
+    pub pause_threshold_pct: Change<String>,
+    pub pause_codes: Change<String>,
     /// Record events (replies, opt-outs, each message's outcome) for the app's `GET …/events`.
     pub events: Change<bool>,
     /// The answer to HELP / INFO: 1 to 320 characters, no control characters.
@@ -97,6 +104,19 @@ fn parse(input: CustomerInput) -> Result<(CustomerUpdate, Change<EventsSecret>),
         monthly_spend_limit: parse_change(&mut p, "monthly_spend_limit", input.monthly_spend_limit, |v| {
             shared::spend::Usd::parse(v)
         }),
+        pause_after_reports: parse_change(
+            &mut p,
+            "pause_after_reports",
+            input.pause_after_reports,
+            customers::PauseRule::parse_after,
+        ),
+        pause_threshold_pct: parse_change(
+            &mut p,
+            "pause_threshold_pct",
+            input.pause_threshold_pct,
+            customers::PauseRule::parse_pct,
+        ),
+        pause_codes: parse_change(&mut p, "pause_codes", input.pause_codes, customers::PauseRule::parse_codes),
         events: input.events,
         help_text: parse_change(&mut p, "help_text", input.help_text, help_text),
         // Checked (with a DNS lookup) in `save`.

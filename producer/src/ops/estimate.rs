@@ -404,9 +404,8 @@ async fn carrier_forecast(
         None => (None, None, None),
     };
     let fees = deps.settings.pricing.prices.fees;
-    let fee_per_segment = tmo as f64 * fees.tmobile.dollars()
-        + att as f64 * fees.att.dollars()
-        + verizon as f64 * fees.verizon.dollars();
+    let fee_per_segment =
+        tmo as f64 * fees.tmobile.dollars() + att as f64 * fees.att.dollars() + verizon as f64 * fees.verizon.dollars();
     Ok(CarrierForecast {
         lookups_needed: unknown,
         lookups_cost: cents(unknown as f64 * deps.settings.pricing.lookup),

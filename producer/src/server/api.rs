@@ -6,7 +6,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Deserializer, Serialize};
-use shared::batches::{BatchStatus, CancelOutcome};
+use shared::batches::{BatchStatus, CancelOutcome, PauseOutcome};
 use shared::customers::{Change, Customer, PoolReport};
 use shared::domain::{BatchId, CustomerId};
 use shared::release::ReleaseReport;
@@ -111,6 +111,19 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<f64>, nullable)]
     pub monthly_spend_limit: Change<serde_json::Value>,
+    /// Deliverability pause: delivery reports a batch needs before the rule looks (1 to 100,000); `null` = 50.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<i64>, nullable)]
+    pub pause_after_reports: Change<i64>,
+    /// Deliverability pause: percent of those reports with a filtering code that pauses the batch (0 to 100;
+    /// 0 = never); `null` = 10.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<i64>, nullable)]
+    pub pause_threshold_pct: Change<i64>,
+    /// Deliverability pause: the Twilio error codes that count as carrier filtering; `null` = 30007 and 30034.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<Vec<i64>>, nullable)]
+    pub pause_codes: Change<Vec<i64>>,
     /// Record events for `GET /v1/customers/{id}/events` (batches created from now on); `null` = off.
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<bool>, nullable)]
@@ -169,6 +182,10 @@ pub struct CustomerResponse {
     pub per_second: Option<u32>,
     /// The monthly spend limit in dollars; `null` = none.
     pub monthly_spend_limit: Option<f64>,
+    /// The deliverability pause's settings (`null`: the defaults, 50 reports, 10 %, 30007 and 30034).
+    pub pause_after_reports: Option<u32>,
+    pub pause_threshold_pct: Option<u32>,
+    pub pause_codes: Option<Vec<u32>>,
     /// Events are recorded (`GET …/events`).
     pub events: bool,
     pub help_text: Option<String>,
@@ -208,6 +225,9 @@ impl From<Customer> for CustomerResponse {
             att_per_minute: c.caps.att_per_minute,
             per_second: c.caps.per_second,
             monthly_spend_limit: c.monthly_spend_limit.map(|u| u.dollars()),
+            pause_after_reports: c.pause.pause_after_reports,
+            pause_threshold_pct: c.pause.pause_threshold_pct,
+            pause_codes: c.pause.pause_codes,
             events: c.events,
             help_text: c.help_text,
             events_url: c.events_url,
@@ -394,6 +414,9 @@ pub async fn put_customer(
             Change::Set(serde_json::Value::String(s)) => Change::Set(s),
             other => other.map(|v| v.to_string()),
         },
+        pause_after_reports: req.pause_after_reports.map(|n| n.to_string()),
+        pause_threshold_pct: req.pause_threshold_pct.map(|n| n.to_string()),
+        pause_codes: req.pause_codes.map(|c| c.iter().map(i64::to_string).collect::<Vec<_>>().join(",")),
         events: req.events,
         help_text: req.help_text,
         events_url: req.events_url,
@@ -540,6 +563,50 @@ pub async fn post_cancel(
     caller.require_customer(id.customer())?;
     let outcome = batches::cancel(&ops, &id).await?;
     tracing::info!(batch = %id, "batch cancelled through the API");
+    Ok(Json(outcome))
+}
+
+/// Pauses a batch: its texts wait (none is sent, no number is bought for it, none moves to another number) until it is
+/// resumed; sends already under way finish. A batch also pauses itself when carriers filter its texts (see
+/// `pause_reason` in its status).
+#[utoipa::path(post, path = "/v1/batches/{id}/pause", tag = "texts",
+    params(("id" = String, Path, description = "Batch id, `<customer>.<id>`")),
+    responses(
+        (status = 200, description = "`paused`, `already` (with its state) or `already_complete`", body = PauseOutcome),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_pause(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<PauseOutcome>, ApiError> {
+    let id = batch_id(&id)?;
+    caller.require_customer(id.customer())?;
+    let outcome = batches::pause(&ops, &id, false, "api").await?;
+    tracing::info!(batch = %id, "batch paused through the API");
+    Ok(Json(outcome))
+}
+
+/// Resumes a paused batch: the texts the pause held go at once, and the automatic pause counts delivery reports
+/// afresh from here.
+#[utoipa::path(post, path = "/v1/batches/{id}/resume", tag = "texts",
+    params(("id" = String, Path, description = "Batch id, `<customer>.<id>`")),
+    responses(
+        (status = 200, description = "`resumed` (with how many held texts go now), `already` or `already_complete`",
+            body = PauseOutcome),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn post_resume(
+    State(ops): State<Deps>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<PauseOutcome>, ApiError> {
+    let id = batch_id(&id)?;
+    caller.require_customer(id.customer())?;
+    let outcome = batches::pause(&ops, &id, true, "api").await?;
+    tracing::info!(batch = %id, "batch resumed through the API");
     Ok(Json(outcome))
 }
 

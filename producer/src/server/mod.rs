@@ -247,6 +247,8 @@ fn router(state: AppState, hsts: bool) -> Router {
         .route("/v1/customers/{id}/pool/release-idle", post(api::post_release_idle))
         .route("/v1/batches/{id}", get(api::get_batch))
         .route("/v1/batches/{id}/cancel", post(api::post_cancel))
+        .route("/v1/batches/{id}/pause", post(api::post_pause))
+        .route("/v1/batches/{id}/resume", post(api::post_resume))
         .route("/v1/batches/{id}/recipients", get(api::get_recipients))
         .route("/v1/batches/{id}/resend", post(api::post_resend))
         .route("/v1/sessions/revoke-all", post(api::post_revoke_sessions))

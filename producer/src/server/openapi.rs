@@ -13,7 +13,7 @@ use super::error::{ErrorBody, ErrorDetail};
     info(title = "Messenger", description = "Bulk texts through Twilio for property-management apps."),
     paths(
         api::list_customers, api::get_customer, api::put_customer, api::post_bulk, api::post_message, api::get_batch,
-        api::post_cancel, api::get_pool, api::post_release_idle, api::get_events, api::get_opt_out,
+        api::post_cancel, api::post_pause, api::post_resume, api::get_pool, api::post_release_idle, api::get_events, api::get_opt_out,
         api::get_dead_letters, api::post_replay, api::get_conversation, api::post_revoke_sessions,
         api::post_opt_out, api::post_opt_in, api::post_import, api::get_export, api::get_reviews, api::post_decision,
         api::get_inbox, api::post_read, api::get_batches, api::get_recipients, api::post_resend
@@ -24,7 +24,8 @@ use super::error::{ErrorBody, ErrorDetail};
         shared::batches::QuietWait, shared::carriers::CapUse, shared::carriers::Caps,
         crate::ops::estimate::CarrierForecast,
         api::MessageRequest, api::MessageAccepted, ErrorBody, ErrorDetail, crate::validate::Problem,
-        shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::customers::PoolReport,
+        shared::batches::BatchStatus, shared::batches::CancelOutcome, shared::batches::PauseOutcome,
+        shared::customers::PoolReport,
         shared::customers::NumberUsage, api::ReleaseIdleRequest, shared::release::ReleaseReport,
         shared::release::Releasable, crate::ops::texts::Estimate, shared::domain::smart::SmartEncoding,
         crate::ops::events::Event, crate::ops::events::EventPage, crate::ops::consent::OptOutRecord,

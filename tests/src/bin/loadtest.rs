@@ -122,6 +122,9 @@ struct Common {
     /// an endpoint that refuses connections).
     #[arg(long, default_value = "off", value_parser = ["off", "pull", "dead"])]
     events: String,
+    /// Give every customer this monthly spend limit in dollars (set high, it measures what checking it costs).
+    #[arg(long, value_name = "USD")]
+    spend_limit: Option<String>,
 }
 
 impl Common {
@@ -151,6 +154,7 @@ impl Common {
             quiet_hours: self.quiet_hours.clone(),
             caps: self.caps,
             events: self.events.clone(),
+            spend_limit: self.spend_limit.clone(),
             show_progress: !json,
             cluster: self.cluster,
             replica_acks: self.replica_acks,

@@ -232,6 +232,8 @@ where
         .route("/dashboard/batches/{id}", get(batch))
         .route("/dashboard/batches/{id}/live", get(batch_live))
         .route("/dashboard/batches/{id}/cancel", post(cancel))
+        .route("/dashboard/batches/{id}/pause", post(pause))
+        .route("/dashboard/batches/{id}/resume", post(resume))
         .route("/dashboard/pools", get(pools))
         .route("/dashboard/pools/{customer}", get(pool))
         .route("/dashboard/pools/{customer}/live", get(pool_live))
@@ -729,6 +731,56 @@ async fn cancel(
             ))
         }
         Err(e) => failed(Some(&v), "Not cancelled", e),
+    }
+}
+
+async fn pause(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Outcome {
+    pause_or_resume(s, headers, id, f, false).await
+}
+
+async fn resume(
+    State(s): State<Dashboard>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Outcome {
+    pause_or_resume(s, headers, id, f, true).await
+}
+
+async fn pause_or_resume(s: Dashboard, headers: HeaderMap, id: String, f: CsrfForm, resume: bool) -> Outcome {
+    let session = match checked(&s, &headers, &f.csrf).await {
+        Ok(s) => s,
+        Err(o) => return o,
+    };
+    let v = session.viewer(&s.config);
+    let id = match batch_id(&session, &v, &id) {
+        Ok(id) => id,
+        Err(o) => return o,
+    };
+    let (done, not_done) = if resume { ("Batch resumed", "Not resumed") } else { ("Batch paused", "Not paused") };
+    match batches::pause(&s.ops, &id, resume, &session.name).await {
+        Ok(outcome) => {
+            tracing::info!(batch = %id, by = %session.name, resume, "batch paused or resumed from the dashboard");
+            let says = match outcome {
+                shared::batches::PauseOutcome::Paused => {
+                    format!("Batch {id} is paused: its texts wait until it is resumed.")
+                }
+                shared::batches::PauseOutcome::Resumed { released } => {
+                    format!(
+                        "Batch {id} is resumed: {released} held texts go now, the queued ones as workers reach them."
+                    )
+                }
+                shared::batches::PauseOutcome::Already { state } => format!("Batch {id} was already {state}."),
+                _ => format!("Batch {id} is complete or cancelled: nothing to pause or resume."),
+            };
+            Outcome::Page(pages::message(done, Some(&v), &says))
+        }
+        Err(e) => failed(Some(&v), not_done, e),
     }
 }
 

@@ -156,6 +156,7 @@ fn batch_bar(s: &BatchStatus) -> Markup {
         ("waiting for a carrier cap", s.capped, "bar-deferred"),
         ("held for a consent review", s.held_for_review, "bar-deferred"),
         ("waiting for the spend limit", s.spend_limit, "bar-deferred"),
+        ("held by the pause", s.held_by_pause, "bar-deferred"),
         ("queued", s.queued, "bar-queued"),
     ];
     let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
@@ -348,6 +349,19 @@ pub fn batch(s: &BatchStatus, page: &RecipientPage, plan: Option<&ResendOutcome>
             p { a href=(format!("/dashboard/inbox?customer={}&batch={}", s.customer, s.batch_id)) { "Replies to this batch" } }
             div data-live=(live) data-every="1000" data-done=(if s.is_complete() { "1" } else { "0" }) { (batch_live(s, v)) }
             @if !s.is_complete() && !s.cancel_requested {
+                @if s.paused {
+                    form method="post" action=(format!("/dashboard/batches/{}/resume", s.batch_id)) {
+                        input type="hidden" name="csrf" value=(v.csrf);
+                        button type="submit" { "Resume this batch" }
+                        span class="hint" { " The texts it held go at once." }
+                    }
+                } @else {
+                    form method="post" action=(format!("/dashboard/batches/{}/pause", s.batch_id)) {
+                        input type="hidden" name="csrf" value=(v.csrf);
+                        button type="submit" { "Pause this batch" }
+                        span class="hint" { " Its texts wait until you resume it; texts already on their way finish." }
+                    }
+                }
                 form method="post" action=(format!("/dashboard/batches/{}/cancel", s.batch_id)) class="danger" {
                     input type="hidden" name="csrf" value=(v.csrf);
                     button type="submit" { "Cancel this batch" }
@@ -563,6 +577,7 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
             (batch_bar(s))
             p class="state" role="status" {
                 "State: " strong { (s.state) } @if s.cancel_requested { " (cancel requested)" }
+                @if s.paused { " " strong class="paused" { "(paused)" } }
                 @for w in &s.waiting { br; (w) }
             }
             dl class="figures" {
