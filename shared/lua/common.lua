@@ -77,6 +77,8 @@ local function leave_deferred(batch, prev)
     redis.call('HINCRBY', batch, 'spend', -1)
   elseif kind == 'P' then
     redis.call('HINCRBY', batch, 'pausedjobs', -1)
+  elseif kind == 'F' then
+    redis.call('HINCRBY', batch, 'freq', -1)
   end
 end
 

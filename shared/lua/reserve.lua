@@ -85,6 +85,7 @@
 --   {'capped', due, cap}                       job parked until the carrier cap `cap` renews
 --   {'held', recheck}                          job held while the tenant's suspected revocation is reviewed
 --   {'spend', due}                             job parked: its text would pass the customer's monthly spend limit
+--   {'frequency', due}                         job parked: the tenant had the customer's most texts in its window
 --   {'paused', due}                            job parked: its batch is paused (state P|<attempt>|<due>, counted in
 --                                              `pausedjobs`, listed in `<batch>:pw` for the resume)
 --   {'no_consent'}                             job failed here: no opt-in on record and the customer requires one
@@ -118,7 +119,7 @@ local now = now_ms()
 if not redis.call('ZSCORE', inflight, member) then
   return {'lost'}
 end
-local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires', 'ev', 'id', 'paused')
+local b = redis.call('HMGET', batch, 'total', 'cancel', 'state', 'expires', 'ev', 'id', 'paused', 'urgent')
 events_for(KEYS[13], b[5], b[6])
 if not b[1] then
   redis.call('ZREM', inflight, member)
@@ -204,7 +205,7 @@ end
 -- written back in one command (`put`, below).
 local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_tmo', 'spent_att', 'spent_all',
   'mps_s', 'mps_n', 'tmo_day', 'tmo_used', 'tmo_nday', 'tmo_next', 'att_x', 'current', 'resseq', 'review_n', 'review',
-  'consent', 'spend_limit', 'spend_m', 'spend_u', 'spend_w', 'spend_r')
+  'consent', 'spend_limit', 'spend_m', 'spend_u', 'spend_w', 'spend_r', 'freq_n', 'freq_ms')
 -- This month's spend and the limit (nil: none, or no terms from the caller).
 local spent = terms and spent_this_month(terms, c[21], c[22]) or 0
 local limit = terms and tonumber(c[20]) or nil
@@ -261,6 +262,28 @@ if review then
   redis.call('ZADD', KEYS[12], due, job)
   return {'held', due}
 end
+-- The tenant's frequency cap across batches (`freq_n` texts per `freq_ms`; urgent batches exempt): the tenant's
+-- texts in the window are a ZSET of jobs scored by reservation time (`{c:ID}:ft:<recipient>`, written below with
+-- the slot); a text over the cap waits for the oldest to age out (state F|<attempt>|<due>, counted in `freq`).
+local freq_n, freq_ms = tonumber(c[25]), tonumber(c[26])
+local freq_key = nil
+if freq_n and freq_ms and b[8] ~= '1' then
+  freq_key = customer_key(cfg, 'ft:') .. recipient
+  redis.call('ZREMRANGEBYSCORE', freq_key, '-inf', now - freq_ms)
+  if redis.call('ZCARD', freq_key) >= freq_n and not redis.call('ZSCORE', freq_key, job_of(member)) then
+    local oldest = redis.call('ZRANGE', freq_key, 0, 0, 'WITHSCORES')
+    local due = tonumber(oldest[2]) + freq_ms + 1 + spread % 60000
+    if expires and due > expires then due = expires end
+    leave_deferred(batch, st)
+    redis.call('HSET', state, recipient, 'F|' .. attempt .. '|' .. due)
+    redis.call('HINCRBY', batch, 'freq', 1)
+    if (tonumber(redis.call('HGET', batch, 'freq_until')) or 0) < due then redis.call('HSET', batch, 'freq_until', due) end
+    redis.call('ZREM', inflight, member)
+    redis.call('ZADD', KEYS[12], due, job_of(member))
+    return {'frequency', due}
+  end
+end
+
 local cap_tmo, cap_att, cap_mps = tonumber(c[2]), tonumber(c[3]), tonumber(c[4])
 local line = nil
 if c[1] == '1' or cap_tmo or cap_att then
@@ -459,6 +482,10 @@ if chosen then
   if EV then redis.call('HSET', sticky_cur, field, chosen .. '|' .. EV.batch)
   else redis.call('HSET', sticky_cur, field, chosen) end
   redis.call('PEXPIRE', sticky_cur, 2 * window_ms + 1000)
+  if freq_key then
+    redis.call('ZADD', freq_key, now, job_of(member))
+    redis.call('PEXPIRE', freq_key, freq_ms + 1000)
+  end
   leave_deferred(batch, st)
   redis.call('HSET', state, recipient, 'r|' .. chosen .. '|' .. resid .. '|' .. now .. '|' .. attempt)
   return {'ok', chosen, tostring(resid), tostring(now), attempt}

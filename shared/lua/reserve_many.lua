@@ -8,7 +8,8 @@
 -- same sticky entry). Any other job is answered 'slow' and changes nothing: the caller runs reserve.lua for it,
 -- which decides every other case (ambiguity, cancellation, opt-outs, expiry, quiet hours, lookups to make, lines that
 -- cannot take a text, a carrier cap reached or spent, no capacity and the purchase decision). A customer whose
--- settings need reserve.lua's rules on every send (a spent campaign, consent required, reviews open) gets 'rules' for
+-- settings need reserve.lua's rules on every send (a spent campaign, consent required, reviews open, a frequency cap
+-- per tenant) gets 'rules' for
 -- every job, with nothing read beyond its settings (the caller then reserves that customer's jobs alone for a while).
 --
 -- Spend is counted as reserve.lua counts it (the text's cost, in the same cfg write). A job whose text would bring
@@ -47,13 +48,14 @@ local out = {}
 
 local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 'spent_all', 'consent', 'review_n',
   'review', 'current', 'resseq', 'spent_tmo', 'spent_att', 'mps_s', 'mps_n', 'tmo_day', 'tmo_used', 'tmo_nday',
-  'tmo_next', 'att_x', 'spend_limit', 'spend_m', 'spend_u', 'spend_w')
+  'tmo_next', 'att_x', 'spend_limit', 'spend_m', 'spend_u', 'spend_w', 'freq_n')
 local spent = terms and spent_this_month(terms, c[21], c[22]) or 0
 local limit = terms and tonumber(c[20]) or nil
 local spend_counted = false
 -- (A setting that is off is absent or '': customers.rs writes every field it knows.)
 local spent_all = tonumber(c[5])
-if (spent_all and spent_all > now) or c[6] == '1' or ((tonumber(c[7]) or 0) > 0 and c[8] ~= 'send') then
+if (spent_all and spent_all > now) or c[6] == '1' or ((tonumber(c[7]) or 0) > 0 and c[8] ~= 'send')
+  or tonumber(c[24]) then
   for i = 1, n do out[i] = {'rules'} end
   return out
 end
@@ -194,7 +196,7 @@ for i = 1, n do
   local expires = tonumber(b[4])
   local chosen, count_caps = nil, nil
   if leased[i] and b[1] and b[2] ~= '1' and b[3] ~= 'complete' and b[7] ~= '1' and not (expires and now >= expires)
-    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C' or kind == 'S' or kind == 'P')
+    and opted[i] == 0 and (not st or kind == 'w' or kind == 'D' or kind == 'Q' or kind == 'C' or kind == 'S' or kind == 'P' or kind == 'F')
     and not taken[sk .. '\0' .. recipient] and not in_quiet(quiet) then
     -- The caps decide before the number: a job they leave to reserve.lua costs no sticky read.
     count_caps = under_caps(recipient, segments, days)

@@ -350,7 +350,8 @@ pub async fn submit(
 }
 
 /// A batch's counts. At every moment `sent + failed + opted_out + cancelled + expired + pending == total`, and
-/// `queued + deferred + quiet_hours + capped + held_for_review + spend_limit + held_by_pause == pending`: the counters move in the same scripts as
+/// `queued + deferred + quiet_hours + capped + held_for_review + spend_limit + held_by_pause + frequency_capped ==
+/// pending`: the counters move in the same scripts as
 /// the job states.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -403,6 +404,11 @@ pub struct BatchStatus {
     pub paused_at_ms: Option<i64>,
     /// Texts parked by the pause (texts still queued are parked as the workers reach them).
     pub held_by_pause: u64,
+    /// Waiting because their tenant already had the customer's most texts in its frequency cap's window (across
+    /// batches), and until when the last of them waits (Redis ms).
+    pub frequency_capped: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_until_ms: Option<i64>,
     pub sent: u64,
     pub failed: u64,
     pub opted_out: u64,
@@ -534,6 +540,13 @@ impl BatchStatus {
         if self.held_for_review > 0 {
             out.push(format!("{} held while a tenant's reply waits for a consent review", self.held_for_review));
         }
+        if self.frequency_capped > 0 {
+            out.push(format!(
+                "{} waiting for the tenant frequency cap (texts per tenant across batches) until {} at the latest",
+                self.frequency_capped,
+                utc(self.frequency_until_ms.unwrap_or_default())
+            ));
+        }
         if self.paused {
             out.push(format!(
                 "{} waiting: the batch is paused ({}); resume it to send them",
@@ -572,6 +585,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
     let held = n("held").min(pending - deferred - quiet - capped);
     let spend_limit = n("spend").min(pending - deferred - quiet - capped - held);
     let by_pause = n("pausedjobs").min(pending - deferred - quiet - capped - held - spend_limit);
+    let freq = n("freq").min(pending - deferred - quiet - capped - held - spend_limit - by_pause);
     let opt = |f: &str| m.get(f).and_then(|v| v.parse::<i64>().ok());
     // Jobs waiting per reason (`<kind>:<reason>` counts, `<kind>_until:<reason>` latest due).
     let waits = |kind: &str| -> BTreeMap<String, QuietWait> {
@@ -606,7 +620,7 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         total,
         enqueued: n("enqueued"),
         duplicates: n("duplicates"),
-        queued: pending - deferred - quiet - capped - held - spend_limit - by_pause,
+        queued: pending - deferred - quiet - capped - held - spend_limit - by_pause - freq,
         deferred,
         deferred_reason: m.get("deferred_reason").filter(|r| !r.is_empty()).cloned(),
         quiet_hours: quiet,
@@ -620,6 +634,8 @@ pub async fn status(conn: &mut Conn, id: &BatchId) -> redis::RedisResult<Option<
         paused_by: m.get("paused_by").filter(|_| m.get("paused").map(String::as_str) == Some("1")).cloned(),
         paused_at_ms: opt("paused_ms").filter(|_| m.get("paused").map(String::as_str) == Some("1")),
         held_by_pause: by_pause,
+        frequency_capped: freq,
+        frequency_until_ms: opt("freq_until").filter(|_| freq > 0),
         sent: n("sent"),
         failed: n("failed"),
         opted_out: n("opted_out"),

@@ -42,6 +42,9 @@ pub struct Customer {
     /// When a batch pauses itself because carriers filter its texts.
     #[serde(flatten)]
     pub pause: PauseRule,
+    /// At most this many texts to one tenant per window, across batches (urgent batches exempt). `None`: no cap.
+    #[serde(serialize_with = "as_text")]
+    pub max_texts_per_tenant: Option<FrequencyCap>,
     /// Record events for the customer's app (`GET …/events`): batches created while this is on report their
     /// messages, and replies and opt-outs are reported.
     pub events: bool,
@@ -115,6 +118,54 @@ impl PauseRule {
             return Err(format!("must list 1 to 20 codes, not {}", out.len()));
         }
         Ok(out)
+    }
+}
+
+/// At most `texts` texts to one tenant per `window`, across batches: `3/24h` (Maryland, Florida and Oklahoma cap
+/// solicitations at three per 24 hours on one subject).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub texts: u32,
+    pub window: std::time::Duration,
+}
+
+impl FrequencyCap {
+    /// `<texts>/<window>`: 1 to 1,000 texts, a window of 1 minute to 31 days written `90m`, `24h` or `7d`.
+    pub fn parse(v: &str) -> Result<Self, String> {
+        let v = v.trim();
+        let Some((n, w)) = v.split_once('/') else {
+            return Err(format!("{v:?} is not texts/window (such as 3/24h)"));
+        };
+        let texts: u32 = match n.trim().parse::<i64>() {
+            Ok(n) if (1..=1_000).contains(&n) => n as u32,
+            _ => return Err(format!("{n:?} texts: must be a whole number from 1 to 1000")),
+        };
+        let w = w.trim();
+        let (digits, unit) = w.split_at(w.find(|c: char| !c.is_ascii_digit()).unwrap_or(w.len()));
+        let count: u64 = digits.parse().map_err(|_| format!("{w:?} is not a window such as 90m, 24h or 7d"))?;
+        let secs = match unit {
+            "m" => count * 60,
+            "h" => count * 3_600,
+            "d" => count * 86_400,
+            _ => return Err(format!("{w:?} is not a window such as 90m, 24h or 7d")),
+        };
+        if !(60..=31 * 86_400).contains(&secs) {
+            return Err(format!("the window {w:?} must be 1 minute to 31 days"));
+        }
+        Ok(FrequencyCap { texts, window: std::time::Duration::from_secs(secs) })
+    }
+}
+
+impl std::fmt::Display for FrequencyCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.window.as_secs();
+        if s % 86_400 == 0 && s >= 86_400 * 2 {
+            write!(f, "{}/{}d", self.texts, s / 86_400)
+        } else if s % 3_600 == 0 {
+            write!(f, "{}/{}h", self.texts, s / 3_600)
+        } else {
+            write!(f, "{}/{}m", self.texts, s / 60)
+        }
     }
 }
 
@@ -265,6 +316,7 @@ impl Customer {
             time_zone: None,
             monthly_spend_limit: None,
             pause: PauseRule::default(),
+            max_texts_per_tenant: None,
             lookup: false,
             caps: Caps::default(),
             events: false,
@@ -346,6 +398,8 @@ pub struct CustomerUpdate {
     pub pause_after_reports: Change<u32>,
     pub pause_threshold_pct: Change<u32>,
     pub pause_codes: Change<Vec<u32>>,
+    /// `Clear` = no cap.
+    pub max_texts_per_tenant: Change<FrequencyCap>,
     /// `Clear` = off.
     pub events: Change<bool>,
     pub help_text: Change<String>,
@@ -400,6 +454,7 @@ impl CustomerUpdate {
                     .apply(stored.and_then(|c| c.pause.pause_threshold_pct)),
                 pause_codes: self.pause_codes.clone().apply(stored.and_then(|c| c.pause.pause_codes.clone())),
             },
+            max_texts_per_tenant: self.max_texts_per_tenant.clone().apply(stored.and_then(|c| c.max_texts_per_tenant)),
             events: self.events.clone().apply(stored.map(|c| c.events)).unwrap_or(false),
             help_text: self.help_text.clone().apply(stored.and_then(|c| c.help_text.clone())),
             events_url: self.events_url.clone().apply(stored.and_then(|c| c.events_url.clone())),
@@ -481,6 +536,8 @@ pub async fn update(
         ("pause_min", written(&update.pause_after_reports)),
         ("pause_pct", written(&update.pause_threshold_pct)),
         ("pause_codes", written(&update.pause_codes.clone().map(|c| join_codes(&c)))),
+        ("freq_n", written(&update.max_texts_per_tenant.clone().map(|f| f.texts))),
+        ("freq_ms", written(&update.max_texts_per_tenant.clone().map(|f| f.window.as_millis()))),
         ("events", written(&update.events.clone().map(|on| if on { "1" } else { "" }))),
         ("help_text", written(&update.help_text)),
         ("events_url", written(&update.events_url)),
@@ -536,6 +593,8 @@ pub async fn upsert(conn: &mut Conn, c: &Customer) -> redis::RedisResult<bool> {
                 ("pause_min", c.pause.pause_after_reports.map(|v| v.to_string()).unwrap_or_default()),
                 ("pause_pct", c.pause.pause_threshold_pct.map(|v| v.to_string()).unwrap_or_default()),
                 ("pause_codes", c.pause.pause_codes.as_deref().map(join_codes).unwrap_or_default()),
+                ("freq_n", c.max_texts_per_tenant.map(|f| f.texts.to_string()).unwrap_or_default()),
+                ("freq_ms", c.max_texts_per_tenant.map(|f| f.window.as_millis().to_string()).unwrap_or_default()),
                 ("events", if c.events { "1".into() } else { String::new() }),
                 ("help_text", c.help_text.clone().unwrap_or_default()),
                 ("events_url", c.events_url.clone().unwrap_or_default()),
@@ -608,6 +667,13 @@ pub async fn get(conn: &mut Conn, id: &CustomerId) -> redis::RedisResult<Option<
             per_second: m.get("cap_mps").and_then(|s| s.parse().ok()),
         },
         monthly_spend_limit: m.get("spend_limit").and_then(|s| s.parse().ok()).map(Usd::from_micros),
+        max_texts_per_tenant: match (
+            m.get("freq_n").and_then(|s| s.parse().ok()),
+            m.get("freq_ms").and_then(|s| s.parse().ok()),
+        ) {
+            (Some(texts), Some(ms)) => Some(FrequencyCap { texts, window: std::time::Duration::from_millis(ms) }),
+            _ => None,
+        },
         pause: PauseRule {
             pause_after_reports: m.get("pause_min").and_then(|s| s.parse().ok()),
             pause_threshold_pct: m.get("pause_pct").and_then(|s| s.parse().ok()),

@@ -34,9 +34,10 @@
 //! | `{c:ID}:optrec` | HASH | recipient → its consent history (`[{"kind","via","keyword","number","at_ms",…}…]`, the last 50: opt-outs, opt-ins, suspected revocations and their reviews), the evidence of consent |
 //! | `{c:ID}:review` | HASH | recipient → a suspected revocation waiting for a person (`{"at_ms","deadline_ms","words","rule","number","sid"}`) |
 //! | `{c:ID}:held:<E.164>` | SET | that tenant's jobs held while a review waits (job members; each also in `sched`) |
+//! | `{c:ID}:ft:<E.164>` | ZSET | a tenant's texts in the customer's frequency-cap window (job → reservation ms), when it has a cap; expires with the window |
 //! | `{c:ID}:spendwait` | SET | jobs parked by the monthly spend limit (each also in `sched`, due next month); a change of the limit brings them due at once |
 //!
-//! (reserve.lua builds `review`, `consent`, `held:` and `spendwait` from the cfg key's `{c:ID}:`, only when a customer uses them:
+//! (reserve.lua builds `review`, `consent`, `held:`, `spendwait` and `ft:` from the cfg key's `{c:ID}:`, only when a customer uses them:
 //! the test below keeps those names and this module's in step.)
 //! | `{c:ID}:consent` | SET | recipients with an opt-in on record (an API opt-in, or their own START) |
 //! | `{c:ID}:conv:<epoch>:<E.164>` | STRING | a tenant's conversation in one 30-day epoch: length-prefixed `<bytes>:<entry>` entries `<o|i|f>|<ms>|<number>|<sid>|<batch>|<body>` (`o` sent, `i` received, `f` could not be sent), oldest first, at most 12,000 bytes; expires 60 days after its first entry; kept for every customer (a thread is the last 30 days of this epoch's string and the one before) |
@@ -260,6 +261,10 @@ impl CustomerKeys {
     pub fn scheduled(&self) -> String {
         self.key("sched")
     }
+    /// A tenant's texts in the frequency cap's window (ZSET; reserve.lua builds it from the cfg key).
+    pub fn tenant_texts(&self, tenant: &str) -> String {
+        self.key(&format!("ft:{tenant}"))
+    }
     /// Jobs parked by the monthly spend limit (SET of job members, each also in `sched`).
     pub fn spend_wait(&self) -> String {
         self.key("spendwait")
@@ -416,8 +421,9 @@ mod tests {
         assert_eq!(k.optout_records(), format!("{prefix}optrec"));
         assert_eq!(k.scheduled(), format!("{prefix}sched"));
         assert_eq!(k.spend_wait(), format!("{prefix}spendwait"));
+        assert_eq!(k.tenant_texts("+14155550100"), format!("{prefix}ft:+14155550100"));
         let uses = [
-            (include_str!("../lua/reserve.lua"), &["review", "consent", "held:", "optrec", "spendwait"][..]),
+            (include_str!("../lua/reserve.lua"), &["review", "consent", "held:", "optrec", "spendwait", "ft:"][..]),
             (include_str!("../lua/fail.lua"), &["review", "held:", "sched"][..]),
         ];
         for (script, suffixes) in uses {

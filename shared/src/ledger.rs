@@ -167,6 +167,11 @@ pub enum Reserve {
     Paused {
         due_ms: i64,
     },
+    /// Parked: the tenant already had the customer's most texts in the frequency cap's window (across batches);
+    /// due when the oldest ages out.
+    Frequency {
+        due_ms: i64,
+    },
     /// Ended here: the customer requires consent on record and the tenant has none.
     NoConsent,
     /// An earlier attempt reserved `slot` and may have reached Twilio.
@@ -432,6 +437,7 @@ impl Ledger {
             Some("held") => Reserve::Held { recheck_ms: num(&p, 1) },
             Some("spend") => Reserve::Spend { due_ms: num(&p, 1) },
             Some("paused") => Reserve::Paused { due_ms: num(&p, 1) },
+            Some("frequency") => Reserve::Frequency { due_ms: num(&p, 1) },
             Some("no_consent") => Reserve::NoConsent,
             Some("lost") => Reserve::Lost,
             Some("ambiguous") => Reserve::Ambiguous { slot: slot_at(1), now_ms: num(&p, 5) },
@@ -943,7 +949,9 @@ pub fn attempt_of(state: Option<&str>) -> u32 {
     let Some(s) = state else { return 0 };
     let parts: Vec<&str> = s.split('|').collect();
     let field = match parts.first() {
-        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") | Some(&"S") | Some(&"P") => parts.get(1),
+        Some(&"w") | Some(&"D") | Some(&"Q") | Some(&"C") | Some(&"H") | Some(&"S") | Some(&"P") | Some(&"F") => {
+            parts.get(1)
+        }
         Some(&"r") => parts.get(4),
         _ => None,
     };

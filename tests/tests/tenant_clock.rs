@@ -374,3 +374,47 @@ async fn bad_timing_templates_and_zones_are_refused_naming_field_and_row_and_cha
     assert_eq!((s, r["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("quiet_hours")));
     assert_eq!(w.redis.digest(), before, "malformed quiet hours changed Redis");
 }
+
+/// A frequency cap of 3 texts per tenant per 24 h across batches: four batches to the same 20 tenants, and every
+/// tenant gets 3; the fourth batch's texts wait with the reason (until the oldest ages out); an urgent batch goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frequency_cap_holds_the_fourth_batch_and_an_urgent_one_goes() {
+    let w = World::start(SimConfig::default()).await;
+    w.producer_ok(&["customer", "add", "acme", "--max-texts-per-tenant", "3/24h"]).await;
+    let to = harness::fixtures::recipients(20, 0);
+    let _worker = w.worker(8);
+    let mut batches = Vec::new();
+    for i in 1..=4 {
+        let batch = w.bulk("acme", &format!("Notice {i} of 4. Reply STOP to opt out"), &to, &[]).await;
+        batches.push(batch);
+    }
+    for b in &batches[..3] {
+        w.wait_complete(b, Duration::from_secs(60)).await;
+    }
+    let fourth = wait_until(Duration::from_secs(30), "the fourth batch's texts to wait", || {
+        let (w, b) = (&w, batches[3].clone());
+        async move { Some(w.status(&b).await).filter(|s| s.frequency_capped == 20) }
+    })
+    .await;
+    let state = w.state();
+    let per = per_recipient(&state);
+    println!(
+        "after four batches: {} texts, per tenant {:?}; fourth batch: {} waiting ({:?})",
+        state.messages.len(),
+        per.values().collect::<std::collections::BTreeSet<_>>(),
+        fourth.frequency_capped,
+        fourth.waiting_at(0)
+    );
+    assert_eq!(state.messages.len(), 60);
+    assert!(per.values().all(|&n| n == 3), "{per:?}");
+    assert_eq!(fourth.sent, 0);
+    assert!(fourth.waiting_at(0).iter().any(|l| l.contains("frequency cap")), "{:?}", fourth.waiting_at(0));
+    let until = fourth.frequency_until_ms.unwrap();
+    assert!(until > Utc::now().timestamp_millis() + 23 * 3_600_000, "waits for the window: {until}");
+
+    let urgent = w.bulk("acme", "Gas leak: leave the building now", &to, &["--urgent"]).await;
+    let done = w.wait_complete(&urgent, Duration::from_secs(60)).await;
+    println!("urgent batch: {} sent", done.sent);
+    assert_eq!(done.sent, 20);
+    assert_eq!(w.state().messages.len(), 80);
+}

@@ -214,7 +214,7 @@ impl Purchases {
                 lock.release().await;
                 return Capacity::Retry;
             }
-            Ok(Reserve::Paused { .. }) => {
+            Ok(Reserve::Paused { .. }) | Ok(Reserve::Frequency { .. }) => {
                 // A paused batch never buys: the script parked the job.
                 lock.release().await;
                 return Capacity::Gone;

@@ -196,6 +196,10 @@ impl Sender {
                     self.shared.stats.expired.inc();
                     Step::Done
                 }
+                Reserve::Frequency { due_ms } => {
+                    tracing::debug!(due_ms, "the tenant reached the customer's frequency cap; the job waits");
+                    Step::Done
+                }
                 Reserve::Paused { due_ms } => {
                     tracing::debug!(due_ms, "the batch is paused; the job waits for a person to resume it");
                     Step::Done

@@ -75,6 +75,10 @@ pub struct AddArgs {
     /// resets.
     #[arg(long, value_name = "CODES")]
     pause_codes: Option<String>,
+    /// At most this many texts to one tenant per window, across batches: `3/24h` (urgent batches exempt); texts
+    /// over it wait for the window. `none` = no cap.
+    #[arg(long, value_name = "N/WINDOW")]
+    max_texts_per_tenant: Option<String>,
     /// Record events for the app (`GET /v1/customers/{id}/events`): each message's outcome, replies, opt-outs,
     /// batches completed: `on` or `off`. Applies to batches created after it is turned on.
     #[arg(long, value_parser = ["on", "off"])]
@@ -140,6 +144,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 pause_after_reports,
                 pause_threshold_pct,
                 pause_codes,
+                max_texts_per_tenant,
                 events,
                 help_text,
                 events_url,
@@ -167,6 +172,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
                 pause_after_reports: change(pause_after_reports, "default"),
                 pause_threshold_pct: change(pause_threshold_pct, "default"),
                 pause_codes: change(pause_codes, "default"),
+                max_texts_per_tenant: change(max_texts_per_tenant, "none"),
                 events: events.map_or(Change::Keep, |v| Change::Set(v == "on")),
                 help_text: change(help_text, "none"),
                 events_url: change(events_url, "none"),
@@ -214,7 +220,7 @@ pub async fn run(settings: Settings, command: CustomerCommand) -> Result<ExitCod
 /// One line of a customer's settings.
 fn describe(c: &Customer) -> String {
     format!(
-        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tspend limit {}/month\tevents {}\thelp text {}\tconsent: reviews {}, require {}, own words {}",
+        "max {} numbers\tarea code {}\taccount {}\tmessaging service {}\tquiet hours {}\ttime zone {}\tlookup {}\tcaps {}\tspend limit {}/month\ttexts per tenant {}\tevents {}\thelp text {}\tconsent: reviews {}, require {}, own words {}",
         c.max_numbers,
         c.area_code.as_ref().map_or("any", |a| a.as_str()),
         c.account_sid.as_ref().map_or("(main)", |a| a.as_str()),
@@ -224,6 +230,7 @@ fn describe(c: &Customer) -> String {
         if c.looks_up() { "on" } else { "off" },
         caps(&c.caps),
         c.monthly_spend_limit.map_or("none".to_owned(), |l| l.to_string()),
+        c.max_texts_per_tenant.map_or("no cap".to_owned(), |f| f.to_string()),
         if c.events { "on" } else { "off" },
         if c.help_text.is_some() { "set" } else { "none" },
         c.consent.review_hold.as_str(),

@@ -167,6 +167,13 @@ pub fn print_status(s: &BatchStatus) {
             s.held_for_review, s.customer
         );
     }
+    if s.frequency_capped > 0 {
+        println!(
+            "  frequency  {:>8}   (their tenants had the customer's most texts per window; they wait until {} at the latest)",
+            s.frequency_capped,
+            s.frequency_until_ms.map(format_ms).unwrap_or_default()
+        );
+    }
     if s.paused {
         println!(
             "  PAUSED              {} by {}: {}   (`producer resume {}` sends the rest)",

@@ -41,6 +41,9 @@ pub struct CustomerInput {
     pub pause_after_reports: Change<String>,
     pub pause_threshold_pct: Change<String>,
     pub pause_codes: Change<String>,
+    /// At most this many texts to one tenant per window across batches, `3/24h` (urgent batches exempt); `Clear`
+    /// = no cap. Field name `max_texts_per_tenant`.
+    pub max_texts_per_tenant: Change<String>,
     /// Record events (replies, opt-outs, each message's outcome) for the app's `GET …/events`.
     pub events: Change<bool>,
     /// The answer to HELP / INFO: 1 to 320 characters, no control characters.
@@ -117,6 +120,12 @@ fn parse(input: CustomerInput) -> Result<(CustomerUpdate, Change<EventsSecret>),
             customers::PauseRule::parse_pct,
         ),
         pause_codes: parse_change(&mut p, "pause_codes", input.pause_codes, customers::PauseRule::parse_codes),
+        max_texts_per_tenant: parse_change(
+            &mut p,
+            "max_texts_per_tenant",
+            input.max_texts_per_tenant,
+            customers::FrequencyCap::parse,
+        ),
         events: input.events,
         help_text: parse_change(&mut p, "help_text", input.help_text, help_text),
         // Checked (with a DNS lookup) in `save`.

@@ -124,6 +124,11 @@ pub struct CustomerRequest {
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<Vec<i64>>, nullable)]
     pub pause_codes: Change<Vec<i64>>,
+    /// At most this many texts to one tenant per window across batches, `"3/24h"` (urgent batches exempt): texts
+    /// over it wait for the window; `null` = no cap.
+    #[serde(default, deserialize_with = "change")]
+    #[schema(value_type = Option<String>, nullable)]
+    pub max_texts_per_tenant: Change<String>,
     /// Record events for `GET /v1/customers/{id}/events` (batches created from now on); `null` = off.
     #[serde(default, deserialize_with = "change")]
     #[schema(value_type = Option<bool>, nullable)]
@@ -186,6 +191,8 @@ pub struct CustomerResponse {
     pub pause_after_reports: Option<u32>,
     pub pause_threshold_pct: Option<u32>,
     pub pause_codes: Option<Vec<u32>>,
+    /// `3/24h`, or `null`: no frequency cap per tenant.
+    pub max_texts_per_tenant: Option<String>,
     /// Events are recorded (`GET …/events`).
     pub events: bool,
     pub help_text: Option<String>,
@@ -228,6 +235,7 @@ impl From<Customer> for CustomerResponse {
             pause_after_reports: c.pause.pause_after_reports,
             pause_threshold_pct: c.pause.pause_threshold_pct,
             pause_codes: c.pause.pause_codes,
+            max_texts_per_tenant: c.max_texts_per_tenant.map(|f| f.to_string()),
             events: c.events,
             help_text: c.help_text,
             events_url: c.events_url,
@@ -417,6 +425,7 @@ pub async fn put_customer(
         pause_after_reports: req.pause_after_reports.map(|n| n.to_string()),
         pause_threshold_pct: req.pause_threshold_pct.map(|n| n.to_string()),
         pause_codes: req.pause_codes.map(|c| c.iter().map(i64::to_string).collect::<Vec<_>>().join(",")),
+        max_texts_per_tenant: req.max_texts_per_tenant,
         events: req.events,
         help_text: req.help_text,
         events_url: req.events_url,

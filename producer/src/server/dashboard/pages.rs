@@ -157,6 +157,7 @@ fn batch_bar(s: &BatchStatus) -> Markup {
         ("held for a consent review", s.held_for_review, "bar-deferred"),
         ("waiting for the spend limit", s.spend_limit, "bar-deferred"),
         ("held by the pause", s.held_by_pause, "bar-deferred"),
+        ("waiting for the frequency cap", s.frequency_capped, "bar-deferred"),
         ("queued", s.queued, "bar-queued"),
     ];
     let label = parts.iter().map(|(n, v, _)| format!("{v} {n}")).collect::<Vec<_>>().join(", ");
@@ -592,6 +593,8 @@ pub fn batch_live(s: &BatchStatus, _v: &Viewer<'_>) -> Markup {
                 div { dt { "Carrier caps" } dd { (s.capped) } }
                 div { dt { "Held for review" } dd { (s.held_for_review) } }
                 div { dt { "Spend limit" } dd { (s.spend_limit) } }
+                div { dt { "Frequency cap" } dd { (s.frequency_capped) } }
+                div { dt { "Held by the pause" } dd { (s.held_by_pause) } }
                 div { dt { "Queued" } dd { (s.queued) } }
             }
             @if let (true, Some(why)) = (s.deferred > 0, &s.deferred_reason) { p { "Deferred because " (why) "." } }
