@@ -10,7 +10,9 @@
 --     before that a recipient could still be steered to it (and replies would land on a number we gave up);
 --   * it holds no unsettled reservation (a send whose outcome is not known yet);
 --   * the numbers kept still cover the backlog (common.lua, backlog_now) with their free slots: the oldest
---     numbers are kept first (they have the longest history with carriers), the newest released first.
+--     numbers are kept first (they have the longest history with carriers), the newest released first;
+--   * it is not the last number of a customer with a Messaging Service: a 10DLC campaign left without a number for
+--     60 days costs a T-Mobile fee (and the campaign's registration is kept alive by a number that can send).
 -- 'dry' mode writes nothing at all (window counts are read, not trimmed), so a dry run leaves Redis as it was.
 --
 -- KEYS[1] cfg HASH   KEYS[2] pool ZSET   KEYS[3] pool meta HASH   KEYS[4] pool last-send HASH   KEYS[5] unsent ZSET
@@ -68,9 +70,11 @@ end
 -- Candidates come oldest first (the pool is ordered by purchase time): keep from the front while the backlog needs
 -- slots, release the rest.
 local out = {'plan', now, backlog, 0}
+local service = redis.call('HGET', cfg, 'messaging_service')
+local keep_one = service ~= false and service ~= ''
 for _, c in ipairs(candidates) do
   local number = c[1]
-  if kept_capacity < backlog then
+  if kept_capacity < backlog or (keep_one and kept == 0) then
     kept = kept + 1
     kept_capacity = kept_capacity + free(number)
   else

@@ -113,6 +113,11 @@ pub struct CommonArgs {
     #[arg(long, env = "MESSENGER_QUIET_SPREAD_SECS", default_value_t = 600)]
     pub quiet_spread_secs: u64,
 
+    /// Refuse customers without a Messaging Service (an A2P 10DLC campaign's sender pool): since 2025-02-01 every US
+    /// carrier blocks unregistered 10DLC traffic. Off: such a customer is saved with a warning.
+    #[arg(long, env = "MESSENGER_REQUIRE_A2P", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_a2p: bool,
+
     /// What one Lookup (line type intelligence) costs, for dry-run estimates ($0.008 on Twilio's price list).
     #[arg(long, env = "MESSENGER_LOOKUP_COST", default_value_t = 0.008)]
     pub lookup_cost: f64,
@@ -228,6 +233,8 @@ pub struct Settings {
     pub batch_retention: Duration,
     pub pricing: Pricing,
     pub events: EventsSettings,
+    /// Customers must have a Messaging Service (`MESSENGER_REQUIRE_A2P`).
+    pub require_a2p: bool,
 }
 
 /// Prices used for estimates and spend limits (Messenger never reads a bill; Twilio's prices vary by country and
@@ -414,6 +421,7 @@ impl CommonArgs {
                 lookup: self.lookup_cost,
                 prices: self.prices()?,
             },
+            require_a2p: self.require_a2p,
             events: EventsSettings {
                 allow_private: self.events_allow_private,
                 retry_schedule: self.events_retry_schedule.clone(),

@@ -121,6 +121,11 @@ impl PauseRule {
     }
 }
 
+/// What a customer without a Messaging Service is told (`customer add`, the dry run, the dashboard).
+pub const NO_A2P_WARNING: &str = "no Messaging Service: since 2025-02-01 every US carrier blocks unregistered 10DLC \
+     traffic, so texts from bare long codes may be filtered (Twilio 30034); register an A2P 10DLC campaign and set \
+     --messaging-service";
+
 /// At most `texts` texts to one tenant per `window`, across batches: `3/24h` (Maryland, Florida and Oklahoma cap
 /// solicitations at three per 24 hours on one subject).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -236,6 +236,46 @@ async fn numbers_are_attached_to_the_messaging_service_before_they_send() {
     }
     assert!(state.messages.iter().all(|m| m.messaging_service_sid.as_deref() == Some(service.as_str())));
     assert!(state.messages.iter().all(|m| m.error_code.is_none()), "a message failed (30034?)");
+
+    // Released idle, the service keeps its last number (a 10DLC campaign without one for 60 days costs a fee).
+    let plan = w.producer_ok(&["pool", "release-idle", "acme", "--idle-days", "0", "--dry-run", "--json"]).await;
+    let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    println!("release-idle with a messaging service (dry run): {plan}");
+    assert!(plan["kept"].as_u64().unwrap() >= 1, "{plan}");
+}
+
+/// A customer with a Messaging Service keeps its last number when idle numbers are released; one without releases
+/// them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_messaging_services_last_number_is_never_released() {
+    let mut w = World::start(SimConfig::default()).await;
+    w.env = w.env.clone().set("MESSENGER_WINDOW_SECS", 2);
+    let service = create_service(&w).await;
+    w.producer_ok(&["customer", "add", "acme", "--max-numbers", "10", "--messaging-service", &service]).await;
+    w.producer_ok(&["customer", "add", "globex", "--max-numbers", "10"]).await;
+    let _workers: Vec<_> = (0..2).map(|_| w.worker(16)).collect();
+    let a = w.bulk("acme", "Registered", &recipients(600, 0), &[]).await;
+    let g = w.bulk("globex", "Bare", &recipients(600, 10_000), &[]).await;
+    w.wait_complete(&a, Duration::from_secs(60)).await;
+    w.wait_complete(&g, Duration::from_secs(60)).await;
+    // Sticky senders are remembered for two windows: idle only after that.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let released = |out: String| -> usize {
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["released"].as_array().unwrap().len()
+    };
+    let acme_out = w.producer_ok(&["pool", "release-idle", "acme", "--idle-days", "0", "--json"]).await;
+    let globex_out = w.producer_ok(&["pool", "release-idle", "globex", "--idle-days", "0", "--json"]).await;
+    let mut conn = w.redis.conn().await;
+    let acme_left: Vec<String> = conn.zrange(acme().pool(), 0, -1).await.unwrap();
+    let globex_left: u64 = conn.zcard(CustomerKeys::new(&CustomerId::parse("globex").unwrap()).pool()).await.unwrap();
+    println!(
+        "released: acme (service) {} keeping {}, globex (none) {} keeping {globex_left}",
+        released(acme_out),
+        acme_left.len(),
+        released(globex_out)
+    );
+    assert_eq!(acme_left.len(), 1, "the service lost its last number");
+    assert_eq!(globex_left, 0);
 }
 
 /// Acceptance 4: Twilio refuses the 401st number of a Messaging Service (21714). The number Messenger bought for it
@@ -472,4 +512,28 @@ async fn a_bad_spend_limit_is_refused_and_changes_nothing() {
     let (_, c) =
         api.call("PUT", "/v1/customers/acme", Some(common::ADMIN), Some(json!({"monthly_spend_limit": "none"}))).await;
     assert!(c["monthly_spend_limit"].is_null(), "{c}");
+}
+
+/// A customer on US long codes without a Messaging Service is warned (`customer add`, the dry run), and refused when
+/// `MESSENGER_REQUIRE_A2P=true`, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_without_a_messaging_service_is_warned_or_refused() {
+    let mut w = World::start(SimConfig::default()).await;
+    let out = w.producer(&["customer", "add", "acme"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("customer add without a service: exit {:?}, {}", out.status.code(), err.trim());
+    assert!(out.status.success() && err.contains("no Messaging Service"), "{err}");
+    let dry = w
+        .producer_ok(&["bulk", "--customer", "acme", "--body", "Hello", "--to", "+14155550100", "--dry-run", "--json"])
+        .await;
+    assert!(dry.contains("no Messaging Service"), "{dry}");
+    w.env = w.env.clone().set("MESSENGER_REQUIRE_A2P", "true");
+    let before = w.redis.digest();
+    let out = w.producer(&["customer", "add", "globex"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("with MESSENGER_REQUIRE_A2P=true: exit {:?}, {}", out.status.code(), err.trim());
+    assert!(!out.status.success() && err.contains("MESSENGER_REQUIRE_A2P"), "{err}");
+    assert_eq!(w.redis.digest(), before);
+    let service = create_service(&w).await;
+    w.producer_ok(&["customer", "add", "globex", "--messaging-service", &service]).await;
 }

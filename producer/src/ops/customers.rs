@@ -252,6 +252,16 @@ pub async fn save(deps: &Deps, id: &CustomerId, input: CustomerInput) -> Result<
         ));
     }
     let mut warnings = Vec::new();
+    if after.messaging_service.is_none() {
+        if deps.settings.require_a2p {
+            return Err(OpsError::invalid(
+                "messaging_service_sid",
+                "MESSENGER_REQUIRE_A2P is on: every customer needs a Messaging Service (an A2P 10DLC campaign's \
+                 sender pool) to text US long codes",
+            ));
+        }
+        warnings.push(customers::NO_A2P_WARNING.to_owned());
+    }
     if let Change::Set(account) = &update.account_sid {
         check_account(deps, account, &mut warnings).await?;
     }

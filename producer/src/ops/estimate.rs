@@ -206,6 +206,9 @@ pub async fn estimate(deps: &Deps, prepared: &Prepared) -> Result<Estimate, OpsE
     }
     let to_send = batch.recipients.len() - opted_out - without_consent;
     let mut warnings = Vec::new();
+    if record.messaging_service.is_none() {
+        warnings.push(customers::NO_A2P_WARNING.to_owned());
+    }
     let lower = batch.body.as_str().to_lowercase();
     if !["stop", "opt out", "opt-out", "unsubscribe"].iter().any(|w| lower.contains(w)) {
         warnings.push(

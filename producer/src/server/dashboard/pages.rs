@@ -668,6 +668,9 @@ pub fn pool(p: &PoolReport, pending: &[Pending], v: &Viewer<'_>) -> Markup {
                 @if let Some(c) = p.monthly_cost { " · " (format!("${c:.2}")) " a month" }
                 @if let Some(s) = &p.messaging_service_sid { " · Messaging Service " (s) }
             }
+            @if p.messaging_service_sid.is_none() { p class="warning" role="note" { "Warning: " (shared::customers::NO_A2P_WARNING) "." } }
+            p { "Spend this month (" (p.spend_month) "): " (format!("${:.2}", p.spend_this_month))
+                @if let Some(l) = p.monthly_spend_limit { " of a " (format!("${l:.2}")) " monthly limit" } @else { " (no monthly limit)" } }
             div data-live=(format!("/dashboard/pools/{}/live", p.customer)) data-every="2000" { (pool_live(p, pending, v)) }
             @if v.admin {
                 form method="post" action=(format!("/dashboard/pools/{}/release-idle", p.customer)) class="release" {
