@@ -429,3 +429,66 @@ async fn wait_confirms_writes_on_the_node_that_holds_them() {
     assert!(!confirmed, "a primary without a replica confirmed a WAIT 1");
     assert!(started.elapsed() >= Duration::from_millis(450));
 }
+
+/// Issue 33, acceptance 1 on a cluster: a $6.00 monthly spend limit ($0.01 a segment, $1.00 a number), 1,000
+/// one-segment texts, 2 workers × 32, replica acknowledgements on; the primary holding the customer is killed
+/// (`kill -9`) mid-run and comes back as a replica. What the simulator saw never costs more than the limit, and no
+/// tenant is texted twice. `MESSENGER_SPEND_RUNS` runs (default 1; about 10 s a run): `MESSENGER_SPEND_RUNS=5 cargo
+/// test -p messenger-tests --test cluster -- --nocapture spend_limit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_limit_holds_through_a_primary_killed_on_a_cluster() {
+    let runs: usize = std::env::var("MESSENGER_SPEND_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    for run in 1..=runs {
+        let mut w = World::start_cluster(SimConfig { send_latency_ms: 5, ..SimConfig::default() }).await;
+        w.env = w
+            .env
+            .clone()
+            .set("MESSENGER_REDIS_REPLICA_ACKS", 1)
+            .set("MESSENGER_SEGMENT_COST", "0.01")
+            .set("MESSENGER_NUMBER_MONTHLY_COST", "1.00")
+            .set("MESSENGER_CARRIER_FEES", "");
+        w.producer_ok(&["customer", "add", "acme", "--max-numbers", "20", "--monthly-spend-limit", "6.00"]).await;
+        let batch = w.bulk("acme", "Water off Tuesday 9-11. Reply STOP to opt out", &recipients(1_000, 0), &[]).await;
+        let _workers: Vec<_> = (0..2).map(|_| w.worker(32)).collect();
+        let victim = w.redis.primary_of("{c:acme}:cfg");
+        wait_until(Duration::from_secs(60), "150 texts", || async { (w.state().messages.len() >= 150).then_some(()) })
+            .await;
+        let at_kill = w.state().messages.len();
+        let mut cluster = w.redis;
+        cluster.kill(victim);
+        let (mut cluster, took) = tokio::task::spawn_blocking(move || {
+            let took = cluster.wait_failover(victim, Duration::from_secs(30));
+            (cluster, took)
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cluster.restart(victim);
+        w.redis = cluster;
+        let id = BatchId::parse(&batch).unwrap();
+        let conn = w.redis.conn().await;
+        let status = wait_until(Duration::from_secs(120), "every text sent or waiting for the limit", || {
+            let (mut conn, id) = (conn.clone(), id.clone());
+            async move {
+                let s = shared::batches::status(&mut conn, &id).await.ok().flatten()?;
+                (s.sent + s.spend_limit >= 1_000 && s.queued == 0).then_some(s)
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let state = w.state();
+        let cost = state.messages.len() as f64 * 0.01 + state.numbers.len() as f64;
+        let twice = per_recipient(&state).values().filter(|&&n| n > 1).count();
+        println!(
+            "run {run}: primary {victim} killed at {at_kill} texts, failover {:.1}s; simulator saw {} texts + {} numbers \
+             = ${cost:.2} (limit $6.00); {} waiting; texted twice {twice}",
+            took.as_secs_f64(),
+            state.messages.len(),
+            state.numbers.len(),
+            status.spend_limit
+        );
+        assert!(cost <= 6.0 + 1e-9, "run {run}: ${cost:.2} spent past the $6.00 limit");
+        assert_eq!(twice, 0);
+        assert!(status.spend_limit > 0);
+    }
+}
