@@ -52,6 +52,13 @@ local c = redis.call('HMGET', cfg, 'lookup', 'cap_tmo', 'cap_att', 'cap_mps', 's
 local spent = terms and spent_this_month(terms, c[21], c[22]) or 0
 local limit = terms and tonumber(c[20]) or nil
 local spend_counted = false
+-- Where this call must leave a job to reserve.lua: past the limit, or at the 80 % warning not yet reported this month
+-- (computed once: the jobs compare their spend with one number).
+local spend_stop = nil
+if limit then
+  spend_stop = limit
+  if limit > 0 and c[23] ~= terms.month then spend_stop = math.min(limit, math.ceil(limit * 4 / 5) - 1) end
+end
 -- (A setting that is off is absent or '': customers.rs writes every field it knows.)
 local spent_all = tonumber(c[5])
 if (spent_all and spent_all > now) or c[6] == '1' or ((tonumber(c[7]) or 0) > 0 and c[8] ~= 'send')
@@ -122,7 +129,7 @@ local function under_caps(recipient, segments, days)
     if not line or UNREACHABLE[line] then return nil end
   end
   local cost = terms and text_cost(terms, segments, line) or 0
-  if limit and (spent + cost > limit or spend_warns(terms, limit, spent + cost, c[23])) then return nil end
+  if spend_stop and spent + cost > spend_stop then return nil end
   local is_tmo, is_att = line == 't' or line == 'u', line == 'a' or line == 'u'
   if cap_mps and mps_used >= cap_mps then return nil end
   if is_att then
