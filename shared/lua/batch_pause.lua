@@ -8,7 +8,7 @@
 -- KEYS[1] batch HASH   KEYS[2] the batch's paused jobs SET (`<batch>:pw`)   KEYS[3] sched ZSET
 -- KEYS[4] events STREAM   KEYS[5] customer cfg HASH (`pause_codes`)
 -- ARGV[1] 'pause' | 'resume'   ARGV[2] who (for the record: `hand`, or the dashboard user's name)
--- Returns {'paused'} | {'resumed', jobs brought due} | {'already', 'paused' | 'running'} | {'missing'} | {'complete'}
+-- Returns {'paused'} | {'resumed', jobs the pause listed} | {'already', 'paused' | 'running'} | {'missing'} | {'complete'}
 
 local batch, waiting, sched = KEYS[1], KEYS[2], KEYS[3]
 local action, who = ARGV[1], ARGV[2]
@@ -32,9 +32,6 @@ for code in string.gmatch(codes, '%d+') do filtered = filtered + (tonumber(redis
 redis.call('HDEL', batch, 'paused', 'pause_why', 'paused_ms', 'paused_by')
 redis.call('HSET', batch, 'pause_base_n', (tonumber(b[7]) or 0) + (tonumber(b[8]) or 0), 'pause_base_f', filtered,
   'resumed_ms', now, 'resumed_by', who)
-local jobs = redis.call('SMEMBERS', waiting)
-local n = 0
-for i = 1, #jobs do n = n + redis.call('ZADD', sched, 'XX', 'CH', now, jobs[i]) end
-redis.call('DEL', waiting)
+local n = release_held(waiting, sched, now)
 emit('batch.resumed', 'b', EV and EV.batch or '', 'by', who)
 return {'resumed', n}

@@ -168,7 +168,9 @@ local function end_review(reviews, cfg, tenant)
   return 0
 end
 
--- Makes the tenant's held jobs due now (the send path then decides: sent, or ended opted out). Returns how many.
+-- Makes the jobs listed in a set due now and empties it (the send path then decides for each): a tenant's jobs held
+-- for a review, a paused batch's jobs, those the spend limit parked. A listed job no longer in the schedule is left
+-- alone (ZADD XX). Returns how many were listed.
 local function release_held(held, sched, now)
   local jobs = redis.call('SMEMBERS', held)
   for _, j in ipairs(jobs) do redis.call('ZADD', sched, 'XX', now, j) end

@@ -164,6 +164,27 @@ if redis.call('SISMEMBER', optouts, recipient) == 1 then
   return {'opted_out', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
 end
 local expires = tonumber(b[4])
+
+-- Parks the job until `due` (no later than the batch's expiry): state `<kind>|<attempt>|<due>[|<reason>]`, counted in
+-- the batch's `counter` (and in `<counter>:<reason>` when there is a reason), the latest due kept in `until_field`
+-- when one is named; out of flight and in the schedule. Every wait of this script (paused batch, quiet hours, review,
+-- frequency cap, carrier cap, spend limit) parks this way. Returns the due time and the job.
+local function park(kind, due, counter, reason, until_field)
+  if expires and due > expires then due = expires end
+  local job = job_of(member)
+  leave_deferred(batch, st)
+  local parked = kind .. '|' .. attempt .. '|' .. due
+  if reason then parked = parked .. '|' .. reason end
+  redis.call('HSET', state, recipient, parked)
+  redis.call('HINCRBY', batch, counter, 1)
+  if reason then redis.call('HINCRBY', batch, counter .. ':' .. reason, 1) end
+  if until_field and (tonumber(redis.call('HGET', batch, until_field)) or 0) < due then
+    redis.call('HSET', batch, until_field, due)
+  end
+  redis.call('ZREM', inflight, member)
+  redis.call('ZADD', KEYS[12], due, job)
+  return due, job
+end
 if expires and now >= expires then
   finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'e', '', retention, now)
   return {'expired'}
@@ -171,32 +192,15 @@ end
 if b[7] == '1' then
   -- The batch is paused (deliverability, or by hand): its texts wait, on no number, until it is resumed
   -- (batch_pause.lua brings the ones listed in `<batch>:pw` due at once); looked at again hourly meanwhile.
-  local due = now + 3600000
-  if expires and due > expires then due = expires end
-  local job = job_of(member)
-  leave_deferred(batch, st)
-  redis.call('HSET', state, recipient, 'P|' .. attempt .. '|' .. due)
-  redis.call('HINCRBY', batch, 'pausedjobs', 1)
+  local due, job = park('P', now + 3600000, 'pausedjobs')
   redis.call('SADD', batch .. ':pw', job)
   redis.call('PEXPIRE', batch .. ':pw', retention * 1000)
-  redis.call('ZREM', inflight, member)
-  redis.call('ZADD', KEYS[12], due, job)
   return {'paused', due}
 end
 for qs, qe, zone in string.gmatch(quiet, '(%d+),(%d+),([^;]+)') do
   qs, qe = tonumber(qs), tonumber(qe)
   if qs <= now and now < qe then
-    local due = qe + spread
-    if expires and due > expires then due = expires end
-    leave_deferred(batch, st)
-    redis.call('HSET', state, recipient, 'Q|' .. attempt .. '|' .. due .. '|' .. zone)
-    redis.call('HINCRBY', batch, 'quiet', 1)
-    redis.call('HINCRBY', batch, 'quiet:' .. zone, 1)
-    if (tonumber(redis.call('HGET', batch, 'quiet_until:' .. zone)) or 0) < due then
-      redis.call('HSET', batch, 'quiet_until:' .. zone, due)
-    end
-    redis.call('ZREM', inflight, member)
-    redis.call('ZADD', KEYS[12], due, job_of(member))
+    local due = park('Q', qe + spread, 'quiet', zone, 'quiet_until:' .. zone)
     return {'quiet', due, zone}
   end
 end
@@ -213,18 +217,11 @@ local limit = terms and tonumber(c[20]) or nil
 -- Parks the job until the next month (or the limit is raised: spend_release.lua); the first one of a month reports
 -- that the limit is reached.
 local function park_for_spend()
-  local due = terms.next_ms + spread
-  if expires and due > expires then due = expires end
-  local job = job_of(member)
-  leave_deferred(batch, st)
-  redis.call('HSET', state, recipient, 'S|' .. attempt .. '|' .. due)
-  redis.call('HINCRBY', batch, 'spend', 1)
+  local due, job = park('S', terms.next_ms + spread, 'spend')
   local waiting = customer_key(cfg, 'spendwait')
   redis.call('SADD', waiting, job)
   -- Its jobs come due next month anyway: the set is only for a change of the limit before then.
   redis.call('PEXPIREAT', waiting, terms.next_ms + 86400000)
-  redis.call('ZREM', inflight, member)
-  redis.call('ZADD', KEYS[12], due, job)
   if c[24] ~= terms.month then
     redis.call('HSET', cfg, 'spend_r', terms.month)
     emit('customer.spend_limit_reached', 'b', EV and EV.batch or '', 'month', terms.month, 'spent_usd', usd(spent),
@@ -251,15 +248,9 @@ if review then
     release_held(customer_key(cfg, 'held:') .. recipient, KEYS[12], now)
     return {'opted_out', finish(counted_in(cfg, b[2]), batch, state, failures, inflight, recipient, member, st, 'o', '', retention, now)}
   end
-  local due = math.min(now + HOLD_RECHECK_MS, math.max(tonumber(r.deadline_ms) or 0, now + 1000))
-  if expires and due > expires then due = expires end
-  local job = job_of(member)
-  leave_deferred(batch, st)
-  redis.call('HSET', state, recipient, 'H|' .. attempt .. '|' .. due)
-  redis.call('HINCRBY', batch, 'held', 1)
+  local due, job =
+    park('H', math.min(now + HOLD_RECHECK_MS, math.max(tonumber(r.deadline_ms) or 0, now + 1000)), 'held')
   redis.call('SADD', customer_key(cfg, 'held:') .. recipient, job)
-  redis.call('ZREM', inflight, member)
-  redis.call('ZADD', KEYS[12], due, job)
   return {'held', due}
 end
 -- The tenant's frequency cap across batches (`freq_n` texts per `freq_ms`; urgent batches exempt): the tenant's
@@ -272,14 +263,7 @@ if freq_n and freq_ms and b[8] ~= '1' then
   redis.call('ZREMRANGEBYSCORE', freq_key, '-inf', now - freq_ms)
   if redis.call('ZCARD', freq_key) >= freq_n and not redis.call('ZSCORE', freq_key, job_of(member)) then
     local oldest = redis.call('ZRANGE', freq_key, 0, 0, 'WITHSCORES')
-    local due = tonumber(oldest[2]) + freq_ms + 1 + spread % 60000
-    if expires and due > expires then due = expires end
-    leave_deferred(batch, st)
-    redis.call('HSET', state, recipient, 'F|' .. attempt .. '|' .. due)
-    redis.call('HINCRBY', batch, 'freq', 1)
-    if (tonumber(redis.call('HGET', batch, 'freq_until')) or 0) < due then redis.call('HSET', batch, 'freq_until', due) end
-    redis.call('ZREM', inflight, member)
-    redis.call('ZADD', KEYS[12], due, job_of(member))
+    local due = park('F', tonumber(oldest[2]) + freq_ms + 1 + spread % 60000, 'freq', nil, 'freq_until')
     return {'frequency', due}
   end
 end
@@ -378,16 +362,7 @@ if hold then
   else
     due = hold + hold_spread
   end
-  if expires and due > expires then due = expires end
-  leave_deferred(batch, st)
-  redis.call('HSET', state, recipient, 'C|' .. attempt .. '|' .. due .. '|' .. hold_cap)
-  redis.call('HINCRBY', batch, 'capped', 1)
-  redis.call('HINCRBY', batch, 'capped:' .. hold_cap, 1)
-  if (tonumber(redis.call('HGET', batch, 'capped_until:' .. hold_cap)) or 0) < due then
-    redis.call('HSET', batch, 'capped_until:' .. hold_cap, due)
-  end
-  redis.call('ZREM', inflight, member)
-  redis.call('ZADD', KEYS[12], due, job_of(member))
+  due = park('C', due, 'capped', hold_cap, 'capped_until:' .. hold_cap)
   return {'capped', due, hold_cap}
 end
 

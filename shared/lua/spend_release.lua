@@ -3,13 +3,6 @@
 -- that already left the schedule (sent, cancelled, fetched) is not touched (ZADD XX).
 --
 -- KEYS[1] spendwait SET (job members)   KEYS[2] sched ZSET
--- Returns how many jobs came due.
+-- Returns how many jobs were listed (common.lua, release_held).
 
-local waiting = redis.call('SMEMBERS', KEYS[1])
-local now = now_ms()
-local n = 0
-for i = 1, #waiting do
-  n = n + redis.call('ZADD', KEYS[2], 'XX', 'CH', now, waiting[i])
-end
-redis.call('DEL', KEYS[1])
-return n
+return release_held(KEYS[1], KEYS[2], now_ms())
