@@ -9,7 +9,7 @@
 //! - [`partition`]: the partition scenarios and the checker that judges them from the simulator's log.
 //! - [`dashboard`]: signing in to the dashboard over HTTP and measuring what its pages cost Redis.
 //! - [`procs`]: locating and running the `worker`, `producer` and `twilio-sim` binaries as child processes.
-//! - [`load`]: the load-test engine behind the `loadtest` binary.
+//! - [`load`]: the load-test engine behind the `loadtest` binary; [`threshold`]: its pass/fail criteria.
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
 //!   the demo and the load-test tool.
 
@@ -36,4 +36,5 @@ pub mod partition;
 pub mod procs;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod threshold;
 pub use twilio_sim as sim;

@@ -55,6 +55,9 @@ pub struct LoadConfig {
     pub events: String,
     /// Every customer's monthly spend limit (`customer add --monthly-spend-limit`), or none.
     pub spend_limit: Option<String>,
+    /// The simulator reports each accepted text delivered this long after accepting it (through the status
+    /// callback), or never.
+    pub deliver_after_ms: Option<u64>,
 }
 
 /// The template of personalised load-test texts, and one recipient's CSV row for it.
@@ -114,6 +117,7 @@ impl Stack {
                     purchase_latency_ms: cfg.purchase_latency_ms,
                     send_faults: cfg.send_faults.clone(),
                     hang_ms: 15_000,
+                    deliver_after_ms: cfg.deliver_after_ms,
                     ..SimConfig::default()
                 })
                 .await;
@@ -401,6 +405,8 @@ pub struct Percentiles {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
+    /// The 99.9th percentile (equal to the maximum below 1,000 values).
+    pub p99_9_ms: f64,
     pub max_ms: f64,
 }
 
@@ -410,7 +416,14 @@ pub fn percentiles(mut v: Vec<f64>) -> Percentiles {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
-    Percentiles { count: v.len(), p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: *v.last().unwrap() }
+    Percentiles {
+        count: v.len(),
+        p50_ms: at(0.50),
+        p95_ms: at(0.95),
+        p99_ms: at(0.99),
+        p99_9_ms: at(0.999),
+        max_ms: *v.last().unwrap(),
+    }
 }
 
 /// Commands seen by MONITOR, split into the ones clients sent (round trips) and the ones scripts ran.
@@ -770,6 +783,171 @@ pub async fn idle_run(cfg: &LoadConfig, rate: f64, duration: Duration) -> anyhow
     let lat: Vec<f64> =
         state.messages.iter().filter_map(|m| Some(ms_between(*sent_at.get(&m.to)?, m.date_created))).collect();
     Ok(LatencyReport { rate_per_sec: rate, messages: lat.len(), enqueue_to_twilio: percentiles(lat) })
+}
+
+/// Arrivals the load generator may have waiting on Redis at once in [`rate_run`]; an arrival beyond it is dropped
+/// and counted (as k6 counts dropped iterations), so a stalled system shows as drops, not as a generator's backlog.
+pub const MAX_ARRIVALS_IN_FLIGHT: usize = 2_048;
+
+/// An arrival-rate run (`loadtest rate`): texts arrive at a fixed rate for a fixed time, each its own one-recipient
+/// request, whatever pace the system keeps (an open loop: a slow answer does not slow the arrivals).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RateReport {
+    pub target_rate_per_sec: f64,
+    pub duration_secs: f64,
+    /// Texts enqueued (their request answered).
+    pub enqueued: usize,
+    /// Enqueued texts per second, from the first arrival to the last.
+    pub achieved_rate_per_sec: f64,
+    /// Arrivals dropped because `MAX_ARRIVALS_IN_FLIGHT` requests were already waiting.
+    pub dropped_arrivals: usize,
+    /// Requests that failed (each named on stderr).
+    pub failed_requests: usize,
+    /// How long each enqueue request took.
+    pub enqueue: Percentiles,
+    /// Texts Twilio (the simulator) accepted.
+    pub sent: usize,
+    /// Texts accepted per second, from the first arrival to the last acceptance.
+    pub sends_per_sec: f64,
+    /// From the enqueue request to Twilio's accept.
+    pub enqueue_to_twilio: Percentiles,
+    /// The simulator's delay from accepting a text to reporting it delivered.
+    pub deliver_after_ms: u64,
+    /// Texts whose "delivered" status callback Messenger answered.
+    pub delivered: usize,
+    /// From the enqueue request to Messenger's answer to the "delivered" status callback (includes
+    /// `deliver_after_ms`).
+    pub enqueue_to_delivered: Percentiles,
+    pub recipients_texted_twice: usize,
+    pub worker_peak_rss_kib: Vec<u64>,
+}
+
+/// The body of every text of a rate run.
+const RATE_BODY: &str = "Your package is at the front desk.";
+
+/// Texts arrive at `rate` a second for `duration`, each through the library call an app's request makes; the
+/// simulator reports each delivered `cfg.deliver_after_ms` later to a `producer serve` (started here, in process)
+/// that records it. Measures the arrival rate achieved and the latency to Twilio's accept and to delivered.
+pub async fn rate_run(cfg: &LoadConfig, rate: f64, duration: Duration) -> anyhow::Result<RateReport> {
+    anyhow::ensure!(rate > 0.0 && rate.is_finite(), "the rate must be above 0 texts a second");
+    let mut stack = Stack::start(cfg).await?;
+    let id = stack.customer(0);
+    let total = (rate * duration.as_secs_f64()).ceil() as usize;
+    stack.add_customer(&id, cfg.max_numbers).await?;
+    stack.prebuy(&id, total.div_ceil(cfg.daily_quota.max(1) as usize).max(1)).await?;
+    // The status callbacks' receiver: Messenger's webhook, served the way `producer serve` serves it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let redis_flag = if stack.cluster.is_some() { "--redis-cluster-nodes" } else { "--redis-url" };
+    let mut args = vec!["x", redis_flag, &stack.redis_url, "--secrets-key", crate::SECRETS_KEY];
+    args.extend(["--twilio-api-base", &stack.sim_base, "--twilio-messaging-api-base", &stack.sim_base]);
+    if stack.sim.is_some() {
+        args.extend(["--twilio-account-sid", sim::DEFAULT_ACCOUNT_SID, "--twilio-auth-token", sim::DEFAULT_AUTH_TOKEN]);
+    }
+    let settings = <ServerArgs as clap::Parser>::parse_from(args).common.settings()?;
+    let token = format!("{:032x}", rand::random::<u128>());
+    let tokens = producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
+    let serve =
+        producer::server::ServeConfig { public_url: Some(base.clone()), ..producer::server::ServeConfig::new(tokens) };
+    let app = producer::server::Application::build_on(listener, settings, serve).await?;
+    tokio::spawn(app.run_until(std::future::pending()));
+    stack.env = stack.env.clone().set("MESSENGER_PUBLIC_URL", &base);
+    stack.start_workers(cfg.workers, cfg.concurrency);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let conn = stack.conn().await;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let (mut enqueued, mut enqueue_ms, mut dropped, mut failed) = (HashMap::new(), Vec::new(), 0, 0);
+    let mut collect = |r: Result<(String, SystemTime, f64, anyhow::Result<()>), tokio::task::JoinError>| match r {
+        Ok((to, at, ms, Ok(()))) => {
+            enqueued.insert(to, at);
+            enqueue_ms.push(ms);
+        }
+        Ok((_, _, _, Err(e))) => {
+            failed += 1;
+            eprintln!("an enqueue request failed: {e:#}");
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("an enqueue task failed: {e}");
+        }
+    };
+    let started = Instant::now();
+    let (mut first, mut last) = (None, started);
+    for (i, to) in recipients(total, 0).into_iter().enumerate() {
+        let due = started + interval.mul_f64(i as f64);
+        if due - started >= duration {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        while let Some(r) = in_flight.try_join_next() {
+            collect(r);
+        }
+        if in_flight.len() >= MAX_ARRIVALS_IN_FLIGHT {
+            dropped += 1;
+            continue;
+        }
+        first.get_or_insert_with(Instant::now);
+        last = Instant::now();
+        let (mut c, id) = (conn.clone(), id.clone());
+        in_flight.spawn(async move {
+            let (at, t0) = (SystemTime::now(), Instant::now());
+            let r = send_single(&mut c, &id, &to, RATE_BODY).await;
+            (to, at, t0.elapsed().as_secs_f64() * 1000.0, r)
+        });
+    }
+    while let Some(r) = in_flight.join_next().await {
+        collect(r);
+    }
+    let arrival_secs = first.map(|f| (last - f).as_secs_f64()).unwrap_or(0.0);
+
+    // Wait for every enqueued text to reach Twilio and be reported delivered (bounded: a stuck run still reports).
+    let deliver_after_ms = cfg.deliver_after_ms.unwrap_or(0);
+    let want = enqueued.len();
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(deliver_after_ms);
+    let state = loop {
+        let state = stack.sim_state(true).await;
+        let mine = || state.messages.iter().filter(|m| enqueued.contains_key(&m.to));
+        let (sent, delivered) = (mine().count(), mine().filter(|m| m.delivery_acknowledged.is_some()).count());
+        let done = sent >= want && (cfg.deliver_after_ms.is_none() || delivered >= sent);
+        if done || Instant::now() >= deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let peaks = stack.stop_workers();
+    let mine: Vec<&sim::SimMessage> = state.messages.iter().filter(|m| enqueued.contains_key(&m.to)).collect();
+    let to_twilio: Vec<f64> = mine.iter().map(|m| ms_between(enqueued[&m.to], m.date_created)).collect();
+    let to_delivered: Vec<f64> =
+        mine.iter().filter_map(|m| Some(ms_between(enqueued[&m.to], m.delivery_acknowledged?))).collect();
+    let first_enqueue = enqueued.values().min().copied();
+    let last_accept = mine.iter().map(|m| m.date_created).max();
+    let send_span = match (first_enqueue, last_accept) {
+        (Some(f), Some(l)) => ms_between(f, l) / 1000.0,
+        _ => 0.0,
+    };
+    let mut per_to: HashMap<&str, usize> = HashMap::new();
+    for m in &mine {
+        *per_to.entry(m.to.as_str()).or_default() += 1;
+    }
+    Ok(RateReport {
+        target_rate_per_sec: rate,
+        duration_secs: duration.as_secs_f64(),
+        enqueued: want,
+        achieved_rate_per_sec: if arrival_secs > 0.0 { (want.saturating_sub(1)) as f64 / arrival_secs } else { 0.0 },
+        dropped_arrivals: dropped,
+        failed_requests: failed,
+        enqueue: percentiles(enqueue_ms),
+        sent: mine.len(),
+        sends_per_sec: if send_span > 0.0 { mine.len() as f64 / send_span } else { 0.0 },
+        enqueue_to_twilio: percentiles(to_twilio),
+        deliver_after_ms,
+        delivered: to_delivered.len(),
+        enqueue_to_delivered: percentiles(to_delivered),
+        recipients_texted_twice: per_to.values().filter(|c| **c > 1).count(),
+        worker_peak_rss_kib: peaks,
+    })
 }
 
 /// Fairness: customer A's big batch drains while customer B sends single messages; B's enqueue-to-Twilio latency.

@@ -130,3 +130,72 @@ async fn a_100k_batch_is_sent_by_two_workers_and_redis_memory_returns_to_its_sta
         assert!(p.is_running());
     }
 }
+
+/// Issue 34, acceptance 3: `loadtest` judges a run. An arrival-rate run (open loop) reports the rate it achieved,
+/// p99.9 and the latency to delivered (the simulator's status callbacks, answered by Messenger's webhook); a missed
+/// threshold makes the exit status 1 and is named on stderr, a met one leaves it 0, and a misspelt figure is
+/// refused (exit 2) before any run.
+#[test]
+fn loadtest_thresholds_fail_a_run_by_name_and_an_arrival_rate_run_reports_delivered_latency() {
+    let loadtest = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest")).args(args).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code(), stdout.into_owned(), stderr.into_owned())
+    };
+
+    let started = Instant::now();
+    let (code, _, stderr) = loadtest(&["rate", "--threshold", "sends_per_secc>=1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no figure named \"sends_per_secc\""), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "a bad threshold must be refused before the run");
+
+    // 150 texts a second for 4 s, each its own request; delivered 20 ms after Twilio accepts it.
+    let args = [
+        "rate",
+        "--rate",
+        "150/s",
+        "--duration",
+        "4s",
+        "--quiet-hours",
+        "off",
+        "--json",
+        "--threshold",
+        "achieved_rate_per_sec>=100",
+        "--threshold",
+        "enqueue_to_delivered.p99_9_ms<=1",
+    ];
+    let (code, stdout, stderr) = loadtest(&args);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let f = |path: &str| report.pointer(path).and_then(|v| v.as_f64()).unwrap_or(-1.0);
+    println!(
+        "rate run: {} enqueued at {:.1}/s, {} sent, {} delivered; to Twilio p99.9 {:.1} ms, to delivered p50 {:.1} \
+         ms, p99.9 {:.1} ms; exit {code:?}; stderr: {}",
+        f("/enqueued"),
+        f("/achieved_rate_per_sec"),
+        f("/sent"),
+        f("/delivered"),
+        f("/enqueue_to_twilio/p99_9_ms"),
+        f("/enqueue_to_delivered/p50_ms"),
+        f("/enqueue_to_delivered/p99_9_ms"),
+        stderr.trim()
+    );
+    assert_eq!(f("/enqueued"), 600.0);
+    assert_eq!((f("/sent"), f("/delivered"), f("/recipients_texted_twice")), (600.0, 600.0, 0.0));
+    assert!(f("/achieved_rate_per_sec") > 140.0 && f("/achieved_rate_per_sec") < 160.0, "{report}");
+    // Delivered comes after Twilio's accept and the simulator's 20 ms.
+    assert!(f("/enqueue_to_delivered/p50_ms") >= f("/enqueue_to_twilio/p50_ms") + 20.0, "{report}");
+    assert!(f("/enqueue_to_delivered/p99_9_ms") >= f("/enqueue_to_delivered/p99_ms"));
+    assert_eq!(code, Some(1), "a missed threshold fails the run");
+    assert!(
+        stderr.contains("1 of 2 thresholds missed") && stderr.contains("enqueue_to_delivered.p99_9_ms<=1"),
+        "{stderr}"
+    );
+    let verdicts = report["thresholds"].as_array().unwrap();
+    assert_eq!(verdicts.iter().map(|v| v["met"].as_bool().unwrap()).collect::<Vec<_>>(), [true, false]);
+
+    // Every threshold met: exit 0, verdicts printed.
+    let met = ["idle", "--rate", "20", "--duration-secs", "2", "--quiet-hours", "off", "--threshold", "messages>=30"];
+    let (code, stdout, stderr) = loadtest(&met);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("threshold messages>=30: ") && stdout.contains(" — met"), "{stdout}");
+}

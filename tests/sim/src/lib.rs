@@ -128,6 +128,9 @@ pub struct SimConfig {
     pub refuse_recipients: Vec<String>,
     /// Recipients this sender cannot reach right now (21612): refused, but another attempt later may succeed.
     pub unreachable_recipients: Vec<String>,
+    /// The carrier reports every accepted message delivered this long after Twilio accepted it, through the
+    /// message's `StatusCallback` (off when `None`: tests then report what they choose, as a carrier would).
+    pub deliver_after_ms: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -154,6 +157,7 @@ impl Default for SimConfig {
             lookup_faults: Faults::default(),
             refuse_recipients: Vec::new(),
             unreachable_recipients: Vec::new(),
+            deliver_after_ms: None,
         }
     }
 }
@@ -178,6 +182,10 @@ pub struct SimMessage {
     /// `ValidityPeriod`: seconds the message may wait in Twilio's queue (1 to 36,000), when the request gave one.
     #[serde(default)]
     pub validity_period: Option<u32>,
+    /// With `deliver_after_ms`: when the status callback reporting the message delivered was answered 2xx (the
+    /// moment the sender's system knew, which is what a load test's delivered latency measures).
+    #[serde(default)]
+    pub delivery_acknowledged: Option<DateTime<Utc>>,
 }
 
 /// A number the simulator sold.

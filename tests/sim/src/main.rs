@@ -44,6 +44,9 @@ struct Args {
     /// `Retry-After` seconds sent with injected 429s.
     #[arg(long, env = "SIM_RETRY_AFTER_SECS", default_value_t = 1)]
     retry_after_secs: u64,
+    /// Report every accepted message delivered this many ms later, through its `StatusCallback` (off by default).
+    #[arg(long, env = "SIM_DELIVER_AFTER_MS")]
+    deliver_after_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -70,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             retry_after_secs: a.retry_after_secs,
         },
         hang_ms: a.hang_ms,
+        deliver_after_ms: a.deliver_after_ms,
         ..SimConfig::default()
     };
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;

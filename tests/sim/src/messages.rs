@@ -219,6 +219,7 @@ pub(crate) fn accept_message(
         messaging_service_sid: service.clone(),
         error_code: None,
         validity_period: validity,
+        delivery_acknowledged: None,
     };
     let idx = store.messages.len();
     store.by_to.entry(m.to.clone()).or_default().push(idx);
@@ -247,6 +248,20 @@ pub(crate) fn accept_message(
         let sim = sim.clone();
         tokio::spawn(async move {
             send_status_callback(&sim, &failed, &url, "undelivered", Some(code)).await;
+        });
+    } else if let (None, Some(after), Some(url)) =
+        (refusal, sim.config().deliver_after_ms, failed.status_callback.clone())
+    {
+        let sim = sim.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+            let status = send_status_callback(&sim, &failed, &url, "delivered", None).await;
+            if (200..300).contains(&status) {
+                let mut store = sim.store.lock().unwrap();
+                let m = &mut store.messages[idx];
+                m.status = "delivered".into();
+                m.delivery_acknowledged = Some(Utc::now());
+            }
         });
     }
     let mut m = m;

@@ -2,6 +2,8 @@
 //!
 //! By default each run starts its own private Redis, simulator and worker processes; `--redis-url` and
 //! `--twilio-api-base` use existing ones instead (customer ids are prefixed per run, nothing is flushed).
+//! `--threshold` judges a run: the exit status is 1 when a threshold is missed (each named on stderr), 2 for bad
+//! usage, 0 otherwise. `docs/LOAD-TESTING.md` is the guide.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,7 +11,9 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use harness::load::{self, BulkReport, LoadConfig};
 use harness::sim::Faults;
+use harness::threshold::{self, Threshold};
 use serde::Serialize;
+use serde_json::Value;
 
 #[derive(Parser)]
 #[command(about = "Load tests Messenger against the Twilio simulator and reports the numbers in BENCHMARKS.md")]
@@ -19,6 +23,11 @@ struct Cli {
     /// Print the report as JSON (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// A pass/fail criterion on a figure of the report, such as 'sends_per_sec>=5000' or 'p99_ms<=100'. The
+    /// comparisons are <, <=, >, >= and ==. A bare name is the report's first figure of that name; a dotted path,
+    /// such as enqueue_to_twilio.p99_9_ms, names one exactly. Repeatable; a missed one makes the exit status 1.
+    #[arg(long = "threshold", global = true, value_name = "FIGURE<OP>NUMBER")]
+    thresholds: Vec<Threshold>,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +49,18 @@ enum Scenario {
         rate: f64,
         #[arg(long, default_value_t = 30)]
         duration_secs: u64,
+    },
+    /// Texts arriving at a fixed rate for a fixed time, each its own request (an open loop): the rate achieved, and
+    /// the latency to Twilio's accept and to delivered (the simulator's status callbacks).
+    Rate {
+        #[command(flatten)]
+        common: Common,
+        /// Arrivals a second: `500/s` or `500`.
+        #[arg(long, value_parser = parse_rate, default_value = "100/s")]
+        rate: f64,
+        /// How long texts arrive: `60s`, `2m` or `60` (seconds).
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        duration: Duration,
     },
     /// A big batch for customer A while customer B sends single messages: B's latency.
     Fairness {
@@ -125,6 +146,34 @@ struct Common {
     /// Give every customer this monthly spend limit in dollars (set high, it measures what checking it costs).
     #[arg(long, value_name = "USD")]
     spend_limit: Option<String>,
+    /// The simulator reports each accepted text delivered this many ms later, through its status callback (`rate`
+    /// receives and measures them; default 20 there, off elsewhere).
+    #[arg(long)]
+    deliver_after_ms: Option<u64>,
+}
+
+/// `500/s`, `500` → 500.0 arrivals a second.
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let n = s.trim().strip_suffix("/s").unwrap_or(s.trim());
+    match n.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1_000_000.0 => Ok(r),
+        Ok(r) => Err(format!("{r} a second is out of range: give a rate above 0 and at most 1000000/s")),
+        Err(_) => Err(format!("\"{s}\" is not a rate: write it as 500/s")),
+    }
+}
+
+/// `60s`, `2m`, `60` → a duration of at least one second and at most a day.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (n, unit) = match t.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (t.strip_suffix('s').unwrap_or(t), 1),
+    };
+    match n.parse::<u64>() {
+        Ok(v) if (1..=86_400).contains(&(v * unit)) => Ok(Duration::from_secs(v * unit)),
+        Ok(_) => Err(format!("\"{s}\" is out of range: from 1s to 1440m")),
+        Err(_) => Err(format!("\"{s}\" is not a duration: write it as 60s or 2m")),
+    }
 }
 
 impl Common {
@@ -155,6 +204,7 @@ impl Common {
             caps: self.caps,
             events: self.events.clone(),
             spend_limit: self.spend_limit.clone(),
+            deliver_after_ms: self.deliver_after_ms,
             show_progress: !json,
             cluster: self.cluster,
             replica_acks: self.replica_acks,
@@ -162,7 +212,7 @@ impl Common {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct BaselineRound {
     bullmq_per_sec: f64,
     messenger_sends_per_sec: f64,
@@ -172,12 +222,18 @@ struct BaselineRound {
 async fn main() -> anyhow::Result<()> {
     shared::telemetry::init("warn");
     let cli = Cli::parse();
-    match cli.scenario {
+    // A misspelt figure is refused before a run is spent on it.
+    if let Err(e) = threshold::check_names(&cli.thresholds, &skeleton(&cli.scenario)) {
+        eprintln!("loadtest: --threshold: {e}");
+        std::process::exit(2);
+    }
+    let out = Out { json: cli.json, thresholds: &cli.thresholds };
+    let met = match cli.scenario {
         Scenario::Throughput { common, bullmq_rounds } => {
             let mut cfg = common.config(cli.json);
             if bullmq_rounds == 0 {
                 let r = load::bulk_run(&cfg).await?;
-                return print(cli.json, &r, || print_bulk(&r));
+                return out.finish(&r, || print_bulk(&r)).map(exit_on_miss);
             }
             // Alternate on one Redis so both see the same machine state.
             let redis = harness::redis_server::TestRedis::start();
@@ -191,43 +247,48 @@ async fn main() -> anyhow::Result<()> {
                 rounds.push(BaselineRound { bullmq_per_sec: bull, messenger_sends_per_sec: r.sends_per_sec });
                 last = Some(r);
             }
-            let bull = rounds.iter().map(|r| r.bullmq_per_sec).sum::<f64>() / rounds.len() as f64;
-            let ours = rounds.iter().map(|r| r.messenger_sends_per_sec).sum::<f64>() / rounds.len() as f64;
-            let report = serde_json::json!({ "rounds": rounds, "bullmq_per_sec": bull, "messenger_sends_per_sec": ours,
-                "ratio": ours / bull, "last_run": last });
-            print(cli.json, &report, || {
+            let report = baseline_report(&rounds, last.clone().unwrap_or_default());
+            out.finish(&report, || {
                 if let Some(r) = &last {
                     print_bulk(r);
                 }
                 println!(
-                    "BullMQ 6.7 no-op baseline: {bull:.0} jobs/s; Messenger: {ours:.0} sends/s; ratio {:.2}",
-                    ours / bull
+                    "BullMQ 6.7 no-op baseline: {:.0} jobs/s; Messenger: {:.0} sends/s; ratio {:.2}",
+                    report["bullmq_per_sec"].as_f64().unwrap_or(0.0),
+                    report["messenger_sends_per_sec"].as_f64().unwrap_or(0.0),
+                    report["ratio"].as_f64().unwrap_or(0.0),
                 );
-            })
+            })?
         }
         Scenario::Idle { common, rate, duration_secs } => {
             let r = load::idle_run(&common.config(cli.json), rate, Duration::from_secs(duration_secs)).await?;
-            print(cli.json, &r, || {
+            out.finish(&r, || {
                 let p = &r.enqueue_to_twilio;
                 println!(
-                    "idle latency at {} msg/s over {} messages: enqueue → Twilio request p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                    r.rate_per_sec, r.messages, p.p50_ms, p.p95_ms, p.p99_ms, p.max_ms
+                    "idle latency at {} msg/s over {} messages: enqueue → Twilio request p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+                    r.rate_per_sec, r.messages, p.p50_ms, p.p95_ms, p.p99_ms, p.p99_9_ms, p.max_ms
                 );
-            })
+            })?
+        }
+        Scenario::Rate { common, rate, duration } => {
+            let mut cfg = common.config(cli.json);
+            cfg.deliver_after_ms.get_or_insert(20);
+            let r = load::rate_run(&cfg, rate, duration).await?;
+            out.finish(&r, || print_rate(&r))?
         }
         Scenario::Fairness { common, probes } => {
             let r = load::fairness_run(&common.config(cli.json), probes).await?;
-            print(cli.json, &r, || {
+            out.finish(&r, || {
                 let p = &r.probe_latency;
                 println!(
                     "fairness: while A's {} recipients drained ({} still pending at the last probe), B's {} probes took p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                     r.big_batch, r.a_pending_at_last_probe, p.count, p.p50_ms, p.p99_ms, p.max_ms
                 );
-            })
+            })?
         }
         Scenario::Dashboard { common, rounds } => {
             let r = load::dashboard_run(&common.config(cli.json), rounds).await?;
-            print(cli.json, &r, || {
+            out.finish(&r, || {
                 println!(
                     "dashboard with {} jobs queued over {} customers ({rounds} requests per page):",
                     r.queued_jobs, r.customers
@@ -238,7 +299,7 @@ async fn main() -> anyhow::Result<()> {
                         p.path, p.status, p.commands, p.p50_ms, p.p99_ms, p.max_ms
                     );
                 }
-            })
+            })?
         }
         Scenario::Purchases { common } => {
             let mut cfg = common.config(cli.json);
@@ -247,37 +308,131 @@ async fn main() -> anyhow::Result<()> {
             let bought_before = load::bulk_run(&cfg).await?;
             cfg.prebuy = false;
             let buying = load::bulk_run(&cfg).await?;
-            let ratio = buying.sends_per_sec / bought_before.sends_per_sec;
-            // How much longer the drain took because the numbers were bought on the way, in purchase latencies.
-            let extra_secs = buying.drain_secs - bought_before.drain_secs;
-            let latencies = extra_secs * 1000.0 / (cfg.purchase_latency_ms.max(1) as f64);
-            let report = serde_json::json!({
-                "prebought": bought_before, "buying": buying, "ratio": ratio,
-                "extra_secs": extra_secs, "extra_in_purchase_latencies": latencies,
-            });
-            print(cli.json, &report, || {
+            let report = purchases_report(&bought_before, &buying, cfg.purchase_latency_ms);
+            out.finish(&report, || {
                 println!("numbers bought beforehand:");
                 print_bulk(&bought_before);
                 println!("\nno numbers at start:");
                 print_bulk(&buying);
-                println!("\nthroughput while buying / with numbers bought: {ratio:.2}");
+                println!("\nthroughput while buying / with numbers bought: {:.2}", report["ratio"].as_f64().unwrap_or(0.0));
                 println!(
                     "from starting the workers to every job done: {:.2} s with the numbers bought, {:.2} s buying them: \
-                     {extra_secs:.2} s longer = {latencies:.1} purchase latencies of {} ms",
-                    bought_before.drain_secs, buying.drain_secs, cfg.purchase_latency_ms
+                     {:.2} s longer = {:.1} purchase latencies of {} ms",
+                    bought_before.drain_secs,
+                    buying.drain_secs,
+                    report["extra_secs"].as_f64().unwrap_or(0.0),
+                    report["extra_in_purchase_latencies"].as_f64().unwrap_or(0.0),
+                    cfg.purchase_latency_ms
                 );
-            })
+            })?
         }
+    };
+    exit_on_miss(met);
+    Ok(())
+}
+
+/// Exits with status 1 when a threshold was missed.
+fn exit_on_miss(met: bool) {
+    if !met {
+        std::process::exit(1);
     }
 }
 
-fn print<T: Serialize>(json: bool, v: &T, human: impl FnOnce()) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(v)?);
-    } else {
-        human();
+/// The report of `throughput --bullmq-rounds N`.
+fn baseline_report(rounds: &[BaselineRound], last: BulkReport) -> Value {
+    let n = rounds.len().max(1) as f64;
+    let bull = rounds.iter().map(|r| r.bullmq_per_sec).sum::<f64>() / n;
+    let ours = rounds.iter().map(|r| r.messenger_sends_per_sec).sum::<f64>() / n;
+    let ratio = if bull > 0.0 { ours / bull } else { 0.0 };
+    serde_json::json!({ "rounds": rounds, "bullmq_per_sec": bull, "messenger_sends_per_sec": ours,
+        "ratio": ratio, "last_run": last })
+}
+
+/// The report of `purchases`: the run with numbers bought beforehand against the one that buys them.
+fn purchases_report(bought_before: &BulkReport, buying: &BulkReport, purchase_latency_ms: u64) -> Value {
+    let ratio =
+        if bought_before.sends_per_sec > 0.0 { buying.sends_per_sec / bought_before.sends_per_sec } else { 0.0 };
+    // How much longer the drain took because the numbers were bought on the way, in purchase latencies.
+    let extra_secs = buying.drain_secs - bought_before.drain_secs;
+    let latencies = extra_secs * 1000.0 / (purchase_latency_ms.max(1) as f64);
+    serde_json::json!({
+        "prebought": bought_before, "buying": buying, "ratio": ratio,
+        "extra_secs": extra_secs, "extra_in_purchase_latencies": latencies,
+    })
+}
+
+/// A scenario's report with every figure at zero: what `--threshold` names are checked against before a run.
+fn skeleton(s: &Scenario) -> Value {
+    let v = match s {
+        Scenario::Throughput { bullmq_rounds: 0, .. } => serde_json::to_value(BulkReport::default()),
+        Scenario::Throughput { .. } => Ok(baseline_report(&[], BulkReport::default())),
+        Scenario::Idle { .. } => serde_json::to_value(load::LatencyReport::default()),
+        Scenario::Rate { .. } => serde_json::to_value(load::RateReport::default()),
+        Scenario::Fairness { .. } => serde_json::to_value(load::FairnessReport::default()),
+        Scenario::Dashboard { .. } => serde_json::to_value(load::DashboardReport::default()),
+        Scenario::Purchases { .. } => Ok(purchases_report(&BulkReport::default(), &BulkReport::default(), 0)),
+    };
+    v.unwrap_or_default()
+}
+
+/// How a report is printed and judged.
+struct Out<'a> {
+    json: bool,
+    thresholds: &'a [Threshold],
+}
+
+impl Out<'_> {
+    /// Prints the report (JSON, or `human`), judges it by every threshold and prints the verdicts (in JSON under
+    /// `thresholds`); names each missed threshold on stderr. True when every threshold held.
+    fn finish<T: Serialize>(&self, report: &T, human: impl FnOnce()) -> anyhow::Result<bool> {
+        let mut value = serde_json::to_value(report)?;
+        let verdicts = threshold::judge(self.thresholds, &value).map_err(anyhow::Error::msg)?;
+        if self.json {
+            if let (Value::Object(map), false) = (&mut value, verdicts.is_empty()) {
+                map.insert("thresholds".into(), serde_json::to_value(&verdicts)?);
+            }
+            println!("{}", serde_json::to_string(&value)?);
+        } else {
+            human();
+            for v in &verdicts {
+                println!("{v}");
+            }
+        }
+        let missed: Vec<_> = verdicts.iter().filter(|v| !v.met).collect();
+        if !missed.is_empty() {
+            eprintln!("loadtest: {} of {} thresholds missed:", missed.len(), verdicts.len());
+            for v in missed {
+                eprintln!("  {v}");
+            }
+        }
+        Ok(verdicts.iter().all(|v| v.met))
     }
-    Ok(())
+}
+
+fn print_rate(r: &load::RateReport) {
+    println!(
+        "arrival rate {:.0}/s for {:.0} s: {} texts enqueued at {:.1}/s achieved ({} dropped, {} failed requests)",
+        r.target_rate_per_sec,
+        r.duration_secs,
+        r.enqueued,
+        r.achieved_rate_per_sec,
+        r.dropped_arrivals,
+        r.failed_requests
+    );
+    let line = |name: &str, p: &load::Percentiles| {
+        println!(
+            "  {name:<20} p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms ({} texts)",
+            p.p50_ms, p.p95_ms, p.p99_ms, p.p99_9_ms, p.max_ms, p.count
+        )
+    };
+    line("enqueue request", &r.enqueue);
+    line("enqueue → Twilio", &r.enqueue_to_twilio);
+    line("enqueue → delivered", &r.enqueue_to_delivered);
+    println!(
+        "  sent {} ({:.1}/s), delivered {} (the simulator reports each {} ms after accepting it); {} recipients \
+         texted twice; worker peak RSS {:?} KiB",
+        r.sent, r.sends_per_sec, r.delivered, r.deliver_after_ms, r.recipients_texted_twice, r.worker_peak_rss_kib
+    );
 }
 
 fn print_bulk(r: &BulkReport) {
@@ -293,8 +448,8 @@ fn print_bulk(r: &BulkReport) {
     println!("  sends              {} in {:.2} s = {:.0} sends/s", r.messages, r.send_secs, r.sends_per_sec);
     let p = &r.enqueue_to_twilio;
     println!(
-        "  enqueue → Twilio   p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms (includes queueing behind the batch)",
-        p.p50_ms, p.p95_ms, p.p99_ms
+        "  enqueue → Twilio   p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, p99.9 {:.0} ms (includes queueing behind the batch)",
+        p.p50_ms, p.p95_ms, p.p99_ms, p.p99_9_ms
     );
     println!(
         "  numbers            {} bought, {} minimum, {} purchase requests; busiest number {} in the window",
