@@ -10,6 +10,7 @@
 //! - [`dashboard`]: signing in to the dashboard over HTTP and measuring what its pages cost Redis.
 //! - [`procs`]: locating and running the `worker`, `producer` and `twilio-sim` binaries as child processes.
 //! - [`load`]: the load-test engine behind the `loadtest` binary; [`threshold`]: its pass/fail criteria.
+//! - [`doc_links`]: the check that every link between the project's Markdown documents resolves.
 //! - [`fixtures`]: recipient lists, polling helpers and invariant checks used by the integration tests,
 //!   the demo and the load-test tool.
 
@@ -29,6 +30,7 @@ pub fn http_builder() -> reqwest::ClientBuilder {
 }
 
 pub mod dashboard;
+pub mod doc_links;
 pub mod fixtures;
 pub mod load;
 pub mod netbed;

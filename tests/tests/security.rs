@@ -419,7 +419,7 @@ async fn sessions_end_on_the_server_and_sign_in_guessing_is_limited() {
 
 /// The worst request for `producer serve`'s memory, many at once: each 8 MB body packed with the smallest variables
 /// the API accepts (95,000 recipients of 7 one-character variables), whose parsed form is the largest per byte.
-/// Prints the server's peak RSS; README and BENCHMARKS quote it. A study (run it with `--ignored`), not a CI test.
+/// Prints the server's peak RSS; docs/API.md and BENCHMARKS quote it. A study (run it with `--ignored`), not a CI test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: cargo test -p messenger-tests --test security -- --ignored --nocapture worst_case"]
 async fn worst_case_memory_of_producer_serve() {
