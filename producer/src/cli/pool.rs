@@ -101,9 +101,10 @@ fn print_pool(report: &PoolReport, number_monthly: f64) {
         }
     }
     println!(
-        "  monthly cost: ${:.2} ({} numbers at ${number_monthly:.2}){}",
+        "  monthly cost: ${:.2} ({} number{} at ${number_monthly:.2}){}",
         report.monthly_cost.unwrap_or_default(),
         report.numbers.len(),
+        if report.numbers.len() == 1 { "" } else { "s" },
         report.messaging_service_sid.as_ref().map(|s| format!("; messaging service {s}")).unwrap_or_default()
     );
     let usd = |d: f64| shared::spend::Usd::from_dollars(d).unwrap_or_default();
