@@ -12,7 +12,7 @@
 //! - [`cancel`], [`inbound`], [`settings`]: the operator's one-liners.
 //! - [`secrets`]: `secrets status | rewrap` — how events secrets are stored; seal them under the current key.
 //! - [`sessions`]: `sessions revoke-all` — sign every dashboard session out.
-//! - [`serve`]: `serve` — the HTTP server ([`crate::server::Application`]).
+//! - [`serve`]: `serve` — the HTTP server ([`crate::server::Application`]); `openapi` prints its API document.
 
 mod bulk;
 mod cancel;
@@ -87,6 +87,16 @@ pub enum Command {
     Sessions(sessions::SessionsCommand),
     /// Serve the HTTP API (`/v1`), the dashboard, Twilio's webhooks, `/healthz`, `/metrics` and `/openapi.json`.
     Serve(serve::ServeArgs),
+    /// Print the HTTP API's OpenAPI 3 document (what `serve` answers at `/openapi.json`), or with `--markdown` its
+    /// reference page (docs/API-REFERENCE.md). Needs no Redis.
+    Openapi(OpenapiArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OpenapiArgs {
+    /// The reference as Markdown instead of the JSON document.
+    #[arg(long)]
+    markdown: bool,
 }
 
 /// A failure that decides the exit code: 2 = the request was wrong (nothing changed), 1 = could not do it now.
@@ -148,6 +158,9 @@ pub async fn main(cli: Cli) -> ExitCode {
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if let Command::Openapi(a) = &cli.command {
+        return openapi(a);
+    }
     let settings = cli.common.settings().map_err(|e| Failure::Usage(e.to_string()))?;
     match cli.command {
         Command::Customer(c) => customer::run(settings, c).await,
@@ -165,7 +178,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Secrets(c) => secrets::run(settings, c).await,
         Command::Sessions(c) => sessions::run(settings, c).await,
         Command::Serve(a) => serve::run(settings, a).await,
+        Command::Openapi(a) => openapi(&a),
     }
+}
+
+/// `producer openapi [--markdown]`. A closed pipe (`| head`) ends the output quietly.
+fn openapi(a: &OpenapiArgs) -> Result<ExitCode, Failure> {
+    use std::io::Write;
+    let text = if a.markdown {
+        crate::server::openapi::markdown()
+    } else {
+        let doc = <crate::server::openapi::ApiDoc as utoipa::OpenApi>::openapi();
+        doc.to_pretty_json().map_err(|e| Failure::Runtime(e.to_string()))? + "\n"
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Connects for a one-shot command. A configuration problem (refused credentials, an untrusted certificate) is a
