@@ -381,6 +381,18 @@ async fn checked_for(
     Ok((session, id))
 }
 
+/// The session of a state-changing request about batch `id`, if its CSRF token matches and it may see the batch.
+async fn checked_batch(
+    s: &Dashboard,
+    headers: &HeaderMap,
+    csrf: &str,
+    id: &str,
+) -> Result<(Session, BatchId), Outcome> {
+    let session = checked(s, headers, csrf).await?;
+    let id = batch_id(&session, &session.viewer(&s.config), id)?;
+    Ok((session, id))
+}
+
 /// Signs out: the session is revoked on the server (a copy of the cookie is refused too), then the cookie cleared.
 async fn logout(State(s): State<Dashboard>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
     let session = match checked(&s, &headers, &f.csrf).await {
@@ -567,15 +579,11 @@ async fn resend(
     Path(id): Path<String>,
     Form(f): Form<ResendForm>,
 ) -> Outcome {
-    let session = match checked(&s, &headers, &f.csrf).await {
-        Ok(s) => s,
+    let (session, id) = match checked_batch(&s, &headers, &f.csrf, &id).await {
+        Ok(x) => x,
         Err(o) => return o,
     };
     let v = session.viewer(&s.config);
-    let id = match batch_id(&session, &v, &id) {
-        Ok(id) => id,
-        Err(o) => return o,
-    };
     let which = if f.which.trim().is_empty() { "failed,undelivered".to_owned() } else { f.which };
     match desk::resend(&s.ops, &id, &desk::Resend { which: vec![which], ..Default::default() }).await {
         Ok(out) => {
@@ -712,15 +720,11 @@ async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Outcome {
-    let session = match checked(&s, &headers, &f.csrf).await {
-        Ok(s) => s,
+    let (session, id) = match checked_batch(&s, &headers, &f.csrf, &id).await {
+        Ok(x) => x,
         Err(o) => return o,
     };
     let v = session.viewer(&s.config);
-    let id = match batch_id(&session, &v, &id) {
-        Ok(id) => id,
-        Err(o) => return o,
-    };
     match batches::cancel(&s.ops, &id).await {
         Ok(_) => {
             tracing::info!(batch = %id, by = %session.name, "batch cancelled from the dashboard");
@@ -753,15 +757,11 @@ async fn resume(
 }
 
 async fn pause_or_resume(s: Dashboard, headers: HeaderMap, id: String, f: CsrfForm, resume: bool) -> Outcome {
-    let session = match checked(&s, &headers, &f.csrf).await {
-        Ok(s) => s,
+    let (session, id) = match checked_batch(&s, &headers, &f.csrf, &id).await {
+        Ok(x) => x,
         Err(o) => return o,
     };
     let v = session.viewer(&s.config);
-    let id = match batch_id(&session, &v, &id) {
-        Ok(id) => id,
-        Err(o) => return o,
-    };
     let (done, not_done) = if resume { ("Batch resumed", "Not resumed") } else { ("Batch paused", "Not paused") };
     match batches::pause(&s.ops, &id, resume, &session.name).await {
         Ok(outcome) => {
