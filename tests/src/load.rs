@@ -181,6 +181,32 @@ impl Stack {
         shared::store::connect(&settings).await.expect("connect to redis")
     }
 
+    /// Serves the HTTP API, the dashboard and Twilio's webhooks in this process, the way `producer serve` does, on a
+    /// free loopback port that is also its public URL (webhook signatures use it). Returns that URL and an admin
+    /// token.
+    pub async fn serve_in_process(&self) -> anyhow::Result<(String, String)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let redis_flag = if self.cluster.is_some() { "--redis-cluster-nodes" } else { "--redis-url" };
+        let mut args = vec!["x", redis_flag, &self.redis_url, "--secrets-key", crate::SECRETS_KEY];
+        args.extend(["--twilio-api-base", &self.sim_base, "--twilio-messaging-api-base", &self.sim_base]);
+        if self.sim.is_some() {
+            args.extend(["--twilio-account-sid", sim::DEFAULT_ACCOUNT_SID]);
+            args.extend(["--twilio-auth-token", sim::DEFAULT_AUTH_TOKEN]);
+        }
+        let settings = <ServerArgs as clap::Parser>::parse_from(args).common.settings()?;
+        let token = format!("{:032x}", rand::random::<u128>());
+        let tokens =
+            producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
+        let config = producer::server::ServeConfig {
+            public_url: Some(base.clone()),
+            ..producer::server::ServeConfig::new(tokens)
+        };
+        let app = producer::server::Application::build_on(listener, settings, config).await?;
+        tokio::spawn(app.run_until(std::future::pending()));
+        Ok((base, token))
+    }
+
     /// Direct connections to every node that holds data: the one node, or each primary of the cluster (for INFO,
     /// SCAN and MEMORY, which a cluster connection would send to one random node).
     pub async fn data_nodes(&self) -> Vec<(String, shared::store::Conn)> {
@@ -836,21 +862,7 @@ pub async fn rate_run(cfg: &LoadConfig, rate: f64, duration: Duration) -> anyhow
     stack.add_customer(&id, cfg.max_numbers).await?;
     stack.prebuy(&id, total.div_ceil(cfg.daily_quota.max(1) as usize).max(1)).await?;
     // The status callbacks' receiver: Messenger's webhook, served the way `producer serve` serves it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let redis_flag = if stack.cluster.is_some() { "--redis-cluster-nodes" } else { "--redis-url" };
-    let mut args = vec!["x", redis_flag, &stack.redis_url, "--secrets-key", crate::SECRETS_KEY];
-    args.extend(["--twilio-api-base", &stack.sim_base, "--twilio-messaging-api-base", &stack.sim_base]);
-    if stack.sim.is_some() {
-        args.extend(["--twilio-account-sid", sim::DEFAULT_ACCOUNT_SID, "--twilio-auth-token", sim::DEFAULT_AUTH_TOKEN]);
-    }
-    let settings = <ServerArgs as clap::Parser>::parse_from(args).common.settings()?;
-    let token = format!("{:032x}", rand::random::<u128>());
-    let tokens = producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
-    let serve =
-        producer::server::ServeConfig { public_url: Some(base.clone()), ..producer::server::ServeConfig::new(tokens) };
-    let app = producer::server::Application::build_on(listener, settings, serve).await?;
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (base, _) = stack.serve_in_process().await?;
     stack.env = stack.env.clone().set("MESSENGER_PUBLIC_URL", &base);
     stack.start_workers(cfg.workers, cfg.concurrency);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1047,21 +1059,7 @@ pub async fn dashboard_run(cfg: &LoadConfig, rounds: usize) -> anyhow::Result<Da
         }
         let _: () = p.query_async(&mut conn).await?;
     }
-    let token = format!("{:032x}", rand::random::<u128>());
-    let settings = <ServerArgs as clap::Parser>::parse_from([
-        "x",
-        "--redis-url",
-        &stack.redis_url,
-        "--secrets-key",
-        crate::SECRETS_KEY,
-    ])
-    .common
-    .settings()?;
-    let tokens = producer::server::auth::Tokens::parse(&format!("ops:{token}:admin")).map_err(anyhow::Error::msg)?;
-    let app = producer::server::Application::build(settings, producer::server::ServeConfig::new(tokens), "127.0.0.1:0")
-        .await?;
-    let base = format!("http://{}", app.addr());
-    tokio::spawn(app.run_until(std::future::pending()));
+    let (base, token) = stack.serve_in_process().await?;
     let session = crate::dashboard::login(&base, &token).await;
     let pages = [
         "/dashboard".to_owned(),
